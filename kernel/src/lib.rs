@@ -1,1 +1,11 @@
-//! placeholder
+//! The kernel's hardware-independent logic, kept in a library so the host can test it.
+//!
+//! Nothing here touches hardware: boot data arrives as bytes through [`start_info::PhysRead`], page
+//! tables are built in memory handed over through [`paging::TableMemory`]. The freestanding binary
+//! (`main.rs`) supplies those traits over real physical memory.
+#![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
+
+pub mod memory_map;
+pub mod paging;
+pub mod start_info;
