@@ -1,1 +1,20 @@
-//! placeholder
+//! cloister's TPM 2.0 crate: the TIS FIFO driver, a one-method transport, the TPM2 commands the appliance uses,
+//! and the measurement event log.
+//!
+//! Specs followed: TCG PC Client Platform TPM Profile (PTP) for TPM 2.0, §6 (FIFO interface, TIS registers);
+//! TCG TPM 2.0 Library Parts 1-3 (structures and commands); TCG EK Credential Profile 2.x (EK template, NV
+//! indices). See DESIGN §3-§4 for how cloister uses them.
+//!
+//! Layering: [`tis::Tis`] drives TIS registers that the kernel supplies through [`tis::TisRegisters`] and
+//! implements [`transport::Transport`]; [`commands`] marshals one TPM2 command per function over any
+//! transport; [`eventlog`] records and replays the PCR extends. Nothing here reads a clock or a random source
+//! of its own: time comes in through [`tis::Clock`], randomness as arguments.
+#![cfg_attr(not(any(test, feature = "std")), no_std)]
+#![forbid(unsafe_code)]
+
+pub mod commands;
+pub mod eventlog;
+pub mod public;
+pub mod rc;
+pub mod tis;
+pub mod transport;
