@@ -155,7 +155,11 @@ mod tests {
                     }
                 }
             }
-            assert_eq!(frames, vec![b"hello".to_vec(), vec![7u8; 300]], "piece size {piece}");
+            assert_eq!(
+                frames,
+                vec![b"hello".to_vec(), vec![7u8; 300]],
+                "piece size {piece}"
+            );
             assert!(!decoder.is_mid_frame());
         }
     }
@@ -164,13 +168,24 @@ mod tests {
     fn oversized_header_is_refused_before_allocation() {
         let mut decoder = FrameDecoder::new();
         let header = u32::MAX.to_be_bytes();
-        assert_eq!(decoder.push(&header), Err(FrameError::TooLarge { announced: u32::MAX }));
+        assert_eq!(
+            decoder.push(&header),
+            Err(FrameError::TooLarge {
+                announced: u32::MAX
+            })
+        );
         assert!(decoder.body.capacity() == 0);
         // Stays failed.
         assert!(decoder.push(&[0]).is_err());
         let just_over = ((MAX_FRAME_LEN + 1) as u32).to_be_bytes();
-        assert!(matches!(parse_header(just_over), Err(FrameError::TooLarge { .. })));
-        assert_eq!(parse_header((MAX_FRAME_LEN as u32).to_be_bytes()), Ok(MAX_FRAME_LEN));
+        assert!(matches!(
+            parse_header(just_over),
+            Err(FrameError::TooLarge { .. })
+        ));
+        assert_eq!(
+            parse_header((MAX_FRAME_LEN as u32).to_be_bytes()),
+            Ok(MAX_FRAME_LEN)
+        );
     }
 
     #[test]

@@ -109,7 +109,10 @@ mod tests {
         Request::ModelInfo.emit(&mut out).unwrap();
         assert_eq!(out, [0, 0, 0, 1, 0]);
 
-        let info = Response::ModelInfo(ModelInfo { length: 300, sha256: [0xab; 32] });
+        let info = Response::ModelInfo(ModelInfo {
+            length: 300,
+            sha256: [0xab; 32],
+        });
         let mut out = Vec::new();
         info.emit(&mut out).unwrap();
         let mut expected = vec![0, 0, 0, 35, 0, 0xac, 0x02];
@@ -139,7 +142,9 @@ mod tests {
             state ^= state >> 7;
             state ^= state << 17;
             let len = (state % 48) as usize;
-            let bytes: Vec<u8> = (0..len).map(|i| (state >> (i % 8 * 8)) as u8 ^ i as u8).collect();
+            let bytes: Vec<u8> = (0..len)
+                .map(|i| (state >> (i % 8 * 8)) as u8 ^ i as u8)
+                .collect();
             let _ = Request::parse(&bytes);
             let _ = Response::parse(&bytes);
         }

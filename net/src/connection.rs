@@ -1,0 +1,354 @@
+//! One connection slot: a TCP socket's life from listening through serving frames to closing (DESIGN §5).
+//!
+//! Each slot owns one smoltcp TCP socket (RFC 9293 states as smoltcp implements them) plus what the
+//! protocol needs on top: a [`FrameDecoder`] for the request stream, an outgoing buffer that is drained
+//! into the socket across polls (so a response larger than the socket's send buffer still goes out whole),
+//! and one deadline. The deadline is per protocol step, not per byte: a client has `frame_timeout` to
+//! complete each request frame and to take each response, so dribbling bytes cannot hold a slot forever.
+//!
+//! Closing is bounded too: after our FIN the peer has `close_timeout` to finish, after which the socket is
+//! aborted (RST). Every path ends with the socket listening again.
+
+use alloc::vec::Vec;
+
+use smoltcp::socket::tcp::{Socket, State};
+use smoltcp::time::{Duration, Instant};
+
+use crate::frame::{FrameDecoder, FrameError};
+use crate::proto::{ErrorCode, Request, Response};
+use crate::server::{Counters, Handler, Limits};
+
+/// smoltcp's default delayed-ACK time (RFC 9293 §3.8.6.3 allows up to 500 ms), restored on each new
+/// connection so that an answer can carry the ACK of its request.
+const ACK_DELAY: Duration = Duration::from_millis(10);
+
+/// Where a slot is in its cycle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// The socket listens; there is no client yet.
+    Listening,
+    /// A SYN arrived and our SYN-ACK is out; the client has until the deadline to complete the handshake.
+    Handshake,
+    /// A client is connected; requests are read and answered in order.
+    Serving,
+    /// We are done with the client: drain what is queued, send FIN, wait for the peer to finish.
+    Closing { fin_queued: bool },
+    /// The socket was aborted; its RST leaves on the next interface poll, then it listens again.
+    Aborted,
+}
+
+/// A connection slot bound to one TCP socket of the server's socket set.
+#[derive(Debug)]
+pub(crate) struct Connection {
+    phase: Phase,
+    decoder: FrameDecoder,
+    /// Encoded response frames not yet handed to the socket; `outgoing[sent..]` is what remains.
+    outgoing: Vec<u8>,
+    sent: usize,
+    /// When the current step (receive a frame, hand over a response, or finish closing) must be done.
+    deadline: Instant,
+}
+
+impl Connection {
+    /// A slot whose socket has just been put into the listening state.
+    pub(crate) fn listening() -> Self {
+        Self {
+            phase: Phase::Listening,
+            decoder: FrameDecoder::new(),
+            outgoing: Vec::new(),
+            sent: 0,
+            deadline: Instant::ZERO,
+        }
+    }
+
+    /// The instant at which this slot needs a poll even if no packet arrives.
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::Handshake | Phase::Serving | Phase::Closing { .. } => Some(self.deadline),
+            Phase::Listening | Phase::Aborted => None,
+        }
+    }
+
+    /// True while a client occupies this slot (from its SYN until the slot listens again).
+    pub(crate) fn is_busy(&self) -> bool {
+        self.phase != Phase::Listening
+    }
+
+    /// Advances the slot as far as the socket allows. Returns whether anything happened.
+    pub(crate) fn service<H: Handler + ?Sized>(
+        &mut self,
+        socket: &mut Socket<'_>,
+        port: u16,
+        now: Instant,
+        limits: &Limits,
+        handler: &mut H,
+        counters: &mut Counters,
+    ) -> bool {
+        match self.phase {
+            Phase::Listening | Phase::Handshake => {
+                self.service_listening(socket, port, now, limits, counters)
+            }
+            Phase::Serving => self.service_serving(socket, port, now, limits, handler, counters),
+            Phase::Closing { fin_queued } => {
+                self.service_closing(socket, port, now, fin_queued, counters)
+            }
+            // Aborted slots are re-armed by `finish_abort` after the interface has sent the RST.
+            Phase::Aborted => false,
+        }
+    }
+
+    /// Puts an aborted slot's socket back into the listening state. Call after an interface poll, so the
+    /// RST that `abort` queued has had its chance to leave (listening forgets the old peer).
+    pub(crate) fn finish_abort(&mut self, socket: &mut Socket<'_>, port: u16) {
+        if self.phase == Phase::Aborted {
+            self.relisten(socket, port);
+        }
+    }
+
+    fn service_listening(
+        &mut self,
+        socket: &mut Socket<'_>,
+        port: u16,
+        now: Instant,
+        limits: &Limits,
+        counters: &mut Counters,
+    ) -> bool {
+        match socket.state() {
+            State::Listen if self.phase == Phase::Listening => false,
+            // The handshake was reset by the client; smoltcp went back to listening.
+            State::Listen => {
+                self.phase = Phase::Listening;
+                true
+            }
+            State::SynReceived if self.phase == Phase::Listening => {
+                self.phase = Phase::Handshake;
+                self.deadline = now + limits.frame_timeout;
+                true
+            }
+            State::SynReceived if now >= self.deadline => {
+                // A SYN whose sender never completes the handshake (lost, spoofed or a SYN flood).
+                counters.aborted += 1;
+                self.abort(socket);
+                true
+            }
+            State::SynReceived => false,
+            // CloseWait: the client sent its request and FIN before we looked; serve it all the same.
+            State::Established | State::CloseWait => {
+                counters.accepted += 1;
+                self.phase = Phase::Serving;
+                self.deadline = now + limits.frame_timeout;
+                true
+            }
+            // The socket closed (a reset during the handshake) or is in a state no listener should be in.
+            _ => {
+                self.relisten(socket, port);
+                true
+            }
+        }
+    }
+
+    fn service_serving<H: Handler + ?Sized>(
+        &mut self,
+        socket: &mut Socket<'_>,
+        port: u16,
+        now: Instant,
+        limits: &Limits,
+        handler: &mut H,
+        counters: &mut Counters,
+    ) -> bool {
+        if socket.state() == State::Closed {
+            // The peer reset the connection, or smoltcp gave up on it.
+            counters.reset += 1;
+            self.relisten(socket, port);
+            return true;
+        }
+        let mut progress = false;
+        loop {
+            let had_outgoing = self.has_outgoing();
+            if self.flush(socket) {
+                progress = true;
+                if had_outgoing && !self.has_outgoing() {
+                    // The response is handed over; the next request gets a fresh step.
+                    self.deadline = now + limits.frame_timeout;
+                }
+            }
+            // Answer requests one at a time: a client that does not read its answers stalls here, and TCP
+            // flow control then holds back its further requests instead of our memory growing.
+            if self.has_outgoing() {
+                break;
+            }
+            let decoder = &mut self.decoder;
+            let pushed = socket.recv(|bytes| match decoder.push(bytes) {
+                Ok(taken) => (taken, Ok(taken)),
+                Err(error) => (0, Err(error)),
+            });
+            match pushed {
+                Ok(Ok(0)) | Err(_) => break,
+                Ok(Ok(_)) => progress = true,
+                Ok(Err(error)) => {
+                    let code = match error {
+                        FrameError::TooLarge { .. } => {
+                            counters.too_large += 1;
+                            ErrorCode::TooLarge
+                        }
+                        FrameError::Empty => {
+                            counters.bad_frames += 1;
+                            ErrorCode::BadFrame
+                        }
+                    };
+                    self.close_with(socket, Some(Response::Error(code)), now, limits);
+                    return true;
+                }
+            }
+            let Some(body) = self.decoder.frame() else {
+                continue;
+            };
+            let (response, keep_open) = match Request::parse(body) {
+                Ok(request) => {
+                    counters.requests += 1;
+                    (handler.handle(&request), true)
+                }
+                Err(_) => {
+                    counters.bad_frames += 1;
+                    (Response::Error(ErrorCode::BadFrame), false)
+                }
+            };
+            self.decoder.consume();
+            self.deadline = now + limits.frame_timeout;
+            if !keep_open {
+                self.close_with(socket, Some(response), now, limits);
+                return true;
+            }
+            if response.emit(&mut self.outgoing).is_err() {
+                // The handler produced a response too large for one frame; the client cannot be answered
+                // correctly, so end the connection instead of sending something else.
+                counters.unsendable += 1;
+                self.close_with(socket, None, now, limits);
+                return true;
+            }
+        }
+
+        if !socket.may_recv() {
+            // The peer closed its side and everything it sent has been read. A frame cut short by EOF just
+            // ends the connection: there is no request to answer.
+            if self.decoder.is_mid_frame() {
+                counters.truncated += 1;
+            }
+            self.close_with(socket, None, now, limits);
+            return true;
+        }
+        if now >= self.deadline {
+            if self.has_outgoing() {
+                // The client stopped taking our bytes; an error frame would not get through either.
+                counters.aborted += 1;
+                self.abort(socket);
+            } else {
+                counters.timeouts += 1;
+                self.close_with(
+                    socket,
+                    Some(Response::Error(ErrorCode::Timeout)),
+                    now,
+                    limits,
+                );
+            }
+            return true;
+        }
+        progress
+    }
+
+    fn service_closing(
+        &mut self,
+        socket: &mut Socket<'_>,
+        port: u16,
+        now: Instant,
+        fin_queued: bool,
+        counters: &mut Counters,
+    ) -> bool {
+        match socket.state() {
+            // Closed: the peer acknowledged our FIN after its own (LAST-ACK done) or reset the connection.
+            // TimeWait: both FINs are acknowledged. Nothing of this connection is left to deliver; reusing
+            // the slot now instead of after smoltcp's 10 s TIME-WAIT keeps slots free for new clients (a
+            // late retransmitted FIN then meets a listening socket and is answered with RST).
+            State::Closed | State::TimeWait => {
+                self.relisten(socket, port);
+                return true;
+            }
+            _ => {}
+        }
+        let mut progress = self.flush(socket);
+        // Whatever the peer still sends is discarded, so a full receive window cannot hold up its FIN.
+        while matches!(socket.recv(|bytes| (bytes.len(), bytes.len())), Ok(discarded) if discarded > 0)
+        {
+            progress = true;
+        }
+        if !fin_queued && !self.has_outgoing() {
+            socket.close();
+            self.phase = Phase::Closing { fin_queued: true };
+            progress = true;
+        }
+        if now >= self.deadline {
+            counters.aborted += 1;
+            self.abort(socket);
+            progress = true;
+        }
+        progress
+    }
+
+    /// Queues `last` (if any), then moves to closing: FIN once it is sent, abort if that takes too long.
+    fn close_with(
+        &mut self,
+        socket: &mut Socket<'_>,
+        last: Option<Response>,
+        now: Instant,
+        limits: &Limits,
+    ) {
+        // Acknowledge the peer's FIN at once: the slot listens again as soon as both FINs are through,
+        // and a delayed ACK would then never leave (the peer would retransmit its FIN and get RST).
+        socket.set_ack_delay(None);
+        if let Some(response) = last {
+            // Our error frames are a few bytes; encoding them cannot exceed the frame limit.
+            let _ = response.emit(&mut self.outgoing);
+        }
+        self.phase = Phase::Closing { fin_queued: false };
+        self.deadline = now + limits.close_timeout;
+    }
+
+    fn abort(&mut self, socket: &mut Socket<'_>) {
+        socket.abort();
+        self.phase = Phase::Aborted;
+    }
+
+    /// Forgets the client and listens for the next one.
+    fn relisten(&mut self, socket: &mut Socket<'_>, port: u16) {
+        socket.set_ack_delay(Some(ACK_DELAY));
+        if socket.listen(port).is_err() {
+            // Only an open socket refuses to listen; force it closed first. `port` is nonzero (checked
+            // when the server was built), so the second attempt cannot fail for that reason.
+            socket.abort();
+            let _ = socket.listen(port);
+        }
+        *self = Self::listening();
+    }
+
+    fn has_outgoing(&self) -> bool {
+        self.sent < self.outgoing.len()
+    }
+
+    /// Hands as much of the outgoing buffer to the socket as it takes. Returns whether it took anything.
+    fn flush(&mut self, socket: &mut Socket<'_>) -> bool {
+        if !self.has_outgoing() {
+            return false;
+        }
+        match socket.send_slice(&self.outgoing[self.sent..]) {
+            Ok(taken) if taken > 0 => {
+                self.sent += taken;
+                if !self.has_outgoing() {
+                    self.outgoing.clear();
+                    self.sent = 0;
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+}

@@ -1,0 +1,332 @@
+//! The appliance's network server: one smoltcp interface, its IPv4 setup (DHCPv4 or static), and a fixed
+//! pool of TCP connection slots answering protocol frames through a [`Handler`] (DESIGN §1, §5).
+//!
+//! The kernel supplies a `smoltcp::phy::Device`, the current time and a handler; nothing here reads a clock
+//! or touches hardware (STYLE 2, 3). DHCPv4 follows RFC 2131 as smoltcp's client implements it: each
+//! lease's address replaces the interface's address and its router becomes the default route.
+//!
+//! Connections beyond the pool are refused by smoltcp with RST (no socket listens for them); a slot
+//! returns to listening as soon as its client is done, times out or is aborted (see [`crate::connection`]).
+
+use alloc::vec;
+use alloc::vec::Vec;
+
+use smoltcp::iface::{Config, Interface, PollResult, SocketHandle, SocketSet};
+use smoltcp::phy::{Device, Medium};
+use smoltcp::socket::{dhcpv4, tcp};
+use smoltcp::time::{Duration, Instant};
+use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, Ipv4Address, Ipv4Cidr};
+
+use crate::config::{Ipv4Setup, NetConfig};
+use crate::connection::Connection;
+use crate::proto::{Request, Response};
+
+/// Answers one decoded request. Called from [`Server::poll`]; it should not block for long, since no
+/// packet moves while it runs.
+pub trait Handler {
+    fn handle(&mut self, request: &Request) -> Response;
+}
+
+/// Sizes and timeouts of the connection pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Concurrent connections (TCP sockets listening on the port).
+    pub connections: usize,
+    /// Bytes of each socket's receive buffer (also the TCP window it advertises).
+    pub rx_buffer: usize,
+    /// Bytes of each socket's send buffer; longer responses are fed in across polls.
+    pub tx_buffer: usize,
+    /// Time a client has for each step: to complete a request frame, or to take a response.
+    pub frame_timeout: Duration,
+    /// Time a closing connection has to finish its FIN exchange before it is aborted.
+    pub close_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            connections: 4,
+            rx_buffer: 8 * 1024,
+            tx_buffer: 8 * 1024,
+            frame_timeout: Duration::from_secs(10),
+            close_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The largest pool [`Server::with_limits`] accepts; each slot costs two socket buffers.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// The longest timeout [`Server::with_limits`] accepts (keeps deadline arithmetic far from overflow).
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// Why a server could not be built.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServerError {
+    /// The device is not an Ethernet device.
+    NotEthernet,
+    /// The MAC address is not a unicast address.
+    BadMac,
+    /// Port 0 cannot be listened on.
+    BadPort,
+    /// `connections` is 0 or above [`MAX_CONNECTIONS`], a socket buffer is empty, or a timeout is over
+    /// [`MAX_TIMEOUT`].
+    BadLimits,
+}
+
+/// What happened during one [`Server::poll`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PollOutcome {
+    /// Packets changed some socket's state, a request was answered, a lease changed, or a slot moved on.
+    /// When false, polling again before `poll_delay` passes or a packet arrives does nothing.
+    pub activity: bool,
+    /// How long the caller may wait for a packet before polling again (smoltcp's timers and our
+    /// connection deadlines together). `None`: nothing is due until a packet arrives.
+    pub poll_delay: Option<Duration>,
+}
+
+/// Running totals, for the kernel's status reporting and for tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Connections that completed the handshake and got a slot.
+    pub accepted: u64,
+    /// Requests decoded and passed to the handler.
+    pub requests: u64,
+    /// Frames whose body was not a request, or that announced an empty body (answered `BadFrame`).
+    pub bad_frames: u64,
+    /// Frame headers over the maximum length (answered `TooLarge`).
+    pub too_large: u64,
+    /// Clients that did not complete a frame in time (answered `Timeout`).
+    pub timeouts: u64,
+    /// Connections the peer ended in the middle of a frame.
+    pub truncated: u64,
+    /// Connections that the peer reset, or that smoltcp dropped after retransmissions went unanswered.
+    pub reset: u64,
+    /// Connections we aborted: the client stopped reading, or did not finish closing in time.
+    pub aborted: u64,
+    /// Handler responses too large to encode in one frame (the connection was closed instead).
+    pub unsendable: u64,
+    /// DHCP leases applied to the interface (first lease and every change).
+    pub leases: u64,
+}
+
+/// The network side of the appliance.
+pub struct Server {
+    iface: Interface,
+    sockets: SocketSet<'static>,
+    dhcp: Option<SocketHandle>,
+    /// Slot `i` serves on the TCP socket `tcp_handles[i]`.
+    tcp_handles: Vec<SocketHandle>,
+    connections: Vec<Connection>,
+    mac: EthernetAddress,
+    address: Option<Ipv4Cidr>,
+    gateway: Option<Ipv4Address>,
+    port: u16,
+    limits: Limits,
+    counters: Counters,
+}
+
+impl Server {
+    /// A server with the default [`Limits`].
+    ///
+    /// `random_seed` seeds smoltcp's TCP initial sequence numbers, ephemeral ports and DHCP transaction
+    /// ids; it should differ on every boot.
+    pub fn new<D: Device + ?Sized>(
+        config: NetConfig,
+        mac: EthernetAddress,
+        device: &mut D,
+        now: Instant,
+        random_seed: u64,
+    ) -> Result<Self, ServerError> {
+        Self::with_limits(config, Limits::default(), mac, device, now, random_seed)
+    }
+
+    /// A server with explicit pool sizes and timeouts.
+    pub fn with_limits<D: Device + ?Sized>(
+        config: NetConfig,
+        limits: Limits,
+        mac: EthernetAddress,
+        device: &mut D,
+        now: Instant,
+        random_seed: u64,
+    ) -> Result<Self, ServerError> {
+        // smoltcp asserts both of these; check them first so bad input is an error, not a panic.
+        if device.capabilities().medium != Medium::Ethernet {
+            return Err(ServerError::NotEthernet);
+        }
+        if !mac.is_unicast() {
+            return Err(ServerError::BadMac);
+        }
+        if config.port == 0 {
+            return Err(ServerError::BadPort);
+        }
+        if limits.connections == 0
+            || limits.connections > MAX_CONNECTIONS
+            || limits.rx_buffer == 0
+            || limits.tx_buffer == 0
+            || limits.frame_timeout > MAX_TIMEOUT
+            || limits.close_timeout > MAX_TIMEOUT
+        {
+            return Err(ServerError::BadLimits);
+        }
+
+        let mut iface_config = Config::new(HardwareAddress::Ethernet(mac));
+        iface_config.random_seed = random_seed;
+        let iface = Interface::new(iface_config, device, now);
+        let mut server = Self {
+            iface,
+            sockets: SocketSet::new(Vec::new()),
+            dhcp: None,
+            tcp_handles: Vec::with_capacity(limits.connections),
+            connections: Vec::with_capacity(limits.connections),
+            mac,
+            address: None,
+            gateway: None,
+            port: config.port,
+            limits,
+            counters: Counters::default(),
+        };
+        match config.ipv4 {
+            Ipv4Setup::Dhcp => server.dhcp = Some(server.sockets.add(dhcpv4::Socket::new())),
+            Ipv4Setup::Static { address, gateway } => server.set_ipv4(Some(address), gateway),
+        }
+        for _ in 0..limits.connections {
+            let mut socket = tcp::Socket::new(
+                tcp::SocketBuffer::new(vec![0; limits.rx_buffer]),
+                tcp::SocketBuffer::new(vec![0; limits.tx_buffer]),
+            );
+            // No smoltcp timeout: it counts from the peer's last packet in every state and would race the
+            // connection's own deadlines, which already bound every phase (see `crate::connection`).
+            // Responses are whole frames handed over at once; Nagle would only delay their last segment.
+            socket.set_nagle_enabled(false);
+            // The port is nonzero and the socket fresh, the only two reasons `listen` fails.
+            let _ = socket.listen(config.port);
+            server.tcp_handles.push(server.sockets.add(socket));
+            server.connections.push(Connection::listening());
+        }
+        Ok(server)
+    }
+
+    /// Moves packets, applies DHCP leases, and advances every connection. Call it whenever the device has
+    /// received something, and otherwise no later than `poll_delay` after the previous call.
+    pub fn poll<D: Device + ?Sized, H: Handler + ?Sized>(
+        &mut self,
+        now: Instant,
+        device: &mut D,
+        handler: &mut H,
+    ) -> PollOutcome {
+        let mut activity =
+            self.iface.poll(now, device, &mut self.sockets) == PollResult::SocketStateChanged;
+        activity |= self.poll_dhcp();
+
+        let mut serviced = false;
+        for (connection, &handle) in self.connections.iter_mut().zip(&self.tcp_handles) {
+            let socket = self.sockets.get_mut::<tcp::Socket>(handle);
+            serviced |= connection.service(
+                socket,
+                self.port,
+                now,
+                &self.limits,
+                handler,
+                &mut self.counters,
+            );
+        }
+        if serviced {
+            // Send the answers (and any RST from an abort) now rather than on the next call.
+            self.iface.poll(now, device, &mut self.sockets);
+            for (connection, &handle) in self.connections.iter_mut().zip(&self.tcp_handles) {
+                connection.finish_abort(self.sockets.get_mut::<tcp::Socket>(handle), self.port);
+            }
+        }
+        activity |= serviced;
+
+        let mut poll_delay = self.iface.poll_delay(now, &self.sockets);
+        for deadline in self.connections.iter().filter_map(Connection::deadline) {
+            let until = if deadline > now {
+                deadline - now
+            } else {
+                Duration::ZERO
+            };
+            poll_delay = Some(poll_delay.map_or(until, |delay| delay.min(until)));
+        }
+        PollOutcome {
+            activity,
+            poll_delay,
+        }
+    }
+
+    /// The interface's IPv4 address and prefix; `None` until DHCP has a lease.
+    pub fn ipv4_cidr(&self) -> Option<Ipv4Cidr> {
+        self.address
+    }
+
+    /// The default gateway in use, if any.
+    pub fn gateway(&self) -> Option<Ipv4Address> {
+        self.gateway
+    }
+
+    /// The TCP port the server listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The interface's MAC address.
+    pub fn mac(&self) -> EthernetAddress {
+        self.mac
+    }
+
+    /// Slots currently occupied by a client (serving or closing).
+    pub fn busy_connections(&self) -> usize {
+        self.connections
+            .iter()
+            .filter(|connection| connection.is_busy())
+            .count()
+    }
+
+    /// Running totals since the server was built.
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+
+    /// Applies a DHCP event, if the DHCP client has one. Returns whether the interface changed.
+    fn poll_dhcp(&mut self) -> bool {
+        let Some(handle) = self.dhcp else {
+            return false;
+        };
+        let lease = match self.sockets.get_mut::<dhcpv4::Socket>(handle).poll() {
+            None => return false,
+            Some(dhcpv4::Event::Configured(lease)) => Some((lease.address, lease.router)),
+            Some(dhcpv4::Event::Deconfigured) => None,
+        };
+        match lease {
+            Some((address, router)) => {
+                self.counters.leases += 1;
+                self.set_ipv4(Some(address), router);
+            }
+            None => self.set_ipv4(None, None),
+        }
+        true
+    }
+
+    /// Replaces the interface's IPv4 address and default route. Connections bound to an address that goes
+    /// away are reset by smoltcp on their next transmission.
+    fn set_ipv4(&mut self, address: Option<Ipv4Cidr>, gateway: Option<Ipv4Address>) {
+        self.iface.update_ip_addrs(|addresses| {
+            addresses.clear();
+            if let Some(address) = address {
+                // The list was just emptied and holds at least one entry, so this push cannot fail.
+                let _ = addresses.push(IpCidr::Ipv4(address));
+            }
+        });
+        self.address = address;
+        let routes = self.iface.routes_mut();
+        routes.remove_default_ipv4_route();
+        self.gateway = None;
+        if let Some(gateway) = gateway {
+            // The default route was just removed, so the table has room for it.
+            if routes.add_default_ipv4_route(gateway).is_ok() {
+                self.gateway = Some(gateway);
+            }
+        }
+    }
+}

@@ -1,0 +1,562 @@
+//! Test bench for `net::Server`: an in-memory Ethernet link between the server's interface and a client
+//! smoltcp interface, virtual time, scripted TCP clients, and a tiny DHCPv4 server (RFC 2131) on the link.
+
+#![allow(dead_code)] // Each test binary uses a different part of the bench.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::rc::Rc;
+
+use net::frame::FrameDecoder;
+use net::proto::{ModelInfo, Request, Response};
+use net::{Handler, Limits, NetConfig, Server};
+use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::phy::{self, ChecksumCapabilities, DeviceCapabilities, Medium};
+use smoltcp::socket::tcp;
+use smoltcp::time::{Duration, Instant};
+use smoltcp::wire::{
+    DhcpMessageType, DhcpPacket, DhcpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
+    EthernetRepr, IpAddress, IpCidr, IpProtocol, Ipv4Address, Ipv4Packet, Ipv4Repr, UdpPacket,
+    UdpRepr,
+};
+
+pub const SERVER_MAC: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 0, 0x02]);
+pub const CLIENT_MAC: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 0, 0x01]);
+pub const SERVER_IP: Ipv4Address = Ipv4Address::new(10, 0, 2, 15);
+pub const CLIENT_IP: Ipv4Address = Ipv4Address::new(10, 0, 2, 2);
+pub const PORT: u16 = 7000;
+
+pub const INFO: ModelInfo = ModelInfo {
+    length: 98_362_432,
+    sha256: [0x5a; 32],
+};
+
+/// Frames in flight, one queue per direction: `queues[side]` is what `side` will receive.
+type Queues = Rc<RefCell<[VecDeque<Vec<u8>>; 2]>>;
+
+pub const SERVER_SIDE: usize = 0;
+pub const CLIENT_SIDE: usize = 1;
+
+/// One end of the link, as a smoltcp device.
+pub struct Port {
+    queues: Queues,
+    side: usize,
+}
+
+pub struct RxToken(Vec<u8>);
+
+pub struct TxToken {
+    queues: Queues,
+    to: usize,
+}
+
+impl phy::RxToken for RxToken {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(&self.0)
+    }
+}
+
+impl phy::TxToken for TxToken {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let mut frame = vec![0; len];
+        let result = f(&mut frame);
+        self.queues.borrow_mut()[self.to].push_back(frame);
+        result
+    }
+}
+
+impl phy::Device for Port {
+    type RxToken<'a> = RxToken;
+    type TxToken<'a> = TxToken;
+
+    fn receive(&mut self, _now: Instant) -> Option<(RxToken, TxToken)> {
+        let frame = self.queues.borrow_mut()[self.side].pop_front()?;
+        Some((
+            RxToken(frame),
+            TxToken {
+                queues: self.queues.clone(),
+                to: 1 - self.side,
+            },
+        ))
+    }
+
+    fn transmit(&mut self, _now: Instant) -> Option<TxToken> {
+        Some(TxToken {
+            queues: self.queues.clone(),
+            to: 1 - self.side,
+        })
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut caps = DeviceCapabilities::default();
+        caps.medium = Medium::Ethernet;
+        caps.max_transmission_unit = 1514;
+        caps
+    }
+}
+
+/// Answers every model-info request with [`INFO`].
+#[derive(Default)]
+pub struct InfoHandler {
+    pub calls: usize,
+}
+
+impl Handler for InfoHandler {
+    fn handle(&mut self, request: &Request) -> Response {
+        self.calls += 1;
+        match request {
+            Request::ModelInfo => Response::ModelInfo(INFO),
+        }
+    }
+}
+
+/// A scripted client connection.
+pub struct Client {
+    pub handle: SocketHandle,
+    /// Bytes still to write.
+    pub outbox: Vec<u8>,
+    /// Bytes received so far.
+    pub inbox: Vec<u8>,
+    /// Close our side once the outbox is written.
+    pub close_when_sent: bool,
+    /// Close our side when the server closes its side (what a well-behaved client does at EOF).
+    pub close_on_eof: bool,
+    /// Read what arrives; a client that stops reading lets its receive window fill.
+    pub reading: bool,
+    pub was_established: bool,
+    /// The server closed its side with FIN (as opposed to RST or not at all).
+    pub saw_eof: bool,
+}
+
+impl Client {
+    /// Decodes every complete response frame in the inbox. Panics on bytes that are not valid frames:
+    /// the server must only ever send well-formed responses.
+    pub fn responses(&self) -> Vec<Response> {
+        let mut decoder = FrameDecoder::new();
+        let mut rest = &self.inbox[..];
+        let mut responses = Vec::new();
+        while !rest.is_empty() {
+            let taken = decoder.push(rest).expect("server sent a malformed frame");
+            rest = &rest[taken..];
+            if let Some(body) = decoder.frame() {
+                responses.push(Response::parse(body).expect("server sent an undecodable response"));
+                decoder.consume();
+            }
+        }
+        assert!(
+            !decoder.is_mid_frame() || !self.saw_eof,
+            "server closed in the middle of a response"
+        );
+        responses
+    }
+}
+
+/// The server, a client interface and the link between them, driven in virtual time.
+pub struct Bench {
+    pub now: Instant,
+    pub server: Server,
+    pub handler: InfoHandler,
+    server_port: Port,
+    client_iface: Interface,
+    client_port: Port,
+    pub sockets: SocketSet<'static>,
+    pub clients: Vec<Client>,
+    queues: Queues,
+    dhcp: Option<DhcpServer>,
+    next_local_port: u16,
+}
+
+/// One millisecond per step: finer than any timer that matters here.
+pub const STEP: Duration = Duration::from_millis(1);
+
+impl Bench {
+    /// A server with a static address, the default limits, and a client on the same subnet.
+    pub fn new() -> Self {
+        Self::with(
+            &format!("ip={SERVER_IP}/24 gw={CLIENT_IP} port={PORT}"),
+            Limits::default(),
+        )
+    }
+
+    pub fn with_limits(limits: Limits) -> Self {
+        Self::with(
+            &format!("ip={SERVER_IP}/24 gw={CLIENT_IP} port={PORT}"),
+            limits,
+        )
+    }
+
+    /// A server configured from a command line. With `ip=dhcp`, the bench's DHCP server answers it.
+    pub fn with(command_line: &str, limits: Limits) -> Self {
+        let queues: Queues = Rc::new(RefCell::new([VecDeque::new(), VecDeque::new()]));
+        let mut server_port = Port {
+            queues: queues.clone(),
+            side: SERVER_SIDE,
+        };
+        let mut client_port = Port {
+            queues: queues.clone(),
+            side: CLIENT_SIDE,
+        };
+        let now = Instant::from_secs(1000);
+        let config = NetConfig::parse(command_line).expect("bench command line");
+        let server = Server::with_limits(config, limits, SERVER_MAC, &mut server_port, now, 0x5eed)
+            .expect("server builds");
+
+        let mut client_config = Config::new(CLIENT_MAC.into());
+        client_config.random_seed = 0xc1e7;
+        let mut client_iface = Interface::new(client_config, &mut client_port, now);
+        client_iface.update_ip_addrs(|addresses| {
+            addresses
+                .push(IpCidr::new(IpAddress::Ipv4(CLIENT_IP), 24))
+                .unwrap();
+        });
+        let dhcp = matches!(config.ipv4, net::Ipv4Setup::Dhcp).then(DhcpServer::default);
+        Self {
+            now,
+            server,
+            handler: InfoHandler::default(),
+            server_port,
+            client_iface,
+            client_port,
+            sockets: SocketSet::new(Vec::new()),
+            clients: Vec::new(),
+            queues,
+            dhcp,
+            next_local_port: 40000,
+        }
+    }
+
+    /// Opens a client connection to the server; returns its index in `clients`.
+    pub fn connect(&mut self) -> usize {
+        self.connect_with_buffers(128 * 1024, 128 * 1024)
+    }
+
+    pub fn connect_with_buffers(&mut self, rx: usize, tx: usize) -> usize {
+        let mut socket = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; rx]),
+            tcp::SocketBuffer::new(vec![0; tx]),
+        );
+        let local_port = self.next_local_port;
+        self.next_local_port += 1;
+        socket
+            .connect(self.client_iface.context(), (SERVER_IP, PORT), local_port)
+            .expect("connect");
+        let handle = self.sockets.add(socket);
+        self.clients.push(Client {
+            handle,
+            outbox: Vec::new(),
+            inbox: Vec::new(),
+            close_when_sent: false,
+            close_on_eof: true,
+            reading: true,
+            was_established: false,
+            saw_eof: false,
+        });
+        self.clients.len() - 1
+    }
+
+    pub fn send(&mut self, client: usize, bytes: &[u8]) {
+        self.clients[client].outbox.extend_from_slice(bytes);
+    }
+
+    pub fn send_request(&mut self, client: usize) {
+        let mut frame = Vec::new();
+        Request::ModelInfo.emit(&mut frame).unwrap();
+        self.send(client, &frame);
+    }
+
+    /// Closes the client's side once its outbox is written.
+    pub fn close(&mut self, client: usize) {
+        self.clients[client].close_when_sent = true;
+    }
+
+    /// Sends RST and forgets the connection.
+    pub fn abort(&mut self, client: usize) {
+        self.socket(client).abort();
+    }
+
+    pub fn socket(&mut self, client: usize) -> &mut tcp::Socket<'static> {
+        let handle = self.clients[client].handle;
+        self.sockets.get_mut::<tcp::Socket>(handle)
+    }
+
+    pub fn state(&mut self, client: usize) -> tcp::State {
+        self.socket(client).state()
+    }
+
+    /// True once the connection is over on the client's side (closed or in TIME-WAIT).
+    pub fn is_finished(&mut self, client: usize) -> bool {
+        matches!(
+            self.state(client),
+            tcp::State::Closed | tcp::State::TimeWait
+        )
+    }
+
+    /// Polls the server, the DHCP server and the client once, then advances time by [`STEP`].
+    pub fn step(&mut self) {
+        self.server
+            .poll(self.now, &mut self.server_port, &mut self.handler);
+        if let Some(dhcp) = &mut self.dhcp {
+            dhcp.serve(&self.queues);
+        }
+        self.client_iface
+            .poll(self.now, &mut self.client_port, &mut self.sockets);
+        for client in &mut self.clients {
+            let socket = self.sockets.get_mut::<tcp::Socket>(client.handle);
+            if socket.state() == tcp::State::Established {
+                client.was_established = true;
+            }
+            if socket.can_send() && !client.outbox.is_empty() {
+                let sent = socket.send_slice(&client.outbox).unwrap();
+                client.outbox.drain(..sent);
+            }
+            // Closing before the handshake completes would abandon the connection instead of ending it.
+            if client.close_when_sent && client.outbox.is_empty() && socket.may_send() {
+                socket.close();
+            }
+            while client.reading && socket.can_recv() {
+                socket
+                    .recv(|bytes| (bytes.len(), client.inbox.extend_from_slice(bytes)))
+                    .unwrap();
+            }
+            // The server's FIN has arrived in any of these states.
+            use tcp::State::{CloseWait, Closing, LastAck, TimeWait};
+            if matches!(socket.state(), CloseWait | Closing | LastAck | TimeWait) {
+                client.saw_eof = true;
+            }
+            if client.reading
+                && client.close_on_eof
+                && socket.state() == CloseWait
+                && !socket.can_recv()
+            {
+                socket.close();
+            }
+        }
+        self.now += STEP;
+    }
+
+    /// Polls the server alone, at the current time, without touching the rest of the bench.
+    pub fn step_server_only(&mut self) -> net::PollOutcome {
+        self.server
+            .poll(self.now, &mut self.server_port, &mut self.handler)
+    }
+
+    /// The server's end of the link, for building another server on it.
+    pub fn server_device(&mut self) -> &mut Port {
+        &mut self.server_port
+    }
+
+    /// Steps until `done` holds, for at most `limit` of virtual time. Returns whether it held.
+    pub fn run_until(&mut self, limit: Duration, mut done: impl FnMut(&mut Self) -> bool) -> bool {
+        let end = self.now + limit;
+        while self.now < end {
+            if done(self) {
+                return true;
+            }
+            self.step();
+        }
+        done(self)
+    }
+
+    /// Steps for `duration` of virtual time.
+    pub fn run_for(&mut self, duration: Duration) {
+        self.run_until(duration, |_| false);
+    }
+
+    /// Steps until the client holds `count` responses (or its connection ends); returns them.
+    pub fn await_responses(
+        &mut self,
+        client: usize,
+        count: usize,
+        limit: Duration,
+    ) -> Vec<Response> {
+        self.run_until(limit, |bench| {
+            bench.clients[client].responses().len() >= count || bench.is_finished(client)
+        });
+        self.clients[client].responses()
+    }
+
+    /// Steps until the client's connection is over; returns everything it received, decoded.
+    pub fn await_end(&mut self, client: usize, limit: Duration) -> Vec<Response> {
+        let ended = self.run_until(limit, |bench| bench.is_finished(client));
+        assert!(
+            ended,
+            "client {client} still {} after {limit}",
+            self.state(client)
+        );
+        self.clients[client].responses()
+    }
+
+    /// Steps until no server slot is occupied.
+    pub fn await_idle_server(&mut self, limit: Duration) {
+        let idle = self.run_until(limit, |bench| bench.server.busy_connections() == 0);
+        assert!(idle, "{} slots still busy", self.server.busy_connections());
+    }
+
+    /// One fresh client asks for model info and must get exactly [`INFO`] back.
+    pub fn assert_serves_a_new_client(&mut self) {
+        let client = self.connect();
+        self.send_request(client);
+        self.close(client);
+        let responses = self.await_end(client, Duration::from_secs(2));
+        assert_eq!(responses, vec![Response::ModelInfo(INFO)]);
+    }
+
+    /// Frames on the link right now, per direction.
+    pub fn frames_in_flight(&self) -> usize {
+        let queues = self.queues.borrow();
+        queues[0].len() + queues[1].len()
+    }
+}
+
+/// A one-lease DHCPv4 server (RFC 2131 §3.1): answers DISCOVER with OFFER and REQUEST with ACK for
+/// [`SERVER_IP`]/24, router [`CLIENT_IP`]. It sits on the link, taking the server's DHCP frames out of the
+/// client's queue and putting its answers into the server's.
+#[derive(Default)]
+pub struct DhcpServer {
+    pub offers: usize,
+    pub acks: usize,
+    /// When set, requests are ignored (no lease is handed out).
+    pub silent: bool,
+}
+
+impl DhcpServer {
+    fn serve(&mut self, queues: &Queues) {
+        let mut queues = queues.borrow_mut();
+        let mut kept = VecDeque::new();
+        while let Some(frame) = queues[CLIENT_SIDE].pop_front() {
+            match parse_dhcp(&frame) {
+                Some(request) => {
+                    if let Some(reply) = self.answer(&request) {
+                        queues[SERVER_SIDE].push_back(reply);
+                    }
+                }
+                None => kept.push_back(frame),
+            }
+        }
+        queues[CLIENT_SIDE] = kept;
+    }
+
+    fn answer(&mut self, request: &DhcpRequest) -> Option<Vec<u8>> {
+        if self.silent {
+            return None;
+        }
+        let message_type = match request.message_type {
+            DhcpMessageType::Discover => {
+                self.offers += 1;
+                DhcpMessageType::Offer
+            }
+            DhcpMessageType::Request => {
+                self.acks += 1;
+                DhcpMessageType::Ack
+            }
+            _ => return None,
+        };
+        let reply = DhcpRepr {
+            message_type,
+            transaction_id: request.transaction_id,
+            secs: 0,
+            client_hardware_address: request.client_hardware_address,
+            client_ip: Ipv4Address::UNSPECIFIED,
+            your_ip: SERVER_IP,
+            server_ip: CLIENT_IP,
+            router: Some(CLIENT_IP),
+            subnet_mask: Some(Ipv4Address::new(255, 255, 255, 0)),
+            relay_agent_ip: Ipv4Address::UNSPECIFIED,
+            broadcast: false,
+            requested_ip: None,
+            client_identifier: None,
+            server_identifier: Some(CLIENT_IP),
+            parameter_request_list: None,
+            dns_servers: None,
+            max_size: None,
+            lease_duration: Some(3600),
+            renew_duration: None,
+            rebind_duration: None,
+            additional_options: &[],
+        };
+        Some(emit_dhcp(&reply))
+    }
+}
+
+struct DhcpRequest {
+    message_type: DhcpMessageType,
+    transaction_id: u32,
+    client_hardware_address: EthernetAddress,
+}
+
+/// The DHCP message in an Ethernet frame bound for UDP port 67, if it is one.
+fn parse_dhcp(frame: &[u8]) -> Option<DhcpRequest> {
+    let caps = ChecksumCapabilities::default();
+    let ethernet = EthernetFrame::new_checked(frame).ok()?;
+    if ethernet.ethertype() != EthernetProtocol::Ipv4 {
+        return None;
+    }
+    let ip = Ipv4Packet::new_checked(ethernet.payload()).ok()?;
+    let ip_repr = Ipv4Repr::parse(&ip, &caps).ok()?;
+    if ip_repr.next_header != IpProtocol::Udp {
+        return None;
+    }
+    let udp = UdpPacket::new_checked(ip.payload()).ok()?;
+    UdpRepr::parse(
+        &udp,
+        &ip_repr.src_addr.into(),
+        &ip_repr.dst_addr.into(),
+        &caps,
+    )
+    .ok()?;
+    if udp.dst_port() != 67 {
+        return None;
+    }
+    let packet = DhcpPacket::new_checked(udp.payload()).ok()?;
+    let repr = DhcpRepr::parse(&packet).ok()?;
+    Some(DhcpRequest {
+        message_type: repr.message_type,
+        transaction_id: repr.transaction_id,
+        client_hardware_address: repr.client_hardware_address,
+    })
+}
+
+/// A DHCP reply broadcast from the DHCP server (at [`CLIENT_IP`]) to port 68.
+fn emit_dhcp(reply: &DhcpRepr) -> Vec<u8> {
+    let caps = ChecksumCapabilities::default();
+    let dhcp_len = reply.buffer_len();
+    let udp_len = 8 + dhcp_len;
+    let ip_repr = Ipv4Repr {
+        src_addr: CLIENT_IP,
+        dst_addr: Ipv4Address::BROADCAST,
+        next_header: IpProtocol::Udp,
+        payload_len: udp_len,
+        hop_limit: 64,
+    };
+    let mut frame = vec![0; 14 + ip_repr.buffer_len() + udp_len];
+    let mut ethernet = EthernetFrame::new_unchecked(&mut frame[..]);
+    EthernetRepr {
+        src_addr: CLIENT_MAC,
+        dst_addr: EthernetAddress::BROADCAST,
+        ethertype: EthernetProtocol::Ipv4,
+    }
+    .emit(&mut ethernet);
+    let mut ip = Ipv4Packet::new_unchecked(ethernet.payload_mut());
+    ip_repr.emit(&mut ip, &caps);
+    let mut udp = UdpPacket::new_unchecked(ip.payload_mut());
+    UdpRepr {
+        src_port: 67,
+        dst_port: 68,
+    }
+    .emit(
+        &mut udp,
+        &CLIENT_IP.into(),
+        &Ipv4Address::BROADCAST.into(),
+        dhcp_len,
+        |payload| reply.emit(&mut DhcpPacket::new_unchecked(payload)).unwrap(),
+        &caps,
+    );
+    frame
+}
+
+/// The bench's DHCP server, when the server runs with `ip=dhcp`.
+impl Bench {
+    pub fn dhcp(&mut self) -> &mut DhcpServer {
+        self.dhcp.as_mut().expect("bench runs without DHCP")
+    }
+}
