@@ -200,12 +200,31 @@ fn random_garbage_never_hurts_the_server() {
         bench.send(client, &bytes);
         bench.close(client);
         let responses = bench.await_end(client, secs(15));
-        // Each connection gets at most answers, an error, or nothing (EOF mid-frame) and always ends.
+        // Each connection ends, cleanly, with answers to any valid requests, then at most one error.
+        let (last, answers) = match responses.split_last() {
+            Some((last, answers)) => (Some(last), answers),
+            None => (None, &[][..]),
+        };
         assert!(
-            responses.len() <= bytes.len() / 5 + 1,
+            answers
+                .iter()
+                .all(|answer| *answer == Response::ModelInfo(INFO)),
+            "round {round}"
+        );
+        assert!(
+            matches!(
+                last,
+                None | Some(Response::ModelInfo(_))
+                    | Some(Response::Error(ErrorCode::BadFrame | ErrorCode::TooLarge))
+            ),
             "round {round}: {responses:?}"
         );
+        assert!(
+            bench.clients[client].saw_eof,
+            "round {round}: not closed with FIN"
+        );
     }
+    assert_eq!(bench.server.counters().aborted, 0);
     bench.assert_serves_a_new_client();
 }
 
@@ -465,6 +484,23 @@ fn refused_clients_that_retry_are_all_served() {
     }
     assert_eq!(served, 16);
     assert!(refusals > 0, "the pool was never full");
+}
+
+#[test]
+fn unfinished_handshakes_hold_slots_only_until_their_timeout() {
+    let mut bench = Bench::new();
+    for port in 50000..50004 {
+        bench.inject_syn(port);
+    }
+    bench.run_for(Duration::from_millis(100));
+    assert_eq!(bench.server.busy_connections(), 4);
+    let refused = bench.connect();
+    assert!(bench.await_end(refused, SECOND).is_empty());
+    assert!(!bench.clients[refused].was_established);
+    bench.await_idle_server(secs(11));
+    assert_eq!(bench.server.counters().aborted, 4);
+    assert_eq!(bench.server.counters().accepted, 0);
+    bench.assert_serves_a_new_client();
 }
 
 #[test]

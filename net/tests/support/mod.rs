@@ -16,8 +16,8 @@ use smoltcp::socket::tcp;
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{
     DhcpMessageType, DhcpPacket, DhcpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
-    EthernetRepr, IpAddress, IpCidr, IpProtocol, Ipv4Address, Ipv4Packet, Ipv4Repr, UdpPacket,
-    UdpRepr,
+    EthernetRepr, IpAddress, IpCidr, IpProtocol, Ipv4Address, Ipv4Packet, Ipv4Repr, TcpControl,
+    TcpPacket, TcpRepr, TcpSeqNumber, UdpPacket, UdpRepr,
 };
 
 pub const SERVER_MAC: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 0, 0x02]);
@@ -399,6 +399,52 @@ impl Bench {
         self.close(client);
         let responses = self.await_end(client, Duration::from_secs(2));
         assert_eq!(responses, vec![Response::ModelInfo(INFO)]);
+    }
+
+    /// Puts a bare TCP SYN on the link, from a host that exists nowhere on it: the server's SYN-ACK (and its
+    /// ARP query for that host) go unanswered, as in a SYN flood with spoofed sources.
+    pub fn inject_syn(&mut self, source_port: u16) {
+        let caps = ChecksumCapabilities::default();
+        let ghost_ip = Ipv4Address::new(10, 0, 2, 99);
+        let ghost_mac = EthernetAddress([0x02, 0, 0, 0, 0, 0x63]);
+        let tcp = TcpRepr {
+            src_port: source_port,
+            dst_port: PORT,
+            control: TcpControl::Syn,
+            seq_number: TcpSeqNumber(1000),
+            ack_number: None,
+            window_len: 1024,
+            window_scale: None,
+            max_seg_size: Some(1460),
+            sack_permitted: false,
+            sack_ranges: [None; 3],
+            timestamp: None,
+            payload: &[],
+        };
+        let ip_repr = Ipv4Repr {
+            src_addr: ghost_ip,
+            dst_addr: SERVER_IP,
+            next_header: IpProtocol::Tcp,
+            payload_len: tcp.buffer_len(),
+            hop_limit: 64,
+        };
+        let mut frame = vec![0; 14 + ip_repr.buffer_len() + tcp.buffer_len()];
+        let mut ethernet = EthernetFrame::new_unchecked(&mut frame[..]);
+        EthernetRepr {
+            src_addr: ghost_mac,
+            dst_addr: SERVER_MAC,
+            ethertype: EthernetProtocol::Ipv4,
+        }
+        .emit(&mut ethernet);
+        let mut ip = Ipv4Packet::new_unchecked(ethernet.payload_mut());
+        ip_repr.emit(&mut ip, &caps);
+        tcp.emit(
+            &mut TcpPacket::new_unchecked(ip.payload_mut()),
+            &ghost_ip.into(),
+            &SERVER_IP.into(),
+            &caps,
+        );
+        self.queues.borrow_mut()[SERVER_SIDE].push_back(frame);
     }
 
     /// Frames on the link right now, per direction.
