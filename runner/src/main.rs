@@ -1,1 +1,162 @@
-fn main() {}
+//! `cargo run` starts this: the runner's command line (build, up, info, fetch-model).
+
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use runner::{client, image, models, qemu, Appliance, BootOptions, BuildOptions, KernelFlavor};
+
+/// cloister: an attested LLM inference appliance booted under QEMU with a software TPM.
+///
+/// Without a subcommand, `up` runs with its defaults.
+#[derive(Parser, Debug)]
+#[command(name = "runner", version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Options of `up`, for running without a subcommand.
+    #[command(flatten)]
+    up: UpArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Build the kernel and write the image directory (kernel.elf, model.gguf, cmdline).
+    Build(BuildArgs),
+    /// Build, boot under QEMU + swtpm, print the endpoint, and serve until Ctrl-C or SIGTERM.
+    Up(UpArgs),
+    /// Ask a running appliance for its model information and print it as JSON.
+    Info(InfoArgs),
+    /// Fetch named models into the cache (sha256-checked).
+    FetchModel(FetchModelArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+struct ImageArgs {
+    /// A model name (smollm2, gemma3, tiny-llama, tiny-gemma3) or the path of a model file.
+    #[arg(long, default_value = models::DEFAULT_MODEL)]
+    model: String,
+    /// Build the kernel with a COM1 console and log output (never for release).
+    #[arg(long)]
+    debug_console: bool,
+}
+
+#[derive(Args, Debug)]
+struct BuildArgs {
+    #[command(flatten)]
+    image: ImageArgs,
+    /// Output directory [default: <workspace>/target/cloister]
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct UpArgs {
+    #[command(flatten)]
+    image: ImageArgs,
+    /// Host port on 127.0.0.1 forwarded to the appliance; 0 picks a free port.
+    #[arg(long, default_value_t = net::proto::APPLIANCE_PORT)]
+    port: u16,
+    /// Accelerator: auto uses KVM only when the CPU has VMX/SVM and /dev/kvm opens.
+    #[arg(long, value_enum, default_value_t = qemu::AccelChoice::Auto)]
+    accel: qemu::AccelChoice,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = qemu::DEFAULT_MEM_MIB)]
+    mem: u32,
+    /// Seconds to wait for the appliance's first answer [default: 300 under TCG, 60 under KVM]
+    #[arg(long)]
+    ready_timeout: Option<u64>,
+}
+
+#[derive(Args, Debug)]
+struct InfoArgs {
+    /// The appliance's address, HOST:PORT.
+    #[arg(long, default_value = "127.0.0.1:7000")]
+    endpoint: String,
+    /// Seconds to wait for the answer.
+    #[arg(long, default_value_t = 30)]
+    timeout: u64,
+}
+
+#[derive(Args, Debug)]
+struct FetchModelArgs {
+    /// Model names (smollm2, gemma3).
+    #[arg(required = true)]
+    names: Vec<String>,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Up(cli.up)) {
+        Command::Build(args) => build(args),
+        Command::Up(args) => up(args),
+        Command::Info(args) => info(args),
+        Command::FetchModel(args) => fetch_model(args),
+    }
+}
+
+fn build_options(image: &ImageArgs, out: Option<PathBuf>) -> BuildOptions {
+    let defaults = BuildOptions::default();
+    BuildOptions {
+        model: image.model.clone(),
+        out: out.unwrap_or(defaults.out),
+        flavor: KernelFlavor { debug_console: image.debug_console },
+        cmdline: defaults.cmdline,
+    }
+}
+
+fn build(args: BuildArgs) -> Result<()> {
+    let image = image::build(&build_options(&args.image, args.out))?;
+    println!("{}", image.dir.display());
+    Ok(())
+}
+
+fn up(args: UpArgs) -> Result<()> {
+    // Install the handler first, so a Ctrl-C during the slow boot also stops QEMU and swtpm cleanly.
+    let (stop_sender, stop) = mpsc::channel();
+    ctrlc::set_handler(move || {
+        let _ = stop_sender.send(());
+    })
+    .context("cannot install the Ctrl-C/SIGTERM handler")?;
+    let image = image::build(&build_options(&args.image, None))?;
+    let mut options = BootOptions::new(image);
+    options.port = args.port;
+    options.accel = args.accel;
+    options.mem_mib = args.mem;
+    options.ready_timeout = args.ready_timeout.map(Duration::from_secs);
+    let mut appliance = Appliance::boot(&options)?;
+    println!("cloister is up at {} (booted in {:.2} s)", appliance.endpoint(), appliance.boot_duration().as_secs_f64());
+    println!("try: cargo run --release -- info --endpoint {}", appliance.endpoint());
+    eprintln!("serving until Ctrl-C or SIGTERM");
+    loop {
+        match stop.recv_timeout(Duration::from_millis(250)) {
+            Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => appliance.ensure_running()?,
+        }
+    }
+    eprintln!("stopping QEMU and swtpm...");
+    appliance.shutdown()
+}
+
+fn info(args: InfoArgs) -> Result<()> {
+    let endpoint = client::resolve_endpoint(&args.endpoint)?;
+    let info = client::model_info(endpoint, Duration::from_secs(args.timeout))
+        .with_context(|| format!("no model information from {endpoint}; is `cargo run --release -- up` running?"))?;
+    println!("{}", client::model_info_json(&info));
+    Ok(())
+}
+
+fn fetch_model(args: FetchModelArgs) -> Result<()> {
+    let cache = runner::workspace::cache_dir();
+    for name in &args.names {
+        let model = models::known(name).with_context(|| {
+            let names: Vec<&str> = models::KNOWN_MODELS.iter().map(|model| model.name).collect();
+            format!("unknown model {name}; fetch-model knows {}", names.join(", "))
+        })?;
+        let path = models::fetch(model, &cache)?;
+        println!("{}", path.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,395 @@
+//! A running appliance: a fresh swtpm state, swtpm, and QEMU booting an image, up until it answers.
+//!
+//! "Up" means the appliance answered a model-info request on the forwarded port. A TCP connect is
+//! not enough: QEMU's user networking accepts host connections before the guest listens.
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use net::proto::ModelInfo;
+
+use crate::image::Image;
+use crate::process::{self, ChildGuard};
+use crate::qemu::{self, Accel, AccelChoice, QemuConfig};
+use crate::tpm_state::{self, CertificateAuthority, Swtpm};
+use crate::{client, tools, workspace};
+
+/// How long one readiness probe may take before it is retried.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Pause between readiness probes, so probing does not steal time from a slow TCG guest.
+const PROBE_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Bytes of serial output and of QEMU's output quoted in an error.
+const TAIL_BYTES: u64 = 4096;
+
+/// How many free ports to try when `port` is 0 and QEMU finds the picked one taken.
+const PORT_ATTEMPTS: u32 = 3;
+
+/// How to boot.
+#[derive(Clone, Debug)]
+pub struct BootOptions {
+    /// The image directory (kernel, model, command line) from [`crate::image::build`].
+    pub image: Image,
+    /// The host port on 127.0.0.1 forwarded to the appliance; 0 picks a free one.
+    pub port: u16,
+    pub accel: AccelChoice,
+    pub mem_mib: u32,
+    /// Copy the guest's serial output to stderr as it arrives (for a debug-console kernel).
+    pub echo_serial: bool,
+    /// How long to wait for the first answer; `None` for [`default_ready_timeout`].
+    pub ready_timeout: Option<Duration>,
+    /// The cache holding the EK certificate authority (`<cache>/ca`).
+    pub cache_dir: PathBuf,
+}
+
+impl BootOptions {
+    /// Defaults for `image`: a free port, automatic accelerator, 1 GiB, serial echoed only for a
+    /// debug-console kernel, the default cache.
+    pub fn new(image: Image) -> Self {
+        Self {
+            echo_serial: image.flavor.debug_console,
+            image,
+            port: 0,
+            accel: AccelChoice::Auto,
+            mem_mib: qemu::DEFAULT_MEM_MIB,
+            ready_timeout: None,
+            cache_dir: workspace::cache_dir(),
+        }
+    }
+}
+
+/// The default readiness deadline: TCG is 50-80x slower than native (DESIGN §3), and the guest
+/// hashes the whole model before it listens.
+pub fn default_ready_timeout(accel: Accel) -> Duration {
+    match accel {
+        Accel::Tcg => Duration::from_secs(300),
+        Accel::Kvm => Duration::from_secs(60),
+    }
+}
+
+/// A booted appliance. Dropping it stops QEMU and swtpm and removes the run's state directory.
+pub struct Appliance {
+    // Fields drop in order: QEMU first (it holds swtpm's socket), swtpm, the serial echo, and the
+    // state directory last.
+    qemu: ChildGuard,
+    swtpm: Swtpm,
+    echo: Option<SerialEcho>,
+    endpoint: SocketAddr,
+    accel: Accel,
+    boot_duration: Duration,
+    model_info: ModelInfo,
+    serial_log: PathBuf,
+    ca: CertificateAuthority,
+    state: tempfile::TempDir,
+}
+
+impl Appliance {
+    /// Provisions a fresh swtpm state, starts swtpm and QEMU, and waits until the appliance answers.
+    ///
+    /// On failure everything started is stopped again; the error quotes QEMU's output and the tail
+    /// of the serial log.
+    pub fn boot(options: &BootOptions) -> Result<Self> {
+        tools::require(&tools::BOOT_TOOLS)?;
+        let accel = qemu::detect_accel(options.accel);
+        let ca = CertificateAuthority::in_cache(&options.cache_dir)?;
+        // Unix socket paths are limited to 108 bytes, so the run's state lives under the temp dir.
+        let state = tempfile::Builder::new()
+            .prefix("cloister-run-")
+            .tempdir()
+            .context("cannot create the run's state directory")?;
+        let attempts = if options.port == 0 { PORT_ATTEMPTS } else { 1 };
+        let mut attempt = 1;
+        loop {
+            match Self::boot_once(options, accel, &ca, state.path()) {
+                Ok(booted) => return Ok(booted.into_appliance(accel, ca, state)),
+                Err(BootFailure::PortTaken(error)) if attempt < attempts => {
+                    eprintln!("{error}; trying another port");
+                    attempt += 1;
+                }
+                Err(BootFailure::PortTaken(error) | BootFailure::Other(error)) => return Err(error),
+            }
+        }
+    }
+
+    fn boot_once(
+        options: &BootOptions,
+        accel: Accel,
+        ca: &CertificateAuthority,
+        state: &Path,
+    ) -> Result<Booted, BootFailure> {
+        let tpm_dir = state.join("tpm");
+        eprintln!("provisioning a fresh swtpm state (EK certificates from the CA in {})...", ca.dir().display());
+        tpm_state::provision(ca, &tpm_dir)?;
+        let mut swtpm = Swtpm::start(&tpm_dir, &state.join("swtpm.sock"))?;
+        let host_port = match options.port {
+            0 => free_port()?,
+            port => port,
+        };
+        let serial_log = state.join("serial.log");
+        let config = QemuConfig {
+            kernel: options.image.kernel.clone(),
+            initrd: options.image.model.clone(),
+            cmdline: options.image.cmdline.clone(),
+            mem_mib: options.mem_mib,
+            accel,
+            host_port,
+            swtpm_socket: swtpm.socket().to_path_buf(),
+            serial_log: serial_log.clone(),
+        };
+        let endpoint = SocketAddr::from((Ipv4Addr::LOCALHOST, host_port));
+        let timeout = options.ready_timeout.unwrap_or_else(|| default_ready_timeout(accel));
+        eprintln!(
+            "booting under QEMU ({}, {} MiB); waiting up to {} s for the appliance to answer on {endpoint}...",
+            accel.name(),
+            options.mem_mib,
+            timeout.as_secs()
+        );
+        let started = Instant::now();
+        let mut qemu = ChildGuard::spawn("QEMU", config.command(), &state.join("qemu.log"))?;
+        let echo = options.echo_serial.then(|| SerialEcho::start(serial_log.clone()));
+        let model_info = wait_ready(&mut qemu, &mut swtpm, endpoint, started + timeout, &serial_log)?;
+        Ok(Booted { qemu, swtpm, echo, endpoint, boot_duration: started.elapsed(), model_info, serial_log })
+    }
+
+    /// The forwarded address clients connect to.
+    pub fn endpoint(&self) -> SocketAddr {
+        self.endpoint
+    }
+
+    /// Time from starting QEMU to the first answered request.
+    pub fn boot_duration(&self) -> Duration {
+        self.boot_duration
+    }
+
+    /// What the appliance answered to the readiness probe.
+    pub fn model_info(&self) -> ModelInfo {
+        self.model_info
+    }
+
+    /// The accelerator QEMU runs with.
+    pub fn accel(&self) -> Accel {
+        self.accel
+    }
+
+    /// The file receiving the guest's COM1 output (stays empty for a release image).
+    pub fn serial_log(&self) -> &Path {
+        &self.serial_log
+    }
+
+    /// Everything the guest has written to COM1 so far.
+    pub fn serial_output(&self) -> Result<Vec<u8>> {
+        std::fs::read(&self.serial_log).with_context(|| format!("cannot read {}", self.serial_log.display()))
+    }
+
+    /// The run's state directory (swtpm state and socket, logs); removed on drop.
+    pub fn state_dir(&self) -> &Path {
+        self.state.path()
+    }
+
+    /// The CA that issued this run's EK certificates.
+    pub fn certificate_authority(&self) -> &CertificateAuthority {
+        &self.ca
+    }
+
+    /// Process ids of QEMU and swtpm, for checking that nothing outlives the appliance.
+    pub fn process_ids(&self) -> [u32; 2] {
+        [self.qemu.id(), self.swtpm.id()]
+    }
+
+    /// Fails, quoting QEMU's output and the serial log, if QEMU or swtpm has exited.
+    pub fn ensure_running(&mut self) -> Result<()> {
+        if let Some(status) = self.qemu.try_wait()? {
+            bail!(exit_report(&status, self.qemu.log_path(), &self.serial_log));
+        }
+        self.swtpm.ensure_running()
+    }
+
+    /// Stops QEMU, then swtpm, and removes the state directory.
+    pub fn shutdown(mut self) -> Result<()> {
+        self.qemu.stop()?;
+        // Copy the guest's last serial output before saying anything else.
+        drop(self.echo.take());
+        drop(self);
+        Ok(())
+    }
+}
+
+/// An appliance that answered, before it owns its state directory.
+struct Booted {
+    qemu: ChildGuard,
+    swtpm: Swtpm,
+    echo: Option<SerialEcho>,
+    endpoint: SocketAddr,
+    boot_duration: Duration,
+    model_info: ModelInfo,
+    serial_log: PathBuf,
+}
+
+impl Booted {
+    fn into_appliance(self, accel: Accel, ca: CertificateAuthority, state: tempfile::TempDir) -> Appliance {
+        Appliance {
+            qemu: self.qemu,
+            swtpm: self.swtpm,
+            echo: self.echo,
+            endpoint: self.endpoint,
+            accel,
+            boot_duration: self.boot_duration,
+            model_info: self.model_info,
+            serial_log: self.serial_log,
+            ca,
+            state,
+        }
+    }
+}
+
+/// Why one boot attempt failed: a forwarded port already in use is worth another try.
+enum BootFailure {
+    PortTaken(anyhow::Error),
+    Other(anyhow::Error),
+}
+
+impl From<anyhow::Error> for BootFailure {
+    fn from(error: anyhow::Error) -> Self {
+        BootFailure::Other(error)
+    }
+}
+
+/// Probes the appliance until it answers a model-info request, QEMU exits, or `deadline` passes.
+fn wait_ready(
+    qemu: &mut ChildGuard,
+    swtpm: &mut Swtpm,
+    endpoint: SocketAddr,
+    deadline: Instant,
+    serial_log: &Path,
+) -> Result<ModelInfo, BootFailure> {
+    let mut last_error = anyhow!("no probe was sent");
+    loop {
+        if let Some(status) = qemu.try_wait()? {
+            let report = exit_report(&status, qemu.log_path(), serial_log);
+            let output = std::fs::read_to_string(qemu.log_path()).unwrap_or_default();
+            if output.to_ascii_lowercase().contains("host forwarding rule") {
+                return Err(BootFailure::PortTaken(anyhow!(
+                    "host port {} is already in use (pass --port 0 to pick a free one): {report}",
+                    endpoint.port()
+                )));
+            }
+            return Err(BootFailure::Other(anyhow!(report)));
+        }
+        swtpm.ensure_running()?;
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(BootFailure::Other(anyhow!(
+                "the appliance did not answer on {endpoint} in time (last probe: {last_error:#}); \
+                 boot a --debug-console image to see what the kernel does.\nserial output:\n{}\nQEMU's output:\n{}",
+                process::tail_of_file(serial_log, TAIL_BYTES),
+                process::tail_of_file(qemu.log_path(), TAIL_BYTES)
+            )));
+        }
+        match client::model_info(endpoint, PROBE_TIMEOUT.min(deadline - now)) {
+            Ok(info) => return Ok(info),
+            Err(error) => last_error = error,
+        }
+        std::thread::sleep(PROBE_INTERVAL.min(deadline.saturating_duration_since(Instant::now())));
+    }
+}
+
+fn exit_report(status: &std::process::ExitStatus, qemu_log: &Path, serial_log: &Path) -> String {
+    format!(
+        "QEMU exited ({status}) before the appliance stopped.\nQEMU's output:\n{}\nserial output:\n{}",
+        process::tail_of_file(qemu_log, TAIL_BYTES),
+        process::tail_of_file(serial_log, TAIL_BYTES)
+    )
+}
+
+/// A port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> Result<u16> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("cannot find a free port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// Copies a growing file to stderr from a thread until dropped, then copies what is left.
+struct SerialEcho {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl SerialEcho {
+    /// How often the file is checked for new bytes.
+    const POLL: Duration = Duration::from_millis(50);
+
+    fn start(path: PathBuf) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let mut offset = 0u64;
+            loop {
+                // Read the flag before copying, so the last copy happens after QEMU stopped writing.
+                let stopping = flag.load(Ordering::Acquire);
+                offset = copy_new_bytes(&path, offset, &mut std::io::stderr());
+                if stopping {
+                    return;
+                }
+                std::thread::sleep(Self::POLL);
+            }
+        });
+        Self { stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for SerialEcho {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Writes the bytes of `path` past `offset` to `out` and returns the new offset.
+fn copy_new_bytes(path: &Path, offset: u64, out: &mut impl Write) -> u64 {
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return offset;
+    };
+    if file.seek(SeekFrom::Start(offset)).is_err() {
+        return offset;
+    }
+    let mut bytes = Vec::new();
+    // A failed read still leaves what it read in `bytes`; the next poll retries the rest.
+    let _ = file.read_to_end(&mut bytes);
+    let _ = out.write_all(&bytes);
+    let _ = out.flush();
+    offset + bytes.len() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serial_echo_copies_only_new_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("serial.log");
+        let mut out = Vec::new();
+        assert_eq!(copy_new_bytes(&path, 0, &mut out), 0, "a missing file is not an error");
+        std::fs::write(&path, b"hello ").unwrap();
+        let offset = copy_new_bytes(&path, 0, &mut out);
+        std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"world").unwrap();
+        let offset = copy_new_bytes(&path, offset, &mut out);
+        assert_eq!(offset, 11);
+        assert_eq!(out, b"hello world");
+    }
+
+    #[test]
+    fn free_port_is_bindable() {
+        let port = free_port().unwrap();
+        assert_ne!(port, 0);
+        TcpListener::bind((Ipv4Addr::LOCALHOST, port)).unwrap();
+    }
+}

@@ -1,0 +1,274 @@
+//! Building the appliance image: the kernel in its own cargo invocation, and the directory QEMU boots from.
+//!
+//! The kernel shares the host's target triple but must not share its cargo invocation: feature
+//! unification would hand it the `std` features the runner's dependencies enable (DESIGN §2). Its
+//! flags therefore travel in `CARGO_ENCODED_RUSTFLAGS` of a separate `cargo build` with an explicit
+//! `--target` (which keeps them off build scripts and proc macros) and a target directory of its own
+//! (a nested cargo on the outer target directory would wait forever on the build lock). The flags
+//! make the image reproducible: paths remapped, no build id, no host-dependent CPU features.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+use crate::{models, process, workspace};
+
+/// The only Rust target installed here (DESIGN §2); the kernel is freestanding despite the name.
+pub const KERNEL_TARGET: &str = "x86_64-unknown-linux-gnu";
+
+/// The kernel command line unless told otherwise: DHCP, and the port the appliance listens on.
+pub const DEFAULT_CMDLINE: &str = "ip=dhcp port=7000";
+
+/// Names of the files in an image directory.
+pub const KERNEL_FILE: &str = "kernel.elf";
+pub const MODEL_FILE: &str = "model.gguf";
+pub const CMDLINE_FILE: &str = "cmdline";
+
+/// Which kernel to build.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelFlavor {
+    /// Build with the `debug-console` feature (COM1 console and log output). Never for release.
+    pub debug_console: bool,
+}
+
+impl KernelFlavor {
+    /// The kernel's own target directory.
+    pub fn target_dir(self, workspace: &Path) -> PathBuf {
+        let name = if self.debug_console { "kernel-debug" } else { "kernel" };
+        workspace.join("target").join(name)
+    }
+
+    /// Where cargo leaves the kernel ELF.
+    pub fn elf_path(self, workspace: &Path) -> PathBuf {
+        self.target_dir(workspace).join(KERNEL_TARGET).join("release").join("kernel")
+    }
+}
+
+/// The rustc flags of the kernel build, in order.
+pub fn kernel_rustflags(workspace: &Path, cargo_home: &Path) -> Vec<String> {
+    vec![
+        "-Clinker=rust-lld".into(),
+        "-Clinker-flavor=ld.lld".into(),
+        "-Crelocation-model=static".into(),
+        "-Cno-redzone=yes".into(),
+        "-Ctarget-cpu=x86-64".into(),
+        "-Clink-arg=--build-id=none".into(),
+        format!("--remap-path-prefix={}=/cloister", workspace.display()),
+        format!("--remap-path-prefix={}=/cargo", cargo_home.display()),
+    ]
+}
+
+/// `$CARGO_HOME`, else `~/.cargo`.
+pub fn cargo_home() -> PathBuf {
+    match std::env::var_os("CARGO_HOME") {
+        Some(home) if !home.is_empty() => PathBuf::from(home),
+        _ => PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cargo"),
+    }
+}
+
+/// The `cargo build` command for the kernel, run from `workspace`.
+pub fn kernel_build_command(workspace: &Path, cargo_home: &Path, flavor: KernelFlavor) -> Command {
+    // Under `cargo run`/`cargo test`, $CARGO names the cargo that started us.
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
+    let mut command = Command::new(cargo);
+    command
+        .current_dir(workspace)
+        .args(["build", "-p", "kernel", "--release", "--target", KERNEL_TARGET, "--target-dir"])
+        .arg(flavor.target_dir(workspace));
+    if flavor.debug_console {
+        command.args(["--features", "debug-console"]);
+    }
+    for inherited in [
+        "RUSTFLAGS",
+        "CARGO_BUILD_RUSTFLAGS",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET_DIR",
+        "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS",
+        "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER",
+    ] {
+        command.env_remove(inherited);
+    }
+    command
+        .env("CARGO_ENCODED_RUSTFLAGS", kernel_rustflags(workspace, cargo_home).join("\x1f"))
+        .env("SOURCE_DATE_EPOCH", "0");
+    command
+}
+
+/// Builds the kernel (cargo's output forwarded to stderr) and returns the ELF's path.
+pub fn build_kernel(flavor: KernelFlavor) -> Result<PathBuf> {
+    let workspace = workspace::root();
+    let label = if flavor.debug_console { " (debug-console)" } else { "" };
+    eprintln!("building kernel image{label}...");
+    let mut command = kernel_build_command(&workspace, &cargo_home(), flavor);
+    command.stdout(process::stderr_stdio()?);
+    let status = command.status().context("cannot run cargo to build the kernel")?;
+    if !status.success() {
+        bail!("building the kernel failed ({status}); cargo's errors are above");
+    }
+    let elf = flavor.elf_path(&workspace);
+    if !elf.is_file() {
+        bail!("cargo reported success but {} does not exist", elf.display());
+    }
+    Ok(elf)
+}
+
+/// What `runner build` produces: the files QEMU needs, in one directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Image {
+    pub dir: PathBuf,
+    /// `<dir>/kernel.elf`.
+    pub kernel: PathBuf,
+    /// `<dir>/model.gguf` (a hard link to the model where possible, else a copy).
+    pub model: PathBuf,
+    /// The kernel command line, also written to `<dir>/cmdline`.
+    pub cmdline: String,
+    pub flavor: KernelFlavor,
+}
+
+/// What to build.
+#[derive(Clone, Debug)]
+pub struct BuildOptions {
+    /// A model name or path, as `--model` takes it.
+    pub model: String,
+    /// The output directory.
+    pub out: PathBuf,
+    pub flavor: KernelFlavor,
+    pub cmdline: String,
+}
+
+impl Default for BuildOptions {
+    fn default() -> Self {
+        Self {
+            model: models::DEFAULT_MODEL.into(),
+            out: workspace::default_out_dir(),
+            flavor: KernelFlavor::default(),
+            cmdline: DEFAULT_CMDLINE.into(),
+        }
+    }
+}
+
+/// Builds the kernel, resolves the model and writes both with the command line into `options.out`.
+pub fn build(options: &BuildOptions) -> Result<Image> {
+    let model = models::resolve(&options.model)?;
+    let kernel = build_kernel(options.flavor)?;
+    assemble(&kernel, &model, &options.cmdline, &options.out, options.flavor)
+}
+
+/// Writes an image directory from a built kernel and a model file.
+///
+/// Each file is written under a temporary name and renamed into place, so a run booting from the
+/// same directory never sees a half-written file.
+pub fn assemble(kernel: &Path, model: &Path, cmdline: &str, out: &Path, flavor: KernelFlavor) -> Result<Image> {
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let out = out.canonicalize()?;
+    let image = Image {
+        kernel: out.join(KERNEL_FILE),
+        model: out.join(MODEL_FILE),
+        cmdline: cmdline.to_string(),
+        dir: out.clone(),
+        flavor,
+    };
+    replace_with(&image.kernel, |temporary| {
+        std::fs::copy(kernel, temporary).map(|_| ()).with_context(|| format!("cannot copy {}", kernel.display()))
+    })?;
+    if !same_file(model, &image.model) {
+        replace_with(&image.model, |temporary| {
+            std::fs::hard_link(model, temporary)
+                .or_else(|_| std::fs::copy(model, temporary).map(|_| ()))
+                .with_context(|| format!("cannot link or copy {}", model.display()))
+        })?;
+    }
+    replace_with(&out.join(CMDLINE_FILE), |temporary| Ok(std::fs::write(temporary, cmdline)?))?;
+    Ok(image)
+}
+
+/// Creates `path` by letting `create` write a temporary sibling, then renaming it over `path`.
+fn replace_with(path: &Path, create: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().and_then(|name| name.to_str()).unwrap_or("file");
+    let temporary = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let _ = std::fs::remove_file(&temporary);
+    let result = create(&temporary).and_then(|()| {
+        std::fs::rename(&temporary, path).with_context(|| format!("cannot write {}", path.display()))
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_file(&temporary);
+    }
+    result
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_build_is_its_own_reproducible_invocation() {
+        let flavor = KernelFlavor { debug_console: false };
+        let command = kernel_build_command(Path::new("/ws"), Path::new("/home/me/.cargo"), flavor);
+        let args: Vec<_> = command.get_args().map(|arg| arg.to_str().unwrap()).collect();
+        assert_eq!(
+            args,
+            [
+                "build",
+                "-p",
+                "kernel",
+                "--release",
+                "--target",
+                "x86_64-unknown-linux-gnu",
+                "--target-dir",
+                "/ws/target/kernel"
+            ]
+        );
+        assert_eq!(command.get_current_dir(), Some(Path::new("/ws")));
+        let env: std::collections::HashMap<_, _> = command.get_envs().collect();
+        let flags = env[std::ffi::OsStr::new("CARGO_ENCODED_RUSTFLAGS")].unwrap().to_str().unwrap();
+        let flags: Vec<&str> = flags.split('\x1f').collect();
+        assert!(flags.contains(&"-Clinker=rust-lld"));
+        assert!(flags.contains(&"-Clink-arg=--build-id=none"));
+        assert!(flags.contains(&"--remap-path-prefix=/ws=/cloister"));
+        assert!(flags.contains(&"--remap-path-prefix=/home/me/.cargo=/cargo"));
+        assert_eq!(env[std::ffi::OsStr::new("SOURCE_DATE_EPOCH")], Some(std::ffi::OsStr::new("0")));
+        // Inherited flags and target directories are removed, not passed on.
+        for removed in ["RUSTFLAGS", "CARGO_BUILD_RUSTFLAGS", "CARGO_TARGET_DIR"] {
+            assert_eq!(env[std::ffi::OsStr::new(removed)], None, "{removed}");
+        }
+        assert_eq!(flavor.elf_path(Path::new("/ws")), Path::new("/ws/target/kernel/x86_64-unknown-linux-gnu/release/kernel"));
+    }
+
+    #[test]
+    fn debug_console_build_uses_its_own_target_dir() {
+        let flavor = KernelFlavor { debug_console: true };
+        let command = kernel_build_command(Path::new("/ws"), Path::new("/c"), flavor);
+        let args: Vec<_> = command.get_args().map(|arg| arg.to_str().unwrap()).collect();
+        assert!(args.ends_with(&["/ws/target/kernel-debug", "--features", "debug-console"]), "{args:?}");
+    }
+
+    #[test]
+    fn assemble_writes_the_image_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = dir.path().join("kernel");
+        let model = dir.path().join("weights.gguf");
+        std::fs::write(&kernel, b"\x7fELF").unwrap();
+        std::fs::write(&model, b"GGUF").unwrap();
+        let out = dir.path().join("out");
+        let image = assemble(&kernel, &model, "ip=dhcp port=7000", &out, KernelFlavor::default()).unwrap();
+        assert_eq!(std::fs::read(&image.kernel).unwrap(), b"\x7fELF");
+        assert_eq!(std::fs::read(&image.model).unwrap(), b"GGUF");
+        assert_eq!(std::fs::read_to_string(out.join("cmdline")).unwrap(), "ip=dhcp port=7000");
+        // Rebuilding over the same directory, even from its own model file, keeps the model intact.
+        let again = assemble(&kernel, &image.model, "port=7000", &out, KernelFlavor::default()).unwrap();
+        assert_eq!(std::fs::read(&again.model).unwrap(), b"GGUF");
+        let leftovers: Vec<_> = std::fs::read_dir(&out).unwrap().map(|entry| entry.unwrap().file_name()).collect();
+        assert_eq!(leftovers.len(), 3, "{leftovers:?}");
+    }
+}

@@ -1,0 +1,16 @@
+//! The cloister runner: builds the image, fetches models, provisions swtpm, boots QEMU, and talks
+//! to the appliance. `main.rs` is the command-line front end; the end-to-end tests use this library.
+
+pub mod appliance;
+pub mod client;
+pub mod image;
+pub mod models;
+pub mod process;
+pub mod qemu;
+pub mod tools;
+pub mod tpm_state;
+pub mod workspace;
+
+pub use appliance::{Appliance, BootOptions};
+pub use image::{BuildOptions, Image, KernelFlavor};
+pub use qemu::{Accel, AccelChoice};
