@@ -1,2 +1,90 @@
+//! cloister's freestanding kernel: entered from PVH boot, it sets up the CPU and memory, hashes
+//! the model it was given, brings up virtio-net and serves the appliance protocol.
+//!
+//! All of the project's `unsafe` hardware access lives in this binary (DESIGN §1); the logic it
+//! relies on is in the host-tested `kernel` library and the `net` crate.
 #![no_std]
 #![no_main]
+
+extern crate alloc;
+
+mod appliance;
+mod arch;
+mod clock;
+mod console;
+mod memory;
+mod pci;
+mod rng;
+mod rt;
+mod virtio;
+
+use sha2::{Digest, Sha256};
+
+use arch::cpu;
+
+/// Stops the kernel after a setup failure. The debug console says why; a release image has no
+/// console, so it simply never starts serving.
+fn fail(_what: &str) -> ! {
+    crate::debug!("boot failed: {_what}");
+    cpu::halt_forever()
+}
+
+/// The Rust entry point, called from `arch::boot` with the PVH start-info address.
+#[unsafe(no_mangle)]
+extern "C" fn kernel_main(start_info: u64) -> ! {
+    let entry_tsc = cpu::rdtsc();
+    #[cfg(feature = "debug-console")]
+    console::init();
+    crate::debug!("cloister kernel entered");
+    arch::interrupts::init();
+    let mut memory = match memory::init(start_info) {
+        Ok(memory) => memory,
+        Err(_error) => {
+            crate::debug!("memory setup failed: {_error:?}");
+            fail("memory")
+        }
+    };
+    crate::debug!(
+        "memory: W^X tables live, heap {} MiB, model {} bytes, cmdline {:?}",
+        memory.heap_bytes >> 20,
+        memory.model.1 - memory.model.0,
+        memory.boot.cmdline.as_str()
+    );
+    let Ok(clock) = clock::Clock::calibrate() else {
+        fail("clock calibration")
+    };
+    crate::debug!("clock: TSC at {} kHz", clock.tsc_hz() / 1000);
+    let Ok(mut random) = rng::Random::from_hardware() else {
+        fail("no hardware entropy")
+    };
+
+    let model = memory.model_bytes();
+    let digest: [u8; 32] = Sha256::digest(model).into();
+    crate::debug!("model: sha256 computed in {} ms", clock.now_us() / 1000);
+
+    let transport = match pci::virtio_net(&mut memory) {
+        Ok(transport) => transport,
+        Err(_error) => {
+            crate::debug!("network device: {_error:?}");
+            fail("network device")
+        }
+    };
+    let Ok(device) = virtio::NetDevice::new(transport) else {
+        fail("virtio-net setup")
+    };
+    if arch::interrupts::start_wakeup_timer(&clock, 1000).is_err() {
+        fail("local APIC timer");
+    }
+    let info = net::proto::ModelInfo {
+        length: model.len() as u64,
+        sha256: digest,
+    };
+    appliance::serve(appliance::Setup {
+        cmdline: memory.boot.cmdline.as_str(),
+        device,
+        clock,
+        random: &mut random,
+        info,
+        entry_tsc,
+    })
+}

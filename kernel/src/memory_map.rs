@@ -62,7 +62,10 @@ pub const MAX_FREE_RANGES: usize = 128;
 /// (each reserved range widened outward to whole pages). Ranges that do not fit are dropped.
 pub fn usable_ranges(map: &[Region], reserved: &[(u64, u64)]) -> Vec<(u64, u64), MAX_FREE_RANGES> {
     let mut free: Vec<(u64, u64), MAX_FREE_RANGES> = Vec::new();
-    for region in map.iter().filter(|region| region.kind == MemoryKind::Usable) {
+    for region in map
+        .iter()
+        .filter(|region| region.kind == MemoryKind::Usable)
+    {
         let start = align_up(region.start, FRAME_SIZE);
         let end = region.end() & !(FRAME_SIZE - 1);
         if start < end {
@@ -92,7 +95,9 @@ pub fn usable_ranges(map: &[Region], reserved: &[(u64, u64)]) -> Vec<(u64, u64),
 
 /// Rounds `value` up to a multiple of `align` (a power of two), saturating near the top.
 pub fn align_up(value: u64, align: u64) -> u64 {
-    value.checked_add(align - 1).map_or(u64::MAX & !(align - 1), |v| v & !(align - 1))
+    value
+        .checked_add(align - 1)
+        .map_or(u64::MAX & !(align - 1), |v| v & !(align - 1))
 }
 
 /// Hands out physical frames from the free ranges, lowest address first within each range.
@@ -104,7 +109,9 @@ pub struct FrameAllocator {
 impl FrameAllocator {
     /// An allocator over `map`'s usable RAM minus `reserved` ranges (`[start, end)` pairs).
     pub fn new(map: &[Region], reserved: &[(u64, u64)]) -> Self {
-        Self { free: usable_ranges(map, reserved) }
+        Self {
+            free: usable_ranges(map, reserved),
+        }
     }
 
     /// One zero-based 4 KiB frame address, or `None` when memory is exhausted.
@@ -129,7 +136,11 @@ impl FrameAllocator {
 
     /// The largest contiguous free range, as `[start, end)`.
     pub fn largest_free(&self) -> Option<(u64, u64)> {
-        self.free.iter().copied().filter(|r| r.1 > r.0).max_by_key(|r| r.1 - r.0)
+        self.free
+            .iter()
+            .copied()
+            .filter(|r| r.1 > r.0)
+            .max_by_key(|r| r.1 - r.0)
     }
 
     /// Removes `[start, end)` from the free ranges (to claim it for something else).
@@ -138,7 +149,11 @@ impl FrameAllocator {
             &self
                 .free
                 .iter()
-                .map(|&(s, e)| Region { start: s, len: e - s, kind: MemoryKind::Usable })
+                .map(|&(s, e)| Region {
+                    start: s,
+                    len: e - s,
+                    kind: MemoryKind::Usable,
+                })
                 .collect::<Vec<Region, MAX_FREE_RANGES>>(),
             &[(start, end)],
         );
@@ -157,9 +172,21 @@ mod tests {
 
     fn qemu_map() -> [Region; 3] {
         [
-            Region { start: 0, len: 0x9fc00, kind: MemoryKind::Usable },
-            Region { start: 0xf0000, len: 0x10000, kind: MemoryKind::Reserved },
-            Region { start: 0x100000, len: 0x1fee0000, kind: MemoryKind::Usable },
+            Region {
+                start: 0,
+                len: 0x9fc00,
+                kind: MemoryKind::Usable,
+            },
+            Region {
+                start: 0xf0000,
+                len: 0x10000,
+                kind: MemoryKind::Reserved,
+            },
+            Region {
+                start: 0x100000,
+                len: 0x1fee0000,
+                kind: MemoryKind::Usable,
+            },
         ]
     }
 
@@ -171,12 +198,19 @@ mod tests {
         let mut count = 0;
         while let Some(frame) = frames.allocate_frame() {
             assert_eq!(frame % FRAME_SIZE, 0);
-            assert!(frame >= 0x181000, "{frame:#x} is in the first MiB or the kernel");
-            assert!(frame + FRAME_SIZE <= initrd.0 || frame >= initrd.1, "{frame:#x} in initrd");
+            assert!(
+                frame >= 0x181000,
+                "{frame:#x} is in the first MiB or the kernel"
+            );
+            assert!(
+                frame + FRAME_SIZE <= initrd.0 || frame >= initrd.1,
+                "{frame:#x} in initrd"
+            );
             assert!(frame + FRAME_SIZE <= 0x1ffe0000);
             count += 1;
         }
-        let expected = (0x1f000000 - 0x181000) / FRAME_SIZE + (0x1ffe0000 - 0x1f800000) / FRAME_SIZE;
+        let expected =
+            (0x1f000000 - 0x181000) / FRAME_SIZE + (0x1ffe0000 - 0x1f800000) / FRAME_SIZE;
         assert_eq!(count, expected);
     }
 
@@ -193,9 +227,21 @@ mod tests {
     #[test]
     fn unusable_kinds_and_unaligned_edges() {
         let map = [
-            Region { start: 0x1234, len: 0x3000, kind: MemoryKind::Usable },
-            Region { start: 0x10000, len: 0x10000, kind: MemoryKind::from_e820(4) },
-            Region { start: 0x20000, len: 0x1000, kind: MemoryKind::from_e820(99) },
+            Region {
+                start: 0x1234,
+                len: 0x3000,
+                kind: MemoryKind::Usable,
+            },
+            Region {
+                start: 0x10000,
+                len: 0x10000,
+                kind: MemoryKind::from_e820(4),
+            },
+            Region {
+                start: 0x20000,
+                len: 0x1000,
+                kind: MemoryKind::from_e820(99),
+            },
         ];
         assert_eq!(usable_ranges(&map, &[]).as_slice(), &[(0x2000, 0x4000)]);
         assert_eq!(MemoryKind::from_e820(99), MemoryKind::Reserved);
@@ -206,13 +252,19 @@ mod tests {
         let mut frames = FrameAllocator::new(&qemu_map(), &[(0, 0x100000)]);
         let (start, end) = frames.largest_free().unwrap();
         frames.claim(start, end);
-        assert!(frames.largest_free().is_none_or(|r| r.1 - r.0 < end - start));
+        assert!(frames
+            .largest_free()
+            .is_none_or(|r| r.1 - r.0 < end - start));
         assert!(frames.allocate_frame().is_none());
     }
 
     #[test]
     fn huge_regions_do_not_overflow() {
-        let map = [Region { start: u64::MAX - 0x1000, len: 0x5000, kind: MemoryKind::Usable }];
+        let map = [Region {
+            start: u64::MAX - 0x1000,
+            len: 0x5000,
+            kind: MemoryKind::Usable,
+        }];
         let ranges = usable_ranges(&map, &[]);
         assert!(ranges.iter().all(|r| r.0 <= r.1));
     }

@@ -168,7 +168,10 @@ impl<M: TableMemory> AddressSpace<M> {
             let leaf = level == 0 || (level < 3 && entry & HUGE != 0);
             if leaf {
                 let page_size = 1u64 << (12 + 9 * level);
-                return Some(((entry & ADDRESS_MASK & !(page_size - 1)) | (virt & (page_size - 1)), entry));
+                return Some((
+                    (entry & ADDRESS_MASK & !(page_size - 1)) | (virt & (page_size - 1)),
+                    entry,
+                ));
             }
             table = entry & ADDRESS_MASK;
         }
@@ -238,13 +241,25 @@ mod tests {
     #[test]
     fn kernel_layout_has_no_writable_executable_leaf() {
         let mut space = AddressSpace::new(HostTables::default()).unwrap();
-        space.map(0x100000, 0x100000, 0x20000, Permissions::ReadExecute).unwrap();
-        space.map(0x120000, 0x120000, 0x10000, Permissions::ReadOnly).unwrap();
-        space.map(0x130000, 0x130000, 0x3000, Permissions::ReadWrite).unwrap();
+        space
+            .map(0x100000, 0x100000, 0x20000, Permissions::ReadExecute)
+            .unwrap();
+        space
+            .map(0x120000, 0x120000, 0x10000, Permissions::ReadOnly)
+            .unwrap();
+        space
+            .map(0x130000, 0x130000, 0x3000, Permissions::ReadWrite)
+            .unwrap();
         // Leave a guard page at 0x133000 unmapped.
-        space.map(0x134000, 0x134000, 0x40000, Permissions::ReadWrite).unwrap();
-        space.map(0x200000, 0x200000, 0x1fe00000, Permissions::ReadWrite).unwrap();
-        space.map(0xfed40000, 0xfed40000, 0x5000, Permissions::Mmio).unwrap();
+        space
+            .map(0x134000, 0x134000, 0x40000, Permissions::ReadWrite)
+            .unwrap();
+        space
+            .map(0x200000, 0x200000, 0x1fe00000, Permissions::ReadWrite)
+            .unwrap();
+        space
+            .map(0xfed40000, 0xfed40000, 0x5000, Permissions::Mmio)
+            .unwrap();
         assert_eq!(check_write_xor_execute(&mut space), Ok(()));
 
         assert_eq!(space.translate(0), None);
@@ -258,31 +273,46 @@ mod tests {
         assert_eq!(heap & HUGE, HUGE, "aligned RAM uses 2 MiB pages");
         assert_eq!(heap & (WRITABLE | NO_EXECUTE), WRITABLE | NO_EXECUTE);
         let (_, mmio) = space.translate(0xfed40018).unwrap();
-        assert_eq!(mmio & (CACHE_DISABLE | NO_EXECUTE), CACHE_DISABLE | NO_EXECUTE);
+        assert_eq!(
+            mmio & (CACHE_DISABLE | NO_EXECUTE),
+            CACHE_DISABLE | NO_EXECUTE
+        );
     }
 
     #[test]
     fn walker_finds_a_planted_violation() {
         let mut space = AddressSpace::new(HostTables::default()).unwrap();
-        space.map(0x400000, 0x400000, 0x1000, Permissions::ReadWrite).unwrap();
-        space.map(0x600000, 0x600000, 0x200000, Permissions::ReadExecute).unwrap();
+        space
+            .map(0x400000, 0x400000, 0x1000, Permissions::ReadWrite)
+            .unwrap();
+        space
+            .map(0x600000, 0x600000, 0x200000, Permissions::ReadExecute)
+            .unwrap();
         let root = space.root();
         // Plant W+X by hand, as a bug elsewhere might.
         let pml4 = space.memory.entries(root)[0] & ADDRESS_MASK;
         let pd = space.memory.entries(pml4)[0] & ADDRESS_MASK;
         space.memory.entries(pd)[3] |= WRITABLE;
-        assert_eq!(check_write_xor_execute(&mut space), Err(WxViolation { virt: 0x600000 }));
+        assert_eq!(
+            check_write_xor_execute(&mut space),
+            Err(WxViolation { virt: 0x600000 })
+        );
     }
 
     #[test]
     fn refuses_overlap_misalignment_and_non_canonical() {
         let mut space = AddressSpace::new(HostTables::default()).unwrap();
-        space.map(0x200000, 0x200000, 0x200000, Permissions::ReadWrite).unwrap();
+        space
+            .map(0x200000, 0x200000, 0x200000, Permissions::ReadWrite)
+            .unwrap();
         assert_eq!(
             space.map(0x201000, 0x201000, 0x1000, Permissions::ReadOnly),
             Err(MapError::AlreadyMapped { virt: 0x201000 })
         );
-        assert_eq!(space.map(0x1001, 0, 0x1000, Permissions::ReadOnly), Err(MapError::Misaligned));
+        assert_eq!(
+            space.map(0x1001, 0, 0x1000, Permissions::ReadOnly),
+            Err(MapError::Misaligned)
+        );
         assert_eq!(
             space.map(1 << 47, 0, 0x1000, Permissions::ReadOnly),
             Err(MapError::NonCanonical)

@@ -82,7 +82,11 @@ fn u64_at(bytes: &[u8], offset: usize) -> u64 {
 }
 
 fn loader_region(start: u64, len: u64) -> Region {
-    Region { start, len, kind: MemoryKind::Reserved }
+    Region {
+        start,
+        len,
+        kind: MemoryKind::Reserved,
+    }
 }
 
 /// Parses the start info at `addr` and copies what it points to.
@@ -105,13 +109,18 @@ pub fn parse(memory: &impl PhysRead, addr: u64) -> Result<BootInfo, StartInfoErr
 
     let mut info = BootInfo::default();
     // Four ranges at most: the header, the module list, the memory map and the command line.
-    let _ = info.loader_ranges.push(loader_region(addr, START_INFO_LEN as u64));
+    let _ = info
+        .loader_ranges
+        .push(loader_region(addr, START_INFO_LEN as u64));
 
     if memmap_entries == 0 {
         return Err(StartInfoError::NoMemoryMap);
     }
     if memmap_entries as usize > MAX_REGIONS {
-        return Err(StartInfoError::TooMany { what: "memory map entries", count: memmap_entries });
+        return Err(StartInfoError::TooMany {
+            what: "memory map entries",
+            count: memmap_entries,
+        });
     }
     for index in 0..memmap_entries as u64 {
         let mut entry = [0u8; MEMMAP_ENTRY_LEN];
@@ -124,22 +133,30 @@ pub fn parse(memory: &impl PhysRead, addr: u64) -> Result<BootInfo, StartInfoErr
         // Capacity was checked against the count above.
         let _ = info.memory_map.push(region);
     }
-    let _ = info
-        .loader_ranges
-        .push(loader_region(memmap_paddr, memmap_entries as u64 * MEMMAP_ENTRY_LEN as u64));
+    let _ = info.loader_ranges.push(loader_region(
+        memmap_paddr,
+        memmap_entries as u64 * MEMMAP_ENTRY_LEN as u64,
+    ));
 
     if nr_modules as usize > MAX_MODULES {
-        return Err(StartInfoError::TooMany { what: "modules", count: nr_modules });
+        return Err(StartInfoError::TooMany {
+            what: "modules",
+            count: nr_modules,
+        });
     }
     for index in 0..nr_modules as u64 {
         let mut entry = [0u8; MODLIST_ENTRY_LEN];
         memory.read(modlist_paddr + index * MODLIST_ENTRY_LEN as u64, &mut entry)?;
-        let _ = info.modules.push(Module { start: u64_at(&entry, 0), len: u64_at(&entry, 8) });
+        let _ = info.modules.push(Module {
+            start: u64_at(&entry, 0),
+            len: u64_at(&entry, 8),
+        });
     }
     if nr_modules > 0 {
-        let _ = info
-            .loader_ranges
-            .push(loader_region(modlist_paddr, nr_modules as u64 * MODLIST_ENTRY_LEN as u64));
+        let _ = info.loader_ranges.push(loader_region(
+            modlist_paddr,
+            nr_modules as u64 * MODLIST_ENTRY_LEN as u64,
+        ));
     }
 
     if cmdline_paddr != 0 {
@@ -158,9 +175,14 @@ pub fn parse(memory: &impl PhysRead, addr: u64) -> Result<BootInfo, StartInfoErr
             bytes[len] = byte[0];
             len += 1;
         }
-        let text = core::str::from_utf8(&bytes[..len]).map_err(|_| StartInfoError::BadCommandLine)?;
-        info.cmdline.push_str(text).map_err(|_| StartInfoError::BadCommandLine)?;
-        let _ = info.loader_ranges.push(loader_region(cmdline_paddr, len as u64 + 1));
+        let text =
+            core::str::from_utf8(&bytes[..len]).map_err(|_| StartInfoError::BadCommandLine)?;
+        info.cmdline
+            .push_str(text)
+            .map_err(|_| StartInfoError::BadCommandLine)?;
+        let _ = info
+            .loader_ranges
+            .push(loader_region(cmdline_paddr, len as u64 + 1));
     }
     Ok(info)
 }
@@ -204,9 +226,11 @@ mod tests {
         modlist.extend_from_slice(&12345u64.to_le_bytes());
         modlist.extend_from_slice(&[0u8; 16]);
         let mut memmap = std::vec::Vec::new();
-        for (start, len, kind) in
-            [(0u64, 0x9fc00u64, 1u32), (0xf0000, 0x10000, 2), (0x100000, 0x1fee0000, 1)]
-        {
+        for (start, len, kind) in [
+            (0u64, 0x9fc00u64, 1u32),
+            (0xf0000, 0x10000, 2),
+            (0x100000, 0x1fee0000, 1),
+        ] {
             memmap.extend_from_slice(&start.to_le_bytes());
             memmap.extend_from_slice(&len.to_le_bytes());
             memmap.extend_from_slice(&kind.to_le_bytes());
@@ -224,7 +248,13 @@ mod tests {
     fn parses_qemu_layout() {
         let info = parse(&fixture(), 0x5000).unwrap();
         assert_eq!(info.cmdline.as_str(), "ip=dhcp port=7000");
-        assert_eq!(info.modules.as_slice(), &[Module { start: 0x1f00_0000, len: 12345 }]);
+        assert_eq!(
+            info.modules.as_slice(),
+            &[Module {
+                start: 0x1f00_0000,
+                len: 12345
+            }]
+        );
         assert_eq!(info.memory_map.len(), 3);
         assert_eq!(info.memory_map[2].kind, MemoryKind::Usable);
         assert_eq!(info.memory_map[1].kind, MemoryKind::Reserved);
@@ -238,30 +268,51 @@ mod tests {
     fn refuses_bad_magic_and_version() {
         let mut memory = fixture();
         memory.0[0].1[0] ^= 1;
-        assert!(matches!(parse(&memory, 0x5000), Err(StartInfoError::BadMagic(_))));
+        assert!(matches!(
+            parse(&memory, 0x5000),
+            Err(StartInfoError::BadMagic(_))
+        ));
         let mut memory = fixture();
         memory.0[0].1[4] = 0;
-        assert_eq!(parse(&memory, 0x5000).unwrap_err(), StartInfoError::UnsupportedVersion(0));
+        assert_eq!(
+            parse(&memory, 0x5000).unwrap_err(),
+            StartInfoError::UnsupportedVersion(0)
+        );
     }
 
     #[test]
     fn refuses_absurd_counts_and_unreadable_pointers() {
         let mut memory = fixture();
         memory.0[0].1[48..52].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(matches!(parse(&memory, 0x5000), Err(StartInfoError::TooMany { .. })));
+        assert!(matches!(
+            parse(&memory, 0x5000),
+            Err(StartInfoError::TooMany { .. })
+        ));
         let mut memory = fixture();
         memory.0[0].1[12..16].copy_from_slice(&2u32.to_le_bytes());
-        assert!(matches!(parse(&memory, 0x5000), Err(StartInfoError::Unreadable { .. })));
+        assert!(matches!(
+            parse(&memory, 0x5000),
+            Err(StartInfoError::Unreadable { .. })
+        ));
         let mut memory = fixture();
         memory.0[0].1[24..32].copy_from_slice(&0x9000u64.to_le_bytes());
-        assert!(matches!(parse(&memory, 0x5000), Err(StartInfoError::Unreadable { .. })));
-        assert!(matches!(parse(&memory, 0x1234), Err(StartInfoError::Unreadable { .. })));
+        assert!(matches!(
+            parse(&memory, 0x5000),
+            Err(StartInfoError::Unreadable { .. })
+        ));
+        assert!(matches!(
+            parse(&memory, 0x1234),
+            Err(StartInfoError::Unreadable { .. })
+        ));
     }
 
     #[test]
     fn unterminated_command_line_is_refused() {
         let mut memory = fixture();
         memory.0[2].1 = vec![b'a'; MAX_CMDLINE + 10];
-        assert!(matches!(parse(&memory, 0x5000), Err(StartInfoError::BadCommandLine)));
+        assert!(matches!(
+            parse(&memory, 0x5000),
+            Err(StartInfoError::BadCommandLine)
+        ));
     }
 }

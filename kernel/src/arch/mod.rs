@@ -1,0 +1,5 @@
+//! x86-64 specifics: the boot path, single-instruction wrappers, descriptor tables.
+
+pub mod boot;
+pub mod cpu;
+pub mod interrupts;

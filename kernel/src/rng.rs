@@ -1,0 +1,71 @@
+//! The kernel's random numbers: a ChaCha20 DRBG seeded from RDSEED/RDRAND and the TSC.
+//!
+//! Intel's DRNG guide recommends RDSEED for seeding other generators and RDRAND otherwise; both
+//! are mixed when present. The TPM's GetRandom joins the seed once the TPM driver is up (issue 3).
+//! An appliance without a hardware entropy instruction refuses to run.
+
+use rand_chacha::ChaCha20Rng;
+use rand_core::{Rng, SeedableRng};
+
+use crate::arch::cpu;
+
+/// Why no generator could be made.
+#[derive(Clone, Copy, Debug)]
+pub enum RngError {
+    /// Neither RDSEED nor RDRAND is available or working.
+    NoHardwareEntropy,
+}
+
+/// The DRBG.
+pub struct Random {
+    generator: ChaCha20Rng,
+}
+
+fn has_rdrand() -> bool {
+    cpu::cpuid(1, 0).ecx & (1 << 30) != 0
+}
+
+fn has_rdseed() -> bool {
+    cpu::max_leaf() >= 7 && cpu::cpuid(7, 0).ebx & (1 << 18) != 0
+}
+
+impl Random {
+    /// Seeds a generator from the CPU's entropy instructions.
+    pub fn from_hardware() -> Result<Self, RngError> {
+        let (seed_ok, rand_ok) = (has_rdseed(), has_rdrand());
+        let mut seed = [0u8; 32];
+        let mut sources = 0;
+        for chunk in seed.chunks_exact_mut(8) {
+            let mut word = cpu::rdtsc();
+            if seed_ok {
+                if let Some(value) = cpu::rdseed() {
+                    word ^= value;
+                    sources |= 1;
+                }
+            }
+            if rand_ok {
+                if let Some(value) = cpu::rdrand() {
+                    word = word.rotate_left(17) ^ value;
+                    sources |= 2;
+                }
+            }
+            chunk.copy_from_slice(&word.to_le_bytes());
+        }
+        if sources == 0 {
+            return Err(RngError::NoHardwareEntropy);
+        }
+        Ok(Self {
+            generator: ChaCha20Rng::from_seed(seed),
+        })
+    }
+
+    /// Fills `buffer` with random bytes.
+    pub fn fill(&mut self, buffer: &mut [u8]) {
+        self.generator.fill_bytes(buffer);
+    }
+
+    /// One random 64-bit value.
+    pub fn next_u64(&mut self) -> u64 {
+        self.generator.next_u64()
+    }
+}
