@@ -9,7 +9,7 @@
 //! Stack: each call uses two 4 KiB frames plus the unmarshalled response; no allocation.
 
 use crate::public::{KeyTemplate, Name, PublicArea, MAX_NAME};
-use crate::rc::{ResponseCode, TPM_RC_INITIALIZE};
+use crate::rc::{ResponseCode, TPM_RC_INITIALIZE, TPM_RC_RETRY, TPM_RC_TESTING, TPM_RC_YIELDED};
 use crate::transport::{Transport, TransportError, HEADER_LEN};
 use tpm2_protocol::basic::{TpmBuffer, TpmHandle, TpmInt32, TpmList, TpmUint16};
 use tpm2_protocol::data::{
@@ -31,6 +31,8 @@ use tpm2_protocol::TpmWriter;
 
 /// Size of the command and response frames (TPM_MAX_COMMAND_SIZE of common TPMs and swtpm).
 pub const BUFFER_SIZE: usize = 4096;
+/// How often a command answered with TPM_RC_RETRY, TPM_RC_YIELDED or TPM_RC_TESTING is sent again.
+pub const COMMAND_RETRIES: u32 = 16;
 /// TPM_RH_ENDORSEMENT.
 pub const TPM_RH_ENDORSEMENT: u32 = 0x4000_000B;
 /// TPM_RH_OWNER.
@@ -236,25 +238,43 @@ where
     };
     tpm_marshal_command(command, tag, sessions, &mut writer).map_err(|_| Error::BadArgument { command: code })?;
     let length = writer.len();
-    let received = transport
-        .transact(&frame[..length], response)
-        .map_err(|error| Error::Transport { command: code, error })?;
-    let bytes = response.get(..received).ok_or(malformed(code, Malformed::Size))?;
-    if bytes.len() < HEADER_LEN || read_u32(bytes, 2) != Some(received as u32) {
-        return Err(malformed(code, Malformed::Size));
-    }
-    let rc = read_u32(bytes, 6).unwrap_or(u32::MAX);
-    if let Some(code_received) = ResponseCode::decode(rc) {
-        return Err(Error::Tpm {
-            command: code,
-            code: code_received,
-        });
-    }
+    let mut attempts = 0;
+    let received = loop {
+        let received = transport
+            .transact(&frame[..length], response)
+            .map_err(|error| Error::Transport { command: code, error })?;
+        let bytes = response.get(..received).ok_or(malformed(code, Malformed::Size))?;
+        if bytes.len() < HEADER_LEN || read_u32(bytes, 2) != Some(received as u32) {
+            return Err(malformed(code, Malformed::Size));
+        }
+        let rc = read_u32(bytes, 6).unwrap_or(u32::MAX);
+        // TPM_RC_RETRY, TPM_RC_YIELDED and TPM_RC_TESTING mean the command did not run and may simply be sent
+        // again (Part 2 §6.6.3); swtpm answers TPM_RC_RETRY now and then. The count is bounded.
+        if matches!(rc, TPM_RC_RETRY | TPM_RC_YIELDED | TPM_RC_TESTING) && attempts < COMMAND_RETRIES {
+            attempts += 1;
+            continue;
+        }
+        if let Some(code_received) = ResponseCode::decode(rc) {
+            // An error response is a bare header (Part 1 §18.4).
+            if received != HEADER_LEN {
+                return Err(malformed(code, Malformed::Size));
+            }
+            return Err(Error::Tpm {
+                command: code,
+                code: code_received,
+            });
+        }
+        break received;
+    };
+    let bytes = &response[..received];
     if read_u16(bytes, 0) != Some(tag.value()) {
         return Err(malformed(code, Malformed::Tag));
     }
     let view = TpmResponse::cast(bytes).map_err(|_| malformed(code, Malformed::Body))?;
     let body = view.unmarshal::<R>().map_err(|_| malformed(code, Malformed::Body))?;
+    if !sessions.is_empty() && !auth_area_matches(bytes, R::HANDLES, sessions.len()) {
+        return Err(malformed(code, Malformed::Body));
+    }
     Ok((body, received))
 }
 
@@ -267,6 +287,31 @@ fn parameter_area(response: &[u8], handles: usize, sessions: bool) -> Option<&[u
     } else {
         response.get(start..)
     }
+}
+
+/// Whether the response's authorization area holds exactly `sessions` TPMS_AUTH_RESPONSE entries (nonce, one
+/// attribute byte, hmac) and nothing after them (Part 1 §18.8: one entry per session of the command).
+fn auth_area_matches(response: &[u8], handles: usize, sessions: usize) -> bool {
+    let start = HEADER_LEN + 4 * handles;
+    let Some(parameter_size) = read_u32(response, start) else {
+        return false;
+    };
+    let Some(mut rest) = (start + 4)
+        .checked_add(parameter_size as usize)
+        .and_then(|end| response.get(end..))
+    else {
+        return false;
+    };
+    for _ in 0..sessions {
+        let Some((_nonce, after_nonce)) = split_tpm2b(rest) else {
+            return false;
+        };
+        let Some((_hmac, after_hmac)) = after_nonce.get(1..).and_then(split_tpm2b) else {
+            return false;
+        };
+        rest = after_hmac;
+    }
+    rest.is_empty()
 }
 
 /// Splits a TPM2B off the front of `bytes`: (contents, rest).
