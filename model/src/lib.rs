@@ -1,1 +1,20 @@
-//! placeholder
+//! cloister's inference engine: GGUF models (llama, gemma3) run token for token as llama.cpp runs them.
+//!
+//! `no_std` + `alloc` so the same code runs inside the appliance image and on the host; `unsafe` lives only in
+//! [`simd`]. The layout follows llama2.c: configuration and weights ([`transformer`]), run state and forward pass,
+//! tokenizers ([`tokenizer`]), sampler ([`sampler`]).
+#![cfg_attr(not(test), no_std)]
+#![deny(unsafe_code)]
+
+extern crate alloc;
+
+pub mod gguf;
+pub mod math;
+pub mod matmul;
+pub mod parallel;
+pub mod quant;
+#[allow(unsafe_code)] // The one module where `unsafe` is allowed (CPUID, intrinsics); each block has a SAFETY note.
+pub mod simd;
+pub mod sampler;
+pub mod tokenizer;
+pub mod transformer;

@@ -1,0 +1,175 @@
+//! Element-wise operations of the forward pass, written to reproduce ggml's CPU arithmetic: RMSNorm (f64 sum of
+//! squares), softmax (f64 sum), rotary embeddings (ggml's incremental `theta *= theta_scale` cache, normal and NEOX
+//! pairings), SiLU, and GELU through ggml's f16 lookup table.
+//!
+//! Source of the formulas: ggml `ggml-cpu/ops.cpp` (`rms_norm_f32`, `soft_max_f32`, `rope_f32`,
+//! `rope_cache_init`) and `vec.h` (`ggml_silu_f32`, `ggml_gelu_f32`, `ggml_vec_geglu_f32` with `GGML_GELU_FP16`).
+
+use alloc::vec::Vec;
+
+use crate::quant::{f16_to_f32, f32_to_f16};
+
+/// `out = (x / rms(x)) * w` over one vector, with ggml's order of operations (scale first, then the weight).
+pub fn rmsnorm(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
+    let sum: f64 = x.iter().map(|&v| (v * v) as f64).sum();
+    let mean = (sum / x.len() as f64) as f32;
+    let scale = 1.0 / libm::sqrtf(mean + eps);
+    for ((o, &v), &g) in out.iter_mut().zip(x).zip(w) {
+        *o = (v * scale) * g;
+    }
+}
+
+/// In-place RMSNorm.
+pub fn rmsnorm_inplace(x: &mut [f32], w: &[f32], eps: f32) {
+    let sum: f64 = x.iter().map(|&v| (v * v) as f64).sum();
+    let mean = (sum / x.len() as f64) as f32;
+    let scale = 1.0 / libm::sqrtf(mean + eps);
+    for (v, &g) in x.iter_mut().zip(w) {
+        *v = (*v * scale) * g;
+    }
+}
+
+/// In-place softmax.
+pub fn softmax(x: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0f64;
+    for v in x.iter_mut() {
+        *v = libm::expf(*v - max);
+        sum += *v as f64;
+    }
+    let inv = (1.0 / sum) as f32;
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// How rotary pairs are formed: adjacent elements (llama's GGUF layout) or halves (NEOX, used by gemma3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RopeStyle {
+    Normal,
+    Neox,
+}
+
+/// Fills `cache` with (cos, sin) pairs for position `pos` and `cache.len()` rotated dimensions.
+pub fn rope_cache(cache: &mut [f32], pos: usize, base: f32) {
+    let n_dims = cache.len();
+    let theta_scale = libm::powf(base, -2.0 / n_dims as f32);
+    let mut theta = pos as f32;
+    for pair in cache.chunks_exact_mut(2) {
+        pair[0] = libm::cosf(theta);
+        pair[1] = libm::sinf(theta);
+        theta *= theta_scale;
+    }
+}
+
+/// Rotates one head vector `x` (length = `cache.len()`) in place with a cache from [`rope_cache`].
+pub fn rope_apply(x: &mut [f32], cache: &[f32], style: RopeStyle) {
+    let n = cache.len();
+    for i in 0..n / 2 {
+        let (c, s) = (cache[2 * i], cache[2 * i + 1]);
+        let (a, b) = match style {
+            RopeStyle::Normal => (2 * i, 2 * i + 1),
+            RopeStyle::Neox => (i, i + n / 2),
+        };
+        let (x0, x1) = (x[a], x[b]);
+        x[a] = x0 * c - x1 * s;
+        x[b] = x0 * s + x1 * c;
+    }
+}
+
+/// `gate = silu(gate) * up`.
+pub fn swiglu(gate: &mut [f32], up: &[f32]) {
+    for (g, &u) in gate.iter_mut().zip(up) {
+        let x = *g;
+        *g = x / (1.0 + libm::expf(-x)) * u;
+    }
+}
+
+/// ggml's tanh-approximated GELU in f32.
+fn gelu_f32(x: f32) -> f32 {
+    const GELU_COEF_A: f32 = 0.044715;
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    0.5 * x * (1.0 + libm::tanhf(SQRT_2_OVER_PI * x * (1.0 + GELU_COEF_A * x * x)))
+}
+
+/// ggml's GELU lookup table: GELU of every f16 input, stored as f16 (65,536 entries).
+pub struct GeluTable(Vec<u16>);
+
+impl GeluTable {
+    pub fn new() -> GeluTable {
+        let table = (0..=u16::MAX)
+            .map(|bits| u16::from_le_bytes(f32_to_f16(gelu_f32(f16_to_f32(bits.to_le_bytes())))))
+            .collect();
+        GeluTable(table)
+    }
+
+    /// `gate = gelu(gate) * up`, with GELU looked up through f16 as ggml does on the CPU.
+    pub fn geglu(&self, gate: &mut [f32], up: &[f32]) {
+        for (g, &u) in gate.iter_mut().zip(up) {
+            let x = *g;
+            *g = if x <= -10.0 {
+                0.0
+            } else if x >= 10.0 {
+                x * u
+            } else {
+                let idx = u16::from_le_bytes(f32_to_f16(x));
+                f16_to_f32(self.0[idx as usize].to_le_bytes()) * u
+            };
+        }
+    }
+}
+
+impl Default for GeluTable {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rmsnorm_unit_rms() {
+        let x = [3.0f32, -4.0, 0.0, 0.0];
+        let mut o = [0.0; 4];
+        rmsnorm(&mut o, &x, &[1.0; 4], 0.0);
+        // rms = sqrt(25/4) = 2.5
+        assert!((o[0] - 1.2).abs() < 1e-6 && (o[1] + 1.6).abs() < 1e-6);
+    }
+
+    #[test]
+    fn softmax_sums_to_one_and_orders() {
+        let mut x = [1.0f32, 2.0, 3.0];
+        softmax(&mut x);
+        assert!((x.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert!(x[0] < x[1] && x[1] < x[2]);
+    }
+
+    #[test]
+    fn rope_position_zero_is_identity_and_rotation_preserves_norm() {
+        let mut cache = [0.0f32; 8];
+        rope_cache(&mut cache, 0, 10000.0);
+        let mut x = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0];
+        let before = x;
+        rope_apply(&mut x, &cache, RopeStyle::Normal);
+        assert_eq!(x, before);
+        rope_cache(&mut cache, 7, 10000.0);
+        rope_apply(&mut x, &cache, RopeStyle::Neox);
+        let n0: f32 = before.iter().map(|v| v * v).sum();
+        let n1: f32 = x.iter().map(|v| v * v).sum();
+        assert!((n0 - n1).abs() < 1e-3);
+        assert_ne!(x, before);
+    }
+
+    #[test]
+    fn gelu_table_close_to_exact() {
+        let t = GeluTable::new();
+        for &v in &[-3.0f32, -0.5, 0.0, 0.3, 1.0, 2.5, 12.0, -11.0] {
+            let mut g = [v];
+            t.geglu(&mut g, &[1.0]);
+            let exact = if v <= -10.0 { 0.0 } else if v >= 10.0 { v } else { gelu_f32(v) };
+            assert!((g[0] - exact).abs() <= 2e-3 * exact.abs().max(1.0), "{v}: {} vs {exact}", g[0]);
+        }
+    }
+}

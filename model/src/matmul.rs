@@ -1,0 +1,156 @@
+//! Weight tensors viewed in place ([`QTensor`]), activation quantization buffers ([`Acts`]) and the row-parallel
+//! quantized matrix × vector / matrix × matrix product used by every projection of the forward pass.
+//!
+//! Layout follows ggml: a 2-D weight has `dims = [cols, rows]`, each row contiguous; `y[t][r] = W[r] · x[t]`.
+//! The right-hand side is quantized once per product to the weight type's activation format (see [`crate::quant`]).
+
+use alloc::vec;
+use alloc::vec::Vec;
+
+use crate::gguf::TensorInfo;
+use crate::parallel::ParallelFor;
+use crate::quant::{self, ActType, BlockQ8K, BlockQ8_0, BlockQ8_1, GgmlType, QK, QK_K};
+use crate::simd;
+
+/// A 2-D weight matrix borrowed from the model blob.
+#[derive(Clone, Copy, Debug)]
+pub struct QTensor<'a> {
+    pub ggml_type: GgmlType,
+    pub rows: usize,
+    pub cols: usize,
+    row_bytes: usize,
+    data: &'a [u8],
+}
+
+impl<'a> QTensor<'a> {
+    /// Views a GGUF tensor as a `rows × cols` matrix; `None` if it is not 2-D (or 1-D, as one row) or its type
+    /// cannot be multiplied here.
+    pub fn new(info: &TensorInfo<'a>) -> Option<QTensor<'a>> {
+        if info.n_dims > 2 || !info.ggml_type.is_computable() {
+            return None;
+        }
+        let cols = usize::try_from(info.dims[0]).ok()?;
+        let rows = usize::try_from(info.dims[1]).ok()?;
+        let t = info.ggml_type;
+        let row_bytes = cols / t.block_len() * t.block_bytes();
+        if row_bytes.checked_mul(rows)? != info.data.len() {
+            return None;
+        }
+        Some(QTensor { ggml_type: t, rows, cols, row_bytes, data: info.data })
+    }
+
+    /// The raw bytes of row `r` (`r < rows`).
+    pub fn row(&self, r: usize) -> &'a [u8] {
+        &self.data[r * self.row_bytes..(r + 1) * self.row_bytes]
+    }
+
+    /// Dequantizes row `r` into `out` (length `cols`).
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) -> Result<(), quant::QuantError> {
+        quant::dequantize(self.ggml_type, self.row(r), out)
+    }
+}
+
+/// Quantized copies of the right-hand side, allocated once for `max_batch × max_cols` elements.
+pub struct Acts {
+    q8_0: Vec<BlockQ8_0>,
+    q8_1: Vec<BlockQ8_1>,
+    q8_k: Vec<BlockQ8K>,
+    f16: Vec<u16>,
+    /// Scratch for the `rows × batch` transposed result of a batched product.
+    transposed: Vec<f32>,
+}
+
+impl Acts {
+    /// Buffers for products with up to `max_batch` inputs of up to `max_cols` elements and `max_rows` outputs.
+    pub fn new(max_batch: usize, max_cols: usize, max_rows: usize) -> Acts {
+        let n = max_batch * max_cols;
+        Acts {
+            q8_0: vec![bytemuck::Zeroable::zeroed(); n / QK + 1],
+            q8_1: vec![bytemuck::Zeroable::zeroed(); n / QK + 1],
+            q8_k: vec![bytemuck::Zeroable::zeroed(); n / QK_K + 1],
+            f16: vec![0; n],
+            transposed: vec![0.0; if max_batch > 1 { max_batch * max_rows } else { 0 }],
+        }
+    }
+}
+
+/// Dot product of one weight row with token `t` of the quantized activations.
+fn dot_row(w: &QTensor<'_>, r: usize, acts: &Acts, x: &[f32], t: usize) -> f32 {
+    let row = w.row(r);
+    let n = w.cols;
+    match w.ggml_type {
+        GgmlType::Q4_0 => simd::dot_q4_0_q8_0(quant::cast(row), &acts.q8_0[t * n / QK..(t + 1) * n / QK]),
+        GgmlType::Q4_1 => simd::dot_q4_1_q8_1(quant::cast(row), &acts.q8_1[t * n / QK..(t + 1) * n / QK]),
+        GgmlType::Q5_0 => simd::dot_q5_0_q8_0(quant::cast(row), &acts.q8_0[t * n / QK..(t + 1) * n / QK]),
+        GgmlType::Q8_0 => simd::dot_q8_0_q8_0(quant::cast(row), &acts.q8_0[t * n / QK..(t + 1) * n / QK]),
+        GgmlType::Q4K => simd::dot_q4_k_q8_k(quant::cast(row), &acts.q8_k[t * n / QK_K..(t + 1) * n / QK_K]),
+        GgmlType::Q6K => simd::dot_q6_k_q8_k(quant::cast(row), &acts.q8_k[t * n / QK_K..(t + 1) * n / QK_K]),
+        GgmlType::F16 => {
+            let w16: &[u16] = bytemuck::cast_slice::<[u8; 2], u16>(quant::cast::<[u8; 2]>(row));
+            quant::dot_f16(w16, &acts.f16[t * n..(t + 1) * n])
+        }
+        GgmlType::F32 => {
+            let mut sum = 0.0f32;
+            for (c, &v) in row.chunks_exact(4).zip(&x[t * n..(t + 1) * n]) {
+                sum += f32::from_le_bytes([c[0], c[1], c[2], c[3]]) * v;
+            }
+            sum
+        }
+        // QTensor::new admits only computable types.
+        _ => 0.0,
+    }
+}
+
+/// Quantizes the `batch × w.cols` input for `w`'s type into `acts`.
+fn quantize_input(w: &QTensor<'_>, x: &[f32], acts: &mut Acts) {
+    match w.ggml_type.act_type() {
+        Some(ActType::Q8_0) => simd::quantize_q8_0(x, &mut acts.q8_0[..x.len() / QK]),
+        Some(ActType::Q8_1) => simd::quantize_q8_1(x, &mut acts.q8_1[..x.len() / QK]),
+        Some(ActType::Q8K) => quant::quantize_q8_k(x, &mut acts.q8_k[..x.len() / QK_K]),
+        Some(ActType::F16) => {
+            for (o, &v) in acts.f16.iter_mut().zip(x) {
+                *o = u16::from_le_bytes(quant::f32_to_f16(v));
+            }
+        }
+        Some(ActType::F32) | None => {}
+    }
+}
+
+/// `out[t][r] = W[r] · x[t]` for `batch` inputs `x` (`batch × cols`, token-major) into `out` (`batch × rows`).
+/// The caller guarantees the lengths and that `acts` was sized for them.
+pub fn matmul(w: &QTensor<'_>, x: &[f32], batch: usize, out: &mut [f32], acts: &mut Acts, par: &dyn ParallelFor) {
+    debug_assert_eq!(x.len(), batch * w.cols);
+    debug_assert_eq!(out.len(), batch * w.rows);
+    quantize_input(w, x, acts);
+    // Rows per task: a few tasks per worker for balance, at least 16 rows to amortise dispatch.
+    let rows_per_chunk = w.rows.div_ceil(par.threads() * 4).max(16);
+    if batch == 1 {
+        let acts = &*acts;
+        par.for_each_chunk(out, rows_per_chunk, &|ci, chunk| {
+            let r0 = ci * rows_per_chunk;
+            for (i, o) in chunk.iter_mut().enumerate() {
+                *o = dot_row(w, r0 + i, acts, x, 0);
+            }
+        });
+        return;
+    }
+    let mut transposed = core::mem::take(&mut acts.transposed);
+    {
+        let tr = &mut transposed[..batch * w.rows];
+        let acts_ref = &*acts;
+        par.for_each_chunk(tr, rows_per_chunk * batch, &|ci, chunk| {
+            let r0 = ci * rows_per_chunk;
+            for (i, row_out) in chunk.chunks_exact_mut(batch).enumerate() {
+                for (t, o) in row_out.iter_mut().enumerate() {
+                    *o = dot_row(w, r0 + i, acts_ref, x, t);
+                }
+            }
+        });
+        for (r, row_out) in tr.chunks_exact(batch).enumerate() {
+            for (t, &v) in row_out.iter().enumerate() {
+                out[t * w.rows + r] = v;
+            }
+        }
+    }
+    acts.transposed = transposed;
+}

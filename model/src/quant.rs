@@ -1,0 +1,519 @@
+//! Quantized tensor formats: ggml type codes, `#[repr(C)]` block layouts, dequantization, activation quantization
+//! and the scalar reference dot products.
+//!
+//! Layouts and arithmetic follow ggml (`ggml-common.h` block definitions, `ggml-quants.c` reference code): weights
+//! of type Q4_0/Q5_0/Q8_0 are dotted with activations quantized to Q8_0, Q4_1 with Q8_1, the K-quants with Q8_K,
+//! F16 with F16 and F32 with F32, exactly as llama.cpp's CPU backend pairs them (`vec_dot_type`). The activation
+//! quantizers reproduce llama.cpp's x86 code (scale `amax/127`, multiplier `127/amax`, round half to even) so that
+//! near-tie logits resolve the same way. Weight blocks keep their `f16` fields as byte pairs, which gives them
+//! alignment 1 so they can be viewed in place inside any byte buffer.
+
+use bytemuck::{Pod, Zeroable};
+
+/// Elements per block of the simple formats.
+pub const QK: usize = 32;
+/// Elements per super-block of the K-quants.
+pub const QK_K: usize = 256;
+
+/// ggml tensor type codes (`enum ggml_type`). Only types whose block layout is known are representable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum GgmlType {
+    F32 = 0,
+    F16 = 1,
+    Q4_0 = 2,
+    Q4_1 = 3,
+    Q5_0 = 6,
+    Q5_1 = 7,
+    Q8_0 = 8,
+    Q8_1 = 9,
+    Q2K = 10,
+    Q3K = 11,
+    Q4K = 12,
+    Q5K = 13,
+    Q6K = 14,
+    Q8K = 15,
+    BF16 = 30,
+}
+
+impl GgmlType {
+    pub fn from_u32(v: u32) -> Option<GgmlType> {
+        Some(match v {
+            0 => GgmlType::F32,
+            1 => GgmlType::F16,
+            2 => GgmlType::Q4_0,
+            3 => GgmlType::Q4_1,
+            6 => GgmlType::Q5_0,
+            7 => GgmlType::Q5_1,
+            8 => GgmlType::Q8_0,
+            9 => GgmlType::Q8_1,
+            10 => GgmlType::Q2K,
+            11 => GgmlType::Q3K,
+            12 => GgmlType::Q4K,
+            13 => GgmlType::Q5K,
+            14 => GgmlType::Q6K,
+            15 => GgmlType::Q8K,
+            30 => GgmlType::BF16,
+            _ => return None,
+        })
+    }
+
+    /// Elements per block.
+    pub fn block_len(self) -> usize {
+        match self {
+            GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => 1,
+            GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q8_0 | GgmlType::Q8_1 => QK,
+            _ => QK_K,
+        }
+    }
+
+    /// Bytes per block.
+    pub fn block_bytes(self) -> usize {
+        match self {
+            GgmlType::F32 => 4,
+            GgmlType::F16 | GgmlType::BF16 => 2,
+            GgmlType::Q4_0 => 18,
+            GgmlType::Q4_1 => 20,
+            GgmlType::Q5_0 => 22,
+            GgmlType::Q5_1 => 24,
+            GgmlType::Q8_0 => 34,
+            GgmlType::Q8_1 => 36,
+            GgmlType::Q2K => 84,
+            GgmlType::Q3K => 110,
+            GgmlType::Q4K => 144,
+            GgmlType::Q5K => 176,
+            GgmlType::Q6K => 210,
+            GgmlType::Q8K => 292,
+        }
+    }
+
+    /// Whether this engine can multiply with weights of this type.
+    pub fn is_computable(self) -> bool {
+        matches!(
+            self,
+            GgmlType::F32
+                | GgmlType::F16
+                | GgmlType::Q4_0
+                | GgmlType::Q4_1
+                | GgmlType::Q5_0
+                | GgmlType::Q8_0
+                | GgmlType::Q4K
+                | GgmlType::Q6K
+        )
+    }
+
+    /// The activation format llama.cpp quantizes the other operand to for a dot product with this weight type.
+    pub fn act_type(self) -> Option<ActType> {
+        Some(match self {
+            GgmlType::F32 => ActType::F32,
+            GgmlType::F16 => ActType::F16,
+            GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => ActType::Q8_0,
+            GgmlType::Q4_1 => ActType::Q8_1,
+            GgmlType::Q4K | GgmlType::Q6K => ActType::Q8K,
+            _ => return None,
+        })
+    }
+}
+
+/// Activation formats (the right-hand side of a weight × activation dot product).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ActType {
+    F32,
+    F16,
+    Q8_0,
+    Q8_1,
+    Q8K,
+}
+
+/// Q4_0: `d * (q - 8)`, 4-bit q; element j in the low nibble of `qs[j]`, element j+16 in its high nibble.
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+#[repr(C)]
+pub struct BlockQ4_0 {
+    pub d: [u8; 2],
+    pub qs: [u8; QK / 2],
+}
+
+/// Q4_1: `d * q + m`, 4-bit q, nibble order as Q4_0.
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+#[repr(C)]
+pub struct BlockQ4_1 {
+    pub d: [u8; 2],
+    pub m: [u8; 2],
+    pub qs: [u8; QK / 2],
+}
+
+/// Q5_0: `d * (q - 16)`, 5-bit q: low 4 bits as Q4_0, bit 4 of element j is bit j of the little-endian `qh`.
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+#[repr(C)]
+pub struct BlockQ5_0 {
+    pub d: [u8; 2],
+    pub qh: [u8; 4],
+    pub qs: [u8; QK / 2],
+}
+
+/// Q8_0: `d * q`, signed 8-bit q. Used both for weights and for activations.
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+#[repr(C)]
+pub struct BlockQ8_0 {
+    pub d: [u8; 2],
+    pub qs: [i8; QK],
+}
+
+/// Q8_1 (activations only): as Q8_0 plus `s = d * sum(q)`, which folds Q4_1's offset into one multiply.
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+#[repr(C)]
+pub struct BlockQ8_1 {
+    pub d: [u8; 2],
+    pub s: [u8; 2],
+    pub qs: [i8; QK],
+}
+
+/// Q4_K: 8 sub-blocks of 32 with 6-bit scales and mins packed in `scales`; value `d*sc*q - dmin*m`.
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+#[repr(C)]
+pub struct BlockQ4K {
+    pub d: [u8; 2],
+    pub dmin: [u8; 2],
+    pub scales: [u8; 12],
+    pub qs: [u8; QK_K / 2],
+}
+
+/// Q6_K: 16 sub-blocks of 16 with 8-bit scales; value `d * sc * (q - 32)`, q 6-bit split into `ql` and `qh`.
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+#[repr(C)]
+pub struct BlockQ6K {
+    pub ql: [u8; QK_K / 2],
+    pub qh: [u8; QK_K / 4],
+    pub scales: [i8; QK_K / 16],
+    pub d: [u8; 2],
+}
+
+/// Q8_K (activations only): f32 scale, 8-bit q, and sums of each group of 16 q for the K-quant mins.
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+#[repr(C)]
+pub struct BlockQ8K {
+    pub d: f32,
+    pub qs: [i8; QK_K],
+    pub bsums: [i16; QK_K / 16],
+}
+
+const _: () = assert!(core::mem::size_of::<BlockQ4_0>() == 18);
+const _: () = assert!(core::mem::size_of::<BlockQ4_1>() == 20);
+const _: () = assert!(core::mem::size_of::<BlockQ5_0>() == 22);
+const _: () = assert!(core::mem::size_of::<BlockQ8_0>() == 34);
+const _: () = assert!(core::mem::size_of::<BlockQ8_1>() == 36);
+const _: () = assert!(core::mem::size_of::<BlockQ4K>() == 144);
+const _: () = assert!(core::mem::size_of::<BlockQ6K>() == 210);
+const _: () = assert!(core::mem::size_of::<BlockQ8K>() == 292);
+const _: () = assert!(core::mem::align_of::<BlockQ4_1>() == 1 && core::mem::align_of::<BlockQ6K>() == 1);
+
+/// IEEE half (little-endian byte pair) to f32.
+#[inline]
+pub fn f16_to_f32(b: [u8; 2]) -> f32 {
+    half::f16::from_bits(u16::from_le_bytes(b)).to_f32()
+}
+
+/// f32 to IEEE half, round to nearest even (as F16C's `vcvtps2ph` with mode 0).
+#[inline]
+pub fn f32_to_f16(x: f32) -> [u8; 2] {
+    half::f16::from_f32(x).to_bits().to_le_bytes()
+}
+
+/// Round to nearest, ties to even, for |x| < 2^22 (ggml's `nearest_int` trick; also what `vroundps` mode 0 does).
+#[inline]
+pub fn nearest_int(x: f32) -> i32 {
+    let v = x + 12_582_912.0;
+    (v.to_bits() & 0x007f_ffff) as i32 - 0x0040_0000
+}
+
+/// Scale and multiplier for an 8-bit block with largest magnitude `amax`, as llama.cpp's AVX2 quantizer computes them.
+#[inline]
+fn q8_scale(amax: f32) -> (f32, f32) {
+    let d = amax / 127.0;
+    let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+    (d, id)
+}
+
+/// Quantizes `x` (length a multiple of 32) to Q8_0 blocks.
+pub fn quantize_q8_0(x: &[f32], out: &mut [BlockQ8_0]) {
+    for (b, xs) in out.iter_mut().zip(x.chunks_exact(QK)) {
+        let amax = xs.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let (d, id) = q8_scale(amax);
+        b.d = f32_to_f16(d);
+        for (q, &v) in b.qs.iter_mut().zip(xs) {
+            *q = nearest_int(v * id) as i8;
+        }
+    }
+}
+
+/// Quantizes `x` (length a multiple of 32) to Q8_1 blocks.
+pub fn quantize_q8_1(x: &[f32], out: &mut [BlockQ8_1]) {
+    for (b, xs) in out.iter_mut().zip(x.chunks_exact(QK)) {
+        let amax = xs.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let (d, id) = q8_scale(amax);
+        b.d = f32_to_f16(d);
+        let mut sum = 0i32;
+        for (q, &v) in b.qs.iter_mut().zip(xs) {
+            let i = nearest_int(v * id);
+            *q = i as i8;
+            sum += i;
+        }
+        b.s = f32_to_f16(d * sum as f32);
+    }
+}
+
+/// Quantizes `x` (length a multiple of 256) to Q8_K blocks (ggml's `quantize_row_q8_K_ref`).
+pub fn quantize_q8_k(x: &[f32], out: &mut [BlockQ8K]) {
+    for (b, xs) in out.iter_mut().zip(x.chunks_exact(QK_K)) {
+        let (mut amax, mut max) = (0.0f32, 0.0f32);
+        for &v in xs {
+            if v.abs() > amax {
+                amax = v.abs();
+                max = v;
+            }
+        }
+        if amax == 0.0 {
+            *b = BlockQ8K::zeroed();
+            continue;
+        }
+        let iscale = -127.0 / max;
+        for (q, &v) in b.qs.iter_mut().zip(xs) {
+            *q = nearest_int(iscale * v).min(127) as i8;
+        }
+        for (s, g) in b.bsums.iter_mut().zip(b.qs.chunks_exact(16)) {
+            *s = g.iter().map(|&q| i16::from(q)).sum();
+        }
+        b.d = 1.0 / iscale;
+    }
+}
+
+/// Q4_K's packed 6-bit scale and min of sub-block `j` (ggml's `get_scale_min_k4`).
+#[inline]
+pub fn scale_min_k4(j: usize, q: &[u8; 12]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        ((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
+    }
+}
+
+/// The 5-bit values (0..=31) of a Q5_0 block in element order.
+#[inline]
+fn q5_0_values(b: &BlockQ5_0) -> [i32; QK] {
+    let qh = u32::from_le_bytes(b.qh);
+    let mut v = [0i32; QK];
+    for j in 0..QK / 2 {
+        let h0 = ((qh >> j) << 4) & 0x10;
+        let h1 = (qh >> (j + 12)) & 0x10;
+        v[j] = ((b.qs[j] & 0xF) as u32 | h0) as i32;
+        v[j + QK / 2] = ((b.qs[j] >> 4) as u32 | h1) as i32;
+    }
+    v
+}
+
+/// The 6-bit values (0..=63) of a Q6_K block in element order.
+#[inline]
+fn q6_k_values(b: &BlockQ6K) -> [i8; QK_K] {
+    let mut v = [0i8; QK_K];
+    for half in 0..2 {
+        let (ql, qh) = (&b.ql[half * 64..half * 64 + 64], &b.qh[half * 32..half * 32 + 32]);
+        let out = &mut v[half * 128..half * 128 + 128];
+        for l in 0..32 {
+            out[l] = ((ql[l] & 0xF) | ((qh[l] & 3) << 4)) as i8;
+            out[l + 32] = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) as i8;
+            out[l + 64] = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i8;
+            out[l + 96] = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i8;
+        }
+    }
+    v
+}
+
+/// The 4-bit values of a Q4_K block in element order.
+#[inline]
+fn q4_k_values(b: &BlockQ4K) -> [u8; QK_K] {
+    let mut v = [0u8; QK_K];
+    for j in 0..4 {
+        for l in 0..32 {
+            v[64 * j + l] = b.qs[32 * j + l] & 0xF;
+            v[64 * j + 32 + l] = b.qs[32 * j + l] >> 4;
+        }
+    }
+    v
+}
+
+/// Why a row could not be dequantized or dotted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QuantError {
+    /// The type has no dequantizer here.
+    Unsupported(GgmlType),
+    /// The byte slice is not a whole number of blocks, or the output length does not match.
+    BadLength,
+}
+
+/// Dequantizes a run of blocks of type `t` from `bytes` into `out` (which must hold exactly the elements encoded).
+pub fn dequantize(t: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<(), QuantError> {
+    if bytes.len() % t.block_bytes() != 0 || bytes.len() / t.block_bytes() * t.block_len() != out.len() {
+        return Err(QuantError::BadLength);
+    }
+    match t {
+        GgmlType::F32 => {
+            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+                *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            }
+        }
+        GgmlType::F16 => {
+            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                *o = f16_to_f32([c[0], c[1]]);
+            }
+        }
+        GgmlType::Q4_0 => {
+            for (b, o) in cast::<BlockQ4_0>(bytes).iter().zip(out.chunks_exact_mut(QK)) {
+                let d = f16_to_f32(b.d);
+                for j in 0..QK / 2 {
+                    o[j] = ((b.qs[j] & 0xF) as i32 - 8) as f32 * d;
+                    o[j + QK / 2] = ((b.qs[j] >> 4) as i32 - 8) as f32 * d;
+                }
+            }
+        }
+        GgmlType::Q4_1 => {
+            for (b, o) in cast::<BlockQ4_1>(bytes).iter().zip(out.chunks_exact_mut(QK)) {
+                let (d, m) = (f16_to_f32(b.d), f16_to_f32(b.m));
+                for j in 0..QK / 2 {
+                    o[j] = (b.qs[j] & 0xF) as f32 * d + m;
+                    o[j + QK / 2] = (b.qs[j] >> 4) as f32 * d + m;
+                }
+            }
+        }
+        GgmlType::Q5_0 => {
+            for (b, o) in cast::<BlockQ5_0>(bytes).iter().zip(out.chunks_exact_mut(QK)) {
+                let d = f16_to_f32(b.d);
+                for (o, v) in o.iter_mut().zip(q5_0_values(b)) {
+                    *o = (v - 16) as f32 * d;
+                }
+            }
+        }
+        GgmlType::Q8_0 => {
+            for (b, o) in cast::<BlockQ8_0>(bytes).iter().zip(out.chunks_exact_mut(QK)) {
+                let d = f16_to_f32(b.d);
+                for (o, &q) in o.iter_mut().zip(&b.qs) {
+                    *o = q as f32 * d;
+                }
+            }
+        }
+        GgmlType::Q4K => {
+            for (b, o) in cast::<BlockQ4K>(bytes).iter().zip(out.chunks_exact_mut(QK_K)) {
+                let (d, dmin) = (f16_to_f32(b.d), f16_to_f32(b.dmin));
+                let v = q4_k_values(b);
+                for j in 0..8 {
+                    let (sc, m) = scale_min_k4(j, &b.scales);
+                    let (d1, m1) = (d * sc as f32, dmin * m as f32);
+                    for l in 0..32 {
+                        o[32 * j + l] = d1 * v[32 * j + l] as f32 - m1;
+                    }
+                }
+            }
+        }
+        GgmlType::Q6K => {
+            for (b, o) in cast::<BlockQ6K>(bytes).iter().zip(out.chunks_exact_mut(QK_K)) {
+                let d = f16_to_f32(b.d);
+                let v = q6_k_values(b);
+                for (i, o) in o.iter_mut().enumerate() {
+                    *o = d * b.scales[i / 16] as f32 * (v[i] as i32 - 32) as f32;
+                }
+            }
+        }
+        other => return Err(QuantError::Unsupported(other)),
+    }
+    Ok(())
+}
+
+/// Views whole blocks of `bytes` as `T` (alignment 1, so this only fails on length, which callers check first).
+pub fn cast<T: Pod>(bytes: &[u8]) -> &[T] {
+    let n = bytes.len() / core::mem::size_of::<T>();
+    bytemuck::cast_slice(&bytes[..n * core::mem::size_of::<T>()])
+}
+
+// ---- scalar reference dot products (weights · quantized activations), one per weight type ----
+
+pub fn dot_q4_0_q8_0(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
+    let mut sum = 0.0f32;
+    for (a, b) in x.iter().zip(y) {
+        let mut isum = 0i32;
+        for j in 0..QK / 2 {
+            isum += ((a.qs[j] & 0xF) as i32 - 8) * b.qs[j] as i32;
+            isum += ((a.qs[j] >> 4) as i32 - 8) * b.qs[j + QK / 2] as i32;
+        }
+        sum += isum as f32 * (f16_to_f32(a.d) * f16_to_f32(b.d));
+    }
+    sum
+}
+
+pub fn dot_q4_1_q8_1(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32 {
+    let mut sum = 0.0f32;
+    for (a, b) in x.iter().zip(y) {
+        let mut isum = 0i32;
+        for j in 0..QK / 2 {
+            isum += (a.qs[j] & 0xF) as i32 * b.qs[j] as i32;
+            isum += (a.qs[j] >> 4) as i32 * b.qs[j + QK / 2] as i32;
+        }
+        sum += isum as f32 * (f16_to_f32(a.d) * f16_to_f32(b.d)) + f16_to_f32(a.m) * f16_to_f32(b.s);
+    }
+    sum
+}
+
+pub fn dot_q5_0_q8_0(x: &[BlockQ5_0], y: &[BlockQ8_0]) -> f32 {
+    let mut sum = 0.0f32;
+    for (a, b) in x.iter().zip(y) {
+        let v = q5_0_values(a);
+        let isum: i32 = v.iter().zip(&b.qs).map(|(&v, &q)| (v - 16) * q as i32).sum();
+        sum += isum as f32 * (f16_to_f32(a.d) * f16_to_f32(b.d));
+    }
+    sum
+}
+
+pub fn dot_q8_0_q8_0(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
+    let mut sum = 0.0f32;
+    for (a, b) in x.iter().zip(y) {
+        let isum: i32 = a.qs.iter().zip(&b.qs).map(|(&p, &q)| p as i32 * q as i32).sum();
+        sum += isum as f32 * (f16_to_f32(a.d) * f16_to_f32(b.d));
+    }
+    sum
+}
+
+pub fn dot_q4_k_q8_k(x: &[BlockQ4K], y: &[BlockQ8K]) -> f32 {
+    let mut sum = 0.0f32;
+    for (a, b) in x.iter().zip(y) {
+        let v = q4_k_values(a);
+        let (mut isum, mut msum) = (0i32, 0i32);
+        for j in 0..8 {
+            let (sc, m) = scale_min_k4(j, &a.scales);
+            let s: i32 = (0..32).map(|l| v[32 * j + l] as i32 * b.qs[32 * j + l] as i32).sum();
+            isum += sc as i32 * s;
+            msum += m as i32 * (b.bsums[2 * j] as i32 + b.bsums[2 * j + 1] as i32);
+        }
+        sum += b.d * f16_to_f32(a.d) * isum as f32 - b.d * f16_to_f32(a.dmin) * msum as f32;
+    }
+    sum
+}
+
+pub fn dot_q6_k_q8_k(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32 {
+    let mut sum = 0.0f32;
+    for (a, b) in x.iter().zip(y) {
+        let v = q6_k_values(a);
+        let mut isum = 0i32;
+        for g in 0..16 {
+            let s: i32 = (0..16).map(|l| (v[16 * g + l] as i32 - 32) * b.qs[16 * g + l] as i32).sum();
+            isum += a.scales[g] as i32 * s;
+        }
+        sum += b.d * f16_to_f32(a.d) * isum as f32;
+    }
+    sum
+}
+
+/// f16 · f16 with f32 accumulation (llama.cpp's `ggml_vec_dot_f16`).
+pub fn dot_f16(x: &[u16], y: &[u16]) -> f32 {
+    x.iter().zip(y).map(|(&a, &b)| half::f16::from_bits(a).to_f32() * half::f16::from_bits(b).to_f32()).sum()
+}
+
+pub fn dot_f32(x: &[f32], y: &[f32]) -> f32 {
+    x.iter().zip(y).map(|(a, b)| a * b).sum()
+}

@@ -1,0 +1,325 @@
+//! AVX2+FMA+F16C kernels: the quantized dot products and activation quantizers of [`crate::quant`], vectorised.
+//!
+//! Intel intrinsics per the Intel Intrinsics Guide. Integer products use `vpmaddubsw` (unsigned × signed bytes →
+//! i16 pairs) and `vpmaddwd` (i16 pairs → i32), whose intermediate ranges are noted at each use; the integer sums
+//! are therefore exact and only the f32 accumulation order differs from the scalar twins.
+
+use core::arch::x86_64::*;
+
+use crate::quant::{
+    scale_min_k4, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1, QK,
+};
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn load_256(b: &[u8; 32]) -> __m256i {
+    // SAFETY: reads exactly the 32 bytes of `b`; `loadu` has no alignment requirement.
+    unsafe { _mm256_loadu_si256(b.as_ptr().cast()) }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn load_256_i8(b: &[i8; 32]) -> __m256i {
+    // SAFETY: reads exactly the 32 bytes of `b`; `loadu` has no alignment requirement.
+    unsafe { _mm256_loadu_si256(b.as_ptr().cast()) }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn load_128(b: &[u8; 16]) -> __m128i {
+    // SAFETY: reads exactly the 16 bytes of `b`; `loadu` has no alignment requirement.
+    unsafe { _mm_loadu_si128(b.as_ptr().cast()) }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn load_ps(x: &[f32; 8]) -> __m256 {
+    // SAFETY: reads exactly the 8 floats of `x`; `loadu` has no alignment requirement.
+    unsafe { _mm256_loadu_ps(x.as_ptr()) }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn f16(b: [u8; 2]) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(u16::from_le_bytes(b) as i32)))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn hsum_ps(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_extractf128_ps(v, 1), _mm256_castps256_ps128(v));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn hsum_epi32(v: __m256i) -> i32 {
+    let s = _mm_add_epi32(_mm256_extracti128_si256(v, 1), _mm256_castsi256_si128(v));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+    _mm_cvtsi128_si32(s)
+}
+
+/// 32 nibbles as bytes: low nibbles of `qs` → lanes 0..16, high nibbles → lanes 16..32 (the Q4 element order).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn nibbles(qs: &[u8; 16]) -> __m256i {
+    let t = load_128(qs);
+    let both = _mm256_set_m128i(_mm_srli_epi16(t, 4), t);
+    _mm256_and_si256(both, _mm256_set1_epi8(0x0F))
+}
+
+/// Σ unsigned(a) × signed(b) over 32 bytes as 8 f32 lanes. Callers keep a ≤ 128 and |b| ≤ 127 so `vpmaddubsw`
+/// (two products per i16 lane, ≤ 2·128·127 = 32,512) never saturates.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn mul_sum_us8(a: __m256i, b: __m256i) -> __m256i {
+    _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), _mm256_set1_epi16(1))
+}
+
+/// Σ signed(a) × signed(b) over 32 bytes as 8 i32 lanes (sign moved onto `b`).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn mul_sum_i8(a: __m256i, b: __m256i) -> __m256i {
+    mul_sum_us8(_mm256_sign_epi8(a, a), _mm256_sign_epi8(b, a))
+}
+
+/// Bit j of `qh` → byte j is 0xFF when set, 0 otherwise.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn bits_to_bytes(qh: u32) -> __m256i {
+    let shuf = _mm256_set_epi64x(0x0303_0303_0303_0303, 0x0202_0202_0202_0202, 0x0101_0101_0101_0101, 0);
+    let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(qh as i32), shuf);
+    let bit_mask = _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe);
+    _mm256_cmpeq_epi8(_mm256_or_si256(bytes, bit_mask), _mm256_set1_epi64x(-1))
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q4_0_q8_0(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    for (a, b) in x.iter().zip(y) {
+        let d = _mm256_set1_ps(f16(a.d) * f16(b.d));
+        let qx = _mm256_sub_epi8(nibbles(&a.qs), _mm256_set1_epi8(8));
+        let p = _mm256_cvtepi32_ps(mul_sum_i8(qx, load_256_i8(&b.qs)));
+        acc = _mm256_fmadd_ps(d, p, acc);
+    }
+    hsum_ps(acc)
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q4_1_q8_1(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    let mut summs = 0.0f32;
+    for (a, b) in x.iter().zip(y) {
+        summs += f16(a.m) * f16(b.s);
+        let d = _mm256_set1_ps(f16(a.d) * f16(b.d));
+        // Unsigned nibbles (≤ 15) × signed activations: within `mul_sum_us8`'s range.
+        let p = _mm256_cvtepi32_ps(mul_sum_us8(nibbles(&a.qs), load_256_i8(&b.qs)));
+        acc = _mm256_fmadd_ps(d, p, acc);
+    }
+    hsum_ps(acc) + summs
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q5_0_q8_0(x: &[BlockQ5_0], y: &[BlockQ8_0]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    for (a, b) in x.iter().zip(y) {
+        let d = _mm256_set1_ps(f16(a.d) * f16(b.d));
+        // Where bit 4 is clear, OR-ing 0xF0 into the nibble yields (q - 16) as a signed byte; where it is set the
+        // byte is already q + 16 - 16.
+        let hi = _mm256_andnot_si256(bits_to_bytes(u32::from_le_bytes(a.qh)), _mm256_set1_epi8(0xF0u8 as i8));
+        let qx = _mm256_or_si256(nibbles(&a.qs), hi);
+        let p = _mm256_cvtepi32_ps(mul_sum_i8(qx, load_256_i8(&b.qs)));
+        acc = _mm256_fmadd_ps(d, p, acc);
+    }
+    hsum_ps(acc)
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q8_0_q8_0(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    for (a, b) in x.iter().zip(y) {
+        let d = _mm256_set1_ps(f16(a.d) * f16(b.d));
+        // |a| may reach 128 (a weight of -128): still ≤ 2·128·127 per i16 lane.
+        let p = _mm256_cvtepi32_ps(mul_sum_i8(load_256_i8(&a.qs), load_256_i8(&b.qs)));
+        acc = _mm256_fmadd_ps(d, p, acc);
+    }
+    hsum_ps(acc)
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q4_k_q8_k(x: &[BlockQ4K], y: &[BlockQ8K]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    let mut mins = 0.0f32;
+    let low = _mm256_set1_epi8(0x0F);
+    for (a, b) in x.iter().zip(y) {
+        let mut sumi = _mm256_setzero_si256();
+        let mut msum = 0i32;
+        for j in 0..4 {
+            let (sc0, m0) = scale_min_k4(2 * j, &a.scales);
+            let (sc1, m1) = scale_min_k4(2 * j + 1, &a.scales);
+            msum += m0 as i32 * (b.bsums[4 * j] as i32 + b.bsums[4 * j + 1] as i32);
+            msum += m1 as i32 * (b.bsums[4 * j + 2] as i32 + b.bsums[4 * j + 3] as i32);
+            let q = load_256(a.qs[32 * j..32 * j + 32].try_into().unwrap_or(&[0; 32]));
+            let lo = _mm256_and_si256(q, low);
+            let hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), low);
+            let y0 = load_256_i8(b.qs[64 * j..64 * j + 32].try_into().unwrap_or(&[0; 32]));
+            let y1 = load_256_i8(b.qs[64 * j + 32..64 * j + 64].try_into().unwrap_or(&[0; 32]));
+            // ≤ 2·15·127 per i16 lane, then × a 6-bit scale into i32.
+            let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, y0), _mm256_set1_epi16(sc0 as i16));
+            let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, y1), _mm256_set1_epi16(sc1 as i16));
+            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p0, p1));
+        }
+        let d = b.d * f16(a.d);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+        mins += b.d * f16(a.dmin) * msum as f32;
+    }
+    hsum_ps(acc) - mins
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q6_k_q8_k(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    let (m4, m2, k32) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(3), _mm256_set1_epi8(32));
+    for (a, b) in x.iter().zip(y) {
+        let mut sumi = _mm256_setzero_si256();
+        for half in 0..2 {
+            let ql_a = load_256(a.ql[64 * half..64 * half + 32].try_into().unwrap_or(&[0; 32]));
+            let ql_b = load_256(a.ql[64 * half + 32..64 * half + 64].try_into().unwrap_or(&[0; 32]));
+            let qh = load_256(a.qh[32 * half..32 * half + 32].try_into().unwrap_or(&[0; 32]));
+            // 16-bit shifts only move bits within a byte here: every shifted value is masked to its own byte.
+            let hbits = |s: i32| -> __m256i {
+                let h = match s {
+                    0 => qh,
+                    2 => _mm256_srli_epi16(qh, 2),
+                    4 => _mm256_srli_epi16(qh, 4),
+                    _ => _mm256_srli_epi16(qh, 6),
+                };
+                _mm256_slli_epi16(_mm256_and_si256(h, m2), 4)
+            };
+            let q = [
+                _mm256_or_si256(_mm256_and_si256(ql_a, m4), hbits(0)),
+                _mm256_or_si256(_mm256_and_si256(ql_b, m4), hbits(2)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql_a, 4), m4), hbits(4)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql_b, 4), m4), hbits(6)),
+            ];
+            for (k, qk) in q.iter().enumerate() {
+                let off = 128 * half + 32 * k;
+                let yk = load_256_i8(b.qs[off..off + 32].try_into().unwrap_or(&[0; 32]));
+                // q ≤ 63: 2·63·127 per lane; subtracting 32·y keeps the value of (q-32)·y exactly.
+                let p = _mm256_sub_epi16(_mm256_maddubs_epi16(*qk, yk), _mm256_maddubs_epi16(k32, yk));
+                let g = off / 16;
+                let sc = _mm256_set_m128i(
+                    _mm_set1_epi16(a.scales[g + 1] as i16),
+                    _mm_set1_epi16(a.scales[g] as i16),
+                );
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, sc));
+            }
+        }
+        let d = b.d * f16(a.d);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    hsum_ps(acc)
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_f16(x: &[u16], y: &[u16]) -> f32 {
+    let n = x.len().min(y.len());
+    let mut acc = _mm256_setzero_ps();
+    let mut i = 0;
+    while i + 8 <= n {
+        // SAFETY: i + 8 ≤ n ≤ both lengths, so 8 u16 (16 bytes) are in bounds of each slice.
+        let (a, b) = unsafe {
+            (_mm_loadu_si128(x.as_ptr().add(i).cast()), _mm_loadu_si128(y.as_ptr().add(i).cast()))
+        };
+        acc = _mm256_fmadd_ps(_mm256_cvtph_ps(a), _mm256_cvtph_ps(b), acc);
+        i += 8;
+    }
+    let mut sum = hsum_ps(acc);
+    for j in i..n {
+        sum += f16(x[j].to_le_bytes()) * f16(y[j].to_le_bytes());
+    }
+    sum
+}
+
+/// Rounds 32 floats times `id` to i32 (nearest, ties to even) and returns them with the block's absolute maximum.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn block_amax(xs: &[f32]) -> (f32, [__m256; 4]) {
+    let sign = _mm256_set1_ps(-0.0);
+    let v = [
+        load_ps(xs[0..8].try_into().unwrap_or(&[0.0; 8])),
+        load_ps(xs[8..16].try_into().unwrap_or(&[0.0; 8])),
+        load_ps(xs[16..24].try_into().unwrap_or(&[0.0; 8])),
+        load_ps(xs[24..32].try_into().unwrap_or(&[0.0; 8])),
+    ];
+    let mut m = _mm256_andnot_ps(sign, v[0]);
+    for vi in &v[1..] {
+        m = _mm256_max_ps(m, _mm256_andnot_ps(sign, *vi));
+    }
+    let h = _mm_max_ps(_mm256_extractf128_ps(m, 1), _mm256_castps256_ps128(m));
+    let h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    let h = _mm_max_ss(h, _mm_movehdup_ps(h));
+    (_mm_cvtss_f32(h), v)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn round_block(v: &[__m256; 4], id: f32, qs: &mut [i8; QK]) -> i32 {
+    let mul = _mm256_set1_ps(id);
+    let mut sum = _mm256_setzero_si256();
+    let mut tmp = [0i32; 8];
+    for (k, vk) in v.iter().enumerate() {
+        let r = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(*vk, mul), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        sum = _mm256_add_epi32(sum, r);
+        // SAFETY: `tmp` holds exactly 8 i32 = 32 bytes.
+        unsafe { _mm256_storeu_si256(tmp.as_mut_ptr().cast(), r) };
+        for (q, &t) in qs[8 * k..8 * k + 8].iter_mut().zip(&tmp) {
+            *q = t as i8;
+        }
+    }
+    hsum_epi32(sum)
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn quantize_q8_0(x: &[f32], out: &mut [BlockQ8_0]) {
+    for (b, xs) in out.iter_mut().zip(x.chunks_exact(QK)) {
+        let (amax, v) = block_amax(xs);
+        let d = amax / 127.0;
+        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+        b.d = crate::quant::f32_to_f16(d);
+        round_block(&v, id, &mut b.qs);
+    }
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn quantize_q8_1(x: &[f32], out: &mut [BlockQ8_1]) {
+    for (b, xs) in out.iter_mut().zip(x.chunks_exact(QK)) {
+        let (amax, v) = block_amax(xs);
+        let d = amax / 127.0;
+        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+        b.d = crate::quant::f32_to_f16(d);
+        let sum = round_block(&v, id, &mut b.qs);
+        b.s = crate::quant::f32_to_f16(d * sum as f32);
+    }
+}

@@ -1,0 +1,112 @@
+//! The engine's SIMD kernels and their run-time dispatch: the only module of `model` allowed to use `unsafe`.
+//!
+//! Each public function here picks, once per process, between an AVX2+FMA+F16C kernel (when CPUID and XGETBV say
+//! the CPU and OS support it) and its scalar twin in [`crate::quant`]; tests assert both give the same result.
+//! Detection follows the Intel SDM vol. 2A (CPUID leaf 1 ECX bits 12 FMA, 27 OSXSAVE, 28 AVX, 29 F16C; leaf 7
+//! EBX bit 5 AVX2; XCR0 bits 1-2 for XMM/YMM state).
+
+use core::sync::atomic::{AtomicU8, Ordering};
+
+use crate::quant::{self, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1};
+
+/// 0 = not yet probed, 1 = scalar, 2 = AVX2+FMA+F16C.
+static LEVEL: AtomicU8 = AtomicU8::new(0);
+
+/// Which kernels run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Level {
+    Scalar,
+    Avx2,
+}
+
+/// Probes the CPU (once) and returns the kernels in use.
+pub fn level() -> Level {
+    match LEVEL.load(Ordering::Relaxed) {
+        1 => Level::Scalar,
+        2 => Level::Avx2,
+        _ => {
+            let l = if detect_avx2() { Level::Avx2 } else { Level::Scalar };
+            LEVEL.store(if l == Level::Avx2 { 2 } else { 1 }, Ordering::Relaxed);
+            l
+        }
+    }
+}
+
+/// Forces the scalar kernels (for comparisons and for emulators whose AVX is slow); `false` re-probes.
+pub fn force_scalar(on: bool) {
+    LEVEL.store(if on { 1 } else { 0 }, Ordering::Relaxed);
+}
+
+#[cfg(target_arch = "x86_64")]
+fn detect_avx2() -> bool {
+    use core::arch::x86_64::{__cpuid, __cpuid_count, _xgetbv};
+    // CPUID exists on every x86_64 CPU; leaf 0 reports the highest leaf, checked before leaf 7.
+    let max_leaf = __cpuid(0).eax;
+    if max_leaf < 7 {
+        return false;
+    }
+    let l1 = __cpuid(1);
+    let (fma, osxsave, avx, f16c) =
+        (l1.ecx & (1 << 12) != 0, l1.ecx & (1 << 27) != 0, l1.ecx & (1 << 28) != 0, l1.ecx & (1 << 29) != 0);
+    if !(fma && osxsave && avx && f16c) {
+        return false;
+    }
+    let avx2 = __cpuid_count(7, 0).ebx & (1 << 5) != 0;
+    // SAFETY: OSXSAVE is set, so XGETBV is enabled and XCR0 readable.
+    let xcr0 = unsafe { _xgetbv(0) };
+    avx2 && (xcr0 & 0b110) == 0b110
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn detect_avx2() -> bool {
+    false
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+
+macro_rules! dispatch {
+    ($(#[$m:meta])* $name:ident ($($arg:ident : $ty:ty),*) -> $ret:ty, $scalar:path) => {
+        $(#[$m])*
+        pub fn $name($($arg: $ty),*) -> $ret {
+            #[cfg(target_arch = "x86_64")]
+            if level() == Level::Avx2 {
+                // SAFETY: `level()` returned Avx2 only after CPUID/XGETBV confirmed AVX2, FMA and F16C with OS
+                // support; the kernel checks slice lengths itself.
+                return unsafe { avx2::$name($($arg),*) };
+            }
+            $scalar($($arg),*)
+        }
+    };
+}
+
+dispatch!(
+    /// Q4_0 weights · Q8_0 activations.
+    dot_q4_0_q8_0(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32, quant::dot_q4_0_q8_0);
+dispatch!(
+    /// Q4_1 weights · Q8_1 activations.
+    dot_q4_1_q8_1(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32, quant::dot_q4_1_q8_1);
+dispatch!(
+    /// Q5_0 weights · Q8_0 activations.
+    dot_q5_0_q8_0(x: &[BlockQ5_0], y: &[BlockQ8_0]) -> f32, quant::dot_q5_0_q8_0);
+dispatch!(
+    /// Q8_0 weights · Q8_0 activations.
+    dot_q8_0_q8_0(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32, quant::dot_q8_0_q8_0);
+dispatch!(
+    /// Q4_K weights · Q8_K activations.
+    dot_q4_k_q8_k(x: &[BlockQ4K], y: &[BlockQ8K]) -> f32, quant::dot_q4_k_q8_k);
+dispatch!(
+    /// Q6_K weights · Q8_K activations.
+    dot_q6_k_q8_k(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32, quant::dot_q6_k_q8_k);
+dispatch!(
+    /// f16 · f16 with f32 accumulation (attention scores and weighted values).
+    dot_f16(x: &[u16], y: &[u16]) -> f32, quant::dot_f16);
+dispatch!(
+    /// f32 → Q8_0 activations.
+    quantize_q8_0(x: &[f32], out: &mut [BlockQ8_0]) -> (), quant::quantize_q8_0);
+dispatch!(
+    /// f32 → Q8_1 activations.
+    quantize_q8_1(x: &[f32], out: &mut [BlockQ8_1]) -> (), quant::quantize_q8_1);
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests;

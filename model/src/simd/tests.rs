@@ -1,0 +1,150 @@
+//! SIMD kernels against their scalar twins, and both against an f32 reference.
+
+use alloc::vec;
+use alloc::vec::Vec;
+
+use crate::quant::{self, *};
+
+use super::avx2;
+
+/// Deterministic pseudo-random floats with a few large outliers (as real activations have).
+fn data(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|i| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            let v = (s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0;
+            if i % 97 == 0 {
+                v * 40.0
+            } else {
+                v
+            }
+        })
+        .collect()
+}
+
+fn have_avx2() -> bool {
+    super::detect_avx2()
+}
+
+/// Quantizes `w` to weight type `t` by a simple round-to-nearest encoder written for these tests.
+fn encode_weights(t: GgmlType, w: &[f32]) -> Vec<u8> {
+    let mut out = Vec::new();
+    match t {
+        GgmlType::Q8_0 => {
+            let mut b = vec![BlockQ8_0 { d: [0; 2], qs: [0; 32] }; w.len() / 32];
+            quant::quantize_q8_0(w, &mut b);
+            out.extend_from_slice(bytemuck::cast_slice(&b));
+        }
+        _ => {
+            // Random bit patterns are valid blocks for every format; keep f16 scales small and finite.
+            let n = w.len() / t.block_len() * t.block_bytes();
+            let bytes: Vec<u8> = data(n, 7).iter().map(|v| (v.to_bits() >> 3) as u8).collect();
+            out.extend_from_slice(&bytes);
+            let bs = t.block_bytes();
+            for blk in out.chunks_exact_mut(bs) {
+                let scale = quant::f32_to_f16(0.01);
+                let (a, b) = match t {
+                    GgmlType::Q6K => (bs - 2, bs),
+                    _ => (0, 2),
+                };
+                blk[a..b].copy_from_slice(&scale);
+                if matches!(t, GgmlType::Q4_1 | GgmlType::Q4K) {
+                    blk[2..4].copy_from_slice(&quant::f32_to_f16(0.003));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn quantizers_match_scalar_bitwise() {
+    if !have_avx2() {
+        return;
+    }
+    let x = data(1024, 1);
+    let mut a = vec![BlockQ8_0 { d: [0; 2], qs: [0; 32] }; 32];
+    let mut b = a.clone();
+    quant::quantize_q8_0(&x, &mut a);
+    // SAFETY: AVX2, FMA and F16C were detected above.
+    unsafe { avx2::quantize_q8_0(&x, &mut b) };
+    assert_eq!(bytemuck::cast_slice::<_, u8>(&a), bytemuck::cast_slice::<_, u8>(&b));
+    let mut a = vec![BlockQ8_1 { d: [0; 2], s: [0; 2], qs: [0; 32] }; 32];
+    let mut b = a.clone();
+    quant::quantize_q8_1(&x, &mut a);
+    // SAFETY: as above.
+    unsafe { avx2::quantize_q8_1(&x, &mut b) };
+    assert_eq!(bytemuck::cast_slice::<_, u8>(&a), bytemuck::cast_slice::<_, u8>(&b));
+}
+
+fn check(t: GgmlType) {
+    let n = 1024;
+    let x = data(n, 3);
+    let wbytes = encode_weights(t, &data(n, 5));
+    let mut wf = vec![0.0; n];
+    quant::dequantize(t, &wbytes, &mut wf).unwrap();
+    let exact: f64 = wf.iter().zip(&x).map(|(&a, &b)| a as f64 * b as f64).sum();
+    let norm: f64 = wf.iter().zip(&x).map(|(&a, &b)| (a as f64 * b as f64).abs()).sum();
+    let mut q80 = vec![BlockQ8_0 { d: [0; 2], qs: [0; 32] }; n / 32];
+    let mut q81 = vec![BlockQ8_1 { d: [0; 2], s: [0; 2], qs: [0; 32] }; n / 32];
+    let mut q8k = vec![BlockQ8K { d: 0.0, qs: [0; 256], bsums: [0; 16] }; n / 256];
+    quant::quantize_q8_0(&x, &mut q80);
+    quant::quantize_q8_1(&x, &mut q81);
+    quant::quantize_q8_k(&x, &mut q8k);
+    // SAFETY (every avx2 call below): only reached when AVX2, FMA and F16C were detected.
+    let (scalar, simd) = match t {
+        GgmlType::Q4_0 => {
+            let w = quant::cast(&wbytes);
+            (quant::dot_q4_0_q8_0(w, &q80), have_avx2().then(|| unsafe { avx2::dot_q4_0_q8_0(w, &q80) }))
+        }
+        GgmlType::Q4_1 => {
+            let w = quant::cast(&wbytes);
+            (quant::dot_q4_1_q8_1(w, &q81), have_avx2().then(|| unsafe { avx2::dot_q4_1_q8_1(w, &q81) }))
+        }
+        GgmlType::Q5_0 => {
+            let w = quant::cast(&wbytes);
+            (quant::dot_q5_0_q8_0(w, &q80), have_avx2().then(|| unsafe { avx2::dot_q5_0_q8_0(w, &q80) }))
+        }
+        GgmlType::Q8_0 => {
+            let w = quant::cast(&wbytes);
+            (quant::dot_q8_0_q8_0(w, &q80), have_avx2().then(|| unsafe { avx2::dot_q8_0_q8_0(w, &q80) }))
+        }
+        GgmlType::Q4K => {
+            let w = quant::cast(&wbytes);
+            (quant::dot_q4_k_q8_k(w, &q8k), have_avx2().then(|| unsafe { avx2::dot_q4_k_q8_k(w, &q8k) }))
+        }
+        GgmlType::Q6K => {
+            let w = quant::cast(&wbytes);
+            (quant::dot_q6_k_q8_k(w, &q8k), have_avx2().then(|| unsafe { avx2::dot_q6_k_q8_k(w, &q8k) }))
+        }
+        _ => unreachable!(),
+    };
+    // Activation quantization error: |Δx| ≤ amax/254 per element, so the dot moves by at most ~1% of Σ|w·x| here.
+    assert!((scalar as f64 - exact).abs() <= 0.01 * norm, "{t:?}: scalar {scalar} vs f32 {exact} (norm {norm})");
+    if let Some(simd) = simd {
+        // Same integer sums, different f32 summation order.
+        assert!((simd - scalar).abs() <= 1e-5 * norm as f32, "{t:?}: simd {simd} vs scalar {scalar}");
+    }
+}
+
+#[test]
+fn dots_match_scalar_and_f32() {
+    for t in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::Q4K, GgmlType::Q6K] {
+        check(t);
+    }
+}
+
+#[test]
+fn f16_dot_matches_scalar() {
+    let a: Vec<u16> = data(67, 9).iter().map(|&v| u16::from_le_bytes(quant::f32_to_f16(v))).collect();
+    let b: Vec<u16> = data(67, 11).iter().map(|&v| u16::from_le_bytes(quant::f32_to_f16(v))).collect();
+    let s = quant::dot_f16(&a, &b);
+    if have_avx2() {
+        // SAFETY: AVX2, FMA and F16C were detected.
+        let v = unsafe { avx2::dot_f16(&a, &b) };
+        assert!((s - v).abs() < 1e-3, "{s} vs {v}");
+    }
+}

@@ -1,0 +1,515 @@
+//! The llama and gemma3 decoder: configuration from GGUF metadata, weights viewed in place, run state (KV cache
+//! included) allocated once, and the batched forward pass.
+//!
+//! Graph and numerics follow llama.cpp (`src/models/llama.cpp`, `src/models/gemma3.cpp` and ggml's CPU ops): f16 KV
+//! cache; attention scores from f16 queries · f16 keys; softmax probabilities rounded to f16 before weighting the
+//! f16 values; llama uses adjacent-pair RoPE (the GGUF converter permutes Q/K), gemma3 NEOX RoPE with base 1e4 on
+//! sliding-window layers and the file's base on every 6th (global) layer, QK-norm, post-norms, embeddings scaled by
+//! √dim and queries by 1/√head_dim.
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+
+use crate::gguf::{Gguf, GgufError, TensorInfo};
+use crate::math::{self, GeluTable, RopeStyle};
+use crate::matmul::{matmul, Acts, QTensor};
+use crate::parallel::ParallelFor;
+use crate::quant::{self, GgmlType};
+use crate::simd;
+
+/// Supported decoder families.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arch {
+    Llama,
+    Gemma3,
+}
+
+/// Why a model could not be loaded or run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModelError {
+    Gguf(GgufError),
+    /// `general.architecture` is missing or names a family this engine does not run.
+    UnsupportedArchitecture,
+    /// A required metadata key is missing or has the wrong type or an out-of-range value.
+    BadMetadata(&'static str),
+    /// A required tensor is missing (`layer` is `None` for model-wide tensors).
+    MissingTensor { role: &'static str, layer: Option<u32> },
+    /// A tensor has the wrong shape for the architecture or a type this engine cannot multiply.
+    BadTensor { role: &'static str, layer: Option<u32>, ggml_type: GgmlType },
+    /// The prompt plus the tokens to generate do not fit in the context.
+    ContextOverflow { needed: usize, context: usize },
+    /// A token id outside the vocabulary.
+    BadTokenId(u32),
+}
+
+impl From<GgufError> for ModelError {
+    fn from(e: GgufError) -> Self {
+        ModelError::Gguf(e)
+    }
+}
+
+impl core::fmt::Display for ModelError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match *self {
+            ModelError::Gguf(e) => write!(f, "{e}"),
+            ModelError::UnsupportedArchitecture => write!(f, "unsupported model architecture (llama and gemma3 are)"),
+            ModelError::BadMetadata(k) => write!(f, "metadata key {k} is missing or invalid"),
+            ModelError::MissingTensor { role, layer: Some(l) } => write!(f, "tensor blk.{l}.{role} is missing"),
+            ModelError::MissingTensor { role, layer: None } => write!(f, "tensor {role} is missing"),
+            ModelError::BadTensor { role, layer, ggml_type } => {
+                write!(f, "tensor {role} (layer {layer:?}, type {ggml_type:?}) has the wrong shape or type")
+            }
+            ModelError::ContextOverflow { needed, context } => {
+                write!(f, "{needed} tokens do not fit in the context of {context}")
+            }
+            ModelError::BadTokenId(t) => write!(f, "token id {t} is outside the vocabulary"),
+        }
+    }
+}
+
+/// Hyper-parameters read from the GGUF metadata.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub arch: Arch,
+    pub n_layers: usize,
+    /// Model width (`embedding_length`).
+    pub dim: usize,
+    pub ffn_dim: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub vocab_size: usize,
+    /// Training context length from the file.
+    pub context_length: usize,
+    pub rms_eps: f32,
+    pub rope_base: f32,
+    /// RoPE base of gemma3's sliding-window layers.
+    pub rope_base_local: f32,
+    /// gemma3's sliding window (keys at distance ≥ window are masked on local layers).
+    pub sliding_window: Option<usize>,
+}
+
+impl Config {
+    pub fn from_gguf(g: &Gguf<'_>) -> Result<Config, ModelError> {
+        let arch = match g.get("general.architecture").and_then(|v| v.as_str()) {
+            Some("llama") => Arch::Llama,
+            Some("gemma3") => Arch::Gemma3,
+            _ => return Err(ModelError::UnsupportedArchitecture),
+        };
+        let p = match arch {
+            Arch::Llama => "llama",
+            Arch::Gemma3 => "gemma3",
+        };
+        let int = |suffix: &str, name: &'static str| -> Result<usize, ModelError> {
+            g.get(&format!("{p}.{suffix}"))
+                .and_then(|v| v.as_u64())
+                .and_then(|v| usize::try_from(v).ok())
+                .filter(|&v| v > 0 && v <= 1 << 24)
+                .ok_or(ModelError::BadMetadata(name))
+        };
+        let float = |suffix: &str| g.get(&format!("{p}.{suffix}")).and_then(|v| v.as_f32());
+        let dim = int("embedding_length", "embedding_length")?;
+        let n_heads = int("attention.head_count", "attention.head_count")?;
+        let n_kv_heads = int("attention.head_count_kv", "attention.head_count_kv").unwrap_or(n_heads);
+        let head_dim = match int("attention.key_length", "attention.key_length") {
+            Ok(k) => k,
+            Err(_) => dim / n_heads,
+        };
+        if n_heads % n_kv_heads != 0 || head_dim % 2 != 0 || head_dim == 0 {
+            return Err(ModelError::BadMetadata("attention.head_count_kv"));
+        }
+        let vocab_size = g
+            .get("tokenizer.ggml.tokens")
+            .and_then(|v| v.as_array())
+            .map(|a| a.len())
+            .filter(|&n| n > 0)
+            .ok_or(ModelError::BadMetadata("tokenizer.ggml.tokens"))?;
+        let (rope_default, eps_default) = match arch {
+            Arch::Llama => (10_000.0, 1e-5),
+            Arch::Gemma3 => (1_000_000.0, 1e-6),
+        };
+        let rms_eps = float("attention.layer_norm_rms_epsilon").unwrap_or(eps_default);
+        let rope_base = float("rope.freq_base").unwrap_or(rope_default);
+        let sliding_window = match arch {
+            Arch::Gemma3 => Some(int("attention.sliding_window", "attention.sliding_window")?),
+            Arch::Llama => None,
+        };
+        Ok(Config {
+            arch,
+            n_layers: int("block_count", "block_count")?,
+            dim,
+            ffn_dim: int("feed_forward_length", "feed_forward_length")?,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            vocab_size,
+            context_length: int("context_length", "context_length")?,
+            rms_eps,
+            rope_base,
+            rope_base_local: 10_000.0,
+            sliding_window,
+        })
+    }
+
+    pub fn q_dim(&self) -> usize {
+        self.n_heads * self.head_dim
+    }
+
+    pub fn kv_dim(&self) -> usize {
+        self.n_kv_heads * self.head_dim
+    }
+
+    /// gemma3: every 6th layer (5, 11, 17, ...) attends globally, the rest use the sliding window.
+    pub fn is_local_layer(&self, l: usize) -> bool {
+        self.arch == Arch::Gemma3 && (l + 1) % 6 != 0
+    }
+}
+
+/// One decoder block's weights (shapes as `[rows × cols]`).
+pub struct Layer<'a> {
+    /// `[dim]`
+    pub attn_norm: Vec<f32>,
+    /// `[q_dim × dim]`
+    pub wq: QTensor<'a>,
+    /// `[kv_dim × dim]`
+    pub wk: QTensor<'a>,
+    /// `[kv_dim × dim]`
+    pub wv: QTensor<'a>,
+    /// `[dim × q_dim]`
+    pub wo: QTensor<'a>,
+    /// gemma3: `[head_dim]` each.
+    pub q_norm: Option<Vec<f32>>,
+    pub k_norm: Option<Vec<f32>>,
+    /// gemma3: `[dim]`, applied to the attention output before the residual add.
+    pub post_attn_norm: Option<Vec<f32>>,
+    /// `[dim]`
+    pub ffn_norm: Vec<f32>,
+    /// `[ffn_dim × dim]`
+    pub w_gate: QTensor<'a>,
+    /// `[ffn_dim × dim]`
+    pub w_up: QTensor<'a>,
+    /// `[dim × ffn_dim]`
+    pub w_down: QTensor<'a>,
+    /// gemma3: `[dim]`, applied to the FFN output before the residual add.
+    pub post_ffn_norm: Option<Vec<f32>>,
+}
+
+/// All weights. Matrices borrow the blob; the small f32 norm vectors are decoded once (they are < 0.1% of a model).
+pub struct Weights<'a> {
+    /// `[vocab × dim]`
+    pub token_embd: QTensor<'a>,
+    pub layers: Vec<Layer<'a>>,
+    /// `[dim]`
+    pub output_norm: Vec<f32>,
+    /// `[vocab × dim]`; the embedding matrix when the file ties them.
+    pub output: QTensor<'a>,
+}
+
+/// A loaded model: configuration plus weights (and gemma3's GELU table).
+pub struct Model<'a> {
+    pub config: Config,
+    pub weights: Weights<'a>,
+    gelu: Option<GeluTable>,
+}
+
+fn find<'a, 'g>(
+    g: &'g Gguf<'a>,
+    role: &'static str,
+    layer: Option<u32>,
+) -> Result<&'g TensorInfo<'a>, ModelError> {
+    let name: String = match layer {
+        Some(l) => format!("blk.{l}.{role}"),
+        None => String::from(role),
+    };
+    g.tensor(&name).ok_or(ModelError::MissingTensor { role, layer })
+}
+
+fn matrix<'a>(
+    g: &Gguf<'a>,
+    role: &'static str,
+    layer: Option<u32>,
+    rows: usize,
+    cols: usize,
+) -> Result<QTensor<'a>, ModelError> {
+    let info = find(g, role, layer)?;
+    let bad = ModelError::BadTensor { role, layer, ggml_type: info.ggml_type };
+    let t = QTensor::new(info).ok_or(bad)?;
+    if t.rows != rows || t.cols != cols {
+        return Err(bad);
+    }
+    Ok(t)
+}
+
+fn vector(g: &Gguf<'_>, role: &'static str, layer: Option<u32>, len: usize) -> Result<Vec<f32>, ModelError> {
+    let info = find(g, role, layer)?;
+    let bad = ModelError::BadTensor { role, layer, ggml_type: info.ggml_type };
+    if info.n_dims != 1 || info.dims[0] != len as u64 {
+        return Err(bad);
+    }
+    let mut out = vec![0.0; len];
+    quant::dequantize(info.ggml_type, info.data, &mut out).map_err(|_| bad)?;
+    Ok(out)
+}
+
+impl<'a> Model<'a> {
+    /// Checks the architecture, every tensor's presence, shape and type, and views the weights in place.
+    pub fn load(g: &Gguf<'a>) -> Result<Model<'a>, ModelError> {
+        let c = Config::from_gguf(g)?;
+        let (dim, q_dim, kv_dim, ffn) = (c.dim, c.q_dim(), c.kv_dim(), c.ffn_dim);
+        let gemma = c.arch == Arch::Gemma3;
+        let mut layers = Vec::with_capacity(c.n_layers.min(g.tensors.len()));
+        for l in 0..c.n_layers {
+            let l32 = Some(l as u32);
+            let opt = |role: &'static str, len: usize| -> Result<Option<Vec<f32>>, ModelError> {
+                if gemma {
+                    vector(g, role, l32, len).map(Some)
+                } else {
+                    Ok(None)
+                }
+            };
+            layers.push(Layer {
+                attn_norm: vector(g, "attn_norm.weight", l32, dim)?,
+                wq: matrix(g, "attn_q.weight", l32, q_dim, dim)?,
+                wk: matrix(g, "attn_k.weight", l32, kv_dim, dim)?,
+                wv: matrix(g, "attn_v.weight", l32, kv_dim, dim)?,
+                wo: matrix(g, "attn_output.weight", l32, dim, q_dim)?,
+                q_norm: opt("attn_q_norm.weight", c.head_dim)?,
+                k_norm: opt("attn_k_norm.weight", c.head_dim)?,
+                post_attn_norm: opt("post_attention_norm.weight", dim)?,
+                ffn_norm: vector(g, "ffn_norm.weight", l32, dim)?,
+                w_gate: matrix(g, "ffn_gate.weight", l32, ffn, dim)?,
+                w_up: matrix(g, "ffn_up.weight", l32, ffn, dim)?,
+                w_down: matrix(g, "ffn_down.weight", l32, dim, ffn)?,
+                post_ffn_norm: opt("post_ffw_norm.weight", dim)?,
+            });
+        }
+        let token_embd = matrix(g, "token_embd.weight", None, c.vocab_size, dim)?;
+        let output = match g.tensor("output.weight") {
+            Some(_) => matrix(g, "output.weight", None, c.vocab_size, dim)?,
+            None => token_embd,
+        };
+        let weights = Weights { token_embd, layers, output_norm: vector(g, "output_norm.weight", None, dim)?, output };
+        let gelu = if gemma { Some(GeluTable::new()) } else { None };
+        Ok(Model { config: c, weights, gelu })
+    }
+}
+
+/// Everything the forward pass writes, allocated once: activations for up to `max_batch` tokens, the f16 KV
+/// cache for `context` positions, and the logits.
+pub struct State {
+    pub context: usize,
+    pub max_batch: usize,
+    /// Next position to fill (= tokens already in the cache).
+    pub pos: usize,
+    x: Vec<f32>,
+    xb: Vec<f32>,
+    xb2: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    att_out: Vec<f32>,
+    hb: Vec<f32>,
+    hb2: Vec<f32>,
+    scores: Vec<f32>,
+    q16: Vec<u16>,
+    rope: Vec<f32>,
+    /// `[layer][position][kv_dim]`, f16 bits.
+    key_cache: Vec<u16>,
+    /// `[layer][position][kv_dim]`, f16 bits.
+    value_cache: Vec<u16>,
+    acts: Acts,
+    /// `[vocab]`, for the last token of the latest `forward`.
+    pub logits: Vec<f32>,
+}
+
+impl State {
+    /// Run state for `context` positions (capped at the model's training context) and batches of `max_batch`.
+    pub fn new(c: &Config, context: usize, max_batch: usize) -> State {
+        let context = context.clamp(1, c.context_length);
+        let b = max_batch.max(1);
+        let max_cols = c.dim.max(c.q_dim()).max(c.ffn_dim);
+        let max_rows = max_cols.max(c.kv_dim());
+        let kv = c.n_layers * context * c.kv_dim();
+        State {
+            context,
+            max_batch: b,
+            pos: 0,
+            x: vec![0.0; b * c.dim],
+            xb: vec![0.0; b * c.dim],
+            xb2: vec![0.0; b * c.dim],
+            q: vec![0.0; b * c.q_dim()],
+            k: vec![0.0; b * c.kv_dim()],
+            v: vec![0.0; b * c.kv_dim()],
+            att_out: vec![0.0; b * c.q_dim()],
+            hb: vec![0.0; b * c.ffn_dim],
+            hb2: vec![0.0; b * c.ffn_dim],
+            scores: vec![0.0; context],
+            q16: vec![0; c.head_dim],
+            rope: vec![0.0; c.head_dim],
+            key_cache: vec![0; kv],
+            value_cache: vec![0; kv],
+            acts: Acts::new(b, max_cols, max_rows),
+            logits: vec![0.0; c.vocab_size],
+        }
+    }
+
+    /// Forgets the cached context (the buffers stay allocated).
+    pub fn reset(&mut self) {
+        self.pos = 0;
+    }
+}
+
+fn to_f16(x: f32) -> u16 {
+    u16::from_le_bytes(quant::f32_to_f16(x))
+}
+
+fn from_f16(x: u16) -> f32 {
+    quant::f16_to_f32(x.to_le_bytes())
+}
+
+impl Model<'_> {
+    /// Runs `tokens` at positions `state.pos..` and leaves the last token's logits in `state.logits`.
+    pub fn forward(&self, state: &mut State, tokens: &[u32], par: &dyn ParallelFor) -> Result<(), ModelError> {
+        let c = &self.config;
+        let needed = state.pos + tokens.len();
+        if needed > state.context {
+            return Err(ModelError::ContextOverflow { needed, context: state.context });
+        }
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
+            return Err(ModelError::BadTokenId(bad));
+        }
+        for chunk in tokens.chunks(state.max_batch) {
+            self.forward_batch(state, chunk, par);
+        }
+        Ok(())
+    }
+
+    fn forward_batch(&self, s: &mut State, tokens: &[u32], par: &dyn ParallelFor) {
+        let c = &self.config;
+        let w = &self.weights;
+        let n = tokens.len();
+        let (dim, q_dim, kv_dim, hd, ffn) = (c.dim, c.q_dim(), c.kv_dim(), c.head_dim, c.ffn_dim);
+        let pos0 = s.pos;
+        let gemma = c.arch == Arch::Gemma3;
+
+        for (t, &tok) in tokens.iter().enumerate() {
+            let x = &mut s.x[t * dim..(t + 1) * dim];
+            // Token ids were range-checked in `forward`.
+            let _ = w.token_embd.dequantize_row(tok as usize, x);
+            if gemma {
+                let scale = libm::sqrtf(dim as f32);
+                x.iter_mut().for_each(|v| *v *= scale);
+            }
+        }
+
+        let style = if gemma { RopeStyle::Neox } else { RopeStyle::Normal };
+        let kq_scale = if gemma { 1.0 } else { 1.0 / libm::sqrtf(hd as f32) };
+        let q_scale = if gemma { 1.0 / libm::sqrtf(hd as f32) } else { 1.0 };
+        let group = c.n_heads / c.n_kv_heads;
+
+        for (l, layer) in w.layers.iter().enumerate() {
+            for t in 0..n {
+                math::rmsnorm(&mut s.xb[t * dim..(t + 1) * dim], &s.x[t * dim..(t + 1) * dim], &layer.attn_norm, c.rms_eps);
+            }
+            let xb = &s.xb[..n * dim];
+            matmul(&layer.wq, xb, n, &mut s.q[..n * q_dim], &mut s.acts, par);
+            matmul(&layer.wk, xb, n, &mut s.k[..n * kv_dim], &mut s.acts, par);
+            matmul(&layer.wv, xb, n, &mut s.v[..n * kv_dim], &mut s.acts, par);
+
+            let local = c.is_local_layer(l);
+            let base = if local { c.rope_base_local } else { c.rope_base };
+            let layer_kv = l * s.context * kv_dim;
+            for t in 0..n {
+                let p = pos0 + t;
+                math::rope_cache(&mut s.rope, p, base);
+                for h in s.q[t * q_dim..(t + 1) * q_dim].chunks_exact_mut(hd) {
+                    if let Some(qn) = &layer.q_norm {
+                        math::rmsnorm_inplace(h, qn, c.rms_eps);
+                    }
+                    math::rope_apply(h, &s.rope, style);
+                    if q_scale != 1.0 {
+                        h.iter_mut().for_each(|v| *v *= q_scale);
+                    }
+                }
+                for h in s.k[t * kv_dim..(t + 1) * kv_dim].chunks_exact_mut(hd) {
+                    if let Some(kn) = &layer.k_norm {
+                        math::rmsnorm_inplace(h, kn, c.rms_eps);
+                    }
+                    math::rope_apply(h, &s.rope, style);
+                }
+                let at = layer_kv + p * kv_dim;
+                for (dst, &v) in s.key_cache[at..at + kv_dim].iter_mut().zip(&s.k[t * kv_dim..(t + 1) * kv_dim]) {
+                    *dst = to_f16(v);
+                }
+                for (dst, &v) in s.value_cache[at..at + kv_dim].iter_mut().zip(&s.v[t * kv_dim..(t + 1) * kv_dim]) {
+                    *dst = to_f16(v);
+                }
+            }
+
+            for t in 0..n {
+                let p = pos0 + t;
+                let first = match (local, c.sliding_window) {
+                    (true, Some(win)) => (p + 1).saturating_sub(win),
+                    _ => 0,
+                };
+                for h in 0..c.n_heads {
+                    let kvh = h / group;
+                    for (d, &v) in s.q16.iter_mut().zip(&s.q[t * q_dim + h * hd..t * q_dim + (h + 1) * hd]) {
+                        *d = to_f16(v);
+                    }
+                    let scores = &mut s.scores[first..=p];
+                    for (j, sc) in scores.iter_mut().enumerate() {
+                        let at = layer_kv + (first + j) * kv_dim + kvh * hd;
+                        *sc = simd::dot_f16(&s.q16, &s.key_cache[at..at + hd]) * kq_scale;
+                    }
+                    math::softmax(scores);
+                    let out = &mut s.att_out[t * q_dim + h * hd..t * q_dim + (h + 1) * hd];
+                    out.iter_mut().for_each(|o| *o = 0.0);
+                    for (j, &pr) in scores.iter().enumerate() {
+                        let pr = from_f16(to_f16(pr));
+                        let at = layer_kv + (first + j) * kv_dim + kvh * hd;
+                        for (o, &v) in out.iter_mut().zip(&s.value_cache[at..at + hd]) {
+                            *o += pr * from_f16(v);
+                        }
+                    }
+                }
+            }
+
+            matmul(&layer.wo, &s.att_out[..n * q_dim], n, &mut s.xb2[..n * dim], &mut s.acts, par);
+            for t in 0..n {
+                let o = &mut s.xb2[t * dim..(t + 1) * dim];
+                if let Some(pn) = &layer.post_attn_norm {
+                    math::rmsnorm_inplace(o, pn, c.rms_eps);
+                }
+                for (x, &v) in s.x[t * dim..(t + 1) * dim].iter_mut().zip(o.iter()) {
+                    *x += v;
+                }
+                math::rmsnorm(&mut s.xb[t * dim..(t + 1) * dim], &s.x[t * dim..(t + 1) * dim], &layer.ffn_norm, c.rms_eps);
+            }
+            let xb = &s.xb[..n * dim];
+            matmul(&layer.w_gate, xb, n, &mut s.hb[..n * ffn], &mut s.acts, par);
+            matmul(&layer.w_up, xb, n, &mut s.hb2[..n * ffn], &mut s.acts, par);
+            match &self.gelu {
+                Some(table) => table.geglu(&mut s.hb[..n * ffn], &s.hb2[..n * ffn]),
+                None => math::swiglu(&mut s.hb[..n * ffn], &s.hb2[..n * ffn]),
+            }
+            matmul(&layer.w_down, &s.hb[..n * ffn], n, &mut s.xb2[..n * dim], &mut s.acts, par);
+            for t in 0..n {
+                let o = &mut s.xb2[t * dim..(t + 1) * dim];
+                if let Some(pn) = &layer.post_ffn_norm {
+                    math::rmsnorm_inplace(o, pn, c.rms_eps);
+                }
+                for (x, &v) in s.x[t * dim..(t + 1) * dim].iter_mut().zip(o.iter()) {
+                    *x += v;
+                }
+            }
+        }
+
+        let last = (n - 1) * dim;
+        math::rmsnorm(&mut s.xb[..dim], &s.x[last..last + dim], &w.output_norm, c.rms_eps);
+        matmul(&w.output, &s.xb[..dim], 1, &mut s.logits, &mut s.acts, par);
+        s.pos += n;
+    }
+}
