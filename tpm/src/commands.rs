@@ -13,19 +13,20 @@ use crate::rc::{ResponseCode, TPM_RC_INITIALIZE, TPM_RC_RETRY, TPM_RC_TESTING, T
 use crate::transport::{Transport, TransportError, HEADER_LEN};
 use tpm2_protocol::basic::{TpmBuffer, TpmHandle, TpmInt32, TpmList, TpmUint16};
 use tpm2_protocol::data::{
-    Tpm2bAuth, Tpm2bData, Tpm2bDigest, Tpm2bEncryptedSecret, Tpm2bIdObject, Tpm2bNonce, Tpm2bPublic,
-    Tpm2bSensitiveCreate, TpmAlgId, TpmSe, TpmSt, TpmSu, TpmaSession, TpmlPcrSelection, TpmsAuthCommand,
-    TpmsPcrSelect, TpmsPcrSelection, TpmsSchemeHash, TpmtHa, TpmtSigScheme, TpmtSymDef, TpmuHa, TpmuSigScheme,
-    TpmuSignature,
+    Tpm2bAuth, Tpm2bData, Tpm2bDigest, Tpm2bEncryptedSecret, Tpm2bIdObject, Tpm2bNonce,
+    Tpm2bPublic, Tpm2bSensitiveCreate, TpmAlgId, TpmSe, TpmSt, TpmSu, TpmaSession,
+    TpmlPcrSelection, TpmsAuthCommand, TpmsPcrSelect, TpmsPcrSelection, TpmsSchemeHash, TpmtHa,
+    TpmtSigScheme, TpmtSymDef, TpmuHa, TpmuSigScheme, TpmuSignature,
 };
 use tpm2_protocol::frame::{
-    tpm_marshal_command, TpmActivateCredentialCommand, TpmActivateCredentialResponse, TpmCreatePrimaryCommand,
-    TpmCreatePrimaryResponse, TpmFlushContextCommand, TpmFlushContextResponse, TpmFrame, TpmGetRandomCommand,
-    TpmGetRandomResponse, TpmNvReadCommand, TpmNvReadPublicCommand, TpmNvReadPublicResponse, TpmNvReadResponse,
-    TpmPcrExtendCommand, TpmPcrExtendResponse, TpmPcrReadCommand, TpmPcrReadResponse, TpmPolicySecretCommand,
-    TpmPolicySecretResponse, TpmQuoteCommand, TpmQuoteResponse, TpmReadPublicCommand, TpmReadPublicResponse,
-    TpmResponse, TpmStartAuthSessionCommand, TpmStartAuthSessionResponse, TpmStartupCommand, TpmStartupResponse,
-    TpmUnmarshalBody,
+    tpm_marshal_command, TpmActivateCredentialCommand, TpmActivateCredentialResponse,
+    TpmCreatePrimaryCommand, TpmCreatePrimaryResponse, TpmFlushContextCommand,
+    TpmFlushContextResponse, TpmFrame, TpmGetRandomCommand, TpmGetRandomResponse, TpmNvReadCommand,
+    TpmNvReadPublicCommand, TpmNvReadPublicResponse, TpmNvReadResponse, TpmPcrExtendCommand,
+    TpmPcrExtendResponse, TpmPcrReadCommand, TpmPcrReadResponse, TpmPolicySecretCommand,
+    TpmPolicySecretResponse, TpmQuoteCommand, TpmQuoteResponse, TpmReadPublicCommand,
+    TpmReadPublicResponse, TpmResponse, TpmStartAuthSessionCommand, TpmStartAuthSessionResponse,
+    TpmStartupCommand, TpmStartupResponse, TpmUnmarshalBody,
 };
 use tpm2_protocol::TpmWriter;
 
@@ -236,21 +237,29 @@ where
     } else {
         TpmSt::Sessions
     };
-    tpm_marshal_command(command, tag, sessions, &mut writer).map_err(|_| Error::BadArgument { command: code })?;
+    tpm_marshal_command(command, tag, sessions, &mut writer)
+        .map_err(|_| Error::BadArgument { command: code })?;
     let length = writer.len();
     let mut attempts = 0;
     let received = loop {
         let received = transport
             .transact(&frame[..length], response)
-            .map_err(|error| Error::Transport { command: code, error })?;
-        let bytes = response.get(..received).ok_or(malformed(code, Malformed::Size))?;
+            .map_err(|error| Error::Transport {
+                command: code,
+                error,
+            })?;
+        let bytes = response
+            .get(..received)
+            .ok_or(malformed(code, Malformed::Size))?;
         if bytes.len() < HEADER_LEN || read_u32(bytes, 2) != Some(received as u32) {
             return Err(malformed(code, Malformed::Size));
         }
         let rc = read_u32(bytes, 6).unwrap_or(u32::MAX);
         // TPM_RC_RETRY, TPM_RC_YIELDED and TPM_RC_TESTING mean the command did not run and may simply be sent
         // again (Part 2 §6.6.3); swtpm answers TPM_RC_RETRY now and then. The count is bounded.
-        if matches!(rc, TPM_RC_RETRY | TPM_RC_YIELDED | TPM_RC_TESTING) && attempts < COMMAND_RETRIES {
+        if matches!(rc, TPM_RC_RETRY | TPM_RC_YIELDED | TPM_RC_TESTING)
+            && attempts < COMMAND_RETRIES
+        {
             attempts += 1;
             continue;
         }
@@ -271,7 +280,9 @@ where
         return Err(malformed(code, Malformed::Tag));
     }
     let view = TpmResponse::cast(bytes).map_err(|_| malformed(code, Malformed::Body))?;
-    let body = view.unmarshal::<R>().map_err(|_| malformed(code, Malformed::Body))?;
+    let body = view
+        .unmarshal::<R>()
+        .map_err(|_| malformed(code, Malformed::Body))?;
     if !sessions.is_empty() && !auth_area_matches(bytes, R::HANDLES, sessions.len()) {
         return Err(malformed(code, Malformed::Body));
     }
@@ -341,9 +352,17 @@ pub fn startup<T: Transport + ?Sized>(transport: &mut T) -> Result<StartupOutcom
         startup_type: TpmSu::Clear,
     };
     let mut response = [0u8; BUFFER_SIZE];
-    match execute::<_, _, TpmStartupResponse>(transport, CommandCode::Startup, &command, &[], &mut response) {
+    match execute::<_, _, TpmStartupResponse>(
+        transport,
+        CommandCode::Startup,
+        &command,
+        &[],
+        &mut response,
+    ) {
         Ok(_) => Ok(StartupOutcome::Started),
-        Err(Error::Tpm { code, .. }) if code.raw() == TPM_RC_INITIALIZE => Ok(StartupOutcome::AlreadyStarted),
+        Err(Error::Tpm { code, .. }) if code.raw() == TPM_RC_INITIALIZE => {
+            Ok(StartupOutcome::AlreadyStarted)
+        }
         Err(error) => Err(error),
     }
 }
@@ -363,7 +382,8 @@ pub fn get_random<T: Transport + ?Sized>(transport: &mut T, out: &mut [u8]) -> R
             bytes_requested: TpmUint16::new(want as u16),
         };
         let mut response = [0u8; BUFFER_SIZE];
-        let (body, _) = execute::<_, _, TpmGetRandomResponse>(transport, code, &command, &[], &mut response)?;
+        let (body, _) =
+            execute::<_, _, TpmGetRandomResponse>(transport, code, &command, &[], &mut response)?;
         let random: &[u8] = &body.random_bytes;
         if random.is_empty() || random.len() > want {
             return Err(malformed(code, Malformed::Content));
@@ -379,13 +399,18 @@ pub fn get_random<T: Transport + ?Sized>(transport: &mut T, out: &mut [u8]) -> R
 /// # Errors
 ///
 /// [`Error`]; `BadArgument` for a PCR above 23.
-pub fn pcr_extend<T: Transport + ?Sized>(transport: &mut T, pcr: u32, digest: &[u8; 32]) -> Result<(), Error> {
+pub fn pcr_extend<T: Transport + ?Sized>(
+    transport: &mut T,
+    pcr: u32,
+    digest: &[u8; 32],
+) -> Result<(), Error> {
     let code = CommandCode::PcrExtend;
     if pcr as usize >= PCR_COUNT {
         return Err(Error::BadArgument { command: code });
     }
     let mut digests = TpmList::new();
-    let value = TpmBuffer::try_from(digest.as_slice()).map_err(|_| Error::BadArgument { command: code })?;
+    let value =
+        TpmBuffer::try_from(digest.as_slice()).map_err(|_| Error::BadArgument { command: code })?;
     digests
         .try_push(TpmtHa {
             hash_alg: TpmAlgId::Sha256,
@@ -397,7 +422,13 @@ pub fn pcr_extend<T: Transport + ?Sized>(transport: &mut T, pcr: u32, digest: &[
         digests,
     };
     let mut response = [0u8; BUFFER_SIZE];
-    execute::<_, _, TpmPcrExtendResponse>(transport, code, &command, &[password_session()], &mut response)?;
+    execute::<_, _, TpmPcrExtendResponse>(
+        transport,
+        code,
+        &command,
+        &[password_session()],
+        &mut response,
+    )?;
     Ok(())
 }
 
@@ -506,7 +537,10 @@ impl PcrValues {
 ///
 /// [`Error`]; `Malformed::Content` when the TPM returns PCRs not asked for, none at all, or a digest that is not
 /// 32 bytes; `Malformed::PcrsChanging` when PCRs kept changing.
-pub fn pcr_read<T: Transport + ?Sized>(transport: &mut T, selection: PcrSelection) -> Result<PcrValues, Error> {
+pub fn pcr_read<T: Transport + ?Sized>(
+    transport: &mut T,
+    selection: PcrSelection,
+) -> Result<PcrValues, Error> {
     let code = CommandCode::PcrRead;
     'attempt: for _ in 0..4 {
         let mut result = PcrValues {
@@ -519,12 +553,15 @@ pub fn pcr_read<T: Transport + ?Sized>(transport: &mut T, selection: PcrSelectio
         while !remaining.is_empty() {
             let command = TpmPcrReadCommand {
                 handles: [],
-                pcr_selection_in: remaining.to_tpml().map_err(|()| Error::BadArgument { command: code })?,
+                pcr_selection_in: remaining
+                    .to_tpml()
+                    .map_err(|()| Error::BadArgument { command: code })?,
             };
             let mut response = [0u8; BUFFER_SIZE];
-            let (body, _) = execute::<_, _, TpmPcrReadResponse>(transport, code, &command, &[], &mut response)?;
-            let returned =
-                PcrSelection::from_tpml(&body.pcr_selection_out).ok_or(malformed(code, Malformed::Content))?;
+            let (body, _) =
+                execute::<_, _, TpmPcrReadResponse>(transport, code, &command, &[], &mut response)?;
+            let returned = PcrSelection::from_tpml(&body.pcr_selection_out)
+                .ok_or(malformed(code, Malformed::Content))?;
             if returned.is_empty() || returned.0 & !remaining.0 != 0 {
                 return Err(malformed(code, Malformed::Content));
             }
@@ -540,8 +577,9 @@ pub fn pcr_read<T: Transport + ?Sized>(transport: &mut T, selection: PcrSelectio
             }
             for (pcr, digest) in returned.indices().zip(body.pcr_values.iter()) {
                 let digest: &[u8] = digest;
-                result.values[usize::from(pcr)] =
-                    digest.try_into().map_err(|_| malformed(code, Malformed::Content))?;
+                result.values[usize::from(pcr)] = digest
+                    .try_into()
+                    .map_err(|_| malformed(code, Malformed::Content))?;
             }
             remaining = PcrSelection(remaining.0 & !returned.0);
         }
@@ -577,7 +615,9 @@ pub fn create_primary<T: Transport + ?Sized>(
     let command = TpmCreatePrimaryCommand {
         handles: [TpmHandle::new(TPM_RH_ENDORSEMENT)],
         in_sensitive: Tpm2bSensitiveCreate::default(),
-        in_public: Tpm2bPublic { inner: public.clone() },
+        in_public: Tpm2bPublic {
+            inner: public.clone(),
+        },
         outside_info: Tpm2bData::default(),
         creation_pcr: TpmlPcrSelection::new(),
     };
@@ -590,9 +630,11 @@ pub fn create_primary<T: Transport + ?Sized>(
         &mut response,
     )?;
     let handle = body.handles[0].value();
-    let parameters = parameter_area(&response[..length], 1, true).ok_or(malformed(code, Malformed::Body))?;
+    let parameters =
+        parameter_area(&response[..length], 1, true).ok_or(malformed(code, Malformed::Body))?;
     let (public_bytes, _) = split_tpm2b(parameters).ok_or(malformed(code, Malformed::Body))?;
-    let area = PublicArea::from_bytes(public_bytes).map_err(|_| malformed(code, Malformed::Content))?;
+    let area =
+        PublicArea::from_bytes(public_bytes).map_err(|_| malformed(code, Malformed::Content))?;
     let name = Name::from_bytes(&body.name).ok_or(malformed(code, Malformed::Content))?;
     let created = body.out_public.inner;
     if created.object_type != public.object_type
@@ -628,18 +670,25 @@ pub struct ReadPublic {
 /// # Errors
 ///
 /// [`Error`]; `Malformed::Content` when the name is not the hash of the public area.
-pub fn read_public<T: Transport + ?Sized>(transport: &mut T, handle: u32) -> Result<ReadPublic, Error> {
+pub fn read_public<T: Transport + ?Sized>(
+    transport: &mut T,
+    handle: u32,
+) -> Result<ReadPublic, Error> {
     let code = CommandCode::ReadPublic;
     let command = TpmReadPublicCommand {
         handles: [TpmHandle::new(handle)],
     };
     let mut response = [0u8; BUFFER_SIZE];
-    let (body, length) = execute::<_, _, TpmReadPublicResponse>(transport, code, &command, &[], &mut response)?;
-    let parameters = parameter_area(&response[..length], 0, false).ok_or(malformed(code, Malformed::Body))?;
+    let (body, length) =
+        execute::<_, _, TpmReadPublicResponse>(transport, code, &command, &[], &mut response)?;
+    let parameters =
+        parameter_area(&response[..length], 0, false).ok_or(malformed(code, Malformed::Body))?;
     let (public_bytes, _) = split_tpm2b(parameters).ok_or(malformed(code, Malformed::Body))?;
-    let public = PublicArea::from_bytes(public_bytes).map_err(|_| malformed(code, Malformed::Content))?;
+    let public =
+        PublicArea::from_bytes(public_bytes).map_err(|_| malformed(code, Malformed::Content))?;
     let name = Name::from_bytes(&body.name).ok_or(malformed(code, Malformed::Content))?;
-    let qualified_name = Name::from_bytes(&body.qualified_name).ok_or(malformed(code, Malformed::Content))?;
+    let qualified_name =
+        Name::from_bytes(&body.qualified_name).ok_or(malformed(code, Malformed::Content))?;
     if public.name() != name {
         return Err(malformed(code, Malformed::Content));
     }
@@ -670,13 +719,17 @@ pub struct NvPublic {
 /// # Errors
 ///
 /// [`Error`]; `Malformed::Content` when the TPM describes a different index.
-pub fn nv_read_public<T: Transport + ?Sized>(transport: &mut T, index: u32) -> Result<NvPublic, Error> {
+pub fn nv_read_public<T: Transport + ?Sized>(
+    transport: &mut T,
+    index: u32,
+) -> Result<NvPublic, Error> {
     let code = CommandCode::NvReadPublic;
     let command = TpmNvReadPublicCommand {
         handles: [TpmHandle::new(index)],
     };
     let mut response = [0u8; BUFFER_SIZE];
-    let (body, _) = execute::<_, _, TpmNvReadPublicResponse>(transport, code, &command, &[], &mut response)?;
+    let (body, _) =
+        execute::<_, _, TpmNvReadPublicResponse>(transport, code, &command, &[], &mut response)?;
     let public = body.nv_public.inner;
     if public.nv_index.value() != index {
         return Err(malformed(code, Malformed::Content));
@@ -696,7 +749,12 @@ pub fn nv_read_public<T: Transport + ?Sized>(transport: &mut T, index: u32) -> R
 /// # Errors
 ///
 /// [`Error`]; `BadArgument` when the range passes 65535; `Malformed::Content` when a chunk has the wrong length.
-pub fn nv_read<T: Transport + ?Sized>(transport: &mut T, index: u32, offset: u16, out: &mut [u8]) -> Result<(), Error> {
+pub fn nv_read<T: Transport + ?Sized>(
+    transport: &mut T,
+    index: u32,
+    offset: u16,
+    out: &mut [u8],
+) -> Result<(), Error> {
     let code = CommandCode::NvRead;
     if usize::from(offset) + out.len() > usize::from(u16::MAX) {
         return Err(Error::BadArgument { command: code });
@@ -710,8 +768,13 @@ pub fn nv_read<T: Transport + ?Sized>(transport: &mut T, index: u32, offset: u16
             offset: TpmUint16::new(offset + done as u16),
         };
         let mut response = [0u8; BUFFER_SIZE];
-        let (body, _) =
-            execute::<_, _, TpmNvReadResponse>(transport, code, &command, &[password_session()], &mut response)?;
+        let (body, _) = execute::<_, _, TpmNvReadResponse>(
+            transport,
+            code,
+            &command,
+            &[password_session()],
+            &mut response,
+        )?;
         let data: &[u8] = &body.data;
         if data.len() != size {
             return Err(malformed(code, Malformed::Content));
@@ -728,7 +791,10 @@ pub fn nv_read<T: Transport + ?Sized>(transport: &mut T, index: u32, offset: u16
 /// # Errors
 ///
 /// [`Error`]; `BadArgument` (command NV_Read) when `out` is smaller than the certificate.
-pub fn read_ek_certificate<T: Transport + ?Sized>(transport: &mut T, out: &mut [u8]) -> Result<usize, Error> {
+pub fn read_ek_certificate<T: Transport + ?Sized>(
+    transport: &mut T,
+    out: &mut [u8],
+) -> Result<usize, Error> {
     let public = nv_read_public(transport, EK_CERT_RSA2048_NV_INDEX)?;
     let size = usize::from(public.data_size);
     let target = out.get_mut(..size).ok_or(Error::BadArgument {
@@ -744,18 +810,28 @@ pub fn read_ek_certificate<T: Transport + ?Sized>(transport: &mut T, out: &mut [
 /// # Errors
 ///
 /// [`Error`]; `Malformed::Content` when the handle is not a policy session (0x03xxxxxx).
-pub fn start_auth_session<T: Transport + ?Sized>(transport: &mut T, nonce_caller: &[u8; 32]) -> Result<u32, Error> {
+pub fn start_auth_session<T: Transport + ?Sized>(
+    transport: &mut T,
+    nonce_caller: &[u8; 32],
+) -> Result<u32, Error> {
     let code = CommandCode::StartAuthSession;
     let command = TpmStartAuthSessionCommand {
         handles: [TpmHandle::new(TPM_RH_NULL), TpmHandle::new(TPM_RH_NULL)],
-        nonce_caller: Tpm2bNonce::try_from(nonce_caller.as_slice()).map_err(|_| Error::BadArgument { command: code })?,
+        nonce_caller: Tpm2bNonce::try_from(nonce_caller.as_slice())
+            .map_err(|_| Error::BadArgument { command: code })?,
         encrypted_salt: Tpm2bEncryptedSecret::default(),
         session_type: TpmSe::Policy,
         symmetric: TpmtSymDef::default(),
         auth_hash: TpmAlgId::Sha256,
     };
     let mut response = [0u8; BUFFER_SIZE];
-    let (body, _) = execute::<_, _, TpmStartAuthSessionResponse>(transport, code, &command, &[], &mut response)?;
+    let (body, _) = execute::<_, _, TpmStartAuthSessionResponse>(
+        transport,
+        code,
+        &command,
+        &[],
+        &mut response,
+    )?;
     let handle = body.handles[0].value();
     if handle >> 24 != 0x03 {
         return Err(malformed(code, Malformed::Content));
@@ -769,7 +845,11 @@ pub fn start_auth_session<T: Transport + ?Sized>(transport: &mut T, nonce_caller
 /// # Errors
 ///
 /// [`Error`].
-pub fn policy_secret<T: Transport + ?Sized>(transport: &mut T, auth_handle: u32, session: u32) -> Result<(), Error> {
+pub fn policy_secret<T: Transport + ?Sized>(
+    transport: &mut T,
+    auth_handle: u32,
+    session: u32,
+) -> Result<(), Error> {
     let code = CommandCode::PolicySecret;
     let command = TpmPolicySecretCommand {
         handles: [TpmHandle::new(auth_handle), TpmHandle::new(session)],
@@ -779,7 +859,13 @@ pub fn policy_secret<T: Transport + ?Sized>(transport: &mut T, auth_handle: u32,
         expiration: TpmInt32::new(0),
     };
     let mut response = [0u8; BUFFER_SIZE];
-    execute::<_, _, TpmPolicySecretResponse>(transport, code, &command, &[password_session()], &mut response)?;
+    execute::<_, _, TpmPolicySecretResponse>(
+        transport,
+        code,
+        &command,
+        &[password_session()],
+        &mut response,
+    )?;
     Ok(())
 }
 
@@ -817,12 +903,20 @@ pub fn activate_credential<T: Transport + ?Sized>(
     let code = CommandCode::ActivateCredential;
     let command = TpmActivateCredentialCommand {
         handles: [TpmHandle::new(activate_handle), TpmHandle::new(key_handle)],
-        credential_blob: Tpm2bIdObject::try_from(credential_blob).map_err(|_| Error::BadArgument { command: code })?,
-        secret: Tpm2bEncryptedSecret::try_from(secret).map_err(|_| Error::BadArgument { command: code })?,
+        credential_blob: Tpm2bIdObject::try_from(credential_blob)
+            .map_err(|_| Error::BadArgument { command: code })?,
+        secret: Tpm2bEncryptedSecret::try_from(secret)
+            .map_err(|_| Error::BadArgument { command: code })?,
     };
     let sessions = [password_session(), policy_session(policy_session_handle)];
     let mut response = [0u8; BUFFER_SIZE];
-    let (body, _) = execute::<_, _, TpmActivateCredentialResponse>(transport, code, &command, &sessions, &mut response)?;
+    let (body, _) = execute::<_, _, TpmActivateCredentialResponse>(
+        transport,
+        code,
+        &command,
+        &sessions,
+        &mut response,
+    )?;
     let info: &[u8] = &body.cert_info;
     let mut credential = Credential {
         bytes: [0; 64],
@@ -852,7 +946,14 @@ pub fn activate_credential_with_ek<T: Transport + ?Sized>(
 ) -> Result<Credential, Error> {
     let session = start_auth_session(transport, nonce_caller)?;
     let result = policy_secret(transport, TPM_RH_ENDORSEMENT, session).and_then(|()| {
-        activate_credential(transport, ak_handle, ek_handle, session, credential_blob, secret)
+        activate_credential(
+            transport,
+            ak_handle,
+            ek_handle,
+            session,
+            credential_blob,
+            secret,
+        )
     });
     if result.is_err() {
         // The session may still be loaded; its flush failing changes nothing about the error reported.
@@ -907,19 +1008,28 @@ pub fn quote<T: Transport + ?Sized>(
     }
     let command = TpmQuoteCommand {
         handles: [TpmHandle::new(sign_handle)],
-        qualifying_data: Tpm2bData::try_from(qualifying_data).map_err(|_| Error::BadArgument { command: code })?,
+        qualifying_data: Tpm2bData::try_from(qualifying_data)
+            .map_err(|_| Error::BadArgument { command: code })?,
         in_scheme: TpmtSigScheme {
             scheme: TpmAlgId::Ecdsa,
             details: TpmuSigScheme::Hash(TpmsSchemeHash {
                 hash_alg: TpmAlgId::Sha256,
             }),
         },
-        pcr_select: selection.to_tpml().map_err(|()| Error::BadArgument { command: code })?,
+        pcr_select: selection
+            .to_tpml()
+            .map_err(|()| Error::BadArgument { command: code })?,
     };
     let mut response = [0u8; BUFFER_SIZE];
-    let (body, length) =
-        execute::<_, _, TpmQuoteResponse>(transport, code, &command, &[password_session()], &mut response)?;
-    let parameters = parameter_area(&response[..length], 0, true).ok_or(malformed(code, Malformed::Body))?;
+    let (body, length) = execute::<_, _, TpmQuoteResponse>(
+        transport,
+        code,
+        &command,
+        &[password_session()],
+        &mut response,
+    )?;
+    let parameters =
+        parameter_area(&response[..length], 0, true).ok_or(malformed(code, Malformed::Body))?;
     let (attest, signature) = split_tpm2b(parameters).ok_or(malformed(code, Malformed::Body))?;
     let (r, s) = match &body.signature.signature {
         TpmuSignature::Ecdsa(ecdsa) if ecdsa.hash == TpmAlgId::Sha256 => (

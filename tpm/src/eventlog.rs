@@ -112,11 +112,21 @@ impl Event {
     ///
     /// [`EventLogError::BadPcr`], [`EventLogError::DescriptionTooLong`],
     /// [`EventLogError::DescriptionNotPrintable`].
-    pub fn new(pcr: u8, kind: EventKind, digest: [u8; 32], description: &str) -> Result<Self, EventLogError> {
+    pub fn new(
+        pcr: u8,
+        kind: EventKind,
+        digest: [u8; 32],
+        description: &str,
+    ) -> Result<Self, EventLogError> {
         Self::from_parts(pcr, kind, digest, description.as_bytes())
     }
 
-    fn from_parts(pcr: u8, kind: EventKind, digest: [u8; 32], text: &[u8]) -> Result<Self, EventLogError> {
+    fn from_parts(
+        pcr: u8,
+        kind: EventKind,
+        digest: [u8; 32],
+        text: &[u8],
+    ) -> Result<Self, EventLogError> {
         if pcr > MAX_PCR {
             return Err(EventLogError::BadPcr(pcr));
         }
@@ -272,7 +282,9 @@ impl EventLog {
     ///
     /// Any [`EventLogError`] except `Full` and `BufferTooSmall`.
     pub fn parse(bytes: &[u8]) -> Result<Self, EventLogError> {
-        let header = bytes.get(..LOG_HEADER_LEN).ok_or(EventLogError::Truncated)?;
+        let header = bytes
+            .get(..LOG_HEADER_LEN)
+            .ok_or(EventLogError::Truncated)?;
         if header[..4] != MAGIC {
             return Err(EventLogError::BadMagic);
         }
@@ -287,7 +299,9 @@ impl EventLog {
         let mut log = Self::new();
         let mut rest = &bytes[LOG_HEADER_LEN..];
         for _ in 0..count {
-            let fixed = rest.get(..EVENT_FIXED_LEN).ok_or(EventLogError::Truncated)?;
+            let fixed = rest
+                .get(..EVENT_FIXED_LEN)
+                .ok_or(EventLogError::Truncated)?;
             let kind = EventKind::from_u8(fixed[1]).ok_or(EventLogError::BadKind(fixed[1]))?;
             let mut digest = [0u8; 32];
             digest.copy_from_slice(&fixed[2..34]);
@@ -318,7 +332,10 @@ impl EventLog {
     /// Replays one PCR (see [`EventLog::replay`]); a PCR above 23 replays to zeros.
     #[must_use]
     pub fn replay_pcr(&self, pcr: u8) -> [u8; 32] {
-        self.replay().get(usize::from(pcr)).copied().unwrap_or([0; 32])
+        self.replay()
+            .get(usize::from(pcr))
+            .copied()
+            .unwrap_or([0; 32])
     }
 }
 
@@ -359,8 +376,16 @@ mod tests {
 
     fn sample() -> EventLog {
         let mut log = EventLog::new();
-        log.push(Event::new(12, EventKind::KernelImage, sha256(b"kernel"), "kernel text+rodata").unwrap())
-            .unwrap();
+        log.push(
+            Event::new(
+                12,
+                EventKind::KernelImage,
+                sha256(b"kernel"),
+                "kernel text+rodata",
+            )
+            .unwrap(),
+        )
+        .unwrap();
         log.push(Event::new(13, EventKind::Model, sha256(b"model"), "SmolLM2-135M Q4_1").unwrap())
             .unwrap();
         log.push(Event::new(13, EventKind::ServingParameters, sha256(b"params"), "").unwrap())
@@ -395,7 +420,10 @@ mod tests {
         let parsed = EventLog::parse(&out).unwrap();
         assert_eq!(parsed, log);
         let descriptions: Vec<_> = parsed.events().map(Event::description).collect();
-        assert_eq!(descriptions, ["kernel text+rodata", "SmolLM2-135M Q4_1", "", "port=8443"]);
+        assert_eq!(
+            descriptions,
+            ["kernel text+rodata", "SmolLM2-135M Q4_1", "", "port=8443"]
+        );
     }
 
     #[test]
@@ -426,7 +454,10 @@ mod tests {
 
     #[test]
     fn event_validation() {
-        assert_eq!(Event::new(24, EventKind::Other, [0; 32], "x"), Err(EventLogError::BadPcr(24)));
+        assert_eq!(
+            Event::new(24, EventKind::Other, [0; 32], "x"),
+            Err(EventLogError::BadPcr(24))
+        );
         assert_eq!(
             Event::new(12, EventKind::Other, [0; 32], &"a".repeat(65)),
             Err(EventLogError::DescriptionTooLong)
@@ -446,7 +477,8 @@ mod tests {
     fn full_log_refuses() {
         let mut log = EventLog::new();
         for _ in 0..MAX_EVENTS {
-            log.push(Event::new(12, EventKind::Other, [1; 32], "e").unwrap()).unwrap();
+            log.push(Event::new(12, EventKind::Other, [1; 32], "e").unwrap())
+                .unwrap();
         }
         assert_eq!(
             log.push(Event::new(12, EventKind::Other, [1; 32], "e").unwrap()),
@@ -465,11 +497,17 @@ mod tests {
         log.emit(&mut good).unwrap();
 
         for cut in 0..good.len() {
-            assert!(EventLog::parse(&good[..cut]).is_err(), "prefix of {cut} bytes");
+            assert!(
+                EventLog::parse(&good[..cut]).is_err(),
+                "prefix of {cut} bytes"
+            );
         }
         let mut trailing = good.clone();
         trailing.push(0);
-        assert_eq!(EventLog::parse(&trailing), Err(EventLogError::TrailingBytes));
+        assert_eq!(
+            EventLog::parse(&trailing),
+            Err(EventLogError::TrailingBytes)
+        );
 
         let mut bad = good.clone();
         bad[0] = b'X';
@@ -491,7 +529,10 @@ mod tests {
         assert!(EventLog::parse(&bad).is_err());
         let mut bad = good.clone();
         bad[8 + 35] = 0x1b;
-        assert_eq!(EventLog::parse(&bad), Err(EventLogError::DescriptionNotPrintable));
+        assert_eq!(
+            EventLog::parse(&bad),
+            Err(EventLogError::DescriptionNotPrintable)
+        );
     }
 
     #[test]

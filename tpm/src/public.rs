@@ -9,9 +9,9 @@
 use sha2::{Digest as _, Sha256};
 use tpm2_protocol::basic::{TpmBuffer, TpmUint16, TpmUint32};
 use tpm2_protocol::data::{
-    Tpm2bDigest, TpmAlgId, TpmEccCurve, TpmaObject, TpmsEccParms, TpmsEccPoint, TpmsRsaParms, TpmsSchemeHash, TpmtEccScheme,
-    TpmtKdfScheme, TpmtPublic, TpmtRsaScheme, TpmtSymDef, TpmuAsymScheme, TpmuPublicId, TpmuPublicParms, TpmuSymKeyBits,
-    TpmuSymMode,
+    Tpm2bDigest, TpmAlgId, TpmEccCurve, TpmaObject, TpmsEccParms, TpmsEccPoint, TpmsRsaParms,
+    TpmsSchemeHash, TpmtEccScheme, TpmtKdfScheme, TpmtPublic, TpmtRsaScheme, TpmtSymDef,
+    TpmuAsymScheme, TpmuPublicId, TpmuPublicParms, TpmuSymKeyBits, TpmuSymMode,
 };
 use tpm2_protocol::{TpmMarshal, TpmUnmarshal, TpmWriter};
 
@@ -68,8 +68,8 @@ pub const AK_ATTRIBUTES: u32 = attributes::FIXED_TPM
 
 /// The EK's authPolicy: PolicySecret(TPM_RH_ENDORSEMENT) under SHA-256 (EK Credential Profile, B.3.2).
 pub const EK_POLICY: [u8; 32] = [
-    0x83, 0x71, 0x97, 0x67, 0x44, 0x84, 0xB3, 0xF8, 0x1A, 0x90, 0xCC, 0x8D, 0x46, 0xA5, 0xD7, 0x24, 0xFD, 0x52, 0xD7,
-    0x6E, 0x06, 0x52, 0x0B, 0x64, 0xF2, 0xA1, 0xDA, 0x1B, 0x33, 0x14, 0x69, 0xAA,
+    0x83, 0x71, 0x97, 0x67, 0x44, 0x84, 0xB3, 0xF8, 0x1A, 0x90, 0xCC, 0x8D, 0x46, 0xA5, 0xD7, 0x24,
+    0xFD, 0x52, 0xD7, 0x6E, 0x06, 0x52, 0x0B, 0x64, 0xF2, 0xA1, 0xDA, 0x1B, 0x33, 0x14, 0x69, 0xAA,
 ];
 
 /// Largest TPMT_PUBLIC kept (RSA-4096 with a SHA-512 policy fits).
@@ -106,7 +106,9 @@ impl KeyTemplate {
                     key_bits: TpmUint16::new(2048),
                     exponent: TpmUint32::new(0),
                 }),
-                unique: TpmuPublicId::Rsa(TpmBuffer::try_from([0u8; 256].as_slice()).unwrap_or_default()),
+                unique: TpmuPublicId::Rsa(
+                    TpmBuffer::try_from([0u8; 256].as_slice()).unwrap_or_default(),
+                ),
             },
             Self::AkEccP256 => TpmtPublic {
                 object_type: TpmAlgId::Ecc,
@@ -171,6 +173,8 @@ pub enum PublicError {
 }
 
 /// A public key read from a public area.
+// Without alloc the RSA modulus is held inline; boxing the big variant is not an option here.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PublicKey {
     /// An RSA key: big-endian modulus and the exponent (0 in the area means 65537).
@@ -255,7 +259,9 @@ impl PublicArea {
     pub fn from_template(public: &TpmtPublic) -> Result<Self, PublicError> {
         let mut bytes = [0u8; MAX_PUBLIC];
         let mut writer = TpmWriter::new(&mut bytes);
-        public.marshal(&mut writer).map_err(|_| PublicError::TooLarge)?;
+        public
+            .marshal(&mut writer)
+            .map_err(|_| PublicError::TooLarge)?;
         let len = writer.len();
         Self::from_bytes(&bytes[..len])
     }
@@ -285,7 +291,8 @@ impl PublicArea {
     /// [`PublicError::Malformed`] when the key does not fit the supported shapes (RSA up to 4096 bits, ECC with
     /// coordinates up to 32 bytes).
     pub fn info(&self) -> Result<PublicInfo, PublicError> {
-        let (public, _) = TpmtPublic::unmarshal(self.as_bytes()).map_err(|_| PublicError::Malformed)?;
+        let (public, _) =
+            TpmtPublic::unmarshal(self.as_bytes()).map_err(|_| PublicError::Malformed)?;
         let scheme_of = |scheme: TpmAlgId, details: &TpmuAsymScheme| match details {
             TpmuAsymScheme::Hash(hash) => (scheme.value(), hash.hash_alg.value()),
             _ => (scheme.value(), TPM_ALG_NULL),
@@ -293,7 +300,10 @@ impl PublicArea {
         let (scheme, key) = match (&public.parameters, &public.unique) {
             (TpmuPublicParms::Rsa(parameters), TpmuPublicId::Rsa(modulus)) => {
                 let mut bytes = [0u8; 512];
-                bytes.get_mut(..modulus.len()).ok_or(PublicError::Malformed)?.copy_from_slice(modulus);
+                bytes
+                    .get_mut(..modulus.len())
+                    .ok_or(PublicError::Malformed)?
+                    .copy_from_slice(modulus);
                 let exponent = match parameters.exponent.value() {
                     0 => 65_537,
                     other => other,
@@ -336,7 +346,10 @@ mod tests {
         let area = PublicArea::from_template(&KeyTemplate::EkRsa2048.public()).unwrap();
         let bytes = area.as_bytes();
         // type RSA, nameAlg SHA-256, attributes 0x000300B2, policy (32 bytes).
-        assert_eq!(&bytes[..10], &[0x00, 0x01, 0x00, 0x0B, 0x00, 0x03, 0x00, 0xB2, 0x00, 0x20]);
+        assert_eq!(
+            &bytes[..10],
+            &[0x00, 0x01, 0x00, 0x0B, 0x00, 0x03, 0x00, 0xB2, 0x00, 0x20]
+        );
         assert_eq!(&bytes[10..42], &EK_POLICY);
         // AES 128 CFB, scheme NULL, 2048 bits, exponent 0, unique 256 zero bytes.
         assert_eq!(
@@ -353,7 +366,8 @@ mod tests {
         assert_eq!(
             area.as_bytes(),
             &[
-                0x00, 0x23, 0x00, 0x0B, 0x00, 0x05, 0x00, 0x72, 0x00, 0x00, // ECC, SHA-256, attributes, no policy
+                0x00, 0x23, 0x00, 0x0B, 0x00, 0x05, 0x00, 0x72, 0x00,
+                0x00, // ECC, SHA-256, attributes, no policy
                 0x00, 0x10, // symmetric NULL
                 0x00, 0x18, 0x00, 0x0B, // ECDSA with SHA-256
                 0x00, 0x03, // NIST P-256
@@ -371,7 +385,10 @@ mod tests {
         let area = PublicArea::from_template(&KeyTemplate::AkEccP256.public()).unwrap();
         let name = area.name();
         assert_eq!(&name.as_bytes()[..2], &[0x00, 0x0B]);
-        assert_eq!(&name.as_bytes()[2..], Sha256::digest(area.as_bytes()).as_slice());
+        assert_eq!(
+            &name.as_bytes()[2..],
+            Sha256::digest(area.as_bytes()).as_slice()
+        );
     }
 
     #[test]
@@ -383,14 +400,22 @@ mod tests {
         }
         let mut trailing = good.clone();
         trailing.push(0);
-        assert_eq!(PublicArea::from_bytes(&trailing), Err(PublicError::Malformed));
+        assert_eq!(
+            PublicArea::from_bytes(&trailing),
+            Err(PublicError::Malformed)
+        );
         let mut sha1 = good.clone();
         sha1[3] = 0x04;
-        assert_eq!(PublicArea::from_bytes(&sha1), Err(PublicError::UnsupportedNameAlg(4)));
+        assert_eq!(
+            PublicArea::from_bytes(&sha1),
+            Err(PublicError::UnsupportedNameAlg(4))
+        );
         let mut state = 7u64;
         for _ in 0..20_000 {
             let mut bytes = good.clone();
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             let at = (state >> 33) as usize % bytes.len();
             bytes[at] = (state >> 11) as u8;
             if let Ok(area) = PublicArea::from_bytes(&bytes) {

@@ -232,7 +232,10 @@ mod tests {
     #[test]
     fn format_zero_warning_retry() {
         let code = ResponseCode::decode(TPM_RC_RETRY).unwrap();
-        assert!(matches!(code, ResponseCode::FormatZero { warning: true, .. }));
+        assert!(matches!(
+            code,
+            ResponseCode::FormatZero { warning: true, .. }
+        ));
         assert_eq!(code.name(), "TPM_RC_RETRY");
     }
 

@@ -13,7 +13,9 @@
 //! [`Stage::Execute`] without a retry, because it may already have changed TPM state (a PCR extend run twice
 //! would break the event log). A response that arrives short or long is read again once with responseRetry.
 
-use crate::transport::{check_command, check_response_size, Stage, Transport, TransportError, HEADER_LEN};
+use crate::transport::{
+    check_command, check_response_size, Stage, Transport, TransportError, HEADER_LEN,
+};
 
 /// TPM_ACCESS_0 (8 bit).
 pub const TPM_ACCESS: u32 = 0x000;
@@ -223,13 +225,15 @@ impl<R: TisRegisters, C: Clock> Tis<R, C> {
         if access == u8::MAX {
             return Err(TransportError::NoDevice);
         }
-        if access & (ACCESS_VALID | ACCESS_ACTIVE_LOCALITY) == ACCESS_VALID | ACCESS_ACTIVE_LOCALITY {
+        if access & (ACCESS_VALID | ACCESS_ACTIVE_LOCALITY) == ACCESS_VALID | ACCESS_ACTIVE_LOCALITY
+        {
             return Ok(());
         }
         self.registers.write8(TPM_ACCESS, ACCESS_REQUEST_USE);
         self.poll(self.timeouts.a_us, Stage::RequestLocality, |registers| {
             let access = registers.read8(TPM_ACCESS);
-            (access & (ACCESS_VALID | ACCESS_ACTIVE_LOCALITY) == ACCESS_VALID | ACCESS_ACTIVE_LOCALITY)
+            (access & (ACCESS_VALID | ACCESS_ACTIVE_LOCALITY)
+                == ACCESS_VALID | ACCESS_ACTIVE_LOCALITY)
                 .then_some(Ok(()))
         })
     }
@@ -286,7 +290,12 @@ impl<R: TisRegisters, C: Clock> Tis<R, C> {
     }
 
     /// Reads `buffer.len()` response bytes in bursts. `announced` is only for the error report.
-    fn receive_bytes(&mut self, buffer: &mut [u8], announced: u32, offset: usize) -> Result<(), TransportError> {
+    fn receive_bytes(
+        &mut self,
+        buffer: &mut [u8],
+        announced: u32,
+        offset: usize,
+    ) -> Result<(), TransportError> {
         let mut filled = 0;
         while filled < buffer.len() {
             let received = (offset + filled) as u32;
@@ -295,7 +304,10 @@ impl<R: TisRegisters, C: Clock> Tis<R, C> {
                 let burst = (status >> 8) & 0xffff;
                 if status & (STS_VALID | STS_DATA_AVAIL) == STS_VALID {
                     // The TPM says it has nothing more to give.
-                    return Some(Err(TransportError::ResponseTruncated { announced, received }));
+                    return Some(Err(TransportError::ResponseTruncated {
+                        announced,
+                        received,
+                    }));
                 }
                 (burst != 0 && status & STS_DATA_AVAIL != 0).then_some(Ok(burst as usize))
             })?;
@@ -368,7 +380,8 @@ impl<R: TisRegisters, C: Clock> Tis<R, C> {
                     // After responseRetry the whole response is offered again.
                     let again = self.poll(self.timeouts.c_us, Stage::ReceiveValid, |registers| {
                         let status = registers.read32(TPM_STS);
-                        (status & (STS_VALID | STS_DATA_AVAIL) == STS_VALID | STS_DATA_AVAIL).then_some(Ok(()))
+                        (status & (STS_VALID | STS_DATA_AVAIL) == STS_VALID | STS_DATA_AVAIL)
+                            .then_some(Ok(()))
                     });
                     if again.is_err() {
                         return Err(error);

@@ -137,7 +137,11 @@ mod swtpm {
     }
 
     impl Transport for SwtpmSocket {
-        fn transact(&mut self, command: &[u8], response: &mut [u8]) -> Result<usize, TransportError> {
+        fn transact(
+            &mut self,
+            command: &[u8],
+            response: &mut [u8],
+        ) -> Result<usize, TransportError> {
             super::check_command(command)?;
             self.stream
                 .write_all(command)

@@ -19,7 +19,10 @@ use tpm::transport::Transport;
 fn startup_after_startup_clear_is_already_started() {
     let swtpm = Swtpm::start();
     let mut tpm = swtpm.connect();
-    assert_eq!(commands::startup(&mut tpm).unwrap(), StartupOutcome::AlreadyStarted);
+    assert_eq!(
+        commands::startup(&mut tpm).unwrap(),
+        StartupOutcome::AlreadyStarted
+    );
 }
 
 #[test]
@@ -33,15 +36,24 @@ fn startup_after_control_init() {
         matches!(error, Error::Tpm { command: CommandCode::GetRandom, code } if code.raw() == 0x100),
         "{error:?}"
     );
-    assert_eq!(commands::startup(&mut tpm).unwrap(), StartupOutcome::Started);
+    assert_eq!(
+        commands::startup(&mut tpm).unwrap(),
+        StartupOutcome::Started
+    );
     commands::get_random(&mut tpm, &mut buffer).unwrap();
     // A control-channel INIT is a power cycle: Startup is needed (and accepted) again. swtpm serves one data
     // connection at a time, so the old one is closed first.
     drop(tpm);
     assert_eq!(swtpm.control().init().unwrap(), 0);
     let mut tpm = swtpm.connect();
-    assert_eq!(commands::startup(&mut tpm).unwrap(), StartupOutcome::Started);
-    assert_eq!(commands::startup(&mut tpm).unwrap(), StartupOutcome::AlreadyStarted);
+    assert_eq!(
+        commands::startup(&mut tpm).unwrap(),
+        StartupOutcome::Started
+    );
+    assert_eq!(
+        commands::startup(&mut tpm).unwrap(),
+        StartupOutcome::AlreadyStarted
+    );
 }
 
 #[test]
@@ -53,7 +65,10 @@ fn get_random_fills_any_length() {
     commands::get_random(&mut tpm, &mut first).unwrap();
     commands::get_random(&mut tpm, &mut second).unwrap();
     assert_ne!(first, second);
-    assert!(first[64..].iter().any(|&b| b != 0), "the tail past the first chunks is filled");
+    assert!(
+        first[64..].iter().any(|&b| b != 0),
+        "the tail past the first chunks is filled"
+    );
     commands::get_random(&mut tpm, &mut []).unwrap();
 }
 
@@ -64,7 +79,11 @@ fn pcr_extend_read_and_event_log_replay() {
     let all = PcrSelection::from_mask(0x00ff_ffff).unwrap();
     let before = commands::pcr_read(&mut tpm, all).unwrap();
     for pcr in [12u8, 13, 14] {
-        assert_eq!(before.get(pcr), Some(&[0u8; 32]), "PCR {pcr} starts at zero");
+        assert_eq!(
+            before.get(pcr),
+            Some(&[0u8; 32]),
+            "PCR {pcr} starts at zero"
+        );
     }
     // PCR 17-22 (DRTM) start at all ones on a PC Client TPM: the read really reaches past the first 8.
     assert_eq!(before.get(17), Some(&[0xffu8; 32]));
@@ -74,10 +93,34 @@ fn pcr_extend_read_and_event_log_replay() {
     let model = eventlog::sha256(b"model blob");
     let params = eventlog::sha256(b"temperature=0.7");
     let config = eventlog::sha256(b"port=8443");
-    eventlog::measure(&mut tpm, &mut log, 12, EventKind::KernelImage, kernel, "kernel").unwrap();
+    eventlog::measure(
+        &mut tpm,
+        &mut log,
+        12,
+        EventKind::KernelImage,
+        kernel,
+        "kernel",
+    )
+    .unwrap();
     eventlog::measure(&mut tpm, &mut log, 13, EventKind::Model, model, "model").unwrap();
-    eventlog::measure(&mut tpm, &mut log, 13, EventKind::ServingParameters, params, "params").unwrap();
-    eventlog::measure(&mut tpm, &mut log, 14, EventKind::Configuration, config, "config").unwrap();
+    eventlog::measure(
+        &mut tpm,
+        &mut log,
+        13,
+        EventKind::ServingParameters,
+        params,
+        "params",
+    )
+    .unwrap();
+    eventlog::measure(
+        &mut tpm,
+        &mut log,
+        14,
+        EventKind::Configuration,
+        config,
+        "config",
+    )
+    .unwrap();
 
     let selection = PcrSelection::from_indices(&[12, 13, 14]).unwrap();
     let after = commands::pcr_read(&mut tpm, selection).unwrap();
@@ -85,7 +128,11 @@ fn pcr_extend_read_and_event_log_replay() {
     assert!(after.update_counter > before.update_counter);
     let replayed = log.replay();
     for pcr in [12u8, 13, 14] {
-        assert_eq!(after.get(pcr), Some(&replayed[usize::from(pcr)]), "PCR {pcr}");
+        assert_eq!(
+            after.get(pcr),
+            Some(&replayed[usize::from(pcr)]),
+            "PCR {pcr}"
+        );
     }
     assert_eq!(after.get(0), None);
 
@@ -110,7 +157,9 @@ fn ek_matches_the_persisted_ek_and_its_certificate() {
     let info = ek.public.info().unwrap();
     assert_eq!(info.attributes, EK_ATTRIBUTES);
     let PublicKey::Rsa {
-        modulus, modulus_len, ..
+        modulus,
+        modulus_len,
+        ..
     } = info.key
     else {
         panic!("EK is not RSA: {info:?}");
@@ -125,7 +174,10 @@ fn ek_matches_the_persisted_ek_and_its_certificate() {
     assert_eq!(from_handle.name, ek.name);
 
     let nv = commands::nv_read_public(&mut tpm, commands::EK_CERT_RSA2048_NV_INDEX).unwrap();
-    assert!(nv.data_size > 512, "certificate needs several NV_Read chunks");
+    assert!(
+        nv.data_size > 512,
+        "certificate needs several NV_Read chunks"
+    );
     let mut certificate = vec![0u8; 4096];
     let length = commands::read_ek_certificate(&mut tpm, &mut certificate).unwrap();
     certificate.truncate(length);
@@ -133,7 +185,10 @@ fn ek_matches_the_persisted_ek_and_its_certificate() {
     // DER SEQUENCE whose length covers the whole buffer.
     assert_eq!(certificate[0], 0x30);
     assert_eq!(certificate[1], 0x82);
-    assert_eq!(usize::from(u16::from_be_bytes([certificate[2], certificate[3]])) + 4, length);
+    assert_eq!(
+        usize::from(u16::from_be_bytes([certificate[2], certificate[3]])) + 4,
+        length
+    );
     // The certified key is the EK: its modulus appears in the certificate.
     let modulus = &modulus[..256];
     assert!(certificate.windows(256).any(|window| window == modulus));
@@ -180,7 +235,13 @@ fn ak_is_a_restricted_p256_signing_key() {
     assert_eq!(info.object_type, public::TPM_ALG_ECC);
     assert_eq!(info.attributes, AK_ATTRIBUTES);
     assert_eq!(info.scheme, (public::TPM_ALG_ECDSA, public::TPM_ALG_SHA256));
-    assert!(matches!(info.key, PublicKey::Ecc { curve: TPM_ECC_NIST_P256, .. }));
+    assert!(matches!(
+        info.key,
+        PublicKey::Ecc {
+            curve: TPM_ECC_NIST_P256,
+            ..
+        }
+    ));
     // Primary keys are derived from the hierarchy seed: the same template gives the same key.
     let again = commands::create_primary(&mut tpm, KeyTemplate::AkEccP256).unwrap();
     assert_eq!(again.public, ak.public);
@@ -213,8 +274,15 @@ fn activate_credential_round_trip() {
         &mut rng,
     );
     let nonce = [0x5a; 32];
-    let recovered =
-        commands::activate_credential_with_ek(&mut tpm, ak.handle, ek.handle, &nonce, &blob, &encrypted_seed).unwrap();
+    let recovered = commands::activate_credential_with_ek(
+        &mut tpm,
+        ak.handle,
+        ek.handle,
+        &nonce,
+        &blob,
+        &encrypted_seed,
+    )
+    .unwrap();
     assert_eq!(recovered.as_bytes(), secret);
 
     // A credential made for another name (a foreign AK) fails the TPM's integrity check, and the helper
@@ -243,10 +311,23 @@ fn activate_credential_round_trip() {
     }
     // Without the policy session's PolicySecret the EK refuses (its policy is not satisfied).
     let session = commands::start_auth_session(&mut tpm, &nonce).unwrap();
-    let error =
-        commands::activate_credential(&mut tpm, ak.handle, ek.handle, session, &blob, &encrypted_seed).unwrap_err();
+    let error = commands::activate_credential(
+        &mut tpm,
+        ak.handle,
+        ek.handle,
+        session,
+        &blob,
+        &encrypted_seed,
+    )
+    .unwrap_err();
     assert!(
-        matches!(error, Error::Tpm { command: CommandCode::ActivateCredential, code: ResponseCode::FormatOne { .. } }),
+        matches!(
+            error,
+            Error::Tpm {
+                command: CommandCode::ActivateCredential,
+                code: ResponseCode::FormatOne { .. }
+            }
+        ),
         "{error:?}"
     );
     commands::flush_context(&mut tpm, session).unwrap();
@@ -270,7 +351,8 @@ fn quote_verifies_with_p256() {
     let point = p256::EncodedPoint::from_affine_coordinates(&x.into(), &y.into(), false);
     let key = p256::ecdsa::VerifyingKey::from_encoded_point(&point).unwrap();
     let signature = p256::ecdsa::Signature::from_scalars(quote.r, quote.s).unwrap();
-    key.verify(quote.attest(), &signature).expect("quote signature verifies");
+    key.verify(quote.attest(), &signature)
+        .expect("quote signature verifies");
     let mut flipped = quote.attest().to_vec();
     flipped[20] ^= 1;
     assert!(key.verify(&flipped, &signature).is_err());
@@ -281,7 +363,10 @@ fn quote_verifies_with_p256() {
     assert_eq!(&attest[4..6], &[0x80, 0x18]);
     let signer_len = usize::from(u16::from_be_bytes([attest[6], attest[7]]));
     let at = 8 + signer_len;
-    assert_eq!(usize::from(u16::from_be_bytes([attest[at], attest[at + 1]])), 32);
+    assert_eq!(
+        usize::from(u16::from_be_bytes([attest[at], attest[at + 1]])),
+        32
+    );
     assert_eq!(&attest[at + 2..at + 34], extra_data.as_slice());
     let values = commands::pcr_read(&mut tpm, selection).unwrap();
     let mut hasher = sha2_10::Sha256::new();
@@ -324,27 +409,52 @@ fn response_codes_name_the_command_and_the_handle() {
             error,
             Error::Tpm {
                 command: CommandCode::ReadPublic,
-                code: ResponseCode::FormatOne { location: Location::Handle(1), .. }
+                code: ResponseCode::FormatOne {
+                    location: Location::Handle(1),
+                    ..
+                }
             }
         ),
         "{error:?}"
     );
     assert_eq!(
-        commands::flush_context(&mut tpm, ak.handle).unwrap_err().command(),
+        commands::flush_context(&mut tpm, ak.handle)
+            .unwrap_err()
+            .command(),
         CommandCode::FlushContext
     );
     let error = commands::nv_read_public(&mut tpm, 0x01C0_FFF0).unwrap_err();
-    assert!(matches!(error, Error::Tpm { command: CommandCode::NvReadPublic, .. }), "{error:?}");
+    assert!(
+        matches!(
+            error,
+            Error::Tpm {
+                command: CommandCode::NvReadPublic,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
     // NV_Read beyond the certificate's end: the TPM refuses (TPM_RC_NV_RANGE).
     let nv = commands::nv_read_public(&mut tpm, commands::EK_CERT_RSA2048_NV_INDEX).unwrap();
     let mut past_end = [0u8; 16];
-    let error =
-        commands::nv_read(&mut tpm, commands::EK_CERT_RSA2048_NV_INDEX, nv.data_size, &mut past_end).unwrap_err();
-    assert!(matches!(error, Error::Tpm { command: CommandCode::NvRead, code } if code.base() == 0x146), "{error:?}");
+    let error = commands::nv_read(
+        &mut tpm,
+        commands::EK_CERT_RSA2048_NV_INDEX,
+        nv.data_size,
+        &mut past_end,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(error, Error::Tpm { command: CommandCode::NvRead, code } if code.base() == 0x146),
+        "{error:?}"
+    );
 }
 
 /// Runs every command once against swtpm through a recorder; returns the exchanges and the handles used.
-fn record_session(swtpm: &Swtpm) -> (Vec<(Vec<u8>, Vec<u8>)>, u32, u32) {
+/// (command, response) pairs.
+type Exchanges = Vec<(Vec<u8>, Vec<u8>)>;
+
+fn record_session(swtpm: &Swtpm) -> (Exchanges, u32, u32) {
     let mut tpm = Recording {
         inner: swtpm.connect(),
         exchanges: Vec::new(),
@@ -357,7 +467,13 @@ fn record_session(swtpm: &Swtpm) -> (Vec<(Vec<u8>, Vec<u8>)>, u32, u32) {
     let ak = commands::create_primary(&mut tpm, KeyTemplate::AkEccP256).unwrap();
     commands::read_public(&mut tpm, ak.handle).unwrap();
     commands::nv_read_public(&mut tpm, commands::EK_CERT_RSA2048_NV_INDEX).unwrap();
-    commands::nv_read(&mut tpm, commands::EK_CERT_RSA2048_NV_INDEX, 0, &mut [0u8; 100]).unwrap();
+    commands::nv_read(
+        &mut tpm,
+        commands::EK_CERT_RSA2048_NV_INDEX,
+        0,
+        &mut [0u8; 100],
+    )
+    .unwrap();
     let session = commands::start_auth_session(&mut tpm, &[1; 32]).unwrap();
     commands::policy_secret(&mut tpm, commands::TPM_RH_ENDORSEMENT, session).unwrap();
     let PublicKey::Rsa {
@@ -377,7 +493,13 @@ fn record_session(swtpm: &Swtpm) -> (Vec<(Vec<u8>, Vec<u8>)>, u32, u32) {
         &mut rng,
     );
     commands::activate_credential(&mut tpm, ak.handle, ek.handle, session, &blob, &seed).unwrap();
-    commands::quote(&mut tpm, ak.handle, &[3; 32], PcrSelection::from_indices(&[12]).unwrap()).unwrap();
+    commands::quote(
+        &mut tpm,
+        ak.handle,
+        &[3; 32],
+        PcrSelection::from_indices(&[12]).unwrap(),
+    )
+    .unwrap();
     commands::flush_context(&mut tpm, ek.handle).unwrap();
     // Drop the TPM_RC_RETRY answers swtpm sometimes gives (the command was sent again).
     let exchanges = tpm
@@ -398,16 +520,32 @@ fn replay(command: &[u8], response: Vec<u8>, ak: u32, ek: u32) -> Result<(), Err
         0x144 => commands::startup(&mut tpm).map(drop),
         0x17B => commands::get_random(&mut tpm, &mut [0u8; 16]),
         0x182 => commands::pcr_extend(&mut tpm, 12, &[1; 32]),
-        0x17E => commands::pcr_read(&mut tpm, PcrSelection::from_indices(&[12, 13]).unwrap()).map(drop),
-        0x131 if command.len() > 300 => commands::create_primary(&mut tpm, KeyTemplate::EkRsa2048).map(drop),
+        0x17E => {
+            commands::pcr_read(&mut tpm, PcrSelection::from_indices(&[12, 13]).unwrap()).map(drop)
+        }
+        0x131 if command.len() > 300 => {
+            commands::create_primary(&mut tpm, KeyTemplate::EkRsa2048).map(drop)
+        }
         0x131 => commands::create_primary(&mut tpm, KeyTemplate::AkEccP256).map(drop),
         0x173 => commands::read_public(&mut tpm, ak).map(drop),
         0x169 => commands::nv_read_public(&mut tpm, commands::EK_CERT_RSA2048_NV_INDEX).map(drop),
-        0x14E => commands::nv_read(&mut tpm, commands::EK_CERT_RSA2048_NV_INDEX, 0, &mut [0u8; 100]),
+        0x14E => commands::nv_read(
+            &mut tpm,
+            commands::EK_CERT_RSA2048_NV_INDEX,
+            0,
+            &mut [0u8; 100],
+        ),
         0x176 => commands::start_auth_session(&mut tpm, &[1; 32]).map(drop),
         0x151 => commands::policy_secret(&mut tpm, commands::TPM_RH_ENDORSEMENT, 0x0300_0000),
-        0x147 => commands::activate_credential(&mut tpm, ak, ek, 0x0300_0000, &[0; 50], &[0; 256]).map(drop),
-        0x158 => commands::quote(&mut tpm, ak, &[3; 32], PcrSelection::from_indices(&[12]).unwrap()).map(drop),
+        0x147 => commands::activate_credential(&mut tpm, ak, ek, 0x0300_0000, &[0; 50], &[0; 256])
+            .map(drop),
+        0x158 => commands::quote(
+            &mut tpm,
+            ak,
+            &[3; 32],
+            PcrSelection::from_indices(&[12]).unwrap(),
+        )
+        .map(drop),
         0x165 => commands::flush_context(&mut tpm, ek),
         other => panic!("unexpected command code {other:#x}"),
     }
@@ -421,7 +559,8 @@ fn hostile_responses_give_errors_never_panics() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(99);
     for (command, response) in &exchanges {
         // The genuine response parses.
-        replay(command, response.clone(), ak, ek).unwrap_or_else(|error| panic!("genuine response: {error:?}"));
+        replay(command, response.clone(), ak, ek)
+            .unwrap_or_else(|error| panic!("genuine response: {error:?}"));
         // Every truncation, with the header's size fixed up so the body parsers see the short body.
         for cut in 0..response.len() {
             let mut short = response[..cut].to_vec();
@@ -430,7 +569,11 @@ fn hostile_responses_give_errors_never_panics() {
             }
             let result = replay(command, short, ak, ek);
             if cut >= 10 {
-                assert!(result.is_err(), "cut at {cut} of {} accepted", response.len());
+                assert!(
+                    result.is_err(),
+                    "cut at {cut} of {} accepted",
+                    response.len()
+                );
             }
         }
         // Trailing garbage.
@@ -438,7 +581,11 @@ fn hostile_responses_give_errors_never_panics() {
         long.extend_from_slice(&[0xAA; 7]);
         let size = long.len() as u32;
         long[2..6].copy_from_slice(&size.to_be_bytes());
-        assert!(replay(command, long, ak, ek).is_err(), "trailing bytes accepted: {:02x?}", &command[6..10]);
+        assert!(
+            replay(command, long, ak, ek).is_err(),
+            "trailing bytes accepted: {:02x?}",
+            &command[6..10]
+        );
         // Random byte changes past the header (keeping the size field right).
         for _ in 0..300 {
             let mut mutated = response.clone();

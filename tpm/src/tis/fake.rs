@@ -5,9 +5,9 @@
 //! a faulty or hostile TPM could.
 
 use super::{
-    Clock, TisRegisters, ACCESS_ACTIVE_LOCALITY, ACCESS_REQUEST_USE, ACCESS_VALID, STS_COMMAND_READY, STS_DATA_AVAIL,
-    STS_EXPECT, STS_GO, STS_RESPONSE_RETRY, STS_VALID, TPM_ACCESS, TPM_DATA_FIFO, TPM_DID_VID, TPM_INTF_CAPABILITY,
-    TPM_RID, TPM_STS,
+    Clock, TisRegisters, ACCESS_ACTIVE_LOCALITY, ACCESS_REQUEST_USE, ACCESS_VALID,
+    STS_COMMAND_READY, STS_DATA_AVAIL, STS_EXPECT, STS_GO, STS_RESPONSE_RETRY, STS_VALID,
+    TPM_ACCESS, TPM_DATA_FIFO, TPM_DID_VID, TPM_INTF_CAPABILITY, TPM_RID, TPM_STS,
 };
 
 /// A clock that only moves when the driver waits (or never, when `frozen`).
@@ -65,6 +65,9 @@ pub struct Lies {
     pub extra_bytes: usize,
 }
 
+/// Computes the model TPM's response to a command.
+pub type Backend = Box<dyn FnMut(&[u8]) -> Vec<u8>>;
+
 pub struct FakeTis {
     pub state: State,
     pub locality_active: bool,
@@ -75,7 +78,7 @@ pub struct FakeTis {
     pub offered: usize,
     pub execution_polls: u32,
     pub execution_polls_left: u32,
-    pub backend: Box<dyn FnMut(&[u8]) -> Vec<u8>>,
+    pub backend: Backend,
     pub lies: Lies,
     /// Statistics the tests assert on.
     pub commands_executed: u32,
@@ -111,7 +114,12 @@ impl FakeTis {
         if self.command.len() < 6 {
             return usize::MAX;
         }
-        u32::from_be_bytes([self.command[2], self.command[3], self.command[4], self.command[5]]) as usize
+        u32::from_be_bytes([
+            self.command[2],
+            self.command[3],
+            self.command[4],
+            self.command[5],
+        ]) as usize
     }
 
     fn expect(&self) -> bool {
@@ -281,7 +289,10 @@ impl TisRegisters for FakeTis {
             self.state = State::Ready;
             self.ready_entries += 1;
         }
-        if value & STS_GO != 0 && self.state == State::Reception && self.command.len() == self.expected_command_len() {
+        if value & STS_GO != 0
+            && self.state == State::Reception
+            && self.command.len() == self.expected_command_len()
+        {
             self.state = State::Execution;
             self.execution_polls_left = self.execution_polls;
         }

@@ -1,7 +1,7 @@
 //! Tests of the TIS driver against the register-file model in `fake.rs`, honest and lying.
 
 use super::fake::{FakeClock, FakeTis};
-use super::{Tis, Timeouts};
+use super::{Timeouts, Tis};
 use crate::transport::{Stage, Transport, TransportError};
 
 /// A command frame: TPM_ST_NO_SESSIONS, size, TPM_CC_GetRandom, then `body`.
@@ -27,7 +27,12 @@ fn honest(extra: usize) -> FakeTis {
     FakeTis::new(move |command| answer(command, extra))
 }
 
-fn run(fake: &mut FakeTis, clock: &mut FakeClock, command: &[u8], capacity: usize) -> Result<Vec<u8>, TransportError> {
+fn run(
+    fake: &mut FakeTis,
+    clock: &mut FakeClock,
+    command: &[u8],
+    capacity: usize,
+) -> Result<Vec<u8>, TransportError> {
     let mut tis = Tis::new(fake, clock, Timeouts::PTP);
     let mut response = vec![0u8; capacity];
     let size = tis.transact(command, &mut response)?;
@@ -39,7 +44,9 @@ fn run(fake: &mut FakeTis, clock: &mut FakeClock, command: &[u8], capacity: usiz
 fn probe_reads_identification() {
     let mut fake = honest(0);
     let mut clock = FakeClock::default();
-    let info = Tis::new(&mut fake, &mut clock, Timeouts::PTP).probe().unwrap();
+    let info = Tis::new(&mut fake, &mut clock, Timeouts::PTP)
+        .probe()
+        .unwrap();
     assert_eq!(info.did_vid, 0x0001_1014);
     assert_eq!(info.rid, 1);
 }
@@ -53,7 +60,11 @@ fn honest_round_trip_one_burst() {
     assert_eq!(response, answer(&cmd, 100));
     assert_eq!(fake.commands_executed, 1);
     assert!(!fake.locality_active, "locality released");
-    assert_eq!(fake.state, super::fake::State::Ready, "TPM left idle/ready after the response");
+    assert_eq!(
+        fake.state,
+        super::fake::State::Ready,
+        "TPM left idle/ready after the response"
+    );
 }
 
 #[test]
@@ -74,7 +85,10 @@ fn back_to_back_commands() {
     let mut clock = FakeClock::default();
     for round in 0..5u8 {
         let cmd = command(&[round; 9]);
-        assert_eq!(run(&mut fake, &mut clock, &cmd, 4096).unwrap(), answer(&cmd, 5));
+        assert_eq!(
+            run(&mut fake, &mut clock, &cmd, 4096).unwrap(),
+            answer(&cmd, 5)
+        );
     }
     assert_eq!(fake.commands_executed, 5);
 }
@@ -138,7 +152,10 @@ fn stuck_send_is_aborted_and_retried_once() {
     fake.lies.send_burst_zero_for = 1;
     let mut clock = FakeClock::default();
     let cmd = command(&[9, 8, 7]);
-    assert_eq!(run(&mut fake, &mut clock, &cmd, 64).unwrap(), answer(&cmd, 2));
+    assert_eq!(
+        run(&mut fake, &mut clock, &cmd, 64).unwrap(),
+        answer(&cmd, 2)
+    );
     assert_eq!(fake.commands_executed, 1, "ran exactly once");
 }
 
@@ -167,13 +184,22 @@ fn hang_times_out_aborts_and_does_not_retry() {
         tis.transact(&command(&[1]), &mut response),
         Err(TransportError::Timeout(Stage::Execute))
     );
-    drop(tis);
-    assert_eq!(fake.aborts, 1, "the hung command was aborted with commandReady");
-    assert_eq!(fake.send_attempts, 1, "a command that may have run is not sent again");
+    let _ = tis.into_parts();
+    assert_eq!(
+        fake.aborts, 1,
+        "the hung command was aborted with commandReady"
+    );
+    assert_eq!(
+        fake.send_attempts, 1,
+        "a command that may have run is not sent again"
+    );
     // The TPM recovers: the next command works.
     fake.lies.hang = false;
     let cmd = command(&[4]);
-    assert_eq!(run(&mut fake, &mut clock, &cmd, 64).unwrap(), answer(&cmd, 0));
+    assert_eq!(
+        run(&mut fake, &mut clock, &cmd, 64).unwrap(),
+        answer(&cmd, 0)
+    );
 }
 
 #[test]
@@ -192,8 +218,11 @@ fn hang_with_frozen_clock_still_terminates() {
         tis.transact(&command(&[1]), &mut response),
         Err(TransportError::Timeout(Stage::Execute))
     );
-    drop(tis);
-    assert!(clock.delays < 1_000_000 / 10 + 64 + 100_000, "bounded by the iteration cap");
+    let _ = tis.into_parts();
+    assert!(
+        clock.delays < 1_000_000 / 10 + 64 + 100_000,
+        "bounded by the iteration cap"
+    );
 }
 
 #[test]
@@ -273,7 +302,10 @@ fn transient_truncation_recovers_with_response_retry() {
     fake.lies.truncate_times = 1;
     let mut clock = FakeClock::default();
     let cmd = command(&[1, 2]);
-    assert_eq!(run(&mut fake, &mut clock, &cmd, 4096).unwrap(), answer(&cmd, 40));
+    assert_eq!(
+        run(&mut fake, &mut clock, &cmd, 4096).unwrap(),
+        answer(&cmd, 40)
+    );
     assert_eq!(fake.response_retries, 1);
     assert_eq!(fake.commands_executed, 1);
 }
@@ -293,10 +325,16 @@ fn bytes_beyond_announced_size_are_an_overrun() {
 fn malformed_commands_are_refused_before_touching_registers() {
     let mut fake = honest(0);
     let mut clock = FakeClock::default();
-    assert_eq!(run(&mut fake, &mut clock, &[0x80, 0x01], 64), Err(TransportError::MalformedCommand));
+    assert_eq!(
+        run(&mut fake, &mut clock, &[0x80, 0x01], 64),
+        Err(TransportError::MalformedCommand)
+    );
     let mut bad_size = command(&[1, 2, 3]);
     bad_size[5] = 99;
-    assert_eq!(run(&mut fake, &mut clock, &bad_size, 64), Err(TransportError::MalformedCommand));
+    assert_eq!(
+        run(&mut fake, &mut clock, &bad_size, 64),
+        Err(TransportError::MalformedCommand)
+    );
     assert!(!fake.locality_active);
     assert_eq!(fake.send_attempts, 0);
 }
@@ -339,7 +377,10 @@ fn random_registers_never_panic_or_hang() {
         let mut response = [0u8; 256];
         if let Ok(size) = tis.transact(&cmd, &mut response) {
             assert!((10..=256).contains(&size));
-            assert_eq!(u32::from_be_bytes(response[2..6].try_into().unwrap()) as usize, size);
+            assert_eq!(
+                u32::from_be_bytes(response[2..6].try_into().unwrap()) as usize,
+                size
+            );
         }
     }
 }

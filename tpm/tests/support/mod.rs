@@ -15,7 +15,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 use tpm::transport::{SwtpmControl, SwtpmSocket, Transport, TransportError};
 
-const MISSING: &str = "swtpm is required for these tests and was not found: install the Debian packages \
+const MISSING: &str =
+    "swtpm is required for these tests and was not found: install the Debian packages \
                        `swtpm` and `swtpm-tools` (apt-get install swtpm swtpm-tools)";
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -100,7 +101,12 @@ pub fn provisioned() -> &'static Provisioned {
             .arg(&state)
             .arg("--config")
             .arg(&setup_conf)
-            .args(["--create-ek-cert", "--create-platform-cert", "--lock-nvram", "--overwrite"])
+            .args([
+                "--create-ek-cert",
+                "--create-platform-cert",
+                "--lock-nvram",
+                "--overwrite",
+            ])
             .output()
             .unwrap_or_else(|error| panic!("{MISSING}: swtpm_setup: {error}"));
         assert!(
@@ -109,7 +115,11 @@ pub fn provisioned() -> &'static Provisioned {
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)
         );
-        Provisioned { _dir: dir, state, ca }
+        Provisioned {
+            _dir: dir,
+            state,
+            ca,
+        }
     })
 }
 
@@ -180,7 +190,9 @@ impl Swtpm {
                     let output = child.wait_with_output().ok();
                     last_error = format!(
                         "{error}; stderr: {}",
-                        output.map(|o| String::from_utf8_lossy(&o.stderr).into_owned()).unwrap_or_default()
+                        output
+                            .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+                            .unwrap_or_default()
                     );
                 }
             }
@@ -189,11 +201,13 @@ impl Swtpm {
     }
 
     pub fn connect(&self) -> SwtpmSocket {
-        SwtpmSocket::connect(self.data, Duration::from_secs(60)).expect("connect to swtpm data port")
+        SwtpmSocket::connect(self.data, Duration::from_secs(60))
+            .expect("connect to swtpm data port")
     }
 
     pub fn control(&self) -> SwtpmControl {
-        SwtpmControl::connect(self.control, Duration::from_secs(10)).expect("connect to swtpm control port")
+        SwtpmControl::connect(self.control, Duration::from_secs(10))
+            .expect("connect to swtpm control port")
     }
 
     pub fn state_dir(&self) -> &Path {
@@ -238,7 +252,8 @@ pub struct Recording<T> {
 impl<T: Transport> Transport for Recording<T> {
     fn transact(&mut self, command: &[u8], response: &mut [u8]) -> Result<usize, TransportError> {
         let size = self.inner.transact(command, response)?;
-        self.exchanges.push((command.to_vec(), response[..size].to_vec()));
+        self.exchanges
+            .push((command.to_vec(), response[..size].to_vec()));
         Ok(size)
     }
 }
@@ -251,10 +266,12 @@ pub struct Replay {
 impl Transport for Replay {
     fn transact(&mut self, _command: &[u8], response: &mut [u8]) -> Result<usize, TransportError> {
         let bytes = self.response.take().ok_or(TransportError::Io)?;
-        let target = response.get_mut(..bytes.len()).ok_or(TransportError::ResponseTooLarge {
-            announced: bytes.len() as u32,
-            capacity: 0,
-        })?;
+        let target = response
+            .get_mut(..bytes.len())
+            .ok_or(TransportError::ResponseTooLarge {
+                announced: bytes.len() as u32,
+                capacity: 0,
+            })?;
         target.copy_from_slice(&bytes);
         Ok(bytes.len())
     }
@@ -295,9 +312,17 @@ pub fn make_credential<R: rand::CryptoRng + rand::RngCore>(
 
     let mut seed = [0u8; 32];
     rng.fill_bytes(&mut seed);
-    let key = RsaPublicKey::new(BigUint::from_bytes_be(ek_modulus), BigUint::from(ek_exponent)).unwrap();
+    let key = RsaPublicKey::new(
+        BigUint::from_bytes_be(ek_modulus),
+        BigUint::from(ek_exponent),
+    )
+    .unwrap();
     let secret = key
-        .encrypt(rng, Oaep::new_with_label::<sha2_10::Sha256, _>("IDENTITY\0"), &seed)
+        .encrypt(
+            rng,
+            Oaep::new_with_label::<sha2_10::Sha256, _>("IDENTITY\0"),
+            &seed,
+        )
         .unwrap();
 
     let symmetric_key = kdfa(&seed, "STORAGE", ak_name, &[], 128);
