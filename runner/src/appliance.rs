@@ -113,7 +113,9 @@ impl Appliance {
                     eprintln!("{error}; trying another port");
                     attempt += 1;
                 }
-                Err(BootFailure::PortTaken(error) | BootFailure::Other(error)) => return Err(error),
+                Err(BootFailure::PortTaken(error) | BootFailure::Other(error)) => {
+                    return Err(error)
+                }
             }
         }
     }
@@ -125,7 +127,10 @@ impl Appliance {
         state: &Path,
     ) -> Result<Booted, BootFailure> {
         let tpm_dir = state.join("tpm");
-        eprintln!("provisioning a fresh swtpm state (EK certificates from the CA in {})...", ca.dir().display());
+        eprintln!(
+            "provisioning a fresh swtpm state (EK certificates from the CA in {})...",
+            ca.dir().display()
+        );
         tpm_state::provision(ca, &tpm_dir)?;
         let mut swtpm = Swtpm::start(&tpm_dir, &state.join("swtpm.sock"))?;
         let host_port = match options.port {
@@ -144,7 +149,9 @@ impl Appliance {
             serial_log: serial_log.clone(),
         };
         let endpoint = SocketAddr::from((Ipv4Addr::LOCALHOST, host_port));
-        let timeout = options.ready_timeout.unwrap_or_else(|| default_ready_timeout(accel));
+        let timeout = options
+            .ready_timeout
+            .unwrap_or_else(|| default_ready_timeout(accel));
         eprintln!(
             "booting under QEMU ({}, {} MiB); waiting up to {} s for the appliance to answer on {endpoint}...",
             accel.name(),
@@ -153,9 +160,25 @@ impl Appliance {
         );
         let started = Instant::now();
         let mut qemu = ChildGuard::spawn("QEMU", config.command(), &state.join("qemu.log"))?;
-        let echo = options.echo_serial.then(|| SerialEcho::start(serial_log.clone()));
-        let model_info = wait_ready(&mut qemu, &mut swtpm, endpoint, started + timeout, &serial_log)?;
-        Ok(Booted { qemu, swtpm, echo, endpoint, boot_duration: started.elapsed(), model_info, serial_log })
+        let echo = options
+            .echo_serial
+            .then(|| SerialEcho::start(serial_log.clone()));
+        let model_info = wait_ready(
+            &mut qemu,
+            &mut swtpm,
+            endpoint,
+            started + timeout,
+            &serial_log,
+        )?;
+        Ok(Booted {
+            qemu,
+            swtpm,
+            echo,
+            endpoint,
+            boot_duration: started.elapsed(),
+            model_info,
+            serial_log,
+        })
     }
 
     /// The forwarded address clients connect to.
@@ -185,7 +208,8 @@ impl Appliance {
 
     /// Everything the guest has written to COM1 so far.
     pub fn serial_output(&self) -> Result<Vec<u8>> {
-        std::fs::read(&self.serial_log).with_context(|| format!("cannot read {}", self.serial_log.display()))
+        std::fs::read(&self.serial_log)
+            .with_context(|| format!("cannot read {}", self.serial_log.display()))
     }
 
     /// The run's state directory (swtpm state and socket, logs); removed on drop.
@@ -233,7 +257,12 @@ struct Booted {
 }
 
 impl Booted {
-    fn into_appliance(self, accel: Accel, ca: CertificateAuthority, state: tempfile::TempDir) -> Appliance {
+    fn into_appliance(
+        self,
+        accel: Accel,
+        ca: CertificateAuthority,
+        state: tempfile::TempDir,
+    ) -> Appliance {
         Appliance {
             qemu: self.qemu,
             swtpm: self.swtpm,
@@ -310,7 +339,8 @@ fn exit_report(status: &std::process::ExitStatus, qemu_log: &Path, serial_log: &
 
 /// A port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> Result<u16> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("cannot find a free port")?;
+    let listener =
+        TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("cannot find a free port")?;
     Ok(listener.local_addr()?.port())
 }
 
@@ -339,7 +369,10 @@ impl SerialEcho {
                 std::thread::sleep(Self::POLL);
             }
         });
-        Self { stop, thread: Some(thread) }
+        Self {
+            stop,
+            thread: Some(thread),
+        }
     }
 }
 
@@ -377,10 +410,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("serial.log");
         let mut out = Vec::new();
-        assert_eq!(copy_new_bytes(&path, 0, &mut out), 0, "a missing file is not an error");
+        assert_eq!(
+            copy_new_bytes(&path, 0, &mut out),
+            0,
+            "a missing file is not an error"
+        );
         std::fs::write(&path, b"hello ").unwrap();
         let offset = copy_new_bytes(&path, 0, &mut out);
-        std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"world").unwrap();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"world")
+            .unwrap();
         let offset = copy_new_bytes(&path, offset, &mut out);
         assert_eq!(offset, 11);
         assert_eq!(out, b"hello world");

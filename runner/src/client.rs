@@ -12,7 +12,9 @@ use net::proto::{ModelInfo, Request, Response};
 pub fn resolve_endpoint(endpoint: &str) -> Result<SocketAddr> {
     endpoint
         .to_socket_addrs()
-        .with_context(|| format!("cannot resolve {endpoint}; expected HOST:PORT, e.g. 127.0.0.1:7000"))?
+        .with_context(|| {
+            format!("cannot resolve {endpoint}; expected HOST:PORT, e.g. 127.0.0.1:7000")
+        })?
         .next()
         .ok_or_else(|| anyhow!("{endpoint} resolves to no address"))
 }
@@ -33,7 +35,9 @@ pub fn send_request(stream: &mut impl Write, request: &Request) -> Result<()> {
     request
         .emit(&mut bytes)
         .map_err(|error| anyhow!("cannot frame {request:?}: {error:?}"))?;
-    stream.write_all(&bytes).context("cannot send the request")?;
+    stream
+        .write_all(&bytes)
+        .context("cannot send the request")?;
     stream.flush()?;
     Ok(())
 }
@@ -44,7 +48,8 @@ pub fn read_response(stream: &mut impl Read) -> Result<Response> {
     stream
         .read_exact(&mut header)
         .context("the appliance closed the connection or sent no complete frame header")?;
-    let length = frame::parse_header(header).map_err(|error| anyhow!("bad frame header: {error:?}"))?;
+    let length =
+        frame::parse_header(header).map_err(|error| anyhow!("bad frame header: {error:?}"))?;
     let mut body = vec![0u8; length];
     stream
         .read_exact(&mut body)
@@ -98,13 +103,19 @@ mod tests {
 
     #[test]
     fn model_info_round_trip() {
-        let info = ModelInfo { length: 98_362_432, sha256: [0x5a; 32] };
+        let info = ModelInfo {
+            length: 98_362_432,
+            sha256: [0x5a; 32],
+        };
         let mut answer = Vec::new();
         Response::ModelInfo(info).emit(&mut answer).unwrap();
         let address = one_shot_server(answer);
         assert_eq!(model_info(address, Duration::from_secs(10)).unwrap(), info);
         let json = model_info_json(&info);
-        assert_eq!(json, format!("{{\"length\":98362432,\"sha256\":\"{}\"}}", "5a".repeat(32)));
+        assert_eq!(
+            json,
+            format!("{{\"length\":98362432,\"sha256\":\"{}\"}}", "5a".repeat(32))
+        );
     }
 
     #[test]
@@ -114,13 +125,25 @@ mod tests {
         let error = model_info(one_shot_server(answer), Duration::from_secs(10)).unwrap_err();
         assert!(error.to_string().contains("Busy"), "{error}");
 
-        let error = model_info(one_shot_server(vec![0xff; 8]), Duration::from_secs(10)).unwrap_err();
+        let error =
+            model_info(one_shot_server(vec![0xff; 8]), Duration::from_secs(10)).unwrap_err();
         assert!(error.to_string().contains("bad frame header"), "{error}");
 
-        let error = model_info(one_shot_server(vec![0, 0, 0, 9, 0]), Duration::from_secs(10)).unwrap_err();
-        assert!(format!("{error:#}").contains("announced 9 bytes"), "{error:#}");
+        let error = model_info(
+            one_shot_server(vec![0, 0, 0, 9, 0]),
+            Duration::from_secs(10),
+        )
+        .unwrap_err();
+        assert!(
+            format!("{error:#}").contains("announced 9 bytes"),
+            "{error:#}"
+        );
 
-        let error = model_info(one_shot_server(vec![0, 0, 0, 1, 7]), Duration::from_secs(10)).unwrap_err();
+        let error = model_info(
+            one_shot_server(vec![0, 0, 0, 1, 7]),
+            Duration::from_secs(10),
+        )
+        .unwrap_err();
         assert!(error.to_string().contains("malformed"), "{error}");
     }
 
@@ -130,6 +153,9 @@ mod tests {
         let address = listener.local_addr().unwrap();
         let error = model_info(address, Duration::from_millis(200)).unwrap_err();
         drop(listener);
-        assert!(format!("{error:#}").contains("no complete frame header"), "{error:#}");
+        assert!(
+            format!("{error:#}").contains("no complete frame header"),
+            "{error:#}"
+        );
     }
 }

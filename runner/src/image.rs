@@ -36,13 +36,20 @@ pub struct KernelFlavor {
 impl KernelFlavor {
     /// The kernel's own target directory.
     pub fn target_dir(self, workspace: &Path) -> PathBuf {
-        let name = if self.debug_console { "kernel-debug" } else { "kernel" };
+        let name = if self.debug_console {
+            "kernel-debug"
+        } else {
+            "kernel"
+        };
         workspace.join("target").join(name)
     }
 
     /// Where cargo leaves the kernel ELF.
     pub fn elf_path(self, workspace: &Path) -> PathBuf {
-        self.target_dir(workspace).join(KERNEL_TARGET).join("release").join("kernel")
+        self.target_dir(workspace)
+            .join(KERNEL_TARGET)
+            .join("release")
+            .join("kernel")
     }
 }
 
@@ -64,7 +71,9 @@ pub fn kernel_rustflags(workspace: &Path, cargo_home: &Path) -> Vec<String> {
 pub fn cargo_home() -> PathBuf {
     match std::env::var_os("CARGO_HOME") {
         Some(home) if !home.is_empty() => PathBuf::from(home),
-        _ => PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cargo"),
+        _ => {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cargo")
+        }
     }
 }
 
@@ -75,7 +84,15 @@ pub fn kernel_build_command(workspace: &Path, cargo_home: &Path, flavor: KernelF
     let mut command = Command::new(cargo);
     command
         .current_dir(workspace)
-        .args(["build", "-p", "kernel", "--release", "--target", KERNEL_TARGET, "--target-dir"])
+        .args([
+            "build",
+            "-p",
+            "kernel",
+            "--release",
+            "--target",
+            KERNEL_TARGET,
+            "--target-dir",
+        ])
         .arg(flavor.target_dir(workspace));
     if flavor.debug_console {
         command.args(["--features", "debug-console"]);
@@ -91,7 +108,10 @@ pub fn kernel_build_command(workspace: &Path, cargo_home: &Path, flavor: KernelF
         command.env_remove(inherited);
     }
     command
-        .env("CARGO_ENCODED_RUSTFLAGS", kernel_rustflags(workspace, cargo_home).join("\x1f"))
+        .env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            kernel_rustflags(workspace, cargo_home).join("\x1f"),
+        )
         .env("SOURCE_DATE_EPOCH", "0");
     command
 }
@@ -99,17 +119,26 @@ pub fn kernel_build_command(workspace: &Path, cargo_home: &Path, flavor: KernelF
 /// Builds the kernel (cargo's output forwarded to stderr) and returns the ELF's path.
 pub fn build_kernel(flavor: KernelFlavor) -> Result<PathBuf> {
     let workspace = workspace::root();
-    let label = if flavor.debug_console { " (debug-console)" } else { "" };
+    let label = if flavor.debug_console {
+        " (debug-console)"
+    } else {
+        ""
+    };
     eprintln!("building kernel image{label}...");
     let mut command = kernel_build_command(&workspace, &cargo_home(), flavor);
     command.stdout(process::stderr_stdio()?);
-    let status = command.status().context("cannot run cargo to build the kernel")?;
+    let status = command
+        .status()
+        .context("cannot run cargo to build the kernel")?;
     if !status.success() {
         bail!("building the kernel failed ({status}); cargo's errors are above");
     }
     let elf = flavor.elf_path(&workspace);
     if !elf.is_file() {
-        bail!("cargo reported success but {} does not exist", elf.display());
+        bail!(
+            "cargo reported success but {} does not exist",
+            elf.display()
+        );
     }
     Ok(elf)
 }
@@ -153,14 +182,26 @@ impl Default for BuildOptions {
 pub fn build(options: &BuildOptions) -> Result<Image> {
     let model = models::resolve(&options.model)?;
     let kernel = build_kernel(options.flavor)?;
-    assemble(&kernel, &model, &options.cmdline, &options.out, options.flavor)
+    assemble(
+        &kernel,
+        &model,
+        &options.cmdline,
+        &options.out,
+        options.flavor,
+    )
 }
 
 /// Writes an image directory from a built kernel and a model file.
 ///
 /// Each file is written under a temporary name and renamed into place, so a run booting from the
 /// same directory never sees a half-written file.
-pub fn assemble(kernel: &Path, model: &Path, cmdline: &str, out: &Path, flavor: KernelFlavor) -> Result<Image> {
+pub fn assemble(
+    kernel: &Path,
+    model: &Path,
+    cmdline: &str,
+    out: &Path,
+    flavor: KernelFlavor,
+) -> Result<Image> {
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let out = out.canonicalize()?;
     let image = Image {
@@ -171,7 +212,9 @@ pub fn assemble(kernel: &Path, model: &Path, cmdline: &str, out: &Path, flavor: 
         flavor,
     };
     replace_with(&image.kernel, |temporary| {
-        std::fs::copy(kernel, temporary).map(|_| ()).with_context(|| format!("cannot copy {}", kernel.display()))
+        std::fs::copy(kernel, temporary)
+            .map(|_| ())
+            .with_context(|| format!("cannot copy {}", kernel.display()))
     })?;
     if !same_file(model, &image.model) {
         replace_with(&image.model, |temporary| {
@@ -180,18 +223,24 @@ pub fn assemble(kernel: &Path, model: &Path, cmdline: &str, out: &Path, flavor: 
                 .with_context(|| format!("cannot link or copy {}", model.display()))
         })?;
     }
-    replace_with(&out.join(CMDLINE_FILE), |temporary| Ok(std::fs::write(temporary, cmdline)?))?;
+    replace_with(&out.join(CMDLINE_FILE), |temporary| {
+        Ok(std::fs::write(temporary, cmdline)?)
+    })?;
     Ok(image)
 }
 
 /// Creates `path` by letting `create` write a temporary sibling, then renaming it over `path`.
 fn replace_with(path: &Path, create: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().and_then(|name| name.to_str()).unwrap_or("file");
+    let name = path
+        .file_name()
+        .and_then(|name| name.to_str())
+        .unwrap_or("file");
     let temporary = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let _ = std::fs::remove_file(&temporary);
     let result = create(&temporary).and_then(|()| {
-        std::fs::rename(&temporary, path).with_context(|| format!("cannot write {}", path.display()))
+        std::fs::rename(&temporary, path)
+            .with_context(|| format!("cannot write {}", path.display()))
     });
     if result.is_err() {
         let _ = std::fs::remove_file(&temporary);
@@ -213,9 +262,14 @@ mod tests {
 
     #[test]
     fn kernel_build_is_its_own_reproducible_invocation() {
-        let flavor = KernelFlavor { debug_console: false };
+        let flavor = KernelFlavor {
+            debug_console: false,
+        };
         let command = kernel_build_command(Path::new("/ws"), Path::new("/home/me/.cargo"), flavor);
-        let args: Vec<_> = command.get_args().map(|arg| arg.to_str().unwrap()).collect();
+        let args: Vec<_> = command
+            .get_args()
+            .map(|arg| arg.to_str().unwrap())
+            .collect();
         assert_eq!(
             args,
             [
@@ -231,26 +285,43 @@ mod tests {
         );
         assert_eq!(command.get_current_dir(), Some(Path::new("/ws")));
         let env: std::collections::HashMap<_, _> = command.get_envs().collect();
-        let flags = env[std::ffi::OsStr::new("CARGO_ENCODED_RUSTFLAGS")].unwrap().to_str().unwrap();
+        let flags = env[std::ffi::OsStr::new("CARGO_ENCODED_RUSTFLAGS")]
+            .unwrap()
+            .to_str()
+            .unwrap();
         let flags: Vec<&str> = flags.split('\x1f').collect();
         assert!(flags.contains(&"-Clinker=rust-lld"));
         assert!(flags.contains(&"-Clink-arg=--build-id=none"));
         assert!(flags.contains(&"--remap-path-prefix=/ws=/cloister"));
         assert!(flags.contains(&"--remap-path-prefix=/home/me/.cargo=/cargo"));
-        assert_eq!(env[std::ffi::OsStr::new("SOURCE_DATE_EPOCH")], Some(std::ffi::OsStr::new("0")));
+        assert_eq!(
+            env[std::ffi::OsStr::new("SOURCE_DATE_EPOCH")],
+            Some(std::ffi::OsStr::new("0"))
+        );
         // Inherited flags and target directories are removed, not passed on.
         for removed in ["RUSTFLAGS", "CARGO_BUILD_RUSTFLAGS", "CARGO_TARGET_DIR"] {
             assert_eq!(env[std::ffi::OsStr::new(removed)], None, "{removed}");
         }
-        assert_eq!(flavor.elf_path(Path::new("/ws")), Path::new("/ws/target/kernel/x86_64-unknown-linux-gnu/release/kernel"));
+        assert_eq!(
+            flavor.elf_path(Path::new("/ws")),
+            Path::new("/ws/target/kernel/x86_64-unknown-linux-gnu/release/kernel")
+        );
     }
 
     #[test]
     fn debug_console_build_uses_its_own_target_dir() {
-        let flavor = KernelFlavor { debug_console: true };
+        let flavor = KernelFlavor {
+            debug_console: true,
+        };
         let command = kernel_build_command(Path::new("/ws"), Path::new("/c"), flavor);
-        let args: Vec<_> = command.get_args().map(|arg| arg.to_str().unwrap()).collect();
-        assert!(args.ends_with(&["/ws/target/kernel-debug", "--features", "debug-console"]), "{args:?}");
+        let args: Vec<_> = command
+            .get_args()
+            .map(|arg| arg.to_str().unwrap())
+            .collect();
+        assert!(
+            args.ends_with(&["/ws/target/kernel-debug", "--features", "debug-console"]),
+            "{args:?}"
+        );
     }
 
     #[test]
@@ -261,14 +332,34 @@ mod tests {
         std::fs::write(&kernel, b"\x7fELF").unwrap();
         std::fs::write(&model, b"GGUF").unwrap();
         let out = dir.path().join("out");
-        let image = assemble(&kernel, &model, "ip=dhcp port=7000", &out, KernelFlavor::default()).unwrap();
+        let image = assemble(
+            &kernel,
+            &model,
+            "ip=dhcp port=7000",
+            &out,
+            KernelFlavor::default(),
+        )
+        .unwrap();
         assert_eq!(std::fs::read(&image.kernel).unwrap(), b"\x7fELF");
         assert_eq!(std::fs::read(&image.model).unwrap(), b"GGUF");
-        assert_eq!(std::fs::read_to_string(out.join("cmdline")).unwrap(), "ip=dhcp port=7000");
+        assert_eq!(
+            std::fs::read_to_string(out.join("cmdline")).unwrap(),
+            "ip=dhcp port=7000"
+        );
         // Rebuilding over the same directory, even from its own model file, keeps the model intact.
-        let again = assemble(&kernel, &image.model, "port=7000", &out, KernelFlavor::default()).unwrap();
+        let again = assemble(
+            &kernel,
+            &image.model,
+            "port=7000",
+            &out,
+            KernelFlavor::default(),
+        )
+        .unwrap();
         assert_eq!(std::fs::read(&again.model).unwrap(), b"GGUF");
-        let leftovers: Vec<_> = std::fs::read_dir(&out).unwrap().map(|entry| entry.unwrap().file_name()).collect();
+        let leftovers: Vec<_> = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name())
+            .collect();
         assert_eq!(leftovers.len(), 3, "{leftovers:?}");
     }
 }

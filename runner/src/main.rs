@@ -1,6 +1,7 @@
 //! `cargo run` starts this: the runner's command line (build, up, info, fetch-model).
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -87,13 +88,24 @@ struct FetchModelArgs {
     names: Vec<String>,
 }
 
-fn main() -> Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command.unwrap_or(Command::Up(cli.up)) {
+    let result = match cli.command.unwrap_or(Command::Up(cli.up)) {
         Command::Build(args) => build(args),
         Command::Up(args) => up(args),
         Command::Info(args) => info(args),
         Command::FetchModel(args) => fetch_model(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // The message chain, without the backtrace anyhow's Debug output would add.
+            eprintln!("error: {error}");
+            for cause in error.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -102,7 +114,9 @@ fn build_options(image: &ImageArgs, out: Option<PathBuf>) -> BuildOptions {
     BuildOptions {
         model: image.model.clone(),
         out: out.unwrap_or(defaults.out),
-        flavor: KernelFlavor { debug_console: image.debug_console },
+        flavor: KernelFlavor {
+            debug_console: image.debug_console,
+        },
         cmdline: defaults.cmdline,
     }
 }
@@ -127,8 +141,15 @@ fn up(args: UpArgs) -> Result<()> {
     options.mem_mib = args.mem;
     options.ready_timeout = args.ready_timeout.map(Duration::from_secs);
     let mut appliance = Appliance::boot(&options)?;
-    println!("cloister is up at {} (booted in {:.2} s)", appliance.endpoint(), appliance.boot_duration().as_secs_f64());
-    println!("try: cargo run --release -- info --endpoint {}", appliance.endpoint());
+    println!(
+        "cloister is up at {} (booted in {:.2} s)",
+        appliance.endpoint(),
+        appliance.boot_duration().as_secs_f64()
+    );
+    println!(
+        "try: cargo run --release -- info --endpoint {}",
+        appliance.endpoint()
+    );
     eprintln!("serving until Ctrl-C or SIGTERM");
     loop {
         match stop.recv_timeout(Duration::from_millis(250)) {
@@ -142,8 +163,10 @@ fn up(args: UpArgs) -> Result<()> {
 
 fn info(args: InfoArgs) -> Result<()> {
     let endpoint = client::resolve_endpoint(&args.endpoint)?;
-    let info = client::model_info(endpoint, Duration::from_secs(args.timeout))
-        .with_context(|| format!("no model information from {endpoint}; is `cargo run --release -- up` running?"))?;
+    let info =
+        client::model_info(endpoint, Duration::from_secs(args.timeout)).with_context(|| {
+            format!("no model information from {endpoint}; is `cargo run --release -- up` running?")
+        })?;
     println!("{}", client::model_info_json(&info));
     Ok(())
 }
@@ -152,8 +175,14 @@ fn fetch_model(args: FetchModelArgs) -> Result<()> {
     let cache = runner::workspace::cache_dir();
     for name in &args.names {
         let model = models::known(name).with_context(|| {
-            let names: Vec<&str> = models::KNOWN_MODELS.iter().map(|model| model.name).collect();
-            format!("unknown model {name}; fetch-model knows {}", names.join(", "))
+            let names: Vec<&str> = models::KNOWN_MODELS
+                .iter()
+                .map(|model| model.name)
+                .collect();
+            format!(
+                "unknown model {name}; fetch-model knows {}",
+                names.join(", ")
+            )
         })?;
         let path = models::fetch(model, &cache)?;
         println!("{}", path.display());

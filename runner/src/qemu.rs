@@ -66,14 +66,21 @@ fn cpu_has_virtualization(cpuinfo: &str) -> bool {
         let Some((key, value)) = line.split_once(':') else {
             return false;
         };
-        key.trim() == "flags" && value.split_whitespace().any(|flag| flag == "vmx" || flag == "svm")
+        key.trim() == "flags"
+            && value
+                .split_whitespace()
+                .any(|flag| flag == "vmx" || flag == "svm")
     })
 }
 
 /// [`choose_accel`] on this host.
 pub fn detect_accel(choice: AccelChoice) -> Accel {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let kvm_opens = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
+    let kvm_opens = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
     choose_accel(choice, &cpuinfo, kvm_opens)
 }
 
@@ -103,7 +110,10 @@ impl QemuConfig {
             Accel::Tcg => "max",
             Accel::Kvm => "host",
         };
-        let netdev = format!("user,id=net0,hostfwd=tcp:127.0.0.1:{}-:{GUEST_PORT}", self.host_port);
+        let netdev = format!(
+            "user,id=net0,hostfwd=tcp:127.0.0.1:{}-:{GUEST_PORT}",
+            self.host_port
+        );
         let options: [(&str, OsString); 15] = [
             ("-machine", "q35".into()),
             ("-accel", self.accel.name().into()),
@@ -115,8 +125,14 @@ impl QemuConfig {
             ("-initrd", self.initrd.clone().into()),
             ("-append", self.cmdline.clone().into()),
             ("-netdev", netdev.into()),
-            ("-device", "virtio-net-pci,netdev=net0,disable-legacy=on".into()),
-            ("-chardev", join("socket,id=chrtpm,path=", &self.swtpm_socket)),
+            (
+                "-device",
+                "virtio-net-pci,netdev=net0,disable-legacy=on".into(),
+            ),
+            (
+                "-chardev",
+                join("socket,id=chrtpm,path=", &self.swtpm_socket),
+            ),
             ("-tpmdev", "emulator,id=tpm0,chardev=chrtpm".into()),
             ("-device", "tpm-tis,tpmdev=tpm0".into()),
             ("-serial", join("file:", &self.serial_log)),
@@ -163,8 +179,11 @@ mod tests {
 
     #[test]
     fn tcg_command_line_is_exact() {
-        let args: Vec<String> =
-            config(Accel::Tcg).args().into_iter().map(|arg| arg.into_string().unwrap()).collect();
+        let args: Vec<String> = config(Accel::Tcg)
+            .args()
+            .into_iter()
+            .map(|arg| arg.into_string().unwrap())
+            .collect();
         let expected = "-nodefaults -no-reboot -machine q35 -accel tcg -cpu max -smp 1 -m 1024 \
             -display none -kernel /out/kernel.elf -initrd /out/model.gguf -append |ip=dhcp port=7000| \
             -netdev user,id=net0,hostfwd=tcp:127.0.0.1:7123-:7000 \
@@ -175,11 +194,20 @@ mod tests {
         // The command line stays one argument: QEMU is not started through a shell.
         let joined = args
             .iter()
-            .map(|arg| if arg.contains(' ') { format!("|{arg}|") } else { arg.clone() })
+            .map(|arg| {
+                if arg.contains(' ') {
+                    format!("|{arg}|")
+                } else {
+                    arg.clone()
+                }
+            })
             .collect::<Vec<_>>()
             .join(" ");
         assert_eq!(joined, expected);
-        assert_eq!(config(Accel::Tcg).command().get_program(), "qemu-system-x86_64");
+        assert_eq!(
+            config(Accel::Tcg).command().get_program(),
+            "qemu-system-x86_64"
+        );
     }
 
     #[test]

@@ -13,10 +13,22 @@ pub struct Tool {
     pub debian_package: &'static str,
 }
 
-pub const QEMU: Tool = Tool { program: "qemu-system-x86_64", debian_package: "qemu-system-x86" };
-pub const SWTPM: Tool = Tool { program: "swtpm", debian_package: "swtpm" };
-pub const SWTPM_SETUP: Tool = Tool { program: "swtpm_setup", debian_package: "swtpm-tools" };
-pub const SWTPM_LOCALCA: Tool = Tool { program: "swtpm_localca", debian_package: "swtpm-tools" };
+pub const QEMU: Tool = Tool {
+    program: "qemu-system-x86_64",
+    debian_package: "qemu-system-x86",
+};
+pub const SWTPM: Tool = Tool {
+    program: "swtpm",
+    debian_package: "swtpm",
+};
+pub const SWTPM_SETUP: Tool = Tool {
+    program: "swtpm_setup",
+    debian_package: "swtpm-tools",
+};
+pub const SWTPM_LOCALCA: Tool = Tool {
+    program: "swtpm_localca",
+    debian_package: "swtpm-tools",
+};
 
 /// Everything `up` needs before it can boot the appliance.
 pub const BOOT_TOOLS: [Tool; 4] = [QEMU, SWTPM, SWTPM_SETUP, SWTPM_LOCALCA];
@@ -24,12 +36,14 @@ pub const BOOT_TOOLS: [Tool; 4] = [QEMU, SWTPM, SWTPM_SETUP, SWTPM_LOCALCA];
 /// The first executable file named `program` in the directories of `path` (a `PATH`-style list).
 pub fn find_in(program: &str, path: &std::ffi::OsStr) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
-    std::env::split_paths(path).map(|dir| dir.join(program)).find(|candidate| {
-        candidate
-            .metadata()
-            .map(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
-            .unwrap_or(false)
-    })
+    std::env::split_paths(path)
+        .map(|dir| dir.join(program))
+        .find(|candidate| {
+            candidate
+                .metadata()
+                .map(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+                .unwrap_or(false)
+        })
 }
 
 /// The full path of `program` on this process's `PATH`.
@@ -39,7 +53,10 @@ pub fn find(program: &str) -> Option<PathBuf> {
 
 /// Checks that every tool is on `PATH`; the error names each missing one and its package.
 pub fn require(tools: &[Tool]) -> Result<()> {
-    let missing: Vec<&Tool> = tools.iter().filter(|tool| find(tool.program).is_none()).collect();
+    let missing: Vec<&Tool> = tools
+        .iter()
+        .filter(|tool| find(tool.program).is_none())
+        .collect();
     if missing.is_empty() {
         return Ok(());
     }
@@ -48,7 +65,12 @@ pub fn require(tools: &[Tool]) -> Result<()> {
     packages.dedup();
     let names: Vec<String> = missing
         .iter()
-        .map(|tool| format!("`{}` (Debian package {})", tool.program, tool.debian_package))
+        .map(|tool| {
+            format!(
+                "`{}` (Debian package {})",
+                tool.program, tool.debian_package
+            )
+        })
         .collect();
     bail!(
         "missing on PATH: {}. Install with: apt-get install {}",
@@ -84,7 +106,10 @@ mod tests {
 
     #[test]
     fn missing_tool_names_its_package() {
-        let tool = Tool { program: "cloister-no-such-tool", debian_package: "no-such-package" };
+        let tool = Tool {
+            program: "cloister-no-such-tool",
+            debian_package: "no-such-package",
+        };
         let error = require(&[tool]).unwrap_err().to_string();
         assert!(error.contains("cloister-no-such-tool"), "{error}");
         assert!(error.contains("apt-get install no-such-package"), "{error}");

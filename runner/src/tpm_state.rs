@@ -141,7 +141,12 @@ pub fn provision(ca: &CertificateAuthority, state_dir: &Path) -> Result<()> {
         .arg(ca.setup_config())
         .arg("--logfile")
         .arg(&log)
-        .args(["--create-ek-cert", "--create-platform-cert", "--lock-nvram", "--overwrite"])
+        .args([
+            "--create-ek-cert",
+            "--create-platform-cert",
+            "--lock-nvram",
+            "--overwrite",
+        ])
         .output()
         .context("cannot run swtpm_setup")?;
     let log_text = std::fs::read_to_string(&log).unwrap_or_default();
@@ -157,7 +162,9 @@ pub fn provision(ca: &CertificateAuthority, state_dir: &Path) -> Result<()> {
     for (index, what) in PROVISIONED_NV_INDICES {
         let line = format!("Successfully created NVRAM area {index:#x}");
         if !log_text.contains(&line) {
-            bail!("swtpm_setup did not report the {what} at NV {index:#010x}; its log:\n{log_text}");
+            bail!(
+                "swtpm_setup did not report the {what} at NV {index:#010x}; its log:\n{log_text}"
+            );
         }
     }
     Ok(())
@@ -190,7 +197,10 @@ impl Swtpm {
             child.ensure_running()?;
             Ok(is_socket(socket).then_some(()))
         })?;
-        Ok(Self { child, socket: socket.to_path_buf() })
+        Ok(Self {
+            child,
+            socket: socket.to_path_buf(),
+        })
     }
 
     /// The control socket QEMU connects to.
@@ -237,9 +247,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ca = CertificateAuthority::open(&dir.path().join("ca")).unwrap();
         let setup = std::fs::read_to_string(ca.setup_config()).unwrap();
-        assert!(setup.contains("create_certs_tool = /") && setup.contains("swtpm_localca\n"), "{setup}");
-        assert!(setup.contains(&format!("create_certs_tool_config = {}\n", ca.localca_config().display())));
-        assert!(setup.contains(&format!("create_certs_tool_options = {}\n", ca.localca_options().display())));
+        assert!(
+            setup.contains("create_certs_tool = /") && setup.contains("swtpm_localca\n"),
+            "{setup}"
+        );
+        assert!(setup.contains(&format!(
+            "create_certs_tool_config = {}\n",
+            ca.localca_config().display()
+        )));
+        assert!(setup.contains(&format!(
+            "create_certs_tool_options = {}\n",
+            ca.localca_options().display()
+        )));
         assert!(setup.contains("active_pcr_banks = sha256\n"));
         let localca = std::fs::read_to_string(ca.localca_config()).unwrap();
         let dir_text = ca.dir().display().to_string();
