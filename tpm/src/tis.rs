@@ -405,7 +405,8 @@ impl<R: TisRegisters, C: Clock> Transport for Tis<R, C> {
     }
 }
 
-#[cfg(test)]
-mod fake;
+/// A model of a TIS register file, honest or lying, for host tests (here and in the kernel's).
+#[cfg(any(test, feature = "std"))]
+pub mod model;
 #[cfg(test)]
 mod tests;

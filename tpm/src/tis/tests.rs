@@ -1,6 +1,6 @@
 //! Tests of the TIS driver against the register-file model in `fake.rs`, honest and lying.
 
-use super::fake::{FakeClock, FakeTis};
+use super::model::{FakeClock, FakeTis};
 use super::{Timeouts, Tis};
 use crate::transport::{Stage, Transport, TransportError};
 
@@ -62,7 +62,7 @@ fn honest_round_trip_one_burst() {
     assert!(!fake.locality_active, "locality released");
     assert_eq!(
         fake.state,
-        super::fake::State::Ready,
+        super::model::State::Ready,
         "TPM left idle/ready after the response"
     );
 }

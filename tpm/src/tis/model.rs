@@ -1,4 +1,5 @@
 //! A model of a TIS register file (PTP §6.5.2 state machine, locality 0), honest or lying, for host tests.
+//! Built only for tests and with the `std` feature; the kernel image never contains it.
 //!
 //! The model keeps the states Idle, Ready, Reception, Execution and Completion, computes TPM_STS from them,
 //! and answers each command through a backend closure. Each `Lie` makes it break the protocol in one way
@@ -13,8 +14,11 @@ use super::{
 /// A clock that only moves when the driver waits (or never, when `frozen`).
 #[derive(Debug, Default)]
 pub struct FakeClock {
+    /// Microseconds.
     pub now: u64,
+    /// When set, `delay_us` does not advance `now` (a broken timer).
     pub frozen: bool,
+    /// How many times the driver waited.
     pub delays: u64,
 }
 
@@ -30,6 +34,7 @@ impl Clock for FakeClock {
     }
 }
 
+/// The TIS states of PTP §6.5.2.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum State {
     Idle,
@@ -68,6 +73,7 @@ pub struct Lies {
 /// Computes the model TPM's response to a command.
 pub type Backend = Box<dyn FnMut(&[u8]) -> Vec<u8>>;
 
+/// The register file. `burst` is the burstCount it offers (QEMU's tpm-tis: 4096).
 pub struct FakeTis {
     pub state: State,
     pub locality_active: bool,
@@ -89,6 +95,7 @@ pub struct FakeTis {
 }
 
 impl FakeTis {
+    /// An honest model answering through `backend`.
     pub fn new(backend: impl FnMut(&[u8]) -> Vec<u8> + 'static) -> Self {
         Self {
             state: State::Idle,
