@@ -535,6 +535,119 @@ mod tests {
         );
     }
 
+    /// A transport that counts commands and answers each with `response`.
+    struct Canned {
+        response: Vec<u8>,
+        commands: usize,
+    }
+
+    impl Transport for Canned {
+        fn transact(
+            &mut self,
+            _command: &[u8],
+            response: &mut [u8],
+        ) -> Result<usize, crate::transport::TransportError> {
+            self.commands += 1;
+            response[..self.response.len()].copy_from_slice(&self.response);
+            Ok(self.response.len())
+        }
+    }
+
+    /// A successful PCR_Extend response: TPM_ST_SESSIONS, parameterSize 0, one empty password-session reply.
+    const EXTEND_OK: [u8; 19] = [
+        0x80, 0x02, 0, 0, 0, 19, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x00, 0, 0,
+    ];
+
+    #[test]
+    fn measure_extends_then_logs() {
+        let mut tpm = Canned {
+            response: EXTEND_OK.to_vec(),
+            commands: 0,
+        };
+        let mut log = EventLog::new();
+        measure(
+            &mut tpm,
+            &mut log,
+            12,
+            EventKind::KernelImage,
+            [7; 32],
+            "kernel",
+        )
+        .unwrap();
+        assert_eq!(tpm.commands, 1);
+        assert_eq!(log.len(), 1);
+        assert_eq!(log.events().next().unwrap().digest(), &[7; 32]);
+    }
+
+    #[test]
+    fn failed_extend_is_not_logged() {
+        // TPM_RC_LOCALITY (0x907).
+        let mut tpm = Canned {
+            response: vec![0x80, 0x01, 0, 0, 0, 10, 0, 0, 0x09, 0x07],
+            commands: 0,
+        };
+        let mut log = EventLog::new();
+        let error = measure(
+            &mut tpm,
+            &mut log,
+            12,
+            EventKind::KernelImage,
+            [7; 32],
+            "kernel",
+        )
+        .unwrap_err();
+        assert!(matches!(
+            error,
+            MeasureError::Extend(CommandError::Tpm { .. })
+        ));
+        assert!(log.is_empty());
+    }
+
+    #[test]
+    fn refused_event_is_not_extended() {
+        let mut tpm = Canned {
+            response: EXTEND_OK.to_vec(),
+            commands: 0,
+        };
+        let mut log = EventLog::new();
+        assert_eq!(
+            measure(&mut tpm, &mut log, 12, EventKind::Other, [0; 32], "ok"),
+            Ok(())
+        );
+        assert_eq!(
+            measure(&mut tpm, &mut log, 12, EventKind::Other, [0; 32], "tab\t"),
+            Err(MeasureError::Log(EventLogError::DescriptionNotPrintable))
+        );
+        assert_eq!(
+            measure(&mut tpm, &mut log, 30, EventKind::Other, [0; 32], "x"),
+            Err(MeasureError::Log(EventLogError::BadPcr(30)))
+        );
+        for _ in 1..MAX_EVENTS {
+            measure(
+                &mut tpm,
+                &mut log,
+                14,
+                EventKind::Configuration,
+                [1; 32],
+                "c",
+            )
+            .unwrap();
+        }
+        let sent = tpm.commands;
+        assert_eq!(
+            measure(
+                &mut tpm,
+                &mut log,
+                14,
+                EventKind::Configuration,
+                [1; 32],
+                "c"
+            ),
+            Err(MeasureError::Log(EventLogError::Full))
+        );
+        assert_eq!(tpm.commands, sent, "nothing extended once the log is full");
+    }
+
     #[test]
     fn random_bytes_never_panic() {
         let mut state = 0x9E37_79B9_7F4A_7C15u64;

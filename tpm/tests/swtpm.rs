@@ -628,3 +628,81 @@ fn a_nonzero_code_is_checked_before_the_body() {
     );
     let _: &dyn Transport = &tpm;
 }
+
+#[test]
+fn quote_verifies_with_tpm2_checkquote() {
+    let program_found = std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join("tpm2_checkquote").is_file()))
+        .unwrap_or(false);
+    assert!(
+        program_found,
+        "tpm2_checkquote is required: install the Debian package `tpm2-tools`"
+    );
+    let swtpm = Swtpm::start();
+    let mut tpm = swtpm.connect();
+    let ak = commands::create_primary(&mut tpm, KeyTemplate::AkEccP256).unwrap();
+    commands::pcr_extend(&mut tpm, 13, &eventlog::sha256(b"model")).unwrap();
+    let selection = PcrSelection::from_indices(&[0, 7, 12, 13, 14]).unwrap();
+    let nonce = [0x42u8; 32];
+    let quote = commands::quote(&mut tpm, ak.handle, &nonce, selection).unwrap();
+    let values = commands::pcr_read(&mut tpm, selection).unwrap();
+
+    let dir = support::TempDir::new("checkquote");
+    let PublicKey::Ecc { x, y, .. } = ak.public.info().unwrap().key else {
+        panic!("AK is not ECC");
+    };
+    let point = p256::EncodedPoint::from_affine_coordinates(&x.into(), &y.into(), false);
+    let key = p256::PublicKey::from_sec1_bytes(point.as_bytes()).unwrap();
+    let pem =
+        p256::pkcs8::EncodePublicKey::to_public_key_pem(&key, p256::pkcs8::LineEnding::LF).unwrap();
+    std::fs::write(dir.0.join("ak.pem"), pem).unwrap();
+    std::fs::write(dir.0.join("quote.msg"), quote.attest()).unwrap();
+    std::fs::write(dir.0.join("quote.sig"), quote.signature()).unwrap();
+    let pcrs: Vec<u8> = selection
+        .indices()
+        .flat_map(|pcr| *values.get(pcr).unwrap())
+        .collect();
+    std::fs::write(dir.0.join("quote.pcrs"), &pcrs).unwrap();
+    let hex: String = nonce.iter().map(|b| format!("{b:02x}")).collect();
+
+    let check = |pcr_file: &str, qualification: &str| {
+        std::process::Command::new("tpm2_checkquote")
+            .current_dir(&dir.0)
+            .args([
+                "-u",
+                "ak.pem",
+                "-m",
+                "quote.msg",
+                "-s",
+                "quote.sig",
+                "-g",
+                "sha256",
+            ])
+            .args([
+                "-f",
+                pcr_file,
+                "-l",
+                "sha256:0,7,12,13,14",
+                "-q",
+                qualification,
+            ])
+            .output()
+            .expect("run tpm2_checkquote")
+    };
+    let output = check("quote.pcrs", &hex);
+    assert!(
+        output.status.success(),
+        "tpm2_checkquote rejected our quote: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // And it rejects a wrong nonce and a changed PCR value (so the success above means something).
+    let mut wrong = hex.clone();
+    wrong.replace_range(0..2, "43");
+    assert!(!check("quote.pcrs", &wrong).status.success());
+    let mut changed = pcrs.clone();
+    changed[70] ^= 1;
+    std::fs::write(dir.0.join("changed.pcrs"), &changed).unwrap();
+    assert!(!check("changed.pcrs", &hex).status.success());
+    commands::flush_context(&mut tpm, ak.handle).unwrap();
+}
