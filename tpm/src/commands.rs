@@ -44,6 +44,10 @@ pub const TPM_RH_NULL: u32 = 0x4000_0007;
 pub const TPM_RS_PW: u32 = 0x4000_0009;
 /// NV index of the RSA-2048 EK certificate (EK Credential Profile §2.2.1.4).
 pub const EK_CERT_RSA2048_NV_INDEX: u32 = 0x01C0_0002;
+/// TPMA_NV_AUTHREAD (Part 2 §13.4): the index's own auth value authorizes reads.
+pub const TPMA_NV_AUTHREAD: u32 = 1 << 18;
+/// TPMA_NV_OWNERREAD: the owner hierarchy authorizes reads.
+pub const TPMA_NV_OWNERREAD: u32 = 1 << 17;
 /// Bytes read per TPM2_NV_Read (below every TPM's TPM_PT_NV_BUFFER_MAX seen: swtpm 1024, hardware 768+).
 pub const NV_CHUNK: u16 = 512;
 /// Largest TPMS_ATTEST kept from a quote.
@@ -743,14 +747,15 @@ pub fn nv_read_public<T: Transport + ?Sized>(
     })
 }
 
-/// TPM2_NV_Read (Part 3 §31.13) of `out.len()` bytes from `offset`, in chunks of [`NV_CHUNK`], authorized by the
-/// index itself with its (empty) auth value.
+/// TPM2_NV_Read (Part 3 §31.13) of `out.len()` bytes from `offset`, in chunks of [`NV_CHUNK`]. `auth_handle` is
+/// the index itself (TPMA_NV_AUTHREAD) or [`TPM_RH_OWNER`] (TPMA_NV_OWNERREAD), with an empty password.
 ///
 /// # Errors
 ///
 /// [`Error`]; `BadArgument` when the range passes 65535; `Malformed::Content` when a chunk has the wrong length.
 pub fn nv_read<T: Transport + ?Sized>(
     transport: &mut T,
+    auth_handle: u32,
     index: u32,
     offset: u16,
     out: &mut [u8],
@@ -763,7 +768,7 @@ pub fn nv_read<T: Transport + ?Sized>(
     while done < out.len() {
         let size = (out.len() - done).min(usize::from(NV_CHUNK));
         let command = TpmNvReadCommand {
-            handles: [TpmHandle::new(index), TpmHandle::new(index)],
+            handles: [TpmHandle::new(auth_handle), TpmHandle::new(index)],
             size: TpmUint16::new(size as u16),
             offset: TpmUint16::new(offset + done as u16),
         };
@@ -800,7 +805,13 @@ pub fn read_ek_certificate<T: Transport + ?Sized>(
     let target = out.get_mut(..size).ok_or(Error::BadArgument {
         command: CommandCode::NvRead,
     })?;
-    nv_read(transport, EK_CERT_RSA2048_NV_INDEX, 0, target)?;
+    // swtpm's EK certificate index allows both; a vTPM may allow only owner reads.
+    let auth_handle = if public.attributes & TPMA_NV_AUTHREAD != 0 {
+        EK_CERT_RSA2048_NV_INDEX
+    } else {
+        TPM_RH_OWNER
+    };
+    nv_read(transport, auth_handle, EK_CERT_RSA2048_NV_INDEX, 0, target)?;
     Ok(size)
 }
 

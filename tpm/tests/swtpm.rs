@@ -189,6 +189,17 @@ fn ek_matches_the_persisted_ek_and_its_certificate() {
         usize::from(u16::from_be_bytes([certificate[2], certificate[3]])) + 4,
         length
     );
+    // Owner authorization reads the same bytes (what a vTPM without TPMA_NV_AUTHREAD needs).
+    let mut head = [0u8; 16];
+    commands::nv_read(
+        &mut tpm,
+        commands::TPM_RH_OWNER,
+        commands::EK_CERT_RSA2048_NV_INDEX,
+        0,
+        &mut head,
+    )
+    .unwrap();
+    assert_eq!(&head, &certificate[..16]);
     // The certified key is the EK: its modulus appears in the certificate.
     let modulus = &modulus[..256];
     assert!(certificate.windows(256).any(|window| window == modulus));
@@ -439,6 +450,7 @@ fn response_codes_name_the_command_and_the_handle() {
     let mut past_end = [0u8; 16];
     let error = commands::nv_read(
         &mut tpm,
+        commands::TPM_RH_OWNER,
         commands::EK_CERT_RSA2048_NV_INDEX,
         nv.data_size,
         &mut past_end,
@@ -469,6 +481,7 @@ fn record_session(swtpm: &Swtpm) -> (Exchanges, u32, u32) {
     commands::nv_read_public(&mut tpm, commands::EK_CERT_RSA2048_NV_INDEX).unwrap();
     commands::nv_read(
         &mut tpm,
+        commands::EK_CERT_RSA2048_NV_INDEX,
         commands::EK_CERT_RSA2048_NV_INDEX,
         0,
         &mut [0u8; 100],
@@ -531,6 +544,7 @@ fn replay(command: &[u8], response: Vec<u8>, ak: u32, ek: u32) -> Result<(), Err
         0x169 => commands::nv_read_public(&mut tpm, commands::EK_CERT_RSA2048_NV_INDEX).map(drop),
         0x14E => commands::nv_read(
             &mut tpm,
+            commands::EK_CERT_RSA2048_NV_INDEX,
             commands::EK_CERT_RSA2048_NV_INDEX,
             0,
             &mut [0u8; 100],
