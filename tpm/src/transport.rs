@@ -101,9 +101,13 @@ mod swtpm {
     use std::time::Duration;
 
     /// swtpm's TCP data channel (`swtpm socket --tpm2 --server type=tcp,port=P`).
+    ///
+    /// After a failure in the middle of an exchange the stream's position in the byte stream is unknown, so
+    /// the socket refuses every later command with [`TransportError::Io`]; connect again to go on.
     #[derive(Debug)]
     pub struct SwtpmSocket {
         stream: TcpStream,
+        broken: bool,
     }
 
     impl SwtpmSocket {
@@ -118,31 +122,17 @@ mod swtpm {
             stream.set_read_timeout(Some(timeout))?;
             stream.set_write_timeout(Some(timeout))?;
             stream.set_nodelay(true)?;
-            Ok(Self { stream })
+            Ok(Self {
+                stream,
+                broken: false,
+            })
         }
-    }
 
-    /// Reads exactly `buffer.len()` bytes; returns how many arrived before the peer closed.
-    fn read_full(stream: &mut TcpStream, buffer: &mut [u8]) -> Result<usize, TransportError> {
-        let mut filled = 0;
-        while filled < buffer.len() {
-            match stream.read(&mut buffer[filled..]) {
-                Ok(0) => break,
-                Ok(read) => filled += read,
-                Err(error) if error.kind() == ErrorKind::Interrupted => {}
-                Err(_) => return Err(TransportError::Io),
-            }
-        }
-        Ok(filled)
-    }
-
-    impl Transport for SwtpmSocket {
-        fn transact(
+        fn exchange(
             &mut self,
             command: &[u8],
             response: &mut [u8],
         ) -> Result<usize, TransportError> {
-            super::check_command(command)?;
             self.stream
                 .write_all(command)
                 .map_err(|_| TransportError::Io)?;
@@ -168,6 +158,36 @@ mod swtpm {
                 });
             }
             Ok(announced)
+        }
+    }
+
+    /// Reads exactly `buffer.len()` bytes; returns how many arrived before the peer closed.
+    fn read_full(stream: &mut TcpStream, buffer: &mut [u8]) -> Result<usize, TransportError> {
+        let mut filled = 0;
+        while filled < buffer.len() {
+            match stream.read(&mut buffer[filled..]) {
+                Ok(0) => break,
+                Ok(read) => filled += read,
+                Err(error) if error.kind() == ErrorKind::Interrupted => {}
+                Err(_) => return Err(TransportError::Io),
+            }
+        }
+        Ok(filled)
+    }
+
+    impl Transport for SwtpmSocket {
+        fn transact(
+            &mut self,
+            command: &[u8],
+            response: &mut [u8],
+        ) -> Result<usize, TransportError> {
+            super::check_command(command)?;
+            if self.broken {
+                return Err(TransportError::Io);
+            }
+            let result = self.exchange(command, response);
+            self.broken = result.is_err();
+            result
         }
     }
 
