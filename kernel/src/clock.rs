@@ -62,10 +62,4 @@ impl Clock {
         let ticks = cpu::rdtsc().wrapping_sub(self.tsc_at_start);
         (u128::from(ticks) * 1_000_000 / u128::from(self.tsc_hz)) as u64
     }
-
-    /// Converts a raw TSC reading taken since boot into microseconds since calibration.
-    pub fn tsc_to_us(&self, tsc: u64) -> i64 {
-        let delta = tsc as i128 - self.tsc_at_start as i128;
-        (delta * 1_000_000 / i128::from(self.tsc_hz)) as i64
-    }
 }

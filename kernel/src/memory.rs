@@ -85,6 +85,7 @@ impl TableMemory for KernelTables {
 
 /// Why memory setup failed; the kernel cannot continue.
 #[derive(Clone, Copy, Debug)]
+#[allow(dead_code, reason = "the details are shown only on the debug console")]
 pub enum MemoryError {
     /// The start info was unusable.
     StartInfo(StartInfoError),
@@ -107,6 +108,7 @@ pub struct Memory {
     /// Physical range of the model blob.
     pub model: (u64, u64),
     /// Heap size in bytes.
+    #[allow(dead_code, reason = "reported only on the debug console")]
     pub heap_bytes: u64,
 }
 

@@ -59,11 +59,6 @@ impl Random {
         })
     }
 
-    /// Fills `buffer` with random bytes.
-    pub fn fill(&mut self, buffer: &mut [u8]) {
-        self.generator.fill_bytes(buffer);
-    }
-
     /// One random 64-bit value.
     pub fn next_u64(&mut self) -> u64 {
         self.generator.next_u64()

@@ -222,6 +222,7 @@ fn apic_read(offset: u64) -> u32 {
 
 /// Why the wake-up timer could not be started.
 #[derive(Clone, Copy, Debug)]
+#[allow(dead_code, reason = "the value is shown only on the debug console")]
 pub enum TimerError {
     /// The local APIC is not at the architectural default address the timer stub uses.
     ApicRelocated(u64),
