@@ -8,7 +8,7 @@
 //!
 //! Stack: each call uses two 4 KiB frames plus the unmarshalled response; no allocation.
 
-use crate::public::{KeyTemplate, Name, PublicArea, MAX_NAME};
+use crate::public::{pad32, KeyTemplate, Name, PublicArea};
 use crate::rc::{ResponseCode, TPM_RC_INITIALIZE, TPM_RC_RETRY, TPM_RC_TESTING, TPM_RC_YIELDED};
 use crate::transport::{Transport, TransportError, HEADER_LEN};
 use tpm2_protocol::basic::{TpmBuffer, TpmHandle, TpmInt32, TpmList, TpmUint16};
@@ -1065,13 +1065,6 @@ pub fn quote<T: Transport + ?Sized>(
     Ok(quote)
 }
 
-fn pad32(value: &[u8]) -> Option<[u8; 32]> {
-    let start = 32usize.checked_sub(value.len())?;
-    let mut out = [0u8; 32];
-    out[start..].copy_from_slice(value);
-    Some(out)
-}
-
 /// TPM2_FlushContext (Part 3 §28.4): unloads a transient object or session.
 ///
 /// # Errors
@@ -1087,6 +1080,3 @@ pub fn flush_context<T: Transport + ?Sized>(transport: &mut T, handle: u32) -> R
     execute::<_, _, TpmFlushContextResponse>(transport, code, &command, &[], &mut response)?;
     Ok(())
 }
-
-/// Longest name a response may carry, re-exported for callers sizing buffers.
-pub const MAX_NAME_LEN: usize = MAX_NAME;

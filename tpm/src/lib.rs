@@ -7,11 +7,13 @@
 //!
 //! Layering: [`tis::Tis`] drives TIS registers that the kernel supplies through [`tis::TisRegisters`] and
 //! implements [`transport::Transport`]; [`commands`] marshals one TPM2 command per function over any
-//! transport; [`eventlog`] records and replays the PCR extends. Nothing here reads a clock or a random source
-//! of its own: time comes in through [`tis::Clock`], randomness as arguments.
+//! transport; [`eventlog`] records and replays the PCR extends; [`attest`] parses what a quote carries for the
+//! verifier. Nothing here reads a clock or a random source of its own: time comes in through [`tis::Clock`],
+//! randomness as arguments.
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
 #![forbid(unsafe_code)]
 
+pub mod attest;
 pub mod commands;
 pub mod eventlog;
 pub mod public;

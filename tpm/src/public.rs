@@ -219,7 +219,8 @@ pub struct PublicArea {
     len: u16,
 }
 
-fn pad32(value: &[u8]) -> Option<[u8; 32]> {
+/// Left-pads a big-endian integer to 32 bytes; `None` when it is longer.
+pub(crate) fn pad32(value: &[u8]) -> Option<[u8; 32]> {
     let start = 32usize.checked_sub(value.len())?;
     let mut out = [0u8; 32];
     out[start..].copy_from_slice(value);

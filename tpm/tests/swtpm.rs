@@ -9,6 +9,7 @@ use p256::ecdsa::signature::Verifier;
 use rand::SeedableRng;
 use sha2_10::Digest;
 use support::{make_credential, Recording, Replay, Swtpm};
+use tpm::attest::{self, EcdsaSignature, QuoteInfo};
 use tpm::commands::{self, CommandCode, Error, Malformed, PcrSelection, StartupOutcome};
 use tpm::eventlog::{self, EventKind, EventLog};
 use tpm::public::{self, KeyTemplate, PublicKey, AK_ATTRIBUTES, EK_ATTRIBUTES, TPM_ECC_NIST_P256};
@@ -368,25 +369,29 @@ fn quote_verifies_with_p256() {
     flipped[20] ^= 1;
     assert!(key.verify(&flipped, &signature).is_err());
 
-    // TPMS_ATTEST: magic, type, qualifiedSigner, extraData, ..., pcrDigest = SHA-256 of the selected values.
-    let attest = quote.attest();
-    assert_eq!(&attest[..4], &[0xFF, 0x54, 0x43, 0x47]);
-    assert_eq!(&attest[4..6], &[0x80, 0x18]);
-    let signer_len = usize::from(u16::from_be_bytes([attest[6], attest[7]]));
-    let at = 8 + signer_len;
-    assert_eq!(
-        usize::from(u16::from_be_bytes([attest[at], attest[at + 1]])),
-        32
-    );
-    assert_eq!(&attest[at + 2..at + 34], extra_data.as_slice());
+    // TPMS_ATTEST as the verifier reads it: extraData, selection, and pcrDigest over the values read.
+    let info = QuoteInfo::parse(quote.attest()).unwrap();
+    assert_eq!(info.extra_data, extra_data.as_slice());
+    assert_eq!(info.selection, selection);
+    assert!(info.safe);
     let values = commands::pcr_read(&mut tpm, selection).unwrap();
+    assert_eq!(
+        info.pcr_digest,
+        attest::pcr_digest(&values.values, selection)
+    );
     let mut hasher = sha2_10::Sha256::new();
     for pcr in selection.indices() {
         hasher.update(values.get(pcr).unwrap());
     }
-    assert_eq!(&attest[attest.len() - 32..], hasher.finalize().as_slice());
-    // TPMT_SIGNATURE: ECDSA, SHA-256, r, s.
-    assert_eq!(&quote.signature()[..4], &[0x00, 0x18, 0x00, 0x0B]);
+    assert_eq!(info.pcr_digest.as_slice(), hasher.finalize().as_slice());
+    // qualifiedSigner of a primary key in the endorsement hierarchy: its name under that hierarchy.
+    assert_eq!(info.qualified_signer.len(), 34);
+    // TPMT_SIGNATURE: ECDSA, SHA-256, and the same r, s.
+    let parsed = EcdsaSignature::parse(quote.signature()).unwrap();
+    assert_eq!(
+        (parsed.hash, parsed.r, parsed.s),
+        (0x000B, quote.r, quote.s)
+    );
 
     assert_eq!(
         commands::quote(&mut tpm, ak.handle, &[0; 65], selection).unwrap_err(),
