@@ -21,13 +21,38 @@ const MISSING: &str =
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
-/// A fresh directory under the system temp dir, removed by [`TempDir`]'s drop.
+/// Where the tests keep their files: `<temp>/cloister-tpm-tests/<pid>-<n>-<tag>`.
+fn base_dir() -> PathBuf {
+    std::env::temp_dir().join("cloister-tpm-tests")
+}
+
+/// Removes what earlier test processes left behind (the provisioned state lives in a static, which is never
+/// dropped): every entry whose owning process is gone.
+fn remove_stale() {
+    let Ok(entries) = std::fs::read_dir(base_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let pid = name
+            .to_string_lossy()
+            .split('-')
+            .next()
+            .unwrap_or("")
+            .to_owned();
+        if !pid.is_empty() && !Path::new("/proc").join(&pid).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// A fresh directory for this test process, removed by [`TempDir`]'s drop.
 pub struct TempDir(pub PathBuf);
 
 impl TempDir {
     pub fn new(tag: &str) -> Self {
-        let path = std::env::temp_dir().join(format!(
-            "cloister-tpm-{tag}-{}-{}",
+        let path = base_dir().join(format!(
+            "{}-{}-{tag}",
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::Relaxed)
         ));
@@ -63,6 +88,7 @@ pub fn provisioned() -> &'static Provisioned {
         require("swtpm");
         require("swtpm_setup");
         require("swtpm_localca");
+        remove_stale();
         let dir = TempDir::new("provision");
         let state = dir.0.join("state");
         let ca = dir.0.join("ca");
