@@ -179,7 +179,7 @@ impl<'a> QuoteInfo<'a> {
 }
 
 /// The pcrDigest a quote over `selection` must carry: SHA-256 over the selected values in ascending PCR order
-/// (Part 3 §18.4.1; `values[i]` is PCR `i`).
+/// (Part 3 §18.4, TPM2_Quote; `values[i]` is PCR `i`).
 #[must_use]
 pub fn pcr_digest(values: &[[u8; 32]; PCR_COUNT], selection: PcrSelection) -> [u8; 32] {
     let mut hasher = Sha256::new();

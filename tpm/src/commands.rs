@@ -4,7 +4,7 @@
 //! as untrusted: its header size must equal the bytes received, its response code is decoded before the body is
 //! looked at (`tpm2-protocol` reads a nonzero-code response as a success with an empty body), its tag must match
 //! the sessions sent, and every value copied out is length-checked. Authorization uses password sessions with
-//! empty auth (TPM_RS_PW, Part 1 §19.8.4) except where the EK's policy needs a policy session.
+//! empty auth (TPM_RS_PW, Part 1 "Password Authorizations") except where the EK's policy needs a policy session.
 //!
 //! Stack: each call uses two 4 KiB frames plus the unmarshalled response; no allocation.
 
@@ -268,7 +268,7 @@ where
             continue;
         }
         if let Some(code_received) = ResponseCode::decode(rc) {
-            // An error response is a bare header (Part 1 §18.4).
+            // An error response is a bare header (Part 1 §18, "Response Structure").
             if received != HEADER_LEN {
                 return Err(malformed(code, Malformed::Size));
             }
@@ -305,7 +305,7 @@ fn parameter_area(response: &[u8], handles: usize, sessions: bool) -> Option<&[u
 }
 
 /// Whether the response's authorization area holds exactly `sessions` TPMS_AUTH_RESPONSE entries (nonce, one
-/// attribute byte, hmac) and nothing after them (Part 1 §18.8: one entry per session of the command).
+/// attribute byte, hmac) and nothing after them (Part 1 §18: one entry per session of the command).
 fn auth_area_matches(response: &[u8], handles: usize, sessions: usize) -> bool {
     let start = HEADER_LEN + 4 * handles;
     let Some(parameter_size) = read_u32(response, start) else {

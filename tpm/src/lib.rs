@@ -1,7 +1,7 @@
 //! cloister's TPM 2.0 crate: the TIS FIFO driver, a one-method transport, the TPM2 commands the appliance uses,
 //! and the measurement event log.
 //!
-//! Specs followed: TCG PC Client Platform TPM Profile (PTP) for TPM 2.0, §6 (FIFO interface, TIS registers);
+//! Specs followed: TCG PC Client Platform TPM Profile (PTP) for TPM 2.0, "FIFO Interface" (TIS registers);
 //! TCG TPM 2.0 Library Parts 1-3 (structures and commands); TCG EK Credential Profile 2.x (EK template, NV
 //! indices). See DESIGN §3-§4 for how cloister uses them.
 //!

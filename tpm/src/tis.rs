@@ -1,9 +1,9 @@
 //! The TIS FIFO protocol for locality 0, over a register-access trait, implementing [`Transport`].
 //!
-//! Follows the TCG PC Client Platform TPM Profile (PTP) Specification for TPM 2.0, §6 "FIFO interface":
+//! Follows the TCG PC Client Platform TPM Profile (PTP) Specification for TPM 2.0, chapter "FIFO Interface":
 //! register map (Table "Allocation of Register Space for FIFO Interface"), TPM_ACCESS and TPM_STS bit layout,
-//! the command flow of §6.5.2 (Idle → Ready → Command Reception → Command Execution → Command Completion),
-//! and timeouts A-D of §6.5.1.4 (A = 750 ms, B = 2000 ms, C = 200 ms, D = 30 ms).
+//! the command flow of its state machine (Idle → Ready → Command Reception → Command Execution → Command Completion),
+//! and its timeouts A-D (A = 750 ms, B = 2000 ms, C = 200 ms, D = 30 ms).
 //!
 //! The TPM is not trusted to be well behaved: every wait has a deadline taken from [`Clock`] and, in case the
 //! clock itself is broken, an iteration cap; every length the TPM announces is checked against the caller's
@@ -242,7 +242,7 @@ impl<R: TisRegisters, C: Clock> Tis<R, C> {
         self.registers.write8(TPM_ACCESS, ACCESS_ACTIVE_LOCALITY);
     }
 
-    /// Moves the TPM to Ready (PTP §6.5.2.3), aborting whatever it was doing.
+    /// Moves the TPM to Ready (PTP state machine, "Ready"), aborting whatever it was doing.
     fn command_ready(&mut self) -> Result<(), TransportError> {
         if self.registers.read32(TPM_STS) & STS_COMMAND_READY != 0 {
             return Ok(());
@@ -269,7 +269,7 @@ impl<R: TisRegisters, C: Clock> Tis<R, C> {
         })
     }
 
-    /// Command Reception (PTP §6.5.2.4): writes the command in bursts, checking Expect after each.
+    /// Command Reception (PTP state machine): writes the command in bursts, checking Expect after each.
     fn send(&mut self, command: &[u8]) -> Result<(), TransportError> {
         self.command_ready()?;
         let mut sent = 0;
@@ -320,7 +320,7 @@ impl<R: TisRegisters, C: Clock> Tis<R, C> {
         Ok(())
     }
 
-    /// Command Completion (PTP §6.5.2.6): header, size check, body, then dataAvail must be clear.
+    /// Command Completion (PTP state machine): header, size check, body, then dataAvail must be clear.
     fn receive(&mut self, response: &mut [u8]) -> Result<usize, TransportError> {
         if response.len() < HEADER_LEN {
             return Err(TransportError::ResponseTooLarge {

@@ -32,7 +32,7 @@ impl<T: Transport + ?Sized> Transport for &mut T {
     }
 }
 
-/// Where a TIS exchange was when a timeout hit (PTP §6.5.2 state names).
+/// Where a TIS exchange was when a timeout hit (PTP FIFO state machine names).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stage {
     /// Waiting for TPM_ACCESS.activeLocality after requestUse (timeout A).

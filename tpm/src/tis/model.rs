@@ -1,4 +1,4 @@
-//! A model of a TIS register file (PTP §6.5.2 state machine, locality 0), honest or lying, for host tests.
+//! A model of a TIS register file (PTP FIFO state machine, locality 0), honest or lying, for host tests.
 //! Built only for tests and with the `std` feature; the kernel image never contains it.
 //!
 //! The model keeps the states Idle, Ready, Reception, Execution and Completion, computes TPM_STS from them,
@@ -34,7 +34,7 @@ impl Clock for FakeClock {
     }
 }
 
-/// The TIS states of PTP §6.5.2.
+/// The TIS states of the PTP FIFO state machine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum State {
     Idle,
