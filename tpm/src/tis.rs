@@ -2,8 +2,8 @@
 //!
 //! Follows the TCG PC Client Platform TPM Profile (PTP) Specification for TPM 2.0, chapter "FIFO Interface":
 //! register map (Table "Allocation of Register Space for FIFO Interface"), TPM_ACCESS and TPM_STS bit layout,
-//! the command flow of its state machine (Idle → Ready → Command Reception → Command Execution → Command Completion),
-//! and its timeouts A-D (A = 750 ms, B = 2000 ms, C = 200 ms, D = 30 ms).
+//! the command flow of its state machine (Idle → Ready → Command Reception → Command Execution →
+//! Command Completion), and its timeouts A-D (A = 750 ms, B = 2000 ms, C = 200 ms, D = 30 ms).
 //!
 //! The TPM is not trusted to be well behaved: every wait has a deadline taken from [`Clock`] and, in case the
 //! clock itself is broken, an iteration cap; every length the TPM announces is checked against the caller's
