@@ -47,6 +47,8 @@ pub struct BootOptions {
     pub ready_timeout: Option<Duration>,
     /// The cache holding the EK certificate authority (`<cache>/ca`).
     pub cache_dir: PathBuf,
+    /// When set (for example by a Ctrl-C handler), waiting for the appliance stops with an error.
+    pub interrupt: Option<Arc<AtomicBool>>,
 }
 
 impl BootOptions {
@@ -61,6 +63,7 @@ impl BootOptions {
             mem_mib: qemu::DEFAULT_MEM_MIB,
             ready_timeout: None,
             cache_dir: workspace::cache_dir(),
+            interrupt: None,
         }
     }
 }
@@ -168,6 +171,7 @@ impl Appliance {
             &mut swtpm,
             endpoint,
             started + timeout,
+            options.interrupt.as_deref(),
             &serial_log,
         )?;
         Ok(Booted {
@@ -296,10 +300,16 @@ fn wait_ready(
     swtpm: &mut Swtpm,
     endpoint: SocketAddr,
     deadline: Instant,
+    interrupt: Option<&AtomicBool>,
     serial_log: &Path,
 ) -> Result<ModelInfo, BootFailure> {
     let mut last_error = anyhow!("no probe was sent");
     loop {
+        if interrupt.is_some_and(|flag| flag.load(Ordering::Acquire)) {
+            return Err(BootFailure::Other(anyhow!(
+                "interrupted while waiting for the appliance"
+            )));
+        }
         if let Some(status) = qemu.try_wait()? {
             let report = exit_report(&status, qemu.log_path(), serial_log);
             let output = std::fs::read_to_string(qemu.log_path()).unwrap_or_default();

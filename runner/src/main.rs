@@ -2,7 +2,8 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -129,17 +130,17 @@ fn build(args: BuildArgs) -> Result<()> {
 
 fn up(args: UpArgs) -> Result<()> {
     // Install the handler first, so a Ctrl-C during the slow boot also stops QEMU and swtpm cleanly.
-    let (stop_sender, stop) = mpsc::channel();
-    ctrlc::set_handler(move || {
-        let _ = stop_sender.send(());
-    })
-    .context("cannot install the Ctrl-C/SIGTERM handler")?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    ctrlc::set_handler(move || flag.store(true, Ordering::Release))
+        .context("cannot install the Ctrl-C/SIGTERM handler")?;
     let image = image::build(&build_options(&args.image, None))?;
     let mut options = BootOptions::new(image);
     options.port = args.port;
     options.accel = args.accel;
     options.mem_mib = args.mem;
     options.ready_timeout = args.ready_timeout.map(Duration::from_secs);
+    options.interrupt = Some(Arc::clone(&stop));
     let mut appliance = Appliance::boot(&options)?;
     println!(
         "cloister is up at {} (booted in {:.2} s)",
@@ -151,11 +152,10 @@ fn up(args: UpArgs) -> Result<()> {
         appliance.endpoint()
     );
     eprintln!("serving until Ctrl-C or SIGTERM");
-    loop {
-        match stop.recv_timeout(Duration::from_millis(250)) {
-            Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            Err(mpsc::RecvTimeoutError::Timeout) => appliance.ensure_running()?,
-        }
+    // The handler only sets a flag; checking it (and QEMU) a few times a second is cheap.
+    while !stop.load(Ordering::Acquire) {
+        appliance.ensure_running()?;
+        std::thread::sleep(Duration::from_millis(250));
     }
     eprintln!("stopping QEMU and swtpm...");
     appliance.shutdown()
