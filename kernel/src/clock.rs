@@ -53,6 +53,7 @@ impl Clock {
     }
 
     /// TSC ticks per second.
+    #[allow(dead_code, reason = "reported only on the debug console")]
     pub fn tsc_hz(&self) -> u64 {
         self.tsc_hz
     }

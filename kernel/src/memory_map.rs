@@ -97,7 +97,7 @@ pub fn usable_ranges(map: &[Region], reserved: &[(u64, u64)]) -> Vec<(u64, u64),
 pub fn align_up(value: u64, align: u64) -> u64 {
     value
         .checked_add(align - 1)
-        .map_or(u64::MAX & !(align - 1), |v| v & !(align - 1))
+        .map_or(!(align - 1), |v| v & !(align - 1))
 }
 
 /// Hands out physical frames from the free ranges, lowest address first within each range.

@@ -111,7 +111,8 @@ impl<M: TableMemory> AddressSpace<M> {
         len: u64,
         permissions: Permissions,
     ) -> Result<(), MapError> {
-        if virt % SMALL != 0 || phys % SMALL != 0 || len % SMALL != 0 {
+        if !virt.is_multiple_of(SMALL) || !phys.is_multiple_of(SMALL) || !len.is_multiple_of(SMALL)
+        {
             return Err(MapError::Misaligned);
         }
         let end = virt.checked_add(len).ok_or(MapError::Misaligned)?;
@@ -318,7 +319,7 @@ mod tests {
             Err(MapError::NonCanonical)
         );
         assert_eq!(
-            space.map(u64::MAX & !0xfff, 0, 0x2000, Permissions::ReadOnly),
+            space.map(!0xfff, 0, 0x2000, Permissions::ReadOnly),
             Err(MapError::Misaligned)
         );
     }

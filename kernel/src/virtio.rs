@@ -111,7 +111,7 @@ impl phy::Device for NetDevice {
     }
 
     fn transmit(&mut self, _timestamp: Instant) -> Option<TxToken<'_>> {
-        self.inner.can_send().then(|| TxToken(&mut self.inner))
+        self.inner.can_send().then_some(TxToken(&mut self.inner))
     }
 
     fn capabilities(&self) -> DeviceCapabilities {
