@@ -15,6 +15,8 @@
 
 pub mod attest;
 pub mod commands;
+#[cfg(feature = "credential")]
+pub mod credential;
 pub mod eventlog;
 pub mod public;
 pub mod rc;

@@ -8,9 +8,10 @@ mod support;
 use p256::ecdsa::signature::Verifier;
 use rand::SeedableRng;
 use sha2_10::Digest;
-use support::{make_credential, Recording, Replay, Swtpm};
+use support::{Recording, Replay, Swtpm};
 use tpm::attest::{self, EcdsaSignature, QuoteInfo};
 use tpm::commands::{self, CommandCode, Error, Malformed, PcrSelection, StartupOutcome};
+use tpm::credential::make_credential;
 use tpm::eventlog::{self, EventKind, EventLog};
 use tpm::public::{self, KeyTemplate, PublicKey, AK_ATTRIBUTES, EK_ATTRIBUTES, TPM_ECC_NIST_P256};
 use tpm::rc::{Location, ResponseCode};
@@ -268,23 +269,10 @@ fn activate_credential_round_trip() {
     let mut tpm = swtpm.connect();
     let ek = commands::create_primary(&mut tpm, KeyTemplate::EkRsa2048).unwrap();
     let ak = commands::create_primary(&mut tpm, KeyTemplate::AkEccP256).unwrap();
-    let PublicKey::Rsa {
-        modulus,
-        modulus_len,
-        exponent,
-    } = ek.public.info().unwrap().key
-    else {
-        panic!("EK is not RSA");
-    };
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let secret = b"cloister activation secret 32 b!";
-    let (blob, encrypted_seed) = make_credential(
-        &modulus[..usize::from(modulus_len)],
-        exponent,
-        ak.name.as_bytes(),
-        secret,
-        &mut rng,
-    );
+    let made = make_credential(&ek.public, &ak.name, secret, &mut rng).unwrap();
+    let (blob, encrypted_seed) = (made.credential_blob, made.secret);
     let nonce = [0x5a; 32];
     let recovered = commands::activate_credential_with_ek(
         &mut tpm,
@@ -299,13 +287,8 @@ fn activate_credential_round_trip() {
 
     // A credential made for another name (a foreign AK) fails the TPM's integrity check, and the helper
     // flushes its policy session, so sessions do not leak over repeated failures.
-    let (foreign_blob, foreign_seed) = make_credential(
-        &modulus[..usize::from(modulus_len)],
-        exponent,
-        ek.name.as_bytes(),
-        secret,
-        &mut rng,
-    );
+    let made = make_credential(&ek.public, &ek.name, secret, &mut rng).unwrap();
+    let (foreign_blob, foreign_seed) = (made.credential_blob, made.secret);
     for _ in 0..5 {
         let error = commands::activate_credential_with_ek(
             &mut tpm,
@@ -494,22 +477,9 @@ fn record_session(swtpm: &Swtpm) -> (Exchanges, u32, u32) {
     .unwrap();
     let session = commands::start_auth_session(&mut tpm, &[1; 32]).unwrap();
     commands::policy_secret(&mut tpm, commands::TPM_RH_ENDORSEMENT, session).unwrap();
-    let PublicKey::Rsa {
-        modulus,
-        modulus_len,
-        exponent,
-    } = ek.public.info().unwrap().key
-    else {
-        panic!()
-    };
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);
-    let (blob, seed) = make_credential(
-        &modulus[..usize::from(modulus_len)],
-        exponent,
-        ak.name.as_bytes(),
-        &[7; 16],
-        &mut rng,
-    );
+    let made = make_credential(&ek.public, &ak.name, &[7; 16], &mut rng).unwrap();
+    let (blob, seed) = (made.credential_blob, made.secret);
     commands::activate_credential(&mut tpm, ak.handle, ek.handle, session, &blob, &seed).unwrap();
     commands::quote(
         &mut tpm,

@@ -5,8 +5,9 @@ mod support;
 
 use p256::ecdsa::signature::Verifier;
 use rand::SeedableRng;
-use support::{make_credential, Swtpm};
+use support::Swtpm;
 use tpm::commands::{self, PcrSelection, StartupOutcome};
+use tpm::credential::make_credential;
 use tpm::eventlog::{self, EventKind, EventLog};
 use tpm::public::{KeyTemplate, PublicKey};
 use tpm::tis::model::{FakeClock, FakeTis};
@@ -60,23 +61,9 @@ fn every_step_of_attestation_through_tis() {
         let mut certificate = [0u8; 2048];
         let length = commands::read_ek_certificate(&mut tpm, &mut certificate).unwrap();
         assert!(length > 512);
-
-        let PublicKey::Rsa {
-            modulus,
-            modulus_len,
-            exponent,
-        } = ek.public.info().unwrap().key
-        else {
-            panic!("EK is not RSA");
-        };
         let mut rng = rand::rngs::StdRng::seed_from_u64(u64::from(burst));
-        let (blob, secret) = make_credential(
-            &modulus[..usize::from(modulus_len)],
-            exponent,
-            ak.name.as_bytes(),
-            b"through the FIFO",
-            &mut rng,
-        );
+        let made = make_credential(&ek.public, &ak.name, b"through the FIFO", &mut rng).unwrap();
+        let (blob, secret) = (made.credential_blob, made.secret);
         let recovered = commands::activate_credential_with_ek(
             &mut tpm, ak.handle, ek.handle, &[9; 32], &blob, &secret,
         )

@@ -1,5 +1,5 @@
-//! Test support: a provisioned swtpm started per test (free ports, private state, killed on drop), software
-//! MakeCredential (TCG TPM 2.0 Part 1 §24, Credential Protection) and recording/replaying transports.
+//! Test support: a provisioned swtpm started per test (free ports, private state, killed on drop) and
+//! recording/replaying transports.
 //!
 //! swtpm provisioning follows DESIGN §3: a private `swtpm_setup.conf` and `swtpm-localca.conf`, so the EK
 //! certificates come from a CA of the test's own, then `swtpm_setup --create-ek-cert --create-platform-cert
@@ -301,73 +301,4 @@ impl Transport for Replay {
         target.copy_from_slice(&bytes);
         Ok(bytes.len())
     }
-}
-
-/// KDFa (Part 1 §11.4.10.2) with SHA-256: HMAC(key, [i] ‖ label ‖ 0 ‖ contextU ‖ contextV ‖ [bits]).
-pub fn kdfa(key: &[u8], label: &str, context_u: &[u8], context_v: &[u8], bits: u32) -> Vec<u8> {
-    use hmac::{Hmac, Mac};
-    let mut out = Vec::new();
-    let mut counter = 1u32;
-    while out.len() * 8 < bits as usize {
-        let mut mac = <Hmac<sha2_10::Sha256> as Mac>::new_from_slice(key).unwrap();
-        mac.update(&counter.to_be_bytes());
-        mac.update(label.as_bytes());
-        mac.update(&[0]);
-        mac.update(context_u);
-        mac.update(context_v);
-        mac.update(&bits.to_be_bytes());
-        out.extend_from_slice(&mac.finalize().into_bytes());
-        counter += 1;
-    }
-    out.truncate(bits as usize / 8);
-    out
-}
-
-/// TPM2_MakeCredential in software (Part 1 §24; Part 3 §12.6) against an RSA EK with SHA-256 nameAlg and
-/// AES-128-CFB symmetric: returns (credentialBlob contents, secret contents).
-pub fn make_credential<R: rand::CryptoRng + rand::RngCore>(
-    ek_modulus: &[u8],
-    ek_exponent: u32,
-    ak_name: &[u8],
-    credential: &[u8],
-    rng: &mut R,
-) -> (Vec<u8>, Vec<u8>) {
-    use aes::cipher::{AsyncStreamCipher, KeyIvInit};
-    use hmac::{Hmac, Mac};
-    use rsa::{BigUint, Oaep, RsaPublicKey};
-
-    let mut seed = [0u8; 32];
-    rng.fill_bytes(&mut seed);
-    let key = RsaPublicKey::new(
-        BigUint::from_bytes_be(ek_modulus),
-        BigUint::from(ek_exponent),
-    )
-    .unwrap();
-    let secret = key
-        .encrypt(
-            rng,
-            Oaep::new_with_label::<sha2_10::Sha256, _>("IDENTITY\0"),
-            &seed,
-        )
-        .unwrap();
-
-    let symmetric_key = kdfa(&seed, "STORAGE", ak_name, &[], 128);
-    let mut encrypted = Vec::new();
-    encrypted.extend_from_slice(&(credential.len() as u16).to_be_bytes());
-    encrypted.extend_from_slice(credential);
-    cfb_mode::Encryptor::<aes::Aes128>::new_from_slices(&symmetric_key, &[0u8; 16])
-        .unwrap()
-        .encrypt(&mut encrypted);
-
-    let hmac_key = kdfa(&seed, "INTEGRITY", &[], &[], 256);
-    let mut mac = <Hmac<sha2_10::Sha256> as Mac>::new_from_slice(&hmac_key).unwrap();
-    mac.update(&encrypted);
-    mac.update(ak_name);
-    let integrity = mac.finalize().into_bytes();
-
-    let mut blob = Vec::new();
-    blob.extend_from_slice(&(integrity.len() as u16).to_be_bytes());
-    blob.extend_from_slice(&integrity);
-    blob.extend_from_slice(&encrypted);
-    (blob, secret)
 }
