@@ -170,11 +170,17 @@ mod tests {
     fn capture_keeps_only_the_exporter_secret() {
         let capture = ExporterCapture::default();
         let mut out = [0u8; 32];
-        assert_eq!(capture.export(b"x", b"", &mut out), Err(ExporterError::NotReady));
+        assert_eq!(
+            capture.export(b"x", b"", &mut out),
+            Err(ExporterError::NotReady)
+        );
         assert!(!capture.will_log("CLIENT_TRAFFIC_SECRET_0"));
         assert!(capture.will_log(EXPORTER_SECRET_LABEL));
         capture.log("CLIENT_TRAFFIC_SECRET_0", &[0; 32], &[1; 32]);
-        assert_eq!(capture.export(b"x", b"", &mut out), Err(ExporterError::NotReady));
+        assert_eq!(
+            capture.export(b"x", b"", &mut out),
+            Err(ExporterError::NotReady)
+        );
         capture.log(EXPORTER_SECRET_LABEL, &[0; 32], &[2; 32]);
         capture.export(b"x", b"", &mut out).unwrap();
         let mut direct = [0u8; 32];

@@ -16,8 +16,8 @@ mod sign;
 pub use cert::{IdentityError, ServerIdentity, CERTIFICATE_COMMON_NAME};
 pub use exporter::{ExporterError, ATTESTATION_EXPORTER_LABEL, ATTESTATION_EXPORTER_LEN};
 pub use provider::{
-    crypto_provider, NoClock, RandomFn, SUPPORTED_SIGNATURE_ALGORITHMS,
-    TLS13_AES_128_GCM_SHA256, TLS13_CHACHA20_POLY1305_SHA256,
+    crypto_provider, NoClock, RandomFn, SUPPORTED_SIGNATURE_ALGORITHMS, TLS13_AES_128_GCM_SHA256,
+    TLS13_CHACHA20_POLY1305_SHA256,
 };
 pub use rustls::crypto::{GetRandomFailed, SecureRandom};
 pub use session::{TlsError, TlsServer, TlsSession, MAX_INCOMING, PLAINTEXT_HIGH_WATER};

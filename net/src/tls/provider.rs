@@ -102,7 +102,8 @@ struct HmacSha256Key(Hmac<Sha256>);
 /// HMAC-SHA256 keyed with `key`. HMAC accepts keys of every length (RFC 2104 §2: longer keys are hashed,
 /// shorter ones padded), so the `hmac` crate's length check never fails.
 pub(crate) fn hmac_sha256(key: &[u8]) -> Hmac<Sha256> {
-    #[allow(clippy::expect_used)] // Reason: unreachable, see the doc comment; no input can trigger it.
+    #[allow(clippy::expect_used)]
+    // Reason: unreachable, see the doc comment; no input can trigger it.
     <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC accepts keys of any length")
 }
 
@@ -168,7 +169,10 @@ pub static TLS13_CHACHA20_POLY1305_SHA256: SupportedCipherSuite =
 /// request): ECDSA P-256 with SHA-256.
 pub static SUPPORTED_SIGNATURE_ALGORITHMS: WebPkiSupportedAlgorithms = WebPkiSupportedAlgorithms {
     all: &[&ECDSA_P256_SHA256],
-    mapping: &[(SignatureScheme::ECDSA_NISTP256_SHA256, &[&ECDSA_P256_SHA256])],
+    mapping: &[(
+        SignatureScheme::ECDSA_NISTP256_SHA256,
+        &[&ECDSA_P256_SHA256],
+    )],
 };
 
 /// Refuses every externally supplied private key: the appliance's only key is generated in memory at boot
@@ -181,7 +185,9 @@ impl KeyProvider for NoKeyImport {
         &self,
         _key_der: PrivateKeyDer<'static>,
     ) -> Result<Arc<dyn RustlsSigningKey>, Error> {
-        Err(Error::General("private keys are generated in the appliance, not imported".into()))
+        Err(Error::General(
+            "private keys are generated in the appliance, not imported".into(),
+        ))
     }
 }
 
@@ -193,10 +199,7 @@ static NO_KEY_IMPORT: NoKeyImport = NoKeyImport;
 /// `&'static`); build one per boot, not per connection.
 pub fn crypto_provider(random: &'static dyn SecureRandom) -> CryptoProvider {
     CryptoProvider {
-        cipher_suites: vec![
-            TLS13_AES_128_GCM_SHA256,
-            TLS13_CHACHA20_POLY1305_SHA256,
-        ],
+        cipher_suites: vec![TLS13_AES_128_GCM_SHA256, TLS13_CHACHA20_POLY1305_SHA256],
         kx_groups: vec![Box::leak(Box::new(X25519 { random }))],
         signature_verification_algorithms: SUPPORTED_SIGNATURE_ALGORITHMS,
         secure_random: random,

@@ -363,11 +363,7 @@ impl TlsSession {
             // Pausing only ever happens right after an application-data record, when rustls holds no
             // partly joined handshake message in `incoming`; an empty slice then just lets it send.
             let paused = self.plaintext().len() >= PLAINTEXT_HIGH_WATER;
-            let input: &mut [u8] = if paused {
-                &mut []
-            } else {
-                &mut self.incoming
-            };
+            let input: &mut [u8] = if paused { &mut [] } else { &mut self.incoming };
             let UnbufferedStatus { mut discard, state } =
                 self.connection.process_tls_records(input);
             let step = match state {
@@ -450,15 +446,17 @@ impl TlsSession {
                     }
                 }
                 Step::Fail(error) => {
-                    self.fail(error);
+                    self.fail(error, paused);
                     return;
                 }
             }
         }
-        if self.status == Status::Open && !self.plaintext_paused() && self.incoming.len() == MAX_INCOMING
+        if self.status == Status::Open
+            && !self.plaintext_paused()
+            && self.incoming.len() == MAX_INCOMING
         {
             // A full buffer that rustls could not make progress on: no message fits our limit.
-            self.fail(TlsError::IncomingOverflow);
+            self.fail(TlsError::IncomingOverflow, false);
         }
     }
 
@@ -466,30 +464,37 @@ impl TlsSession {
         self.plaintext().len() >= PLAINTEXT_HIGH_WATER
     }
 
-    /// Records the failure and lets rustls emit the fatal alert it queued: after an error,
-    /// `process_tls_records` must be called again to get it (DESIGN §2).
-    fn fail(&mut self, error: TlsError) {
+    /// Records the failure and collects the fatal alert rustls queued (DESIGN §2: after an error,
+    /// `process_tls_records` must be called again to get it).
+    ///
+    /// Two rustls details shape this. It hands out queued messages before it looks at the input, so the
+    /// buffer passed is the one it saw before (less what it said to discard): a handshake message it was
+    /// joining is tracked by position in that buffer, and a shorter one would make it index out of bounds.
+    /// And once the queue is empty it would parse that input again, hit the same error and try to send a
+    /// second fatal alert (a debug assertion in rustls), so it is called only while it has queued output.
+    fn fail(&mut self, error: TlsError, paused: bool) {
         self.status = Status::Failed(error);
-        self.incoming = Vec::new();
         self.pending_write = Vec::new();
-        // Each turn emits one queued message; an alert is one, a bound keeps this finite regardless.
-        for _ in 0..4 {
-            let status = self.connection.process_tls_records(&mut []);
-            match status.state {
-                Ok(ConnectionState::EncodeTlsData(mut data)) => {
-                    let encoded = append_with(&mut self.outgoing, |buf| match data.encode(buf) {
-                        Ok(written) => Ok(written),
-                        Err(EncodeError::InsufficientSize(size)) => Err(Some(size.required_size)),
-                        Err(_) => Err(None),
-                    });
-                    if encoded.is_none() {
-                        break;
-                    }
-                }
-                Ok(ConnectionState::TransmitTlsData(transmit)) => transmit.done(),
-                _ => break,
+        // Each call yields one queued message; the bound keeps this finite whatever rustls does.
+        for _ in 0..8 {
+            if !self.connection.wants_write() {
+                break;
+            }
+            let input: &mut [u8] = if paused { &mut [] } else { &mut self.incoming };
+            let status = self.connection.process_tls_records(input);
+            let Ok(ConnectionState::EncodeTlsData(mut data)) = status.state else {
+                break;
+            };
+            let encoded = append_with(&mut self.outgoing, |buf| match data.encode(buf) {
+                Ok(written) => Ok(written),
+                Err(EncodeError::InsufficientSize(size)) => Err(Some(size.required_size)),
+                Err(_) => Err(None),
+            });
+            if encoded.is_none() {
+                break;
             }
         }
+        self.incoming = Vec::new();
     }
 }
 

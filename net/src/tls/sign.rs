@@ -126,7 +126,8 @@ impl SignatureVerificationAlgorithm for EcdsaP256Sha256Verify {
     ) -> Result<(), InvalidSignature> {
         let key = VerifyingKey::from_sec1_bytes(public_key).map_err(|_| InvalidSignature)?;
         let signature = Signature::from_der(signature).map_err(|_| InvalidSignature)?;
-        key.verify(message, &signature).map_err(|_| InvalidSignature)
+        key.verify(message, &signature)
+            .map_err(|_| InvalidSignature)
     }
 
     fn public_key_alg_id(&self) -> AlgorithmIdentifier {
