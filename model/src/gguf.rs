@@ -57,25 +57,52 @@ impl core::fmt::Display for GgufError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match *self {
             GgufError::BadMagic => write!(f, "not a GGUF file (bad magic)"),
-            GgufError::UnsupportedVersion(v) => write!(f, "GGUF version {v} is not supported (2 and 3 are)"),
-            GgufError::Truncated { at } => write!(f, "GGUF truncated: a structure at byte {at} runs past the end"),
-            GgufError::TooManyTensors(n) => write!(f, "GGUF claims {n} tensors, more than the file can hold"),
-            GgufError::TooManyKeys(n) => write!(f, "GGUF claims {n} metadata keys, more than the file can hold"),
+            GgufError::UnsupportedVersion(v) => {
+                write!(f, "GGUF version {v} is not supported (2 and 3 are)")
+            }
+            GgufError::Truncated { at } => write!(
+                f,
+                "GGUF truncated: a structure at byte {at} runs past the end"
+            ),
+            GgufError::TooManyTensors(n) => {
+                write!(f, "GGUF claims {n} tensors, more than the file can hold")
+            }
+            GgufError::TooManyKeys(n) => write!(
+                f,
+                "GGUF claims {n} metadata keys, more than the file can hold"
+            ),
             GgufError::BadUtf8 { at } => write!(f, "GGUF string at byte {at} is not UTF-8"),
             GgufError::UnknownValueType { at, value_type } => {
-                write!(f, "GGUF metadata value type {value_type} at byte {at} is unknown")
+                write!(
+                    f,
+                    "GGUF metadata value type {value_type} at byte {at} is unknown"
+                )
             }
-            GgufError::NestedArray { at } => write!(f, "GGUF nested array at byte {at} is not supported"),
-            GgufError::BadAlignment => write!(f, "GGUF general.alignment is not a power-of-two u32"),
+            GgufError::NestedArray { at } => {
+                write!(f, "GGUF nested array at byte {at} is not supported")
+            }
+            GgufError::BadAlignment => {
+                write!(f, "GGUF general.alignment is not a power-of-two u32")
+            }
             GgufError::UnknownTensorType { tensor, ggml_type } => {
                 write!(f, "tensor #{tensor} has unknown ggml type {ggml_type}")
             }
-            GgufError::TooManyDims { tensor, n_dims } => write!(f, "tensor #{tensor} has {n_dims} dimensions"),
-            GgufError::BadShape { tensor } => write!(f, "tensor #{tensor} has an invalid shape for its type"),
+            GgufError::TooManyDims { tensor, n_dims } => {
+                write!(f, "tensor #{tensor} has {n_dims} dimensions")
+            }
+            GgufError::BadShape { tensor } => {
+                write!(f, "tensor #{tensor} has an invalid shape for its type")
+            }
             GgufError::Misaligned { tensor } => write!(f, "tensor #{tensor} is not aligned"),
-            GgufError::OutOfBounds { tensor } => write!(f, "tensor #{tensor} runs past the end of the file"),
-            GgufError::Overlap { first, second } => write!(f, "tensors #{first} and #{second} overlap"),
-            GgufError::DuplicateTensor { tensor } => write!(f, "tensor #{tensor} repeats an earlier name"),
+            GgufError::OutOfBounds { tensor } => {
+                write!(f, "tensor #{tensor} runs past the end of the file")
+            }
+            GgufError::Overlap { first, second } => {
+                write!(f, "tensors #{first} and #{second} overlap")
+            }
+            GgufError::DuplicateTensor { tensor } => {
+                write!(f, "tensor #{tensor} repeats an earlier name")
+            }
         }
     }
 }
@@ -220,7 +247,15 @@ impl<'a> ArrayView<'a> {
 
     /// Iterates the elements in order. The body was validated at parse time, so iteration cannot fail.
     pub fn iter(&self) -> ArrayIter<'a> {
-        ArrayIter { cursor: Cursor { data: self.body, pos: 0, base: self.at }, elem_type: self.elem_type, left: self.len }
+        ArrayIter {
+            cursor: Cursor {
+                data: self.body,
+                pos: 0,
+                base: self.at,
+            },
+            elem_type: self.elem_type,
+            left: self.len,
+        }
     }
 }
 
@@ -377,8 +412,11 @@ impl<'a> Cursor<'a> {
         let body_start = self.pos;
         match elem_type.fixed_size() {
             Some(size) => {
-                let total = len.checked_mul(size).ok_or(GgufError::Truncated { at: count_at })?;
-                self.bytes(total).map_err(|_| GgufError::Truncated { at: count_at })?;
+                let total = len
+                    .checked_mul(size)
+                    .ok_or(GgufError::Truncated { at: count_at })?;
+                self.bytes(total)
+                    .map_err(|_| GgufError::Truncated { at: count_at })?;
             }
             None => {
                 // Strings: every element needs at least its 8-byte length, so this loop ends after at most
@@ -392,7 +430,12 @@ impl<'a> Cursor<'a> {
             }
         }
         let body = &self.data[body_start..self.pos];
-        Ok(Value::Array(ArrayView { elem_type, len, body, at: self.base + body_start }))
+        Ok(Value::Array(ArrayView {
+            elem_type,
+            len,
+            body,
+            at: self.base + body_start,
+        }))
     }
 }
 
@@ -404,7 +447,11 @@ const MIN_TENSOR_INFO_BYTES: usize = 8 + 4 + 8 + 4 + 8;
 impl<'a> Gguf<'a> {
     /// Parses and validates the whole header of `blob`. Tensor bytes are borrowed, never copied.
     pub fn parse(blob: &'a [u8]) -> Result<Gguf<'a>, GgufError> {
-        let mut c = Cursor { data: blob, pos: 0, base: 0 };
+        let mut c = Cursor {
+            data: blob,
+            pos: 0,
+            base: 0,
+        };
         if c.u32().map_err(|_| GgufError::BadMagic)? != GGUF_MAGIC {
             return Err(GgufError::BadMagic);
         }
@@ -431,7 +478,10 @@ impl<'a> Gguf<'a> {
         }
         let alignment = match metadata.iter().find(|e| e.key == "general.alignment") {
             None => DEFAULT_ALIGNMENT,
-            Some(MetaEntry { value: Value::U32(a), .. }) if *a != 0 && a.is_power_of_two() => *a as usize,
+            Some(MetaEntry {
+                value: Value::U32(a),
+                ..
+            }) if *a != 0 && a.is_power_of_two() => *a as usize,
             Some(_) => return Err(GgufError::BadAlignment),
         };
 
@@ -458,12 +508,27 @@ impl<'a> Gguf<'a> {
                 *d = c.u64()?;
             }
             let t = c.u32()?;
-            let ggml_type = GgmlType::from_u32(t).ok_or(GgufError::UnknownTensorType { tensor, ggml_type: t })?;
+            let ggml_type = GgmlType::from_u32(t).ok_or(GgufError::UnknownTensorType {
+                tensor,
+                ggml_type: t,
+            })?;
             let rel_offset = c.u64()?;
-            let size = tensor_size(&dims[..n_dims as usize], ggml_type).ok_or(GgufError::BadShape { tensor })?;
-            raw.push(RawInfo { name, n_dims: n_dims as usize, dims, ggml_type, rel_offset, size });
+            let size = tensor_size(&dims[..n_dims as usize], ggml_type)
+                .ok_or(GgufError::BadShape { tensor })?;
+            raw.push(RawInfo {
+                name,
+                n_dims: n_dims as usize,
+                dims,
+                ggml_type,
+                rel_offset,
+                size,
+            });
         }
-        let data_offset = c.pos.div_ceil(alignment).checked_mul(alignment).ok_or(GgufError::Truncated { at: c.pos })?;
+        let data_offset = c
+            .pos
+            .div_ceil(alignment)
+            .checked_mul(alignment)
+            .ok_or(GgufError::Truncated { at: c.pos })?;
 
         let mut tensors = Vec::with_capacity(raw.len());
         for (tensor, r) in raw.iter().enumerate() {
@@ -474,7 +539,9 @@ impl<'a> Gguf<'a> {
                 .ok()
                 .and_then(|o| o.checked_add(data_offset))
                 .ok_or(GgufError::OutOfBounds { tensor })?;
-            let end = start.checked_add(r.size).ok_or(GgufError::OutOfBounds { tensor })?;
+            let end = start
+                .checked_add(r.size)
+                .ok_or(GgufError::OutOfBounds { tensor })?;
             if end > blob.len() {
                 return Err(GgufError::OutOfBounds { tensor });
             }
@@ -493,7 +560,10 @@ impl<'a> Gguf<'a> {
         for w in by_offset.windows(2) {
             let (a, b) = (&tensors[w[0]], &tensors[w[1]]);
             if a.offset + a.data.len() > b.offset && !a.data.is_empty() {
-                return Err(GgufError::Overlap { first: w[0].min(w[1]), second: w[0].max(w[1]) });
+                return Err(GgufError::Overlap {
+                    first: w[0].min(w[1]),
+                    second: w[0].max(w[1]),
+                });
             }
         }
         let mut by_name: Vec<usize> = (0..tensors.len()).collect();
@@ -503,12 +573,21 @@ impl<'a> Gguf<'a> {
                 return Err(GgufError::DuplicateTensor { tensor: w[1] });
             }
         }
-        Ok(Gguf { version, alignment, data_offset, metadata, tensors })
+        Ok(Gguf {
+            version,
+            alignment,
+            data_offset,
+            metadata,
+            tensors,
+        })
     }
 
     /// The value of `key`, if present.
     pub fn get(&self, key: &str) -> Option<&Value<'a>> {
-        self.metadata.iter().find(|e| e.key == key).map(|e| &e.value)
+        self.metadata
+            .iter()
+            .find(|e| e.key == key)
+            .map(|e| &e.value)
     }
 
     /// The tensor named `name`, if present.
@@ -522,7 +601,7 @@ impl<'a> Gguf<'a> {
 pub fn tensor_size(dims: &[u64], t: GgmlType) -> Option<usize> {
     let (block, bytes) = (t.block_len() as u64, t.block_bytes() as u64);
     let first = *dims.first()?;
-    if dims.iter().any(|&d| d == 0) || first % block != 0 {
+    if dims.contains(&0) || !first.is_multiple_of(block) {
         return None;
     }
     let mut n = 1u64;

@@ -13,8 +13,9 @@ pub mod math;
 pub mod matmul;
 pub mod parallel;
 pub mod quant;
-#[allow(unsafe_code)] // The one module where `unsafe` is allowed (CPUID, intrinsics); each block has a SAFETY note.
-pub mod simd;
 pub mod sampler;
+#[allow(unsafe_code)]
+// The one module where `unsafe` is allowed (CPUID, intrinsics); each block has a SAFETY note.
+pub mod simd;
 pub mod tokenizer;
 pub mod transformer;

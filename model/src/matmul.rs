@@ -36,7 +36,13 @@ impl<'a> QTensor<'a> {
         if row_bytes.checked_mul(rows)? != info.data.len() {
             return None;
         }
-        Some(QTensor { ggml_type: t, rows, cols, row_bytes, data: info.data })
+        Some(QTensor {
+            ggml_type: t,
+            rows,
+            cols,
+            row_bytes,
+            data: info.data,
+        })
     }
 
     /// The raw bytes of row `r` (`r < rows`).
@@ -69,7 +75,14 @@ impl Acts {
             q8_1: vec![bytemuck::Zeroable::zeroed(); n / QK + 1],
             q8_k: vec![bytemuck::Zeroable::zeroed(); n / QK_K + 1],
             f16: vec![0; n],
-            transposed: vec![0.0; if max_batch > 1 { max_batch * max_rows } else { 0 }],
+            transposed: vec![
+                0.0;
+                if max_batch > 1 {
+                    max_batch * max_rows
+                } else {
+                    0
+                }
+            ],
         }
     }
 }
@@ -79,12 +92,26 @@ fn dot_row(w: &QTensor<'_>, r: usize, acts: &Acts, x: &[f32], t: usize) -> f32 {
     let row = w.row(r);
     let n = w.cols;
     match w.ggml_type {
-        GgmlType::Q4_0 => simd::dot_q4_0_q8_0(quant::cast(row), &acts.q8_0[t * n / QK..(t + 1) * n / QK]),
-        GgmlType::Q4_1 => simd::dot_q4_1_q8_1(quant::cast(row), &acts.q8_1[t * n / QK..(t + 1) * n / QK]),
-        GgmlType::Q5_0 => simd::dot_q5_0_q8_0(quant::cast(row), &acts.q8_0[t * n / QK..(t + 1) * n / QK]),
-        GgmlType::Q8_0 => simd::dot_q8_0_q8_0(quant::cast(row), &acts.q8_0[t * n / QK..(t + 1) * n / QK]),
-        GgmlType::Q4K => simd::dot_q4_k_q8_k(quant::cast(row), &acts.q8_k[t * n / QK_K..(t + 1) * n / QK_K]),
-        GgmlType::Q6K => simd::dot_q6_k_q8_k(quant::cast(row), &acts.q8_k[t * n / QK_K..(t + 1) * n / QK_K]),
+        GgmlType::Q4_0 => {
+            simd::dot_q4_0_q8_0(quant::cast(row), &acts.q8_0[t * n / QK..(t + 1) * n / QK])
+        }
+        GgmlType::Q4_1 => {
+            simd::dot_q4_1_q8_1(quant::cast(row), &acts.q8_1[t * n / QK..(t + 1) * n / QK])
+        }
+        GgmlType::Q5_0 => {
+            simd::dot_q5_0_q8_0(quant::cast(row), &acts.q8_0[t * n / QK..(t + 1) * n / QK])
+        }
+        GgmlType::Q8_0 => {
+            simd::dot_q8_0_q8_0(quant::cast(row), &acts.q8_0[t * n / QK..(t + 1) * n / QK])
+        }
+        GgmlType::Q4K => simd::dot_q4_k_q8_k(
+            quant::cast(row),
+            &acts.q8_k[t * n / QK_K..(t + 1) * n / QK_K],
+        ),
+        GgmlType::Q6K => simd::dot_q6_k_q8_k(
+            quant::cast(row),
+            &acts.q8_k[t * n / QK_K..(t + 1) * n / QK_K],
+        ),
         GgmlType::F16 => {
             let w16: &[u16] = bytemuck::cast_slice::<[u8; 2], u16>(quant::cast::<[u8; 2]>(row));
             quant::dot_f16(w16, &acts.f16[t * n..(t + 1) * n])
@@ -118,7 +145,14 @@ fn quantize_input(w: &QTensor<'_>, x: &[f32], acts: &mut Acts) {
 
 /// `out[t][r] = W[r] · x[t]` for `batch` inputs `x` (`batch × cols`, token-major) into `out` (`batch × rows`).
 /// The caller guarantees the lengths and that `acts` was sized for them.
-pub fn matmul(w: &QTensor<'_>, x: &[f32], batch: usize, out: &mut [f32], acts: &mut Acts, par: &dyn ParallelFor) {
+pub fn matmul(
+    w: &QTensor<'_>,
+    x: &[f32],
+    batch: usize,
+    out: &mut [f32],
+    acts: &mut Acts,
+    par: &dyn ParallelFor,
+) {
     debug_assert_eq!(x.len(), batch * w.cols);
     debug_assert_eq!(out.len(), batch * w.rows);
     quantize_input(w, x, acts);

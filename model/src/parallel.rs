@@ -9,7 +9,12 @@ pub trait ParallelFor: Sync {
     /// How many workers may run at once (used to size chunks).
     fn threads(&self) -> usize;
 
-    fn for_each_chunk(&self, out: &mut [f32], chunk_len: usize, f: &(dyn Fn(usize, &mut [f32]) + Sync));
+    fn for_each_chunk(
+        &self,
+        out: &mut [f32],
+        chunk_len: usize,
+        f: &(dyn Fn(usize, &mut [f32]) + Sync),
+    );
 }
 
 /// Runs every chunk on the calling thread, in order.
@@ -21,7 +26,12 @@ impl ParallelFor for Serial {
         1
     }
 
-    fn for_each_chunk(&self, out: &mut [f32], chunk_len: usize, f: &(dyn Fn(usize, &mut [f32]) + Sync)) {
+    fn for_each_chunk(
+        &self,
+        out: &mut [f32],
+        chunk_len: usize,
+        f: &(dyn Fn(usize, &mut [f32]) + Sync),
+    ) {
         for (i, c) in out.chunks_mut(chunk_len.max(1)).enumerate() {
             f(i, c);
         }
@@ -40,7 +50,9 @@ impl ThreadPool {
     /// A pool of `threads` workers (at least one). Fails only if the OS refuses to start threads.
     pub fn new(threads: usize) -> Result<ThreadPool, rayon::ThreadPoolBuildError> {
         let threads = threads.max(1);
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()?;
         Ok(ThreadPool { pool, threads })
     }
 }
@@ -51,11 +63,20 @@ impl ParallelFor for ThreadPool {
         self.threads
     }
 
-    fn for_each_chunk(&self, out: &mut [f32], chunk_len: usize, f: &(dyn Fn(usize, &mut [f32]) + Sync)) {
+    fn for_each_chunk(
+        &self,
+        out: &mut [f32],
+        chunk_len: usize,
+        f: &(dyn Fn(usize, &mut [f32]) + Sync),
+    ) {
         use rayon::prelude::*;
         if self.threads == 1 {
             return Serial.for_each_chunk(out, chunk_len, f);
         }
-        self.pool.install(|| out.par_chunks_mut(chunk_len.max(1)).enumerate().for_each(|(i, c)| f(i, c)));
+        self.pool.install(|| {
+            out.par_chunks_mut(chunk_len.max(1))
+                .enumerate()
+                .for_each(|(i, c)| f(i, c))
+        });
     }
 }

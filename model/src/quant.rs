@@ -61,7 +61,12 @@ impl GgmlType {
     pub fn block_len(self) -> usize {
         match self {
             GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => 1,
-            GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q8_0 | GgmlType::Q8_1 => QK,
+            GgmlType::Q4_0
+            | GgmlType::Q4_1
+            | GgmlType::Q5_0
+            | GgmlType::Q5_1
+            | GgmlType::Q8_0
+            | GgmlType::Q8_1 => QK,
             _ => QK_K,
         }
     }
@@ -204,7 +209,8 @@ const _: () = assert!(core::mem::size_of::<BlockQ8_1>() == 36);
 const _: () = assert!(core::mem::size_of::<BlockQ4K>() == 144);
 const _: () = assert!(core::mem::size_of::<BlockQ6K>() == 210);
 const _: () = assert!(core::mem::size_of::<BlockQ8K>() == 292);
-const _: () = assert!(core::mem::align_of::<BlockQ4_1>() == 1 && core::mem::align_of::<BlockQ6K>() == 1);
+const _: () =
+    assert!(core::mem::align_of::<BlockQ4_1>() == 1 && core::mem::align_of::<BlockQ6K>() == 1);
 
 /// IEEE half (little-endian byte pair) to f32.
 #[inline]
@@ -292,7 +298,10 @@ pub fn scale_min_k4(j: usize, q: &[u8; 12]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
-        ((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
+        (
+            (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
     }
 }
 
@@ -315,7 +324,10 @@ fn q5_0_values(b: &BlockQ5_0) -> [i32; QK] {
 fn q6_k_values(b: &BlockQ6K) -> [i8; QK_K] {
     let mut v = [0i8; QK_K];
     for half in 0..2 {
-        let (ql, qh) = (&b.ql[half * 64..half * 64 + 64], &b.qh[half * 32..half * 32 + 32]);
+        let (ql, qh) = (
+            &b.ql[half * 64..half * 64 + 64],
+            &b.qh[half * 32..half * 32 + 32],
+        );
         let out = &mut v[half * 128..half * 128 + 128];
         for l in 0..32 {
             out[l] = ((ql[l] & 0xF) | ((qh[l] & 3) << 4)) as i8;
@@ -351,7 +363,9 @@ pub enum QuantError {
 
 /// Dequantizes a run of blocks of type `t` from `bytes` into `out` (which must hold exactly the elements encoded).
 pub fn dequantize(t: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<(), QuantError> {
-    if bytes.len() % t.block_bytes() != 0 || bytes.len() / t.block_bytes() * t.block_len() != out.len() {
+    if !bytes.len().is_multiple_of(t.block_bytes())
+        || bytes.len() / t.block_bytes() * t.block_len() != out.len()
+    {
         return Err(QuantError::BadLength);
     }
     match t {
@@ -366,7 +380,10 @@ pub fn dequantize(t: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<(), Quan
             }
         }
         GgmlType::Q4_0 => {
-            for (b, o) in cast::<BlockQ4_0>(bytes).iter().zip(out.chunks_exact_mut(QK)) {
+            for (b, o) in cast::<BlockQ4_0>(bytes)
+                .iter()
+                .zip(out.chunks_exact_mut(QK))
+            {
                 let d = f16_to_f32(b.d);
                 for j in 0..QK / 2 {
                     o[j] = ((b.qs[j] & 0xF) as i32 - 8) as f32 * d;
@@ -375,7 +392,10 @@ pub fn dequantize(t: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<(), Quan
             }
         }
         GgmlType::Q4_1 => {
-            for (b, o) in cast::<BlockQ4_1>(bytes).iter().zip(out.chunks_exact_mut(QK)) {
+            for (b, o) in cast::<BlockQ4_1>(bytes)
+                .iter()
+                .zip(out.chunks_exact_mut(QK))
+            {
                 let (d, m) = (f16_to_f32(b.d), f16_to_f32(b.m));
                 for j in 0..QK / 2 {
                     o[j] = (b.qs[j] & 0xF) as f32 * d + m;
@@ -384,7 +404,10 @@ pub fn dequantize(t: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<(), Quan
             }
         }
         GgmlType::Q5_0 => {
-            for (b, o) in cast::<BlockQ5_0>(bytes).iter().zip(out.chunks_exact_mut(QK)) {
+            for (b, o) in cast::<BlockQ5_0>(bytes)
+                .iter()
+                .zip(out.chunks_exact_mut(QK))
+            {
                 let d = f16_to_f32(b.d);
                 for (o, v) in o.iter_mut().zip(q5_0_values(b)) {
                     *o = (v - 16) as f32 * d;
@@ -392,7 +415,10 @@ pub fn dequantize(t: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<(), Quan
             }
         }
         GgmlType::Q8_0 => {
-            for (b, o) in cast::<BlockQ8_0>(bytes).iter().zip(out.chunks_exact_mut(QK)) {
+            for (b, o) in cast::<BlockQ8_0>(bytes)
+                .iter()
+                .zip(out.chunks_exact_mut(QK))
+            {
                 let d = f16_to_f32(b.d);
                 for (o, &q) in o.iter_mut().zip(&b.qs) {
                     *o = q as f32 * d;
@@ -400,7 +426,10 @@ pub fn dequantize(t: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<(), Quan
             }
         }
         GgmlType::Q4K => {
-            for (b, o) in cast::<BlockQ4K>(bytes).iter().zip(out.chunks_exact_mut(QK_K)) {
+            for (b, o) in cast::<BlockQ4K>(bytes)
+                .iter()
+                .zip(out.chunks_exact_mut(QK_K))
+            {
                 let (d, dmin) = (f16_to_f32(b.d), f16_to_f32(b.dmin));
                 let v = q4_k_values(b);
                 for j in 0..8 {
@@ -413,7 +442,10 @@ pub fn dequantize(t: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<(), Quan
             }
         }
         GgmlType::Q6K => {
-            for (b, o) in cast::<BlockQ6K>(bytes).iter().zip(out.chunks_exact_mut(QK_K)) {
+            for (b, o) in cast::<BlockQ6K>(bytes)
+                .iter()
+                .zip(out.chunks_exact_mut(QK_K))
+            {
                 let d = f16_to_f32(b.d);
                 let v = q6_k_values(b);
                 for (i, o) in o.iter_mut().enumerate() {
@@ -455,7 +487,8 @@ pub fn dot_q4_1_q8_1(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32 {
             isum += (a.qs[j] & 0xF) as i32 * b.qs[j] as i32;
             isum += (a.qs[j] >> 4) as i32 * b.qs[j + QK / 2] as i32;
         }
-        sum += isum as f32 * (f16_to_f32(a.d) * f16_to_f32(b.d)) + f16_to_f32(a.m) * f16_to_f32(b.s);
+        sum +=
+            isum as f32 * (f16_to_f32(a.d) * f16_to_f32(b.d)) + f16_to_f32(a.m) * f16_to_f32(b.s);
     }
     sum
 }
@@ -464,7 +497,11 @@ pub fn dot_q5_0_q8_0(x: &[BlockQ5_0], y: &[BlockQ8_0]) -> f32 {
     let mut sum = 0.0f32;
     for (a, b) in x.iter().zip(y) {
         let v = q5_0_values(a);
-        let isum: i32 = v.iter().zip(&b.qs).map(|(&v, &q)| (v - 16) * q as i32).sum();
+        let isum: i32 = v
+            .iter()
+            .zip(&b.qs)
+            .map(|(&v, &q)| (v - 16) * q as i32)
+            .sum();
         sum += isum as f32 * (f16_to_f32(a.d) * f16_to_f32(b.d));
     }
     sum
@@ -473,7 +510,11 @@ pub fn dot_q5_0_q8_0(x: &[BlockQ5_0], y: &[BlockQ8_0]) -> f32 {
 pub fn dot_q8_0_q8_0(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
     let mut sum = 0.0f32;
     for (a, b) in x.iter().zip(y) {
-        let isum: i32 = a.qs.iter().zip(&b.qs).map(|(&p, &q)| p as i32 * q as i32).sum();
+        let isum: i32 =
+            a.qs.iter()
+                .zip(&b.qs)
+                .map(|(&p, &q)| p as i32 * q as i32)
+                .sum();
         sum += isum as f32 * (f16_to_f32(a.d) * f16_to_f32(b.d));
     }
     sum
@@ -486,7 +527,9 @@ pub fn dot_q4_k_q8_k(x: &[BlockQ4K], y: &[BlockQ8K]) -> f32 {
         let (mut isum, mut msum) = (0i32, 0i32);
         for j in 0..8 {
             let (sc, m) = scale_min_k4(j, &a.scales);
-            let s: i32 = (0..32).map(|l| v[32 * j + l] as i32 * b.qs[32 * j + l] as i32).sum();
+            let s: i32 = (0..32)
+                .map(|l| v[32 * j + l] as i32 * b.qs[32 * j + l] as i32)
+                .sum();
             isum += sc as i32 * s;
             msum += m as i32 * (b.bsums[2 * j] as i32 + b.bsums[2 * j + 1] as i32);
         }
@@ -501,7 +544,9 @@ pub fn dot_q6_k_q8_k(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32 {
         let v = q6_k_values(a);
         let mut isum = 0i32;
         for g in 0..16 {
-            let s: i32 = (0..16).map(|l| (v[16 * g + l] as i32 - 32) * b.qs[16 * g + l] as i32).sum();
+            let s: i32 = (0..16)
+                .map(|l| (v[16 * g + l] as i32 - 32) * b.qs[16 * g + l] as i32)
+                .sum();
             isum += a.scales[g] as i32 * s;
         }
         sum += b.d * f16_to_f32(a.d) * isum as f32;
@@ -511,9 +556,131 @@ pub fn dot_q6_k_q8_k(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32 {
 
 /// f16 · f16 with f32 accumulation (llama.cpp's `ggml_vec_dot_f16`).
 pub fn dot_f16(x: &[u16], y: &[u16]) -> f32 {
-    x.iter().zip(y).map(|(&a, &b)| half::f16::from_bits(a).to_f32() * half::f16::from_bits(b).to_f32()).sum()
+    x.iter()
+        .zip(y)
+        .map(|(&a, &b)| half::f16::from_bits(a).to_f32() * half::f16::from_bits(b).to_f32())
+        .sum()
 }
 
 pub fn dot_f32(x: &[f32], y: &[f32]) -> f32 {
     x.iter().zip(y).map(|(a, b)| a * b).sum()
+}
+
+// ---- exact scalar models of ggml's AVX2 float kernels (the SIMD module's twins compare bit for bit) ----
+
+/// Horizontal sum of 8 lanes in the order of `hsum_float_8` / tinyBLAS `hsum`: (hi+lo), then movehl, then movehdup.
+#[inline]
+pub fn hsum8(l: &[f32; 8]) -> f32 {
+    let t = [l[4] + l[0], l[5] + l[1], l[6] + l[2], l[7] + l[3]];
+    let u = [t[0] + t[2], t[1] + t[3]];
+    u[0] + u[1]
+}
+
+/// f16 dot product as tinyBLAS computes it: one 8-lane FMA chain over chunks of 8, then [`hsum8`].
+/// `x.len()` must be a multiple of 8.
+pub fn dot_f16_chain(x: &[u16], y: &[u16]) -> f32 {
+    let h = |v: u16| half::f16::from_bits(v).to_f32();
+    let mut acc = [0.0f32; 8];
+    for (a, b) in x.chunks_exact(8).zip(y.chunks_exact(8)) {
+        for l in 0..8 {
+            acc[l] = libm::fmaf(h(a[l]), h(b[l]), acc[l]);
+        }
+    }
+    hsum8(&acc)
+}
+
+/// f16 dot product as `ggml_vec_dot_f16` computes it: four 8-lane FMA chains over steps of 32, reduced pairwise
+/// and with two `hadd`s, plus an f64 tail for the last `len % 32` elements.
+pub fn dot_f16_ggml(x: &[u16], y: &[u16]) -> f32 {
+    let h = |v: u16| half::f16::from_bits(v).to_f32();
+    let n = x.len().min(y.len());
+    let np = n / 32 * 32;
+    let mut acc = [[0.0f32; 8]; 4];
+    for i in (0..np).step_by(32) {
+        for (j, a) in acc.iter_mut().enumerate() {
+            for l in 0..8 {
+                a[l] = libm::fmaf(h(x[i + 8 * j + l]), h(y[i + 8 * j + l]), a[l]);
+            }
+        }
+    }
+    let mut s = [0.0f32; 8];
+    for l in 0..8 {
+        let a0 = acc[0][l] + acc[2][l];
+        let a1 = acc[1][l] + acc[3][l];
+        s[l] = a0 + a1;
+    }
+    let t0 = [s[0] + s[4], s[1] + s[5], s[2] + s[6], s[3] + s[7]];
+    let t1 = [t0[0] + t0[1], t0[2] + t0[3]];
+    let mut sum = (t1[0] + t1[1]) as f64;
+    for i in np..n {
+        sum += (h(x[i]) * h(y[i])) as f64;
+    }
+    sum as f32
+}
+
+/// ggml's vectorised `expf` (`ggml_v_expf`, after ARM's optimized-routines), one lane, with the same FMAs.
+pub fn expf_ggml(x: f32) -> f32 {
+    let fma = libm::fmaf;
+    let r = f32::from_bits(0x4b40_0000); // 0x1.8p23
+    let z = fma(x, f32::from_bits(0x3fb8_aa3b), r); // log2(e)
+    let n = z - r;
+    let b = fma(
+        -n,
+        f32::from_bits(0x35bf_be8e),
+        fma(-n, f32::from_bits(0x3f31_7200), x),
+    ); // ln2 lo, hi
+    let e = z.to_bits().wrapping_shl(23);
+    let k = f32::from_bits(e.wrapping_add(1.0f32.to_bits()));
+    let c = n.abs() > 126.0;
+    let u = b * b;
+    let c0 = f32::from_bits(0x3c07_2010); // 0x1.0e4020p-7
+    let c1 = f32::from_bits(0x3d2b_9f17); // 0x1.573e2ep-5
+    let c2 = f32::from_bits(0x3e2a_af33); // 0x1.555e66p-3
+    let c3 = f32::from_bits(0x3eff_fedb); // 0x1.fffdb6p-2
+    let c4 = f32::from_bits(0x3f7f_fff6); // 0x1.ffffecp-1
+    let j = fma(fma(fma(c0, b, c1), u, fma(c2, b, c3)), u, c4 * b);
+    if !c {
+        return fma(j, k, k);
+    }
+    let d: u32 = if n <= 0.0 { 0x8200_0000 } else { 0 };
+    let s1 = f32::from_bits(d.wrapping_add(0x7f00_0000));
+    let s2 = f32::from_bits(e.wrapping_sub(d));
+    if n.abs() > 192.0 {
+        s1 * s1
+    } else {
+        fma(s2, j, s2) * s1
+    }
+}
+
+/// Softmax numerator as ggml's AVX2 `ggml_vec_soft_max_f32`: `x[i] = expf(x[i] - max)` by [`expf_ggml`] in blocks
+/// of 8, each block's [`hsum8`] added to an f64 sum; returns the sum.
+pub fn softmax_exp(x: &mut [f32], max: f32) -> f64 {
+    let mut sum = 0.0f64;
+    let mut chunks = x.chunks_exact_mut(8);
+    for c in &mut chunks {
+        let mut l = [0.0f32; 8];
+        for (o, v) in l.iter_mut().zip(c.iter_mut()) {
+            *v = expf_ggml(*v - max);
+            *o = *v;
+        }
+        sum += hsum8(&l) as f64;
+    }
+    for v in chunks.into_remainder() {
+        *v = libm::expf(*v - max);
+        sum += *v as f64;
+    }
+    sum
+}
+
+/// `gate[i] = silu(gate[i]) * up[i]` as ggml's AVX2 `ggml_vec_swiglu_f32` (`x / (1 + v_expf(-x))` in blocks of 8).
+pub fn swiglu(gate: &mut [f32], up: &[f32]) {
+    let n8 = gate.len() / 8 * 8;
+    for (g, &u) in gate[..n8].iter_mut().zip(up) {
+        let x = *g;
+        *g = x / (1.0 + expf_ggml(0.0 - x)) * u;
+    }
+    for (g, &u) in gate[n8..].iter_mut().zip(&up[n8..]) {
+        let x = *g;
+        *g = x / (1.0 + libm::expf(-x)) * u;
+    }
 }

@@ -19,7 +19,12 @@ pub struct SamplerConfig {
 
 impl Default for SamplerConfig {
     fn default() -> Self {
-        SamplerConfig { temperature: 0.0, top_k: 40, top_p: 0.95, seed: 0 }
+        SamplerConfig {
+            temperature: 0.0,
+            top_k: 40,
+            top_p: 0.95,
+            seed: 0,
+        }
     }
 }
 
@@ -43,7 +48,11 @@ pub fn argmax(x: &[f32]) -> u32 {
 impl Sampler {
     /// A sampler whose candidate buffer is allocated once for `vocab_size` entries.
     pub fn new(config: SamplerConfig, vocab_size: usize) -> Sampler {
-        Sampler { config, state: config.seed, candidates: Vec::with_capacity(vocab_size) }
+        Sampler {
+            config,
+            state: config.seed,
+            candidates: Vec::with_capacity(vocab_size),
+        }
     }
 
     fn next_u64(&mut self) -> u64 {
@@ -65,10 +74,12 @@ impl Sampler {
             return argmax(logits);
         }
         self.candidates.clear();
-        self.candidates.extend(logits.iter().enumerate().map(|(i, &l)| (l, i as u32)));
+        self.candidates
+            .extend(logits.iter().enumerate().map(|(i, &l)| (l, i as u32)));
         let by_logit = |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
         if c.top_k > 0 && c.top_k < self.candidates.len() {
-            self.candidates.select_nth_unstable_by(c.top_k - 1, by_logit);
+            self.candidates
+                .select_nth_unstable_by(c.top_k - 1, by_logit);
             self.candidates.truncate(c.top_k);
         }
         self.candidates.sort_unstable_by(by_logit);
@@ -107,14 +118,25 @@ mod tests {
 
     #[test]
     fn greedy_takes_first_maximum() {
-        let mut s = Sampler::new(SamplerConfig { temperature: 0.0, ..Default::default() }, 4);
+        let mut s = Sampler::new(
+            SamplerConfig {
+                temperature: 0.0,
+                ..Default::default()
+            },
+            4,
+        );
         assert_eq!(s.sample(&[0.0, 3.0, 3.0, -1.0]), 1);
     }
 
     #[test]
     fn same_seed_same_tokens_and_top_k_respected() {
         let logits: Vec<f32> = (0..100).map(|i| (i % 17) as f32 * 0.3).collect();
-        let cfg = SamplerConfig { temperature: 1.0, top_k: 5, top_p: 1.0, seed: 42 };
+        let cfg = SamplerConfig {
+            temperature: 1.0,
+            top_k: 5,
+            top_p: 1.0,
+            seed: 42,
+        };
         let run = |cfg| {
             let mut s = Sampler::new(cfg, 100);
             (0..50).map(|_| s.sample(&logits)).collect::<Vec<_>>()
@@ -128,7 +150,15 @@ mod tests {
 
     #[test]
     fn tiny_top_p_is_greedy() {
-        let mut s = Sampler::new(SamplerConfig { temperature: 0.8, top_k: 0, top_p: 1e-6, seed: 1 }, 3);
+        let mut s = Sampler::new(
+            SamplerConfig {
+                temperature: 0.8,
+                top_k: 0,
+                top_p: 1e-6,
+                seed: 1,
+            },
+            3,
+        );
         for _ in 0..20 {
             assert_eq!(s.sample(&[1.0, 5.0, 2.0]), 1);
         }

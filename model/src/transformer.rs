@@ -35,11 +35,21 @@ pub enum ModelError {
     /// A required metadata key is missing or has the wrong type or an out-of-range value.
     BadMetadata(&'static str),
     /// A required tensor is missing (`layer` is `None` for model-wide tensors).
-    MissingTensor { role: &'static str, layer: Option<u32> },
+    MissingTensor {
+        role: &'static str,
+        layer: Option<u32>,
+    },
     /// A tensor has the wrong shape for the architecture or a type this engine cannot multiply.
-    BadTensor { role: &'static str, layer: Option<u32>, ggml_type: GgmlType },
+    BadTensor {
+        role: &'static str,
+        layer: Option<u32>,
+        ggml_type: GgmlType,
+    },
     /// The prompt plus the tokens to generate do not fit in the context.
-    ContextOverflow { needed: usize, context: usize },
+    ContextOverflow {
+        needed: usize,
+        context: usize,
+    },
     /// A token id outside the vocabulary.
     BadTokenId(u32),
 }
@@ -54,11 +64,22 @@ impl core::fmt::Display for ModelError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match *self {
             ModelError::Gguf(e) => write!(f, "{e}"),
-            ModelError::UnsupportedArchitecture => write!(f, "unsupported model architecture (llama and gemma3 are)"),
+            ModelError::UnsupportedArchitecture => {
+                write!(f, "unsupported model architecture (llama and gemma3 are)")
+            }
             ModelError::BadMetadata(k) => write!(f, "metadata key {k} is missing or invalid"),
-            ModelError::MissingTensor { role, layer: Some(l) } => write!(f, "tensor blk.{l}.{role} is missing"),
-            ModelError::MissingTensor { role, layer: None } => write!(f, "tensor {role} is missing"),
-            ModelError::BadTensor { role, layer, ggml_type } => {
+            ModelError::MissingTensor {
+                role,
+                layer: Some(l),
+            } => write!(f, "tensor blk.{l}.{role} is missing"),
+            ModelError::MissingTensor { role, layer: None } => {
+                write!(f, "tensor {role} is missing")
+            }
+            ModelError::BadTensor {
+                role,
+                layer,
+                ggml_type,
+            } => {
                 write!(f, "tensor {role} (layer {layer:?}, type {ggml_type:?}) has the wrong shape or type")
             }
             ModelError::ContextOverflow { needed, context } => {
@@ -112,7 +133,8 @@ impl Config {
         let float = |suffix: &str| g.get(&format!("{p}.{suffix}")).and_then(|v| v.as_f32());
         let dim = int("embedding_length", "embedding_length")?;
         let n_heads = int("attention.head_count", "attention.head_count")?;
-        let n_kv_heads = int("attention.head_count_kv", "attention.head_count_kv").unwrap_or(n_heads);
+        let n_kv_heads =
+            int("attention.head_count_kv", "attention.head_count_kv").unwrap_or(n_heads);
         let head_dim = match int("attention.key_length", "attention.key_length") {
             Ok(k) => k,
             Err(_) => dim / n_heads,
@@ -163,7 +185,7 @@ impl Config {
 
     /// gemma3: every 6th layer (5, 11, 17, ...) attends globally, the rest use the sliding window.
     pub fn is_local_layer(&self, l: usize) -> bool {
-        self.arch == Arch::Gemma3 && (l + 1) % 6 != 0
+        self.arch == Arch::Gemma3 && !(l + 1).is_multiple_of(6)
     }
 }
 
@@ -223,7 +245,8 @@ fn find<'a, 'g>(
         Some(l) => format!("blk.{l}.{role}"),
         None => String::from(role),
     };
-    g.tensor(&name).ok_or(ModelError::MissingTensor { role, layer })
+    g.tensor(&name)
+        .ok_or(ModelError::MissingTensor { role, layer })
 }
 
 fn matrix<'a>(
@@ -234,7 +257,11 @@ fn matrix<'a>(
     cols: usize,
 ) -> Result<QTensor<'a>, ModelError> {
     let info = find(g, role, layer)?;
-    let bad = ModelError::BadTensor { role, layer, ggml_type: info.ggml_type };
+    let bad = ModelError::BadTensor {
+        role,
+        layer,
+        ggml_type: info.ggml_type,
+    };
     let t = QTensor::new(info).ok_or(bad)?;
     if t.rows != rows || t.cols != cols {
         return Err(bad);
@@ -242,9 +269,18 @@ fn matrix<'a>(
     Ok(t)
 }
 
-fn vector(g: &Gguf<'_>, role: &'static str, layer: Option<u32>, len: usize) -> Result<Vec<f32>, ModelError> {
+fn vector(
+    g: &Gguf<'_>,
+    role: &'static str,
+    layer: Option<u32>,
+    len: usize,
+) -> Result<Vec<f32>, ModelError> {
     let info = find(g, role, layer)?;
-    let bad = ModelError::BadTensor { role, layer, ggml_type: info.ggml_type };
+    let bad = ModelError::BadTensor {
+        role,
+        layer,
+        ggml_type: info.ggml_type,
+    };
     if info.n_dims != 1 || info.dims[0] != len as u64 {
         return Err(bad);
     }
@@ -290,9 +326,18 @@ impl<'a> Model<'a> {
             Some(_) => matrix(g, "output.weight", None, c.vocab_size, dim)?,
             None => token_embd,
         };
-        let weights = Weights { token_embd, layers, output_norm: vector(g, "output_norm.weight", None, dim)?, output };
+        let weights = Weights {
+            token_embd,
+            layers,
+            output_norm: vector(g, "output_norm.weight", None, dim)?,
+            output,
+        };
         let gelu = if gemma { Some(GeluTable::new()) } else { None };
-        Ok(Model { config: c, weights, gelu })
+        Ok(Model {
+            config: c,
+            weights,
+            gelu,
+        })
     }
 }
 
@@ -313,12 +358,16 @@ pub struct State {
     hb: Vec<f32>,
     hb2: Vec<f32>,
     scores: Vec<f32>,
+    /// Softmax probabilities of one head rounded to f16.
+    p16: Vec<u16>,
     q16: Vec<u16>,
     rope: Vec<f32>,
     /// `[layer][position][kv_dim]`, f16 bits.
     key_cache: Vec<u16>,
-    /// `[layer][position][kv_dim]`, f16 bits.
+    /// `[layer][kv_dim][ctx_pad]` (transposed, as llama.cpp's non-flash V cache), f16 bits.
     value_cache: Vec<u16>,
+    /// `context` rounded up to 32 positions (the V rows' stride; padding stays zero).
+    ctx_pad: usize,
     acts: Acts,
     /// `[vocab]`, for the last token of the latest `forward`.
     pub logits: Vec<f32>,
@@ -332,6 +381,7 @@ impl State {
         let max_cols = c.dim.max(c.q_dim()).max(c.ffn_dim);
         let max_rows = max_cols.max(c.kv_dim());
         let kv = c.n_layers * context * c.kv_dim();
+        let ctx_pad = context.div_ceil(32) * 32;
         State {
             context,
             max_batch: b,
@@ -345,11 +395,13 @@ impl State {
             att_out: vec![0.0; b * c.q_dim()],
             hb: vec![0.0; b * c.ffn_dim],
             hb2: vec![0.0; b * c.ffn_dim],
-            scores: vec![0.0; context],
+            scores: vec![0.0; ctx_pad],
+            p16: vec![0; ctx_pad],
             q16: vec![0; c.head_dim],
             rope: vec![0.0; c.head_dim],
             key_cache: vec![0; kv],
-            value_cache: vec![0; kv],
+            value_cache: vec![0; c.n_layers * c.kv_dim() * ctx_pad],
+            ctx_pad,
             acts: Acts::new(b, max_cols, max_rows),
             logits: vec![0.0; c.vocab_size],
         }
@@ -365,17 +417,21 @@ fn to_f16(x: f32) -> u16 {
     u16::from_le_bytes(quant::f32_to_f16(x))
 }
 
-fn from_f16(x: u16) -> f32 {
-    quant::f16_to_f32(x.to_le_bytes())
-}
-
 impl Model<'_> {
     /// Runs `tokens` at positions `state.pos..` and leaves the last token's logits in `state.logits`.
-    pub fn forward(&self, state: &mut State, tokens: &[u32], par: &dyn ParallelFor) -> Result<(), ModelError> {
+    pub fn forward(
+        &self,
+        state: &mut State,
+        tokens: &[u32],
+        par: &dyn ParallelFor,
+    ) -> Result<(), ModelError> {
         let c = &self.config;
         let needed = state.pos + tokens.len();
         if needed > state.context {
-            return Err(ModelError::ContextOverflow { needed, context: state.context });
+            return Err(ModelError::ContextOverflow {
+                needed,
+                context: state.context,
+            });
         }
         if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
             return Err(ModelError::BadTokenId(bad));
@@ -404,14 +460,31 @@ impl Model<'_> {
             }
         }
 
-        let style = if gemma { RopeStyle::Neox } else { RopeStyle::Normal };
-        let kq_scale = if gemma { 1.0 } else { 1.0 / libm::sqrtf(hd as f32) };
-        let q_scale = if gemma { 1.0 / libm::sqrtf(hd as f32) } else { 1.0 };
+        let style = if gemma {
+            RopeStyle::Neox
+        } else {
+            RopeStyle::Normal
+        };
+        let kq_scale = if gemma {
+            1.0
+        } else {
+            1.0 / libm::sqrtf(hd as f32)
+        };
+        let q_scale = if gemma {
+            1.0 / libm::sqrtf(hd as f32)
+        } else {
+            1.0
+        };
         let group = c.n_heads / c.n_kv_heads;
 
         for (l, layer) in w.layers.iter().enumerate() {
             for t in 0..n {
-                math::rmsnorm(&mut s.xb[t * dim..(t + 1) * dim], &s.x[t * dim..(t + 1) * dim], &layer.attn_norm, c.rms_eps);
+                math::rmsnorm(
+                    &mut s.xb[t * dim..(t + 1) * dim],
+                    &s.x[t * dim..(t + 1) * dim],
+                    &layer.attn_norm,
+                    c.rms_eps,
+                );
             }
             let xb = &s.xb[..n * dim];
             matmul(&layer.wq, xb, n, &mut s.q[..n * q_dim], &mut s.acts, par);
@@ -419,8 +492,13 @@ impl Model<'_> {
             matmul(&layer.wv, xb, n, &mut s.v[..n * kv_dim], &mut s.acts, par);
 
             let local = c.is_local_layer(l);
-            let base = if local { c.rope_base_local } else { c.rope_base };
+            let base = if local {
+                c.rope_base_local
+            } else {
+                c.rope_base
+            };
             let layer_kv = l * s.context * kv_dim;
+            let layer_vt = l * kv_dim * s.ctx_pad;
             for t in 0..n {
                 let p = pos0 + t;
                 math::rope_cache(&mut s.rope, p, base);
@@ -440,44 +518,85 @@ impl Model<'_> {
                     math::rope_apply(h, &s.rope, style);
                 }
                 let at = layer_kv + p * kv_dim;
-                for (dst, &v) in s.key_cache[at..at + kv_dim].iter_mut().zip(&s.k[t * kv_dim..(t + 1) * kv_dim]) {
+                for (dst, &v) in s.key_cache[at..at + kv_dim]
+                    .iter_mut()
+                    .zip(&s.k[t * kv_dim..(t + 1) * kv_dim])
+                {
                     *dst = to_f16(v);
                 }
-                for (dst, &v) in s.value_cache[at..at + kv_dim].iter_mut().zip(&s.v[t * kv_dim..(t + 1) * kv_dim]) {
-                    *dst = to_f16(v);
+                for (ch, &v) in s.v[t * kv_dim..(t + 1) * kv_dim].iter().enumerate() {
+                    s.value_cache[layer_vt + ch * s.ctx_pad + p] = to_f16(v);
                 }
             }
 
+            // Attention as llama.cpp's non-flash path computes it: KQ = f16(q)·k (tinyBLAS chain order for a
+            // batch, ggml_vec_dot_f16 order for one token), softmax with ggml's vector expf over blocks of 8
+            // positions, probabilities rounded to f16, then each output dimension is a dot product of the
+            // transposed f16 V row with those probabilities.
+            let batched = n >= 2;
             for t in 0..n {
                 let p = pos0 + t;
                 let first = match (local, c.sliding_window) {
                     (true, Some(win)) => (p + 1).saturating_sub(win),
                     _ => 0,
                 };
+                let len = if batched {
+                    (p + 1).div_ceil(8) * 8
+                } else {
+                    (p + 1).div_ceil(32) * 32
+                };
                 for h in 0..c.n_heads {
                     let kvh = h / group;
-                    for (d, &v) in s.q16.iter_mut().zip(&s.q[t * q_dim + h * hd..t * q_dim + (h + 1) * hd]) {
+                    for (d, &v) in s
+                        .q16
+                        .iter_mut()
+                        .zip(&s.q[t * q_dim + h * hd..t * q_dim + (h + 1) * hd])
+                    {
                         *d = to_f16(v);
                     }
-                    let scores = &mut s.scores[first..=p];
-                    for (j, sc) in scores.iter_mut().enumerate() {
-                        let at = layer_kv + (first + j) * kv_dim + kvh * hd;
-                        *sc = simd::dot_f16(&s.q16, &s.key_cache[at..at + hd]) * kq_scale;
+                    let scores = &mut s.scores[..len];
+                    let mut max = f32::NEG_INFINITY;
+                    for (key, sc) in scores.iter_mut().enumerate() {
+                        *sc = if key < first || key > p {
+                            f32::NEG_INFINITY
+                        } else {
+                            let at = layer_kv + key * kv_dim + kvh * hd;
+                            let k = &s.key_cache[at..at + hd];
+                            let dot = if batched {
+                                simd::dot_f16(k, &s.q16)
+                            } else {
+                                simd::dot_f16_ggml(k, &s.q16)
+                            };
+                            dot * kq_scale
+                        };
+                        max = max.max(*sc);
                     }
-                    math::softmax(scores);
+                    let sum = simd::softmax_exp(scores, max);
+                    let inv = (1.0 / sum) as f32;
+                    for (p16, &sc) in s.p16[..len].iter_mut().zip(scores.iter()) {
+                        *p16 = to_f16(sc * inv);
+                    }
                     let out = &mut s.att_out[t * q_dim + h * hd..t * q_dim + (h + 1) * hd];
-                    out.iter_mut().for_each(|o| *o = 0.0);
-                    for (j, &pr) in scores.iter().enumerate() {
-                        let pr = from_f16(to_f16(pr));
-                        let at = layer_kv + (first + j) * kv_dim + kvh * hd;
-                        for (o, &v) in out.iter_mut().zip(&s.value_cache[at..at + hd]) {
-                            *o += pr * from_f16(v);
-                        }
+                    for (d, o) in out.iter_mut().enumerate() {
+                        let row = layer_vt + (kvh * hd + d) * s.ctx_pad;
+                        let v = &s.value_cache[row..row + len];
+                        *o = if batched {
+                            simd::dot_f16(v, &s.p16[..len])
+                        } else {
+                            simd::dot_f16_ggml(v, &s.p16[..len])
+                        };
                     }
                 }
             }
 
-            matmul(&layer.wo, &s.att_out[..n * q_dim], n, &mut s.xb2[..n * dim], &mut s.acts, par);
+            matmul(
+                &layer.wo,
+                &s.att_out[..n * q_dim],
+                n,
+                &mut s.xb2[..n * dim],
+                &mut s.acts,
+                par,
+            );
             for t in 0..n {
                 let o = &mut s.xb2[t * dim..(t + 1) * dim];
                 if let Some(pn) = &layer.post_attn_norm {
@@ -486,16 +605,28 @@ impl Model<'_> {
                 for (x, &v) in s.x[t * dim..(t + 1) * dim].iter_mut().zip(o.iter()) {
                     *x += v;
                 }
-                math::rmsnorm(&mut s.xb[t * dim..(t + 1) * dim], &s.x[t * dim..(t + 1) * dim], &layer.ffn_norm, c.rms_eps);
+                math::rmsnorm(
+                    &mut s.xb[t * dim..(t + 1) * dim],
+                    &s.x[t * dim..(t + 1) * dim],
+                    &layer.ffn_norm,
+                    c.rms_eps,
+                );
             }
             let xb = &s.xb[..n * dim];
             matmul(&layer.w_gate, xb, n, &mut s.hb[..n * ffn], &mut s.acts, par);
             matmul(&layer.w_up, xb, n, &mut s.hb2[..n * ffn], &mut s.acts, par);
             match &self.gelu {
                 Some(table) => table.geglu(&mut s.hb[..n * ffn], &s.hb2[..n * ffn]),
-                None => math::swiglu(&mut s.hb[..n * ffn], &s.hb2[..n * ffn]),
+                None => simd::swiglu(&mut s.hb[..n * ffn], &s.hb2[..n * ffn]),
             }
-            matmul(&layer.w_down, &s.hb[..n * ffn], n, &mut s.xb2[..n * dim], &mut s.acts, par);
+            matmul(
+                &layer.w_down,
+                &s.hb[..n * ffn],
+                n,
+                &mut s.xb2[..n * dim],
+                &mut s.acts,
+                par,
+            );
             for t in 0..n {
                 let o = &mut s.xb2[t * dim..(t + 1) * dim];
                 if let Some(pn) = &layer.post_ffn_norm {
@@ -508,7 +639,12 @@ impl Model<'_> {
         }
 
         let last = (n - 1) * dim;
-        math::rmsnorm(&mut s.xb[..dim], &s.x[last..last + dim], &w.output_norm, c.rms_eps);
+        math::rmsnorm(
+            &mut s.xb[..dim],
+            &s.x[last..last + dim],
+            &w.output_norm,
+            c.rms_eps,
+        );
         matmul(&w.output, &s.xb[..dim], 1, &mut s.logits, &mut s.acts, par);
         s.pos += n;
     }

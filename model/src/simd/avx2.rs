@@ -7,7 +7,8 @@
 use core::arch::x86_64::*;
 
 use crate::quant::{
-    scale_min_k4, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1, QK,
+    scale_min_k4, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ6K, BlockQ8K, BlockQ8_0,
+    BlockQ8_1, QK,
 };
 
 #[inline]
@@ -41,7 +42,9 @@ fn load_ps(x: &[f32; 8]) -> __m256 {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn f16(b: [u8; 2]) -> f32 {
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(u16::from_le_bytes(b) as i32)))
+    _mm_cvtss_f32(_mm_cvtph_ps(
+        _mm_cvtsi32_si128(u16::from_le_bytes(b) as i32),
+    ))
 }
 
 #[inline]
@@ -90,7 +93,12 @@ fn mul_sum_i8(a: __m256i, b: __m256i) -> __m256i {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn bits_to_bytes(qh: u32) -> __m256i {
-    let shuf = _mm256_set_epi64x(0x0303_0303_0303_0303, 0x0202_0202_0202_0202, 0x0101_0101_0101_0101, 0);
+    let shuf = _mm256_set_epi64x(
+        0x0303_0303_0303_0303,
+        0x0202_0202_0202_0202,
+        0x0101_0101_0101_0101,
+        0,
+    );
     let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(qh as i32), shuf);
     let bit_mask = _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe);
     _mm256_cmpeq_epi8(_mm256_or_si256(bytes, bit_mask), _mm256_set1_epi64x(-1))
@@ -135,7 +143,10 @@ pub unsafe fn dot_q5_0_q8_0(x: &[BlockQ5_0], y: &[BlockQ8_0]) -> f32 {
         let d = _mm256_set1_ps(f16(a.d) * f16(b.d));
         // Where bit 4 is clear, OR-ing 0xF0 into the nibble yields (q - 16) as a signed byte; where it is set the
         // byte is already q + 16 - 16.
-        let hi = _mm256_andnot_si256(bits_to_bytes(u32::from_le_bytes(a.qh)), _mm256_set1_epi8(0xF0u8 as i8));
+        let hi = _mm256_andnot_si256(
+            bits_to_bytes(u32::from_le_bytes(a.qh)),
+            _mm256_set1_epi8(0xF0u8 as i8),
+        );
         let qx = _mm256_or_si256(nibbles(&a.qs), hi);
         let p = _mm256_cvtepi32_ps(mul_sum_i8(qx, load_256_i8(&b.qs)));
         acc = _mm256_fmadd_ps(d, p, acc);
@@ -176,7 +187,11 @@ pub unsafe fn dot_q4_k_q8_k(x: &[BlockQ4K], y: &[BlockQ8K]) -> f32 {
             let lo = _mm256_and_si256(q, low);
             let hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), low);
             let y0 = load_256_i8(b.qs[64 * j..64 * j + 32].try_into().unwrap_or(&[0; 32]));
-            let y1 = load_256_i8(b.qs[64 * j + 32..64 * j + 64].try_into().unwrap_or(&[0; 32]));
+            let y1 = load_256_i8(
+                b.qs[64 * j + 32..64 * j + 64]
+                    .try_into()
+                    .unwrap_or(&[0; 32]),
+            );
             // ≤ 2·15·127 per i16 lane, then × a 6-bit scale into i32.
             let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, y0), _mm256_set1_epi16(sc0 as i16));
             let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, y1), _mm256_set1_epi16(sc1 as i16));
@@ -194,13 +209,29 @@ pub unsafe fn dot_q4_k_q8_k(x: &[BlockQ4K], y: &[BlockQ8K]) -> f32 {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_q6_k_q8_k(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32 {
     let mut acc = _mm256_setzero_ps();
-    let (m4, m2, k32) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(3), _mm256_set1_epi8(32));
+    let (m4, m2, k32) = (
+        _mm256_set1_epi8(0x0F),
+        _mm256_set1_epi8(3),
+        _mm256_set1_epi8(32),
+    );
     for (a, b) in x.iter().zip(y) {
         let mut sumi = _mm256_setzero_si256();
         for half in 0..2 {
-            let ql_a = load_256(a.ql[64 * half..64 * half + 32].try_into().unwrap_or(&[0; 32]));
-            let ql_b = load_256(a.ql[64 * half + 32..64 * half + 64].try_into().unwrap_or(&[0; 32]));
-            let qh = load_256(a.qh[32 * half..32 * half + 32].try_into().unwrap_or(&[0; 32]));
+            let ql_a = load_256(
+                a.ql[64 * half..64 * half + 32]
+                    .try_into()
+                    .unwrap_or(&[0; 32]),
+            );
+            let ql_b = load_256(
+                a.ql[64 * half + 32..64 * half + 64]
+                    .try_into()
+                    .unwrap_or(&[0; 32]),
+            );
+            let qh = load_256(
+                a.qh[32 * half..32 * half + 32]
+                    .try_into()
+                    .unwrap_or(&[0; 32]),
+            );
             // 16-bit shifts only move bits within a byte here: every shifted value is masked to its own byte.
             let hbits = |s: i32| -> __m256i {
                 let h = match s {
@@ -221,7 +252,8 @@ pub unsafe fn dot_q6_k_q8_k(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32 {
                 let off = 128 * half + 32 * k;
                 let yk = load_256_i8(b.qs[off..off + 32].try_into().unwrap_or(&[0; 32]));
                 // q ≤ 63: 2·63·127 per lane; subtracting 32·y keeps the value of (q-32)·y exactly.
-                let p = _mm256_sub_epi16(_mm256_maddubs_epi16(*qk, yk), _mm256_maddubs_epi16(k32, yk));
+                let p =
+                    _mm256_sub_epi16(_mm256_maddubs_epi16(*qk, yk), _mm256_maddubs_epi16(k32, yk));
                 let g = off / 16;
                 let sc = _mm256_set_m128i(
                     _mm_set1_epi16(a.scales[g + 1] as i16),
@@ -246,7 +278,10 @@ pub unsafe fn dot_f16(x: &[u16], y: &[u16]) -> f32 {
     while i + 8 <= n {
         // SAFETY: i + 8 ≤ n ≤ both lengths, so 8 u16 (16 bytes) are in bounds of each slice.
         let (a, b) = unsafe {
-            (_mm_loadu_si128(x.as_ptr().add(i).cast()), _mm_loadu_si128(y.as_ptr().add(i).cast()))
+            (
+                _mm_loadu_si128(x.as_ptr().add(i).cast()),
+                _mm_loadu_si128(y.as_ptr().add(i).cast()),
+            )
         };
         acc = _mm256_fmadd_ps(_mm256_cvtph_ps(a), _mm256_cvtph_ps(b), acc);
         i += 8;
@@ -286,7 +321,10 @@ fn round_block(v: &[__m256; 4], id: f32, qs: &mut [i8; QK]) -> i32 {
     let mut sum = _mm256_setzero_si256();
     let mut tmp = [0i32; 8];
     for (k, vk) in v.iter().enumerate() {
-        let r = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(*vk, mul), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        let r = _mm256_cvtps_epi32(_mm256_round_ps(
+            _mm256_mul_ps(*vk, mul),
+            _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
+        ));
         sum = _mm256_add_epi32(sum, r);
         // SAFETY: `tmp` holds exactly 8 i32 = 32 bytes.
         unsafe { _mm256_storeu_si256(tmp.as_mut_ptr().cast(), r) };
@@ -321,5 +359,145 @@ pub unsafe fn quantize_q8_1(x: &[f32], out: &mut [BlockQ8_1]) {
         b.d = crate::quant::f32_to_f16(d);
         let sum = round_block(&v, id, &mut b.qs);
         b.s = crate::quant::f32_to_f16(d * sum as f32);
+    }
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_f16_ggml(x: &[u16], y: &[u16]) -> f32 {
+    let n = x.len().min(y.len());
+    let np = n / 32 * 32;
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    while i < np {
+        for (j, a) in acc.iter_mut().enumerate() {
+            // SAFETY: i + 8j + 8 ≤ np ≤ both lengths.
+            let (p, q) = unsafe {
+                (
+                    _mm_loadu_si128(x.as_ptr().add(i + 8 * j).cast()),
+                    _mm_loadu_si128(y.as_ptr().add(i + 8 * j).cast()),
+                )
+            };
+            *a = _mm256_fmadd_ps(_mm256_cvtph_ps(p), _mm256_cvtph_ps(q), *a);
+        }
+        i += 32;
+    }
+    let s = _mm256_add_ps(_mm256_add_ps(acc[0], acc[2]), _mm256_add_ps(acc[1], acc[3]));
+    let t0 = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+    let t1 = _mm_hadd_ps(t0, t0);
+    let mut sum = _mm_cvtss_f32(_mm_hadd_ps(t1, t1)) as f64;
+    for j in np..n {
+        sum += (f16(x[j].to_le_bytes()) * f16(y[j].to_le_bytes())) as f64;
+    }
+    sum as f32
+}
+
+/// ggml's `ggml_v_expf` on 8 lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn expf8(x: __m256) -> __m256 {
+    let r = _mm256_set1_ps(f32::from_bits(0x4b40_0000));
+    let z = _mm256_fmadd_ps(x, _mm256_set1_ps(f32::from_bits(0x3fb8_aa3b)), r);
+    let n = _mm256_sub_ps(z, r);
+    let b = _mm256_fnmadd_ps(
+        n,
+        _mm256_set1_ps(f32::from_bits(0x35bf_be8e)),
+        _mm256_fnmadd_ps(n, _mm256_set1_ps(f32::from_bits(0x3f31_7200)), x),
+    );
+    let e = _mm256_slli_epi32(_mm256_castps_si256(z), 23);
+    let k = _mm256_castsi256_ps(_mm256_add_epi32(
+        e,
+        _mm256_castps_si256(_mm256_set1_ps(1.0)),
+    ));
+    let c = _mm256_cmp_ps(
+        _mm256_andnot_ps(_mm256_set1_ps(-0.0), n),
+        _mm256_set1_ps(126.0),
+        _CMP_GT_OQ,
+    );
+    let u = _mm256_mul_ps(b, b);
+    let set = |bits: u32| _mm256_set1_ps(f32::from_bits(bits));
+    let j = _mm256_fmadd_ps(
+        _mm256_fmadd_ps(
+            _mm256_fmadd_ps(set(0x3c07_2010), b, set(0x3d2b_9f17)),
+            u,
+            _mm256_fmadd_ps(set(0x3e2a_af33), b, set(0x3eff_fedb)),
+        ),
+        u,
+        _mm256_mul_ps(set(0x3f7f_fff6), b),
+    );
+    if _mm256_movemask_ps(c) == 0 {
+        return _mm256_fmadd_ps(j, k, k);
+    }
+    let d = _mm256_and_si256(
+        _mm256_castps_si256(_mm256_cmp_ps(n, _mm256_setzero_ps(), _CMP_LE_OQ)),
+        _mm256_set1_epi32(0x8200_0000u32 as i32),
+    );
+    let s1 = _mm256_castsi256_ps(_mm256_add_epi32(d, _mm256_set1_epi32(0x7f00_0000)));
+    let s2 = _mm256_castsi256_ps(_mm256_sub_epi32(e, d));
+    let g = _mm256_cmp_ps(
+        _mm256_andnot_ps(_mm256_set1_ps(-0.0), n),
+        _mm256_set1_ps(192.0),
+        _CMP_GT_OQ,
+    );
+    _mm256_or_ps(
+        _mm256_and_ps(g, _mm256_mul_ps(s1, s1)),
+        _mm256_andnot_ps(
+            g,
+            _mm256_or_ps(
+                _mm256_and_ps(c, _mm256_mul_ps(_mm256_fmadd_ps(s2, j, s2), s1)),
+                _mm256_andnot_ps(c, _mm256_fmadd_ps(k, j, k)),
+            ),
+        ),
+    )
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn softmax_exp(x: &mut [f32], max: f32) -> f64 {
+    let mut sum = 0.0f64;
+    let m = _mm256_set1_ps(max);
+    let mut chunks = x.chunks_exact_mut(8);
+    for c in &mut chunks {
+        // SAFETY: `c` is exactly 8 floats.
+        let v = expf8(_mm256_sub_ps(unsafe { _mm256_loadu_ps(c.as_ptr()) }, m));
+        // SAFETY: as above.
+        unsafe { _mm256_storeu_ps(c.as_mut_ptr(), v) };
+        sum += hsum_ps(v) as f64;
+    }
+    for v in chunks.into_remainder() {
+        *v = libm::expf(*v - max);
+        sum += *v as f64;
+    }
+    sum
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn swiglu(gate: &mut [f32], up: &[f32]) {
+    let n8 = gate.len().min(up.len()) / 8 * 8;
+    let one = _mm256_set1_ps(1.0);
+    let mut i = 0;
+    while i < n8 {
+        // SAFETY: i + 8 ≤ n8 ≤ both lengths.
+        let (x, u) = unsafe {
+            (
+                _mm256_loadu_ps(gate.as_ptr().add(i)),
+                _mm256_loadu_ps(up.as_ptr().add(i)),
+            )
+        };
+        let s = _mm256_div_ps(
+            x,
+            _mm256_add_ps(one, expf8(_mm256_sub_ps(_mm256_setzero_ps(), x))),
+        );
+        // SAFETY: as above.
+        unsafe { _mm256_storeu_ps(gate.as_mut_ptr().add(i), _mm256_mul_ps(s, u)) };
+        i += 8;
+    }
+    for (g, &u) in gate[n8..].iter_mut().zip(&up[n8..]) {
+        let x = *g;
+        *g = x / (1.0 + libm::expf(-x)) * u;
     }
 }

@@ -7,7 +7,9 @@
 
 use core::sync::atomic::{AtomicU8, Ordering};
 
-use crate::quant::{self, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1};
+use crate::quant::{
+    self, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1,
+};
 
 /// 0 = not yet probed, 1 = scalar, 2 = AVX2+FMA+F16C.
 static LEVEL: AtomicU8 = AtomicU8::new(0);
@@ -25,7 +27,11 @@ pub fn level() -> Level {
         1 => Level::Scalar,
         2 => Level::Avx2,
         _ => {
-            let l = if detect_avx2() { Level::Avx2 } else { Level::Scalar };
+            let l = if detect_avx2() {
+                Level::Avx2
+            } else {
+                Level::Scalar
+            };
             LEVEL.store(if l == Level::Avx2 { 2 } else { 1 }, Ordering::Relaxed);
             l
         }
@@ -46,8 +52,12 @@ fn detect_avx2() -> bool {
         return false;
     }
     let l1 = __cpuid(1);
-    let (fma, osxsave, avx, f16c) =
-        (l1.ecx & (1 << 12) != 0, l1.ecx & (1 << 27) != 0, l1.ecx & (1 << 28) != 0, l1.ecx & (1 << 29) != 0);
+    let (fma, osxsave, avx, f16c) = (
+        l1.ecx & (1 << 12) != 0,
+        l1.ecx & (1 << 27) != 0,
+        l1.ecx & (1 << 28) != 0,
+        l1.ecx & (1 << 29) != 0,
+    );
     if !(fma && osxsave && avx && f16c) {
         return false;
     }
@@ -99,8 +109,17 @@ dispatch!(
     /// Q6_K weights · Q8_K activations.
     dot_q6_k_q8_k(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32, quant::dot_q6_k_q8_k);
 dispatch!(
-    /// f16 · f16 with f32 accumulation (attention scores and weighted values).
-    dot_f16(x: &[u16], y: &[u16]) -> f32, quant::dot_f16);
+    /// f16 · f16 as tinyBLAS orders it (one 8-lane FMA chain); lengths a multiple of 8.
+    dot_f16(x: &[u16], y: &[u16]) -> f32, quant::dot_f16_chain);
+dispatch!(
+    /// f16 · f16 as `ggml_vec_dot_f16` orders it (four chains of 8 lanes, f64 tail).
+    dot_f16_ggml(x: &[u16], y: &[u16]) -> f32, quant::dot_f16_ggml);
+dispatch!(
+    /// `x[i] = exp(x[i] - max)` with ggml's vector expf; returns the f64 sum.
+    softmax_exp(x: &mut [f32], max: f32) -> f64, quant::softmax_exp);
+dispatch!(
+    /// `gate = silu(gate) * up` with ggml's vector expf.
+    swiglu(gate: &mut [f32], up: &[f32]) -> (), quant::swiglu);
 dispatch!(
     /// f32 → Q8_0 activations.
     quantize_q8_0(x: &[f32], out: &mut [BlockQ8_0]) -> (), quant::quantize_q8_0);

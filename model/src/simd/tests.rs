@@ -34,14 +34,23 @@ fn encode_weights(t: GgmlType, w: &[f32]) -> Vec<u8> {
     let mut out = Vec::new();
     match t {
         GgmlType::Q8_0 => {
-            let mut b = vec![BlockQ8_0 { d: [0; 2], qs: [0; 32] }; w.len() / 32];
+            let mut b = vec![
+                BlockQ8_0 {
+                    d: [0; 2],
+                    qs: [0; 32]
+                };
+                w.len() / 32
+            ];
             quant::quantize_q8_0(w, &mut b);
             out.extend_from_slice(bytemuck::cast_slice(&b));
         }
         _ => {
             // Random bit patterns are valid blocks for every format; keep f16 scales small and finite.
             let n = w.len() / t.block_len() * t.block_bytes();
-            let bytes: Vec<u8> = data(n, 7).iter().map(|v| (v.to_bits() >> 3) as u8).collect();
+            let bytes: Vec<u8> = data(n, 7)
+                .iter()
+                .map(|v| (v.to_bits() >> 3) as u8)
+                .collect();
             out.extend_from_slice(&bytes);
             let bs = t.block_bytes();
             for blk in out.chunks_exact_mut(bs) {
@@ -66,18 +75,37 @@ fn quantizers_match_scalar_bitwise() {
         return;
     }
     let x = data(1024, 1);
-    let mut a = vec![BlockQ8_0 { d: [0; 2], qs: [0; 32] }; 32];
+    let mut a = vec![
+        BlockQ8_0 {
+            d: [0; 2],
+            qs: [0; 32]
+        };
+        32
+    ];
     let mut b = a.clone();
     quant::quantize_q8_0(&x, &mut a);
     // SAFETY: AVX2, FMA and F16C were detected above.
     unsafe { avx2::quantize_q8_0(&x, &mut b) };
-    assert_eq!(bytemuck::cast_slice::<_, u8>(&a), bytemuck::cast_slice::<_, u8>(&b));
-    let mut a = vec![BlockQ8_1 { d: [0; 2], s: [0; 2], qs: [0; 32] }; 32];
+    assert_eq!(
+        bytemuck::cast_slice::<_, u8>(&a),
+        bytemuck::cast_slice::<_, u8>(&b)
+    );
+    let mut a = vec![
+        BlockQ8_1 {
+            d: [0; 2],
+            s: [0; 2],
+            qs: [0; 32]
+        };
+        32
+    ];
     let mut b = a.clone();
     quant::quantize_q8_1(&x, &mut a);
     // SAFETY: as above.
     unsafe { avx2::quantize_q8_1(&x, &mut b) };
-    assert_eq!(bytemuck::cast_slice::<_, u8>(&a), bytemuck::cast_slice::<_, u8>(&b));
+    assert_eq!(
+        bytemuck::cast_slice::<_, u8>(&a),
+        bytemuck::cast_slice::<_, u8>(&b)
+    );
 }
 
 fn check(t: GgmlType) {
@@ -87,10 +115,34 @@ fn check(t: GgmlType) {
     let mut wf = vec![0.0; n];
     quant::dequantize(t, &wbytes, &mut wf).unwrap();
     let exact: f64 = wf.iter().zip(&x).map(|(&a, &b)| a as f64 * b as f64).sum();
-    let norm: f64 = wf.iter().zip(&x).map(|(&a, &b)| (a as f64 * b as f64).abs()).sum();
-    let mut q80 = vec![BlockQ8_0 { d: [0; 2], qs: [0; 32] }; n / 32];
-    let mut q81 = vec![BlockQ8_1 { d: [0; 2], s: [0; 2], qs: [0; 32] }; n / 32];
-    let mut q8k = vec![BlockQ8K { d: 0.0, qs: [0; 256], bsums: [0; 16] }; n / 256];
+    let norm: f64 = wf
+        .iter()
+        .zip(&x)
+        .map(|(&a, &b)| (a as f64 * b as f64).abs())
+        .sum();
+    let mut q80 = vec![
+        BlockQ8_0 {
+            d: [0; 2],
+            qs: [0; 32]
+        };
+        n / 32
+    ];
+    let mut q81 = vec![
+        BlockQ8_1 {
+            d: [0; 2],
+            s: [0; 2],
+            qs: [0; 32]
+        };
+        n / 32
+    ];
+    let mut q8k = vec![
+        BlockQ8K {
+            d: 0.0,
+            qs: [0; 256],
+            bsums: [0; 16]
+        };
+        n / 256
+    ];
     quant::quantize_q8_0(&x, &mut q80);
     quant::quantize_q8_1(&x, &mut q81);
     quant::quantize_q8_k(&x, &mut q8k);
@@ -98,53 +150,172 @@ fn check(t: GgmlType) {
     let (scalar, simd) = match t {
         GgmlType::Q4_0 => {
             let w = quant::cast(&wbytes);
-            (quant::dot_q4_0_q8_0(w, &q80), have_avx2().then(|| unsafe { avx2::dot_q4_0_q8_0(w, &q80) }))
+            (
+                quant::dot_q4_0_q8_0(w, &q80),
+                // SAFETY: only called when AVX2, FMA and F16C were detected.
+                have_avx2().then(|| unsafe { avx2::dot_q4_0_q8_0(w, &q80) }),
+            )
         }
         GgmlType::Q4_1 => {
             let w = quant::cast(&wbytes);
-            (quant::dot_q4_1_q8_1(w, &q81), have_avx2().then(|| unsafe { avx2::dot_q4_1_q8_1(w, &q81) }))
+            (
+                quant::dot_q4_1_q8_1(w, &q81),
+                // SAFETY: only called when AVX2, FMA and F16C were detected.
+                have_avx2().then(|| unsafe { avx2::dot_q4_1_q8_1(w, &q81) }),
+            )
         }
         GgmlType::Q5_0 => {
             let w = quant::cast(&wbytes);
-            (quant::dot_q5_0_q8_0(w, &q80), have_avx2().then(|| unsafe { avx2::dot_q5_0_q8_0(w, &q80) }))
+            (
+                quant::dot_q5_0_q8_0(w, &q80),
+                // SAFETY: only called when AVX2, FMA and F16C were detected.
+                have_avx2().then(|| unsafe { avx2::dot_q5_0_q8_0(w, &q80) }),
+            )
         }
         GgmlType::Q8_0 => {
             let w = quant::cast(&wbytes);
-            (quant::dot_q8_0_q8_0(w, &q80), have_avx2().then(|| unsafe { avx2::dot_q8_0_q8_0(w, &q80) }))
+            (
+                quant::dot_q8_0_q8_0(w, &q80),
+                // SAFETY: only called when AVX2, FMA and F16C were detected.
+                have_avx2().then(|| unsafe { avx2::dot_q8_0_q8_0(w, &q80) }),
+            )
         }
         GgmlType::Q4K => {
             let w = quant::cast(&wbytes);
-            (quant::dot_q4_k_q8_k(w, &q8k), have_avx2().then(|| unsafe { avx2::dot_q4_k_q8_k(w, &q8k) }))
+            (
+                quant::dot_q4_k_q8_k(w, &q8k),
+                // SAFETY: only called when AVX2, FMA and F16C were detected.
+                have_avx2().then(|| unsafe { avx2::dot_q4_k_q8_k(w, &q8k) }),
+            )
         }
         GgmlType::Q6K => {
             let w = quant::cast(&wbytes);
-            (quant::dot_q6_k_q8_k(w, &q8k), have_avx2().then(|| unsafe { avx2::dot_q6_k_q8_k(w, &q8k) }))
+            (
+                quant::dot_q6_k_q8_k(w, &q8k),
+                // SAFETY: only called when AVX2, FMA and F16C were detected.
+                have_avx2().then(|| unsafe { avx2::dot_q6_k_q8_k(w, &q8k) }),
+            )
         }
         _ => unreachable!(),
     };
     // Activation quantization error: |Δx| ≤ amax/254 per element, so the dot moves by at most ~1% of Σ|w·x| here.
-    assert!((scalar as f64 - exact).abs() <= 0.01 * norm, "{t:?}: scalar {scalar} vs f32 {exact} (norm {norm})");
+    assert!(
+        (scalar as f64 - exact).abs() <= 0.01 * norm,
+        "{t:?}: scalar {scalar} vs f32 {exact} (norm {norm})"
+    );
     if let Some(simd) = simd {
         // Same integer sums, different f32 summation order.
-        assert!((simd - scalar).abs() <= 1e-5 * norm as f32, "{t:?}: simd {simd} vs scalar {scalar}");
+        assert!(
+            (simd - scalar).abs() <= 1e-5 * norm as f32,
+            "{t:?}: simd {simd} vs scalar {scalar}"
+        );
     }
 }
 
 #[test]
 fn dots_match_scalar_and_f32() {
-    for t in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::Q4K, GgmlType::Q6K] {
+    for t in [
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q8_0,
+        GgmlType::Q4K,
+        GgmlType::Q6K,
+    ] {
         check(t);
     }
 }
 
 #[test]
 fn f16_dot_matches_scalar() {
-    let a: Vec<u16> = data(67, 9).iter().map(|&v| u16::from_le_bytes(quant::f32_to_f16(v))).collect();
-    let b: Vec<u16> = data(67, 11).iter().map(|&v| u16::from_le_bytes(quant::f32_to_f16(v))).collect();
+    let a: Vec<u16> = data(67, 9)
+        .iter()
+        .map(|&v| u16::from_le_bytes(quant::f32_to_f16(v)))
+        .collect();
+    let b: Vec<u16> = data(67, 11)
+        .iter()
+        .map(|&v| u16::from_le_bytes(quant::f32_to_f16(v)))
+        .collect();
     let s = quant::dot_f16(&a, &b);
     if have_avx2() {
         // SAFETY: AVX2, FMA and F16C were detected.
         let v = unsafe { avx2::dot_f16(&a, &b) };
         assert!((s - v).abs() < 1e-3, "{s} vs {v}");
     }
+}
+
+fn f16s(v: &[f32]) -> Vec<u16> {
+    v.iter()
+        .map(|&x| u16::from_le_bytes(quant::f32_to_f16(x)))
+        .collect()
+}
+
+#[test]
+fn f16_dots_match_scalar_bitwise() {
+    if !have_avx2() {
+        return;
+    }
+    for n in [64usize, 96, 200, 256] {
+        let (a, b) = (f16s(&data(n, 21)), f16s(&data(n, 23)));
+        let n8 = n / 8 * 8;
+        // SAFETY: AVX2, FMA and F16C were detected.
+        let v = unsafe { avx2::dot_f16(&a[..n8], &b[..n8]) };
+        assert_eq!(
+            v.to_bits(),
+            quant::dot_f16_chain(&a[..n8], &b[..n8]).to_bits(),
+            "chain n={n}"
+        );
+        // SAFETY: as above.
+        let v = unsafe { avx2::dot_f16_ggml(&a, &b) };
+        assert_eq!(
+            v.to_bits(),
+            quant::dot_f16_ggml(&a, &b).to_bits(),
+            "ggml n={n}"
+        );
+        let exact: f64 = a
+            .iter()
+            .zip(&b)
+            .map(|(&x, &y)| {
+                let h = |v: u16| half::f16::from_bits(v).to_f32() as f64;
+                h(x) * h(y)
+            })
+            .sum();
+        assert!((v as f64 - exact).abs() < 1e-3 * exact.abs().max(1.0));
+    }
+}
+
+#[test]
+fn expf_and_swiglu_match_scalar_bitwise_and_libm() {
+    let x: Vec<f32> = (0..4000)
+        .map(|i| (i as f32 - 2000.0) * 0.06)
+        .chain([-f32::INFINITY, 0.0, -150.0])
+        .collect();
+    for &v in &x {
+        let e = quant::expf_ggml(v);
+        let r = libm::expf(v);
+        assert!(
+            e == r || (e - r).abs() <= 4.0 * f32::EPSILON * r.abs() + f32::MIN_POSITIVE,
+            "{v}: {e} vs {r}"
+        );
+    }
+    if !have_avx2() {
+        return;
+    }
+    let n = x.len() / 8 * 8;
+    let (mut a, mut b) = (x[..n].to_vec(), x[..n].to_vec());
+    let sa = quant::softmax_exp(&mut a, 3.0);
+    // SAFETY: AVX2, FMA and F16C were detected.
+    let sb = unsafe { avx2::softmax_exp(&mut b, 3.0) };
+    assert_eq!(sa.to_bits(), sb.to_bits());
+    assert!(a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()));
+    let g: Vec<f32> = data(n, 5);
+    let (mut a, mut b) = (
+        data(n, 31).iter().map(|v| v * 8.0).collect::<Vec<_>>(),
+        Vec::new(),
+    );
+    b.extend_from_slice(&a);
+    quant::swiglu(&mut a, &g);
+    // SAFETY: as above.
+    unsafe { avx2::swiglu(&mut b, &g) };
+    assert!(a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()));
 }

@@ -59,7 +59,9 @@ impl<'a> Bpe<'a> {
             .ok_or(TokenizerError::BadMetadata("tokenizer.ggml.merges"))?;
         let mut ranks = BTreeMap::new();
         for (rank, m) in merges.iter().enumerate() {
-            let s = m.as_str().ok_or(TokenizerError::BadMetadata("tokenizer.ggml.merges"))?;
+            let s = m
+                .as_str()
+                .ok_or(TokenizerError::BadMetadata("tokenizer.ggml.merges"))?;
             // The pair separator is the first space after the first character (a left part may itself be " "
             // in vocabularies that do not remap bytes, so skip one character before searching).
             let first_len = s.chars().next().map(char::len_utf8).unwrap_or(0);
@@ -72,7 +74,11 @@ impl<'a> Bpe<'a> {
         for (b, c) in byte_chars.iter_mut().enumerate() {
             *c = byte_to_char(b as u8);
         }
-        Ok(Bpe { ranks, pre, byte_chars })
+        Ok(Bpe {
+            ranks,
+            pre,
+            byte_chars,
+        })
     }
 
     pub(super) fn encode(&self, tok: &Tokenizer<'_>, text: &str, out: &mut Vec<u32>) {
@@ -105,7 +111,10 @@ impl<'a> Bpe<'a> {
             return;
         }
         // Symbols as byte ranges of `word`, initially one per character.
-        let mut sym: Vec<(usize, usize)> = word.char_indices().map(|(i, c)| (i, i + c.len_utf8())).collect();
+        let mut sym: Vec<(usize, usize)> = word
+            .char_indices()
+            .map(|(i, c)| (i, i + c.len_utf8()))
+            .collect();
         loop {
             let mut best: Option<(u32, usize)> = None;
             for i in 0..sym.len().saturating_sub(1) {
@@ -147,7 +156,11 @@ pub fn gpt2_split(s: &str, f: &mut dyn FnMut(&str)) {
         let c = chars[i].1;
         if c == '\'' && i + 1 < n {
             let c1 = chars[i + 1].1;
-            let c2 = if i + 2 < n { Some(chars[i + 2].1) } else { None };
+            let c2 = if i + 2 < n {
+                Some(chars[i + 2].1)
+            } else {
+                None
+            };
             let len = match (c1, c2) {
                 ('s' | 't' | 'm' | 'd', _) => 2,
                 ('r', Some('e')) | ('v', Some('e')) | ('l', Some('l')) => 3,
@@ -159,7 +172,11 @@ pub fn gpt2_split(s: &str, f: &mut dyn FnMut(&str)) {
                 continue;
             }
         }
-        let j = if c == ' ' && i + 1 < n && !chars[i + 1].1.is_whitespace() { i + 1 } else { i };
+        let j = if c == ' ' && i + 1 < n && !chars[i + 1].1.is_whitespace() {
+            i + 1
+        } else {
+            i
+        };
         let cj = chars[j].1;
         let run = |from: usize, pred: &dyn Fn(char) -> bool| {
             let mut k = from;
@@ -213,7 +230,10 @@ mod tests {
     #[test]
     fn gpt2_pretokenizer_matches_regex_semantics() {
         assert_eq!(split("Hello world"), ["Hello", " world"]);
-        assert_eq!(split("it's  fine!!\n\nThe"), ["it", "'s", " ", " fine", "!!", "\n", "\n", "The"]);
+        assert_eq!(
+            split("it's  fine!!\n\nThe"),
+            ["it", "'s", " ", " fine", "!!", "\n", "\n", "The"]
+        );
         assert_eq!(split("a   b"), ["a", "  ", " b"]);
         assert_eq!(split("x \n"), ["x", " \n"]);
         assert_eq!(split(" 12ab"), [" 12", "ab"]);

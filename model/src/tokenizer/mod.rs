@@ -32,8 +32,12 @@ pub enum TokenizerError {
 impl core::fmt::Display for TokenizerError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
-            TokenizerError::UnsupportedModel => write!(f, "unsupported tokenizer model (gpt2 and llama are)"),
-            TokenizerError::BadMetadata(k) => write!(f, "tokenizer metadata {k} is missing or invalid"),
+            TokenizerError::UnsupportedModel => {
+                write!(f, "unsupported tokenizer model (gpt2 and llama are)")
+            }
+            TokenizerError::BadMetadata(k) => {
+                write!(f, "tokenizer metadata {k} is missing or invalid")
+            }
         }
     }
 }
@@ -62,7 +66,9 @@ pub struct Tokenizer<'a> {
 }
 
 fn key_u32(g: &Gguf<'_>, key: &str) -> Option<u32> {
-    g.get(key).and_then(Value::as_u64).and_then(|v| u32::try_from(v).ok())
+    g.get(key)
+        .and_then(Value::as_u64)
+        .and_then(|v| u32::try_from(v).ok())
 }
 
 impl<'a> Tokenizer<'a> {
@@ -78,7 +84,10 @@ impl<'a> Tokenizer<'a> {
             .ok_or(TokenizerError::BadMetadata("tokenizer.ggml.tokens"))?;
         let mut tokens = Vec::with_capacity(arr.len());
         for v in arr.iter() {
-            tokens.push(v.as_str().ok_or(TokenizerError::BadMetadata("tokenizer.ggml.tokens"))?);
+            tokens.push(
+                v.as_str()
+                    .ok_or(TokenizerError::BadMetadata("tokenizer.ggml.tokens"))?,
+            );
         }
         let n = tokens.len();
         if n == 0 || n > u32::MAX as usize {
@@ -98,7 +107,9 @@ impl<'a> Tokenizer<'a> {
         let scores: Vec<f32> = match g.get("tokenizer.ggml.scores").and_then(Value::as_array) {
             Some(a) if a.len() == n => a.iter().map(|v| v.as_f32().unwrap_or(0.0)).collect(),
             Some(_) => return Err(TokenizerError::BadMetadata("tokenizer.ggml.scores")),
-            None if kind == Kind::Spm => return Err(TokenizerError::BadMetadata("tokenizer.ggml.scores")),
+            None if kind == Kind::Spm => {
+                return Err(TokenizerError::BadMetadata("tokenizer.ggml.scores"))
+            }
             None => Vec::new(),
         };
         let mut ids = BTreeMap::new();
@@ -108,11 +119,18 @@ impl<'a> Tokenizer<'a> {
         }
         let mut specials: Vec<u32> = (0..n as u32)
             .filter(|&i| {
-                matches!(types[i as usize], TOKEN_CONTROL | TOKEN_USER_DEFINED | TOKEN_UNKNOWN)
-                    && !tokens[i as usize].is_empty()
+                matches!(
+                    types[i as usize],
+                    TOKEN_CONTROL | TOKEN_USER_DEFINED | TOKEN_UNKNOWN
+                ) && !tokens[i as usize].is_empty()
             })
             .collect();
-        specials.sort_by(|&a, &b| tokens[b as usize].len().cmp(&tokens[a as usize].len()).then(a.cmp(&b)));
+        specials.sort_by(|&a, &b| {
+            tokens[b as usize]
+                .len()
+                .cmp(&tokens[a as usize].len())
+                .then(a.cmp(&b))
+        });
         let mut specials_by_byte = alloc::vec![Vec::new(); 256];
         for s in specials {
             specials_by_byte[tokens[s as usize].as_bytes()[0] as usize].push(s);
@@ -121,14 +139,32 @@ impl<'a> Tokenizer<'a> {
         let bos = check(key_u32(g, "tokenizer.ggml.bos_token_id"));
         let eos = check(key_u32(g, "tokenizer.ggml.eos_token_id"));
         let unk = check(key_u32(g, "tokenizer.ggml.unknown_token_id"));
-        let add_bos = g.get("tokenizer.ggml.add_bos_token").and_then(Value::as_bool).unwrap_or(kind == Kind::Spm);
-        let add_space_prefix =
-            g.get("tokenizer.ggml.add_space_prefix").and_then(Value::as_bool).unwrap_or(kind == Kind::Spm);
+        let add_bos = g
+            .get("tokenizer.ggml.add_bos_token")
+            .and_then(Value::as_bool)
+            .unwrap_or(kind == Kind::Spm);
+        let add_space_prefix = g
+            .get("tokenizer.ggml.add_space_prefix")
+            .and_then(Value::as_bool)
+            .unwrap_or(kind == Kind::Spm);
         let bpe = match kind {
             Kind::Bpe => Some(bpe::Bpe::from_gguf(g)?),
             Kind::Spm => None,
         };
-        Ok(Tokenizer { kind, tokens, types, scores, ids, specials_by_byte, bos, eos, add_bos, add_space_prefix, unk, bpe })
+        Ok(Tokenizer {
+            kind,
+            tokens,
+            types,
+            scores,
+            ids,
+            specials_by_byte,
+            bos,
+            eos,
+            add_bos,
+            add_space_prefix,
+            unk,
+            bpe,
+        })
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -152,10 +188,13 @@ impl<'a> Tokenizer<'a> {
         // SPM prefixes a space to a fragment at the start or after a special token (llama.cpp `is_prev_special`).
         let mut prev_special = true;
         while i < bytes.len() {
-            let hit = self.specials_by_byte[bytes[i] as usize].iter().copied().find(|&s| {
-                let allowed = parse_special || self.types[s as usize] == TOKEN_USER_DEFINED;
-                allowed && bytes[i..].starts_with(self.tokens[s as usize].as_bytes())
-            });
+            let hit = self.specials_by_byte[bytes[i] as usize]
+                .iter()
+                .copied()
+                .find(|&s| {
+                    let allowed = parse_special || self.types[s as usize] == TOKEN_USER_DEFINED;
+                    allowed && bytes[i..].starts_with(self.tokens[s as usize].as_bytes())
+                });
             match hit {
                 Some(s) => {
                     if fragment_start < i {
@@ -193,7 +232,9 @@ impl<'a> Tokenizer<'a> {
 
     /// Appends the bytes of token `id` (special tokens render as their text). Unknown ids add nothing.
     pub fn decode_piece(&self, id: u32, out: &mut Vec<u8>) {
-        let Some(&text) = self.tokens.get(id as usize) else { return };
+        let Some(&text) = self.tokens.get(id as usize) else {
+            return;
+        };
         let ty = self.types[id as usize];
         if matches!(ty, TOKEN_CONTROL | TOKEN_USER_DEFINED | TOKEN_UNKNOWN) {
             out.extend_from_slice(text.as_bytes());

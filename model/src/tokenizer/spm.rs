@@ -46,7 +46,12 @@ struct Symbol {
 }
 
 /// Tokenizes one raw-text fragment (whitespace not yet escaped).
-pub(super) fn encode(tok: &Tokenizer<'_>, fragment: &str, with_space_prefix: bool, out: &mut Vec<u32>) {
+pub(super) fn encode(
+    tok: &Tokenizer<'_>,
+    fragment: &str,
+    with_space_prefix: bool,
+    out: &mut Vec<u32>,
+) {
     let mut text = String::with_capacity(fragment.len() + 3);
     if with_space_prefix {
         text.push_str(SPACE);
@@ -60,18 +65,33 @@ pub(super) fn encode(tok: &Tokenizer<'_>, fragment: &str, with_space_prefix: boo
     }
     let mut sym: Vec<Symbol> = Vec::new();
     for (i, (s, c)) in text.char_indices().enumerate() {
-        sym.push(Symbol { start: s, len: c.len_utf8(), prev: i.checked_sub(1), next: Some(i + 1) });
+        sym.push(Symbol {
+            start: s,
+            len: c.len_utf8(),
+            prev: i.checked_sub(1),
+            next: Some(i + 1),
+        });
     }
     if let Some(last) = sym.last_mut() {
         last.next = None;
     }
     let mut heap = BinaryHeap::new();
-    let try_add = |heap: &mut BinaryHeap<Bigram>, sym: &[Symbol], left: Option<usize>, right: Option<usize>| {
-        let (Some(l), Some(r)) = (left, right) else { return };
+    let try_add = |heap: &mut BinaryHeap<Bigram>,
+                   sym: &[Symbol],
+                   left: Option<usize>,
+                   right: Option<usize>| {
+        let (Some(l), Some(r)) = (left, right) else {
+            return;
+        };
         let piece = &text[sym[l].start..sym[r].start + sym[r].len];
         if let Some(id) = tok.id(piece) {
             let score = tok.scores.get(id as usize).copied().unwrap_or(0.0);
-            heap.push(Bigram { left: l, right: r, score, size: piece.len() });
+            heap.push(Bigram {
+                left: l,
+                right: r,
+                score,
+                size: piece.len(),
+            });
         }
     };
     for i in 1..sym.len() {
