@@ -20,7 +20,7 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 
 use rustls::crypto::SecureRandom;
-use rustls::server::{ServerConfig, UnbufferedServerConnection};
+use rustls::server::{NoServerSessionStorage, ServerConfig, UnbufferedServerConnection};
 use rustls::sign::SingleCertAndKey;
 use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
 
@@ -124,6 +124,9 @@ impl TlsServer {
         // fresh exporter anyway: issue no tickets (DESIGN §2). Early data stays off (rustls' default 0).
         config.send_tls13_tickets = 0;
         config.max_early_data_size = 0;
+        // Already the no-std default; explicit so that host tests (where rustls has std and would default
+        // to an in-memory cache) run the configuration the appliance runs.
+        config.session_storage = Arc::new(NoServerSessionStorage {});
         Ok(Self {
             config: Arc::new(config),
             identity,
