@@ -16,6 +16,7 @@ mod memory;
 mod pci;
 mod rng;
 mod rt;
+mod tpm_device;
 mod virtio;
 
 use sha2::{Digest, Sha256};
@@ -58,9 +59,34 @@ extern "C" fn kernel_main(start_info: u64) -> ! {
         fail("no hardware entropy")
     };
 
+    let mut tpm = match tpm_device::open(&clock) {
+        Ok(tpm) => tpm,
+        Err(_error) => {
+            crate::debug!("TPM: {_error:?}");
+            fail("TPM")
+        }
+    };
+    match tpm_device::random_seed(&mut tpm) {
+        Ok(seed) => random.mix(&seed),
+        Err(_error) => {
+            crate::debug!("TPM GetRandom: {_error:?}");
+            fail("TPM randomness")
+        }
+    }
+
     let model = memory.model_bytes();
     let digest: [u8; 32] = Sha256::digest(model).into();
     crate::debug!("model: sha256 computed in {} ms", clock.now_us() / 1000);
+    // Everything is measured before any port opens (DESIGN §4).
+    let _event_log = match tpm_device::measure_boot(&mut tpm, digest, memory.boot.cmdline.as_str())
+    {
+        Ok(log) => log,
+        Err(_error) => {
+            crate::debug!("measurement: {_error:?}");
+            fail("measurement")
+        }
+    };
+    crate::debug!("measured kernel, model and command line into PCRs 12-14");
 
     let transport = match pci::virtio_net(&mut memory) {
         Ok(transport) => transport,

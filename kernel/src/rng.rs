@@ -6,6 +6,7 @@
 
 use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
+use sha2::{Digest, Sha256};
 
 use crate::arch::cpu;
 
@@ -57,6 +58,18 @@ impl Random {
         Ok(Self {
             generator: ChaCha20Rng::from_seed(seed),
         })
+    }
+
+    /// Reseeds from the generator's own output and `extra` (the TPM's GetRandom bytes), so the
+    /// result is at least as unpredictable as the better of the two sources.
+    pub fn mix(&mut self, extra: &[u8; 32]) {
+        let mut current = [0u8; 32];
+        self.generator.fill_bytes(&mut current);
+        let mut hasher = Sha256::new();
+        hasher.update(b"cloister drbg reseed");
+        hasher.update(current);
+        hasher.update(extra);
+        self.generator = ChaCha20Rng::from_seed(hasher.finalize().into());
     }
 
     /// One random 64-bit value.
