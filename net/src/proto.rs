@@ -6,6 +6,7 @@
 
 use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::frame::{self, FrameError};
 
@@ -17,6 +18,22 @@ pub const APPLIANCE_PORT: u16 = 7000;
 pub enum Request {
     /// Ask for the length and SHA-256 of the model blob, as the appliance computed them at boot.
     ModelInfo,
+    /// Ask for a fresh TPM quote over the PCRs in `pcr_mask` (bit n = PCR n), qualified by
+    /// [`qualifying_data`] of `nonce`, with everything needed to check it ([`Evidence`]).
+    Attest {
+        /// The client's fresh random nonce.
+        nonce: [u8; 32],
+        /// PCRs to quote, one bit each (PCRs 0-23).
+        pcr_mask: u32,
+    },
+    /// TPM2_ActivateCredential with the appliance's EK and AK: proves the AK lives in the TPM
+    /// that holds the certified EK. Fields are TPM2B payloads as MakeCredential produced them.
+    ActivateCredential {
+        /// TPM2B_ID_OBJECT contents (integrity HMAC and encrypted credential).
+        credential_blob: Vec<u8>,
+        /// TPM2B_ENCRYPTED_SECRET contents (the seed, RSA-OAEP encrypted to the EK).
+        secret: Vec<u8>,
+    },
 }
 
 /// The appliance's answer to one request.
@@ -26,6 +43,42 @@ pub enum Response {
     ModelInfo(ModelInfo),
     /// The request could not be served; the connection may be closed after this frame.
     Error(ErrorCode),
+    /// Answer to [`Request::Attest`].
+    Evidence(Evidence),
+    /// Answer to [`Request::ActivateCredential`]: the recovered credential.
+    Credential(Vec<u8>),
+}
+
+/// What the appliance returns for an attestation request (DESIGN §4). Every byte string is
+/// exactly what the TPM produced, so a verifier (or `tpm2_checkquote`) can check it unchanged.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Evidence {
+    /// TPMS_ATTEST, as signed.
+    pub attest: Vec<u8>,
+    /// TPMT_SIGNATURE over `attest` by the AK.
+    pub signature: Vec<u8>,
+    /// TPMT_PUBLIC of the attestation key.
+    pub ak_public: Vec<u8>,
+    /// TPMT_PUBLIC of the endorsement key (RSA-2048, TCG default template).
+    pub ek_public: Vec<u8>,
+    /// The EK certificate (DER) read from NV index 0x01C00002.
+    pub ek_certificate: Vec<u8>,
+    /// Values of the quoted PCRs (SHA-256 bank), ascending PCR order.
+    pub pcr_values: Vec<[u8; 32]>,
+    /// The measurement event log (`tpm::eventlog` format).
+    pub event_log: Vec<u8>,
+}
+
+/// Domain-separation label for quote qualifying data.
+pub const QUALIFYING_DATA_LABEL: &[u8] = b"cloister attest v1\0";
+
+/// The quote's extraData for a client nonce: SHA-256(label || nonce). The TLS issue extends this
+/// with the server key and the session's exporter value (channel binding, DESIGN §4).
+pub fn qualifying_data(nonce: &[u8; 32]) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    hasher.update(QUALIFYING_DATA_LABEL);
+    hasher.update(nonce);
+    hasher.finalize().into()
 }
 
 /// What the appliance knows about the model it booted with.
@@ -48,6 +101,10 @@ pub enum ErrorCode {
     Busy,
     /// The client was idle for too long.
     Timeout,
+    /// The request's arguments were refused (for example an empty or out-of-range PCR mask).
+    BadRequest,
+    /// The TPM failed to carry out the request.
+    TpmFailure,
 }
 
 /// Why bytes could not be turned into a message.
@@ -123,6 +180,25 @@ mod tests {
         let mut out = Vec::new();
         Response::Error(ErrorCode::TooLarge).emit(&mut out).unwrap();
         assert_eq!(out, [0, 0, 0, 2, 1, 1]);
+    }
+
+    #[test]
+    fn attest_request_bytes_and_qualifying_data() {
+        let mut out = Vec::new();
+        Request::Attest {
+            nonce: [7; 32],
+            pcr_mask: 0x7000,
+        }
+        .emit(&mut out)
+        .unwrap();
+        let mut expected = vec![0, 0, 0, 36, 1];
+        expected.extend_from_slice(&[7; 32]);
+        expected.extend_from_slice(&[0x80, 0xe0, 0x01]);
+        assert_eq!(out, expected);
+        // SHA-256("cloister attest v1\0" || 32 bytes of 7), computed independently.
+        let digest = qualifying_data(&[7; 32]);
+        assert_eq!(digest[..4], [0x6c, 0x59, 0xd2, 0x84]);
+        assert_eq!(digest[28..], [0x40, 0x21, 0x35, 0xd4]);
     }
 
     #[test]
