@@ -9,6 +9,7 @@
 extern crate alloc;
 
 pub mod gguf;
+pub mod gguf_write;
 pub mod math;
 pub mod matmul;
 pub mod parallel;
