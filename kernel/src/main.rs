@@ -78,8 +78,7 @@ extern "C" fn kernel_main(start_info: u64) -> ! {
     let digest: [u8; 32] = Sha256::digest(model).into();
     crate::debug!("model: sha256 computed in {} ms", clock.now_us() / 1000);
     // Everything is measured before any port opens (DESIGN §4).
-    let _event_log = match tpm_device::measure_boot(&mut tpm, digest, memory.boot.cmdline.as_str())
-    {
+    let event_log = match tpm_device::measure_boot(&mut tpm, digest, memory.boot.cmdline.as_str()) {
         Ok(log) => log,
         Err(_error) => {
             crate::debug!("measurement: {_error:?}");
@@ -87,6 +86,17 @@ extern "C" fn kernel_main(start_info: u64) -> ! {
         }
     };
     crate::debug!("measured kernel, model and command line into PCRs 12-14");
+    let identity = match tpm_device::create_identity(&mut tpm) {
+        Ok(identity) => identity,
+        Err(_error) => {
+            crate::debug!("attestation keys: {_error:?}");
+            fail("attestation keys")
+        }
+    };
+    crate::debug!(
+        "EK, AK created; EK certificate {} bytes",
+        identity.ek_certificate.len()
+    );
 
     let transport = match pci::virtio_net(&mut memory) {
         Ok(transport) => transport,
@@ -112,5 +122,8 @@ extern "C" fn kernel_main(start_info: u64) -> ! {
         random: &mut random,
         info,
         entry_tsc,
+        tpm,
+        identity,
+        event_log,
     })
 }

@@ -72,6 +72,11 @@ impl Random {
         self.generator = ChaCha20Rng::from_seed(hasher.finalize().into());
     }
 
+    /// Fills `buffer` with random bytes.
+    pub fn fill(&mut self, buffer: &mut [u8]) {
+        self.generator.fill_bytes(buffer);
+    }
+
     /// One random 64-bit value.
     pub fn next_u64(&mut self) -> u64 {
         self.generator.next_u64()

@@ -157,3 +157,32 @@ pub fn measure_boot(
     }
     Ok(log)
 }
+
+/// The keys the appliance attests with, created once at boot (DESIGN §4).
+pub struct Identity {
+    /// The endorsement key (TCG default RSA-2048 template), loaded for credential activation.
+    pub ek: tpm::commands::CreatedPrimary,
+    /// The attestation key: restricted ECC P-256 signing key under the endorsement hierarchy.
+    pub ak: tpm::commands::CreatedPrimary,
+    /// The EK certificate (DER) from NV index 0x01C00002.
+    pub ek_certificate: alloc::vec::Vec<u8>,
+}
+
+/// Largest EK certificate read from NV.
+const MAX_EK_CERTIFICATE: usize = 4096;
+
+/// Creates the EK and the AK and reads the EK certificate.
+pub fn create_identity(tpm: &mut KernelTpm) -> Result<Identity, TpmError> {
+    use tpm::commands::{create_primary, read_ek_certificate};
+    use tpm::public::KeyTemplate;
+    let ek = create_primary(tpm, KeyTemplate::EkRsa2048).map_err(TpmError::Command)?;
+    let ak = create_primary(tpm, KeyTemplate::AkEccP256).map_err(TpmError::Command)?;
+    let mut certificate = alloc::vec![0u8; MAX_EK_CERTIFICATE];
+    let len = read_ek_certificate(tpm, &mut certificate).map_err(TpmError::Command)?;
+    certificate.truncate(len);
+    Ok(Identity {
+        ek,
+        ak,
+        ek_certificate: certificate,
+    })
+}
