@@ -134,6 +134,11 @@ fn serve_one(listener: &TcpListener, server: &TlsServer, reply: &[u8]) -> Served
 /// Runs `openssl s_client` against a fresh session; returns what the server saw, openssl's stdout and
 /// whether it exited successfully.
 fn s_client(server: &TlsServer, extra: &[&str]) -> (Served, String, bool) {
+    s_client_version(server, "-tls1_3", extra)
+}
+
+/// [`s_client`] with the protocol-version switch given (`-tls1_3`, `-tls1_2`).
+fn s_client_version(server: &TlsServer, version: &str, extra: &[&str]) -> (Served, String, bool) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let address = listener.local_addr().unwrap().to_string();
     let label = std::str::from_utf8(ATTESTATION_EXPORTER_LABEL).unwrap();
@@ -141,7 +146,7 @@ fn s_client(server: &TlsServer, extra: &[&str]) -> (Served, String, bool) {
         "s_client",
         "-connect",
         &address,
-        "-tls1_3",
+        version,
         "-keymatexport",
         label,
         "-keymatexportlen",
@@ -223,6 +228,18 @@ fn openssl_without_a_common_suite_is_refused() {
     let (served, stdout, success) = s_client(&server, &["-ciphersuites", "TLS_AES_256_GCM_SHA384"]);
     assert_eq!(served.error, Some(TlsError::PeerIncompatible));
     assert!(served.exporter.is_none());
+    assert!(!success, "{stdout}");
+}
+
+#[test]
+fn openssl_tls12_is_refused() {
+    // RFC 8446 §4.2.1: a ClientHello without supported_versions is TLS 1.2, which the appliance does not
+    // speak; rustls answers protocol_version (or handshake_failure) and no session is established.
+    let server = TlsServer::new(&RANDOM).unwrap();
+    let (served, stdout, success) = s_client_version(&server, "-tls1_2", &[]);
+    assert_eq!(served.error, Some(TlsError::PeerIncompatible));
+    assert!(served.exporter.is_none());
+    assert!(served.request.is_empty());
     assert!(!success, "{stdout}");
 }
 
