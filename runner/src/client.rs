@@ -69,6 +69,7 @@ pub fn model_info(endpoint: SocketAddr, timeout: Duration) -> Result<ModelInfo> 
     match request(endpoint, &Request::ModelInfo, timeout)? {
         Response::ModelInfo(info) => Ok(info),
         Response::Error(code) => bail!("the appliance answered with error {code:?}"),
+        other => bail!("the appliance answered a model-info request with {other:?}"),
     }
 }
 

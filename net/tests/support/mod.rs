@@ -106,6 +106,10 @@ impl Handler for InfoHandler {
         self.calls += 1;
         match request {
             Request::ModelInfo => Response::ModelInfo(INFO),
+            // The bench serves model info only; the kernel answers attestation requests.
+            Request::Attest { .. } | Request::ActivateCredential { .. } => {
+                Response::Error(net::proto::ErrorCode::BadRequest)
+            }
         }
     }
 }
