@@ -6,7 +6,7 @@
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use crate::gguf::{GGUF_MAGIC, DEFAULT_ALIGNMENT};
+use crate::gguf::{DEFAULT_ALIGNMENT, GGUF_MAGIC};
 use crate::quant::GgmlType;
 
 struct PendingTensor {
@@ -95,8 +95,19 @@ impl GgufWriter {
     }
 
     /// Adds a tensor; `dims[0]` is the contiguous dimension and `data` its encoded bytes.
-    pub fn tensor(&mut self, name: &str, dims: &[u64], ggml_type: GgmlType, data: Vec<u8>) -> &mut Self {
-        self.tensors.push(PendingTensor { name: String::from(name), dims: dims.to_vec(), ggml_type, data });
+    pub fn tensor(
+        &mut self,
+        name: &str,
+        dims: &[u64],
+        ggml_type: GgmlType,
+        data: Vec<u8>,
+    ) -> &mut Self {
+        self.tensors.push(PendingTensor {
+            name: String::from(name),
+            dims: dims.to_vec(),
+            ggml_type,
+            data,
+        });
         self
     }
 

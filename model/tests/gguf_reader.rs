@@ -44,20 +44,48 @@ fn round_trip_metadata_and_tensors() {
     let g = Gguf::parse(&blob).unwrap();
     assert_eq!(g.version, 3);
     assert_eq!(g.alignment, 32);
-    assert_eq!(g.get("general.architecture").and_then(|v| v.as_str()), Some("llama"));
+    assert_eq!(
+        g.get("general.architecture").and_then(|v| v.as_str()),
+        Some("llama")
+    );
     assert_eq!(g.get("llama.block_count").and_then(|v| v.as_u64()), Some(2));
-    assert_eq!(g.get("llama.rope.freq_base").and_then(|v| v.as_f32()), Some(10000.0));
-    assert_eq!(g.get("tokenizer.ggml.add_bos_token"), Some(&Value::Bool(true)));
-    let toks = g.get("tokenizer.ggml.tokens").and_then(|v| v.as_array()).unwrap();
+    assert_eq!(
+        g.get("llama.rope.freq_base").and_then(|v| v.as_f32()),
+        Some(10000.0)
+    );
+    assert_eq!(
+        g.get("tokenizer.ggml.add_bos_token"),
+        Some(&Value::Bool(true))
+    );
+    let toks = g
+        .get("tokenizer.ggml.tokens")
+        .and_then(|v| v.as_array())
+        .unwrap();
     assert_eq!(toks.elem_type(), ValueType::String);
     let strs: Vec<&str> = toks.iter().map(|v| v.as_str().unwrap()).collect();
     assert_eq!(strs, ["a", "bc", "<s>"]);
-    let scores: Vec<f32> = g.get("tokenizer.ggml.scores").unwrap().as_array().unwrap().iter().map(|v| v.as_f32().unwrap()).collect();
+    let scores: Vec<f32> = g
+        .get("tokenizer.ggml.scores")
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f32().unwrap())
+        .collect();
     assert_eq!(scores, [0.5, -1.0, 0.0]);
-    let types: Vec<Value> = g.get("tokenizer.ggml.token_type").unwrap().as_array().unwrap().iter().collect();
+    let types: Vec<Value> = g
+        .get("tokenizer.ggml.token_type")
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .collect();
     assert_eq!(types, [Value::I32(1), Value::I32(1), Value::I32(3)]);
     let t = g.tensor("f32").unwrap();
-    assert_eq!((t.dims(), t.ggml_type, t.n_elements()), (&[4u64, 2][..], GgmlType::F32, 8));
+    assert_eq!(
+        (t.dims(), t.ggml_type, t.n_elements()),
+        (&[4u64, 2][..], GgmlType::F32, 8)
+    );
     assert_eq!(t.data, &(0..32u8).collect::<Vec<_>>()[..]);
     assert_eq!(t.offset % 32, 0);
     let q = g.tensor("q8").unwrap();
@@ -68,18 +96,33 @@ fn round_trip_metadata_and_tensors() {
 #[test]
 fn header_errors_are_named() {
     assert_eq!(Gguf::parse(b"GGU").unwrap_err(), GgufError::BadMagic);
-    assert_eq!(Gguf::parse(b"GGML\x03\0\0\0").unwrap_err(), GgufError::BadMagic);
+    assert_eq!(
+        Gguf::parse(b"GGML\x03\0\0\0").unwrap_err(),
+        GgufError::BadMagic
+    );
     let mut blob = sample();
     blob[4] = 1;
-    assert_eq!(Gguf::parse(&blob).unwrap_err(), GgufError::UnsupportedVersion(1));
+    assert_eq!(
+        Gguf::parse(&blob).unwrap_err(),
+        GgufError::UnsupportedVersion(1)
+    );
     blob[4] = 4;
-    assert_eq!(Gguf::parse(&blob).unwrap_err(), GgufError::UnsupportedVersion(4));
+    assert_eq!(
+        Gguf::parse(&blob).unwrap_err(),
+        GgufError::UnsupportedVersion(4)
+    );
     let mut blob = sample();
     blob[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
-    assert_eq!(Gguf::parse(&blob).unwrap_err(), GgufError::TooManyTensors(u64::MAX));
+    assert_eq!(
+        Gguf::parse(&blob).unwrap_err(),
+        GgufError::TooManyTensors(u64::MAX)
+    );
     let mut blob = sample();
     blob[16..24].copy_from_slice(&(1u64 << 40).to_le_bytes());
-    assert_eq!(Gguf::parse(&blob).unwrap_err(), GgufError::TooManyKeys(1 << 40));
+    assert_eq!(
+        Gguf::parse(&blob).unwrap_err(),
+        GgufError::TooManyKeys(1 << 40)
+    );
 }
 
 #[test]
@@ -87,16 +130,25 @@ fn metadata_errors_are_named() {
     // First key's length is at 24: claim an absurd length.
     let mut blob = sample();
     blob[24..32].copy_from_slice(&(u64::MAX - 3).to_le_bytes());
-    assert!(matches!(Gguf::parse(&blob).unwrap_err(), GgufError::Truncated { .. }));
+    assert!(matches!(
+        Gguf::parse(&blob).unwrap_err(),
+        GgufError::Truncated { .. }
+    ));
     // First key is "general.architecture" (20 bytes): its type follows at 24 + 8 + 20.
     let at = 24 + 8 + 20;
     let mut blob = sample();
     blob[at..at + 4].copy_from_slice(&99u32.to_le_bytes());
-    assert_eq!(Gguf::parse(&blob).unwrap_err(), GgufError::UnknownValueType { at, value_type: 99 });
+    assert_eq!(
+        Gguf::parse(&blob).unwrap_err(),
+        GgufError::UnknownValueType { at, value_type: 99 }
+    );
     // Invalid UTF-8 in the key.
     let mut blob = sample();
     blob[32] = 0xFF;
-    assert_eq!(Gguf::parse(&blob).unwrap_err(), GgufError::BadUtf8 { at: 24 });
+    assert_eq!(
+        Gguf::parse(&blob).unwrap_err(),
+        GgufError::BadUtf8 { at: 24 }
+    );
 
     let mut w = GgufWriter::new();
     w.strings("k", &["x"]);
@@ -104,17 +156,29 @@ fn metadata_errors_are_named() {
     // Array element type (after key len 8 + "k" + type 4) → 9 (array of arrays).
     let at = 24 + 8 + 1 + 4;
     blob[at..at + 4].copy_from_slice(&9u32.to_le_bytes());
-    assert_eq!(Gguf::parse(&blob).unwrap_err(), GgufError::NestedArray { at });
+    assert_eq!(
+        Gguf::parse(&blob).unwrap_err(),
+        GgufError::NestedArray { at }
+    );
     let mut blob = w.finish();
     blob[at + 4..at + 12].copy_from_slice(&(u64::MAX / 2).to_le_bytes());
-    assert!(matches!(Gguf::parse(&blob).unwrap_err(), GgufError::Truncated { .. }));
+    assert!(matches!(
+        Gguf::parse(&blob).unwrap_err(),
+        GgufError::Truncated { .. }
+    ));
 
     let mut w = GgufWriter::new();
     w.u32("general.alignment", 3);
-    assert_eq!(Gguf::parse(&w.finish()).unwrap_err(), GgufError::BadAlignment);
+    assert_eq!(
+        Gguf::parse(&w.finish()).unwrap_err(),
+        GgufError::BadAlignment
+    );
     let mut w = GgufWriter::new();
     w.string("general.alignment", "32");
-    assert_eq!(Gguf::parse(&w.finish()).unwrap_err(), GgufError::BadAlignment);
+    assert_eq!(
+        Gguf::parse(&w.finish()).unwrap_err(),
+        GgufError::BadAlignment
+    );
 }
 
 #[test]
@@ -122,43 +186,96 @@ fn tensor_errors_are_named() {
     assert!(Gguf::parse(&one_tensor(1, &[32], GgmlType::Q8_0 as u32, 0, 34)).is_ok());
     assert_eq!(
         Gguf::parse(&one_tensor(1, &[32], 77, 0, 34)).unwrap_err(),
-        GgufError::UnknownTensorType { tensor: 0, ggml_type: 77 }
+        GgufError::UnknownTensorType {
+            tensor: 0,
+            ggml_type: 77
+        }
     );
     assert_eq!(
         Gguf::parse(&one_tensor(5, &[1, 1, 1, 1, 1], 0, 0, 4)).unwrap_err(),
-        GgufError::TooManyDims { tensor: 0, n_dims: 5 }
+        GgufError::TooManyDims {
+            tensor: 0,
+            n_dims: 5
+        }
     );
-    assert_eq!(Gguf::parse(&one_tensor(0, &[], 0, 0, 4)).unwrap_err(), GgufError::TooManyDims { tensor: 0, n_dims: 0 });
-    assert_eq!(Gguf::parse(&one_tensor(1, &[33], GgmlType::Q8_0 as u32, 0, 68)).unwrap_err(), GgufError::BadShape { tensor: 0 });
-    assert_eq!(Gguf::parse(&one_tensor(2, &[32, 0], 0, 0, 4)).unwrap_err(), GgufError::BadShape { tensor: 0 });
     assert_eq!(
-        Gguf::parse(&one_tensor(4, &[1 << 20, 1 << 20, 1 << 20, 1 << 20], 0, 0, 4)).unwrap_err(),
+        Gguf::parse(&one_tensor(0, &[], 0, 0, 4)).unwrap_err(),
+        GgufError::TooManyDims {
+            tensor: 0,
+            n_dims: 0
+        }
+    );
+    assert_eq!(
+        Gguf::parse(&one_tensor(1, &[33], GgmlType::Q8_0 as u32, 0, 68)).unwrap_err(),
         GgufError::BadShape { tensor: 0 }
     );
-    assert_eq!(Gguf::parse(&one_tensor(1, &[8], 0, 4, 40)).unwrap_err(), GgufError::Misaligned { tensor: 0 });
-    assert_eq!(Gguf::parse(&one_tensor(1, &[8], 0, 0, 31)).unwrap_err(), GgufError::OutOfBounds { tensor: 0 });
-    assert_eq!(Gguf::parse(&one_tensor(1, &[8], 0, u64::MAX - 31, 32)).unwrap_err(), GgufError::OutOfBounds { tensor: 0 });
+    assert_eq!(
+        Gguf::parse(&one_tensor(2, &[32, 0], 0, 0, 4)).unwrap_err(),
+        GgufError::BadShape { tensor: 0 }
+    );
+    assert_eq!(
+        Gguf::parse(&one_tensor(
+            4,
+            &[1 << 20, 1 << 20, 1 << 20, 1 << 20],
+            0,
+            0,
+            4
+        ))
+        .unwrap_err(),
+        GgufError::BadShape { tensor: 0 }
+    );
+    assert_eq!(
+        Gguf::parse(&one_tensor(1, &[8], 0, 4, 40)).unwrap_err(),
+        GgufError::Misaligned { tensor: 0 }
+    );
+    assert_eq!(
+        Gguf::parse(&one_tensor(1, &[8], 0, 0, 31)).unwrap_err(),
+        GgufError::OutOfBounds { tensor: 0 }
+    );
+    assert_eq!(
+        Gguf::parse(&one_tensor(1, &[8], 0, u64::MAX - 31, 32)).unwrap_err(),
+        GgufError::OutOfBounds { tensor: 0 }
+    );
 
     // Two tensors over the same bytes, and two with the same name.
     let mut w = GgufWriter::new();
-    w.tensor("a", &[8], GgmlType::F32, vec![0; 32]).tensor("b", &[8], GgmlType::F32, vec![0; 32]);
+    w.tensor("a", &[8], GgmlType::F32, vec![0; 32])
+        .tensor("b", &[8], GgmlType::F32, vec![0; 32]);
     let mut blob = w.finish();
     // Second info starts after header (24) + first info (8+1 + 4 + 8 + 4 + 8 = 33); its offset is its last 8 bytes.
     let second_offset_at = 24 + 33 + 33 - 8;
     blob[second_offset_at..second_offset_at + 8].copy_from_slice(&0u64.to_le_bytes());
-    assert_eq!(Gguf::parse(&blob).unwrap_err(), GgufError::Overlap { first: 0, second: 1 });
+    assert_eq!(
+        Gguf::parse(&blob).unwrap_err(),
+        GgufError::Overlap {
+            first: 0,
+            second: 1
+        }
+    );
     let mut w = GgufWriter::new();
-    w.tensor("a", &[8], GgmlType::F32, vec![0; 32]).tensor("a", &[8], GgmlType::F32, vec![0; 32]);
-    assert_eq!(Gguf::parse(&w.finish()).unwrap_err(), GgufError::DuplicateTensor { tensor: 1 });
+    w.tensor("a", &[8], GgmlType::F32, vec![0; 32])
+        .tensor("a", &[8], GgmlType::F32, vec![0; 32]);
+    assert_eq!(
+        Gguf::parse(&w.finish()).unwrap_err(),
+        GgufError::DuplicateTensor { tensor: 1 }
+    );
 }
 
 #[test]
 fn every_truncation_is_an_error() {
     let blob = sample();
     let full = Gguf::parse(&blob).unwrap();
-    let last_tensor_end = full.tensors.iter().map(|t| t.offset + t.data.len()).max().unwrap();
+    let last_tensor_end = full
+        .tensors
+        .iter()
+        .map(|t| t.offset + t.data.len())
+        .max()
+        .unwrap();
     for len in 0..last_tensor_end {
-        assert!(Gguf::parse(&blob[..len]).is_err(), "prefix of {len} bytes parsed");
+        assert!(
+            Gguf::parse(&blob[..len]).is_err(),
+            "prefix of {len} bytes parsed"
+        );
     }
 }
 
