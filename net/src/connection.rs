@@ -17,6 +17,7 @@ use smoltcp::time::{Duration, Instant};
 use crate::frame::{FrameDecoder, FrameError};
 use crate::proto::{ErrorCode, Request, Response};
 use crate::server::{Counters, Handler, Limits};
+use crate::tls::{TlsError, TlsServer, TlsSession, ATTESTATION_EXPORTER_LEN};
 
 /// smoltcp's default delayed-ACK time (RFC 9293 §3.8.6.3 allows up to 500 ms), restored on each new
 /// connection so that an answer can carry the ACK of its request.
@@ -47,6 +48,17 @@ pub(crate) struct Connection {
     sent: usize,
     /// When the current step (receive a frame, hand over a response, or finish closing) must be done.
     deadline: Instant,
+    /// The client's TLS session, from the end of its TCP handshake until the slot listens again. `None` on
+    /// a plaintext server (tests only) and while listening.
+    tls: Option<TlsSession>,
+    /// One encoded response frame on its way into the TLS session (reused across responses).
+    frame: Vec<u8>,
+}
+
+/// Why reading from a client stopped.
+enum ReceiveError {
+    Frame(FrameError),
+    Tls,
 }
 
 impl Connection {
@@ -58,6 +70,8 @@ impl Connection {
             outgoing: Vec::new(),
             sent: 0,
             deadline: Instant::ZERO,
+            tls: None,
+            frame: Vec::new(),
         }
     }
 
@@ -75,18 +89,20 @@ impl Connection {
     }
 
     /// Advances the slot as far as the socket allows. Returns whether anything happened.
+    #[allow(clippy::too_many_arguments)] // Reason: the slot's whole context, passed down from `Server::poll`.
     pub(crate) fn service<H: Handler + ?Sized>(
         &mut self,
         socket: &mut Socket<'_>,
         port: u16,
         now: Instant,
         limits: &Limits,
+        tls: Option<&TlsServer>,
         handler: &mut H,
         counters: &mut Counters,
     ) -> bool {
         match self.phase {
             Phase::Listening | Phase::Handshake => {
-                self.service_listening(socket, port, now, limits, counters)
+                self.service_listening(socket, port, now, limits, tls, counters)
             }
             Phase::Serving => self.service_serving(socket, port, now, limits, handler, counters),
             Phase::Closing { fin_queued } => {
@@ -111,6 +127,7 @@ impl Connection {
         port: u16,
         now: Instant,
         limits: &Limits,
+        tls: Option<&TlsServer>,
         counters: &mut Counters,
     ) -> bool {
         match socket.state() {
@@ -134,6 +151,16 @@ impl Connection {
             State::SynReceived => false,
             // CloseWait: the client sent its request and FIN before we looked; serve it all the same.
             State::Established | State::CloseWait => {
+                if let Some(server) = tls {
+                    match server.session() {
+                        Ok(session) => self.tls = Some(session),
+                        Err(_) => {
+                            counters.tls_failures += 1;
+                            self.abort(socket);
+                            return true;
+                        }
+                    }
+                }
                 counters.accepted += 1;
                 self.phase = Phase::Serving;
                 self.deadline = now + limits.frame_timeout;
@@ -177,15 +204,22 @@ impl Connection {
             if self.has_outgoing() {
                 break;
             }
-            let decoder = &mut self.decoder;
-            let pushed = socket.recv(|bytes| match decoder.push(bytes) {
-                Ok(taken) => (taken, Ok(taken)),
-                Err(error) => (0, Err(error)),
-            });
-            match pushed {
-                Ok(Ok(0)) | Err(_) => break,
-                Ok(Ok(_)) => progress = true,
-                Ok(Err(error)) => {
+            match self.receive(socket) {
+                Ok(0) => {
+                    // The handshake flight, or an answer rustls owes (key update), goes out first.
+                    if self.has_outgoing() {
+                        continue;
+                    }
+                    break;
+                }
+                Ok(_) => progress = true,
+                Err(ReceiveError::Tls) => {
+                    // Not TLS, or TLS we refuse: the session's fatal alert is already queued.
+                    counters.tls_failures += 1;
+                    self.close_with(socket, None, now, limits);
+                    return true;
+                }
+                Err(ReceiveError::Frame(error)) => {
                     let code = match error {
                         FrameError::TooLarge { .. } => {
                             counters.too_large += 1;
@@ -206,7 +240,8 @@ impl Connection {
             let (response, keep_open) = match Request::parse(body) {
                 Ok(request) => {
                     counters.requests += 1;
-                    (handler.handle(&request), true)
+                    let binding = self.channel_binding();
+                    (handler.handle_bound(&request, binding.as_ref()), true)
                 }
                 Err(_) => {
                     counters.bad_frames += 1;
@@ -219,7 +254,7 @@ impl Connection {
                 self.close_with(socket, Some(response), now, limits);
                 return true;
             }
-            if response.emit(&mut self.outgoing).is_err() {
+            if self.queue(&response).is_err() {
                 // The handler produced a response too large for one frame; the client cannot be answered
                 // correctly, so end the connection instead of sending something else.
                 counters.unsendable += 1;
@@ -307,7 +342,12 @@ impl Connection {
         socket.set_ack_delay(None);
         if let Some(response) = last {
             // Our error frames are a few bytes; encoding them cannot exceed the frame limit.
-            let _ = response.emit(&mut self.outgoing);
+            let _ = self.queue(&response);
+        }
+        if let Some(tls) = &mut self.tls {
+            // close_notify (RFC 8446 §6.1) after the last response; nothing if the session failed.
+            tls.close();
+            tls.take_outgoing(&mut self.outgoing);
         }
         self.phase = Phase::Closing { fin_queued: false };
         self.deadline = now + limits.close_timeout;
@@ -328,6 +368,52 @@ impl Connection {
             let _ = socket.listen(port);
         }
         *self = Self::listening();
+    }
+
+    /// Moves what the client sent towards the frame decoder: through the TLS session when there is one.
+    /// Returns how many bytes moved (0: nothing more until the client sends).
+    fn receive(&mut self, socket: &mut Socket<'_>) -> Result<usize, ReceiveError> {
+        let decoder = &mut self.decoder;
+        let Some(tls) = &mut self.tls else {
+            return match socket.recv(|bytes| match decoder.push(bytes) {
+                Ok(taken) => (taken, Ok(taken)),
+                Err(error) => (0, Err(error)),
+            }) {
+                Ok(result) => result.map_err(ReceiveError::Frame),
+                Err(_) => Ok(0),
+            };
+        };
+        let fed = match socket.recv(|bytes| match tls.feed_incoming(bytes) {
+            Ok(taken) => (taken, Ok(taken)),
+            // The session failed and takes nothing more; drop what it was offered.
+            Err(error) => (bytes.len(), Err(error)),
+        }) {
+            Ok(result) => result,
+            Err(_) => Ok(0),
+        };
+        // Handshake flights and alerts (including the one for a failure) go out in order.
+        tls.take_outgoing(&mut self.outgoing);
+        let fed = fed.map_err(|_: TlsError| ReceiveError::Tls)?;
+        let decoded = decoder.push(tls.plaintext()).map_err(ReceiveError::Frame)?;
+        tls.consume_plaintext(decoded);
+        Ok(fed + decoded)
+    }
+
+    /// Encodes `response` as a frame and queues it for the client (encrypted when TLS is on).
+    fn queue(&mut self, response: &Response) -> Result<(), ()> {
+        let Some(tls) = &mut self.tls else {
+            return response.emit(&mut self.outgoing).map_err(|_| ());
+        };
+        self.frame.clear();
+        response.emit(&mut self.frame).map_err(|_| ())?;
+        tls.write_plaintext(&self.frame).map_err(|_| ())?;
+        tls.take_outgoing(&mut self.outgoing);
+        Ok(())
+    }
+
+    /// The attestation exporter of this client's TLS session (DESIGN §4), once its handshake is done.
+    pub(crate) fn channel_binding(&self) -> Option<[u8; ATTESTATION_EXPORTER_LEN]> {
+        self.tls.as_ref()?.attestation_exporter().ok()
     }
 
     fn has_outgoing(&self) -> bool {

@@ -20,11 +20,24 @@ use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, Ipv4Address, Ipv4C
 use crate::config::{Ipv4Setup, NetConfig};
 use crate::connection::Connection;
 use crate::proto::{Request, Response};
+use crate::tls::{TlsServer, ATTESTATION_EXPORTER_LEN};
 
 /// Answers one decoded request. Called from [`Server::poll`]; it should not block for long, since no
 /// packet moves while it runs.
 pub trait Handler {
     fn handle(&mut self, request: &Request) -> Response;
+
+    /// Answers a request knowing the channel it came on: `binding` is the TLS session's attestation
+    /// exporter (DESIGN §4; `None` on a plaintext server). The attest handler puts it into the quote's
+    /// extraData; the default ignores it.
+    fn handle_bound(
+        &mut self,
+        request: &Request,
+        binding: Option<&[u8; ATTESTATION_EXPORTER_LEN]>,
+    ) -> Response {
+        let _ = binding;
+        self.handle(request)
+    }
 }
 
 /// Sizes and timeouts of the connection pool.
@@ -108,6 +121,8 @@ pub struct Counters {
     pub unsendable: u64,
     /// DHCP leases applied to the interface (first lease and every change).
     pub leases: u64,
+    /// Connections ended by a TLS failure (not TLS, a refused handshake, a bad record); each got an alert.
+    pub tls_failures: u64,
 }
 
 /// The network side of the appliance.
@@ -124,6 +139,8 @@ pub struct Server {
     port: u16,
     limits: Limits,
     counters: Counters,
+    /// Every connection speaks TLS through this when set (the appliance); plaintext frames otherwise.
+    tls: Option<TlsServer>,
 }
 
 impl Server {
@@ -139,6 +156,22 @@ impl Server {
         random_seed: u64,
     ) -> Result<Self, ServerError> {
         Self::with_limits(config, Limits::default(), mac, device, now, random_seed)
+    }
+
+    /// A server whose connections all speak TLS 1.3 (`tls` holds the boot-time identity), with explicit
+    /// pool sizes and timeouts.
+    pub fn with_tls<D: Device + ?Sized>(
+        config: NetConfig,
+        limits: Limits,
+        mac: EthernetAddress,
+        device: &mut D,
+        now: Instant,
+        random_seed: u64,
+        tls: TlsServer,
+    ) -> Result<Self, ServerError> {
+        let mut server = Self::with_limits(config, limits, mac, device, now, random_seed)?;
+        server.tls = Some(tls);
+        Ok(server)
     }
 
     /// A server with explicit pool sizes and timeouts.
@@ -185,6 +218,7 @@ impl Server {
             port: config.port,
             limits,
             counters: Counters::default(),
+            tls: None,
         };
         match config.ipv4 {
             Ipv4Setup::Dhcp => server.dhcp = Some(server.sockets.add(dhcpv4::Socket::new())),
@@ -227,6 +261,7 @@ impl Server {
                 self.port,
                 now,
                 &self.limits,
+                self.tls.as_ref(),
                 handler,
                 &mut self.counters,
             );
