@@ -18,5 +18,6 @@ pub mod sampler;
 #[allow(unsafe_code)]
 // The one module where `unsafe` is allowed (CPUID, intrinsics); each block has a SAFETY note.
 pub mod simd;
+pub mod tiny;
 pub mod tokenizer;
 pub mod transformer;
