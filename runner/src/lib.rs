@@ -3,6 +3,7 @@
 
 pub mod appliance;
 pub mod client;
+pub mod engine;
 pub mod image;
 pub mod models;
 pub mod process;

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use runner::{client, image, models, qemu, Appliance, BootOptions, BuildOptions, KernelFlavor};
+use runner::{
+    client, engine, image, models, qemu, Appliance, BootOptions, BuildOptions, KernelFlavor,
+};
 
 /// cloister: an attested LLM inference appliance booted under QEMU with a software TPM.
 ///
@@ -33,6 +35,10 @@ enum Command {
     Info(InfoArgs),
     /// Fetch named models into the cache (sha256-checked).
     FetchModel(FetchModelArgs),
+    /// Generate text on the host with the inference engine (no VM).
+    Generate(engine::GenerateArgs),
+    /// Measure the inference engine's prefill and decode speed on the host.
+    Bench(engine::BenchArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -96,6 +102,8 @@ fn main() -> ExitCode {
         Command::Up(args) => up(args),
         Command::Info(args) => info(args),
         Command::FetchModel(args) => fetch_model(args),
+        Command::Generate(args) => engine::generate(args),
+        Command::Bench(args) => engine::bench(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
