@@ -341,7 +341,7 @@ fn wait_ready(
 
 fn exit_report(status: &std::process::ExitStatus, qemu_log: &Path, serial_log: &Path) -> String {
     format!(
-        "QEMU exited ({status}) before the appliance stopped.\nQEMU's output:\n{}\nserial output:\n{}",
+        "QEMU exited ({status}).\nQEMU's output:\n{}\nserial output:\n{}",
         process::tail_of_file(qemu_log, TAIL_BYTES),
         process::tail_of_file(serial_log, TAIL_BYTES)
     )

@@ -137,6 +137,8 @@ fn build(args: BuildArgs) -> Result<()> {
 }
 
 fn up(args: UpArgs) -> Result<()> {
+    // Say what to install before spending minutes on a build.
+    runner::tools::require(&runner::tools::BOOT_TOOLS)?;
     // Install the handler first, so a Ctrl-C during the slow boot also stops QEMU and swtpm cleanly.
     let stop = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&stop);
