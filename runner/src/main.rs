@@ -199,3 +199,59 @@ fn fetch_model(args: FetchModelArgs) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn no_subcommand_means_up_with_its_defaults() {
+        let cli = Cli::try_parse_from(["runner"]).unwrap();
+        assert!(cli.command.is_none());
+        assert_eq!(cli.up.port, 7000);
+        assert_eq!(cli.up.image.model, "smollm2");
+        assert_eq!(cli.up.accel, qemu::AccelChoice::Auto);
+        assert_eq!(cli.up.mem, 1024);
+
+        let cli = Cli::try_parse_from([
+            "runner", "--model", "/m.gguf", "--port", "0", "--accel", "tcg",
+        ])
+        .unwrap();
+        assert_eq!((cli.up.image.model.as_str(), cli.up.port), ("/m.gguf", 0));
+        assert_eq!(cli.up.accel, qemu::AccelChoice::Tcg);
+    }
+
+    #[test]
+    fn subcommands_parse() {
+        let cli = Cli::try_parse_from(["runner", "up", "--debug-console", "--mem", "512"]).unwrap();
+        let Some(Command::Up(up)) = cli.command else {
+            panic!("not up")
+        };
+        assert!(up.image.debug_console);
+        assert_eq!(up.mem, 512);
+
+        let cli = Cli::try_parse_from(["runner", "build", "--out", "/tmp/x"]).unwrap();
+        let Some(Command::Build(build)) = cli.command else {
+            panic!("not build")
+        };
+        assert_eq!(build.out, Some(PathBuf::from("/tmp/x")));
+
+        let cli = Cli::try_parse_from(["runner", "info", "--endpoint", "127.0.0.1:7001"]).unwrap();
+        let Some(Command::Info(info)) = cli.command else {
+            panic!("not info")
+        };
+        assert_eq!(info.endpoint, "127.0.0.1:7001");
+
+        assert!(
+            Cli::try_parse_from(["runner", "fetch-model"]).is_err(),
+            "a name is required"
+        );
+        assert!(Cli::try_parse_from(["runner", "--accel", "fast"]).is_err());
+    }
+}
