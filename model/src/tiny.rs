@@ -274,7 +274,7 @@ pub fn generate(spec: &TinySpec, seed: u64) -> Vec<u8> {
         Arch::Llama => (GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4_1),
         Arch::Gemma3 => (GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::Q5_0),
     };
-    let mut mat =
+    let mat =
         |w: &mut GgufWriter, rng: &mut Rng, name: &str, rows: usize, cols: usize, t: GgmlType| {
             let scale = 1.0 / libm::sqrtf(cols as f32) * 1.7;
             w.tensor(
