@@ -112,11 +112,13 @@ impl Appliance {
         loop {
             match Self::boot_once(options, accel, &ca, state.path()) {
                 Ok(booted) => return Ok(booted.into_appliance(accel, ca, state)),
-                Err(BootFailure::PortTaken(error)) if attempt < attempts => {
-                    eprintln!("{error}; trying another port");
+                Err(BootFailure::PortTaken { port, .. }) if attempt < attempts => {
+                    eprintln!(
+                        "host port {port} was taken before QEMU could bind it; trying another"
+                    );
                     attempt += 1;
                 }
-                Err(BootFailure::PortTaken(error) | BootFailure::Other(error)) => {
+                Err(BootFailure::PortTaken { error, .. } | BootFailure::Other(error)) => {
                     return Err(error)
                 }
             }
@@ -284,7 +286,7 @@ impl Booted {
 
 /// Why one boot attempt failed: a forwarded port already in use is worth another try.
 enum BootFailure {
-    PortTaken(anyhow::Error),
+    PortTaken { port: u16, error: anyhow::Error },
     Other(anyhow::Error),
 }
 
@@ -314,10 +316,11 @@ fn wait_ready(
             let report = exit_report(&status, qemu.log_path(), serial_log);
             let output = std::fs::read_to_string(qemu.log_path()).unwrap_or_default();
             if output.to_ascii_lowercase().contains("host forwarding rule") {
-                return Err(BootFailure::PortTaken(anyhow!(
-                    "host port {} is already in use (pass --port 0 to pick a free one): {report}",
-                    endpoint.port()
-                )));
+                let port = endpoint.port();
+                let error = anyhow!(
+                    "host port {port} is already in use (pass --port 0 to pick a free one): {report}"
+                );
+                return Err(BootFailure::PortTaken { port, error });
             }
             return Err(BootFailure::Other(anyhow!(report)));
         }
