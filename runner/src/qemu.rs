@@ -127,7 +127,8 @@ impl QemuConfig {
             ("-netdev", netdev.into()),
             (
                 "-device",
-                "virtio-net-pci,netdev=net0,disable-legacy=on".into(),
+                // No option ROM: the appliance never network-boots, and QEMU then needs no iPXE ROM file.
+                "virtio-net-pci,netdev=net0,disable-legacy=on,romfile=".into(),
             ),
             (
                 "-chardev",
@@ -187,7 +188,7 @@ mod tests {
         let expected = "-nodefaults -no-reboot -machine q35 -accel tcg -cpu max -smp 1 -m 1024 \
             -display none -kernel /out/kernel.elf -initrd /out/model.gguf -append |ip=dhcp port=7000| \
             -netdev user,id=net0,hostfwd=tcp:127.0.0.1:7123-:7000 \
-            -device virtio-net-pci,netdev=net0,disable-legacy=on \
+            -device virtio-net-pci,netdev=net0,disable-legacy=on,romfile= \
             -chardev socket,id=chrtpm,path=/run/state/swtpm.sock \
             -tpmdev emulator,id=tpm0,chardev=chrtpm -device tpm-tis,tpmdev=tpm0 \
             -serial file:/run/state/serial.log";
