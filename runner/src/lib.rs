@@ -5,11 +5,13 @@ pub mod appliance;
 pub mod client;
 pub mod engine;
 pub mod image;
+pub mod manifest;
 pub mod models;
 pub mod process;
 pub mod qemu;
 pub mod tools;
 pub mod tpm_state;
+pub mod verify;
 pub mod workspace;
 
 pub use appliance::{Appliance, BootOptions};

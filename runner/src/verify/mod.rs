@@ -1,0 +1,168 @@
+//! The verifying client (`runner verify`): checks an appliance's TPM evidence against a manifest and the runner's
+//! EK CA, then proves the AK lives in the certified TPM by credential activation (DESIGN §4).
+//!
+//! The checks run in a fixed order, cheapest and most structural first, and the first failure is returned as a
+//! [`VerifyError`] naming the check: sizes; TPMS_ATTEST magic, type and SHA-256-only selection; the AK's type and
+//! attributes; the signature's scheme and its ECDSA P-256 validity; qualifiedSigner; extraData against this
+//! verifier's nonce; clock safety; the PCR selection; pcrDigest over the reported values; firmware PCRs; event log
+//! replay against PCRs 12-14; the events and PCRs against the manifest; the EK template, certificate chain and
+//! certified key. Credential activation (TPM2_MakeCredential in software, TCG Part 1 §24, then the appliance's
+//! TPM2_ActivateCredential) comes last, over the same connection.
+
+pub mod certificate;
+pub mod checks;
+pub mod error;
+pub mod export;
+pub mod remote;
+pub mod report;
+
+use std::time::SystemTime;
+
+use net::proto::{Evidence, Request, Response};
+use subtle::ConstantTimeEq as _;
+use tpm::commands::{PcrSelection, PCR_COUNT};
+use tpm::credential::{make_credential, MadeCredential};
+use tpm::eventlog::Event;
+use tpm::public::PublicArea;
+
+pub use certificate::{CertificateError, CertificateSummary, TrustAnchors};
+pub use error::{ClockCounters, Field, ManifestItem, VerifyError};
+pub use export::{export_evidence, CheckquoteCommand};
+pub use remote::{verify_appliance, VerifyOptions, DEFAULT_TIMEOUT};
+pub use report::Report;
+
+use crate::manifest::Manifest;
+
+/// What the verifier expects of one piece of evidence.
+#[derive(Clone, Copy, Debug)]
+pub struct Expectation<'a> {
+    /// The nonce this verifier sent in `Request::Attest`.
+    pub nonce: [u8; 32],
+    /// The image's manifest; its `pcr_mask()` is the selection that was requested.
+    pub manifest: &'a Manifest,
+    /// The CA the EK certificate must chain to.
+    pub trust: &'a TrustAnchors,
+    /// The time certificates are checked at.
+    pub now: SystemTime,
+    /// The TPM clock counters seen at an earlier verification of the same appliance, if any.
+    pub previous_clock: Option<ClockCounters>,
+}
+
+/// Evidence that passed every offline check.
+#[derive(Clone, Debug)]
+pub struct VerifiedEvidence {
+    /// The quote's clock counters.
+    pub clock: ClockCounters,
+    /// TPMS_ATTEST.firmwareVersion.
+    pub firmware_version: u64,
+    /// The quoted PCRs.
+    pub selection: PcrSelection,
+    /// The quoted PCR values by index (zero where not quoted).
+    pub pcrs: [[u8; 32]; PCR_COUNT],
+    /// The replayed events, in order.
+    pub events: Vec<Event>,
+    /// The AK public area.
+    pub ak: PublicArea,
+    /// The AK's public key point, SEC1 uncompressed.
+    pub ak_point: Vec<u8>,
+    /// The EK public area.
+    pub ek: PublicArea,
+    /// The validated EK certificate.
+    pub ek_certificate: CertificateSummary,
+}
+
+/// Runs every offline check of DESIGN §4 on `evidence`, in the order of the module docs.
+///
+/// # Errors
+///
+/// The first failing check's [`VerifyError`].
+pub fn verify_evidence(
+    evidence: &Evidence,
+    expected: &Expectation,
+) -> Result<VerifiedEvidence, VerifyError> {
+    checks::check_sizes(evidence)?;
+    let quote = checks::parse_quote(&evidence.attest)?;
+    let ak = checks::check_ak(&evidence.ak_public)?;
+    let signature = checks::check_signature_scheme(&evidence.signature, &ak)?;
+    checks::check_signature(&evidence.attest, &signature, &ak)?;
+    checks::check_qualified_signer(&quote, &ak)?;
+    checks::check_extra_data(&quote, &expected.nonce)?;
+    let clock = checks::check_clock(&quote, expected.previous_clock)?;
+    let requested = PcrSelection::from_mask(expected.manifest.pcr_mask()).unwrap_or_default();
+    checks::check_selection(&quote, requested)?;
+    let pcrs = checks::check_pcr_digest(&quote, &evidence.pcr_values)?;
+    checks::check_firmware_pcrs(&pcrs, expected.manifest)?;
+    let log = checks::parse_event_log(&evidence.event_log)?;
+    checks::check_event_log_replay(&log, &pcrs)?;
+    checks::check_manifest(&log, &pcrs, expected.manifest)?;
+    let (ek, modulus, exponent) = checks::check_ek_public(&evidence.ek_public)?;
+    let ek_certificate =
+        checks::check_ek_certificate(&evidence.ek_certificate, expected.trust, expected.now)?;
+    checks::check_ek_certificate_key(&ek_certificate, &modulus, exponent)?;
+    Ok(VerifiedEvidence {
+        clock,
+        firmware_version: quote.firmware_version,
+        selection: quote.selection,
+        pcrs,
+        events: log.events().copied().collect(),
+        ak: ak.area,
+        ak_point: ak.key.to_encoded_point(false).as_bytes().to_vec(),
+        ek,
+        ek_certificate,
+    })
+}
+
+/// A credential-activation challenge: a random secret bound to the verified EK and AK name.
+pub struct CredentialChallenge {
+    secret: [u8; 32],
+    made: MadeCredential,
+}
+
+impl CredentialChallenge {
+    /// TPM2_MakeCredential in software: a fresh 32-byte secret that only the TPM holding `verified.ek` can
+    /// recover, and only for an object named like `verified.ak`.
+    ///
+    /// # Errors
+    ///
+    /// [`VerifyError::CredentialSetup`].
+    pub fn new<R: rand::CryptoRng + rand::RngCore>(
+        verified: &VerifiedEvidence,
+        rng: &mut R,
+    ) -> Result<Self, VerifyError> {
+        let mut secret = [0u8; 32];
+        rng.fill_bytes(&mut secret);
+        let made = make_credential(&verified.ek, &verified.ak.name(), &secret, rng)
+            .map_err(VerifyError::CredentialSetup)?;
+        Ok(Self { secret, made })
+    }
+
+    /// The request carrying the challenge.
+    pub fn request(&self) -> Request {
+        Request::ActivateCredential {
+            credential_blob: self.made.credential_blob.clone(),
+            secret: self.made.secret.clone(),
+        }
+    }
+
+    /// Checks the appliance's answer: the recovered secret must equal ours (constant-time comparison).
+    ///
+    /// # Errors
+    ///
+    /// [`VerifyError::CredentialRefused`], [`VerifyError::CredentialMismatch`], or `Malformed` for another answer.
+    pub fn check(&self, response: &Response) -> Result<(), VerifyError> {
+        match response {
+            Response::Credential(recovered) => {
+                if bool::from(recovered.as_slice().ct_eq(&self.secret)) {
+                    Ok(())
+                } else {
+                    Err(VerifyError::CredentialMismatch)
+                }
+            }
+            Response::Error(code) => Err(VerifyError::CredentialRefused(*code)),
+            _ => Err(VerifyError::Malformed {
+                what: Field::Response,
+                detail: "not an answer to ActivateCredential",
+            }),
+        }
+    }
+}

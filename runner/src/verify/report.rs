@@ -1,0 +1,328 @@
+//! What a successful verification established, as readable text and as JSON (`runner verify [--json]`).
+
+use std::fmt;
+
+use serde::Serialize;
+use tpm::eventlog::EventKind;
+
+use super::certificate::CertificateSummary;
+use super::VerifiedEvidence;
+use crate::manifest::{FirmwarePcrs, Manifest, FIRMWARE_PCRS};
+use crate::models::hex;
+
+/// The checks a passing verification ran, in order (the names [`super::VerifyError::check`] uses).
+pub const CHECKS: [&str; 19] = [
+    "structure sizes",
+    "magic TPM_GENERATED_VALUE",
+    "type TPM_ST_ATTEST_QUOTE",
+    "SHA-256 only (SHA-1 refused)",
+    "AK attributes",
+    "signature scheme matches the AK",
+    "quote signature",
+    "qualifiedSigner is the AK",
+    "extraData (freshness)",
+    "clock safe and counters sane",
+    "PCR selection",
+    "PCR digest",
+    "firmware PCRs",
+    "event log replay",
+    "manifest",
+    "EK template",
+    "EK certificate chain",
+    "EK certificate key",
+    "credential activation",
+];
+
+/// Round-trip times.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Timing {
+    /// Attest request to Evidence answer.
+    pub attest_round_trip_ms: f64,
+    /// ActivateCredential request to Credential answer.
+    pub activation_round_trip_ms: f64,
+}
+
+/// The quote's clock fields.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct QuoteReport {
+    /// clockInfo.clock (ms since the TPM's clock was last cleared).
+    pub clock_ms: u64,
+    /// clockInfo.resetCount.
+    pub reset_count: u32,
+    /// clockInfo.restartCount.
+    pub restart_count: u32,
+    /// clockInfo.safe (always true in a passing report).
+    pub safe: bool,
+    /// firmwareVersion, hex.
+    pub firmware_version: String,
+}
+
+/// One quoted PCR.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PcrReport {
+    /// The index.
+    pub pcr: u8,
+    /// The SHA-256 bank value, hex.
+    pub value: String,
+    /// What it was checked against.
+    pub checked: String,
+}
+
+/// One replayed event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EventReport {
+    /// The PCR extended.
+    pub pcr: u8,
+    /// What was measured.
+    pub kind: &'static str,
+    /// The digest extended, hex.
+    pub digest: String,
+    /// The appliance's description.
+    pub description: String,
+}
+
+/// The attestation key and why it is trusted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AkReport {
+    /// The AK's name (nameAlg ‖ SHA-256 of its public area), hex.
+    pub name: String,
+    /// Its P-256 public key, SEC1 uncompressed, hex.
+    pub public_key: String,
+    /// TPMA_OBJECT, hex.
+    pub attributes: String,
+    /// How the AK is tied to the certified EK.
+    pub provenance: String,
+}
+
+/// The endorsement key and its certificate.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EkReport {
+    /// The EK's name, hex.
+    pub name: String,
+    /// The validated certificate.
+    pub certificate: CertificateSummary,
+}
+
+/// The manifest the evidence matched.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ManifestReport {
+    /// SHA-256 of the kernel ELF file.
+    pub kernel_file_sha256: String,
+    /// SHA-256 of its measured segments (PCR 12 event).
+    pub kernel_measured_sha256: String,
+    /// SHA-256 of the model (PCR 13 event).
+    pub model_sha256: String,
+    /// The model's length.
+    pub model_length: u64,
+    /// The kernel command line (PCR 14 event is its SHA-256).
+    pub command_line: String,
+    /// The firmware policy.
+    pub firmware: String,
+}
+
+/// What a passing verification established.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Report {
+    /// The appliance's address.
+    pub endpoint: String,
+    /// Always true: a report exists only for evidence that passed every check.
+    pub verified: bool,
+    /// The nonce sent, hex.
+    pub nonce: String,
+    /// The extraData expected and found, hex.
+    pub qualifying_data: String,
+    /// The quote's clock fields.
+    pub quote: QuoteReport,
+    /// Quoted PCRs.
+    pub pcrs: Vec<PcrReport>,
+    /// Replayed events.
+    pub events: Vec<EventReport>,
+    /// The AK.
+    pub attestation_key: AkReport,
+    /// The EK.
+    pub endorsement_key: EkReport,
+    /// The manifest.
+    pub manifest: ManifestReport,
+    /// The checks that passed, in order.
+    pub checks: Vec<&'static str>,
+    /// Round trips.
+    pub timing: Timing,
+    /// Size of the Evidence frame in bytes.
+    pub evidence_bytes: usize,
+}
+
+fn kind_name(kind: EventKind) -> &'static str {
+    match kind {
+        EventKind::KernelImage => "kernel image",
+        EventKind::Model => "model",
+        EventKind::ServingParameters => "serving parameters",
+        EventKind::Configuration => "configuration",
+        EventKind::CommandLine => "command line",
+        EventKind::Other => "other",
+    }
+}
+
+impl Report {
+    /// Builds the report of a verification that passed every check.
+    pub fn new(
+        endpoint: &str,
+        nonce: &[u8; 32],
+        verified: &VerifiedEvidence,
+        manifest: &Manifest,
+        timing: Timing,
+        evidence_bytes: usize,
+    ) -> Self {
+        let firmware = match &manifest.firmware {
+            FirmwarePcrs::NonZero => {
+                "no golden values: PCRs 0-7 checked only for being non-zero".to_string()
+            }
+            FirmwarePcrs::Golden { platform, pcrs } => format!(
+                "golden values for {platform} (PCRs {})",
+                pcrs.keys().map(u8::to_string).collect::<Vec<_>>().join(",")
+            ),
+        };
+        let golden = manifest.golden_firmware();
+        let pcrs = verified
+            .selection
+            .indices()
+            .map(|pcr| {
+                let checked = match pcr {
+                    12 => "event log replay and manifest (kernel image)".to_string(),
+                    13 => "event log replay and manifest (model)".to_string(),
+                    14 => "event log replay and manifest (command line)".to_string(),
+                    _ if golden.is_some_and(|golden| golden.contains_key(&pcr)) => {
+                        "manifest golden value".to_string()
+                    }
+                    _ if FIRMWARE_PCRS.contains(&pcr) => "firmware: not all zero".to_string(),
+                    _ => "quoted".to_string(),
+                };
+                PcrReport {
+                    pcr,
+                    value: hex(&verified.pcrs[usize::from(pcr)]),
+                    checked,
+                }
+            })
+            .collect();
+        let events = verified
+            .events
+            .iter()
+            .map(|event| EventReport {
+                pcr: event.pcr(),
+                kind: kind_name(event.kind()),
+                digest: hex(event.digest()),
+                description: event.description().to_string(),
+            })
+            .collect();
+        let ak_info = verified.ak.info().ok();
+        Self {
+            endpoint: endpoint.to_string(),
+            verified: true,
+            nonce: hex(nonce),
+            qualifying_data: hex(&net::proto::qualifying_data(nonce)),
+            quote: QuoteReport {
+                clock_ms: verified.clock.clock,
+                reset_count: verified.clock.reset_count,
+                restart_count: verified.clock.restart_count,
+                safe: true,
+                firmware_version: format!("{:016x}", verified.firmware_version),
+            },
+            pcrs,
+            events,
+            attestation_key: AkReport {
+                name: hex(verified.ak.name().as_bytes()),
+                public_key: hex(&verified.ak_point),
+                attributes: format!("{:08x}", ak_info.map_or(0, |info| info.attributes)),
+                provenance: "restricted ECC P-256 signing key; credential activation proved it shares a TPM \
+                             with the certified EK"
+                    .to_string(),
+            },
+            endorsement_key: EkReport {
+                name: hex(verified.ek.name().as_bytes()),
+                certificate: verified.ek_certificate.clone(),
+            },
+            manifest: ManifestReport {
+                kernel_file_sha256: manifest.kernel.file_sha256.to_string(),
+                kernel_measured_sha256: manifest.kernel.measured_sha256.to_string(),
+                model_sha256: manifest.model.sha256.to_string(),
+                model_length: manifest.model.length,
+                command_line: manifest.command_line.text.clone(),
+                firmware,
+            },
+            checks: CHECKS.to_vec(),
+            timing,
+            evidence_bytes,
+        }
+    }
+
+    /// The report as pretty JSON with a trailing newline.
+    pub fn to_json(&self) -> String {
+        // Plain data with string keys always serialises.
+        let mut text = serde_json::to_string_pretty(self).unwrap_or_default();
+        text.push('\n');
+        text
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, out: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(out, "VERIFIED: appliance at {}", self.endpoint)?;
+        writeln!(out)?;
+        writeln!(
+            out,
+            "Quote: fresh (nonce {}), clock {} ms, resetCount {}, restartCount {}, safe",
+            self.nonce, self.quote.clock_ms, self.quote.reset_count, self.quote.restart_count
+        )?;
+        writeln!(out)?;
+        writeln!(out, "PCRs (SHA-256 bank):")?;
+        for pcr in &self.pcrs {
+            writeln!(out, "  {:>2}  {}  {}", pcr.pcr, pcr.value, pcr.checked)?;
+        }
+        writeln!(out)?;
+        writeln!(out, "Events (replayed, each equal to the manifest):")?;
+        for event in &self.events {
+            writeln!(
+                out,
+                "  PCR {:>2}  {:<13} {}  {}",
+                event.pcr, event.kind, event.digest, event.description
+            )?;
+        }
+        writeln!(out)?;
+        writeln!(out, "Manifest:")?;
+        writeln!(
+            out,
+            "  kernel  {} (file {})",
+            self.manifest.kernel_measured_sha256, self.manifest.kernel_file_sha256
+        )?;
+        writeln!(
+            out,
+            "  model   {} ({} bytes)",
+            self.manifest.model_sha256, self.manifest.model_length
+        )?;
+        writeln!(out, "  cmdline {:?}", self.manifest.command_line)?;
+        writeln!(out, "  firmware: {}", self.manifest.firmware)?;
+        writeln!(out)?;
+        writeln!(out, "Attestation key {}:", self.attestation_key.name)?;
+        writeln!(
+            out,
+            "  attributes {}; {}",
+            self.attestation_key.attributes, self.attestation_key.provenance
+        )?;
+        writeln!(out, "Endorsement key {}:", self.endorsement_key.name)?;
+        let certificate = &self.endorsement_key.certificate;
+        writeln!(
+            out,
+            "  certificate serial {} issued by {}",
+            certificate.serial,
+            certificate.chain.join(" <- ")
+        )?;
+        writeln!(out)?;
+        writeln!(out, "Checks passed: {}", self.checks.join("; "))?;
+        writeln!(
+            out,
+            "Attest round trip {:.1} ms, activation {:.1} ms, evidence {} bytes",
+            self.timing.attest_round_trip_ms,
+            self.timing.activation_round_trip_ms,
+            self.evidence_bytes
+        )
+    }
+}

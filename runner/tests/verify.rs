@@ -1,0 +1,1320 @@
+//! The verifier against REAL evidence: each test boots a simulated appliance on a swtpm it starts itself
+//! (provisioned with a CA of the runner's kind, `runner::tpm_state`), which does exactly what the kernel does
+//! (DESIGN §4: firmware-like extends of PCRs 0-7, then PCR 12 kernel segments, 13 model, 14 command line, each
+//! logged; EK and AK as primaries of the endorsement hierarchy; the EK certificate from NV; TPM2_Quote with
+//! `qualifying_data(nonce)`), then tampers exactly one thing and asserts the check that names it.
+//!
+//! These tests fail, not skip, when swtpm or tpm2-tools is missing; the message names the Debian package.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use net::proto::{ErrorCode, Evidence, Request, Response};
+use p256::ecdsa::signature::Signer as _;
+use rand::SeedableRng as _;
+use runner::manifest::{Manifest, Sha256Digest};
+use runner::tpm_state::{self, CertificateAuthority};
+use runner::verify::{
+    self, checks, verify_appliance, verify_evidence, CertificateError, ClockCounters,
+    CredentialChallenge, Expectation, Field, ManifestItem, TrustAnchors, VerifyError,
+    VerifyOptions,
+};
+use sha2::{Digest as _, Sha256};
+use tpm::commands::{self, CreatedPrimary, PcrSelection};
+use tpm::eventlog::{self, EventKind, EventLog};
+use tpm::public::KeyTemplate;
+use tpm::transport::SwtpmSocket;
+
+const MISSING_SWTPM: &str = "swtpm is required for these tests and was not found: install the Debian \
+                             packages `swtpm` and `swtpm-tools` (apt-get install swtpm swtpm-tools)";
+
+// ---------------------------------------------------------------------------------------------------------
+// The image: a synthetic kernel ELF, a model blob and a command line.
+
+/// A directory holding one image's files.
+struct TestImage {
+    dir: tempfile::TempDir,
+    kernel: PathBuf,
+    model: PathBuf,
+    cmdline: String,
+    /// SHA-256 over the read-only segments, computed here from how the ELF was laid out.
+    kernel_segments_digest: [u8; 32],
+}
+
+/// An ELF64 with PT_LOAD segments RX (0x400, 0x300 bytes), R (0x800, 0x120) and RW (0xa00, 0x80): the kernel
+/// hashes the first two.
+fn synthetic_kernel(seed: u8) -> (Vec<u8>, [u8; 32]) {
+    let mut elf = vec![0u8; 0xc00];
+    elf[..4].copy_from_slice(b"\x7fELF");
+    elf[4] = 2; // ELFCLASS64
+    elf[5] = 1; // ELFDATA2LSB
+    elf[6] = 1;
+    elf[0x20..0x28].copy_from_slice(&64u64.to_le_bytes()); // e_phoff
+    elf[0x36..0x38].copy_from_slice(&56u16.to_le_bytes()); // e_phentsize
+    elf[0x38..0x3a].copy_from_slice(&3u16.to_le_bytes()); // e_phnum
+    for (index, (flags, offset, size)) in [
+        (5u32, 0x400u64, 0x300u64),
+        (4, 0x800, 0x120),
+        (6, 0xa00, 0x80),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let at = 64 + index * 56;
+        elf[at..at + 4].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+        elf[at + 4..at + 8].copy_from_slice(&flags.to_le_bytes());
+        elf[at + 8..at + 16].copy_from_slice(&offset.to_le_bytes());
+        elf[at + 32..at + 40].copy_from_slice(&size.to_le_bytes());
+    }
+    for (index, byte) in elf[0x400..].iter_mut().enumerate() {
+        *byte = (index as u8).wrapping_mul(31) ^ seed;
+    }
+    let mut hasher = Sha256::new();
+    hasher.update(&elf[0x400..0x700]);
+    hasher.update(&elf[0x800..0x920]);
+    (elf, hasher.finalize().into())
+}
+
+impl TestImage {
+    fn new(kernel_seed: u8, model: &[u8], cmdline: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (elf, kernel_segments_digest) = synthetic_kernel(kernel_seed);
+        let kernel = dir.path().join("kernel.elf");
+        let model_path = dir.path().join("model.gguf");
+        std::fs::write(&kernel, elf).unwrap();
+        std::fs::write(&model_path, model).unwrap();
+        Self {
+            dir,
+            kernel,
+            model: model_path,
+            cmdline: cmdline.to_string(),
+            kernel_segments_digest,
+        }
+    }
+
+    fn standard() -> Self {
+        Self::new(0, b"GGUF tiny test model", "ip=dhcp port=7000")
+    }
+
+    fn manifest(&self) -> Manifest {
+        Manifest::for_image(&self.kernel, &self.model, &self.cmdline).unwrap()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// swtpm provisioned from a CA made by the runner's own code, and started per simulated appliance.
+
+/// A CA and a TPM state it provisioned.
+struct Provisioned {
+    _dir: tempfile::TempDir,
+    ca: CertificateAuthority,
+    state: PathBuf,
+}
+
+impl Provisioned {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = CertificateAuthority::open(&dir.path().join("ca")).expect(MISSING_SWTPM);
+        let state = dir.path().join("state");
+        tpm_state::provision(&ca, &state).expect("swtpm_setup provisioning");
+        Self {
+            _dir: dir,
+            ca,
+            state,
+        }
+    }
+
+    fn trust(&self) -> TrustAnchors {
+        TrustAnchors::from_authority(&self.ca).unwrap()
+    }
+}
+
+/// The appliance's TPM and CA.
+fn home() -> &'static Provisioned {
+    static HOME: OnceLock<Provisioned> = OnceLock::new();
+    HOME.get_or_init(Provisioned::new)
+}
+
+/// Another machine: another TPM (other seeds, so other EK and AK), certified by another CA.
+fn foreign() -> &'static Provisioned {
+    static FOREIGN: OnceLock<Provisioned> = OnceLock::new();
+    FOREIGN.get_or_init(Provisioned::new)
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("bind an ephemeral port")
+        .port()
+}
+
+/// A running swtpm with a private copy of a provisioned state; killed on drop.
+struct Swtpm {
+    child: Child,
+    data: SocketAddr,
+    _state: tempfile::TempDir,
+}
+
+impl Swtpm {
+    fn start(provisioned: &Provisioned) -> Self {
+        let mut last_error = String::new();
+        // A port picked free can be taken before swtpm binds it: try a few pairs.
+        for _ in 0..5 {
+            let state = tempfile::tempdir().unwrap();
+            for entry in std::fs::read_dir(&provisioned.state).unwrap() {
+                let entry = entry.unwrap();
+                if entry.file_type().unwrap().is_file() {
+                    std::fs::copy(entry.path(), state.path().join(entry.file_name())).unwrap();
+                }
+            }
+            let (data_port, control_port) = (free_port(), free_port());
+            if data_port == control_port {
+                continue;
+            }
+            let mut child = Command::new("swtpm")
+                .args(["socket", "--tpm2", "--tpmstate"])
+                .arg(format!("dir={}", state.path().display()))
+                .arg("--server")
+                .arg(format!("type=tcp,port={data_port},bindaddr=127.0.0.1"))
+                .arg("--ctrl")
+                .arg(format!("type=tcp,port={control_port},bindaddr=127.0.0.1"))
+                .args(["--flags", "not-need-init,startup-clear"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|error| panic!("{MISSING_SWTPM}: {error}"));
+            let data = SocketAddr::from(([127, 0, 0, 1], data_port));
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if let Ok(Some(status)) = child.try_wait() {
+                    last_error = format!("swtpm exited with {status}");
+                    break;
+                }
+                // swtpm serves one data client at a time and takes the next when this probe closes.
+                if TcpStream::connect_timeout(&data, Duration::from_millis(200)).is_ok() {
+                    return Self {
+                        child,
+                        data,
+                        _state: state,
+                    };
+                }
+                if Instant::now() > deadline {
+                    last_error = format!("{data} did not open within 10 s");
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("swtpm did not start: {last_error}");
+    }
+}
+
+impl Drop for Swtpm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The simulated appliance: the kernel's TPM steps (kernel/src/tpm_device.rs, kernel/src/appliance.rs).
+
+struct SimAppliance {
+    tpm: SwtpmSocket,
+    ek: CreatedPrimary,
+    ak: CreatedPrimary,
+    ek_certificate: Vec<u8>,
+    event_log: Vec<u8>,
+    _swtpm: Swtpm,
+}
+
+impl SimAppliance {
+    /// Boots on `provisioned`'s TPM: firmware-like extends of PCRs 0-7 when `firmware`, then the three measured
+    /// events of `image`, then EK, AK and the EK certificate.
+    fn boot(provisioned: &Provisioned, image: &TestImage, firmware: bool) -> Self {
+        let swtpm = Swtpm::start(provisioned);
+        let mut tpm = SwtpmSocket::connect(swtpm.data, Duration::from_secs(60)).unwrap();
+        if firmware {
+            // What firmware does before the kernel runs (SeaBIOS ends each of PCRs 0-7 with a separator).
+            for pcr in 0..8u32 {
+                let digest = eventlog::sha256(format!("firmware event for PCR {pcr}").as_bytes());
+                commands::pcr_extend(&mut tpm, pcr, &digest).unwrap();
+            }
+        }
+        let model_digest = eventlog::sha256(&std::fs::read(&image.model).unwrap());
+        let cmdline_digest = eventlog::sha256(image.cmdline.as_bytes());
+        let mut log = EventLog::new();
+        for (pcr, kind, digest, description) in [
+            (
+                12,
+                EventKind::KernelImage,
+                image.kernel_segments_digest,
+                "kernel text and rodata",
+            ),
+            (13, EventKind::Model, model_digest, "model blob (initrd)"),
+            (
+                14,
+                EventKind::CommandLine,
+                cmdline_digest,
+                "kernel command line",
+            ),
+        ] {
+            eventlog::measure(&mut tpm, &mut log, pcr, kind, digest, description).unwrap();
+        }
+        let ek = commands::create_primary(&mut tpm, KeyTemplate::EkRsa2048).unwrap();
+        let ak = commands::create_primary(&mut tpm, KeyTemplate::AkEccP256).unwrap();
+        let mut certificate = vec![0u8; 4096];
+        let length = commands::read_ek_certificate(&mut tpm, &mut certificate).unwrap();
+        certificate.truncate(length);
+        let mut event_log = vec![0u8; log.buffer_len()];
+        log.emit(&mut event_log).unwrap();
+        Self {
+            tpm,
+            ek,
+            ak,
+            ek_certificate: certificate,
+            event_log,
+            _swtpm: swtpm,
+        }
+    }
+
+    /// TPM2_Quote with any extraData (the appliance uses `qualifying_data(nonce)`), PCR_Read, and the evidence.
+    fn quote(&mut self, extra_data: &[u8], pcr_mask: u32) -> Evidence {
+        let selection = PcrSelection::from_mask(pcr_mask).unwrap();
+        let quote = commands::quote(&mut self.tpm, self.ak.handle, extra_data, selection).unwrap();
+        let values = commands::pcr_read(&mut self.tpm, selection).unwrap();
+        Evidence {
+            attest: quote.attest().to_vec(),
+            signature: quote.signature().to_vec(),
+            ak_public: self.ak.public.as_bytes().to_vec(),
+            ek_public: self.ek.public.as_bytes().to_vec(),
+            ek_certificate: self.ek_certificate.clone(),
+            pcr_values: selection
+                .indices()
+                .map(|pcr| values.values[usize::from(pcr)])
+                .collect(),
+            event_log: self.event_log.clone(),
+        }
+    }
+
+    /// The appliance's answer to `Request::Attest`.
+    fn attest(&mut self, nonce: &[u8; 32], pcr_mask: u32) -> Evidence {
+        self.quote(&net::proto::qualifying_data(nonce), pcr_mask)
+    }
+
+    /// The appliance's answer to `Request::ActivateCredential`.
+    fn activate(&mut self, credential_blob: &[u8], secret: &[u8]) -> Response {
+        match commands::activate_credential_with_ek(
+            &mut self.tpm,
+            self.ak.handle,
+            self.ek.handle,
+            &[0x5a; 32],
+            credential_blob,
+            secret,
+        ) {
+            Ok(credential) => Response::Credential(credential.as_bytes().to_vec()),
+            Err(_) => Response::Error(ErrorCode::TpmFailure),
+        }
+    }
+
+    fn answer(&mut self, request: &Request) -> Response {
+        match request {
+            Request::Attest { nonce, pcr_mask } => {
+                Response::Evidence(self.attest(nonce, *pcr_mask))
+            }
+            Request::ActivateCredential {
+                credential_blob,
+                secret,
+            } => self.activate(credential_blob, secret),
+            Request::ModelInfo => Response::Error(ErrorCode::BadRequest),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Shared fixtures and helpers.
+
+const NONCE: [u8; 32] = [0x4e; 32];
+
+/// Honest evidence from the home TPM for NONCE over the standard manifest's selection, made once.
+fn honest() -> &'static Evidence {
+    static HONEST: OnceLock<Evidence> = OnceLock::new();
+    HONEST.get_or_init(|| {
+        let image = TestImage::standard();
+        let mut appliance = SimAppliance::boot(home(), &image, true);
+        appliance.attest(&NONCE, image.manifest().pcr_mask())
+    })
+}
+
+fn standard_manifest() -> &'static Manifest {
+    static MANIFEST: OnceLock<Manifest> = OnceLock::new();
+    MANIFEST.get_or_init(|| TestImage::standard().manifest())
+}
+
+fn home_trust() -> &'static TrustAnchors {
+    static TRUST: OnceLock<TrustAnchors> = OnceLock::new();
+    TRUST.get_or_init(|| home().trust())
+}
+
+fn expectation<'a>(manifest: &'a Manifest, trust: &'a TrustAnchors) -> Expectation<'a> {
+    Expectation {
+        nonce: NONCE,
+        manifest,
+        trust,
+        now: SystemTime::now(),
+        previous_clock: None,
+    }
+}
+
+/// Verifies `evidence` for NONCE against the standard manifest and the home CA.
+fn check(evidence: &Evidence) -> Result<verify::VerifiedEvidence, VerifyError> {
+    verify_evidence(evidence, &expectation(standard_manifest(), home_trust()))
+}
+
+/// One change to evidence.
+type Tamper = fn(&mut Evidence);
+
+fn tampered(change: impl FnOnce(&mut Evidence)) -> Evidence {
+    let mut evidence = honest().clone();
+    change(&mut evidence);
+    evidence
+}
+
+// Offsets into the honest TPMS_ATTEST (qualifiedSigner and extraData are 34 and 32 bytes): Part 2 §10.12.12.
+const QUALIFIED_SIGNER: usize = 8;
+const EXTRA_DATA: usize = 44;
+const CLOCK: usize = 76;
+const RESET_COUNT: usize = 84;
+const SAFE: usize = 92;
+const BANK_HASH: usize = 105;
+const PCR_DIGEST: usize = 113;
+const ATTEST_LEN: usize = 145;
+
+/// A software P-256 key standing in for an AK, so tampered attest bytes can carry a valid signature: shows
+/// that the checks after the signature stand on their own.
+fn software_ak() -> (p256::ecdsa::SigningKey, Vec<u8>) {
+    let key = p256::ecdsa::SigningKey::from_slice(&[0x17; 32]).unwrap();
+    let point = key.verifying_key().to_encoded_point(false);
+    let mut area = honest().ak_public.clone();
+    // TPMT_PUBLIC of the AK template: 20 bytes of type, nameAlg, attributes, policy and parameters, then
+    // unique = TPM2B x (32 bytes), TPM2B y (32 bytes).
+    assert_eq!(area.len(), 88);
+    area[22..54].copy_from_slice(point.x().unwrap());
+    area[56..88].copy_from_slice(point.y().unwrap());
+    (key, area)
+}
+
+/// Replaces AK and signature by the software AK's; `change` edits the attest bytes first. qualifiedSigner is
+/// fixed up to the software AK's unless `change` is meant to break it (`fix_signer` false).
+fn resigned(change: impl FnOnce(&mut Vec<u8>), fix_signer: bool) -> Evidence {
+    let (key, area) = software_ak();
+    let mut evidence = honest().clone();
+    evidence.ak_public = area.clone();
+    if fix_signer {
+        let ak = tpm::public::PublicArea::from_bytes(&area).unwrap();
+        evidence.attest[QUALIFIED_SIGNER..QUALIFIED_SIGNER + 34]
+            .copy_from_slice(&checks::ak_qualified_name(&ak));
+    }
+    change(&mut evidence.attest);
+    let signature: p256::ecdsa::Signature = key.sign(&evidence.attest);
+    let (r, s) = signature.split_bytes();
+    let mut bytes = vec![0x00, 0x18, 0x00, 0x0B, 0x00, 0x20];
+    bytes.extend_from_slice(&r);
+    bytes.extend_from_slice(&[0x00, 0x20]);
+    bytes.extend_from_slice(&s);
+    evidence.signature = bytes;
+    evidence
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The honest path.
+
+#[test]
+fn honest_evidence_verifies_and_activates() {
+    let image = TestImage::standard();
+    let manifest = image.manifest();
+    let mut appliance = SimAppliance::boot(home(), &image, true);
+    let evidence = appliance.attest(&NONCE, manifest.pcr_mask());
+    assert_eq!(evidence.attest.len(), ATTEST_LEN);
+    let verified = verify_evidence(&evidence, &expectation(&manifest, home_trust())).unwrap();
+    assert_eq!(verified.selection.mask(), 0x70ff);
+    assert_eq!(verified.events.len(), 3);
+    assert_eq!(
+        verified.pcrs[12], manifest.pcrs.kernel.0,
+        "the manifest's PCR 12 is what the TPM computed"
+    );
+    assert_eq!(
+        verified.ek_certificate.chain,
+        ["CN=swtpm-localca", "CN=swtpm-localca-rootca"]
+    );
+
+    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+    let challenge = CredentialChallenge::new(&verified, &mut rng).unwrap();
+    let Request::ActivateCredential {
+        credential_blob,
+        secret,
+    } = challenge.request()
+    else {
+        panic!("not an ActivateCredential request");
+    };
+    let answer = appliance.activate(&credential_blob, &secret);
+    assert_eq!(challenge.check(&answer), Ok(()));
+}
+
+#[test]
+fn resigned_evidence_passes_offline_checks_but_not_activation() {
+    // The harness's software AK gives evidence that passes every offline check (so the tamper tests built on
+    // it isolate one check each), and credential activation is what refuses it.
+    let evidence = resigned(|_| {}, true);
+    let verified = check(&evidence).expect("re-signed evidence passes offline checks");
+    let image = TestImage::standard();
+    let mut appliance = SimAppliance::boot(home(), &image, true);
+    let challenge =
+        CredentialChallenge::new(&verified, &mut rand::rngs::StdRng::seed_from_u64(2)).unwrap();
+    let Request::ActivateCredential {
+        credential_blob,
+        secret,
+    } = challenge.request()
+    else {
+        panic!();
+    };
+    assert_eq!(
+        challenge.check(&appliance.activate(&credential_blob, &secret)),
+        Err(VerifyError::CredentialRefused(ErrorCode::TpmFailure))
+    );
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// One test per check.
+
+#[test]
+fn flipped_attest_byte_is_a_bad_signature() {
+    for at in [CLOCK + 3, RESET_COUNT, PCR_DIGEST + 5, EXTRA_DATA + 31] {
+        let evidence = tampered(|evidence| evidence.attest[at] ^= 1);
+        assert_eq!(
+            check(&evidence).unwrap_err(),
+            VerifyError::BadSignature,
+            "byte {at}"
+        );
+    }
+    let evidence = tampered(|evidence| {
+        let last = evidence.signature.len() - 1;
+        evidence.signature[last] ^= 1;
+    });
+    assert_eq!(check(&evidence).unwrap_err(), VerifyError::BadSignature);
+}
+
+#[test]
+fn wrong_nonce_is_an_extra_data_mismatch() {
+    let manifest = standard_manifest();
+    let mut expected = expectation(manifest, home_trust());
+    expected.nonce[0] ^= 1;
+    assert_eq!(
+        verify_evidence(honest(), &expected).unwrap_err(),
+        VerifyError::ExtraDataMismatch
+    );
+}
+
+#[test]
+fn nonce_as_a_prefix_or_unhashed_is_an_extra_data_mismatch() {
+    let image = TestImage::standard();
+    let mask = image.manifest().pcr_mask();
+    let mut appliance = SimAppliance::boot(home(), &image, true);
+    let qualifying = net::proto::qualifying_data(&NONCE);
+    let mut longer = qualifying.to_vec();
+    longer.extend_from_slice(&[0; 32]);
+    for extra_data in [
+        longer.as_slice(),
+        &qualifying[..16],
+        &qualifying[..31],
+        NONCE.as_slice(),
+        &[],
+    ] {
+        let evidence = appliance.quote(extra_data, mask);
+        assert_eq!(
+            check(&evidence).unwrap_err(),
+            VerifyError::ExtraDataMismatch,
+            "extraData of {} bytes",
+            extra_data.len()
+        );
+    }
+}
+
+#[test]
+fn bad_magic() {
+    let evidence = tampered(|evidence| evidence.attest[3] = 0x48);
+    assert_eq!(
+        check(&evidence).unwrap_err(),
+        VerifyError::BadMagic(0xFF54_4348)
+    );
+}
+
+#[test]
+fn wrong_type() {
+    // TPM_ST_ATTEST_CERTIFY.
+    let evidence = tampered(|evidence| evidence.attest[5] = 0x17);
+    assert_eq!(
+        check(&evidence).unwrap_err(),
+        VerifyError::WrongType(0x8017)
+    );
+}
+
+#[test]
+fn changed_pcr_value_is_a_digest_mismatch() {
+    for index in [0, 8, 10] {
+        let evidence = tampered(|evidence| evidence.pcr_values[index][7] ^= 0x80);
+        assert_eq!(
+            check(&evidence).unwrap_err(),
+            VerifyError::PcrDigestMismatch
+        );
+    }
+}
+
+#[test]
+fn swapped_pcr_values_are_a_digest_mismatch() {
+    let evidence = tampered(|evidence| evidence.pcr_values.swap(8, 9));
+    assert_eq!(
+        check(&evidence).unwrap_err(),
+        VerifyError::PcrDigestMismatch
+    );
+}
+
+#[test]
+fn other_selection_than_requested_is_refused() {
+    let image = TestImage::standard();
+    let mut appliance = SimAppliance::boot(home(), &image, true);
+    // PCR 7 swapped for PCR 8, and PCR 14 left out.
+    for quoted in [0x717f_u32, 0x30ff] {
+        let evidence = appliance.attest(&NONCE, quoted);
+        assert_eq!(
+            check(&evidence).unwrap_err(),
+            VerifyError::PcrSelectionMismatch {
+                requested: 0x70ff,
+                quoted
+            }
+        );
+    }
+    // Fewer or more values than PCRs quoted.
+    let evidence = tampered(|evidence| {
+        evidence.pcr_values.pop();
+    });
+    assert_eq!(
+        check(&evidence).unwrap_err(),
+        VerifyError::PcrCountMismatch {
+            quoted: 11,
+            reported: 10
+        }
+    );
+    let evidence = tampered(|evidence| evidence.pcr_values.push([1; 32]));
+    assert!(matches!(
+        check(&evidence).unwrap_err(),
+        VerifyError::PcrCountMismatch { reported: 12, .. }
+    ));
+}
+
+#[test]
+fn foreign_ak_fails_credential_activation() {
+    // The quote and AK of another TPM, presented with this appliance's certified EK: every offline check
+    // passes (the foreign AK really signed it), and the appliance's TPM cannot activate a credential made for
+    // the foreign AK's name.
+    let image = TestImage::standard();
+    let mask = image.manifest().pcr_mask();
+    let mut stranger = SimAppliance::boot(foreign(), &image, true);
+    let foreign_evidence = stranger.attest(&NONCE, mask);
+    assert_ne!(foreign_evidence.ak_public, honest().ak_public);
+    let evidence = tampered(|evidence| {
+        evidence.attest = foreign_evidence.attest.clone();
+        evidence.signature = foreign_evidence.signature.clone();
+        evidence.ak_public = foreign_evidence.ak_public.clone();
+        evidence.pcr_values = foreign_evidence.pcr_values.clone();
+    });
+    let verified = check(&evidence).expect("offline checks cannot tell the AKs apart");
+    let mut appliance = SimAppliance::boot(home(), &image, true);
+    let challenge =
+        CredentialChallenge::new(&verified, &mut rand::rngs::StdRng::seed_from_u64(3)).unwrap();
+    let Request::ActivateCredential {
+        credential_blob,
+        secret,
+    } = challenge.request()
+    else {
+        panic!();
+    };
+    assert_eq!(
+        challenge.check(&appliance.activate(&credential_blob, &secret)),
+        Err(VerifyError::CredentialRefused(ErrorCode::TpmFailure))
+    );
+
+    // The foreign AK's public key with this TPM's quote: the signature does not verify.
+    let evidence = tampered(|evidence| evidence.ak_public = foreign_evidence.ak_public.clone());
+    assert_eq!(check(&evidence).unwrap_err(), VerifyError::BadSignature);
+}
+
+#[test]
+fn ak_with_wrong_attributes_is_refused() {
+    // TPMA_OBJECT is bytes 4..8 of the AK's TPMT_PUBLIC (0x00050072).
+    let cases: [(&str, u32); 5] = [
+        ("restricted cleared", 0x0004_0072),
+        ("sign cleared", 0x0001_0072),
+        ("fixedTPM cleared", 0x0005_0070),
+        ("sensitiveDataOrigin cleared", 0x0005_0052),
+        ("decrypt added", 0x0007_0072),
+    ];
+    for (what, attributes) in cases {
+        let evidence = tampered(|evidence| {
+            evidence.ak_public[4..8].copy_from_slice(&attributes.to_be_bytes())
+        });
+        assert_eq!(
+            check(&evidence).unwrap_err(),
+            VerifyError::AkAttributes(attributes),
+            "{what}"
+        );
+    }
+    // The EK (an RSA decryption key) presented as the AK.
+    let evidence = tampered(|evidence| evidence.ak_public = evidence.ek_public.clone());
+    assert_eq!(check(&evidence).unwrap_err(), VerifyError::AkKeyType);
+    // A P-384 curve id.
+    let evidence = tampered(|evidence| evidence.ak_public[16..18].copy_from_slice(&[0, 4]));
+    assert!(matches!(
+        check(&evidence).unwrap_err(),
+        VerifyError::AkKeyType
+            | VerifyError::Malformed {
+                what: Field::AkPublic,
+                ..
+            }
+    ));
+}
+
+#[test]
+fn ek_certificate_from_an_untrusted_ca_is_refused() {
+    // Another TPM certified by another CA whose certificates carry the same names as ours.
+    let image = TestImage::standard();
+    let mut stranger = SimAppliance::boot(foreign(), &image, true);
+    let evidence = stranger.attest(&NONCE, image.manifest().pcr_mask());
+    assert_eq!(
+        check(&evidence).unwrap_err(),
+        VerifyError::EkCertificateUntrusted(CertificateError::BadSignature)
+    );
+    // And it verifies against its own CA: the refusal above is about trust, nothing else.
+    assert!(verify_evidence(
+        &evidence,
+        &expectation(standard_manifest(), &foreign().trust())
+    )
+    .is_ok());
+
+    // A certificate with a flipped signature byte, a truncated one, garbage.
+    let evidence = tampered(|evidence| {
+        let last = evidence.ek_certificate.len() - 1;
+        evidence.ek_certificate[last] ^= 1;
+    });
+    assert_eq!(
+        check(&evidence).unwrap_err(),
+        VerifyError::EkCertificateUntrusted(CertificateError::BadSignature)
+    );
+    let evidence = tampered(|evidence| {
+        evidence.ek_certificate.truncate(100);
+    });
+    assert_eq!(
+        check(&evidence).unwrap_err(),
+        VerifyError::EkCertificateUntrusted(CertificateError::Malformed)
+    );
+    let evidence = tampered(|evidence| evidence.ek_certificate.push(0));
+    assert_eq!(
+        check(&evidence).unwrap_err(),
+        VerifyError::EkCertificateUntrusted(CertificateError::Malformed)
+    );
+    // Outside the validity period (swtpm_localca certificates run to 9999-12-31).
+    for (now, error) in [
+        (UNIX_EPOCH, CertificateError::NotYetValid),
+        (
+            UNIX_EPOCH + Duration::from_secs(253_402_300_800 + 86_400),
+            CertificateError::Expired,
+        ),
+    ] {
+        let mut expected = expectation(standard_manifest(), home_trust());
+        expected.now = now;
+        assert_eq!(
+            verify_evidence(honest(), &expected).unwrap_err(),
+            VerifyError::EkCertificateUntrusted(error)
+        );
+    }
+    // Trusting only the root, without the signing CA: the issuer is unknown.
+    let root_only = TrustAnchors::from_pem_files(&home().ca.root_certificate(), &[]).unwrap();
+    assert_eq!(
+        verify_evidence(honest(), &expectation(standard_manifest(), &root_only)).unwrap_err(),
+        VerifyError::EkCertificateUntrusted(CertificateError::UnknownIssuer)
+    );
+}
+
+#[test]
+fn ek_certificate_for_another_key_is_refused() {
+    let image = TestImage::standard();
+    let mut stranger = SimAppliance::boot(foreign(), &image, true);
+    let foreign_ek = stranger.attest(&NONCE, 0x1000).ek_public;
+    let evidence = tampered(|evidence| evidence.ek_public = foreign_ek.clone());
+    assert_eq!(
+        check(&evidence).unwrap_err(),
+        VerifyError::EkCertificateKeyMismatch
+    );
+    // An EK public area that is not the default template (attributes changed).
+    let evidence = tampered(|evidence| evidence.ek_public[7] ^= 0x40);
+    assert_eq!(check(&evidence).unwrap_err(), VerifyError::EkTemplate);
+}
+
+#[test]
+fn wrong_activation_secret_is_refused() {
+    let image = TestImage::standard();
+    let mut appliance = SimAppliance::boot(home(), &image, true);
+    let evidence = appliance.attest(&NONCE, image.manifest().pcr_mask());
+    let verified =
+        verify_evidence(&evidence, &expectation(&image.manifest(), home_trust())).unwrap();
+    let challenge =
+        CredentialChallenge::new(&verified, &mut rand::rngs::StdRng::seed_from_u64(4)).unwrap();
+    let Request::ActivateCredential {
+        credential_blob,
+        secret,
+    } = challenge.request()
+    else {
+        panic!();
+    };
+    let Response::Credential(recovered) = appliance.activate(&credential_blob, &secret) else {
+        panic!("activation failed");
+    };
+    assert_eq!(
+        challenge.check(&Response::Credential(recovered.clone())),
+        Ok(())
+    );
+    let mut wrong = recovered.clone();
+    wrong[31] ^= 1;
+    for answer in [
+        wrong,
+        recovered[..31].to_vec(),
+        Vec::new(),
+        [recovered.clone(), vec![0]].concat(),
+    ] {
+        assert_eq!(
+            challenge.check(&Response::Credential(answer)),
+            Err(VerifyError::CredentialMismatch)
+        );
+    }
+    // A secret from another challenge (the appliance replaying an old answer).
+    let other =
+        CredentialChallenge::new(&verified, &mut rand::rngs::StdRng::seed_from_u64(5)).unwrap();
+    assert_eq!(
+        other.check(&Response::Credential(recovered)),
+        Err(VerifyError::CredentialMismatch)
+    );
+    assert!(matches!(
+        challenge.check(&Response::Evidence(evidence)),
+        Err(VerifyError::Malformed {
+            what: Field::Response,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn event_log_not_matching_the_pcrs_is_refused() {
+    // The model event's digest (event 2 starts at 8 + 35 + 22 bytes; its digest 2 bytes further).
+    let evidence = tampered(|evidence| evidence.event_log[8 + 35 + 22 + 2] ^= 1);
+    assert_eq!(
+        check(&evidence).unwrap_err(),
+        VerifyError::EventLogReplayMismatch { pcr: 13 }
+    );
+    // A log that leaves out the command line.
+    let mut log = EventLog::parse(&honest().event_log).unwrap();
+    let mut shorter = EventLog::new();
+    for event in log.events().take(2) {
+        shorter.push(*event).unwrap();
+    }
+    let mut bytes = vec![0u8; shorter.buffer_len()];
+    shorter.emit(&mut bytes).unwrap();
+    let evidence = tampered(|evidence| evidence.event_log = bytes.clone());
+    assert_eq!(
+        check(&evidence).unwrap_err(),
+        VerifyError::EventLogReplayMismatch { pcr: 14 }
+    );
+    // An extra event on a PCR that is not replayed still changes nothing the quote vouches for; the manifest
+    // refuses the sequence.
+    log.push(tpm::eventlog::Event::new(15, EventKind::Other, [1; 32], "extra").unwrap())
+        .unwrap();
+    let mut bytes = vec![0u8; log.buffer_len()];
+    log.emit(&mut bytes).unwrap();
+    let evidence = tampered(|evidence| evidence.event_log = bytes.clone());
+    assert_eq!(
+        check(&evidence).unwrap_err(),
+        VerifyError::ManifestMismatch {
+            what: ManifestItem::EventSequence
+        }
+    );
+}
+
+#[test]
+fn manifest_digest_mismatches_name_the_measurement() {
+    let other_model = TestImage::new(0, b"GGUF a different model", "ip=dhcp port=7000");
+    let other_kernel = TestImage::new(9, b"GGUF tiny test model", "ip=dhcp port=7000");
+    let other_cmdline = TestImage::new(0, b"GGUF tiny test model", "ip=dhcp port=7001");
+    for (image, what) in [
+        (other_model, ManifestItem::Model),
+        (other_kernel, ManifestItem::Kernel),
+        (other_cmdline, ManifestItem::CommandLine),
+    ] {
+        let manifest = image.manifest();
+        assert_eq!(
+            verify_evidence(honest(), &expectation(&manifest, home_trust())).unwrap_err(),
+            VerifyError::ManifestMismatch { what },
+            "{what}"
+        );
+    }
+}
+
+#[test]
+fn firmware_pcrs_zero_or_not_golden_are_refused() {
+    // No firmware measured anything: PCR 0 is all zero.
+    let image = TestImage::standard();
+    let mut bare = SimAppliance::boot(home(), &image, false);
+    let evidence = bare.attest(&NONCE, image.manifest().pcr_mask());
+    assert_eq!(
+        check(&evidence).unwrap_err(),
+        VerifyError::FirmwarePcrZero(0)
+    );
+
+    // Golden values: equal passes, one differing names its PCR.
+    let values = &honest().pcr_values;
+    let golden = |pcr3: [u8; 32]| {
+        let pcrs = [(0u8, Sha256Digest(values[0])), (3, Sha256Digest(pcr3))]
+            .into_iter()
+            .collect();
+        standard_manifest()
+            .clone()
+            .with_golden_firmware("swtpm test platform", pcrs)
+            .unwrap()
+    };
+    let good = golden(values[3]);
+    assert!(verify_evidence(honest(), &expectation(&good, home_trust())).is_ok());
+    let bad = golden([3; 32]);
+    assert_eq!(
+        verify_evidence(honest(), &expectation(&bad, home_trust())).unwrap_err(),
+        VerifyError::FirmwarePcrMismatch(3)
+    );
+}
+
+#[test]
+fn sha1_is_refused() {
+    // The quote's PCR bank.
+    let evidence = tampered(|evidence| evidence.attest[BANK_HASH + 1] = 0x04);
+    assert_eq!(check(&evidence).unwrap_err(), VerifyError::Sha1Refused);
+    // The signature's hash.
+    let evidence = tampered(|evidence| evidence.signature[3] = 0x04);
+    assert_eq!(check(&evidence).unwrap_err(), VerifyError::Sha1Refused);
+    // The AK's nameAlg and its scheme's hash.
+    let evidence = tampered(|evidence| evidence.ak_public[3] = 0x04);
+    assert_eq!(check(&evidence).unwrap_err(), VerifyError::Sha1Refused);
+    let evidence = tampered(|evidence| evidence.ak_public[15] = 0x04);
+    assert_eq!(check(&evidence).unwrap_err(), VerifyError::Sha1Refused);
+}
+
+#[test]
+fn signature_scheme_must_match_the_key() {
+    // RSASSA instead of ECDSA, and ECDSA with SHA-384.
+    let evidence = tampered(|evidence| evidence.signature[1] = 0x14);
+    assert_eq!(
+        check(&evidence).unwrap_err(),
+        VerifyError::SignatureSchemeMismatch {
+            signature: (0x0014, 0),
+            key: (0x0018, 0x000B)
+        }
+    );
+    let evidence = tampered(|evidence| evidence.signature[3] = 0x0C);
+    assert_eq!(
+        check(&evidence).unwrap_err(),
+        VerifyError::SignatureSchemeMismatch {
+            signature: (0x0018, 0x000C),
+            key: (0x0018, 0x000B)
+        }
+    );
+}
+
+#[test]
+fn qualified_signer_must_be_the_ak() {
+    let evidence = resigned(|attest| attest[QUALIFIED_SIGNER + 20] ^= 1, true);
+    assert_eq!(
+        check(&evidence).unwrap_err(),
+        VerifyError::QualifiedSignerMismatch
+    );
+    // Signed by the software AK while still naming the TPM's AK.
+    let evidence = resigned(|_| {}, false);
+    assert_eq!(
+        check(&evidence).unwrap_err(),
+        VerifyError::QualifiedSignerMismatch
+    );
+}
+
+#[test]
+fn clock_must_be_safe_and_counters_must_not_go_back() {
+    let evidence = resigned(|attest| attest[SAFE] = 0, true);
+    assert_eq!(check(&evidence).unwrap_err(), VerifyError::ClockNotSafe);
+
+    let quoted = check(honest()).unwrap().clock;
+    let mut expected = expectation(standard_manifest(), home_trust());
+    for previous in [
+        ClockCounters {
+            reset_count: quoted.reset_count + 1,
+            ..quoted
+        },
+        ClockCounters {
+            restart_count: quoted.restart_count + 1,
+            ..quoted
+        },
+        ClockCounters {
+            clock: quoted.clock + 1,
+            ..quoted
+        },
+    ] {
+        expected.previous_clock = Some(previous);
+        assert_eq!(
+            verify_evidence(honest(), &expected).unwrap_err(),
+            VerifyError::ClockRollback { previous, quoted }
+        );
+    }
+    expected.previous_clock = Some(ClockCounters {
+        clock: quoted.clock.saturating_sub(1),
+        ..quoted
+    });
+    assert!(verify_evidence(honest(), &expected).is_ok());
+}
+
+#[test]
+fn pcr_digest_is_recomputed() {
+    // A validly signed quote whose pcrDigest is not over the reported values.
+    let evidence = resigned(|attest| attest[PCR_DIGEST] ^= 1, true);
+    assert_eq!(
+        check(&evidence).unwrap_err(),
+        VerifyError::PcrDigestMismatch
+    );
+}
+
+#[test]
+fn truncated_trailing_and_oversized_structures_are_refused() {
+    let honest = honest();
+    assert_eq!(
+        check(&tampered(|e| e.attest.truncate(ATTEST_LEN - 1))).unwrap_err(),
+        VerifyError::Truncated(Field::Attest)
+    );
+    assert_eq!(
+        check(&tampered(|e| e.attest.push(0))).unwrap_err(),
+        VerifyError::TrailingBytes(Field::Attest)
+    );
+    assert_eq!(
+        check(&tampered(|e| {
+            e.signature.pop();
+        }))
+        .unwrap_err(),
+        VerifyError::Truncated(Field::Signature)
+    );
+    assert_eq!(
+        check(&tampered(|e| e.signature.push(0))).unwrap_err(),
+        VerifyError::TrailingBytes(Field::Signature)
+    );
+    assert_eq!(
+        check(&tampered(|e| {
+            e.event_log.pop();
+        }))
+        .unwrap_err(),
+        VerifyError::Truncated(Field::EventLog)
+    );
+    assert_eq!(
+        check(&tampered(|e| e.event_log.push(0))).unwrap_err(),
+        VerifyError::TrailingBytes(Field::EventLog)
+    );
+    for (what, change) in [
+        (
+            Field::AkPublic,
+            (|e: &mut Evidence| e.ak_public.push(0)) as Tamper,
+        ),
+        (Field::AkPublic, |e| {
+            e.ak_public.pop();
+        }),
+        (Field::EkPublic, |e| e.ek_public.push(0)),
+        (Field::EkPublic, |e| {
+            e.ek_public.pop();
+        }),
+    ] {
+        assert!(
+            matches!(check(&tampered(change)).unwrap_err(), VerifyError::Malformed { what: found, .. } if found == what),
+            "{what:?}"
+        );
+    }
+    // Oversized fields are refused before anything is parsed.
+    let oversized: [(Field, Tamper); 6] = [
+        (Field::Attest, |e| e.attest.resize(1025, 0)),
+        (Field::Signature, |e| e.signature.resize(161, 0)),
+        (Field::AkPublic, |e| e.ak_public.resize(641, 0)),
+        (Field::EkCertificate, |e| e.ek_certificate.resize(4097, 0)),
+        (Field::PcrValues, |e| e.pcr_values.resize(25, [0; 32])),
+        (Field::EventLog, |e| e.event_log.resize(1 << 20, 0)),
+    ];
+    for (what, change) in oversized {
+        assert!(
+            matches!(check(&tampered(change)).unwrap_err(), VerifyError::Oversized { what: found, .. } if found == what),
+            "{what:?}"
+        );
+    }
+    // Every truncation of every field is an error, never a panic.
+    for cut in 0..honest.attest.len() {
+        assert!(check(&tampered(|e| e.attest.truncate(cut))).is_err());
+    }
+    for cut in 0..honest.signature.len() {
+        assert!(check(&tampered(|e| e.signature.truncate(cut))).is_err());
+    }
+    for cut in 0..honest.ak_public.len() {
+        assert!(check(&tampered(|e| e.ak_public.truncate(cut))).is_err());
+    }
+    for cut in 0..honest.ek_public.len() {
+        assert!(check(&tampered(|e| e.ek_public.truncate(cut))).is_err());
+    }
+    for cut in (0..honest.ek_certificate.len()).step_by(7) {
+        assert!(check(&tampered(|e| e.ek_certificate.truncate(cut))).is_err());
+    }
+    for cut in 0..honest.event_log.len() {
+        assert!(check(&tampered(|e| e.event_log.truncate(cut))).is_err());
+    }
+}
+
+#[test]
+fn random_mutations_never_panic_and_signed_bytes_never_pass() {
+    let honest = honest();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(77);
+    let mut refused = 0;
+    for round in 0..3000 {
+        let mut evidence = honest.clone();
+        let field = rand::Rng::gen_range(&mut rng, 0..5);
+        let bytes = match field {
+            0 => &mut evidence.attest,
+            1 => &mut evidence.signature,
+            2 => &mut evidence.ak_public,
+            3 => &mut evidence.ek_public,
+            _ => &mut evidence.ek_certificate,
+        };
+        let at = rand::Rng::gen_range(&mut rng, 0..bytes.len());
+        let value: u8 = rand::Rng::gen(&mut rng);
+        if bytes[at] == value {
+            continue;
+        }
+        bytes[at] = value;
+        // Every byte of these fields is signed, certified, or checked against the template.
+        assert!(
+            check(&evidence).is_err(),
+            "round {round}: field {field} byte {at} = {value:#x} accepted"
+        );
+        refused += 1;
+    }
+    assert!(refused > 2500);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The client over TCP, the report, and the exported evidence under tpm2_checkquote.
+
+/// Serves one connection from `appliance`, as the kernel does: framed requests in, framed responses out.
+/// `tamper` may change each response.
+fn serve(
+    mut appliance: SimAppliance,
+    tamper: fn(Response) -> Response,
+) -> (SocketAddr, std::thread::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    let thread = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        loop {
+            use std::io::{Read, Write};
+            let mut header = [0u8; net::frame::HEADER_LEN];
+            if stream.read_exact(&mut header).is_err() {
+                return;
+            }
+            let length = net::frame::parse_header(header).unwrap();
+            let mut body = vec![0u8; length];
+            stream.read_exact(&mut body).unwrap();
+            let request = Request::parse(&body).unwrap();
+            let mut out = Vec::new();
+            tamper(appliance.answer(&request)).emit(&mut out).unwrap();
+            stream.write_all(&out).unwrap();
+        }
+    });
+    (address, thread)
+}
+
+fn require_checkquote() {
+    let found = std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join("tpm2_checkquote").is_file()))
+        .unwrap_or(false);
+    assert!(
+        found,
+        "tpm2_checkquote is required: install the Debian package `tpm2-tools` (apt-get install tpm2-tools)"
+    );
+}
+
+#[test]
+fn verify_appliance_over_tcp_reports_and_exports_for_tpm2_checkquote() {
+    require_checkquote();
+    let image = TestImage::standard();
+    let manifest = image.manifest();
+    let manifest_path = image.dir.path().join("manifest.json");
+    manifest.write(&manifest_path).unwrap();
+    let manifest = Manifest::read(&manifest_path).unwrap();
+    let appliance = SimAppliance::boot(home(), &image, true);
+    let (address, server) = serve(appliance, |response| response);
+    let export = tempfile::tempdir().unwrap();
+    let options = VerifyOptions {
+        export_evidence: Some(export.path().join("evidence")),
+        ..VerifyOptions::default()
+    };
+    let report = verify_appliance(address, &manifest, home_trust(), &options).unwrap();
+    server.join().unwrap();
+
+    assert!(report.verified);
+    assert_eq!(report.pcrs.len(), 11);
+    assert_eq!(
+        report
+            .events
+            .iter()
+            .map(|event| event.kind)
+            .collect::<Vec<_>>(),
+        ["kernel image", "model", "command line"]
+    );
+    assert_eq!(report.events[1].digest, manifest.model.sha256.to_string());
+    assert!(report.checks.contains(&"credential activation"));
+    assert!(report.evidence_bytes > 1000, "{}", report.evidence_bytes);
+    let text = report.to_string();
+    assert!(
+        text.starts_with("VERIFIED: appliance at 127.0.0.1:"),
+        "{text}"
+    );
+    assert!(text.contains("model blob (initrd)"), "{text}");
+    let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+    assert_eq!(json["verified"], true);
+    assert_eq!(json["pcrs"][8]["pcr"], 12);
+    assert_eq!(json["pcrs"][8]["value"], manifest.pcrs.kernel.to_string());
+    eprintln!(
+        "attest round trip {:.1} ms, activation {:.1} ms, evidence {} bytes",
+        report.timing.attest_round_trip_ms,
+        report.timing.activation_round_trip_ms,
+        report.evidence_bytes
+    );
+
+    // tpm2_checkquote (tpm2-tools, written by nobody here) accepts the exported quote.
+    let dir = export.path().join("evidence");
+    let qualification = std::fs::read_to_string(dir.join("qualification.hex")).unwrap();
+    let command = runner::verify::CheckquoteCommand {
+        dir: dir.clone(),
+        args: std::fs::read_to_string(dir.join("checkquote.txt"))
+            .unwrap()
+            .trim()
+            .split(' ')
+            .skip(1)
+            .map(String::from)
+            .collect(),
+    };
+    assert!(command.args.contains(&qualification.trim().to_string()));
+    let output = command.run().expect("run tpm2_checkquote");
+    assert!(
+        output.status.success(),
+        "tpm2_checkquote rejected the exported evidence: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // And it rejects the same files with a changed PCR value (PCR 12, the first digest of the second
+    // TPML_DIGEST), so its success means something.
+    let mut pcrs = std::fs::read(dir.join("pcrs.bin")).unwrap();
+    pcrs[132 + 4 + 532 + 4 + 2 + 3] ^= 1;
+    std::fs::write(dir.join("pcrs.bin"), pcrs).unwrap();
+    assert!(!command.run().unwrap().status.success());
+}
+
+#[test]
+fn verify_appliance_names_the_failed_check() {
+    // The model file differs from the manifest's.
+    let image = TestImage::standard();
+    let booted = TestImage::new(0, b"GGUF another model", "ip=dhcp port=7000");
+    let appliance = SimAppliance::boot(home(), &booted, true);
+    let (address, server) = serve(appliance, |response| response);
+    let error = verify_appliance(
+        address,
+        &image.manifest(),
+        home_trust(),
+        &VerifyOptions::default(),
+    )
+    .unwrap_err();
+    drop(server);
+    assert_eq!(
+        error.downcast_ref::<VerifyError>(),
+        Some(&VerifyError::ManifestMismatch {
+            what: ManifestItem::Model
+        })
+    );
+    assert!(
+        error.to_string().contains("[manifest]") && error.to_string().contains("model (PCR 13)"),
+        "{error}"
+    );
+
+    // An appliance that answers the credential challenge with another secret.
+    let appliance = SimAppliance::boot(home(), &image, true);
+    let (address, server) = serve(appliance, |response| match response {
+        Response::Credential(mut secret) => {
+            secret[0] ^= 1;
+            Response::Credential(secret)
+        }
+        other => other,
+    });
+    let error = verify_appliance(
+        address,
+        &image.manifest(),
+        home_trust(),
+        &VerifyOptions::default(),
+    )
+    .unwrap_err();
+    server.join().unwrap();
+    assert_eq!(
+        error.downcast_ref::<VerifyError>(),
+        Some(&VerifyError::CredentialMismatch)
+    );
+}
+
+#[test]
+fn exported_files_have_the_forms_tpm2_checkquote_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let command = runner::verify::export_evidence(dir.path(), honest(), &NONCE, 0x70ff).unwrap();
+    assert_eq!(
+        std::fs::read(dir.path().join("quote.msg")).unwrap(),
+        honest().attest
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("quote.sig")).unwrap(),
+        honest().signature
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("pcrs.values")).unwrap(),
+        honest().pcr_values.concat()
+    );
+    // TPML_PCR_SELECTION (132 bytes), the list count, two TPML_DIGEST of 532 bytes.
+    let pcrs = std::fs::read(dir.path().join("pcrs.bin")).unwrap();
+    assert_eq!(pcrs.len(), 132 + 4 + 2 * 532);
+    assert_eq!(&pcrs[..11], &[1, 0, 0, 0, 0x0b, 0, 3, 0xff, 0x70, 0, 0]);
+    assert_eq!(&pcrs[132..142], &[2, 0, 0, 0, 8, 0, 0, 0, 32, 0]);
+    assert_eq!(&pcrs[142..174], &honest().pcr_values[0]);
+    assert_eq!(&pcrs[136 + 532..136 + 532 + 6], &[3, 0, 0, 0, 32, 0]);
+    let pem = std::fs::read_to_string(dir.path().join("ak.pem")).unwrap();
+    assert!(pem.starts_with("-----BEGIN PUBLIC KEY-----\n"), "{pem}");
+    assert_eq!(
+        command.command_line(),
+        format!(
+            "tpm2_checkquote -u ak.pem -m quote.msg -s quote.sig -g sha256 -f pcrs.bin -q {}",
+            runner::models::hex(&net::proto::qualifying_data(&NONCE))
+        )
+    );
+    let _: &Path = &command.dir;
+}
