@@ -1,0 +1,401 @@
+#!/usr/bin/env bash
+# scripts/bench-vs-llamacpp.sh: our engine (`runner bench`) against llama.cpp's llama-bench on the same GGUF files
+# with the same thread counts, in one invocation; prints tokens/s per model, thread count and phase and the ratio.
+# Follows issue 4 ("benchmark script") and DESIGN §6 (llama.cpp from the llama-cpp-python sdist, anchor speeds,
+# memory-bandwidth ceiling for decode).
+set -euo pipefail
+
+# The llama-cpp-python source release whose vendored llama.cpp we build. Pinned so that numbers from different days
+# compare; the sha256 is the one of the sdist we measured with (checked when the default version is used).
+LLAMA_CPP_PYTHON_VERSION_DEFAULT="0.3.36"
+LLAMA_CPP_PYTHON_SHA256_DEFAULT="832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
+
+# DESIGN §6: memory bandwidth measured on these machines (GB/s), one and two threads.
+DESIGN_BANDWIDTH_1=14.9
+DESIGN_BANDWIDTH_2=29
+
+usage() {
+    cat <<'EOF'
+Usage: scripts/bench-vs-llamacpp.sh [options]
+
+Benchmarks cloister's inference engine (`runner bench`) against llama.cpp's `llama-bench` on the same GGUF
+files and thread counts, and prints a table of tokens/s and the ratio ours / llama.cpp per model, thread count
+and phase (prefill = 128-token prompt, decode = 128 generated tokens), plus the decode bandwidth ceiling.
+
+Steps:
+  1. Builds llama.cpp's llama-bench once from the llama-cpp-python source release (pip download of the sdist,
+     its vendor/llama.cpp, cmake Release, target llama-bench only) into <cache>/llama.cpp/<version>/, where
+     <cache> is $CLOISTER_CACHE or <workspace>/.cache. A stamp file marks a finished build, which later runs reuse.
+  2. Resolves the models through the runner's cache: cargo run --release -p runner -- fetch-model <models>.
+  3. For each model and thread count runs llama-bench (-p 128 -n 128 -t N -r R -o json) and
+     cargo run --release -p runner -- bench --model M --threads N, then prints the table.
+
+Options:
+  --models LIST        comma-separated model names known to the runner (default: smollm2,gemma3)
+  --threads LIST       comma-separated thread counts (default: 1,2)
+  --repetitions R      llama-bench repetitions per test (default: 5; runner bench takes the median of 5)
+  --measure-bandwidth  estimate memory bandwidth with a read test (scripts/membw.c, built with cc) instead of
+                       using DESIGN §6's figures (14.9 GB/s at 1 thread, 29 GB/s at 2)
+  --llama-cpp-python-version V
+                       build a different llama-cpp-python release (default: 0.3.36; its sha256 is checked)
+  -h, --help           show this help
+
+Environment:
+  CLOISTER_CACHE       cache directory (default: <workspace>/.cache)
+  CARGO_TARGET_DIR     honoured by the cargo invocations as usual
+  BENCH_JOBS           parallel compile jobs for llama.cpp (default: number of CPUs)
+
+Requirements: pip (for the sdist), cmake and a C/C++ compiler (on Debian: apt-get install cmake g++),
+python3 (parses llama-bench's JSON), cargo.
+
+The run takes a while: the first llama.cpp build is ~6 minutes on 2 idle cores. Numbers are only meaningful on
+an otherwise idle machine; the script prints the load average before measuring.
+EOF
+}
+
+progress() { printf '==> %s\n' "$*" >&2; }
+fail() {
+    printf 'error: %s\n' "$*" >&2
+    exit 1
+}
+
+# ---- options ---------------------------------------------------------------------------------------------------
+
+models_list="smollm2,gemma3"
+threads_list="1,2"
+repetitions=5
+measure_bandwidth=0
+llama_cpp_python_version="$LLAMA_CPP_PYTHON_VERSION_DEFAULT"
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+    --models)
+        [ $# -ge 2 ] || fail "--models needs a value (e.g. --models smollm2,gemma3)"
+        models_list="$2"
+        shift 2
+        ;;
+    --models=*)
+        models_list="${1#*=}"
+        shift
+        ;;
+    --threads)
+        [ $# -ge 2 ] || fail "--threads needs a value (e.g. --threads 1,2)"
+        threads_list="$2"
+        shift 2
+        ;;
+    --threads=*)
+        threads_list="${1#*=}"
+        shift
+        ;;
+    --repetitions)
+        [ $# -ge 2 ] || fail "--repetitions needs a value"
+        repetitions="$2"
+        shift 2
+        ;;
+    --repetitions=*)
+        repetitions="${1#*=}"
+        shift
+        ;;
+    --measure-bandwidth)
+        measure_bandwidth=1
+        shift
+        ;;
+    --llama-cpp-python-version)
+        [ $# -ge 2 ] || fail "--llama-cpp-python-version needs a value"
+        llama_cpp_python_version="$2"
+        shift 2
+        ;;
+    --llama-cpp-python-version=*)
+        llama_cpp_python_version="${1#*=}"
+        shift
+        ;;
+    -h | --help)
+        usage
+        exit 0
+        ;;
+    *)
+        fail "unknown argument '$1' (see --help)"
+        ;;
+    esac
+done
+
+IFS=',' read -r -a models <<<"$models_list"
+IFS=',' read -r -a threads <<<"$threads_list"
+[ ${#models[@]} -gt 0 ] || fail "--models is empty"
+[ ${#threads[@]} -gt 0 ] || fail "--threads is empty"
+for model in "${models[@]}"; do
+    [[ "$model" =~ ^[A-Za-z0-9._-]+$ ]] || fail "bad model name '$model' in --models"
+done
+for count in "${threads[@]}"; do
+    [[ "$count" =~ ^[1-9][0-9]*$ ]] || fail "bad thread count '$count' in --threads (positive integers)"
+done
+[[ "$repetitions" =~ ^[1-9][0-9]*$ ]] || fail "bad --repetitions '$repetitions' (a positive integer)"
+[[ "$llama_cpp_python_version" =~ ^[0-9A-Za-z.+-]+$ ]] ||
+    fail "bad --llama-cpp-python-version '$llama_cpp_python_version'"
+
+# ---- locations -------------------------------------------------------------------------------------------------
+
+script_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+workspace="$(cd "$script_dir/.." && pwd)"
+if [ ! -f "$workspace/Cargo.toml" ] || [ ! -d "$workspace/runner" ]; then
+    fail "cannot find the cloister workspace above $script_dir"
+fi
+if [ -n "${CLOISTER_CACHE:-}" ]; then
+    cache="$CLOISTER_CACHE"
+else
+    cache="$workspace/.cache"
+fi
+mkdir -p "$cache" || fail "cannot create the cache directory $cache"
+cache="$(cd "$cache" && pwd)"
+jobs="${BENCH_JOBS:-$(nproc 2>/dev/null || echo 2)}"
+[[ "$jobs" =~ ^[1-9][0-9]*$ ]] || fail "bad BENCH_JOBS '$jobs'"
+
+for tool in cargo python3; do
+    command -v "$tool" >/dev/null 2>&1 || fail "$tool is not installed (needed by this script)"
+done
+
+work_dir="$(mktemp -d)"
+trap 'rm -rf "$work_dir"' EXIT
+
+# ---- 1. llama.cpp ----------------------------------------------------------------------------------------------
+
+# The cmake configuration we build with; part of the stamp, so a change rebuilds.
+cmake_flags=(
+    -DCMAKE_BUILD_TYPE=Release
+    -DBUILD_SHARED_LIBS=OFF
+    -DLLAMA_CURL=OFF
+    -DLLAMA_BUILD_TESTS=OFF
+    -DLLAMA_BUILD_EXAMPLES=OFF
+    -DLLAMA_BUILD_SERVER=OFF
+    -DLLAMA_BUILD_TOOLS=ON
+    -DGGML_NATIVE=ON
+)
+
+build_llama_cpp() {
+    local root="$cache/llama.cpp/$llama_cpp_python_version"
+    local stamp="$root/build.stamp"
+    local bench_binary="$root/build/bin/llama-bench"
+    local expected_stamp
+    expected_stamp="llama-cpp-python $llama_cpp_python_version; cmake ${cmake_flags[*]}; target llama-bench"
+
+    if [ -f "$stamp" ] && [ -x "$bench_binary" ] && [ "$(head -n 1 "$stamp")" = "$expected_stamp" ]; then
+        progress "llama.cpp: reusing the build in $root ($(sed -n 2p "$stamp"))"
+        LLAMA_BENCH="$bench_binary"
+        return
+    fi
+
+    command -v pip >/dev/null 2>&1 || command -v pip3 >/dev/null 2>&1 ||
+        fail "pip is not installed; it is needed to download the llama-cpp-python source release"
+    local pip_command
+    pip_command="$(command -v pip || command -v pip3)"
+    if ! command -v cmake >/dev/null 2>&1; then
+        fail "cmake is not installed; install it (on Debian: apt-get install cmake) and run again"
+    fi
+    command -v c++ >/dev/null 2>&1 || command -v g++ >/dev/null 2>&1 ||
+        fail "no C++ compiler found; install one (on Debian: apt-get install g++) and run again"
+
+    rm -rf "$root"
+    mkdir -p "$root/download"
+    progress "llama.cpp: downloading the llama-cpp-python $llama_cpp_python_version source release with pip"
+    "$pip_command" download --no-binary :all: --no-deps --no-build-isolation --disable-pip-version-check \
+        --dest "$root/download" "llama-cpp-python==$llama_cpp_python_version" >"$root/download.log" 2>&1 ||
+        {
+            # --no-build-isolation needs nothing here (pip only fetches), but older pips may refuse it; retry plain.
+            "$pip_command" download --no-binary :all: --no-deps --disable-pip-version-check \
+                --dest "$root/download" "llama-cpp-python==$llama_cpp_python_version" >"$root/download.log" 2>&1 ||
+                fail "pip download of llama-cpp-python==$llama_cpp_python_version failed; see $root/download.log"
+        }
+    local sdist
+    sdist="$(find "$root/download" -maxdepth 1 -name 'llama_cpp_python-*.tar.gz' | head -n 1)"
+    [ -n "$sdist" ] || fail "pip downloaded no llama_cpp_python-*.tar.gz into $root/download (see $root/download.log)"
+    local digest
+    digest="$(sha256sum "$sdist" | cut -d ' ' -f 1)"
+    if [ "$llama_cpp_python_version" = "$LLAMA_CPP_PYTHON_VERSION_DEFAULT" ] &&
+        [ "$digest" != "$LLAMA_CPP_PYTHON_SHA256_DEFAULT" ]; then
+        fail "$(basename "$sdist") has sha256 $digest, expected $LLAMA_CPP_PYTHON_SHA256_DEFAULT"
+    fi
+    progress "llama.cpp: $(basename "$sdist"), sha256 $digest"
+
+    progress "llama.cpp: unpacking"
+    mkdir -p "$root/src"
+    tar -xzf "$sdist" -C "$root/src" --strip-components=1 || fail "cannot unpack $sdist"
+    local source="$root/src/vendor/llama.cpp"
+    [ -f "$source/CMakeLists.txt" ] || fail "$sdist has no vendor/llama.cpp/CMakeLists.txt"
+
+    progress "llama.cpp: configuring (cmake ${cmake_flags[*]})"
+    cmake -S "$source" -B "$root/build" "${cmake_flags[@]}" >"$root/configure.log" 2>&1 ||
+        fail "cmake configure failed; see $root/configure.log"
+    progress "llama.cpp: building llama-bench with $jobs jobs (about 6 minutes on 2 idle cores; log: $root/build.log)"
+    # Progress: one line each time cmake's percentage moves, plus each finished target; the full log is kept.
+    if ! cmake --build "$root/build" --target llama-bench --parallel "$jobs" 2>&1 |
+        tee "$root/build.log" |
+        awk 'match($0, /^\[ *[0-9]+%\]/) {
+                 percent = substr($0, RSTART + 1, RLENGTH - 3) + 0
+                 if (percent != last || $0 ~ /Built target/) { print "    " $0; fflush(); last = percent }
+             }' >&2; then
+        fail "llama.cpp build failed; see $root/build.log"
+    fi
+    [ -x "$bench_binary" ] || fail "the build finished but $bench_binary is missing; see $root/build.log"
+    {
+        printf '%s\n' "$expected_stamp"
+        printf 'sdist %s sha256 %s, built %s\n' "$(basename "$sdist")" "$digest" "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    } >"$stamp"
+    progress "llama.cpp: built $bench_binary"
+    LLAMA_BENCH="$bench_binary"
+}
+
+# ---- 2. models -------------------------------------------------------------------------------------------------
+
+declare -A model_path=()
+
+resolve_models() {
+    progress "models: cargo run --release -p runner -- fetch-model ${models[*]}"
+    local output
+    output="$(cd "$workspace" && cargo run --quiet --release -p runner -- fetch-model "${models[@]}")" ||
+        fail "runner fetch-model ${models[*]} failed"
+    local -a paths
+    mapfile -t paths <<<"$output"
+    [ ${#paths[@]} -eq ${#models[@]} ] ||
+        fail "runner fetch-model printed ${#paths[@]} paths for ${#models[@]} models: $output"
+    local index
+    for index in "${!models[@]}"; do
+        [ -f "${paths[$index]}" ] || fail "runner fetch-model gave ${paths[$index]}, which is not a file"
+        model_path["${models[$index]}"]="${paths[$index]}"
+        progress "models: ${models[$index]} = ${paths[$index]} ($(stat -c %s "${paths[$index]}") bytes)"
+    done
+}
+
+# ---- 3. bandwidth ----------------------------------------------------------------------------------------------
+
+declare -A bandwidth=()
+bandwidth_source=""
+
+measure_or_assume_bandwidth() {
+    local count
+    if [ "$measure_bandwidth" -eq 1 ]; then
+        command -v cc >/dev/null 2>&1 || fail "--measure-bandwidth needs a C compiler (cc)"
+        cc -O3 -pthread -o "$work_dir/membw" "$script_dir/membw.c" || fail "cannot build $script_dir/membw.c"
+        for count in "${threads[@]}"; do
+            progress "bandwidth: read test with $count thread(s)"
+            bandwidth["$count"]="$("$work_dir/membw" "$count")" || fail "the bandwidth test failed"
+        done
+        bandwidth_source="measured now with scripts/membw.c (read of 256 MiB per thread, best of 5)"
+    else
+        for count in "${threads[@]}"; do
+            case "$count" in
+            1) bandwidth["$count"]="$DESIGN_BANDWIDTH_1" ;;
+            2) bandwidth["$count"]="$DESIGN_BANDWIDTH_2" ;;
+            *) bandwidth["$count"]="" ;;
+            esac
+        done
+        bandwidth_source="DESIGN §6 figures (14.9 GB/s at 1 thread, 29 GB/s at 2; none for other counts)"
+    fi
+}
+
+# ---- 4. measurements -------------------------------------------------------------------------------------------
+
+# results["model/threads/phase/engine"] = tokens per second
+declare -A results=()
+
+run_llama_bench() {
+    local model="$1" count="$2"
+    local json="$work_dir/llama-bench-$model-$count.json"
+    progress "llama-bench: $model, $count thread(s), -p 128 -n 128 -r $repetitions"
+    "$LLAMA_BENCH" -m "${model_path[$model]}" -p 128 -n 128 -t "$count" -r "$repetitions" -o json \
+        >"$json" 2>"$work_dir/llama-bench-$model-$count.log" ||
+        fail "llama-bench failed on $model with $count threads: $(tail -n 5 "$work_dir/llama-bench-$model-$count.log")"
+    local parsed
+    parsed="$(python3 - "$json" <<'PY'
+import json, sys
+with open(sys.argv[1]) as f:
+    rows = json.load(f)
+prefill = decode = None
+for row in rows:
+    if row.get("n_prompt") == 128 and row.get("n_gen") == 0:
+        prefill = row["avg_ts"]
+    elif row.get("n_prompt") == 0 and row.get("n_gen") == 128:
+        decode = row["avg_ts"]
+if prefill is None or decode is None:
+    sys.exit("llama-bench JSON lacks the pp128 or tg128 row")
+print(f"{prefill:.3f} {decode:.3f}")
+PY
+)" || fail "cannot parse llama-bench's JSON output ($json)"
+    results["$model/$count/prefill/llama"]="${parsed% *}"
+    results["$model/$count/decode/llama"]="${parsed#* }"
+}
+
+run_ours() {
+    local model="$1" count="$2"
+    progress "runner bench: $model, $count thread(s)"
+    local output
+    # runner bench has no machine-readable output yet; it prints one line:
+    # "model M threads N kernels K: prefill X tok/s, decode Y tok/s (median of 5; ...)".
+    output="$(cd "$workspace" &&
+        cargo run --quiet --release -p runner -- bench --model "${model_path[$model]}" --threads "$count")" ||
+        fail "runner bench failed on $model with $count threads"
+    printf '    %s\n' "$output" >&2
+    local pattern='prefill ([0-9.]+) tok/s, decode ([0-9.]+) tok/s'
+    [[ "$output" =~ $pattern ]] || fail "cannot parse runner bench output: $output"
+    results["$model/$count/prefill/ours"]="${BASH_REMATCH[1]}"
+    results["$model/$count/decode/ours"]="${BASH_REMATCH[2]}"
+}
+
+# ---- main ------------------------------------------------------------------------------------------------------
+
+LLAMA_BENCH=""
+build_llama_cpp
+resolve_models
+progress "runner: building the release binary (cargo build --release -p runner)"
+(cd "$workspace" && cargo build --quiet --release -p runner) || fail "cargo build --release -p runner failed"
+measure_or_assume_bandwidth
+
+load_before="$(cut -d ' ' -f 1-3 /proc/loadavg)"
+progress "load average before measuring: $load_before on $(nproc) CPUs"
+for model in "${models[@]}"; do
+    for count in "${threads[@]}"; do
+        run_llama_bench "$model" "$count"
+        run_ours "$model" "$count"
+    done
+done
+load_after="$(cut -d ' ' -f 1-3 /proc/loadavg)"
+
+printf '\n'
+printf '%-10s %7s %-8s %14s %14s %10s\n' model threads phase "llama.cpp t/s" "ours t/s" "ours/llama"
+printf '%-10s %7s %-8s %14s %14s %10s\n' ---------- ------- -------- -------------- -------------- ----------
+for model in "${models[@]}"; do
+    for count in "${threads[@]}"; do
+        for phase in prefill decode; do
+            theirs="${results["$model/$count/$phase/llama"]}"
+            ours="${results["$model/$count/$phase/ours"]}"
+            ratio="$(python3 -c 'import sys; print(f"{float(sys.argv[2]) / float(sys.argv[1]):.2f}")' "$theirs" "$ours")"
+            printf '%-10s %7s %-8s %14.1f %14.1f %10s\n' "$model" "$count" "$phase" "$theirs" "$ours" "$ratio"
+        done
+    done
+done
+
+printf '\nDecode ceiling = memory bandwidth / model file bytes (every weight byte read once per token);\n'
+printf 'bandwidth: %s.\n' "$bandwidth_source"
+printf '%-10s %7s %12s %10s %14s %12s %12s\n' model threads "model MB" "GB/s" "ceiling t/s" "llama.cpp %" "ours %"
+printf '%-10s %7s %12s %10s %14s %12s %12s\n' ---------- ------- ------------ ---------- -------------- ------------ ------------
+for model in "${models[@]}"; do
+    bytes="$(stat -c %s "${model_path[$model]}")"
+    for count in "${threads[@]}"; do
+        gbs="${bandwidth["$count"]}"
+        if [ -z "$gbs" ]; then
+            printf '%-10s %7s %12.1f %10s %14s %12s %12s\n' "$model" "$count" "$(python3 -c "print($bytes / 1e6)")" \
+                n/a n/a n/a n/a
+            continue
+        fi
+        python3 - "$model" "$count" "$bytes" "$gbs" "${results["$model/$count/decode/llama"]}" \
+            "${results["$model/$count/decode/ours"]}" <<'PY'
+import sys
+model, count, size, gbs, theirs, ours = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5]), float(sys.argv[6])
+ceiling = gbs * 1e9 / size
+print(f"{model:<10} {count:>7} {size / 1e6:>12.1f} {gbs:>10.1f} {ceiling:>14.1f} {100 * theirs / ceiling:>11.0f}% {100 * ours / ceiling:>11.0f}%")
+PY
+    done
+done
+printf '\nllama.cpp: %s (llama-bench -p 128 -n 128 -r %s, mean); ours: runner bench (median of 5).\n' \
+    "$(sed -n 2p "$cache/llama.cpp/$llama_cpp_python_version/build.stamp")" "$repetitions"
+printf 'Load average before / after measuring: %s / %s on %s CPUs (numbers from a busy machine are low and noisy).\n' \
+    "$load_before" "$load_after" "$(nproc)"
