@@ -393,6 +393,14 @@ impl Manifest {
     }
 }
 
+/// Computes the manifest of an image directory and writes it as `<image.dir>/manifest.json` (what `runner build`
+/// does after assembling the image); returns its path.
+pub fn write_for_image(image: &crate::image::Image) -> Result<std::path::PathBuf> {
+    let path = image.dir.join(MANIFEST_FILE);
+    Manifest::for_image(&image.kernel, &image.model, &image.cmdline)?.write(&path)?;
+    Ok(path)
+}
+
 fn replay(
     kernel: &KernelMeasurement,
     model: &ModelMeasurement,

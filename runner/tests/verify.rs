@@ -1318,3 +1318,40 @@ fn exported_files_have_the_forms_tpm2_checkquote_reads() {
     );
     let _: &Path = &command.dir;
 }
+
+#[test]
+fn the_cli_entry_verifies_and_names_the_failed_check() {
+    let image = TestImage::standard();
+    let manifest_path = image.dir.path().join("manifest.json");
+    image.manifest().write(&manifest_path).unwrap();
+    let args = |endpoint: SocketAddr| runner::verify::cli::VerifyArgs {
+        endpoint: endpoint.to_string(),
+        manifest: manifest_path.clone(),
+        json: true,
+        export_evidence: None,
+        ca_root: Some(home().ca.root_certificate()),
+        ca_intermediate: vec![home().ca.issuer_certificate()],
+        timeout: 30,
+    };
+    let (address, server) = serve(SimAppliance::boot(home(), &image, true), |r| r);
+    runner::verify::cli::run(args(address)).unwrap();
+    server.join().unwrap();
+
+    // The foreign CA's root alone trusts nothing this appliance shows.
+    let (address, server) = serve(SimAppliance::boot(home(), &image, true), |r| r);
+    let mut foreign_args = args(address);
+    foreign_args.ca_root = Some(foreign().ca.root_certificate());
+    foreign_args.ca_intermediate = vec![foreign().ca.issuer_certificate()];
+    let error = runner::verify::cli::run(foreign_args).unwrap_err();
+    drop(server);
+    assert_eq!(
+        error.downcast_ref::<VerifyError>(),
+        Some(&VerifyError::EkCertificateUntrusted(
+            CertificateError::BadSignature
+        ))
+    );
+    assert!(
+        error.to_string().contains("[EK certificate chain]"),
+        "{error}"
+    );
+}

@@ -11,6 +11,7 @@
 
 pub mod certificate;
 pub mod checks;
+pub mod cli;
 pub mod error;
 pub mod export;
 pub mod remote;

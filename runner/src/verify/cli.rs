@@ -1,0 +1,87 @@
+//! `runner verify --endpoint HOST:PORT --manifest PATH [--json] [--export-evidence DIR]`: the command-line front
+//! end of [`super::verify_appliance`]. Exits non-zero on any failure, naming the check (issue 3).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use super::{verify_appliance, TrustAnchors, VerifyError, VerifyOptions};
+use crate::manifest::Manifest;
+use crate::tpm_state::CertificateAuthority;
+use crate::{client, workspace};
+
+/// Options of `runner verify`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct VerifyArgs {
+    /// The appliance's address, HOST:PORT.
+    #[arg(long, default_value = "127.0.0.1:7000")]
+    pub endpoint: String,
+    /// The image's manifest.json, as `runner build` wrote it beside the image.
+    #[arg(long, value_name = "PATH")]
+    pub manifest: PathBuf,
+    /// Print the report (or the failure) as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Write the evidence into DIR in the forms tpm2_checkquote reads (also when verification fails).
+    #[arg(long, value_name = "DIR")]
+    pub export_evidence: Option<PathBuf>,
+    /// The EK CA's root certificate (PEM) [default: the runner's own CA in its cache]
+    #[arg(long, value_name = "PEM", requires = "ca_intermediate")]
+    pub ca_root: Option<PathBuf>,
+    /// An intermediate CA certificate (PEM) between the root and EK certificates; repeatable.
+    #[arg(long, value_name = "PEM")]
+    pub ca_intermediate: Vec<PathBuf>,
+    /// Seconds each step may take.
+    #[arg(long, default_value_t = 60)]
+    pub timeout: u64,
+}
+
+/// Runs `runner verify`: prints the report on success; on failure prints the JSON failure with `--json` and
+/// returns the error (whose message names the check).
+pub fn run(args: VerifyArgs) -> Result<()> {
+    let endpoint = client::resolve_endpoint(&args.endpoint)?;
+    let manifest = Manifest::read(&args.manifest)?;
+    let trust = match &args.ca_root {
+        Some(root) => {
+            let intermediates: Vec<&std::path::Path> =
+                args.ca_intermediate.iter().map(PathBuf::as_path).collect();
+            TrustAnchors::from_pem_files(root, &intermediates)?
+        }
+        None => {
+            let ca = CertificateAuthority::in_cache(&workspace::cache_dir())
+                .context("cannot open the runner's EK CA")?;
+            TrustAnchors::from_authority(&ca)?
+        }
+    };
+    let options = VerifyOptions {
+        timeout: Duration::from_secs(args.timeout),
+        export_evidence: args.export_evidence.clone(),
+        previous_clock: None,
+    };
+    match verify_appliance(endpoint, &manifest, &trust, &options) {
+        Ok(report) => {
+            if args.json {
+                print!("{}", report.to_json());
+            } else {
+                print!("{report}");
+            }
+            Ok(())
+        }
+        Err(error) => {
+            if args.json {
+                let check = error
+                    .downcast_ref::<VerifyError>()
+                    .map_or("connection", VerifyError::check);
+                let failure = serde_json::json!({
+                    "endpoint": endpoint.to_string(),
+                    "verified": false,
+                    "check": check,
+                    "error": format!("{error:#}"),
+                });
+                println!("{failure:#}");
+            }
+            Err(error)
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! `runner verify` end to end: the release kernel booted under QEMU (TCG) + swtpm by the runner's library,
+//! verified against the manifest of its image with the runner's CA; the exported evidence checked by
+//! tpm2_checkquote; and the same kernel booted with another model fails on the model measurement (issue 3).
+//!
+//! Needs qemu-system-x86, swtpm, swtpm-tools and tpm2-tools; a missing tool fails the test (it is not skipped).
+
+use std::path::Path;
+use std::time::Duration;
+
+use runner::manifest::{Manifest, MANIFEST_FILE};
+use runner::verify::{verify_appliance, ManifestItem, TrustAnchors, VerifyError, VerifyOptions};
+use runner::{image, tools, Appliance, BootOptions, Image, KernelFlavor};
+
+/// A deterministic pseudo-random "model" of `len` bytes.
+fn model_bytes(len: usize, mut state: u64) -> Vec<u8> {
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
+fn image_with_model(kernel: &Path, scratch: &Path, name: &str, seed: u64) -> Image {
+    let model = scratch.join(format!("{name}.bin"));
+    std::fs::write(&model, model_bytes(64 * 1024 + 5, seed)).unwrap();
+    image::assemble(
+        kernel,
+        &model,
+        image::DEFAULT_CMDLINE,
+        &scratch.join(name),
+        KernelFlavor::default(),
+    )
+    .unwrap()
+}
+
+fn boot(image: Image, cache: &Path) -> Appliance {
+    let mut options = BootOptions::new(image);
+    options.cache_dir = cache.to_path_buf();
+    options.ready_timeout = Some(Duration::from_secs(120));
+    Appliance::boot(&options).unwrap()
+}
+
+#[test]
+fn booted_appliance_verifies_and_another_model_fails_on_the_model() {
+    tools::require(&tools::BOOT_TOOLS).unwrap();
+    let checkquote_found = std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join("tpm2_checkquote").is_file()))
+        .unwrap_or(false);
+    assert!(
+        checkquote_found,
+        "tpm2_checkquote is required: install the Debian package `tpm2-tools`"
+    );
+    let scratch = tempfile::tempdir().unwrap();
+    let kernel = image::build_kernel(KernelFlavor::default()).unwrap();
+
+    // The manifest `runner build` writes beside the image.
+    let image = image_with_model(&kernel, scratch.path(), "honest", 11);
+    let manifest_path = image.dir.join(MANIFEST_FILE);
+    Manifest::for_image(&image.kernel, &image.model, &image.cmdline)
+        .unwrap()
+        .write(&manifest_path)
+        .unwrap();
+    let manifest = Manifest::read(&manifest_path).unwrap();
+
+    let appliance = boot(image, scratch.path());
+    let trust = TrustAnchors::from_authority(appliance.certificate_authority()).unwrap();
+    let export = scratch.path().join("evidence");
+    let options = VerifyOptions {
+        export_evidence: Some(export.clone()),
+        ..VerifyOptions::default()
+    };
+    let report = verify_appliance(appliance.endpoint(), &manifest, &trust, &options)
+        .unwrap_or_else(|error| {
+            // Show what the appliance measured next to what the manifest expects.
+            let log = std::fs::read(export.join("eventlog.bin")).unwrap_or_default();
+            let measured: Vec<String> = tpm::eventlog::EventLog::parse(&log)
+                .map(|log| {
+                    log.events()
+                        .map(|event| {
+                            format!("PCR {} {}", event.pcr(), runner::models::hex(event.digest()))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            panic!(
+                "the honest appliance failed verification: {error:#}\nmeasured: {measured:#?}\nmanifest: {}",
+                String::from_utf8_lossy(&manifest.to_json())
+            )
+        });
+    eprintln!("{report}");
+    assert_eq!(report.events.len(), 3);
+    assert_eq!(report.pcrs.len(), 11);
+
+    // verify_appliance exported the evidence before checking it; tpm2_checkquote reads the same files.
+    let line = std::fs::read_to_string(export.join("checkquote.txt")).unwrap();
+    let output = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(line.trim())
+        .current_dir(&export)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "tpm2_checkquote rejected the appliance's quote: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    appliance.shutdown().unwrap();
+
+    // The same kernel with another model, checked against the first image's manifest.
+    let other = image_with_model(&kernel, scratch.path(), "other", 12);
+    let appliance = boot(other, scratch.path());
+    let error = verify_appliance(
+        appliance.endpoint(),
+        &manifest,
+        &trust,
+        &VerifyOptions::default(),
+    )
+    .unwrap_err();
+    assert_eq!(
+        error.downcast_ref::<VerifyError>(),
+        Some(&VerifyError::ManifestMismatch {
+            what: ManifestItem::Model
+        }),
+        "{error:#}"
+    );
+    appliance.shutdown().unwrap();
+}
