@@ -684,3 +684,26 @@ pub fn swiglu(gate: &mut [f32], up: &[f32]) {
         *g = x / (1.0 + libm::expf(-x)) * u;
     }
 }
+
+/// Q4_K · Q8_K with per-super-block exact integer totals folded into two FMA chains (`acc += isum·(d·y.d)`,
+/// `accm += imin·(dmin·y.d)`, result `acc - accm`), the arithmetic of llama.cpp's repacked `q4_K_8x8` gemv as read
+/// from its source. Not used by the forward pass yet: switching Q4_K matrices to it moved Gemma 3's logits away
+/// from llama.cpp's (its batched gemm path evidently differs), so it is kept, tested, for that follow-up.
+pub fn dot_q4_k_q8_k_rows8(x: &[BlockQ4K], y: &[BlockQ8K]) -> f32 {
+    let (mut acc, mut accm) = (0.0f32, 0.0f32);
+    for (a, b) in x.iter().zip(y) {
+        let v = q4_k_values(a);
+        let (mut isum, mut imin) = (0i32, 0i32);
+        for j in 0..8 {
+            let (sc, m) = scale_min_k4(j, &a.scales);
+            let s: i32 = (0..32)
+                .map(|l| v[32 * j + l] as i32 * b.qs[32 * j + l] as i32)
+                .sum();
+            isum += sc as i32 * s;
+            imin += m as i32 * (b.bsums[2 * j] as i32 + b.bsums[2 * j + 1] as i32);
+        }
+        acc = libm::fmaf(isum as f32, f16_to_f32(a.d) * b.d, acc);
+        accm = libm::fmaf(imin as f32, f16_to_f32(a.dmin) * b.d, accm);
+    }
+    acc - accm
+}

@@ -564,3 +564,38 @@ pub unsafe fn swiglu(gate: &mut [f32], up: &[f32]) {
         *g = x / (1.0 + libm::expf(-x)) * u;
     }
 }
+
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q4_k_q8_k_rows8(x: &[BlockQ4K], y: &[BlockQ8K]) -> f32 {
+    let (mut acc, mut accm) = (_mm_setzero_ps(), _mm_setzero_ps());
+    let low = _mm256_set1_epi8(0x0F);
+    for (a, b) in x.iter().zip(y) {
+        let mut sumi = _mm256_setzero_si256();
+        let mut imin = 0i32;
+        for j in 0..4 {
+            let (sc0, m0) = scale_min_k4(2 * j, &a.scales);
+            let (sc1, m1) = scale_min_k4(2 * j + 1, &a.scales);
+            imin += m0 as i32 * (b.bsums[4 * j] as i32 + b.bsums[4 * j + 1] as i32);
+            imin += m1 as i32 * (b.bsums[4 * j + 2] as i32 + b.bsums[4 * j + 3] as i32);
+            let q = load_256(a.qs[32 * j..32 * j + 32].try_into().unwrap_or(&[0; 32]));
+            let lo = _mm256_and_si256(q, low);
+            let hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), low);
+            let y0 = load_256_i8(b.qs[64 * j..64 * j + 32].try_into().unwrap_or(&[0; 32]));
+            let y1 = load_256_i8(
+                b.qs[64 * j + 32..64 * j + 64]
+                    .try_into()
+                    .unwrap_or(&[0; 32]),
+            );
+            let p0 = _mm256_madd_epi16(_mm256_set1_epi16(sc0 as i16), _mm256_maddubs_epi16(lo, y0));
+            let p1 = _mm256_madd_epi16(_mm256_set1_epi16(sc1 as i16), _mm256_maddubs_epi16(hi, y1));
+            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p0, p1));
+        }
+        // Exact integer totals, then one rounding each, as the repacked kernels do.
+        let isum = hsum_epi32(sumi);
+        acc = _mm_fmadd_ss(_mm_set_ss(isum as f32), _mm_set_ss(f16(a.d) * b.d), acc);
+        accm = _mm_fmadd_ss(_mm_set_ss(imin as f32), _mm_set_ss(f16(a.dmin) * b.d), accm);
+    }
+    _mm_cvtss_f32(acc) - _mm_cvtss_f32(accm)
+}

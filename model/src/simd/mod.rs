@@ -106,6 +106,9 @@ dispatch!(
     /// Q4_K weights · Q8_K activations.
     dot_q4_k_q8_k(x: &[BlockQ4K], y: &[BlockQ8K]) -> f32, quant::dot_q4_k_q8_k);
 dispatch!(
+    /// Q4_K weights · Q8_K activations in the order of llama.cpp's repacked 8-row kernels.
+    dot_q4_k_q8_k_rows8(x: &[BlockQ4K], y: &[BlockQ8K]) -> f32, quant::dot_q4_k_q8_k_rows8);
+dispatch!(
     /// Q6_K weights · Q8_K activations.
     dot_q6_k_q8_k(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32, quant::dot_q6_k_q8_k);
 dispatch!(

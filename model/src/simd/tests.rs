@@ -111,9 +111,11 @@ fn quantizers_match_scalar_bitwise() {
 fn check(t: GgmlType) {
     let n = 1024;
     let x = data(n, 3);
-    let wbytes = encode_weights(t, &data(n, 5));
+    // Q8K in this table stands for Q4_K weights summed in the repacked kernels' order.
+    let wt = if t == GgmlType::Q8K { GgmlType::Q4K } else { t };
+    let wbytes = encode_weights(wt, &data(n, 5));
     let mut wf = vec![0.0; n];
-    quant::dequantize(t, &wbytes, &mut wf).unwrap();
+    quant::dequantize(wt, &wbytes, &mut wf).unwrap();
     let exact: f64 = wf.iter().zip(&x).map(|(&a, &b)| a as f64 * b as f64).sum();
     let norm: f64 = wf
         .iter()
@@ -186,6 +188,15 @@ fn check(t: GgmlType) {
                 quant::dot_q4_k_q8_k(w, &q8k),
                 // SAFETY: only called when AVX2, FMA and F16C were detected.
                 have_avx2().then(|| unsafe { avx2::dot_q4_k_q8_k(w, &q8k) }),
+            )
+        }
+        GgmlType::Q8K => {
+            // Stands for the repacked-order Q4_K kernel in this table.
+            let w = quant::cast(&wbytes);
+            (
+                quant::dot_q4_k_q8_k_rows8(w, &q8k),
+                // SAFETY: only called when AVX2, FMA and F16C were detected.
+                have_avx2().then(|| unsafe { avx2::dot_q4_k_q8_k_rows8(w, &q8k) }),
             )
         }
         GgmlType::Q6K => {
