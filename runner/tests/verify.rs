@@ -114,9 +114,27 @@ struct Provisioned {
     state: PathBuf,
 }
 
+/// Where provisioned states live: `<temp>/cloister-verify-tests/<pid>-...`. They sit in statics, which are never
+/// dropped, so each test process first removes what dead test processes left there.
+fn provisioned_dir() -> tempfile::TempDir {
+    let base = std::env::temp_dir().join("cloister-verify-tests");
+    std::fs::create_dir_all(&base).unwrap();
+    for entry in std::fs::read_dir(&base).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let pid = name.split('-').next().unwrap_or_default();
+        if !pid.is_empty() && !Path::new("/proc").join(pid).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+    tempfile::Builder::new()
+        .prefix(&format!("{}-", std::process::id()))
+        .tempdir_in(&base)
+        .unwrap()
+}
+
 impl Provisioned {
     fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = provisioned_dir();
         let ca = CertificateAuthority::open(&dir.path().join("ca")).expect(MISSING_SWTPM);
         let state = dir.path().join("state");
         tpm_state::provision(&ca, &state).expect("swtpm_setup provisioning");
