@@ -119,10 +119,12 @@ long_mode_entry:
 
     .section .rodata
     .balign 8
+    /* The accessed bits are preset: otherwise the CPU sets them on the first segment load,
+       writing into .rodata, and the measured rodata would no longer equal the ELF file's. */
 early_gdt:
     .quad 0
-    .quad 0x00AF9A000000FFFF    /* 0x08: 64-bit code */
-    .quad 0x00CF92000000FFFF    /* 0x10: data */
+    .quad 0x00AF9B000000FFFF    /* 0x08: 64-bit code, accessed */
+    .quad 0x00CF93000000FFFF    /* 0x10: data, accessed */
 early_gdt_end:
 early_gdt_pointer:
     .word early_gdt_end - early_gdt - 1
