@@ -33,7 +33,8 @@ Steps:
 Options:
   --models LIST        comma-separated model names known to the runner (default: smollm2,gemma3)
   --threads LIST       comma-separated thread counts (default: 1,2)
-  --repetitions R      llama-bench repetitions per test (default: 5; runner bench takes the median of 5)
+  --repetitions R      llama-bench repetitions per test, median taken (default: 5; runner bench takes
+                       the median of 5)
   --measure-bandwidth  estimate memory bandwidth with a read test (scripts/membw.c, built with cc) instead of
                        using DESIGN §6's figures (14.9 GB/s at 1 thread, 29 GB/s at 2)
   --llama-cpp-python-version V
@@ -306,15 +307,19 @@ run_llama_bench() {
         fail "llama-bench failed on $model with $count threads: $(tail -n 5 "$work_dir/llama-bench-$model-$count.log")"
     local parsed
     parsed="$(python3 - "$json" <<'PY'
-import json, sys
+import json, statistics, sys
 with open(sys.argv[1]) as f:
     rows = json.load(f)
+def speed(row):
+    # The median of the repetitions, the statistic runner bench reports; the mean when samples are absent.
+    samples = row.get("samples_ts") or []
+    return statistics.median(samples) if samples else row["avg_ts"]
 prefill = decode = None
 for row in rows:
     if row.get("n_prompt") == 128 and row.get("n_gen") == 0:
-        prefill = row["avg_ts"]
+        prefill = speed(row)
     elif row.get("n_prompt") == 0 and row.get("n_gen") == 128:
-        decode = row["avg_ts"]
+        decode = speed(row)
 if prefill is None or decode is None:
     sys.exit("llama-bench JSON lacks the pp128 or tg128 row")
 print(f"{prefill:.3f} {decode:.3f}")
@@ -322,6 +327,7 @@ PY
 )" || fail "cannot parse llama-bench's JSON output ($json)"
     results["$model/$count/prefill/llama"]="${parsed% *}"
     results["$model/$count/decode/llama"]="${parsed#* }"
+    progress "    llama-bench: prefill ${parsed% *} tok/s, decode ${parsed#* } tok/s (median of $repetitions)"
 }
 
 run_ours() {
@@ -395,7 +401,7 @@ print(f"{model:<10} {count:>7} {size / 1e6:>12.1f} {gbs:>10.1f} {ceiling:>14.1f}
 PY
     done
 done
-printf '\nllama.cpp: %s (llama-bench -p 128 -n 128 -r %s, mean); ours: runner bench (median of 5).\n' \
+printf '\nllama.cpp: %s (llama-bench -p 128 -n 128 -r %s, median); ours: runner bench (median of 5).\n' \
     "$(sed -n 2p "$cache/llama.cpp/$llama_cpp_python_version/build.stamp")" "$repetitions"
 printf 'Load average before / after measuring: %s / %s on %s CPUs (numbers from a busy machine are low and noisy).\n' \
     "$load_before" "$load_after" "$(nproc)"
