@@ -178,17 +178,21 @@ impl Default for BuildOptions {
     }
 }
 
-/// Builds the kernel, resolves the model and writes both with the command line into `options.out`.
+/// Builds the kernel, resolves the model and writes both with the command line into `options.out`,
+/// with the image's `manifest.json`.
 pub fn build(options: &BuildOptions) -> Result<Image> {
     let model = models::resolve(&options.model)?;
     let kernel = build_kernel(options.flavor)?;
-    assemble(
+    let image = assemble(
         &kernel,
         &model,
         &options.cmdline,
         &options.out,
         options.flavor,
-    )
+    )?;
+    // What a verifier expects this image to measure (PCRs 12-14), beside the image.
+    crate::manifest::write_for_image(&image)?;
+    Ok(image)
 }
 
 /// Writes an image directory from a built kernel and a model file.

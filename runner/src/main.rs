@@ -27,12 +27,15 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Build the kernel and write the image directory (kernel.elf, model.gguf, cmdline).
+    /// Build the kernel and write the image directory (kernel.elf, model.gguf, cmdline, manifest.json).
     Build(BuildArgs),
     /// Build, boot under QEMU + swtpm, print the endpoint, and serve until Ctrl-C or SIGTERM.
     Up(UpArgs),
     /// Ask a running appliance for its model information and print it as JSON.
     Info(InfoArgs),
+    /// Attest a running appliance against an image manifest: fresh quote, EK certificate chain,
+    /// credential activation, PCR and event-log replay. Exits non-zero naming the failed check.
+    Verify(runner::verify::cli::VerifyArgs),
     /// Fetch named models into the cache (sha256-checked).
     FetchModel(FetchModelArgs),
     /// Generate text on the host with the inference engine (no VM).
@@ -101,6 +104,7 @@ fn main() -> ExitCode {
         Command::Build(args) => build(args),
         Command::Up(args) => up(args),
         Command::Info(args) => info(args),
+        Command::Verify(args) => runner::verify::cli::run(args),
         Command::FetchModel(args) => fetch_model(args),
         Command::Generate(args) => engine::generate(args),
         Command::Bench(args) => engine::bench(args),
@@ -160,6 +164,15 @@ fn up(args: UpArgs) -> Result<()> {
     println!(
         "try: cargo run --release -- info --endpoint {}",
         appliance.endpoint()
+    );
+    println!(
+        "     cargo run --release -- verify --endpoint {} --manifest {}",
+        appliance.endpoint(),
+        options
+            .image
+            .dir
+            .join(runner::manifest::MANIFEST_FILE)
+            .display()
     );
     eprintln!("serving until Ctrl-C or SIGTERM");
     // The handler only sets a flag; checking it (and QEMU) a few times a second is cheap.
