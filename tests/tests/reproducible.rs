@@ -1,4 +1,5 @@
-//! Two builds of the kernel from clean checkouts at different paths give byte-identical images
+//! Two builds of the kernel from clean checkouts at different paths give byte-identical images and
+//! manifests
 //! (DESIGN §2: remapped source paths, no build id, no timestamps, no host-dependent CPU target).
 //! The manifest a verifier trusts names the kernel by its digest, so this must hold.
 
@@ -6,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use runner::image::{cargo_home, kernel_build_command, KernelFlavor};
+use runner::manifest::Manifest;
 
 /// The workspace this test crate lives in.
 fn workspace() -> PathBuf {
@@ -26,7 +28,9 @@ fn clone_into(destination: &Path) {
     assert!(status.success(), "git clone failed");
 }
 
-fn build_release_kernel(checkout: &Path) -> Vec<u8> {
+/// Builds the release kernel in `checkout`; returns its bytes and the manifest of an image made of
+/// it, a fixed model file and a fixed command line.
+fn build_release_kernel(checkout: &Path, model: &Path) -> (Vec<u8>, Vec<u8>) {
     let flavor = KernelFlavor {
         debug_console: false,
     };
@@ -38,7 +42,9 @@ fn build_release_kernel(checkout: &Path) -> Vec<u8> {
         "kernel build in {} failed",
         checkout.display()
     );
-    std::fs::read(flavor.elf_path(checkout)).expect("kernel ELF")
+    let elf = flavor.elf_path(checkout);
+    let manifest = Manifest::for_image(&elf, model, "ip=dhcp port=7000").expect("manifest");
+    (std::fs::read(&elf).expect("kernel ELF"), manifest.to_json())
 }
 
 /// True when the workspace has no uncommitted changes to tracked files (as in CI's fresh clone).
@@ -63,7 +69,13 @@ fn kernel_builds_are_byte_identical_across_checkouts() {
         .join("cloister");
     std::fs::create_dir_all(first.parent().expect("parent")).expect("mkdir");
     clone_into(&first);
-    let first_image = build_release_kernel(&first);
+    let model = first_root.path().join("model.bin");
+    std::fs::write(
+        &model,
+        b"not a real model, but the same bytes for both builds",
+    )
+    .expect("model");
+    let (first_image, first_manifest) = build_release_kernel(&first, &model);
 
     // The second checkout is the workspace itself when it is clean (its kernel is usually built
     // already by the end-to-end tests), else another fresh clone.
@@ -75,11 +87,16 @@ fn kernel_builds_are_byte_identical_across_checkouts() {
         clone_into(&clone);
         clone
     };
-    let second_image = build_release_kernel(&second);
+    let (second_image, second_manifest) = build_release_kernel(&second, &model);
     assert!(first_image.len() > 64 * 1024, "suspiciously small kernel");
     assert!(
         first_image == second_image,
         "kernel images differ between checkouts"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&first_manifest),
+        String::from_utf8_lossy(&second_manifest),
+        "manifests differ between checkouts"
     );
     for path in [&first, &second] {
         let text = path.to_string_lossy();
