@@ -357,6 +357,10 @@ measure_or_assume_bandwidth
 
 load_before="$(cut -d ' ' -f 1-3 /proc/loadavg)"
 progress "load average before measuring: $load_before on $(nproc) CPUs"
+if python3 -c 'import os, sys; sys.exit(0 if os.getloadavg()[0] > 0.5 * os.cpu_count() else 1)'; then
+    # Other processes on the cores distort both engines, llama.cpp's spinning thread barriers most of all.
+    progress "WARNING: the machine is busy; the numbers below will be low and noisy (2-thread runs especially)"
+fi
 for model in "${models[@]}"; do
     for count in "${threads[@]}"; do
         run_llama_bench "$model" "$count"
