@@ -134,23 +134,22 @@ fn map_kernel(space: &mut AddressSpace<KernelTables>) -> Result<(), MapError> {
     )?;
     space.map(data.0, data.0, data.1 - data.0, Permissions::ReadWrite)?;
     // Stacks: skip the guard page at the bottom of each.
-    let boot = symbol(&raw const boot_stack_guard) + GUARD_SIZE;
-    space.map(boot, boot, BOOT_STACK_SIZE, Permissions::ReadWrite)?;
-    let first_interrupt = symbol(&raw const interrupt_stacks);
-    for index in 0..INTERRUPT_STACKS {
-        let stack = first_interrupt + index * (GUARD_SIZE + INTERRUPT_STACK_SIZE) + GUARD_SIZE;
-        space.map(stack, stack, INTERRUPT_STACK_SIZE, Permissions::ReadWrite)?;
+    for (guard, size) in stacks() {
+        let bottom = guard + GUARD_SIZE;
+        space.map(bottom, bottom, size, Permissions::ReadWrite)?;
     }
     Ok(())
 }
 
-/// The guard pages that must stay unmapped.
-fn guard_pages() -> impl Iterator<Item = u64> {
+/// Every stack as (its guard page, its size): the boot stack, then the interrupt stacks, laid out
+/// by `arch::boot` as [guard page][stack] blocks.
+fn stacks() -> impl Iterator<Item = (u64, u64)> {
     let first_interrupt = symbol(&raw const interrupt_stacks);
-    core::iter::once(symbol(&raw const boot_stack_guard)).chain(
-        (0..INTERRUPT_STACKS)
-            .map(move |i| first_interrupt + i * (GUARD_SIZE + INTERRUPT_STACK_SIZE)),
-    )
+    let interrupt = (0..INTERRUPT_STACKS).map(move |index| {
+        let guard = first_interrupt + index * (GUARD_SIZE + INTERRUPT_STACK_SIZE);
+        (guard, INTERRUPT_STACK_SIZE)
+    });
+    core::iter::once((symbol(&raw const boot_stack_guard), BOOT_STACK_SIZE)).chain(interrupt)
 }
 
 /// Sets up memory from the PVH start info at `start_info_address`.
@@ -223,7 +222,7 @@ pub fn init(start_info_address: u64) -> Result<Memory, MemoryError> {
     // and all RAM the kernel uses, each with the rights it is used with (checked below).
     unsafe { cpu::write_cr3(space.root()) };
     enable_protection_features();
-    self_check(&mut space)?;
+    self_check()?;
 
     // SAFETY: [heap_start, free_end) was claimed from the frame allocator, so nothing else uses
     // it, and it is mapped read-write; the heap is initialised exactly once, here.
@@ -262,7 +261,7 @@ fn enable_protection_features() {
 
 /// Walks the live tables (from CR3, not from the builder's memory of them) and refuses W+X
 /// leaves, a mapped page 0, mapped guard pages, and missing NXE/WP.
-fn self_check(space: &mut AddressSpace<KernelTables>) -> Result<(), MemoryError> {
+fn self_check() -> Result<(), MemoryError> {
     if cpu::read_efer() & (1 << 11) == 0 || cpu::read_cr0() & (1 << 16) == 0 {
         return Err(MemoryError::SelfCheck { virt: 0 });
     }
@@ -272,12 +271,11 @@ fn self_check(space: &mut AddressSpace<KernelTables>) -> Result<(), MemoryError>
     if live.translate(0).is_some() {
         return Err(MemoryError::SelfCheck { virt: 0 });
     }
-    for guard in guard_pages() {
+    for (guard, _) in stacks() {
         if live.translate(guard).is_some() {
             return Err(MemoryError::SelfCheck { virt: guard });
         }
     }
-    let _ = space;
     Ok(())
 }
 
