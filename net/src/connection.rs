@@ -15,9 +15,9 @@ use smoltcp::socket::tcp::{Socket, State};
 use smoltcp::time::{Duration, Instant};
 
 use crate::frame::{FrameDecoder, FrameError};
-use crate::proto::{ErrorCode, Request, Response};
-use crate::server::{Counters, Handler, Limits};
-use crate::tls::{TlsError, TlsServer, TlsSession, ATTESTATION_EXPORTER_LEN};
+use crate::proto::{ChannelBinding, ErrorCode, Request, Response};
+use crate::server::{Counters, Handler, Limits, Reply, Step};
+use crate::tls::{TlsError, TlsServer, TlsSession};
 
 /// smoltcp's default delayed-ACK time (RFC 9293 §3.8.6.3 allows up to 500 ms), restored on each new
 /// connection so that an answer can carry the ACK of its request.
@@ -92,6 +92,7 @@ impl Connection {
     #[allow(clippy::too_many_arguments)] // Reason: the slot's whole context, passed down from `Server::poll`.
     pub(crate) fn service<H: Handler + ?Sized>(
         &mut self,
+        slot: usize,
         socket: &mut Socket<'_>,
         port: u16,
         now: Instant,
@@ -104,7 +105,9 @@ impl Connection {
             Phase::Listening | Phase::Handshake => {
                 self.service_listening(socket, port, now, limits, tls, counters)
             }
-            Phase::Serving => self.service_serving(socket, port, now, limits, handler, counters),
+            Phase::Serving => {
+                self.service_serving(slot, socket, port, now, limits, tls, handler, counters)
+            }
             Phase::Closing { fin_queued } => {
                 self.service_closing(socket, port, now, fin_queued, counters)
             }
@@ -174,12 +177,15 @@ impl Connection {
         }
     }
 
+    #[allow(clippy::too_many_arguments)] // Reason: the slot's whole context, passed down from `service`.
     fn service_serving<H: Handler + ?Sized>(
         &mut self,
+        slot: usize,
         socket: &mut Socket<'_>,
         port: u16,
         now: Instant,
         limits: &Limits,
+        tls: Option<&TlsServer>,
         handler: &mut H,
         counters: &mut Counters,
     ) -> bool {
@@ -240,8 +246,22 @@ impl Connection {
             let (response, keep_open) = match Request::parse(body) {
                 Ok(request) => {
                     counters.requests += 1;
-                    let binding = self.channel_binding();
-                    (handler.handle_bound(&request, binding.as_ref()), true)
+                    let binding = self.channel_binding(tls);
+                    match handler.handle(slot, &request, binding.as_ref()) {
+                        Reply::Response(response) => (response, true),
+                        // Interim: the whole stream is produced at once; fair interleaving comes next.
+                        Reply::Streaming => loop {
+                            match handler.step(slot) {
+                                Step::Pending => {}
+                                Step::Frame(response) => {
+                                    if self.queue(&response).is_err() {
+                                        counters.unsendable += 1;
+                                    }
+                                }
+                                Step::Final(response) => break (response, true),
+                            }
+                        },
+                    }
                 }
                 Err(_) => {
                     counters.bad_frames += 1;
@@ -411,9 +431,13 @@ impl Connection {
         Ok(())
     }
 
-    /// The attestation exporter of this client's TLS session (DESIGN §4), once its handshake is done.
-    pub(crate) fn channel_binding(&self) -> Option<[u8; ATTESTATION_EXPORTER_LEN]> {
-        self.tls.as_ref()?.attestation_exporter().ok()
+    /// This client's TLS session as the attestation binds it (DESIGN §4), once its handshake is done.
+    pub(crate) fn channel_binding(&self, server: Option<&TlsServer>) -> Option<ChannelBinding> {
+        let exporter = self.tls.as_ref()?.attestation_exporter().ok()?;
+        Some(ChannelBinding {
+            spki_sha256: server?.identity().spki_sha256(),
+            exporter,
+        })
     }
 
     fn has_outgoing(&self) -> bool {

@@ -13,4 +13,4 @@ pub mod server;
 pub mod tls;
 
 pub use config::{ConfigError, Ipv4Setup, NetConfig};
-pub use server::{Counters, Handler, Limits, PollOutcome, Server, ServerError};
+pub use server::{Counters, Handler, Limits, PollOutcome, Reply, Server, ServerError, Step};

@@ -4,6 +4,7 @@
 //! enum as its variant index (varint) followed by the fields in order, so the variant order below is
 //! part of the wire format: append new variants, never reorder. README.md pins example bytes.
 
+use alloc::string::String;
 use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -14,7 +15,7 @@ use crate::frame::{self, FrameError};
 pub const APPLIANCE_PORT: u16 = 7000;
 
 /// A client's request.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Request {
     /// Ask for the length and SHA-256 of the model blob, as the appliance computed them at boot.
     ModelInfo,
@@ -34,6 +35,80 @@ pub enum Request {
         /// TPM2B_ENCRYPTED_SECRET contents (the seed, RSA-OAEP encrypted to the EK).
         secret: Vec<u8>,
     },
+    /// Run the model: answered by a stream of [`Response::Token`] frames ended by one [`Response::Done`], or
+    /// by one [`Response::Error`] (the stream ends there too). One generation at a time per connection.
+    Generate(GenerateRequest),
+    /// Stop this connection's running generation: the stream ends with `Error(Cancelled)`. Ignored (no
+    /// answer) when nothing is running, so a cancel racing the last token is harmless.
+    Cancel,
+}
+
+/// What to generate from and how (DESIGN §5).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GenerateRequest {
+    /// The prompt.
+    pub prompt: Prompt,
+    /// Tokens to generate at most (the stream may end earlier: end of text or a stop string).
+    pub max_tokens: u32,
+    /// How the next token is chosen.
+    pub sampling: Sampling,
+    /// Generation ends, with reason [`FinishReason::Stop`], once the text ends with one of these.
+    pub stop: Vec<String>,
+}
+
+/// The three ways to give a prompt.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Prompt {
+    /// Raw text, tokenized with special tokens parsed and BOS as the model's vocabulary says.
+    Text(String),
+    /// Chat turns, formatted in the model family's own turn format (ChatML for SmolLM2, with its default
+    /// system prompt when none is given; Gemma's turn format), ending with the assistant's turn opened.
+    Chat(Vec<ChatMessage>),
+    /// Token ids, used as they are (no BOS added).
+    Tokens(Vec<u32>),
+}
+
+/// One chat turn.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    /// Who speaks.
+    pub role: Role,
+    /// What they say.
+    pub content: String,
+}
+
+/// The speaker of a chat turn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    /// Instructions for the assistant (Gemma has no system turn: its text is put before the first user turn).
+    System,
+    /// The user.
+    User,
+    /// The model's earlier answers.
+    Assistant,
+}
+
+/// Sampling parameters (the engine's sampler; `temperature` 0 is greedy).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Sampling {
+    /// Softmax temperature; 0 picks the most likely token.
+    pub temperature: f32,
+    /// Keep only the `top_k` most likely tokens (0: no limit).
+    pub top_k: u32,
+    /// Keep the smallest set of tokens whose probability reaches `top_p` (1.0: no limit).
+    pub top_p: f32,
+    /// Seed of the sampler's random generator: same seed, same request, same output.
+    pub seed: u64,
+}
+
+impl Sampling {
+    /// Greedy decoding.
+    pub const GREEDY: Sampling = Sampling {
+        temperature: 0.0,
+        top_k: 0,
+        top_p: 1.0,
+        seed: 0,
+    };
 }
 
 /// The appliance's answer to one request.
@@ -47,6 +122,46 @@ pub enum Response {
     Evidence(Evidence),
     /// Answer to [`Request::ActivateCredential`]: the recovered credential.
     Credential(Vec<u8>),
+    /// One generated token of a [`Request::Generate`] stream.
+    Token(Token),
+    /// The end of a [`Request::Generate`] stream.
+    Done(Done),
+}
+
+/// One generated token.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Token {
+    /// The token id.
+    pub id: u32,
+    /// The text this token completes: valid UTF-8, possibly empty while a multi-byte character is still
+    /// incomplete (its bytes come with a later token). Concatenating every frame's text gives the output.
+    pub text: String,
+}
+
+/// Why a generation ended normally.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FinishReason {
+    /// `max_tokens` were generated.
+    Length,
+    /// The model produced an end-of-text or end-of-turn token (sent as the last token frame).
+    EndOfText,
+    /// The text reached one of the request's stop strings.
+    Stop,
+}
+
+/// The final frame of a generation: usage and timing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Done {
+    /// Why it ended.
+    pub reason: FinishReason,
+    /// Tokens in the prompt as the appliance tokenized it.
+    pub prompt_tokens: u32,
+    /// Tokens generated (token frames sent).
+    pub generated_tokens: u32,
+    /// Time spent on the prompt, in microseconds (appliance clock).
+    pub prefill_us: u64,
+    /// Time spent generating, in microseconds, from the first to the last token.
+    pub decode_us: u64,
 }
 
 /// What the appliance returns for an attestation request (DESIGN §4). Every byte string is
@@ -70,14 +185,26 @@ pub struct Evidence {
 }
 
 /// Domain-separation label for quote qualifying data.
-pub const QUALIFYING_DATA_LABEL: &[u8] = b"cloister attest v1\0";
+pub const QUALIFYING_DATA_LABEL: &[u8] = b"cloister attest v2\0";
 
-/// The quote's extraData for a client nonce: SHA-256(label || nonce). The TLS issue extends this
-/// with the server key and the session's exporter value (channel binding, DESIGN §4).
-pub fn qualifying_data(nonce: &[u8; 32]) -> [u8; 32] {
+/// The TLS session an attest request arrived on (DESIGN §4): what ties a quote to one session of one
+/// appliance instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChannelBinding {
+    /// SHA-256 of the server certificate's DER SubjectPublicKeyInfo (the key generated at this boot).
+    pub spki_sha256: [u8; 32],
+    /// The session's 32-byte exporter value (RFC 8446 §7.5, label `tls::ATTESTATION_EXPORTER_LABEL`).
+    pub exporter: [u8; 32],
+}
+
+/// The quote's extraData: SHA-256(label || nonce || spki_sha256 || exporter). A quote made for another
+/// nonce, another appliance key or another TLS session has different qualifying data.
+pub fn qualifying_data(nonce: &[u8; 32], binding: &ChannelBinding) -> [u8; 32] {
     let mut hasher = Sha256::new();
     hasher.update(QUALIFYING_DATA_LABEL);
     hasher.update(nonce);
+    hasher.update(binding.spki_sha256);
+    hasher.update(binding.exporter);
     hasher.finalize().into()
 }
 
@@ -105,6 +232,14 @@ pub enum ErrorCode {
     BadRequest,
     /// The TPM failed to carry out the request.
     TpmFailure,
+    /// The prompt plus `max_tokens` does not fit the serving context (or the prompt alone does not).
+    ContextExceeded,
+    /// A prompt token id is outside the model's vocabulary.
+    InvalidToken,
+    /// The generation was stopped by [`Request::Cancel`].
+    Cancelled,
+    /// The request needs a channel binding (TLS) that this connection does not have.
+    Unbound,
 }
 
 /// Why bytes could not be turned into a message.
@@ -195,10 +330,14 @@ mod tests {
         expected.extend_from_slice(&[7; 32]);
         expected.extend_from_slice(&[0x80, 0xe0, 0x01]);
         assert_eq!(out, expected);
-        // SHA-256("cloister attest v1\0" || 32 bytes of 7), computed independently.
-        let digest = qualifying_data(&[7; 32]);
-        assert_eq!(digest[..4], [0x6c, 0x59, 0xd2, 0x84]);
-        assert_eq!(digest[28..], [0x40, 0x21, 0x35, 0xd4]);
+        // SHA-256("cloister attest v2\0" || 32 bytes of 7 || 32 of 1 || 32 of 2), computed independently.
+        let binding = ChannelBinding {
+            spki_sha256: [1; 32],
+            exporter: [2; 32],
+        };
+        let digest = qualifying_data(&[7; 32], &binding);
+        assert_eq!(digest[..4], [0x80, 0xb0, 0xf4, 0x49]);
+        assert_eq!(digest[28..], [0x68, 0x88, 0xc6, 0x50]);
     }
 
     #[test]

@@ -19,25 +19,51 @@ use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, Ipv4Address, Ipv4C
 
 use crate::config::{Ipv4Setup, NetConfig};
 use crate::connection::Connection;
-use crate::proto::{Request, Response};
-use crate::tls::{TlsServer, ATTESTATION_EXPORTER_LEN};
+use crate::proto::{ChannelBinding, Request, Response};
+use crate::tls::TlsServer;
 
-/// Answers one decoded request. Called from [`Server::poll`]; it should not block for long, since no
-/// packet moves while it runs.
+/// The appliance behind the server: answers requests and runs generations, one per connection slot.
+///
+/// Called from [`Server::poll`]; no packet moves while it runs, so each call should be short (one TPM
+/// command, one prefill chunk or one decode step).
 pub trait Handler {
-    fn handle(&mut self, request: &Request) -> Response;
+    /// Answers one request from the client in connection slot `slot` (`0..Limits::connections`).
+    /// `binding` is the TLS session the request came on (`None` on a plaintext server, which only tests
+    /// build); an attest request needs it for the quote's qualifying data (DESIGN §4).
+    ///
+    /// [`Reply::Streaming`] starts a generation for `slot`: the server then calls [`Handler::step`] for it,
+    /// interleaved fairly with every other streaming slot, until a step returns [`Step::Final`] or the
+    /// server calls [`Handler::stop`].
+    fn handle(&mut self, slot: usize, request: &Request, binding: Option<&ChannelBinding>)
+        -> Reply;
 
-    /// Answers a request knowing the channel it came on: `binding` is the TLS session's attestation
-    /// exporter (DESIGN §4; `None` on a plaintext server). The attest handler puts it into the quote's
-    /// extraData; the default ignores it.
-    fn handle_bound(
-        &mut self,
-        request: &Request,
-        binding: Option<&[u8; ATTESTATION_EXPORTER_LEN]>,
-    ) -> Response {
-        let _ = binding;
-        self.handle(request)
-    }
+    /// Advances the generation of `slot` by one unit of work (a prefill chunk or one decode step).
+    fn step(&mut self, slot: usize) -> Step;
+
+    /// Ends the generation of `slot` early and frees what it holds: the client cancelled, disconnected,
+    /// stopped reading, or broke the protocol. Called at most once per started generation, never after
+    /// `step` returned [`Step::Final`].
+    fn stop(&mut self, slot: usize);
+}
+
+/// What [`Handler::handle`] does with a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// One response frame; the connection waits for the next request.
+    Response(Response),
+    /// A generation started; its frames come from [`Handler::step`].
+    Streaming,
+}
+
+/// The outcome of one [`Handler::step`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Work was done but there is nothing to send yet (a prefill chunk).
+    Pending,
+    /// A frame of the stream (a token); more follow.
+    Frame(Response),
+    /// The last frame of the stream (`Done` or an error); the generation's resources are already free.
+    Final(Response),
 }
 
 /// Sizes and timeouts of the connection pool.
@@ -254,9 +280,15 @@ impl Server {
         activity |= self.poll_dhcp();
 
         let mut serviced = false;
-        for (connection, &handle) in self.connections.iter_mut().zip(&self.tcp_handles) {
+        for (slot, (connection, &handle)) in self
+            .connections
+            .iter_mut()
+            .zip(&self.tcp_handles)
+            .enumerate()
+        {
             let socket = self.sockets.get_mut::<tcp::Socket>(handle);
             serviced |= connection.service(
+                slot,
                 socket,
                 self.port,
                 now,
