@@ -10,6 +10,7 @@ mod connection;
 pub mod frame;
 pub mod proto;
 pub mod server;
+pub mod serving;
 pub mod tls;
 
 pub use config::{ConfigError, Ipv4Setup, NetConfig};

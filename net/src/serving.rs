@@ -1,0 +1,245 @@
+//! What the appliance measures besides its code, its model and its command line (DESIGN §4): the serving
+//! parameters (PCR 13, next to the model) and the effective configuration (PCR 14, next to the command line).
+//!
+//! Both are canonical text that the kernel hashes at boot and the runner hashes when it writes the manifest, so
+//! this module is the single definition both sides use. The text is line based (`key=value\n`), starts with a
+//! versioned header line, and lists every value in a fixed order with defaults filled in: two command lines that
+//! mean the same configuration measure the same, and one that means another measures differently.
+//!
+//! Serving keys on the kernel command line (other keys belong to other parts and are ignored here):
+//!
+//! - `ctx=N`: positions of each session's KV cache, [`MIN_CONTEXT`]..=[`MAX_CONTEXT`], default
+//!   [`DEFAULT_CONTEXT`]; the engine uses at most the model's training context.
+//! - `sessions=N`: generations that can run at once, 1..=[`MAX_SESSIONS`], default [`DEFAULT_SESSIONS`]. Their
+//!   KV caches are reserved at boot. The pool has [`CONNECTIONS_PER_SESSION`] connection slots per session, so
+//!   a client can attest or ask for model info while every session generates; a generate request beyond the
+//!   sessions is answered `Busy`.
+
+use alloc::format;
+use alloc::string::String;
+use core::fmt::Write as _;
+use core::str::FromStr;
+
+use smoltcp::time::Duration;
+
+use crate::config::{ConfigError, Ipv4Setup, NetConfig};
+use crate::frame::MAX_FRAME_LEN;
+use crate::server::Limits;
+
+/// Default positions per session.
+pub const DEFAULT_CONTEXT: u32 = 1024;
+/// Fewest positions a session may have.
+pub const MIN_CONTEXT: u32 = 16;
+/// Most positions a session may have.
+pub const MAX_CONTEXT: u32 = 32_768;
+/// Default concurrent generations.
+pub const DEFAULT_SESSIONS: u32 = 4;
+/// Most concurrent generations.
+pub const MAX_SESSIONS: u32 = 16;
+/// Connection slots per generation session.
+pub const CONNECTIONS_PER_SESSION: usize = 2;
+/// Prompt tokens the engine runs per scheduling step (one step of one session at a time), so a long prompt
+/// does not stall the other sessions for its whole prefill.
+pub const PREFILL_CHUNK: u32 = 32;
+/// Time a client has to complete each request frame or take each response frame.
+pub const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a closing connection has to finish its FIN exchange.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bytes of each connection's TCP receive and send buffers.
+pub const SOCKET_BUFFER: usize = 16 * 1024;
+
+/// How the engine serves: part of what the model does for a client, so measured with the model (PCR 13).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServingParams {
+    /// Positions of each session's KV cache (capped by the model's training context).
+    pub context: u32,
+    /// Concurrent generations, each with its KV cache reserved at boot.
+    pub sessions: u32,
+    /// Prompt tokens per scheduling step.
+    pub prefill_chunk: u32,
+}
+
+/// Which serving key was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServingKey {
+    Ctx,
+    Sessions,
+}
+
+/// Why the command line does not describe one configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ApplianceConfigError {
+    /// The network keys were refused.
+    Net(ConfigError),
+    /// A serving key appeared twice.
+    Duplicate(ServingKey),
+    /// A serving key's value is not a number in its range.
+    OutOfRange(ServingKey),
+}
+
+/// Everything the command line configures, with defaults filled in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ApplianceConfig {
+    /// Address and port.
+    pub net: NetConfig,
+    /// The engine's parameters.
+    pub serving: ServingParams,
+    /// The connection pool.
+    pub limits: Limits,
+}
+
+impl ApplianceConfig {
+    /// Reads the network and serving keys of a kernel command line.
+    pub fn from_cmdline(cmdline: &str) -> Result<Self, ApplianceConfigError> {
+        let net = NetConfig::parse(cmdline).map_err(ApplianceConfigError::Net)?;
+        let mut ctx = None;
+        let mut sessions = None;
+        for word in cmdline.split_ascii_whitespace() {
+            let Some((key, value)) = word.split_once('=') else {
+                continue;
+            };
+            let (slot, key) = match key {
+                "ctx" => (&mut ctx, ServingKey::Ctx),
+                "sessions" => (&mut sessions, ServingKey::Sessions),
+                _ => continue,
+            };
+            if slot.replace(value).is_some() {
+                return Err(ApplianceConfigError::Duplicate(key));
+            }
+        }
+        let context = number(ctx, DEFAULT_CONTEXT, MIN_CONTEXT..=MAX_CONTEXT)
+            .ok_or(ApplianceConfigError::OutOfRange(ServingKey::Ctx))?;
+        let sessions = number(sessions, DEFAULT_SESSIONS, 1..=MAX_SESSIONS)
+            .ok_or(ApplianceConfigError::OutOfRange(ServingKey::Sessions))?;
+        Ok(Self {
+            net,
+            serving: ServingParams {
+                context,
+                sessions,
+                prefill_chunk: PREFILL_CHUNK,
+            },
+            limits: Limits {
+                connections: sessions as usize * CONNECTIONS_PER_SESSION,
+                rx_buffer: SOCKET_BUFFER,
+                tx_buffer: SOCKET_BUFFER,
+                frame_timeout: FRAME_TIMEOUT,
+                close_timeout: CLOSE_TIMEOUT,
+            },
+        })
+    }
+
+    /// The canonical text of the serving parameters, measured into PCR 13 after the model.
+    pub fn serving_text(&self) -> String {
+        let s = &self.serving;
+        format!(
+            "cloister serving v1\ncontext={}\nsessions={}\nprefill_chunk={}\n",
+            s.context, s.sessions, s.prefill_chunk
+        )
+    }
+
+    /// The canonical text of the effective configuration, measured into PCR 14 before the command line.
+    pub fn configuration_text(&self) -> String {
+        let mut text = String::from("cloister configuration v1\n");
+        // Writing into a String cannot fail.
+        match self.net.ipv4 {
+            Ipv4Setup::Dhcp => text.push_str("ip=dhcp\n"),
+            Ipv4Setup::Static { address, gateway } => {
+                let _ = writeln!(text, "ip={address}");
+                match gateway {
+                    Some(gateway) => {
+                        let _ = writeln!(text, "gw={gateway}");
+                    }
+                    None => text.push_str("gw=none\n"),
+                }
+            }
+        }
+        let l = &self.limits;
+        let _ = write!(
+            text,
+            "port={}\nconnections={}\nrx_buffer={}\ntx_buffer={}\nframe_timeout_ms={}\nclose_timeout_ms={}\nmax_frame={}\n",
+            self.net.port,
+            l.connections,
+            l.rx_buffer,
+            l.tx_buffer,
+            l.frame_timeout.total_millis(),
+            l.close_timeout.total_millis(),
+            MAX_FRAME_LEN
+        );
+        text
+    }
+}
+
+/// `text` as a decimal in `range`, or `default` when absent; `None` when present but not acceptable.
+fn number(text: Option<&str>, default: u32, range: core::ops::RangeInclusive<u32>) -> Option<u32> {
+    match text {
+        None => Some(default),
+        Some(text) => u32::from_str(text).ok().filter(|n| range.contains(n)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_their_canonical_texts() {
+        let config = ApplianceConfig::from_cmdline("").unwrap();
+        assert_eq!(config.serving.context, DEFAULT_CONTEXT);
+        assert_eq!(config.serving.sessions, DEFAULT_SESSIONS);
+        assert_eq!(config.limits.connections, 8);
+        assert_eq!(
+            config.serving_text(),
+            "cloister serving v1\ncontext=1024\nsessions=4\nprefill_chunk=32\n"
+        );
+        assert_eq!(
+            config.configuration_text(),
+            "cloister configuration v1\nip=dhcp\nport=7000\nconnections=8\nrx_buffer=16384\n\
+             tx_buffer=16384\nframe_timeout_ms=10000\nclose_timeout_ms=5000\nmax_frame=65536\n"
+        );
+    }
+
+    #[test]
+    fn explicit_values_change_the_texts() {
+        let config = ApplianceConfig::from_cmdline(
+            "ip=10.0.2.15/24 gw=10.0.2.2 port=7001 ctx=256 sessions=2",
+        )
+        .unwrap();
+        assert_eq!(
+            config.serving_text(),
+            "cloister serving v1\ncontext=256\nsessions=2\nprefill_chunk=32\n"
+        );
+        let text = config.configuration_text();
+        assert!(text.starts_with(
+            "cloister configuration v1\nip=10.0.2.15/24\ngw=10.0.2.2\nport=7001\nconnections=4\n"
+        ));
+        // Same meaning, other spelling: same measurement.
+        let same = ApplianceConfig::from_cmdline(
+            "sessions=2 ctx=256 port=7001 gw=10.0.2.2 ip=10.0.2.15/24 x=y",
+        )
+        .unwrap();
+        assert_eq!(same.serving_text(), config.serving_text());
+        assert_eq!(same.configuration_text(), text);
+    }
+
+    #[test]
+    fn bad_values_are_typed_errors() {
+        use ApplianceConfigError::*;
+        for (cmdline, error) in [
+            ("ctx=1 ", OutOfRange(ServingKey::Ctx)),
+            ("ctx=99999999", OutOfRange(ServingKey::Ctx)),
+            ("ctx=-5", OutOfRange(ServingKey::Ctx)),
+            ("sessions=0", OutOfRange(ServingKey::Sessions)),
+            ("sessions=17", OutOfRange(ServingKey::Sessions)),
+            ("sessions=x", OutOfRange(ServingKey::Sessions)),
+            ("ctx=64 ctx=64", Duplicate(ServingKey::Ctx)),
+            ("sessions=1 sessions=2", Duplicate(ServingKey::Sessions)),
+            ("port=0", Net(ConfigError::BadPort)),
+        ] {
+            assert_eq!(
+                ApplianceConfig::from_cmdline(cmdline),
+                Err(error),
+                "{cmdline}"
+            );
+        }
+    }
+}
