@@ -5,9 +5,10 @@
 //! is the host-tested `tpm::tis` driver; this file only moves bytes to and from the registers.
 //! Measurements, each extended into the SHA-256 bank and appended to the event log before any
 //! port opens: PCR 12 the kernel's read-only loadable segments (text, then rodata, exactly the
-//! bytes of the ELF's non-writable PT_LOAD segments), PCR 13 the model blob, PCR 14 the kernel
-//! command line.
+//! bytes of the ELF's non-writable PT_LOAD segments), PCR 13 the model blob and the serving
+//! parameters, PCR 14 the effective configuration and the kernel command line.
 
+use net::serving::ApplianceConfig;
 use sha2::{Digest, Sha256};
 use tpm::eventlog::{self, EventKind, EventLog};
 use tpm::tis::{Timeouts, Tis, TisRegisters};
@@ -128,14 +129,17 @@ pub fn kernel_image_digest() -> [u8; 32] {
     hasher.finalize().into()
 }
 
-/// Extends PCRs 12-14 and records each event.
+/// Extends PCRs 12-14 and records each event, in the order the manifest replays them: kernel (12), model
+/// and serving parameters (13), effective configuration and command line (14). The two texts are
+/// `net::serving`'s canonical ones, which the runner hashes the same way.
 pub fn measure_boot(
     tpm: &mut KernelTpm,
     model_digest: [u8; 32],
+    config: &ApplianceConfig,
     cmdline: &str,
 ) -> Result<EventLog, TpmError> {
     let mut log = EventLog::new();
-    let cmdline_digest: [u8; 32] = Sha256::digest(cmdline.as_bytes()).into();
+    let sha256 = |bytes: &[u8]| -> [u8; 32] { Sha256::digest(bytes).into() };
     let events = [
         (
             12,
@@ -145,9 +149,21 @@ pub fn measure_boot(
         ),
         (13, EventKind::Model, model_digest, "model blob (initrd)"),
         (
+            13,
+            EventKind::ServingParameters,
+            sha256(config.serving_text().as_bytes()),
+            "serving parameters",
+        ),
+        (
+            14,
+            EventKind::Configuration,
+            sha256(config.configuration_text().as_bytes()),
+            "appliance configuration",
+        ),
+        (
             14,
             EventKind::CommandLine,
-            cmdline_digest,
+            sha256(cmdline.as_bytes()),
             "kernel command line",
         ),
     ];

@@ -4,7 +4,9 @@
 //! Contract (DESIGN §4): at boot the kernel extends, in this order, PCR 12 with SHA-256 over its read-only
 //! loadable segments (the ELF's PT_LOAD program headers without PF_W, in program-header order, each segment's
 //! file bytes `[p_offset, p_offset + p_filesz)` concatenated: text, then rodata), PCR 13 with SHA-256 of the model
-//! blob, and PCR 14 with SHA-256 of the kernel command line bytes (no NUL). Each PCR starts at 32 zero bytes and
+//! blob and then with SHA-256 of the serving parameters' canonical text, and PCR 14 with SHA-256 of the effective
+//! configuration's canonical text and then with SHA-256 of the kernel command line bytes (no NUL). Both canonical
+//! texts come from `net::serving::ApplianceConfig`, the one definition the kernel uses too. Each PCR starts at 32 zero bytes and
 //! an extend sets it to SHA-256(old ‖ digest) (TCG TPM 2.0 Library Part 1, "PCR Extend"). ELF layouts follow the
 //! System V ABI gABI, "ELF Header" and "Program Header", for ELFCLASS64 / ELFDATA2LSB.
 //!
@@ -18,7 +20,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
+use net::serving::ApplianceConfig;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::{Digest as _, Sha256};
 use tpm::eventlog::{self, EventKind};
@@ -26,7 +29,7 @@ use tpm::eventlog::{self, EventKind};
 use crate::models;
 
 /// The manifest format this code writes and reads.
-pub const MANIFEST_FORMAT: u32 = 1;
+pub const MANIFEST_FORMAT: u32 = 2;
 /// The manifest's file name in an image directory.
 pub const MANIFEST_FILE: &str = "manifest.json";
 /// The PCR holding the kernel's read-only segments.
@@ -134,7 +137,24 @@ pub struct CommandLineMeasurement {
     pub sha256: Sha256Digest,
 }
 
-/// PCRs 12-14 after the three extends, each starting from zero.
+/// A canonical text the kernel measures (serving parameters, configuration).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TextMeasurement {
+    /// The text, exactly as hashed.
+    pub text: String,
+    /// SHA-256 of its bytes: the digest extended.
+    pub sha256: Sha256Digest,
+}
+
+impl TextMeasurement {
+    fn of(text: String) -> Self {
+        let sha256 = Sha256Digest::of(text.as_bytes());
+        Self { text, sha256 }
+    }
+}
+
+/// PCRs 12-14 after the five extends, each starting from zero.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExpectedPcrs {
@@ -190,9 +210,13 @@ pub struct Manifest {
     pub format: u32,
     /// PCR 12.
     pub kernel: KernelMeasurement,
-    /// PCR 13.
+    /// PCR 13, first event.
     pub model: ModelMeasurement,
-    /// PCR 14.
+    /// PCR 13, second event: the serving parameters the command line sets.
+    pub serving: TextMeasurement,
+    /// PCR 14, first event: the effective configuration the command line sets.
+    pub configuration: TextMeasurement,
+    /// PCR 14, second event.
     pub command_line: CommandLineMeasurement,
     /// PCRs 12-14 replayed from zero.
     pub pcrs: ExpectedPcrs,
@@ -209,6 +233,8 @@ pub struct ExpectedEvent {
     pub kind: EventKind,
     /// The digest extended.
     pub digest: [u8; 32],
+    /// The description the kernel logs with it.
+    pub description: &'static str,
 }
 
 impl Manifest {
@@ -242,31 +268,47 @@ impl Manifest {
         };
         let (model_length, model_sha256) = models::sha256_file(model)
             .with_context(|| format!("cannot hash the model {}", model.display()))?;
-        Ok(Self::from_digests(
+        Self::from_digests(
             kernel,
             ModelMeasurement {
                 sha256: Sha256Digest(model_sha256),
                 length: model_length,
             },
             cmdline,
-        ))
+        )
     }
 
-    /// A manifest from already computed kernel and model measurements (PCRs replayed here).
-    pub fn from_digests(kernel: KernelMeasurement, model: ModelMeasurement, cmdline: &str) -> Self {
+    /// A manifest from already computed kernel and model measurements (serving parameters and configuration are
+    /// derived from `cmdline` as the kernel derives them; PCRs replayed here). Fails when the kernel would refuse
+    /// the command line.
+    pub fn from_digests(
+        kernel: KernelMeasurement,
+        model: ModelMeasurement,
+        cmdline: &str,
+    ) -> Result<Self> {
+        let config = ApplianceConfig::from_cmdline(cmdline).map_err(|error| {
+            anyhow!("the kernel would refuse the command line {cmdline:?}: {error:?}")
+        })?;
         let command_line = CommandLineMeasurement {
             text: cmdline.to_string(),
             sha256: Sha256Digest::of(cmdline.as_bytes()),
         };
-        let pcrs = replay(&kernel, &model, &command_line);
-        Self {
+        let mut manifest = Self {
             format: MANIFEST_FORMAT,
             kernel,
             model,
+            serving: TextMeasurement::of(config.serving_text()),
+            configuration: TextMeasurement::of(config.configuration_text()),
             command_line,
-            pcrs,
+            pcrs: ExpectedPcrs {
+                kernel: Sha256Digest([0; 32]),
+                model: Sha256Digest([0; 32]),
+                command_line: Sha256Digest([0; 32]),
+            },
             firmware: FirmwarePcrs::NonZero,
-        }
+        };
+        manifest.pcrs = manifest.replay();
+        Ok(manifest)
     }
 
     /// The same manifest with golden firmware PCR values for `platform`.
@@ -283,25 +325,55 @@ impl Manifest {
         Ok(self)
     }
 
-    /// The events the appliance logs, in order: kernel (PCR 12), model (PCR 13), command line (PCR 14).
-    pub fn expected_events(&self) -> [ExpectedEvent; 3] {
+    /// The events the appliance logs, in order: kernel (PCR 12), model and serving parameters (PCR 13),
+    /// configuration and command line (PCR 14).
+    pub fn expected_events(&self) -> [ExpectedEvent; 5] {
         [
             ExpectedEvent {
                 pcr: KERNEL_PCR,
                 kind: EventKind::KernelImage,
                 digest: self.kernel.measured_sha256.0,
+                description: "kernel text and rodata",
             },
             ExpectedEvent {
                 pcr: MODEL_PCR,
                 kind: EventKind::Model,
                 digest: self.model.sha256.0,
+                description: "model blob (initrd)",
+            },
+            ExpectedEvent {
+                pcr: MODEL_PCR,
+                kind: EventKind::ServingParameters,
+                digest: self.serving.sha256.0,
+                description: "serving parameters",
+            },
+            ExpectedEvent {
+                pcr: COMMAND_LINE_PCR,
+                kind: EventKind::Configuration,
+                digest: self.configuration.sha256.0,
+                description: "appliance configuration",
             },
             ExpectedEvent {
                 pcr: COMMAND_LINE_PCR,
                 kind: EventKind::CommandLine,
                 digest: self.command_line.sha256.0,
+                description: "kernel command line",
             },
         ]
+    }
+
+    /// PCRs 12-14 replayed from zero through [`Manifest::expected_events`].
+    fn replay(&self) -> ExpectedPcrs {
+        let mut pcrs = [[0u8; 32]; 3];
+        for event in self.expected_events() {
+            let pcr = &mut pcrs[usize::from(event.pcr - KERNEL_PCR)];
+            *pcr = eventlog::extend(pcr, &event.digest);
+        }
+        ExpectedPcrs {
+            kernel: Sha256Digest(pcrs[0]),
+            model: Sha256Digest(pcrs[1]),
+            command_line: Sha256Digest(pcrs[2]),
+        }
     }
 
     /// The expected value of PCR 12, 13 or 14.
@@ -346,7 +418,24 @@ impl Manifest {
         if Sha256Digest::of(self.command_line.text.as_bytes()) != self.command_line.sha256 {
             bail!("the manifest's command-line digest does not match its command-line text");
         }
-        if replay(&self.kernel, &self.model, &self.command_line) != self.pcrs {
+        for (name, item) in [
+            ("serving-parameters", &self.serving),
+            ("configuration", &self.configuration),
+        ] {
+            if Sha256Digest::of(item.text.as_bytes()) != item.sha256 {
+                bail!("the manifest's {name} digest does not match its text");
+            }
+        }
+        // The serving parameters and configuration must be what the kernel derives from this command line.
+        let config = ApplianceConfig::from_cmdline(&self.command_line.text).map_err(|error| {
+            anyhow!("the manifest's command line is one the kernel refuses: {error:?}")
+        })?;
+        if config.serving_text() != self.serving.text
+            || config.configuration_text() != self.configuration.text
+        {
+            bail!("the manifest's serving parameters or configuration do not follow from its command line");
+        }
+        if self.replay() != self.pcrs {
             bail!("the manifest's PCR 12-14 values do not replay from its digests");
         }
         if let Some(pcrs) = self.golden_firmware() {
@@ -399,19 +488,6 @@ pub fn write_for_image(image: &crate::image::Image) -> Result<std::path::PathBuf
     let path = image.dir.join(MANIFEST_FILE);
     Manifest::for_image(&image.kernel, &image.model, &image.cmdline)?.write(&path)?;
     Ok(path)
-}
-
-fn replay(
-    kernel: &KernelMeasurement,
-    model: &ModelMeasurement,
-    command_line: &CommandLineMeasurement,
-) -> ExpectedPcrs {
-    let zero = [0u8; 32];
-    ExpectedPcrs {
-        kernel: Sha256Digest(eventlog::extend(&zero, &kernel.measured_sha256.0)),
-        model: Sha256Digest(eventlog::extend(&zero, &model.sha256.0)),
-        command_line: Sha256Digest(eventlog::extend(&zero, &command_line.sha256.0)),
-    }
 }
 
 /// Why a kernel ELF was refused.
@@ -655,15 +731,41 @@ mod tests {
             manifest.command_line.sha256,
             Sha256Digest::of(b"ip=dhcp port=7000")
         );
-        let extend_from_zero = |digest: &[u8; 32]| {
+        // The texts are net::serving's canonical ones for this command line.
+        assert_eq!(
+            manifest.serving.text,
+            "cloister serving v1\ncontext=1024\nsessions=4\nprefill_chunk=32\n"
+        );
+        assert!(manifest
+            .configuration
+            .text
+            .starts_with("cloister configuration v1\nip=dhcp\nport=7000\n"));
+        assert_eq!(
+            manifest.serving.sha256,
+            Sha256Digest::of(manifest.serving.text.as_bytes())
+        );
+        // PCR extend (TCG Part 1): new = SHA-256(old || digest), from 32 zero bytes; written out by hand here.
+        let extend = |old: Sha256Digest, digest: &[u8; 32]| {
             let mut input = [0u8; 64];
+            input[..32].copy_from_slice(&old.0);
             input[32..].copy_from_slice(digest);
             Sha256Digest::of(&input)
         };
-        assert_eq!(manifest.pcrs.kernel, extend_from_zero(&measured));
+        let zero = Sha256Digest([0; 32]);
+        assert_eq!(manifest.pcrs.kernel, extend(zero, &measured));
         assert_eq!(
             manifest.pcrs.model,
-            extend_from_zero(&manifest.model.sha256.0)
+            extend(
+                extend(zero, &manifest.model.sha256.0),
+                &manifest.serving.sha256.0
+            )
+        );
+        assert_eq!(
+            manifest.pcrs.command_line,
+            extend(
+                extend(zero, &manifest.configuration.sha256.0),
+                &manifest.command_line.sha256.0
+            )
         );
         assert_eq!(manifest.pcr_mask(), 0x70ff);
         assert_eq!(manifest.firmware, FirmwarePcrs::NonZero);
@@ -697,7 +799,8 @@ mod tests {
                 length: 2,
             },
             "x",
-        );
+        )
+        .unwrap();
         let golden: BTreeMap<u8, Sha256Digest> =
             [(0, Sha256Digest([9; 32])), (9, Sha256Digest([8; 32]))]
                 .into_iter()
@@ -726,14 +829,35 @@ mod tests {
                 length: 2,
             },
             "port=7000",
-        );
+        )
+        .unwrap();
         let text = String::from_utf8(manifest.to_json()).unwrap();
         assert!(Manifest::from_json(text.as_bytes()).is_ok());
         let changed_pcr = text.replace(&manifest.pcrs.model.to_string(), &"ab".repeat(32));
         assert!(Manifest::from_json(changed_pcr.as_bytes()).is_err());
         let changed_cmdline = text.replace("port=7000", "port=7001");
         assert!(Manifest::from_json(changed_cmdline.as_bytes()).is_err());
-        let future = text.replace("\"format\": 1", "\"format\": 2");
+        // A serving text edited together with its digest still fails: it does not follow from the command line.
+        let edited = manifest.serving.text.replace("sessions=4", "sessions=9");
+        let changed_serving = text
+            .replace(
+                &manifest.serving.text.replace('\n', "\\n"),
+                &edited.replace('\n', "\\n"),
+            )
+            .replace(
+                &manifest.serving.sha256.to_string(),
+                &Sha256Digest::of(edited.as_bytes()).to_string(),
+            );
+        assert_ne!(changed_serving, text);
+        assert!(Manifest::from_json(changed_serving.as_bytes()).is_err());
+        // A command line the kernel refuses gives no manifest.
+        assert!(Manifest::from_digests(
+            manifest.kernel.clone(),
+            manifest.model.clone(),
+            "sessions=0"
+        )
+        .is_err());
+        let future = text.replace("\"format\": 2", "\"format\": 3");
         assert!(Manifest::from_json(future.as_bytes()).is_err());
         let unknown = text.replacen('{', "{\n  \"extra\": 1,", 1);
         assert!(Manifest::from_json(unknown.as_bytes()).is_err());
