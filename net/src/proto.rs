@@ -340,6 +340,58 @@ mod tests {
         assert_eq!(digest[28..], [0x68, 0x88, 0xc6, 0x50]);
     }
 
+    /// The generation bytes README.md shows: a greedy raw-text request, one token frame, the final frame.
+    #[test]
+    fn generation_pinned_bytes() {
+        let mut out = Vec::new();
+        let request = Request::Generate(GenerateRequest {
+            prompt: Prompt::Text("Hi".into()),
+            max_tokens: 8,
+            sampling: Sampling::GREEDY,
+            stop: Vec::new(),
+        });
+        request.emit(&mut out).unwrap();
+        assert_eq!(
+            out,
+            [
+                0, 0, 0, 17, 3, 0, 2, b'H', b'i', 8, 0, 0, 0, 0, 0, 0, 0, 0x80, 0x3f, 0, 0
+            ]
+        );
+        assert_eq!(Request::parse(&out[4..]).unwrap(), request);
+
+        let mut out = Vec::new();
+        Request::Cancel.emit(&mut out).unwrap();
+        assert_eq!(out, [0, 0, 0, 1, 4]);
+
+        let mut out = Vec::new();
+        Response::Token(Token {
+            id: 28,
+            text: "Hi".into(),
+        })
+        .emit(&mut out)
+        .unwrap();
+        assert_eq!(out, [0, 0, 0, 5, 4, 28, 2, b'H', b'i']);
+
+        let mut out = Vec::new();
+        Response::Done(Done {
+            reason: FinishReason::Length,
+            prompt_tokens: 3,
+            generated_tokens: 8,
+            prefill_us: 1000,
+            decode_us: 300,
+        })
+        .emit(&mut out)
+        .unwrap();
+        assert_eq!(out, [0, 0, 0, 8, 5, 0, 3, 8, 0xe8, 0x07, 0xac, 0x02]);
+
+        let mut out = Vec::new();
+        Response::Error(ErrorCode::Busy).emit(&mut out).unwrap();
+        assert_eq!(out, [0, 0, 0, 2, 1, 2]);
+        let mut out = Vec::new();
+        Response::Error(ErrorCode::Cancelled).emit(&mut out).unwrap();
+        assert_eq!(out, [0, 0, 0, 2, 1, 8]);
+    }
+
     #[test]
     fn bad_bodies_are_typed_errors() {
         assert_eq!(Request::parse(&[9]), Err(DecodeError::Malformed));
