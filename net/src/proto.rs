@@ -353,9 +353,7 @@ mod tests {
         request.emit(&mut out).unwrap();
         assert_eq!(
             out,
-            [
-                0, 0, 0, 17, 3, 0, 2, b'H', b'i', 8, 0, 0, 0, 0, 0, 0, 0, 0x80, 0x3f, 0, 0
-            ]
+            [0, 0, 0, 17, 3, 0, 2, b'H', b'i', 8, 0, 0, 0, 0, 0, 0, 0, 0x80, 0x3f, 0, 0]
         );
         assert_eq!(Request::parse(&out[4..]).unwrap(), request);
 
@@ -388,7 +386,9 @@ mod tests {
         Response::Error(ErrorCode::Busy).emit(&mut out).unwrap();
         assert_eq!(out, [0, 0, 0, 2, 1, 2]);
         let mut out = Vec::new();
-        Response::Error(ErrorCode::Cancelled).emit(&mut out).unwrap();
+        Response::Error(ErrorCode::Cancelled)
+            .emit(&mut out)
+            .unwrap();
         assert_eq!(out, [0, 0, 0, 2, 1, 8]);
     }
 
