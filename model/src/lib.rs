@@ -8,6 +8,7 @@
 
 extern crate alloc;
 
+pub mod chat;
 pub mod gguf;
 pub mod gguf_write;
 pub mod math;
@@ -15,6 +16,7 @@ pub mod matmul;
 pub mod parallel;
 pub mod quant;
 pub mod sampler;
+pub mod session;
 #[allow(unsafe_code)]
 // The one module where `unsafe` is allowed (CPUID, intrinsics); each block has a SAFETY note.
 pub mod simd;

@@ -55,6 +55,17 @@ impl Sampler {
         }
     }
 
+    /// Starts over with `config` (the generator restarts from its seed); the candidate buffer is kept.
+    pub fn reconfigure(&mut self, config: SamplerConfig) {
+        self.config = config;
+        self.state = config.seed;
+    }
+
+    /// The parameters in use.
+    pub fn config(&self) -> SamplerConfig {
+        self.config
+    }
+
     fn next_u64(&mut self) -> u64 {
         self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.state;

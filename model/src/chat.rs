@@ -1,0 +1,241 @@
+//! Chat turn formats of the two model families: a list of (role, content) turns becomes the prompt text, ending with
+//! the assistant's turn opened.
+//!
+//! The formats are the Jinja chat templates each GGUF carries (`tokenizer.chat_template`), written out by hand:
+//! - llama (SmolLM2): ChatML, `<|im_start|>{role}\n{content}<|im_end|>\n` per turn; when the first turn is not a
+//!   system turn, SmolLM2's default system prompt ([`SMOLLM2_SYSTEM`]) comes first.
+//! - gemma3: `<start_of_turn>{user|model}\n{content, trimmed}<end_of_turn>\n` per turn. Gemma has no system role:
+//!   a leading system turn's text and a blank line are put before the first user turn's content. Turns after it
+//!   must alternate user, model, user, ... (the template raises an error otherwise).
+//!
+//! BOS is not part of the text: the tokenizer adds it as the vocabulary says. Turn markers are special tokens, so
+//! the result is tokenized with special tokens parsed (as `runner generate --chat` and the golden fixtures do).
+
+use alloc::string::String;
+
+use crate::transformer::Arch;
+
+/// SmolLM2's default system prompt (from its chat template).
+pub const SMOLLM2_SYSTEM: &str =
+    "You are a helpful AI assistant named SmolLM, trained by Hugging Face";
+
+/// The speaker of a turn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Instructions for the assistant.
+    System,
+    /// The user.
+    User,
+    /// The model's earlier answers.
+    Assistant,
+}
+
+/// One turn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Message<'a> {
+    /// Who speaks.
+    pub role: Role,
+    /// What they say.
+    pub content: &'a str,
+}
+
+/// Why turns could not be formatted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChatError {
+    /// No turns at all.
+    Empty,
+    /// A system turn that is not the first turn.
+    MisplacedSystem,
+    /// Gemma: turns after the system turn do not alternate user, model, user, ... starting with the user.
+    NotAlternating,
+}
+
+impl core::fmt::Display for ChatError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            ChatError::Empty => "a chat needs at least one turn",
+            ChatError::MisplacedSystem => "a system turn may only come first",
+            ChatError::NotAlternating => {
+                "this model's turns must alternate user, assistant, user, ... starting with the user"
+            }
+        })
+    }
+}
+
+/// The prompt text for `messages` in `arch`'s turn format, ending with the assistant's turn opened.
+pub fn format(arch: Arch, messages: &[Message<'_>]) -> Result<String, ChatError> {
+    if messages.is_empty() {
+        return Err(ChatError::Empty);
+    }
+    if messages[1..].iter().any(|m| m.role == Role::System) {
+        return Err(ChatError::MisplacedSystem);
+    }
+    Ok(match arch {
+        Arch::Llama => chatml(messages),
+        Arch::Gemma3 => gemma(messages)?,
+    })
+}
+
+/// The prompt text for one user message (what `runner generate --chat` sends).
+pub fn user_prompt(arch: Arch, user: &str) -> String {
+    // One user turn is always a valid chat.
+    format(
+        arch,
+        &[Message {
+            role: Role::User,
+            content: user,
+        }],
+    )
+    .unwrap_or_default()
+}
+
+fn chatml(messages: &[Message<'_>]) -> String {
+    let mut out = String::new();
+    let turn = |out: &mut String, role: &str, content: &str| {
+        out.push_str("<|im_start|>");
+        out.push_str(role);
+        out.push('\n');
+        out.push_str(content);
+        out.push_str("<|im_end|>\n");
+    };
+    if messages[0].role != Role::System {
+        turn(&mut out, "system", SMOLLM2_SYSTEM);
+    }
+    for message in messages {
+        let role = match message.role {
+            Role::System => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+        };
+        turn(&mut out, role, message.content);
+    }
+    out.push_str("<|im_start|>assistant\n");
+    out
+}
+
+fn gemma(messages: &[Message<'_>]) -> Result<String, ChatError> {
+    let (system, turns) = match messages[0].role {
+        Role::System => (Some(messages[0].content), &messages[1..]),
+        _ => (None, messages),
+    };
+    if turns.is_empty() {
+        // A system text alone has no user turn to go into.
+        return Err(ChatError::Empty);
+    }
+    let mut out = String::new();
+    for (index, message) in turns.iter().enumerate() {
+        let expected = if index % 2 == 0 {
+            Role::User
+        } else {
+            Role::Assistant
+        };
+        if message.role != expected {
+            return Err(ChatError::NotAlternating);
+        }
+        out.push_str("<start_of_turn>");
+        out.push_str(if expected == Role::User {
+            "user"
+        } else {
+            "model"
+        });
+        out.push('\n');
+        if index == 0 {
+            if let Some(system) = system {
+                out.push_str(system);
+                out.push_str("\n\n");
+            }
+        }
+        out.push_str(message.content.trim());
+        out.push_str("<end_of_turn>\n");
+    }
+    out.push_str("<start_of_turn>model\n");
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(role: Role, content: &str) -> Message<'_> {
+        Message { role, content }
+    }
+
+    #[test]
+    fn chatml_adds_the_default_system_prompt_only_when_none_is_given() {
+        assert_eq!(
+            user_prompt(Arch::Llama, "Hi"),
+            "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n\
+             <|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+        );
+        let text = format(
+            Arch::Llama,
+            &[
+                message(Role::System, "Be brief."),
+                message(Role::User, "Hi"),
+                message(Role::Assistant, "Hello."),
+                message(Role::User, "Bye"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            text,
+            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n\
+             <|im_start|>assistant\nHello.<|im_end|>\n<|im_start|>user\nBye<|im_end|>\n<|im_start|>assistant\n"
+        );
+    }
+
+    #[test]
+    fn gemma_puts_the_system_text_into_the_first_user_turn() {
+        assert_eq!(
+            user_prompt(Arch::Gemma3, "Write one sentence about the sea."),
+            "<start_of_turn>user\nWrite one sentence about the sea.<end_of_turn>\n<start_of_turn>model\n"
+        );
+        let text = format(
+            Arch::Gemma3,
+            &[
+                message(Role::System, "Be brief."),
+                message(Role::User, "  Hi \n"),
+                message(Role::Assistant, "Hello."),
+                message(Role::User, "Bye"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            text,
+            "<start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello.<end_of_turn>\n\
+             <start_of_turn>user\nBye<end_of_turn>\n<start_of_turn>model\n"
+        );
+    }
+
+    #[test]
+    fn malformed_chats_are_typed_errors() {
+        assert_eq!(format(Arch::Llama, &[]), Err(ChatError::Empty));
+        let late_system = [message(Role::User, "a"), message(Role::System, "b")];
+        assert_eq!(
+            format(Arch::Llama, &late_system),
+            Err(ChatError::MisplacedSystem)
+        );
+        assert_eq!(
+            format(Arch::Gemma3, &late_system),
+            Err(ChatError::MisplacedSystem)
+        );
+        for turns in [
+            &[message(Role::Assistant, "a")][..],
+            &[message(Role::User, "a"), message(Role::User, "b")][..],
+            &[message(Role::System, "s"), message(Role::Assistant, "a")][..],
+        ] {
+            assert_eq!(
+                format(Arch::Gemma3, turns),
+                Err(ChatError::NotAlternating),
+                "{turns:?}"
+            );
+        }
+        // A system turn alone leaves Gemma no user turn to put it in.
+        assert_eq!(
+            format(Arch::Gemma3, &[message(Role::System, "s")]),
+            Err(ChatError::Empty)
+        );
+        // ChatML accepts any order after the system turn, as its template does.
+        assert!(format(Arch::Llama, &[message(Role::Assistant, "a")]).is_ok());
+    }
+}
