@@ -3,8 +3,17 @@
 //! Each slot owns one smoltcp TCP socket (RFC 9293 states as smoltcp implements them) plus what the
 //! protocol needs on top: a [`FrameDecoder`] for the request stream, an outgoing buffer that is drained
 //! into the socket across polls (so a response larger than the socket's send buffer still goes out whole),
-//! and one deadline. The deadline is per protocol step, not per byte: a client has `frame_timeout` to
+//! and deadlines. The deadlines are per protocol step, not per byte: a client has `frame_timeout` to
 //! complete each request frame and to take each response, so dribbling bytes cannot hold a slot forever.
+//!
+//! A request the handler answers with [`Reply::Streaming`] puts the slot into its streaming phase: the
+//! server ([`crate::server::Server::poll`]) then calls [`Connection::step`] for it at most once per poll,
+//! and only while the previous frame is with the socket (a client that does not read gets no compute).
+//! While streaming, the client is not idle-timed (it waits for tokens); it has `frame_timeout` to take each
+//! frame and to complete any frame it starts, and the only request it may send is `Cancel`. Every path that
+//! ends a running generation early (cancel, EOF, reset, timeout, abort, bad input) calls [`Handler::stop`]
+//! exactly once, through [`Connection::stop_generation`]; a generation that ended with `Step::Final` is
+//! never stopped.
 //!
 //! Closing is bounded too: after our FIN the peer has `close_timeout` to finish, after which the socket is
 //! aborted (RST). Every path ends with the socket listening again.
@@ -30,8 +39,11 @@ enum Phase {
     Listening,
     /// A SYN arrived and our SYN-ACK is out; the client has until the deadline to complete the handshake.
     Handshake,
-    /// A client is connected; requests are read and answered in order.
+    /// A client is connected and nothing is generating; requests are read and answered in order.
     Serving,
+    /// The handler runs a generation for this client; the server steps it while the client takes its
+    /// frames. `Cancel` is the only request allowed.
+    Streaming,
     /// We are done with the client: drain what is queued, send FIN, wait for the peer to finish.
     Closing { fin_queued: bool },
     /// The socket was aborted; its RST leaves on the next interface poll, then it listens again.
@@ -47,7 +59,12 @@ pub(crate) struct Connection {
     outgoing: Vec<u8>,
     sent: usize,
     /// When the current step (receive a frame, hand over a response, or finish closing) must be done.
+    /// Not used while streaming, which has the two deadlines below instead.
     deadline: Instant,
+    /// Streaming: when the request frame the client has started must be complete (`None`: none started).
+    frame_deadline: Option<Instant>,
+    /// Streaming: when the queued frame must be with the socket (`None`: nothing is queued).
+    send_deadline: Option<Instant>,
     /// The client's TLS session, from the end of its TCP handshake until the slot listens again. `None` on
     /// a plaintext server (tests only) and while listening.
     tls: Option<TlsSession>,
@@ -70,6 +87,8 @@ impl Connection {
             outgoing: Vec::new(),
             sent: 0,
             deadline: Instant::ZERO,
+            frame_deadline: None,
+            send_deadline: None,
             tls: None,
             frame: Vec::new(),
         }
@@ -79,8 +98,24 @@ impl Connection {
     pub(crate) fn deadline(&self) -> Option<Instant> {
         match self.phase {
             Phase::Handshake | Phase::Serving | Phase::Closing { .. } => Some(self.deadline),
+            Phase::Streaming => match (self.frame_deadline, self.send_deadline) {
+                (Some(frame), Some(send)) => Some(frame.min(send)),
+                (frame, send) => frame.or(send),
+            },
             Phase::Listening | Phase::Aborted => None,
         }
+    }
+
+    /// True while a generation runs for this slot (from `Reply::Streaming` until its final frame or its
+    /// [`Handler::stop`]).
+    pub(crate) fn is_streaming(&self) -> bool {
+        self.phase == Phase::Streaming
+    }
+
+    /// True when the generation may take its next step: it runs, and everything queued for the client so
+    /// far is with the socket (back-pressure: a client that does not read gets no compute).
+    pub(crate) fn wants_step(&self) -> bool {
+        self.is_streaming() && !self.has_outgoing()
     }
 
     /// True while a client occupies this slot (from its SYN until the slot listens again).
@@ -107,6 +142,9 @@ impl Connection {
             }
             Phase::Serving => {
                 self.service_serving(slot, socket, port, now, limits, tls, handler, counters)
+            }
+            Phase::Streaming => {
+                self.service_streaming(slot, socket, port, now, limits, handler, counters)
             }
             Phase::Closing { fin_queued } => {
                 self.service_closing(socket, port, now, fin_queued, counters)
@@ -226,16 +264,7 @@ impl Connection {
                     return true;
                 }
                 Err(ReceiveError::Frame(error)) => {
-                    let code = match error {
-                        FrameError::TooLarge { .. } => {
-                            counters.too_large += 1;
-                            ErrorCode::TooLarge
-                        }
-                        FrameError::Empty => {
-                            counters.bad_frames += 1;
-                            ErrorCode::BadFrame
-                        }
-                    };
+                    let code = frame_error_code(error, counters);
                     self.close_with(socket, Some(Response::Error(code)), now, limits);
                     return true;
                 }
@@ -243,43 +272,51 @@ impl Connection {
             let Some(body) = self.decoder.frame() else {
                 continue;
             };
-            let (response, keep_open) = match Request::parse(body) {
-                Ok(request) => {
-                    counters.requests += 1;
-                    let binding = self.channel_binding(tls);
-                    match handler.handle(slot, &request, binding.as_ref()) {
-                        Reply::Response(response) => (response, true),
-                        // Interim: the whole stream is produced at once; fair interleaving comes next.
-                        Reply::Streaming => loop {
-                            match handler.step(slot) {
-                                Step::Pending => {}
-                                Step::Frame(response) => {
-                                    if self.queue(&response).is_err() {
-                                        counters.unsendable += 1;
-                                    }
-                                }
-                                Step::Final(response) => break (response, true),
-                            }
-                        },
-                    }
-                }
-                Err(_) => {
-                    counters.bad_frames += 1;
-                    (Response::Error(ErrorCode::BadFrame), false)
-                }
-            };
+            let request = Request::parse(body);
             self.decoder.consume();
             self.deadline = now + limits.frame_timeout;
-            if !keep_open {
-                self.close_with(socket, Some(response), now, limits);
-                return true;
+            let request = match request {
+                Ok(request) => request,
+                Err(_) => {
+                    counters.bad_frames += 1;
+                    self.close_with(
+                        socket,
+                        Some(Response::Error(ErrorCode::BadFrame)),
+                        now,
+                        limits,
+                    );
+                    return true;
+                }
+            };
+            counters.requests += 1;
+            if matches!(request, Request::Cancel) {
+                // Nothing is generating: a cancel that raced the stream's last frame (proto: no answer).
+                continue;
             }
-            if self.queue(&response).is_err() {
-                // The handler produced a response too large for one frame; the client cannot be answered
-                // correctly, so end the connection instead of sending something else.
-                counters.unsendable += 1;
-                self.close_with(socket, None, now, limits);
-                return true;
+            let binding = self.channel_binding(tls);
+            match handler.handle(slot, &request, binding.as_ref()) {
+                Reply::Response(response) => {
+                    if self.queue(&response).is_err() {
+                        // The handler produced a response too large for one frame; the client cannot be
+                        // answered correctly, so end the connection instead of sending something else.
+                        counters.unsendable += 1;
+                        self.close_with(socket, None, now, limits);
+                        return true;
+                    }
+                }
+                Reply::Streaming => {
+                    counters.streams += 1;
+                    self.phase = Phase::Streaming;
+                    self.send_deadline = None;
+                    // A request pipelined behind this one has its frame time from now on.
+                    self.frame_deadline = self
+                        .decoder
+                        .is_mid_frame()
+                        .then(|| now + limits.frame_timeout);
+                    // Read on at once: a cancel or an EOF already buffered must not wait for a packet.
+                    self.service_streaming(slot, socket, port, now, limits, handler, counters);
+                    return true;
+                }
             }
         }
 
@@ -309,6 +346,193 @@ impl Connection {
             return true;
         }
         progress
+    }
+
+    #[allow(clippy::too_many_arguments)] // Reason: the slot's whole context, passed down from `service`.
+    fn service_streaming<H: Handler + ?Sized>(
+        &mut self,
+        slot: usize,
+        socket: &mut Socket<'_>,
+        port: u16,
+        now: Instant,
+        limits: &Limits,
+        handler: &mut H,
+        counters: &mut Counters,
+    ) -> bool {
+        if socket.state() == State::Closed {
+            // The peer reset the connection, or smoltcp gave up on it.
+            counters.reset += 1;
+            self.abandon_generation(slot, handler, counters);
+            self.relisten(socket, port);
+            return true;
+        }
+        let mut progress = self.flush(socket);
+        // Unlike serving, read even while frames are queued: the client's cancel must get through while
+        // tokens flow. At most one request is taken (a cancel ends the stream, anything else the
+        // connection), so a client cannot make us buffer requests.
+        loop {
+            match self.receive(socket) {
+                Ok(0) => break,
+                Ok(_) => progress = true,
+                Err(ReceiveError::Tls) => {
+                    counters.tls_failures += 1;
+                    self.abandon_generation(slot, handler, counters);
+                    self.close_with(socket, None, now, limits);
+                    return true;
+                }
+                Err(ReceiveError::Frame(error)) => {
+                    let code = frame_error_code(error, counters);
+                    self.abandon_generation(slot, handler, counters);
+                    self.close_with(socket, Some(Response::Error(code)), now, limits);
+                    return true;
+                }
+            }
+            if self.decoder.is_mid_frame() && self.frame_deadline.is_none() {
+                self.frame_deadline = Some(now + limits.frame_timeout);
+            }
+            let Some(body) = self.decoder.frame() else {
+                continue;
+            };
+            let request = Request::parse(body);
+            self.decoder.consume();
+            self.frame_deadline = None;
+            let code = match request {
+                Ok(Request::Cancel) => {
+                    counters.requests += 1;
+                    counters.cancels += 1;
+                    self.stop_generation(slot, handler);
+                    self.deadline = now + limits.frame_timeout;
+                    if self.queue(&Response::Error(ErrorCode::Cancelled)).is_err() {
+                        // Only a failed TLS session refuses a frame; its alert is already queued.
+                        self.close_with(socket, None, now, limits);
+                        return true;
+                    }
+                    // Back to serving. Requests behind the cancel are read on the next poll (this one
+                    // reports activity), so pipelined generate/cancel pairs cannot chain within one call.
+                    self.flush(socket);
+                    return true;
+                }
+                Ok(_) => {
+                    // One generation at a time per connection (proto: `Request::Generate`).
+                    counters.requests += 1;
+                    counters.violations += 1;
+                    ErrorCode::BadRequest
+                }
+                Err(_) => {
+                    counters.bad_frames += 1;
+                    ErrorCode::BadFrame
+                }
+            };
+            self.abandon_generation(slot, handler, counters);
+            self.close_with(socket, Some(Response::Error(code)), now, limits);
+            return true;
+        }
+
+        if !socket.may_recv() {
+            // EOF while tokens flow: the client has gone (a client keeps its sending side open until the
+            // stream ends). Its slot and generation are freed now rather than after the next token.
+            if self.decoder.is_mid_frame() {
+                counters.truncated += 1;
+            }
+            self.abandon_generation(slot, handler, counters);
+            self.close_with(socket, None, now, limits);
+            return true;
+        }
+        self.update_send_deadline(now, limits);
+        if self.send_deadline.is_some_and(|deadline| now >= deadline) {
+            // The client stopped taking our frames; an error frame would not get through either.
+            counters.aborted += 1;
+            self.abandon_generation(slot, handler, counters);
+            self.abort(socket);
+            return true;
+        }
+        if self.frame_deadline.is_some_and(|deadline| now >= deadline) {
+            // A request frame started and not finished in time (a client dribbling bytes).
+            counters.timeouts += 1;
+            self.abandon_generation(slot, handler, counters);
+            self.close_with(
+                socket,
+                Some(Response::Error(ErrorCode::Timeout)),
+                now,
+                limits,
+            );
+            return true;
+        }
+        progress
+    }
+
+    /// Runs one step of this slot's generation and queues what it produced. Call only when
+    /// [`Self::wants_step`] holds; the server does, at most once per poll.
+    pub(crate) fn step<H: Handler + ?Sized>(
+        &mut self,
+        slot: usize,
+        socket: &mut Socket<'_>,
+        now: Instant,
+        limits: &Limits,
+        handler: &mut H,
+        counters: &mut Counters,
+    ) {
+        let response = match handler.step(slot) {
+            Step::Pending => return,
+            Step::Frame(response) => response,
+            Step::Final(response) => {
+                // The handler has freed the generation itself: no stop from here on.
+                counters.streams_finished += 1;
+                self.phase = Phase::Serving;
+                self.frame_deadline = None;
+                self.send_deadline = None;
+                // Serving's deadline: first for taking this frame, then (fresh) for the next request.
+                self.deadline = now + limits.frame_timeout;
+                response
+            }
+        };
+        if self.queue(&response).is_err() {
+            // A frame too large to encode: the stream cannot go on correctly.
+            counters.unsendable += 1;
+            self.abandon_generation(slot, handler, counters);
+            self.close_with(socket, None, now, limits);
+            return;
+        }
+        counters.stream_frames += 1;
+        self.flush(socket);
+        if self.is_streaming() {
+            self.update_send_deadline(now, limits);
+        }
+    }
+
+    /// Ends the running generation, if any: [`Handler::stop`] once, and the slot is no longer streaming.
+    /// Returns whether a generation was running.
+    fn stop_generation<H: Handler + ?Sized>(&mut self, slot: usize, handler: &mut H) -> bool {
+        if self.phase != Phase::Streaming {
+            return false;
+        }
+        handler.stop(slot);
+        self.phase = Phase::Serving;
+        self.frame_deadline = None;
+        self.send_deadline = None;
+        true
+    }
+
+    /// [`Self::stop_generation`] for every reason other than the client's cancel (counted apart).
+    fn abandon_generation<H: Handler + ?Sized>(
+        &mut self,
+        slot: usize,
+        handler: &mut H,
+        counters: &mut Counters,
+    ) {
+        if self.stop_generation(slot, handler) {
+            counters.streams_stopped += 1;
+        }
+    }
+
+    /// Streaming: the client has `frame_timeout` to take each queued frame, counted from when it was
+    /// queued (frames are a few dozen bytes, so one waiting means the socket's whole buffer is unread).
+    fn update_send_deadline(&mut self, now: Instant, limits: &Limits) {
+        if !self.has_outgoing() {
+            self.send_deadline = None;
+        } else if self.send_deadline.is_none() {
+            self.send_deadline = Some(now + limits.frame_timeout);
+        }
     }
 
     fn service_closing(
@@ -459,6 +683,20 @@ impl Connection {
                 true
             }
             _ => false,
+        }
+    }
+}
+
+/// The error frame for a broken request stream, counted.
+fn frame_error_code(error: FrameError, counters: &mut Counters) -> ErrorCode {
+    match error {
+        FrameError::TooLarge { .. } => {
+            counters.too_large += 1;
+            ErrorCode::TooLarge
+        }
+        FrameError::Empty => {
+            counters.bad_frames += 1;
+            ErrorCode::BadFrame
         }
     }
 }

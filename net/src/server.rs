@@ -5,8 +5,18 @@
 //! or touches hardware (STYLE 2, 3). DHCPv4 follows RFC 2131 as smoltcp's client implements it: each
 //! lease's address replaces the interface's address and its router becomes the default route.
 //!
-//! Connections beyond the pool are refused by smoltcp with RST (no socket listens for them); a slot
-//! returns to listening as soon as its client is done, times out or is aborted (see [`crate::connection`]).
+//! Generations stream fairly: a request the [`Handler`] answers with [`Reply::Streaming`] makes its slot
+//! a streaming slot, and each [`Server::poll`] calls [`Handler::step`] at most once for each streaming
+//! slot, round-robin from a start that rotates from poll to poll, and only for slots whose previous frame
+//! the socket has taken (a client that does not read gets no compute, and is aborted once it has taken
+//! nothing for `frame_timeout`). While any slot can step, [`PollOutcome`] reports activity and a zero
+//! `poll_delay`: the caller must poll again at once instead of waiting for a packet.
+//!
+//! Capacity: the pool has `Limits::connections` slots; how many generations run at once is the handler's
+//! business (it answers `Generate` with `Error(Busy)` when its sessions are all taken). Connections beyond
+//! the pool are refused at once by smoltcp with RST (no socket listens for them), never left hanging; a
+//! slot returns to listening as soon as its client is done, times out or is aborted (see
+//! [`crate::connection`]).
 
 use alloc::vec;
 use alloc::vec::Vec;
@@ -26,6 +36,11 @@ use crate::tls::TlsServer;
 ///
 /// Called from [`Server::poll`]; no packet moves while it runs, so each call should be short (one TPM
 /// command, one prefill chunk or one decode step).
+///
+/// The server keeps the protocol's stream rules, so the handler need not: it never sees
+/// [`Request::Cancel`] (a cancel of a running generation becomes [`Handler::stop`] and the server answers
+/// `Error(Cancelled)`; one with nothing running is ignored), and it never gets a request for a slot
+/// while that slot's generation runs (such a request ends the generation and the connection).
 pub trait Handler {
     /// Answers one request from the client in connection slot `slot` (`0..Limits::connections`).
     /// `binding` is the TLS session the request came on (`None` on a plaintext server, which only tests
@@ -75,7 +90,9 @@ pub struct Limits {
     pub rx_buffer: usize,
     /// Bytes of each socket's send buffer; longer responses are fed in across polls.
     pub tx_buffer: usize,
-    /// Time a client has for each step: to complete a request frame, or to take a response.
+    /// Time a client has for each step: to complete a request frame, or to take a response. While a
+    /// generation streams, the client is not timed while it waits for tokens; it still has this long to
+    /// take each queued frame (or the connection is aborted) and to complete any frame it starts.
     pub frame_timeout: Duration,
     /// Time a closing connection has to finish its FIN exchange before it is aborted.
     pub close_timeout: Duration,
@@ -120,8 +137,12 @@ pub struct PollOutcome {
     /// When false, polling again before `poll_delay` passes or a packet arrives does nothing.
     pub activity: bool,
     /// How long the caller may wait for a packet before polling again (smoltcp's timers and our
-    /// connection deadlines together). `None`: nothing is due until a packet arrives.
+    /// connection deadlines together). `None`: nothing is due until a packet arrives. Zero while a
+    /// generation can take its next step.
     pub poll_delay: Option<Duration>,
+    /// Generations running after this poll. Those whose client has not yet taken the last frame wait for
+    /// its ACKs (a packet) and do not keep `poll_delay` at zero; the rest do.
+    pub streaming: usize,
 }
 
 /// Running totals, for the kernel's status reporting and for tests.
@@ -149,6 +170,20 @@ pub struct Counters {
     pub leases: u64,
     /// Connections ended by a TLS failure (not TLS, a refused handshake, a bad record); each got an alert.
     pub tls_failures: u64,
+    /// Generations started (the handler answered [`Reply::Streaming`]). Each one ends in exactly one of
+    /// `streams_finished`, `cancels` or `streams_stopped`, or is still running ([`Server::streaming`]).
+    pub streams: u64,
+    /// Generations that ended with the handler's [`Step::Final`].
+    pub streams_finished: u64,
+    /// Generations the client cancelled (answered `Cancelled`).
+    pub cancels: u64,
+    /// Generations the server stopped because the connection ended under them: EOF, reset, a client
+    /// that stopped reading or dribbled a frame, a protocol violation, a bad frame or TLS failure.
+    pub streams_stopped: u64,
+    /// Frames produced by [`Handler::step`] and queued for their clients (tokens and final frames).
+    pub stream_frames: u64,
+    /// Requests other than `Cancel` while a generation ran (answered `BadRequest`, then closed).
+    pub violations: u64,
 }
 
 /// The network side of the appliance.
@@ -167,6 +202,8 @@ pub struct Server {
     counters: Counters,
     /// Every connection speaks TLS through this when set (the appliance); plaintext frames otherwise.
     tls: Option<TlsServer>,
+    /// The slot the next round of generation steps starts from (rotates so no slot is always first).
+    step_start: usize,
 }
 
 impl Server {
@@ -245,6 +282,7 @@ impl Server {
             limits,
             counters: Counters::default(),
             tls: None,
+            step_start: 0,
         };
         match config.ipv4 {
             Ipv4Setup::Dhcp => server.dhcp = Some(server.sockets.add(dhcpv4::Socket::new())),
@@ -267,8 +305,10 @@ impl Server {
         Ok(server)
     }
 
-    /// Moves packets, applies DHCP leases, and advances every connection. Call it whenever the device has
-    /// received something, and otherwise no later than `poll_delay` after the previous call.
+    /// Moves packets, applies DHCP leases, advances every connection, and steps each generation whose
+    /// client has taken its previous frame once. Call it whenever the device has received something,
+    /// whenever it reports `activity` (at once: a generation is waiting for its next step, or a request
+    /// is waiting behind a cancel), and otherwise no later than `poll_delay` after the previous call.
     pub fn poll<D: Device + ?Sized, H: Handler + ?Sized>(
         &mut self,
         now: Instant,
@@ -298,6 +338,7 @@ impl Server {
                 &mut self.counters,
             );
         }
+        serviced |= self.step_generations(now, handler);
         if serviced {
             // Send the answers (and any RST from an abort) now rather than on the next call.
             self.iface.poll(now, device, &mut self.sockets);
@@ -316,9 +357,41 @@ impl Server {
             };
             poll_delay = Some(poll_delay.map_or(until, |delay| delay.min(until)));
         }
+        if self.connections.iter().any(Connection::wants_step) {
+            // Compute is waiting; sleeping until a packet or timer would stall the stream.
+            activity = true;
+            poll_delay = Some(Duration::ZERO);
+        }
         PollOutcome {
             activity,
             poll_delay,
+            streaming: self.streaming(),
+        }
+    }
+
+    /// One round of generation steps: each streaming slot whose client has taken its previous frame gets
+    /// one [`Handler::step`], in slot order starting from `step_start`. The next round starts after this
+    /// round's first slot, so with streams in slots 0 and 1 the order alternates 0,1 / 1,0 / 0,1.
+    /// Returns whether any step ran.
+    fn step_generations<H: Handler + ?Sized>(&mut self, now: Instant, handler: &mut H) -> bool {
+        let count = self.connections.len();
+        let mut first = None;
+        for offset in 0..count {
+            let slot = (self.step_start + offset) % count;
+            let connection = &mut self.connections[slot];
+            if !connection.wants_step() {
+                continue;
+            }
+            first.get_or_insert(slot);
+            let socket = self.sockets.get_mut::<tcp::Socket>(self.tcp_handles[slot]);
+            connection.step(slot, socket, now, &self.limits, handler, &mut self.counters);
+        }
+        match first {
+            Some(slot) => {
+                self.step_start = (slot + 1) % count;
+                true
+            }
+            None => false,
         }
     }
 
@@ -347,6 +420,14 @@ impl Server {
         self.connections
             .iter()
             .filter(|connection| connection.is_busy())
+            .count()
+    }
+
+    /// Generations running now (slots between `Reply::Streaming` and their final frame or stop).
+    pub fn streaming(&self) -> usize {
+        self.connections
+            .iter()
+            .filter(|connection| connection.is_streaming())
             .count()
     }
 

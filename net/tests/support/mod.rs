@@ -1,15 +1,28 @@
 //! Test bench for `net::Server`: an in-memory Ethernet link between the server's interface and a client
-//! smoltcp interface, virtual time, scripted TCP clients, and a tiny DHCPv4 server (RFC 2131) on the link.
+//! smoltcp interface, virtual time, scripted TCP clients (plaintext, or TLS 1.3 through a rustls client),
+//! a scripted streaming handler that checks the `Handler` contract, and a tiny DHCPv4 server (RFC 2131).
 
 #![allow(dead_code)] // Each test binary uses a different part of the bench.
 
 use std::cell::RefCell;
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
+use std::io::{Read, Write};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use net::frame::FrameDecoder;
-use net::proto::{ModelInfo, Request, Response};
-use net::{Handler, Limits, NetConfig, Server};
+use net::proto::{
+    ChannelBinding, Done, ErrorCode, FinishReason, GenerateRequest, ModelInfo, Prompt, Request,
+    Response, Sampling, Token,
+};
+use net::tls::{RandomFn, TlsServer};
+use net::{Handler, Limits, NetConfig, Reply, Server, Step};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::ring;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme};
+use sha2::{Digest, Sha256};
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::phy::{self, ChecksumCapabilities, DeviceCapabilities, Medium};
 use smoltcp::socket::tcp;
@@ -95,32 +108,266 @@ impl phy::Device for Port {
     }
 }
 
-/// Answers every model-info request with [`INFO`].
-#[derive(Default)]
-pub struct InfoHandler {
-    pub calls: usize,
+/// Token ids the bench's handler accepts in a prompt (`0..VOCAB`).
+pub const VOCAB: u32 = 1000;
+
+/// The most tokens the bench's handler generates; more is `ContextExceeded`.
+pub const CONTEXT: u32 = 10_000;
+
+/// Generation sessions the bench's handler has by default (fewer than the default connection slots would
+/// be in the kernel; tests that need `Busy` lower it).
+pub const SESSIONS: usize = 4;
+
+/// One running generation of the bench's handler.
+#[derive(Clone, Debug)]
+pub struct Generation {
+    /// `Pending` steps still to take before the first token (the prompt's "prefill").
+    pub prefill_left: u32,
+    pub prompt_tokens: u32,
+    pub generated: u32,
+    pub max_tokens: u32,
+    /// Prefix of every token's text, so a client can tell its tokens from another's.
+    pub label: String,
 }
 
-impl Handler for InfoHandler {
-    fn handle(&mut self, request: &Request) -> Response {
+/// The bench's appliance: model info, plus a scripted generator that checks the `Handler` contract.
+///
+/// `Generate` with `Prompt::Text(label)`: one pending step, then `max_tokens` tokens whose text is
+/// `"{label}{i} "`, then `Done`. With `Prompt::Tokens(ids)`: one pending step per id (ids must be below
+/// [`VOCAB`], or `InvalidToken`), tokens labelled `"t"`. `max_tokens` over [`CONTEXT`] is
+/// `ContextExceeded`; no free session is `Busy`. A call the contract forbids (a step or stop for a slot
+/// with no generation, a request for a slot that is generating, a `Cancel`) panics, failing the test.
+pub struct TestHandler {
+    /// Requests handled.
+    pub calls: usize,
+    /// Generation sessions; a `Generate` beyond them gets `Busy`.
+    pub sessions: usize,
+    pub running: BTreeMap<usize, Generation>,
+    /// The slot of every step, in order.
+    pub steps: Vec<usize>,
+    /// The slot of every stop, in order.
+    pub stops: Vec<usize>,
+    /// Generations that ended with `Step::Final`.
+    pub finished: usize,
+    /// The channel binding of each request, in order.
+    pub bindings: Vec<Option<ChannelBinding>>,
+}
+
+impl Default for TestHandler {
+    fn default() -> Self {
+        Self {
+            calls: 0,
+            sessions: SESSIONS,
+            running: BTreeMap::new(),
+            steps: Vec::new(),
+            stops: Vec::new(),
+            finished: 0,
+            bindings: Vec::new(),
+        }
+    }
+}
+
+impl TestHandler {
+    /// Stops so far for `slot`.
+    pub fn stops_of(&self, slot: usize) -> usize {
+        self.stops
+            .iter()
+            .filter(|&&stopped| stopped == slot)
+            .count()
+    }
+
+    fn generate(&mut self, slot: usize, request: &GenerateRequest) -> Reply {
+        let (label, prefill, prompt_tokens) = match &request.prompt {
+            Prompt::Text(label) => (label.clone(), 1, 1),
+            Prompt::Tokens(ids) => {
+                if ids.iter().any(|&id| id >= VOCAB) {
+                    return Reply::Response(Response::Error(ErrorCode::InvalidToken));
+                }
+                ("t".to_string(), ids.len() as u32, ids.len() as u32)
+            }
+            Prompt::Chat(_) => return Reply::Response(Response::Error(ErrorCode::BadRequest)),
+        };
+        if request.max_tokens > CONTEXT {
+            return Reply::Response(Response::Error(ErrorCode::ContextExceeded));
+        }
+        if self.running.len() >= self.sessions {
+            return Reply::Response(Response::Error(ErrorCode::Busy));
+        }
+        self.running.insert(
+            slot,
+            Generation {
+                prefill_left: prefill,
+                prompt_tokens,
+                generated: 0,
+                max_tokens: request.max_tokens,
+                label,
+            },
+        );
+        Reply::Streaming
+    }
+}
+
+impl Handler for TestHandler {
+    fn handle(
+        &mut self,
+        slot: usize,
+        request: &Request,
+        binding: Option<&ChannelBinding>,
+    ) -> Reply {
         self.calls += 1;
+        self.bindings.push(binding.copied());
+        assert!(
+            !self.running.contains_key(&slot),
+            "request {request:?} for slot {slot} while it generates"
+        );
         match request {
-            Request::ModelInfo => Response::ModelInfo(INFO),
-            // The bench serves model info only; the kernel answers attestation requests.
+            Request::ModelInfo => Reply::Response(Response::ModelInfo(INFO)),
+            Request::Generate(generate) => self.generate(slot, generate),
+            Request::Cancel => panic!("the server passed a cancel to the handler"),
+            // The bench serves model info and generation only; the kernel answers attestation requests.
             Request::Attest { .. } | Request::ActivateCredential { .. } => {
-                Response::Error(net::proto::ErrorCode::BadRequest)
+                Reply::Response(Response::Error(ErrorCode::BadRequest))
             }
         }
     }
+
+    fn step(&mut self, slot: usize) -> Step {
+        self.steps.push(slot);
+        let generation = self
+            .running
+            .get_mut(&slot)
+            .unwrap_or_else(|| panic!("step for slot {slot}, which has no generation"));
+        if generation.prefill_left > 0 {
+            generation.prefill_left -= 1;
+            return Step::Pending;
+        }
+        if generation.generated < generation.max_tokens {
+            let i = generation.generated;
+            generation.generated += 1;
+            return Step::Frame(Response::Token(Token {
+                id: i % VOCAB,
+                text: format!("{}{i} ", generation.label),
+            }));
+        }
+        let done = Done {
+            reason: FinishReason::Length,
+            prompt_tokens: generation.prompt_tokens,
+            generated_tokens: generation.generated,
+            prefill_us: 0,
+            decode_us: 0,
+        };
+        self.running.remove(&slot);
+        self.finished += 1;
+        Step::Final(Response::Done(done))
+    }
+
+    fn stop(&mut self, slot: usize) {
+        self.stops.push(slot);
+        assert!(
+            self.running.remove(&slot).is_some(),
+            "stop for slot {slot}, which has no generation"
+        );
+    }
+}
+
+/// A generate request for `max_tokens` tokens labelled `label`.
+pub fn generate_request(label: &str, max_tokens: u32) -> Request {
+    Request::Generate(GenerateRequest {
+        prompt: Prompt::Text(label.to_string()),
+        max_tokens,
+        sampling: Sampling::GREEDY,
+        stop: Vec::new(),
+    })
+}
+
+/// `request` as one frame.
+pub fn frame_of(request: &Request) -> Vec<u8> {
+    let mut frame = Vec::new();
+    request.emit(&mut frame).unwrap();
+    frame
+}
+
+/// Deterministic "randomness" for the server's TLS identity (tests only).
+fn test_fill(buf: &mut [u8]) -> bool {
+    static COUNTER: AtomicU64 = AtomicU64::new(1);
+    for chunk in buf.chunks_mut(32) {
+        let block = Sha256::digest(COUNTER.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+        chunk.copy_from_slice(&block[..chunk.len()]);
+    }
+    true
+}
+pub static RANDOM: RandomFn = RandomFn(test_fill);
+
+/// Accepts any certificate whose TLS 1.3 signature verifies (the bench tests transport, not attestation).
+#[derive(Debug)]
+pub struct AnyCert;
+
+impl ServerCertVerifier for AnyCert {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General("TLS 1.2 is not offered".into()))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        certificate: &CertificateDer<'_>,
+        signature: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            certificate,
+            signature,
+            &ring::default_provider().signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// A rustls TLS 1.3 client that accepts the server's certificate ([`AnyCert`]).
+pub fn rustls_client() -> ClientConnection {
+    let config = ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCert))
+        .with_no_client_auth();
+    ClientConnection::new(Arc::new(config), ServerName::try_from("a.invalid").unwrap()).unwrap()
 }
 
 /// A scripted client connection.
 pub struct Client {
     pub handle: SocketHandle,
-    /// Bytes still to write.
+    /// Bytes still to write (plaintext; encrypted on the way when the client speaks TLS).
     pub outbox: Vec<u8>,
-    /// Bytes received so far.
+    /// Bytes received so far (plaintext, decrypted when the client speaks TLS).
     pub inbox: Vec<u8>,
+    /// The client's TLS session, for a client that speaks TLS.
+    pub tls: Option<Box<ClientConnection>>,
+    /// Bytes for the socket (TLS records, or the plaintext itself) not yet written.
+    pub wire_out: Vec<u8>,
+    /// The client's TLS session failed on what the server sent.
+    pub tls_error: Option<rustls::Error>,
     /// Close our side once the outbox is written.
     pub close_when_sent: bool,
     /// Close our side when the server closes its side (what a well-behaved client does at EOF).
@@ -133,6 +380,25 @@ pub struct Client {
 }
 
 impl Client {
+    /// The text of every token received, concatenated.
+    pub fn text(&self) -> String {
+        self.responses()
+            .iter()
+            .filter_map(|response| match response {
+                Response::Token(token) => Some(token.text.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Token frames received so far.
+    pub fn token_count(&self) -> usize {
+        self.responses()
+            .iter()
+            .filter(|response| matches!(response, Response::Token(_)))
+            .count()
+    }
+
     /// Decodes every complete response frame in the inbox. Panics on bytes that are not valid frames:
     /// the server must only ever send well-formed responses.
     pub fn responses(&self) -> Vec<Response> {
@@ -159,7 +425,7 @@ impl Client {
 pub struct Bench {
     pub now: Instant,
     pub server: Server,
-    pub handler: InfoHandler,
+    pub handler: TestHandler,
     server_port: Port,
     client_iface: Interface,
     client_port: Port,
@@ -217,7 +483,7 @@ impl Bench {
         Self {
             now,
             server,
-            handler: InfoHandler::default(),
+            handler: TestHandler::default(),
             server_port,
             client_iface,
             client_port,
@@ -229,9 +495,46 @@ impl Bench {
         }
     }
 
+    /// A server that speaks TLS 1.3 on every connection (a fresh identity), with `limits`.
+    pub fn tls_with_limits(limits: Limits) -> Self {
+        let mut bench = Self::with_limits(limits);
+        let config =
+            NetConfig::parse(&format!("ip={SERVER_IP}/24 gw={CLIENT_IP} port={PORT}")).unwrap();
+        let now = bench.now;
+        let tls = TlsServer::new(&RANDOM).expect("TLS identity");
+        bench.server = Server::with_tls(
+            config,
+            limits,
+            SERVER_MAC,
+            bench.server_device(),
+            now,
+            0x5eed,
+            tls,
+        )
+        .expect("server builds");
+        bench
+    }
+
     /// Opens a client connection to the server; returns its index in `clients`.
     pub fn connect(&mut self) -> usize {
         self.connect_with_buffers(128 * 1024, 128 * 1024)
+    }
+
+    /// Opens a client connection that speaks TLS 1.3 (a rustls client); the bench encrypts what is sent
+    /// and decrypts what arrives, so the other helpers work unchanged.
+    pub fn connect_tls(&mut self) -> usize {
+        let client = self.connect();
+        self.clients[client].tls = Some(Box::new(rustls_client()));
+        client
+    }
+
+    /// Opens a plaintext or TLS client.
+    pub fn connect_as(&mut self, tls: bool) -> usize {
+        if tls {
+            self.connect_tls()
+        } else {
+            self.connect()
+        }
     }
 
     pub fn connect_with_buffers(&mut self, rx: usize, tx: usize) -> usize {
@@ -249,6 +552,9 @@ impl Bench {
             handle,
             outbox: Vec::new(),
             inbox: Vec::new(),
+            tls: None,
+            wire_out: Vec::new(),
+            tls_error: None,
             close_when_sent: false,
             close_on_eof: true,
             reading: true,
@@ -263,9 +569,16 @@ impl Bench {
     }
 
     pub fn send_request(&mut self, client: usize) {
-        let mut frame = Vec::new();
-        Request::ModelInfo.emit(&mut frame).unwrap();
-        self.send(client, &frame);
+        self.send(client, &frame_of(&Request::ModelInfo));
+    }
+
+    /// Asks for a generation of `max_tokens` tokens labelled `label`.
+    pub fn send_generate(&mut self, client: usize, label: &str, max_tokens: u32) {
+        self.send(client, &frame_of(&generate_request(label, max_tokens)));
+    }
+
+    pub fn send_cancel(&mut self, client: usize) {
+        self.send(client, &frame_of(&Request::Cancel));
     }
 
     /// Closes the client's side once its outbox is written.
@@ -309,18 +622,44 @@ impl Bench {
             if socket.state() == tcp::State::Established {
                 client.was_established = true;
             }
-            if socket.can_send() && !client.outbox.is_empty() {
-                let sent = socket.send_slice(&client.outbox).unwrap();
-                client.outbox.drain(..sent);
+            match &mut client.tls {
+                Some(tls) => {
+                    if !client.outbox.is_empty() {
+                        // rustls holds plaintext written during the handshake until it completes.
+                        tls.writer().write_all(&client.outbox).unwrap();
+                        client.outbox.clear();
+                    }
+                    while tls.wants_write() {
+                        tls.write_tls(&mut client.wire_out).unwrap();
+                    }
+                }
+                None => client.wire_out.append(&mut client.outbox),
+            }
+            if socket.can_send() && !client.wire_out.is_empty() {
+                let sent = socket.send_slice(&client.wire_out).unwrap();
+                client.wire_out.drain(..sent);
             }
             // Closing before the handshake completes would abandon the connection instead of ending it.
-            if client.close_when_sent && client.outbox.is_empty() && socket.may_send() {
+            if client.close_when_sent
+                && client.outbox.is_empty()
+                && client.wire_out.is_empty()
+                && socket.may_send()
+            {
                 socket.close();
             }
             while client.reading && socket.can_recv() {
+                let mut wire = Vec::new();
                 socket
-                    .recv(|bytes| (bytes.len(), client.inbox.extend_from_slice(bytes)))
+                    .recv(|bytes| (bytes.len(), wire.extend_from_slice(bytes)))
                     .unwrap();
+                match &mut client.tls {
+                    Some(tls) => {
+                        if client.tls_error.is_none() {
+                            client.tls_error = read_tls(tls, &wire, &mut client.inbox).err();
+                        }
+                    }
+                    None => client.inbox.extend_from_slice(&wire),
+                }
             }
             // The server's FIN has arrived in any of these states.
             use tcp::State::{CloseWait, Closing, LastAck, TimeWait};
@@ -456,6 +795,25 @@ impl Bench {
         let queues = self.queues.borrow();
         queues[0].len() + queues[1].len()
     }
+}
+
+/// Feeds TLS records from the server to a rustls client and appends the plaintext to `inbox`.
+fn read_tls(
+    tls: &mut ClientConnection,
+    mut wire: &[u8],
+    inbox: &mut Vec<u8>,
+) -> Result<(), rustls::Error> {
+    while !wire.is_empty() {
+        tls.read_tls(&mut wire)
+            .map_err(|error| rustls::Error::General(error.to_string()))?;
+        tls.process_new_packets()?;
+        let mut buf = [0u8; 4096];
+        // Err(WouldBlock): nothing more decrypted yet; Ok(0): the server's close_notify.
+        while let Ok(n @ 1..) = tls.reader().read(&mut buf) {
+            inbox.extend_from_slice(&buf[..n]);
+        }
+    }
+    Ok(())
 }
 
 /// A one-lease DHCPv4 server (RFC 2131 §3.1): answers DISCOVER with OFFER and REQUEST with ACK for
