@@ -118,6 +118,9 @@ pub const CONTEXT: u32 = 10_000;
 /// be in the kernel; tests that need `Busy` lower it).
 pub const SESSIONS: usize = 4;
 
+/// A token label that makes the bench's handler produce tokens too large for one frame.
+pub const HUGE: &str = "huge";
+
 /// One running generation of the bench's handler.
 #[derive(Clone, Debug)]
 pub struct Generation {
@@ -244,9 +247,14 @@ impl Handler for TestHandler {
         if generation.generated < generation.max_tokens {
             let i = generation.generated;
             generation.generated += 1;
+            let text = if generation.label == HUGE {
+                "x".repeat(net::frame::MAX_FRAME_LEN + 1)
+            } else {
+                format!("{}{i} ", generation.label)
+            };
             return Step::Frame(Response::Token(Token {
                 id: i % VOCAB,
-                text: format!("{}{i} ", generation.label),
+                text,
             }));
         }
         let done = Done {
@@ -434,6 +442,8 @@ pub struct Bench {
     queues: Queues,
     dhcp: Option<DhcpServer>,
     next_local_port: u16,
+    /// The server speaks TLS: [`Bench::assert_serves_a_new_client`] connects with TLS too.
+    pub tls: bool,
 }
 
 /// One millisecond per step: finer than any timer that matters here.
@@ -492,6 +502,7 @@ impl Bench {
             queues,
             dhcp,
             next_local_port: 40000,
+            tls: false,
         }
     }
 
@@ -512,6 +523,7 @@ impl Bench {
             tls,
         )
         .expect("server builds");
+        bench.tls = true;
         bench
     }
 
@@ -615,6 +627,20 @@ impl Bench {
         if let Some(dhcp) = &mut self.dhcp {
             dhcp.serve(&self.queues);
         }
+        self.poll_clients();
+        self.now += STEP;
+    }
+
+    /// Runs the clients' side alone (no server poll, no time passing), then puts what they wrote on the
+    /// link: the server's next poll sees it.
+    pub fn flush_clients(&mut self) {
+        self.poll_clients();
+        self.client_iface
+            .poll(self.now, &mut self.client_port, &mut self.sockets);
+    }
+
+    /// The clients' half of a step: their interface, then each scripted client.
+    fn poll_clients(&mut self) {
         self.client_iface
             .poll(self.now, &mut self.client_port, &mut self.sockets);
         for client in &mut self.clients {
@@ -640,9 +666,12 @@ impl Bench {
                 client.wire_out.drain(..sent);
             }
             // Closing before the handshake completes would abandon the connection instead of ending it.
+            // A TLS client holds what it was given until its handshake is done.
+            let tls_pending = client.tls.as_ref().is_some_and(|tls| tls.is_handshaking());
             if client.close_when_sent
                 && client.outbox.is_empty()
                 && client.wire_out.is_empty()
+                && !tls_pending
                 && socket.may_send()
             {
                 socket.close();
@@ -674,7 +703,6 @@ impl Bench {
                 socket.close();
             }
         }
-        self.now += STEP;
     }
 
     /// Polls the server alone, at the current time, without touching the rest of the bench.
@@ -737,7 +765,7 @@ impl Bench {
 
     /// One fresh client asks for model info and must get exactly [`INFO`] back.
     pub fn assert_serves_a_new_client(&mut self) {
-        let client = self.connect();
+        let client = self.connect_as(self.tls);
         self.send_request(client);
         self.close(client);
         let responses = self.await_end(client, Duration::from_secs(2));
