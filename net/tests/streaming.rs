@@ -436,8 +436,6 @@ fn a_client_that_stops_reading_gets_no_compute_then_is_aborted_and_stopped() {
         bench.clients[stalled].reading = false;
         let slot = running_slot(&bench);
         bench.send_generate(reader, "r", 8000);
-        // Let the buffers fill: the steps for the stalled slot must stop well before its 10,000 tokens.
-        bench.run_for(secs(2));
         let steps_of = |bench: &Bench| {
             bench
                 .handler
@@ -446,10 +444,25 @@ fn a_client_that_stops_reading_gets_no_compute_then_is_aborted_and_stopped() {
                 .filter(|&&stepped| stepped == slot)
                 .count()
         };
+        // Let the buffers fill: the steps for the stalled slot must stop well before its 10,000 tokens.
+        // Note when its last step ran: the frame it queued is the one the client never takes.
+        let mut last_step_at = bench.now;
+        let mut seen = steps_of(&bench);
+        for _ in 0..2000 {
+            bench.step();
+            if steps_of(&bench) != seen {
+                seen = steps_of(&bench);
+                last_step_at = bench.now;
+            }
+        }
         let blocked_at = steps_of(&bench);
         assert!(
             blocked_at < 3000,
             "tls {tls}: {blocked_at} steps for a client that does not read"
+        );
+        assert!(
+            bench.now - last_step_at > SECOND,
+            "tls {tls}: still stepping"
         );
         bench.run_for(secs(3));
         assert_eq!(
@@ -459,9 +472,14 @@ fn a_client_that_stops_reading_gets_no_compute_then_is_aborted_and_stopped() {
         );
         // The other client's stream went on meanwhile: one token per poll.
         assert!(bench.clients[reader].token_count() >= 4900);
-        // Aborted within frame_timeout of the last frame the socket took.
+        // Aborted frame_timeout after the frame the socket would not take was queued.
         let aborted = bench.run_until(secs(10), |bench| bench.handler.stops_of(slot) == 1);
         assert!(aborted, "tls {tls}: not stopped");
+        let waited = bench.now - last_step_at;
+        assert!(
+            waited >= secs(10) && waited < Duration::from_millis(10_050),
+            "tls {tls}: aborted {waited} after the last step"
+        );
         let counters = bench.server.counters();
         assert_eq!((counters.aborted, counters.streams_stopped), (1, 1));
         assert!(bench.run_until(SECOND, |bench| bench.state(stalled)
@@ -699,4 +717,34 @@ fn more_clients_than_slots_are_refused_at_once_while_streams_run() {
     assert!(bench.run_until(Duration::from_millis(50), |bench| bench
         .is_finished(refused)));
     assert!(!bench.clients[refused].was_established);
+}
+
+#[test]
+fn a_cancel_pipelined_behind_its_generate_stops_it_before_any_step() {
+    both(|tls| {
+        let mut bench = bench(tls);
+        let client = bench.connect_as(tls);
+        // Generate, cancel and a model-info request in one write, then more of the same.
+        let mut bytes = frame_of(&generate_request("a", 100));
+        bytes.extend(frame_of(&Request::Cancel));
+        bytes.extend(frame_of(&Request::ModelInfo));
+        for _ in 0..3 {
+            bench.send(client, &bytes);
+        }
+        let responses = bench.await_responses(client, 6, SECOND);
+        assert_eq!(
+            responses,
+            (0..3)
+                .flat_map(|_| [
+                    Response::Error(ErrorCode::Cancelled),
+                    Response::ModelInfo(INFO)
+                ])
+                .collect::<Vec<_>>(),
+            "tls {tls}"
+        );
+        assert!(bench.handler.steps.is_empty(), "tls {tls}");
+        assert_eq!(bench.handler.stops.len(), 3);
+        let counters = bench.server.counters();
+        assert_eq!((counters.streams, counters.cancels), (3, 3));
+    });
 }
