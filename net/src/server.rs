@@ -133,8 +133,9 @@ pub enum ServerError {
 /// What happened during one [`Server::poll`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PollOutcome {
-    /// Packets changed some socket's state, a request was answered, a lease changed, or a slot moved on.
-    /// When false, polling again before `poll_delay` passes or a packet arrives does nothing.
+    /// Packets changed some socket's state, a request was answered, a lease changed, a slot moved on, or
+    /// a generation is ready for its next step. When true, poll again at once; when false, polling again
+    /// before `poll_delay` passes or a packet arrives does nothing.
     pub activity: bool,
     /// How long the caller may wait for a packet before polling again (smoltcp's timers and our
     /// connection deadlines together). `None`: nothing is due until a packet arrives. Zero while a
@@ -150,7 +151,7 @@ pub struct PollOutcome {
 pub struct Counters {
     /// Connections that completed the handshake and got a slot.
     pub accepted: u64,
-    /// Requests decoded and passed to the handler.
+    /// Requests decoded: passed to the handler, or cancels (which the server carries out itself).
     pub requests: u64,
     /// Frames whose body was not a request, or that announced an empty body (answered `BadFrame`).
     pub bad_frames: u64,

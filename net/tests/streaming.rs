@@ -133,6 +133,18 @@ fn streams_interleave(tls: bool, count: usize) {
     for (&client, label) in clients.iter().zip(&labels) {
         bench.send_generate(client, label, tokens);
     }
+    // Once all run, each poll steps each of them exactly once.
+    assert!(bench.run_until(SECOND, |bench| bench.server.streaming() == count));
+    bench.run_for(Duration::from_millis(5));
+    for _ in 0..5 {
+        let before = bench.handler.steps.len();
+        bench.step();
+        let mut round = bench.handler.steps[before..].to_vec();
+        round.sort_unstable();
+        round.dedup();
+        assert_eq!(bench.handler.steps.len() - before, count, "tls {tls}");
+        assert_eq!(round.len(), count, "tls {tls}");
+    }
     let mut max_spread = 0;
     let finished = bench.run_until(secs(5), |bench| {
         let counts: Vec<usize> = clients
