@@ -1,10 +1,18 @@
-//! The appliance's main loop: poll the network server, answer requests, and sleep on HLT until
-//! the next timer tick when there is nothing to do.
+//! The appliance's main loop and request handler: TLS 1.3 on the one port, model info, attestation bound to the
+//! TLS session (DESIGN §4), credential activation, and streamed generation over a pool of engine sessions reserved
+//! at boot (DESIGN §5, issue 5). The loop polls the network server, and sleeps on HLT until the next timer tick
+//! only while no generation is running.
+//! The sessions and what each costs in memory: `kernel::generations`.
 
 use alloc::vec::Vec;
 
-use net::proto::{ErrorCode, Evidence, ModelInfo, Request, Response};
-use net::{Handler, NetConfig, Server};
+use kernel::generations::Generations;
+use model::parallel::Serial;
+use model::session::Engine;
+use net::proto::{ChannelBinding, ErrorCode, Evidence, ModelInfo, Request, Response};
+use net::serving::ApplianceConfig;
+use net::tls::TlsServer;
+use net::{Handler, Reply, Server, Step};
 use smoltcp::time::Instant;
 use smoltcp::wire::EthernetAddress;
 use tpm::commands::{self as tpm_commands, PcrSelection};
@@ -12,20 +20,20 @@ use tpm::eventlog::EventLog;
 
 use crate::arch::cpu;
 use crate::clock::Clock;
-use crate::rng::Random;
+use crate::rng;
 use crate::tpm_device::{Identity, KernelTpm};
 use crate::virtio::NetDevice;
 
 /// What the main loop needs from boot.
 pub struct Setup<'a> {
-    /// The kernel command line (network configuration).
-    pub cmdline: &'a str,
+    /// Network, serving parameters and connection limits, from the command line.
+    pub config: ApplianceConfig,
     /// The NIC.
     pub device: NetDevice,
     /// Time.
     pub clock: Clock,
-    /// Randomness.
-    pub random: &'a mut Random,
+    /// The model, loaded in place from the initrd.
+    pub engine: Engine<'static>,
     /// The model's length and digest.
     pub info: ModelInfo,
     /// TSC at kernel entry, for the boot-time report.
@@ -38,23 +46,33 @@ pub struct Setup<'a> {
     pub event_log: EventLog,
 }
 
-/// Answers requests from what was measured at boot and from the TPM.
+/// Answers requests from what was measured at boot, from the TPM and from the engine.
 struct Appliance<'a> {
     info: ModelInfo,
     tpm: KernelTpm<'a>,
     identity: Identity,
     event_log: Vec<u8>,
-    random: &'a mut Random,
+    generations: Generations<'static>,
+    clock: &'a Clock,
 }
 
 impl Appliance<'_> {
-    /// TPM2_Quote with the AK over the requested PCRs, the PCR values, and what a verifier needs.
-    fn attest(&mut self, nonce: &[u8; 32], pcr_mask: u32) -> Response {
+    /// TPM2_Quote with the AK over the requested PCRs, qualified by the nonce and the TLS session the request came
+    /// on, the PCR values, and what a verifier needs.
+    fn attest(
+        &mut self,
+        nonce: &[u8; 32],
+        pcr_mask: u32,
+        binding: Option<&ChannelBinding>,
+    ) -> Response {
+        let Some(binding) = binding else {
+            return Response::Error(ErrorCode::Unbound);
+        };
         let selection = match PcrSelection::from_mask(pcr_mask) {
             Some(selection) if !selection.is_empty() => selection,
             _ => return Response::Error(ErrorCode::BadRequest),
         };
-        let qualifying_data = net::proto::qualifying_data(nonce);
+        let qualifying_data = net::proto::qualifying_data(nonce, binding);
         let quote = match tpm_commands::quote(
             &mut self.tpm,
             self.identity.ak.handle,
@@ -85,7 +103,9 @@ impl Appliance<'_> {
     /// hierarchy), proving the AK and the certified EK share this TPM.
     fn activate(&mut self, credential_blob: &[u8], secret: &[u8]) -> Response {
         let mut nonce = [0u8; 32];
-        self.random.fill(&mut nonce);
+        if !rng::fill(&mut nonce) {
+            return Response::Error(ErrorCode::TpmFailure);
+        }
         match tpm_commands::activate_credential_with_ek(
             &mut self.tpm,
             self.identity.ak.handle,
@@ -101,15 +121,37 @@ impl Appliance<'_> {
 }
 
 impl Handler for Appliance<'_> {
-    fn handle(&mut self, request: &Request) -> Response {
-        match request {
+    fn handle(
+        &mut self,
+        slot: usize,
+        request: &Request,
+        binding: Option<&ChannelBinding>,
+    ) -> Reply {
+        let response = match request {
             Request::ModelInfo => Response::ModelInfo(self.info),
-            Request::Attest { nonce, pcr_mask } => self.attest(nonce, *pcr_mask),
+            Request::Attest { nonce, pcr_mask } => self.attest(nonce, *pcr_mask, binding),
             Request::ActivateCredential {
                 credential_blob,
                 secret,
             } => self.activate(credential_blob, secret),
-        }
+            Request::Generate(generate) => return self.generations.start(slot, generate),
+            // The server keeps cancels to itself (a running generation becomes `stop`, the answer `Cancelled`);
+            // should one arrive anyway, it frees whatever this slot runs and says so.
+            Request::Cancel => {
+                self.generations.stop(slot);
+                Response::Error(ErrorCode::Cancelled)
+            }
+        };
+        Reply::Response(response)
+    }
+
+    fn step(&mut self, slot: usize) -> Step {
+        let clock = self.clock;
+        self.generations.step(slot, &Serial, &|| clock.now_us())
+    }
+
+    fn stop(&mut self, slot: usize) {
+        self.generations.stop(slot);
     }
 }
 
@@ -120,25 +162,49 @@ fn now(clock: &Clock) -> Instant {
 /// Serves forever.
 pub fn serve(setup: Setup) -> ! {
     let Setup {
-        cmdline,
+        config,
         mut device,
         clock,
-        random,
+        engine,
         info,
         entry_tsc,
         tpm,
         identity,
         event_log,
     } = setup;
-    let config = match NetConfig::parse(cmdline) {
-        Ok(config) => config,
+
+    let heap_before = crate::memory::heap_used();
+    let generations = Generations::reserve(engine, &config.serving);
+    let _per_session = (crate::memory::heap_used() - heap_before) / generations.sessions().max(1);
+    crate::debug!(
+        "engine: {} sessions of {} positions reserved, {} KiB each ({} MiB in all)",
+        generations.sessions(),
+        generations.context(),
+        _per_session / 1024,
+        (crate::memory::heap_used() - heap_before) >> 20
+    );
+
+    let tls = match TlsServer::new(&rng::TLS_RANDOM) {
+        Ok(tls) => tls,
         Err(_error) => {
-            crate::debug!("network configuration {cmdline:?}: {_error:?}");
-            crate::fail("network configuration")
+            crate::debug!("TLS identity: {_error:?}");
+            crate::fail("TLS identity")
         }
     };
+    crate::debug!(
+        "TLS: fresh P-256 key, SPKI sha256 {:02x?}",
+        tls.identity().spki_sha256()
+    );
     let mac = EthernetAddress(device.mac_address());
-    let mut server = match Server::new(config, mac, &mut device, now(&clock), random.next_u64()) {
+    let mut server = match Server::with_tls(
+        config.net,
+        config.limits,
+        mac,
+        &mut device,
+        now(&clock),
+        rng::next_u64(),
+        tls,
+    ) {
         Ok(server) => server,
         Err(_error) => {
             crate::debug!("network server: {_error:?}");
@@ -153,7 +219,8 @@ pub fn serve(setup: Setup) -> ! {
         tpm,
         identity,
         event_log: log_bytes,
-        random,
+        generations,
+        clock: &clock,
     };
     let mut listening = false;
     loop {
@@ -162,7 +229,7 @@ pub fn serve(setup: Setup) -> ! {
             listening = true;
             let _ticks = cpu::rdtsc().wrapping_sub(entry_tsc);
             crate::debug!(
-                "listening on {}:{} ({} us after kernel entry, {} TSC ticks)",
+                "listening on {}:{} with TLS ({} us after kernel entry, {} TSC ticks)",
                 server
                     .ipv4_cidr()
                     .map(|cidr| cidr.address())
@@ -172,8 +239,9 @@ pub fn serve(setup: Setup) -> ! {
                 _ticks
             );
         }
-        if !outcome.activity {
-            // The NIC raises no interrupt here; the 1 ms APIC tick bounds the added latency.
+        // A running generation is work to do on the next poll: sleep only when nothing runs. The NIC raises no
+        // interrupt here; the 1 ms APIC tick bounds the added latency of a packet while idle.
+        if !outcome.activity && !appliance.generations.any_running() {
             cpu::wait_for_interrupt();
         }
     }

@@ -55,6 +55,14 @@ extern "C" fn kernel_main(start_info: u64) -> ! {
         fail("clock calibration")
     };
     crate::debug!("clock: TSC at {} kHz", clock.tsc_hz() / 1000);
+    let cmdline = memory.boot.cmdline.as_str();
+    let config = match net::serving::ApplianceConfig::from_cmdline(cmdline) {
+        Ok(config) => config,
+        Err(_error) => {
+            crate::debug!("configuration {cmdline:?}: {_error:?}");
+            fail("configuration")
+        }
+    };
     let Ok(mut random) = rng::Random::from_hardware() else {
         fail("no hardware entropy")
     };
@@ -73,19 +81,43 @@ extern "C" fn kernel_main(start_info: u64) -> ! {
             fail("TPM randomness")
         }
     }
+    rng::install(random);
 
     let model = memory.model_bytes();
     let digest: [u8; 32] = Sha256::digest(model).into();
     crate::debug!("model: sha256 computed in {} ms", clock.now_us() / 1000);
     // Everything is measured before any port opens (DESIGN §4).
-    let event_log = match tpm_device::measure_boot(&mut tpm, digest, memory.boot.cmdline.as_str()) {
+    let event_log = match tpm_device::measure_boot(&mut tpm, digest, &config, cmdline) {
         Ok(log) => log,
         Err(_error) => {
             crate::debug!("measurement: {_error:?}");
             fail("measurement")
         }
     };
-    crate::debug!("measured kernel, model and command line into PCRs 12-14");
+    crate::debug!("measured kernel, model, serving parameters and configuration into PCRs 12-14");
+    // The engine runs on the blob in place; a model that does not load is never served.
+    let engine = match model::gguf::Gguf::parse(model) {
+        Ok(gguf) => match model::session::Engine::load(&gguf) {
+            Ok(engine) => engine,
+            Err(_error) => {
+                crate::debug!("model: {_error}");
+                fail("model")
+            }
+        },
+        Err(_error) => {
+            crate::debug!("model: not a usable GGUF: {_error:?}");
+            fail("model")
+        }
+    };
+    crate::debug!(
+        "model: {:?}, {} layers, width {}, vocabulary {}, training context {}, SIMD {:?}",
+        engine.model.config.arch,
+        engine.model.config.n_layers,
+        engine.model.config.dim,
+        engine.model.config.vocab_size,
+        engine.model.config.context_length,
+        model::simd::level()
+    );
     let identity = match tpm_device::create_identity(&mut tpm) {
         Ok(identity) => identity,
         Err(_error) => {
@@ -116,10 +148,10 @@ extern "C" fn kernel_main(start_info: u64) -> ! {
         sha256: digest,
     };
     appliance::serve(appliance::Setup {
-        cmdline: memory.boot.cmdline.as_str(),
+        config,
         device,
         clock,
-        random: &mut random,
+        engine,
         info,
         entry_tsc,
         tpm,

@@ -294,6 +294,11 @@ impl TableMemory for KernelTablesView {
     }
 }
 
+/// Bytes of the heap in use now (what the engine's reservations are measured with).
+pub fn heap_used() -> usize {
+    HEAP.lock().used()
+}
+
 impl Memory {
     /// The model blob, in place: mapped read-only and never handed to the allocators.
     pub fn model_bytes(&self) -> &'static [u8] {

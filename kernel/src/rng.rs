@@ -3,12 +3,46 @@
 //! Intel's DRNG guide recommends RDSEED for seeding other generators and RDRAND otherwise; both
 //! are mixed when present. The TPM's GetRandom joins the seed once the TPM driver is up (issue 3).
 //! An appliance without a hardware entropy instruction refuses to run.
+//!
+//! Once seeded, the generator is installed in [`DRBG`], behind a spin lock, so that `'static` users (rustls'
+//! `SecureRandom`, through [`TLS_RANDOM`]) and the appliance share one stream. The kernel runs on one CPU and takes
+//! interrupts only inside `sti; hlt; cli`, whose handlers never draw randomness, so the lock is never contended.
 
+use net::tls::RandomFn;
 use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
 
 use crate::arch::cpu;
+
+/// The kernel's one DRBG after boot; empty until [`install`] runs.
+static DRBG: spin::Mutex<Option<Random>> = spin::Mutex::new(None);
+
+/// rustls' randomness: the installed DRBG (a handshake fails with a typed error before [`install`]).
+pub static TLS_RANDOM: RandomFn = RandomFn(fill);
+
+/// Makes `random` the generator behind [`fill`] and [`TLS_RANDOM`].
+pub fn install(random: Random) {
+    *DRBG.lock() = Some(random);
+}
+
+/// Fills `buffer` from the installed DRBG; false (and `buffer` untouched) when none is installed.
+pub fn fill(buffer: &mut [u8]) -> bool {
+    match DRBG.lock().as_mut() {
+        Some(random) => {
+            random.fill(buffer);
+            true
+        }
+        None => false,
+    }
+}
+
+/// One random 64-bit value from the installed DRBG (0 before [`install`]).
+pub fn next_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    fill(&mut bytes);
+    u64::from_le_bytes(bytes)
+}
 
 /// Why no generator could be made.
 #[derive(Clone, Copy, Debug)]
@@ -75,10 +109,5 @@ impl Random {
     /// Fills `buffer` with random bytes.
     pub fn fill(&mut self, buffer: &mut [u8]) {
         self.generator.fill_bytes(buffer);
-    }
-
-    /// One random 64-bit value.
-    pub fn next_u64(&mut self) -> u64 {
-        self.generator.next_u64()
     }
 }

@@ -2,18 +2,23 @@
 //! pool, streaming detokenised text or printing JSON, and measuring prefill/decode throughput.
 //!
 //! Prompt handling follows issue 4: raw prompts are tokenized with special tokens parsed and BOS as the vocabulary
-//! says; `--chat` wraps the prompt in the model family's turn format (ChatML with SmolLM2's default system prompt
-//! for llama, Gemma's `<start_of_turn>` format for gemma3).
+//! says; `--chat` wraps the prompt in the model family's turn format (`model::chat`: ChatML with SmolLM2's default
+//! system prompt for llama, Gemma's `<start_of_turn>` format for gemma3). Generation runs through
+//! `model::session` with the appliance's prefill chunk, the code path the appliance serves with, so
+//! `generate --json` and the appliance give the same ids for the same request.
 
 use std::io::Write;
 use std::time::Instant;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
+use model::chat::{Message, Role};
 use model::gguf::Gguf;
 use model::parallel::ThreadPool;
-use model::sampler::{Sampler, SamplerConfig};
-use model::tokenizer::{Tokenizer, Utf8Stream};
-use model::transformer::{Arch, Model, State};
+use model::sampler::SamplerConfig;
+use model::session::{Engine, Event, Session, SessionConfig, StartError};
+use model::tokenizer::Tokenizer;
+use model::transformer::{Model, State};
+use net::serving::PREFILL_CHUNK;
 
 /// Largest prompt chunk run as one batch (llama.cpp's default `n_batch`).
 const MAX_BATCH: usize = 512;
@@ -44,7 +49,7 @@ pub struct GenerateArgs {
     /// Wrap PROMPT in the model's chat format.
     #[arg(long)]
     pub chat: bool,
-    /// Print one JSON object (prompt_ids, generated_ids, text, prefill_tok_s, decode_tok_s) instead of text.
+    /// Print one JSON object (prompt_ids, generated_ids, text, finish, prefill_tok_s, decode_tok_s) instead of text.
     #[arg(long)]
     pub json: bool,
     /// The prompt (raw text with special tokens parsed, unless --chat).
@@ -109,17 +114,6 @@ fn load(blob: &[u8]) -> Result<(Model<'_>, Tokenizer<'_>)> {
     Ok((model, tok))
 }
 
-/// The chat turn format of each family.
-fn chat_prompt(arch: Arch, user: &str) -> String {
-    match arch {
-        Arch::Llama => format!(
-            "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n\
-             <|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
-        ),
-        Arch::Gemma3 => format!("<start_of_turn>user\n{user}<end_of_turn>\n<start_of_turn>model\n"),
-    }
-}
-
 fn json_string(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
@@ -145,90 +139,97 @@ fn json_ids(ids: &[u32]) -> String {
 
 pub fn generate(args: GenerateArgs) -> Result<()> {
     let loaded = Loaded::open(&args.model)?;
-    let (model, tok) = load(&loaded.blob)?;
+    let gguf = Gguf::parse(&loaded.blob)
+        .map_err(|e| anyhow!("the model file is not a usable GGUF: {e}"))?;
+    let engine = Engine::load(&gguf).map_err(|e| anyhow!("{e}"))?;
     let pool = ThreadPool::new(args.threads).context("starting worker threads")?;
-    let text = if args.chat {
-        chat_prompt(model.config.arch, &args.prompt)
-    } else {
-        args.prompt.clone()
-    };
+    // The same path as the appliance: prompt ids from the engine, then a session in prefill chunks of the serving
+    // size and decode steps, so both produce the same ids for the same request.
     let mut prompt = Vec::new();
-    tok.encode(&text, true, true, &mut prompt);
-    if prompt.is_empty() {
-        bail!("the prompt tokenizes to nothing; give some text");
+    if args.chat {
+        let turn = [Message {
+            role: Role::User,
+            content: &args.prompt,
+        }];
+        engine
+            .encode_chat(&turn, &mut prompt)
+            .map_err(|e| anyhow!("{e}"))?;
+    } else {
+        engine.encode_text(&args.prompt, &mut prompt);
     }
-    let needed = prompt.len() + args.max_tokens;
-    if needed > model.config.context_length {
-        bail!(
-            "prompt ({} tokens) plus --max-tokens {} exceeds the model's context of {} tokens",
-            prompt.len(),
-            args.max_tokens,
-            model.config.context_length
-        );
-    }
-    let mut state = State::new(&model.config, needed, MAX_BATCH);
-    let config = SamplerConfig {
+    let needed = prompt.len().saturating_add(args.max_tokens);
+    let config = SessionConfig {
+        context: needed.min(engine.model.config.context_length),
+        prefill_chunk: PREFILL_CHUNK as usize,
+    };
+    let mut session = Session::new(&engine, config);
+    let sampling = SamplerConfig {
         temperature: args.temperature,
         seed: args.seed,
         ..SamplerConfig::default()
     };
-    let mut sampler = Sampler::new(config, model.config.vocab_size);
-    let mut stops = Vec::new();
-    stops.extend(tok.eos);
-    for s in ["<|im_end|>", "<end_of_turn>"] {
-        stops.extend(tok.id(s));
-    }
-
-    let t0 = Instant::now();
-    model
-        .forward(&mut state, &prompt, &pool)
-        .map_err(|e| anyhow!("prefill failed: {e}"))?;
-    let prefill_s = t0.elapsed().as_secs_f64();
+    session
+        .start(&engine, &prompt, args.max_tokens, sampling, &[] as &[&str])
+        .map_err(|e| match e {
+            StartError::EmptyPrompt => anyhow!("the prompt tokenizes to nothing; give some text"),
+            StartError::ContextExceeded { needed, context } => anyhow!(
+                "prompt ({} tokens) plus --max-tokens {} needs {needed} positions; the model's context is {context}",
+                prompt.len(),
+                args.max_tokens
+            ),
+            StartError::BadSampling => {
+                anyhow!("--temperature must be a finite number, 0 or more")
+            }
+            other => anyhow!("cannot start generating: {other:?}"),
+        })?;
 
     let mut generated = Vec::new();
-    let mut stream = Utf8Stream::default();
     let mut text_out = String::new();
     let stdout = std::io::stdout();
-    let t1 = Instant::now();
-    for _ in 0..args.max_tokens {
-        let next = sampler.sample(&state.logits);
-        generated.push(next);
-        if stops.contains(&next) {
-            break;
+    let started = Instant::now();
+    let mut first_token = None;
+    let finish = loop {
+        let event = session
+            .step(&engine, &pool)
+            .map_err(|e| anyhow!("generation failed: {e:?}"))?;
+        match event {
+            Event::Pending => {}
+            Event::Token { id, text } => {
+                // The prefill ends with the first token (its step runs the prompt's last chunk).
+                first_token.get_or_insert_with(Instant::now);
+                generated.push(id);
+                text_out.push_str(&text);
+                if !args.json {
+                    let mut lock = stdout.lock();
+                    write!(lock, "{text}")?;
+                    lock.flush()?;
+                }
+            }
+            Event::Done(finish) => break finish,
         }
-        let mut bytes = Vec::new();
-        tok.decode_piece(next, &mut bytes);
-        let piece = stream.push(&bytes);
-        text_out.push_str(&piece);
-        if !args.json {
-            let mut lock = stdout.lock();
-            write!(lock, "{piece}")?;
-            lock.flush()?;
-        }
-        if generated.len() == args.max_tokens {
-            break;
-        }
-        model
-            .forward(&mut state, &[next], &pool)
-            .map_err(|e| anyhow!("decode failed: {e}"))?;
-    }
-    let decode_s = t1.elapsed().as_secs_f64();
-    text_out.push_str(&stream.finish());
+    };
+    let ended = Instant::now();
+    let first_token = first_token.unwrap_or(ended);
+    let prefill_s = (first_token - started).as_secs_f64();
+    let decode_s = (ended - first_token).as_secs_f64();
     let prefill_tok_s = prompt.len() as f64 / prefill_s.max(1e-9);
-    let decode_tok_s = generated.len() as f64 / decode_s.max(1e-9);
+    // The first token came with the prefill; the decode rate counts the steps after it.
+    let decode_tok_s = generated.len().saturating_sub(1) as f64 / decode_s.max(1e-9);
     if args.json {
         println!(
-            "{{\"prompt_ids\":{},\"generated_ids\":{},\"text\":{},\"prefill_tok_s\":{prefill_tok_s:.2},\"decode_tok_s\":{decode_tok_s:.2}}}",
+            "{{\"prompt_ids\":{},\"generated_ids\":{},\"text\":{},\"finish\":\"{:?}\",\"prefill_tok_s\":{prefill_tok_s:.2},\"decode_tok_s\":{decode_tok_s:.2}}}",
             json_ids(&prompt),
             json_ids(&generated),
-            json_string(&text_out)
+            json_string(&text_out),
+            finish.reason
         );
     } else {
         println!();
         eprintln!(
-            "[{} prompt tokens, {prefill_tok_s:.1} tok/s prefill; {} generated, {decode_tok_s:.1} tok/s decode; {} threads]",
+            "[{} prompt tokens, {prefill_tok_s:.1} tok/s prefill; {} generated ({:?}), {decode_tok_s:.1} tok/s decode; {} threads]",
             prompt.len(),
             generated.len(),
+            finish.reason,
             args.threads
         );
     }
