@@ -1,10 +1,35 @@
-//! Micro-benchmark of the Q4_1·Q8_1 kernel in cache and streaming from memory (diagnostic).
-use model::quant::{BlockQ4_1, BlockQ8_1};
+//! Micro-benchmark of the quantized matrix kernels (diagnostic): single-row dot products against the tiled
+//! matrix kernels, in cache (64 rows) and streaming from memory (200,000 rows). Times are this thread's CPU time
+//! (`/proc/thread-self/schedstat`), best of several short runs, so that a busy machine disturbs them less.
+use model::quant::{BlockQ4_1, BlockQ8_0, BlockQ8_1};
+use model::simd::{self, ActTile};
 use std::time::Instant;
+
+/// CPU time of the calling thread in seconds (Linux schedstat: first field, nanoseconds on the CPU).
+fn cpu_s() -> f64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .map_or_else(|| Instant::now().elapsed().as_secs_f64(), |ns| ns as f64 * 1e-9)
+}
+
+/// Best per-call CPU time over 5 samples of `inner` calls each.
+fn best<F: FnMut()>(inner: usize, mut f: F) -> f64 {
+    let mut best = f64::MAX;
+    for _ in 0..5 {
+        let t = cpu_s();
+        for _ in 0..inner {
+            f();
+        }
+        best = best.min((cpu_s() - t) / inner as f64);
+    }
+    best
+}
+
 fn main() {
     let cols = 576;
     let nb = cols / 32;
-    for rows in [64usize, 200_000] {
+    for (rows, reps) in [(64usize, 20_000usize), (200_000, 3)] {
         let w: Vec<BlockQ4_1> = (0..rows * nb)
             .map(|i| BlockQ4_1 {
                 d: [0x00, 0x3c],
@@ -12,27 +37,63 @@ fn main() {
                 qs: [(i % 251) as u8; 16],
             })
             .collect();
-        let y: Vec<BlockQ8_1> = (0..nb)
-            .map(|_| BlockQ8_1 {
-                d: [0, 0x3c],
-                s: [0, 0],
-                qs: [3; 32],
+        let w8: Vec<BlockQ8_0> = (0..rows * nb)
+            .map(|i| BlockQ8_0 {
+                d: [0x00, 0x3c],
+                qs: [(i % 251) as i8; 32],
             })
             .collect();
-        let reps = if rows < 1000 { 20000 } else { 10 };
-        let t = Instant::now();
-        let mut acc = 0.0;
-        for _ in 0..reps {
-            for r in 0..rows {
-                acc += model::simd::dot_q4_1_q8_1(&w[r * nb..(r + 1) * nb], &y);
-            }
+        for batch in [1usize, 8] {
+            let y: Vec<BlockQ8_1> = (0..nb * batch)
+                .map(|_| BlockQ8_1 {
+                    d: [0, 0x3c],
+                    s: [0, 0],
+                    qs: [3; 32],
+                })
+                .collect();
+            let y0: Vec<BlockQ8_0> = (0..nb * batch)
+                .map(|_| BlockQ8_0 {
+                    d: [0, 0x3c],
+                    qs: [3; 32],
+                })
+                .collect();
+            let d = vec![1.0f32; nb * batch];
+            let mut out = vec![0.0f32; rows * batch];
+            let blocks = (rows * nb * batch) as f64;
+            let el = best(reps, || {
+                for r in 0..rows {
+                    for t in 0..batch {
+                        out[r * batch + t] = simd::dot_q4_1_q8_1(
+                            &w[r * nb..(r + 1) * nb],
+                            &y[t * nb..(t + 1) * nb],
+                        );
+                    }
+                }
+            });
+            let tile = ActTile { qs: &y[..], d: &d, s: &d, batch, col0: 0 };
+            let el2 = best(reps, || simd::mat_q4_1(&w, nb, &tile, &mut out));
+            let tile0 = ActTile { qs: &y0[..], d: &d, s: &d, batch, col0: 0 };
+            let el3 = best(reps, || {
+                for r in 0..rows {
+                    for t in 0..batch {
+                        out[r * batch + t] = simd::dot_q8_0_q8_0(
+                            &w8[r * nb..(r + 1) * nb],
+                            &y0[t * nb..(t + 1) * nb],
+                        );
+                    }
+                }
+            });
+            let el4 = best(reps, || simd::mat_q8_0(&w8, nb, &tile0, &mut out));
+            println!(
+                "rows {rows:6} batch {batch}: q4_1 dot {:.2} ns/blk, tile {:.2} ns/blk ({:.1} GB/s); \
+                 q8_0 dot {:.2}, tile {:.2} ns/blk ({:.1} GB/s)",
+                el / blocks * 1e9,
+                el2 / blocks * 1e9,
+                (rows * nb * 20) as f64 / el2 / 1e9,
+                el3 / blocks * 1e9,
+                el4 / blocks * 1e9,
+                (rows * nb * 34) as f64 / el4 / 1e9,
+            );
         }
-        let el = t.elapsed().as_secs_f64();
-        let blocks = (reps * rows * nb) as f64;
-        println!(
-            "rows {rows}: {:.2} ns/block, {:.2} GB/s ({acc})",
-            el / blocks * 1e9,
-            blocks * 20.0 / el / 1e9
-        );
     }
 }

@@ -62,6 +62,10 @@ pub struct Acts {
     q8_1: Vec<BlockQ8_1>,
     q8_k: Vec<BlockQ8K>,
     f16: Vec<u16>,
+    /// Scales of the Q8_0/Q8_1 blocks as f32, block-major (`[block][token]`), converted once per product.
+    d: Vec<f32>,
+    /// Q8_1's `s` as f32, laid out as `d`.
+    s: Vec<f32>,
     /// Scratch for the `rows × batch` transposed result of a batched product.
     transposed: Vec<f32>,
 }
@@ -75,6 +79,8 @@ impl Acts {
             q8_1: vec![bytemuck::Zeroable::zeroed(); n / QK + 1],
             q8_k: vec![bytemuck::Zeroable::zeroed(); n / QK_K + 1],
             f16: vec![0; n],
+            d: vec![0.0; n / QK + 1],
+            s: vec![0.0; n / QK + 1],
             transposed: vec![
                 0.0;
                 if max_batch > 1 {
@@ -129,10 +135,24 @@ fn dot_row(w: &QTensor<'_>, r: usize, acts: &Acts, x: &[f32], t: usize) -> f32 {
 }
 
 /// Quantizes the `batch × w.cols` input for `w`'s type into `acts`.
-fn quantize_input(w: &QTensor<'_>, x: &[f32], acts: &mut Acts) {
+fn quantize_input(w: &QTensor<'_>, x: &[f32], batch: usize, acts: &mut Acts) {
+    let nb = w.cols / QK;
     match w.ggml_type.act_type() {
-        Some(ActType::Q8_0) => simd::quantize_q8_0(x, &mut acts.q8_0[..x.len() / QK]),
-        Some(ActType::Q8_1) => simd::quantize_q8_1(x, &mut acts.q8_1[..x.len() / QK]),
+        Some(ActType::Q8_0) => {
+            let q = &mut acts.q8_0[..x.len() / QK];
+            simd::quantize_q8_0(x, q);
+            for (i, b) in q.iter().enumerate() {
+                acts.d[(i % nb) * batch + i / nb] = quant::f16_to_f32(b.d);
+            }
+        }
+        Some(ActType::Q8_1) => {
+            let q = &mut acts.q8_1[..x.len() / QK];
+            simd::quantize_q8_1(x, q);
+            for (i, b) in q.iter().enumerate() {
+                acts.d[(i % nb) * batch + i / nb] = quant::f16_to_f32(b.d);
+                acts.s[(i % nb) * batch + i / nb] = quant::f16_to_f32(b.s);
+            }
+        }
         Some(ActType::Q8K) => quant::quantize_q8_k(x, &mut acts.q8_k[..x.len() / QK_K]),
         Some(ActType::F16) => {
             for (o, &v) in acts.f16.iter_mut().zip(x) {
@@ -141,6 +161,100 @@ fn quantize_input(w: &QTensor<'_>, x: &[f32], acts: &mut Acts) {
         }
         Some(ActType::F32) | None => {}
     }
+}
+
+/// Whether `t` is one of the 32-element formats that [`mat_q0`] multiplies in tiles.
+fn is_q0(t: GgmlType) -> bool {
+    matches!(
+        t,
+        GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q8_0
+    )
+}
+
+/// The product for Q4_0/Q4_1/Q5_0/Q8_0 weights through the tiled kernels, rows split across workers.
+fn mat_q0(
+    w: &QTensor<'_>,
+    batch: usize,
+    rows_per_chunk: usize,
+    out: &mut [f32],
+    acts: &mut Acts,
+    par: &dyn ParallelFor,
+) {
+    let nb = w.cols / QK;
+    let mut transposed = core::mem::take(&mut acts.transposed);
+    {
+        let acts_ref = &*acts;
+        let dst: &mut [f32] = if batch == 1 {
+            out
+        } else {
+            &mut transposed[..batch * w.rows]
+        };
+        let (d, s) = (&acts_ref.d[..nb * batch], &acts_ref.s[..]);
+        par.for_each_chunk(dst, rows_per_chunk * batch, &|ci, chunk| {
+            let r0 = ci * rows_per_chunk;
+            let rows = chunk.len() / batch;
+            let bytes = &w.data[r0 * w.row_bytes..(r0 + rows) * w.row_bytes];
+            match w.ggml_type {
+                GgmlType::Q4_0 => simd::mat_q4_0(
+                    quant::cast(bytes),
+                    nb,
+                    &simd::ActTile {
+                        qs: &acts_ref.q8_0[..nb * batch],
+                        d,
+                        s,
+                        batch,
+                        col0: 0,
+                    },
+                    chunk,
+                ),
+                GgmlType::Q4_1 => simd::mat_q4_1(
+                    quant::cast(bytes),
+                    nb,
+                    &simd::ActTile {
+                        qs: &acts_ref.q8_1[..nb * batch],
+                        d,
+                        s,
+                        batch,
+                        col0: 0,
+                    },
+                    chunk,
+                ),
+                GgmlType::Q5_0 => simd::mat_q5_0(
+                    quant::cast(bytes),
+                    nb,
+                    &simd::ActTile {
+                        qs: &acts_ref.q8_0[..nb * batch],
+                        d,
+                        s,
+                        batch,
+                        col0: 0,
+                    },
+                    chunk,
+                ),
+                GgmlType::Q8_0 => simd::mat_q8_0(
+                    quant::cast(bytes),
+                    nb,
+                    &simd::ActTile {
+                        qs: &acts_ref.q8_0[..nb * batch],
+                        d,
+                        s,
+                        batch,
+                        col0: 0,
+                    },
+                    chunk,
+                ),
+                _ => {}
+            }
+        });
+    }
+    if batch > 1 {
+        for (r, row_out) in transposed[..batch * w.rows].chunks_exact(batch).enumerate() {
+            for (t, &v) in row_out.iter().enumerate() {
+                out[t * w.rows + r] = v;
+            }
+        }
+    }
+    acts.transposed = transposed;
 }
 
 /// `out[t][r] = W[r] · x[t]` for `batch` inputs `x` (`batch × cols`, token-major) into `out` (`batch × rows`).
@@ -155,9 +269,13 @@ pub fn matmul(
 ) {
     debug_assert_eq!(x.len(), batch * w.cols);
     debug_assert_eq!(out.len(), batch * w.rows);
-    quantize_input(w, x, acts);
+    quantize_input(w, x, batch, acts);
     // Rows per task: a few tasks per worker for balance, at least 16 rows to amortise dispatch.
     let rows_per_chunk = w.rows.div_ceil(par.threads() * 4).max(16);
+    if is_q0(w.ggml_type) {
+        mat_q0(w, batch, rows_per_chunk, out, acts, par);
+        return;
+    }
     if batch == 1 {
         let acts = &*acts;
         par.for_each_chunk(out, rows_per_chunk, &|ci, chunk| {

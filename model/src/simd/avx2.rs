@@ -6,6 +6,7 @@
 
 use core::arch::x86_64::*;
 
+use super::ActTile;
 use crate::quant::{
     scale_min_k4, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ6K, BlockQ8K, BlockQ8_0,
     BlockQ8_1, QK,
@@ -598,4 +599,332 @@ pub unsafe fn dot_q4_k_q8_k_rows8(x: &[BlockQ4K], y: &[BlockQ8K]) -> f32 {
         accm = _mm_fmadd_ss(_mm_set_ss(imin as f32), _mm_set_ss(f16(a.dmin) * b.d), accm);
     }
     _mm_cvtss_f32(acc) - _mm_cvtss_f32(accm)
+}
+
+// ---- multi-row × multi-token tiles of the 32-element formats (decode and prefill matrix products) ----
+//
+// A tile computes `R` weight rows against `C` activation columns in one pass over the blocks, so each weight block
+// is loaded and unpacked once per `C` columns and each activation block once per `R` rows. Every output keeps its
+// own accumulator and sees exactly the operations of the single-row kernels above (and of llama.cpp's
+// `ggml_vec_dot_*`), in the same order, so the results are bit-identical to them.
+
+/// A 32-element weight block whose products with 8-bit activations fit one `vpmaddubsw` per block. Every such
+/// block starts with its f16 scale `d`; Q4_1's f16 min `m` follows it.
+pub trait Q0Weight: Copy {
+    /// Activation block type llama.cpp pairs with this weight type.
+    type Act: Copy;
+    /// `true`: the decoded bytes are signed (the sign is moved onto the activations); `false`: unsigned ≤ 15.
+    const SIGNED: bool;
+    /// Whether the block carries a min `m`, accumulated as `fma(m, s, summs)` against the activations' `s`.
+    const HAS_MIN: bool;
+    /// Rows per tile when multiplying one token (1, 2 or 4; measured per format).
+    const DECODE_ROWS: usize;
+    /// The block's 32 values as bytes.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    unsafe fn values(&self) -> __m256i;
+    /// The first four bytes: `d`, then `m` (Q4_1) or bytes that are ignored.
+    fn head(&self) -> i32;
+    /// The activation block's 32 quantized values.
+    fn act_qs(a: &Self::Act) -> &[i8; 32];
+}
+
+impl Q0Weight for BlockQ4_0 {
+    const DECODE_ROWS: usize = 4;
+    type Act = BlockQ8_0;
+    const SIGNED: bool = true;
+    const HAS_MIN: bool = false;
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn values(&self) -> __m256i {
+        _mm256_sub_epi8(nibbles(&self.qs), _mm256_set1_epi8(8))
+    }
+    #[inline]
+    fn head(&self) -> i32 {
+        i32::from_le_bytes([self.d[0], self.d[1], self.qs[0], self.qs[1]])
+    }
+    fn act_qs(a: &BlockQ8_0) -> &[i8; 32] {
+        &a.qs
+    }
+}
+
+impl Q0Weight for BlockQ4_1 {
+    const DECODE_ROWS: usize = 4;
+    type Act = BlockQ8_1;
+    const SIGNED: bool = false;
+    const HAS_MIN: bool = true;
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn values(&self) -> __m256i {
+        nibbles(&self.qs)
+    }
+    #[inline]
+    fn head(&self) -> i32 {
+        i32::from_le_bytes([self.d[0], self.d[1], self.m[0], self.m[1]])
+    }
+    fn act_qs(a: &BlockQ8_1) -> &[i8; 32] {
+        &a.qs
+    }
+}
+
+impl Q0Weight for BlockQ5_0 {
+    const DECODE_ROWS: usize = 4;
+    type Act = BlockQ8_0;
+    const SIGNED: bool = true;
+    const HAS_MIN: bool = false;
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn values(&self) -> __m256i {
+        // As in `dot_q5_0_q8_0`: OR-ing 0xF0 where bit 4 is clear gives (q - 16) as a signed byte.
+        let hi = _mm256_andnot_si256(
+            bits_to_bytes(u32::from_le_bytes(self.qh)),
+            _mm256_set1_epi8(0xF0u8 as i8),
+        );
+        _mm256_or_si256(nibbles(&self.qs), hi)
+    }
+    #[inline]
+    fn head(&self) -> i32 {
+        i32::from_le_bytes([self.d[0], self.d[1], self.qh[0], self.qh[1]])
+    }
+    fn act_qs(a: &BlockQ8_0) -> &[i8; 32] {
+        &a.qs
+    }
+}
+
+impl Q0Weight for BlockQ8_0 {
+    // Streaming 34-byte blocks, several rows at once measured slower here than one row at a time.
+    const DECODE_ROWS: usize = 1;
+    type Act = BlockQ8_0;
+    const SIGNED: bool = true;
+    const HAS_MIN: bool = false;
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn values(&self) -> __m256i {
+        load_256_i8(&self.qs)
+    }
+    #[inline]
+    fn head(&self) -> i32 {
+        i32::from_le_bytes([self.d[0], self.d[1], 0, 0])
+    }
+    fn act_qs(a: &BlockQ8_0) -> &[i8; 32] {
+        &a.qs
+    }
+}
+
+/// Lane `i` of `v` in all eight lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn lane(v: __m256, i: usize) -> __m256 {
+    _mm256_permutevar8x32_ps(v, _mm256_set1_epi32(i as i32))
+}
+
+/// `out[r][c] = row r · column c` for `R ≤ 4` rows of `nb` blocks at the start of `w`.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn tile<W: Q0Weight, const R: usize, const C: usize>(
+    w: &[W],
+    nb: usize,
+    y: &ActTile<'_, W::Act>,
+    out: &mut [[f32; C]; R],
+) {
+    const { assert!(R >= 1 && R <= 4 && C >= 1 && C <= 8) };
+    // These checks make every unchecked index below in bounds: row r block k is w[r * nb + k] with r < R, k < nb;
+    // column c block k is y.qs[c * nb + k] with c < C; scales are at k * batch + col0 + c ≤ (nb - 1) * batch +
+    // col0 + C - 1.
+    assert!(w.len() >= R * nb && y.qs.len() >= C * nb && y.col0 + C <= y.batch);
+    assert!(nb == 0 || (y.d.len() >= (nb - 1) * y.batch + y.col0 + C));
+    assert!(!W::HAS_MIN || nb == 0 || (y.s.len() >= (nb - 1) * y.batch + y.col0 + C));
+    let mut acc = [[_mm256_setzero_ps(); C]; R];
+    // Lane 2r + 1: Q4_1's `summs` of row r (C = 1); lanes are independent, so each is exactly the scalar FMA chain
+    // `summs = fma(m, s, summs)` llama.cpp's C code becomes under GCC's contraction.
+    let mut summs1 = _mm256_setzero_ps();
+    // C > 1: lane c of summs[r] is row r × column c.
+    let mut summs = [_mm256_setzero_ps(); R];
+    let ones = _mm256_set1_epi16(1);
+    for k in 0..nb {
+        let at = k * y.batch + y.col0;
+        // SAFETY: r * nb + k < R * nb ≤ w.len() (asserted above).
+        let blocks: [&W; R] = core::array::from_fn(|r| unsafe { w.get_unchecked(r * nb + k) });
+        // [d0, m0, d1, m1, ...] as f32.
+        let mut h = [0i32; 4];
+        for r in 0..R {
+            h[r] = blocks[r].head();
+        }
+        let dm = _mm256_cvtph_ps(_mm_set_epi32(h[3], h[2], h[1], h[0]));
+        let mut qx = [_mm256_setzero_si256(); R];
+        for r in 0..R {
+            // SAFETY: the caller guarantees AVX2, FMA and F16C.
+            qx[r] = unsafe { blocks[r].values() };
+        }
+        let ax = if W::SIGNED {
+            qx.map(|q| _mm256_sign_epi8(q, q))
+        } else {
+            qx
+        };
+        if C == 1 {
+            // SAFETY: at ≤ (nb - 1) * batch + col0 < y.d.len() (asserted above).
+            let yd = unsafe { *y.d.get_unchecked(at) };
+            let dd = _mm256_mul_ps(dm, _mm256_set1_ps(yd));
+            if W::HAS_MIN {
+                // SAFETY: as for `yd`.
+                let ys = unsafe { *y.s.get_unchecked(at) };
+                summs1 = _mm256_fmadd_ps(dm, _mm256_set1_ps(ys), summs1);
+            }
+            // SAFETY: c * nb + k < C * nb ≤ y.qs.len() (asserted above).
+            let qy = load_256_i8(W::act_qs(unsafe { y.qs.get_unchecked(k) }));
+            for r in 0..R {
+                let by = if W::SIGNED {
+                    _mm256_sign_epi8(qy, qx[r])
+                } else {
+                    qy
+                };
+                // Unsigned bytes ≤ 128 × signed bytes ≤ 127 in magnitude: no `vpmaddubsw` saturation.
+                let p = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(ax[r], by), ones));
+                acc[r][0] = _mm256_fmadd_ps(lane(dd, 2 * r), p, acc[r][0]);
+            }
+        } else {
+            let xd: [__m256; R] = core::array::from_fn(|r| lane(dm, 2 * r));
+            if W::HAS_MIN {
+                let mut sv = [0.0f32; 8];
+                // SAFETY: at + c for c < C is within y.s (asserted above).
+                sv[..C].copy_from_slice(unsafe { y.s.get_unchecked(at..at + C) });
+                // SAFETY: reads exactly the 8 floats of `sv`.
+                let sv = unsafe { _mm256_loadu_ps(sv.as_ptr()) };
+                for r in 0..R {
+                    summs[r] = _mm256_fmadd_ps(lane(dm, 2 * r + 1), sv, summs[r]);
+                }
+            }
+            for c in 0..C {
+                // SAFETY: at + c is within y.d, c * nb + k within y.qs (asserted above).
+                let (yd, yb) = unsafe { (*y.d.get_unchecked(at + c), y.qs.get_unchecked(c * nb + k)) };
+                let qy = load_256_i8(W::act_qs(yb));
+                let ydv = _mm256_set1_ps(yd);
+                for r in 0..R {
+                    let by = if W::SIGNED {
+                        _mm256_sign_epi8(qy, qx[r])
+                    } else {
+                        qy
+                    };
+                    // Unsigned bytes ≤ 128 × signed bytes ≤ 127 in magnitude: no `vpmaddubsw` saturation.
+                    let p =
+                        _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(ax[r], by), ones));
+                    acc[r][c] = _mm256_fmadd_ps(_mm256_mul_ps(xd[r], ydv), p, acc[r][c]);
+                }
+            }
+        }
+    }
+    let mut m1 = [0.0f32; 8];
+    // SAFETY: writes exactly the 8 floats of `m1`.
+    unsafe { _mm256_storeu_ps(m1.as_mut_ptr(), summs1) };
+    for r in 0..R {
+        let mut m = [0.0f32; 8];
+        // SAFETY: writes exactly the 8 floats of `m`.
+        unsafe { _mm256_storeu_ps(m.as_mut_ptr(), summs[r]) };
+        for c in 0..C {
+            let s = if C == 1 { m1[2 * r + 1] } else { m[c] };
+            out[r][c] = if W::HAS_MIN {
+                hsum_ps(acc[r][c]) + s
+            } else {
+                hsum_ps(acc[r][c])
+            };
+        }
+    }
+}
+
+/// One token (`y.batch == 1`): `R` rows at a time share each activation block.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn decode_rows<W: Q0Weight, const R: usize>(
+    w: &[W],
+    nb: usize,
+    y: &ActTile<'_, W::Act>,
+    out: &mut [f32],
+) {
+    let rows = out.len();
+    let mut r = 0;
+    while r + R <= rows {
+        let mut o = [[0.0f32; 1]; R];
+        // SAFETY: the caller guarantees AVX2, FMA and F16C.
+        unsafe { tile::<W, R, 1>(&w[r * nb..], nb, y, &mut o) };
+        for i in 0..R {
+            out[r + i] = o[i][0];
+        }
+        r += R;
+    }
+    while r < rows {
+        let mut o = [[0.0f32; 1]; 1];
+        // SAFETY: as above.
+        unsafe { tile::<W, 1, 1>(&w[r * nb..], nb, y, &mut o) };
+        out[r] = o[0][0];
+        r += 1;
+    }
+}
+
+/// `out[r * batch + t] = W[r] · y[t]` for every row of `w` (`out.len() / batch` rows of `nb` blocks) and every
+/// column of the batch in `y` (`y.col0` must be 0 and `y.qs` hold `batch` columns).
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn mat_q0<W: Q0Weight>(w: &[W], nb: usize, y: &ActTile<'_, W::Act>, out: &mut [f32]) {
+    let batch = y.batch;
+    let rows = out.len() / batch;
+    if batch == 1 {
+        // SAFETY (all three): the caller guarantees AVX2, FMA and F16C.
+        match W::DECODE_ROWS {
+            4 => unsafe { decode_rows::<W, 4>(w, nb, y, out) },
+            2 => unsafe { decode_rows::<W, 2>(w, nb, y, out) },
+            _ => unsafe { decode_rows::<W, 1>(w, nb, y, out) },
+        }
+        return;
+    }
+    // Prefill: 2 rows × 4 columns per tile (8 accumulators), remainders one row or one column at a time.
+    let mut r = 0;
+    while r < rows {
+        let two = r + 2 <= rows;
+        let mut c = 0;
+        while c < batch {
+            let sub = ActTile {
+                qs: &y.qs[c * nb..],
+                d: y.d,
+                s: y.s,
+                batch,
+                col0: c,
+            };
+            let wr = &w[r * nb..];
+            if c + 4 <= batch {
+                if two {
+                    let mut o = [[0.0f32; 4]; 2];
+                    // SAFETY: as above.
+                    unsafe { tile::<W, 2, 4>(wr, nb, &sub, &mut o) };
+                    for i in 0..2 {
+                        out[(r + i) * batch + c..(r + i) * batch + c + 4].copy_from_slice(&o[i]);
+                    }
+                } else {
+                    let mut o = [[0.0f32; 4]; 1];
+                    // SAFETY: as above.
+                    unsafe { tile::<W, 1, 4>(wr, nb, &sub, &mut o) };
+                    out[r * batch + c..r * batch + c + 4].copy_from_slice(&o[0]);
+                }
+                c += 4;
+            } else {
+                let n = if two { 2 } else { 1 };
+                for i in 0..n {
+                    let mut o = [[0.0f32; 1]; 1];
+                    // SAFETY: as above.
+                    unsafe { tile::<W, 1, 1>(&wr[i * nb..], nb, &sub, &mut o) };
+                    out[(r + i) * batch + c] = o[0][0];
+                }
+                c += 1;
+            }
+        }
+        r += if two { 2 } else { 1 };
+    }
 }

@@ -130,5 +130,53 @@ dispatch!(
     /// f32 → Q8_1 activations.
     quantize_q8_1(x: &[f32], out: &mut [BlockQ8_1]) -> (), quant::quantize_q8_1);
 
+/// Where a matrix product reads its quantized activations: `C` columns of `nb` blocks each (`qs[c * nb + k]`) and
+/// their scales as f32, stored block-major for the whole batch (`d[k * batch + col0 + c]`; `s` likewise, Q8_1's
+/// `s` only, empty otherwise).
+pub struct ActTile<'a, A> {
+    pub qs: &'a [A],
+    pub d: &'a [f32],
+    pub s: &'a [f32],
+    pub batch: usize,
+    pub col0: usize,
+}
+
+macro_rules! mat_dispatch {
+    ($(#[$m:meta])* $name:ident, $w:ty, $a:ty, $scalar:path) => {
+        $(#[$m])*
+        ///
+        /// `out[r * batch + t] = W[r] · y[t]` for every row of `w` (`out.len() / batch` rows of `nb` blocks) and
+        /// every column of `y` (`y.col0 == 0`, `y.qs` holding `batch` columns). The AVX2 path is bit-identical to
+        /// the single-row AVX2 dot product of the same types; panics if a slice is shorter than stated.
+        pub fn $name(w: &[$w], nb: usize, y: &ActTile<'_, $a>, out: &mut [f32]) {
+            #[cfg(target_arch = "x86_64")]
+            if level() == Level::Avx2 {
+                // SAFETY: `level()` returned Avx2 only after CPUID/XGETBV confirmed AVX2, FMA and F16C with OS
+                // support; slices are indexed with bounds checks.
+                return unsafe { avx2::mat_q0::<$w>(w, nb, y, out) };
+            }
+            let batch = y.batch.max(1);
+            for (r, row) in out.chunks_exact_mut(batch).enumerate() {
+                for (t, o) in row.iter_mut().enumerate() {
+                    *o = $scalar(&w[r * nb..(r + 1) * nb], &y.qs[t * nb..(t + 1) * nb]);
+                }
+            }
+        }
+    };
+}
+
+mat_dispatch!(
+    /// Q4_0 weights × Q8_0 activations.
+    mat_q4_0, BlockQ4_0, BlockQ8_0, quant::dot_q4_0_q8_0);
+mat_dispatch!(
+    /// Q4_1 weights × Q8_1 activations.
+    mat_q4_1, BlockQ4_1, BlockQ8_1, quant::dot_q4_1_q8_1);
+mat_dispatch!(
+    /// Q5_0 weights × Q8_0 activations.
+    mat_q5_0, BlockQ5_0, BlockQ8_0, quant::dot_q5_0_q8_0);
+mat_dispatch!(
+    /// Q8_0 weights × Q8_0 activations.
+    mat_q8_0, BlockQ8_0, BlockQ8_0, quant::dot_q8_0_q8_0);
+
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests;

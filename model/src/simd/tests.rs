@@ -5,6 +5,8 @@ use alloc::vec::Vec;
 
 use crate::quant::{self, *};
 
+use bytemuck::Zeroable;
+
 use super::avx2;
 
 /// Deterministic pseudo-random floats with a few large outliers (as real activations have).
@@ -329,4 +331,65 @@ fn expf_and_swiglu_match_scalar_bitwise_and_libm() {
     // SAFETY: as above.
     unsafe { avx2::swiglu(&mut b, &g) };
     assert!(a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()));
+}
+
+/// The tiled matrix kernels give bit for bit what the single-row AVX2 dot products give, for every tile shape
+/// and remainder (rows and batch sizes that are not multiples of the tile).
+#[test]
+fn matrix_tiles_equal_row_dots_bitwise() {
+    if !have_avx2() {
+        return;
+    }
+    let (cols, nb) = (128, 4);
+    for rows in [1usize, 2, 3, 5, 8, 9] {
+        for batch in [1usize, 2, 3, 4, 5, 9] {
+            let x = data(cols * batch, 11 + batch as u64);
+            let mut q80 = vec![BlockQ8_0::zeroed(); nb * batch];
+            let mut q81 = vec![BlockQ8_1::zeroed(); nb * batch];
+            quant::quantize_q8_0(&x, &mut q80);
+            quant::quantize_q8_1(&x, &mut q81);
+            // Block-major f32 scales, as `matmul::Acts` lays them out.
+            let (mut d0, mut d1, mut s1) = (vec![0.0; nb * batch], vec![0.0; nb * batch], vec![0.0; nb * batch]);
+            for t in 0..batch {
+                for k in 0..nb {
+                    d0[k * batch + t] = f16_to_f32(q80[t * nb + k].d);
+                    d1[k * batch + t] = f16_to_f32(q81[t * nb + k].d);
+                    s1[k * batch + t] = f16_to_f32(q81[t * nb + k].s);
+                }
+            }
+            let y0 = super::ActTile { qs: &q80[..], d: &d0, s: &[], batch, col0: 0 };
+            let y1 = super::ActTile { qs: &q81[..], d: &d1, s: &s1, batch, col0: 0 };
+            for t in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q8_0] {
+                let wb = encode_weights(t, &data(cols * rows, 5 + rows as u64));
+                let mut got = vec![0.0f32; rows * batch];
+                let mut want = vec![0.0f32; rows * batch];
+                for r in 0..rows {
+                    for c in 0..batch {
+                        let (wr, q0, q1) = (
+                            &wb[r * nb * t.block_bytes()..(r + 1) * nb * t.block_bytes()],
+                            &q80[c * nb..(c + 1) * nb],
+                            &q81[c * nb..(c + 1) * nb],
+                        );
+                        // SAFETY: AVX2, FMA and F16C were detected above.
+                        want[r * batch + c] = unsafe {
+                            match t {
+                                GgmlType::Q4_0 => avx2::dot_q4_0_q8_0(quant::cast(wr), q0),
+                                GgmlType::Q4_1 => avx2::dot_q4_1_q8_1(quant::cast(wr), q1),
+                                GgmlType::Q5_0 => avx2::dot_q5_0_q8_0(quant::cast(wr), q0),
+                                _ => avx2::dot_q8_0_q8_0(quant::cast(wr), q0),
+                            }
+                        };
+                    }
+                }
+                match t {
+                    GgmlType::Q4_0 => super::mat_q4_0(quant::cast(&wb), nb, &y0, &mut got),
+                    GgmlType::Q4_1 => super::mat_q4_1(quant::cast(&wb), nb, &y1, &mut got),
+                    GgmlType::Q5_0 => super::mat_q5_0(quant::cast(&wb), nb, &y0, &mut got),
+                    _ => super::mat_q8_0(quant::cast(&wb), nb, &y0, &mut got),
+                }
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&want), "{t:?} rows {rows} batch {batch}");
+            }
+        }
+    }
 }
