@@ -1,141 +1,33 @@
-//! End-to-end: boot the release image under QEMU TCG with swtpm, as `runner up` does, and talk to
-//! it over the forwarded port as a client would (issue 2).
+//! End-to-end: boot the image under QEMU TCG with swtpm and the tiny llama model, as `runner up` does, and
+//! talk to it over TLS 1.3 on the forwarded port as a client would (issues 2 and 5): model information, a
+//! static address, and no log text in the release image.
 
 mod support;
 
-use std::io::Write;
-use std::net::Shutdown;
-use std::time::{Duration, Instant};
-
-use net::proto::{ErrorCode, Request, Response};
-use runner::image::KernelFlavor;
 use sha2::{Digest, Sha256};
 use support::*;
 
-const RELEASE: KernelFlavor = KernelFlavor {
-    debug_console: false,
-};
-const DEBUG: KernelFlavor = KernelFlavor {
-    debug_console: true,
-};
-
-fn request_frame() -> Vec<u8> {
-    let mut frame = Vec::new();
-    Request::ModelInfo.emit(&mut frame).expect("encode");
-    frame
-}
-
-/// Sends `bytes`, then expects an error frame with `code` (when given) and a closed connection.
-fn expect_rejected(endpoint: std::net::SocketAddr, bytes: &[u8], code: Option<ErrorCode>) {
-    let mut stream = connect(endpoint);
-    stream.write_all(bytes).expect("send");
-    let answer = read_response(&mut stream);
-    match (code, answer) {
-        (Some(expected), Some(Response::Error(actual))) => assert_eq!(actual, expected),
-        (None, Some(Response::Error(_))) => {}
-        (_, other) => panic!(
-            "expected an error frame for {:02x?}, got {other:?}",
-            &bytes[..bytes.len().min(8)]
-        ),
-    }
-    assert!(
-        closed_within(&mut stream, Duration::from_secs(20)),
-        "connection left open after an error"
-    );
+/// The readiness probe and these checks speak TLS 1.3 (`runner::client::model_info` opens an unverified
+/// session: model information needs no trust). Bad clients are tests/tests/bad_input.rs's business.
+fn model_info(endpoint: std::net::SocketAddr) -> net::proto::ModelInfo {
+    runner::client::model_info(endpoint, PATIENCE).expect("model info over TLS")
 }
 
 #[test]
-fn serves_model_info_and_survives_bad_clients() {
+fn serves_model_info_over_tls_and_writes_nothing_to_the_console() {
     let dir = tempfile::tempdir().expect("temp dir");
-    // An odd length, so nothing lines up with pages or hash blocks by accident.
-    let model = write_model(dir.path(), 0xC10157E5, 3 * 1024 * 1024 + 17);
+    let model = tiny_llama(dir.path());
     let bytes = std::fs::read(&model).expect("read model");
     let expected_digest: [u8; 32] = Sha256::digest(&bytes).into();
     let (_image, appliance) = boot(dir.path(), RELEASE, &model, "ip=dhcp port=7000");
     let endpoint = appliance.endpoint();
     eprintln!("booted in {:?}", appliance.boot_duration());
 
-    let info = model_info(endpoint);
+    let (info, took) = timed(|| model_info(endpoint));
+    eprintln!("TLS handshake and model info in {took:?}");
     assert_eq!(info.length, bytes.len() as u64);
     assert_eq!(info.sha256, expected_digest);
-
-    // Garbage first: random bytes, lengths over the maximum, an empty frame, a bad body.
-    for seed in 1..4 {
-        expect_rejected(endpoint, &pseudo_random_bytes(seed, 64), None);
-    }
-    expect_rejected(endpoint, &u32::MAX.to_be_bytes(), Some(ErrorCode::TooLarge));
-    let just_over = (net::frame::MAX_FRAME_LEN as u32 + 1).to_be_bytes();
-    expect_rejected(endpoint, &just_over, Some(ErrorCode::TooLarge));
-    expect_rejected(endpoint, &[0, 0, 0, 0], Some(ErrorCode::BadFrame));
-    expect_rejected(
-        endpoint,
-        &[0, 0, 0, 2, 0x7f, 0x7f],
-        Some(ErrorCode::BadFrame),
-    );
-    expect_rejected(endpoint, &[0, 0, 0, 2, 0, 0], Some(ErrorCode::BadFrame));
-
-    // Every truncation of a valid frame followed by EOF: closed, no answer, nothing breaks.
-    let frame = request_frame();
-    for cut in 1..frame.len() {
-        let mut stream = connect(endpoint);
-        stream.write_all(&frame[..cut]).expect("send");
-        stream.shutdown(Shutdown::Write).expect("half close");
-        assert_eq!(
-            read_response(&mut stream),
-            None,
-            "answer to a frame cut at {cut}"
-        );
-    }
-
-    // A client that connects and says nothing is timed out while others are served.
-    let mut silent = connect(endpoint);
-    let other = model_info(endpoint);
-    assert_eq!(other, info);
-    let (answer, waited) = timed(|| read_response(&mut silent));
-    assert_eq!(answer, Some(Response::Error(ErrorCode::Timeout)));
-    assert!(
-        waited < Duration::from_secs(30),
-        "silent client held for {waited:?}"
-    );
-
-    // Several clients at once, requests interleaved on open connections.
-    let mut clients: Vec<_> = (0..3).map(|_| connect(endpoint)).collect();
-    for round in 0..3 {
-        for client in &mut clients {
-            client.write_all(&request_frame()).expect("send");
-        }
-        for client in &mut clients {
-            assert_eq!(
-                read_response(client),
-                Some(Response::ModelInfo(info)),
-                "round {round}"
-            );
-        }
-    }
-    drop(clients);
-
-    // A storm of connections, more than there are slots, all dropped at once.
-    let storm: Vec<_> = (0..32)
-        .filter_map(|_| {
-            std::net::TcpStream::connect_timeout(&endpoint, Duration::from_secs(5)).ok()
-        })
-        .collect();
-    for mut stream in storm {
-        let _ = stream.write_all(&[0, 0]);
-    }
-    // Slots free up as the appliance closes them; a correct client gets through afterwards.
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let attempt = std::panic::catch_unwind(|| model_info(endpoint));
-        match attempt {
-            Ok(answer) => {
-                assert_eq!(answer, info);
-                break;
-            }
-            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(500)),
-            Err(panic) => std::panic::resume_unwind(panic),
-        }
-    }
+    assert_eq!(appliance.model_info(), info, "the readiness probe saw another model");
 
     // A release image writes nothing to the serial port, ever.
     let serial = appliance.serial_output().expect("serial log");
@@ -150,7 +42,8 @@ fn serves_model_info_and_survives_bad_clients() {
 #[test]
 fn static_address_from_the_command_line() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let model = write_model(dir.path(), 7, 4096 * 3);
+    let model = tiny_llama(dir.path());
+    let length = std::fs::metadata(&model).expect("model").len();
     let (_image, appliance) = boot(
         dir.path(),
         RELEASE,
@@ -158,7 +51,7 @@ fn static_address_from_the_command_line() {
         "ip=10.0.2.15/24 gw=10.0.2.2 port=7000",
     );
     let info = model_info(appliance.endpoint());
-    assert_eq!(info.length, 4096 * 3);
+    assert_eq!(info.length, length);
     appliance.shutdown().expect("clean shutdown");
 }
 
@@ -188,10 +81,11 @@ fn literal_prefix(line: &str) -> &str {
 #[test]
 fn debug_console_logs_never_reach_the_release_image() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let model = write_model(dir.path(), 99, 100_000);
+    let model = tiny_llama(dir.path());
+    let length = std::fs::metadata(&model).expect("model").len();
     let (image, appliance) = boot(dir.path(), DEBUG, &model, "ip=dhcp port=7000");
     let info = model_info(appliance.endpoint());
-    assert_eq!(info.length, 100_000);
+    assert_eq!(info.length, length);
     let serial =
         String::from_utf8_lossy(&appliance.serial_output().expect("serial log")).into_owned();
     appliance.shutdown().expect("clean shutdown");
