@@ -134,7 +134,16 @@ impl Handler for Appliance<'_> {
                 credential_blob,
                 secret,
             } => self.activate(credential_blob, secret),
-            Request::Generate(generate) => return self.generations.start(slot, generate),
+            Request::Generate(generate) => {
+                let _started = self.clock.now_us();
+                let reply = self.generations.start(slot, generate);
+                crate::debug!(
+                    "slot {slot}: generate {:?} in {} us",
+                    reply,
+                    self.clock.now_us() - _started
+                );
+                return reply;
+            }
             // The server keeps cancels to itself (a running generation becomes `stop`, the answer `Cancelled`);
             // should one arrive anyway, it frees whatever this slot runs and says so.
             Request::Cancel => {
@@ -147,7 +156,11 @@ impl Handler for Appliance<'_> {
 
     fn step(&mut self, slot: usize) -> Step {
         let clock = self.clock;
-        self.generations.step(slot, &Serial, &|| clock.now_us())
+        let step = self.generations.step(slot, &Serial, &|| clock.now_us());
+        if let Step::Final(ref _last) = step {
+            crate::debug!("slot {slot}: {_last:?} at {} us", clock.now_us());
+        }
+        step
     }
 
     fn stop(&mut self, slot: usize) {
