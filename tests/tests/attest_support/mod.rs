@@ -40,7 +40,7 @@ pub fn scratch() -> &'static Path {
     SCRATCH.get_or_init(|| {
         let dir = std::env::temp_dir().join(format!("cloister-e2e-attest-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("create the scratch directory");
-        spawn_watchdog(&[], std::slice::from_ref(&dir));
+        spawn_watchdog(&[], &dir, std::slice::from_ref(&dir));
         dir
     })
 }
@@ -114,6 +114,7 @@ pub fn boot_tiny(name: &str) -> Booted {
     );
     spawn_watchdog(
         &appliance.process_ids(),
+        appliance.state_dir(),
         &[appliance.state_dir().to_path_buf()],
     );
     let trust = TrustAnchors::from_authority(appliance.certificate_authority())
@@ -138,18 +139,27 @@ pub fn shared_appliance() -> MutexGuard<'static, Booted> {
 }
 
 /// Starts a process (in its own process group, so a Ctrl-C aimed at the tests does not stop it) that waits for
-/// this test process to exit, then kills exactly `pids` (the appliance's QEMU and swtpm, which live in statics
-/// and are never dropped) and removes `dirs`.
+/// this test process to exit, then stops `pids` (the appliance's QEMU and swtpm, which live in statics and are
+/// never dropped) and removes `dirs`. A pid is signalled only while its command line still mentions `marker` (the
+/// run's state directory, on both QEMU's and swtpm's command lines), so a pid reused by another process is left
+/// alone.
 // The watchdog must outlive this process, so it is never waited for; init reaps it.
 #[allow(clippy::zombie_processes)]
-fn spawn_watchdog(pids: &[u32], dirs: &[PathBuf]) {
+fn spawn_watchdog(pids: &[u32], marker: &Path, dirs: &[PathBuf]) {
     use std::os::unix::process::CommandExt as _;
     let pid_list: Vec<String> = pids.iter().map(u32::to_string).collect();
     let pid_list = pid_list.join(" ");
     let script = format!(
-        "while kill -0 {parent} 2>/dev/null; do sleep 0.5; done; \
-         for p in {pid_list}; do kill $p 2>/dev/null; done; sleep 1; \
-         for p in {pid_list}; do kill -9 $p 2>/dev/null; done; \
+        "marker=\"$1\"; shift; \
+         while kill -0 {parent} 2>/dev/null; do sleep 0.5; done; \
+         for signal in TERM KILL; do \
+           for p in {pid_list}; do \
+             if tr '\\0' '\\n' 2>/dev/null < /proc/$p/cmdline | grep -qF -- \"$marker\"; then \
+               kill -s $signal $p 2>/dev/null; \
+             fi; \
+           done; \
+           sleep 1; \
+         done; \
          rm -rf \"$@\"",
         parent = std::process::id(),
     );
@@ -157,6 +167,7 @@ fn spawn_watchdog(pids: &[u32], dirs: &[PathBuf]) {
         .arg("-c")
         .arg(script)
         .arg("watchdog")
+        .arg(marker)
         .args(dirs)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
