@@ -40,7 +40,10 @@ fn main() -> ExitCode {
         CMDLINE,
         &[
             ("random_bytes_before_tls", random_bytes_before_tls),
-            ("garbage_frames_after_handshake", garbage_frames_after_handshake),
+            (
+                "garbage_frames_after_handshake",
+                garbage_frames_after_handshake,
+            ),
             ("oversized_length_headers", oversized_length_headers),
             (
                 "every_truncation_of_a_generate_frame_then_eof",
@@ -55,7 +58,10 @@ fn main() -> ExitCode {
                 "connections_beyond_the_pool_are_refused",
                 connections_beyond_the_pool_are_refused,
             ),
-            ("prompt_longer_than_the_context", prompt_longer_than_the_context),
+            (
+                "prompt_longer_than_the_context",
+                prompt_longer_than_the_context,
+            ),
             ("token_ids_out_of_range", token_ids_out_of_range),
             ("huge_max_tokens", huge_max_tokens),
             (
@@ -149,7 +155,10 @@ fn garbage_frames_after_handshake(fixture: &Fixture) {
     let mut cases: Vec<(String, Vec<u8>)> = vec![
         ("an empty frame".into(), vec![0, 0, 0, 0]),
         ("an unknown tag".into(), vec![0, 0, 0, 2, 0x7f, 0x7f]),
-        ("a request with trailing bytes".into(), vec![0, 0, 0, 2, 0, 0]),
+        (
+            "a request with trailing bytes".into(),
+            vec![0, 0, 0, 2, 0, 0],
+        ),
         (
             "a truncated attest request".into(),
             vec![0, 0, 0, 5, 1, 7, 7, 7, 7],
@@ -167,7 +176,10 @@ fn garbage_frames_after_handshake(fixture: &Fixture) {
         let mut client = TlsClient::connect(fixture.endpoint());
         client.send_raw(bytes).expect("send");
         let took = client.expect_error_then_close(ErrorCode::BadFrame, PROMPT_ANSWER);
-        eprintln!("  {what}: BadFrame after {took:.2?} (handshake {:.2?})", client.handshake);
+        eprintln!(
+            "  {what}: BadFrame after {took:.2?} (handshake {:.2?})",
+            client.handshake
+        );
     }
     // A good request answered, then garbage on the same connection.
     let mut client = TlsClient::connect(fixture.endpoint());
@@ -272,7 +284,11 @@ fn dribbling_client_times_out(fixture: &Fixture) {
 }
 
 /// `count` clients, each with a generation of `request` started (its first token received).
-fn running_generations(fixture: &Fixture, count: usize, request: &GenerateRequest) -> Vec<TlsClient> {
+fn running_generations(
+    fixture: &Fixture,
+    count: usize,
+    request: &GenerateRequest,
+) -> Vec<TlsClient> {
     (0..count)
         .map(|index| {
             let mut client = TlsClient::connect(fixture.endpoint());
@@ -303,7 +319,10 @@ fn generate_beyond_the_sessions_is_busy(fixture: &Fixture) {
     let mut extra = TlsClient::connect(fixture.endpoint());
     let (answer, took) = timed(|| extra.start_generation(&reference_request()));
     assert_eq!(answer, Response::Error(ErrorCode::Busy));
-    eprintln!("  generation {} of {sessions} sessions: Busy after {took:.2?}", sessions + 1);
+    eprintln!(
+        "  generation {} of {sessions} sessions: Busy after {took:.2?}",
+        sessions + 1
+    );
     // Busy refuses the generation, not the client: the connection still serves.
     extra.send(&Request::ModelInfo);
     assert_eq!(
@@ -337,10 +356,7 @@ fn connections_beyond_the_pool_are_refused(fixture: &Fixture) {
         std::thread::sleep(Duration::from_millis(500));
         let mut beyond = connect(fixture.endpoint());
         let (_, closed) = read_until_closed(&mut beyond, Duration::from_secs(3));
-        let open = held
-            .iter()
-            .filter(|stream| still_open(stream))
-            .count();
+        let open = held.iter().filter(|stream| still_open(stream)).count();
         match closed {
             Some(took) if open == pool => {
                 eprintln!(
@@ -350,14 +366,21 @@ fn connections_beyond_the_pool_are_refused(fixture: &Fixture) {
                 // The held connections never sent a ClientHello: the appliance closes each by the frame
                 // timeout.
                 for mut stream in held {
-                    let (_, closed) = read_until_closed(&mut stream, fixture.frame_timeout() + MARGIN);
-                    assert!(closed.is_some(), "an idle connection was held past its timeout");
+                    let (_, closed) =
+                        read_until_closed(&mut stream, fixture.frame_timeout() + MARGIN);
+                    assert!(
+                        closed.is_some(),
+                        "an idle connection was held past its timeout"
+                    );
                 }
                 fixture.assert_serves_correct_client();
                 return;
             }
             None if open == pool => {
-                panic!("connection {} beyond a pool of {pool} was left hanging", pool + 1)
+                panic!(
+                    "connection {} beyond a pool of {pool} was left hanging",
+                    pool + 1
+                )
             }
             _ => {
                 eprintln!(
@@ -391,7 +414,12 @@ fn still_open(stream: &TcpStream) -> bool {
 
 /// Sends `request`, expects it refused with `code` at once, and the same connection to serve the reference
 /// generation afterwards.
-fn expect_refused_then_served(fixture: &Fixture, what: &str, request: GenerateRequest, code: ErrorCode) {
+fn expect_refused_then_served(
+    fixture: &Fixture,
+    what: &str,
+    request: GenerateRequest,
+    code: ErrorCode,
+) {
     let mut client = TlsClient::connect(fixture.endpoint());
     let (answer, took) = timed(|| client.start_generation(&request));
     assert_eq!(answer, Response::Error(code), "{what}");
@@ -465,9 +493,8 @@ fn huge_max_tokens(fixture: &Fixture) {
     }
     // Exactly the context: accepted, and it never runs past it.
     let mut client = TlsClient::connect(fixture.endpoint());
-    let ((tokens, done), took) = timed(|| {
-        client.generate_to_end(&generate(Prompt::Tokens(prompt.clone()), fits), PATIENCE)
-    });
+    let ((tokens, done), took) =
+        timed(|| client.generate_to_end(&generate(Prompt::Tokens(prompt.clone()), fits), PATIENCE));
     assert_eq!(done.prompt_tokens as usize, prompt.len());
     assert!(done.generated_tokens <= fits && tokens.len() <= fits as usize);
     eprintln!(
@@ -574,7 +601,10 @@ fn disturbance_leaves_a_concurrent_generation_intact(fixture: &Fixture) {
         ] {
             let mut client = TlsClient::connect(fixture.endpoint());
             client.send_raw(&bytes).expect("send");
-            assert!(matches!(client.expect_frame(PROMPT_ANSWER), Response::Error(_)));
+            assert!(matches!(
+                client.expect_frame(PROMPT_ANSWER),
+                Response::Error(_)
+            ));
             client.expect_closed(PROMPT_ANSWER);
         }
         let frame = frame_of(&Request::Generate(reference_request()));

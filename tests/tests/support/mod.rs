@@ -77,10 +77,7 @@ pub fn pseudo_random_bytes(seed: u64, len: usize) -> Vec<u8> {
 /// into `dir` and returns its path.
 pub fn tiny_llama(dir: &Path) -> PathBuf {
     let path = dir.join("tiny-llama.gguf");
-    let bytes = model::tiny::generate(
-        &model::tiny::TinySpec::llama(),
-        runner::engine::TINY_SEED,
-    );
+    let bytes = model::tiny::generate(&model::tiny::TinySpec::llama(), runner::engine::TINY_SEED);
     std::fs::write(&path, bytes).expect("write the tiny model");
     path
 }
@@ -95,13 +92,24 @@ pub fn vocab_size(model_path: &Path) -> u32 {
 
 /// Assembles an image in `dir` and boots it under TCG (KVM is not usable on these machines).
 pub fn boot(dir: &Path, flavor: KernelFlavor, model: &Path, cmdline: &str) -> (Image, Appliance) {
+    boot_with(dir, flavor, model, cmdline, false)
+}
+
+/// [`boot`], optionally copying the guest's serial output to stderr as it arrives.
+pub fn boot_with(
+    dir: &Path,
+    flavor: KernelFlavor,
+    model: &Path,
+    cmdline: &str,
+    echo_serial: bool,
+) -> (Image, Appliance) {
     let kernel = kernel(flavor);
     let image = image::assemble(&kernel, model, cmdline, &dir.join("image"), flavor)
         .expect("assemble image");
     let mut options = BootOptions::new(image.clone());
     options.accel = AccelChoice::Tcg;
     options.mem_mib = 256;
-    options.echo_serial = false;
+    options.echo_serial = echo_serial;
     options.ready_timeout = Some(Duration::from_secs(240));
     let appliance = Appliance::boot(&options).expect("appliance boots and answers");
     (image, appliance)
@@ -152,7 +160,15 @@ impl Fixture {
         let dir = tempfile::tempdir().expect("temp dir");
         let model = tiny_llama(dir.path());
         let vocab_size = vocab_size(&model);
-        let (image, appliance) = boot(dir.path(), RELEASE, &model, cmdline);
+        // To see what the kernel does while a suite runs, set CLOISTER_E2E_DEBUG_CONSOLE=1: the suite then
+        // boots the debug-console kernel and copies its serial output to stderr.
+        let debug =
+            std::env::var_os("CLOISTER_E2E_DEBUG_CONSOLE").is_some_and(|value| value == "1");
+        let (image, appliance) = if debug {
+            boot_with(dir.path(), DEBUG, &model, cmdline, true)
+        } else {
+            boot(dir.path(), RELEASE, &model, cmdline)
+        };
         let manifest =
             Manifest::for_image(&image.kernel, &image.model, &image.cmdline).expect("manifest");
         let trust =
@@ -297,9 +313,7 @@ pub fn run_suite(cmdline: &'static str, tests: &[SuiteTest]) -> std::process::Ex
                                 panic
                                     .downcast_ref::<String>()
                                     .cloned()
-                                    .or_else(|| {
-                                        panic.downcast_ref::<&str>().map(|s| s.to_string())
-                                    })
+                                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                                     .unwrap_or_else(|| "boot panicked".into())
                             },
                         )
@@ -638,7 +652,10 @@ impl TlsClient {
             match self.expect_frame(patience) {
                 Response::Token(token) => tokens.push(token),
                 Response::Done(done) => return (tokens, done),
-                other => panic!("generation ended with {other:?} after {} tokens", tokens.len()),
+                other => panic!(
+                    "generation ended with {other:?} after {} tokens",
+                    tokens.len()
+                ),
             }
         }
     }
