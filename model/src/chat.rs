@@ -48,6 +48,9 @@ pub enum ChatError {
     MisplacedSystem,
     /// Gemma: turns after the system turn do not alternate user, model, user, ... starting with the user.
     NotAlternating,
+    /// A turn's content holds a control token's text (a turn marker, BOS, EOS): refused so that content cannot
+    /// forge turns (see `session::Engine::encode_chat`).
+    ControlToken,
 }
 
 impl core::fmt::Display for ChatError {
@@ -55,6 +58,7 @@ impl core::fmt::Display for ChatError {
         f.write_str(match self {
             ChatError::Empty => "a chat needs at least one turn",
             ChatError::MisplacedSystem => "a system turn may only come first",
+            ChatError::ControlToken => "a chat turn may not contain the model's control tokens",
             ChatError::NotAlternating => {
                 "this model's turns must alternate user, assistant, user, ... starting with the user"
             }
