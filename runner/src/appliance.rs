@@ -1,7 +1,8 @@
 //! A running appliance: a fresh swtpm state, swtpm, and QEMU booting an image, up until it answers.
 //!
-//! "Up" means the appliance answered a model-info request on the forwarded port. A TCP connect is
-//! not enough: QEMU's user networking accepts host connections before the guest listens.
+//! "Up" means the appliance completed a TLS 1.3 handshake and answered a model-info request on the forwarded
+//! port (an unverified session, `crate::session`: readiness needs no trust). A TCP connect is not enough: QEMU's
+//! user networking accepts host connections before the guest listens.
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
@@ -192,7 +193,7 @@ impl Appliance {
         self.endpoint
     }
 
-    /// Time from starting QEMU to the first answered request.
+    /// Time from starting QEMU to the first answered request (TLS handshake included).
     pub fn boot_duration(&self) -> Duration {
         self.boot_duration
     }
@@ -296,7 +297,7 @@ impl From<anyhow::Error> for BootFailure {
     }
 }
 
-/// Probes the appliance until it answers a model-info request, QEMU exits, or `deadline` passes.
+/// Probes the appliance until it answers a model-info request over TLS, QEMU exits, or `deadline` passes.
 fn wait_ready(
     qemu: &mut ChildGuard,
     swtpm: &mut Swtpm,

@@ -1,12 +1,13 @@
-//! A plain-TCP client for the appliance protocol: framed postcard messages (`net::frame`, `net::proto`).
+//! The client's entry points that need no verification: resolving an endpoint and asking a running appliance for
+//! its model information over TLS (`crate::session`, wire types `net::proto`).
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
-use net::frame::{self, HEADER_LEN};
-use net::proto::{ModelInfo, Request, Response};
+use anyhow::{anyhow, Context, Result};
+use net::proto::ModelInfo;
+
+use crate::session::UnverifiedSession;
 
 /// Resolves `HOST:PORT` to the first address it names.
 pub fn resolve_endpoint(endpoint: &str) -> Result<SocketAddr> {
@@ -19,58 +20,10 @@ pub fn resolve_endpoint(endpoint: &str) -> Result<SocketAddr> {
         .ok_or_else(|| anyhow!("{endpoint} resolves to no address"))
 }
 
-/// Connects with `timeout` for the connection and for every later read and write.
-pub fn connect(endpoint: SocketAddr, timeout: Duration) -> Result<TcpStream> {
-    let stream = TcpStream::connect_timeout(&endpoint, timeout)
-        .with_context(|| format!("cannot connect to {endpoint}"))?;
-    stream.set_read_timeout(Some(timeout))?;
-    stream.set_write_timeout(Some(timeout))?;
-    stream.set_nodelay(true)?;
-    Ok(stream)
-}
-
-/// Sends one request as one frame.
-pub fn send_request(stream: &mut impl Write, request: &Request) -> Result<()> {
-    let mut bytes = Vec::new();
-    request
-        .emit(&mut bytes)
-        .map_err(|error| anyhow!("cannot frame {request:?}: {error:?}"))?;
-    stream
-        .write_all(&bytes)
-        .context("cannot send the request")?;
-    stream.flush()?;
-    Ok(())
-}
-
-/// Reads exactly one framed response; the announced length is checked before the body is allocated.
-pub fn read_response(stream: &mut impl Read) -> Result<Response> {
-    let mut header = [0u8; HEADER_LEN];
-    stream
-        .read_exact(&mut header)
-        .context("the appliance closed the connection or sent no complete frame header")?;
-    let length =
-        frame::parse_header(header).map_err(|error| anyhow!("bad frame header: {error:?}"))?;
-    let mut body = vec![0u8; length];
-    stream
-        .read_exact(&mut body)
-        .with_context(|| format!("the appliance announced {length} bytes but sent fewer"))?;
-    Response::parse(&body).map_err(|error| anyhow!("malformed response ({error:?}): {body:02x?}"))
-}
-
-/// Sends `request` on a fresh connection and returns the appliance's one response.
-pub fn request(endpoint: SocketAddr, request: &Request, timeout: Duration) -> Result<Response> {
-    let mut stream = connect(endpoint, timeout)?;
-    send_request(&mut stream, request)?;
-    read_response(&mut stream)
-}
-
-/// Asks the appliance for the length and SHA-256 of the model it booted with.
+/// Asks the appliance for the length and SHA-256 of the model it booted with, on a fresh TLS session. The answer
+/// is unverified (the quote is what proves the model); it serves as a readiness probe and for `runner info`.
 pub fn model_info(endpoint: SocketAddr, timeout: Duration) -> Result<ModelInfo> {
-    match request(endpoint, &Request::ModelInfo, timeout)? {
-        Response::ModelInfo(info) => Ok(info),
-        Response::Error(code) => bail!("the appliance answered with error {code:?}"),
-        other => bail!("the appliance answered a model-info request with {other:?}"),
-    }
+    UnverifiedSession::connect(endpoint, timeout)?.model_info()
 }
 
 /// Model information as the JSON object `runner info` prints.
@@ -85,78 +38,77 @@ pub fn model_info_json(info: &ModelInfo) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use net::proto::ErrorCode;
+    use crate::loopback::{Loopback, Reply};
+    use net::proto::{ErrorCode, Request, Response};
+    use std::io::Write as _;
     use std::net::TcpListener;
 
-    /// Serves one connection: reads one request frame, checks it, then writes `answer` raw.
-    fn one_shot_server(answer: Vec<u8>) -> SocketAddr {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let address = listener.local_addr().unwrap();
-        std::thread::spawn(move || {
-            let (mut stream, _) = listener.accept().unwrap();
-            let mut request = [0u8; 5];
-            stream.read_exact(&mut request).unwrap();
-            assert_eq!(request, [0, 0, 0, 1, 0], "a framed Request::ModelInfo");
-            stream.write_all(&answer).unwrap();
-        });
-        address
-    }
-
     #[test]
-    fn model_info_round_trip() {
+    fn model_info_round_trip_over_tls() {
         let info = ModelInfo {
             length: 98_362_432,
             sha256: [0x5a; 32],
         };
-        let mut answer = Vec::new();
-        Response::ModelInfo(info).emit(&mut answer).unwrap();
-        let address = one_shot_server(answer);
-        assert_eq!(model_info(address, Duration::from_secs(10)).unwrap(), info);
-        let json = model_info_json(&info);
+        let server = Loopback::start(1, move |request, _| {
+            assert_eq!(request, &Request::ModelInfo);
+            Reply::Respond(Response::ModelInfo(info))
+        })
+        .unwrap();
         assert_eq!(
-            json,
+            model_info(server.address(), Duration::from_secs(10)).unwrap(),
+            info
+        );
+        let served = server.join().unwrap();
+        assert_eq!(served.requests, [Request::ModelInfo]);
+        assert!(served.failures.is_empty(), "{:?}", served.failures);
+        assert_eq!(
+            model_info_json(&info),
             format!("{{\"length\":98362432,\"sha256\":\"{}\"}}", "5a".repeat(32))
         );
     }
 
     #[test]
-    fn error_and_garbage_answers_are_errors() {
-        let mut answer = Vec::new();
-        Response::Error(ErrorCode::Busy).emit(&mut answer).unwrap();
-        let error = model_info(one_shot_server(answer), Duration::from_secs(10)).unwrap_err();
-        assert!(error.to_string().contains("Busy"), "{error}");
+    fn error_answers_are_typed_errors() {
+        let server =
+            Loopback::start(1, |_, _| Reply::Respond(Response::Error(ErrorCode::Busy))).unwrap();
+        let error = model_info(server.address(), Duration::from_secs(10)).unwrap_err();
+        assert_eq!(
+            error.downcast_ref::<crate::session::ApplianceError>(),
+            Some(&crate::session::ApplianceError(ErrorCode::Busy))
+        );
+        assert!(error.to_string().contains("busy"), "{error}");
+        server.join().unwrap();
+    }
 
-        let error =
-            model_info(one_shot_server(vec![0xff; 8]), Duration::from_secs(10)).unwrap_err();
-        assert!(error.to_string().contains("bad frame header"), "{error}");
-
-        let error = model_info(
-            one_shot_server(vec![0, 0, 0, 9, 0]),
-            Duration::from_secs(10),
-        )
-        .unwrap_err();
+    #[test]
+    fn a_plain_tcp_server_fails_the_handshake() {
+        // The old plaintext protocol: a framed answer where a TLS ServerHello belongs.
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let thread = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut answer = Vec::new();
+            Response::Error(ErrorCode::BadFrame)
+                .emit(&mut answer)
+                .unwrap();
+            let _ = stream.write_all(&answer);
+        });
+        let error = model_info(address, Duration::from_secs(10)).unwrap_err();
         assert!(
-            format!("{error:#}").contains("announced 9 bytes"),
+            format!("{error:#}").contains("TLS 1.3 handshake"),
             "{error:#}"
         );
-
-        let error = model_info(
-            one_shot_server(vec![0, 0, 0, 1, 7]),
-            Duration::from_secs(10),
-        )
-        .unwrap_err();
-        assert!(error.to_string().contains("malformed"), "{error}");
+        thread.join().unwrap();
     }
 
     #[test]
     fn silent_server_times_out() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let address = listener.local_addr().unwrap();
-        let error = model_info(address, Duration::from_millis(200)).unwrap_err();
+        let started = std::time::Instant::now();
+        let error = model_info(address, Duration::from_millis(300)).unwrap_err();
         drop(listener);
-        assert!(
-            format!("{error:#}").contains("no complete frame header"),
-            "{error:#}"
-        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(format!("{error:#}").contains("handshake"), "{error:#}");
     }
 }

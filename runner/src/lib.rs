@@ -2,13 +2,16 @@
 //! to the appliance. `main.rs` is the command-line front end; the end-to-end tests use this library.
 
 pub mod appliance;
+pub mod chat;
 pub mod client;
 pub mod engine;
 pub mod image;
+pub mod loopback;
 pub mod manifest;
 pub mod models;
 pub mod process;
 pub mod qemu;
+pub mod session;
 pub mod tools;
 pub mod tpm_state;
 pub mod verify;

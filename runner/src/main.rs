@@ -1,6 +1,7 @@
-//! `cargo run` starts this: the runner's command line (build, up, info, fetch-model).
+//! `cargo run` starts this: the runner's command line (build, up, info, verify, chat, fetch-model, generate,
+//! bench).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -8,8 +9,12 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
+use net::proto::{GenerateRequest, Sampling};
+use runner::manifest::Manifest;
+use runner::session::UnverifiedSession;
+use runner::verify::{self, TrustAnchors, VerifyOptions};
 use runner::{
-    client, engine, image, models, qemu, Appliance, BootOptions, BuildOptions, KernelFlavor,
+    chat, client, engine, image, models, qemu, Appliance, BootOptions, BuildOptions, KernelFlavor,
 };
 
 /// cloister: an attested LLM inference appliance booted under QEMU with a software TPM.
@@ -33,9 +38,13 @@ enum Command {
     Up(UpArgs),
     /// Ask a running appliance for its model information and print it as JSON.
     Info(InfoArgs),
-    /// Attest a running appliance against an image manifest: fresh quote, EK certificate chain,
-    /// credential activation, PCR and event-log replay. Exits non-zero naming the failed check.
+    /// Attest a running appliance against an image manifest over TLS: fresh quote bound to the TLS
+    /// session, EK certificate chain, credential activation, PCR and event-log replay. Exits non-zero
+    /// naming the failed check.
     Verify(runner::verify::cli::VerifyArgs),
+    /// Verify the appliance as `verify` does, then send PROMPT on that verified TLS session and stream
+    /// the answer. Ctrl-C cancels the generation.
+    Chat(runner::chat::ChatArgs),
     /// Fetch named models into the cache (sha256-checked).
     FetchModel(FetchModelArgs),
     /// Generate text on the host with the inference engine (no VM).
@@ -79,7 +88,17 @@ struct UpArgs {
     /// Seconds to wait for the appliance's first answer [default: 300 under TCG, 60 under KVM]
     #[arg(long)]
     ready_timeout: Option<u64>,
+    /// The prompt `up` sends (as a chat turn) once the appliance is verified.
+    #[arg(long, default_value = DEMO_PROMPT)]
+    demo_prompt: String,
+    /// Tokens the demo prompt generates at most (greedy); 0 sends no demo prompt.
+    #[arg(long, default_value_t = 48)]
+    demo_max_tokens: u32,
 }
+
+/// What `up` asks the appliance once it is verified.
+const DEMO_PROMPT: &str =
+    "In one sentence: why should I verify a server before I send it a secret?";
 
 #[derive(Args, Debug)]
 struct InfoArgs {
@@ -105,6 +124,7 @@ fn main() -> ExitCode {
         Command::Up(args) => up(args),
         Command::Info(args) => info(args),
         Command::Verify(args) => runner::verify::cli::run(args),
+        Command::Chat(args) => chat(&args),
         Command::FetchModel(args) => fetch_model(args),
         Command::Generate(args) => engine::generate(args),
         Command::Bench(args) => engine::bench(args),
@@ -140,15 +160,22 @@ fn build(args: BuildArgs) -> Result<()> {
     Ok(())
 }
 
-fn up(args: UpArgs) -> Result<()> {
-    // Say what to install before spending minutes on a build.
-    runner::tools::require(&runner::tools::BOOT_TOOLS)?;
-    // Install the handler first, so a Ctrl-C during the slow boot also stops QEMU and swtpm cleanly.
+/// A flag the Ctrl-C/SIGTERM handler sets (it can be installed once per process).
+fn interrupt_flag() -> Result<Arc<AtomicBool>> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&stop);
     ctrlc::set_handler(move || flag.store(true, Ordering::Release))
         .context("cannot install the Ctrl-C/SIGTERM handler")?;
+    Ok(stop)
+}
+
+fn up(args: UpArgs) -> Result<()> {
+    // Say what to install before spending minutes on a build.
+    runner::tools::require(&runner::tools::BOOT_TOOLS)?;
+    // Install the handler first, so a Ctrl-C during the slow boot also stops QEMU and swtpm cleanly.
+    let stop = interrupt_flag()?;
     let image = image::build(&build_options(&args.image, None))?;
+    let manifest_path = image.dir.join(runner::manifest::MANIFEST_FILE);
     let mut options = BootOptions::new(image);
     options.port = args.port;
     options.accel = args.accel;
@@ -161,18 +188,22 @@ fn up(args: UpArgs) -> Result<()> {
         appliance.endpoint(),
         appliance.boot_duration().as_secs_f64()
     );
+    let attested = attest_and_demo(&appliance, &manifest_path, &args, &stop);
+    if let Err(error) = attested {
+        eprintln!("stopping QEMU and swtpm...");
+        appliance.shutdown()?;
+        return Err(error);
+    }
+    println!("chat with it from another terminal (each run verifies the appliance before it sends the prompt):");
     println!(
-        "try: cargo run --release -- info --endpoint {}",
-        appliance.endpoint()
+        "  cargo run --release -- chat --endpoint {} --manifest {} \"Why is the sky blue?\"",
+        appliance.endpoint(),
+        manifest_path.display()
     );
     println!(
-        "     cargo run --release -- verify --endpoint {} --manifest {}",
+        "  cargo run --release -- verify --endpoint {} --manifest {}",
         appliance.endpoint(),
-        options
-            .image
-            .dir
-            .join(runner::manifest::MANIFEST_FILE)
-            .display()
+        manifest_path.display()
     );
     eprintln!("serving until Ctrl-C or SIGTERM");
     // The handler only sets a flag; checking it (and QEMU) a few times a second is cheap.
@@ -182,6 +213,54 @@ fn up(args: UpArgs) -> Result<()> {
     }
     eprintln!("stopping QEMU and swtpm...");
     appliance.shutdown()
+}
+
+/// `up`'s first client: verifies the fresh appliance against its manifest over TLS, prints a short report, then
+/// sends the demo prompt on that verified session and streams the answer.
+fn attest_and_demo(
+    appliance: &Appliance,
+    manifest_path: &Path,
+    args: &UpArgs,
+    stop: &AtomicBool,
+) -> Result<()> {
+    let manifest = Manifest::read(manifest_path)?;
+    let trust = TrustAnchors::from_authority(appliance.certificate_authority())?;
+    eprintln!(
+        "attesting over TLS (fresh nonce, quote bound to the session, credential activation)..."
+    );
+    let session = UnverifiedSession::connect(appliance.endpoint(), verify::DEFAULT_TIMEOUT)?;
+    let (mut session, report) = session
+        .verify(&manifest, &trust, &VerifyOptions::default())
+        .context("the appliance this runner just booted failed verification")?;
+    print!("{}", report.short());
+    if args.demo_max_tokens == 0 {
+        return Ok(());
+    }
+    let request = GenerateRequest {
+        prompt: chat::prompt(&args.demo_prompt, false),
+        max_tokens: args.demo_max_tokens,
+        sampling: Sampling::GREEDY,
+        stop: Vec::new(),
+    };
+    println!();
+    println!(
+        "demo prompt (greedy, at most {} tokens): {}",
+        args.demo_max_tokens, args.demo_prompt
+    );
+    // Generation on a TCG guest is slow; the first token can take a while (the prompt is prefilled first).
+    eprintln!("waiting for the first token...");
+    match chat::stream_to_stdout(&mut session, request.clone(), stop) {
+        Ok(completion) => println!("{}", chat::usage_line(&completion, request.sampling)),
+        // The appliance keeps serving other clients; say what went wrong and carry on.
+        Err(error) => eprintln!("the demo prompt failed: {error:#}"),
+    }
+    println!();
+    Ok(())
+}
+
+fn chat(args: &runner::chat::ChatArgs) -> Result<()> {
+    let stop = interrupt_flag()?;
+    chat::run(args, &stop)
 }
 
 fn info(args: InfoArgs) -> Result<()> {

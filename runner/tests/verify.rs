@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use net::proto::{ErrorCode, Evidence, Request, Response};
+use net::proto::{ChannelBinding, ErrorCode, Evidence, Request, Response};
 use p256::ecdsa::signature::Signer as _;
 use rand::SeedableRng as _;
 use runner::manifest::{Manifest, Sha256Digest};
@@ -249,6 +249,8 @@ struct SimAppliance {
     ak: CreatedPrimary,
     ek_certificate: Vec<u8>,
     event_log: Vec<u8>,
+    /// The TLS session its quotes are bound to (the served tests set the real session's).
+    binding: ChannelBinding,
     _swtpm: Swtpm,
 }
 
@@ -265,8 +267,9 @@ impl SimAppliance {
                 commands::pcr_extend(&mut tpm, pcr, &digest).unwrap();
             }
         }
+        // The kernel's five events, computed independently of the manifest: file hashes and net::serving's texts.
         let model_digest = eventlog::sha256(&std::fs::read(&image.model).unwrap());
-        let cmdline_digest = eventlog::sha256(image.cmdline.as_bytes());
+        let config = net::serving::ApplianceConfig::from_cmdline(&image.cmdline).unwrap();
         let mut log = EventLog::new();
         for (pcr, kind, digest, description) in [
             (
@@ -277,9 +280,21 @@ impl SimAppliance {
             ),
             (13, EventKind::Model, model_digest, "model blob (initrd)"),
             (
+                13,
+                EventKind::ServingParameters,
+                eventlog::sha256(config.serving_text().as_bytes()),
+                "serving parameters",
+            ),
+            (
+                14,
+                EventKind::Configuration,
+                eventlog::sha256(config.configuration_text().as_bytes()),
+                "appliance configuration",
+            ),
+            (
                 14,
                 EventKind::CommandLine,
-                cmdline_digest,
+                eventlog::sha256(image.cmdline.as_bytes()),
                 "kernel command line",
             ),
         ] {
@@ -298,6 +313,7 @@ impl SimAppliance {
             ak,
             ek_certificate: certificate,
             event_log,
+            binding: BINDING,
             _swtpm: swtpm,
         }
     }
@@ -323,7 +339,7 @@ impl SimAppliance {
 
     /// The appliance's answer to `Request::Attest`.
     fn attest(&mut self, nonce: &[u8; 32], pcr_mask: u32) -> Evidence {
-        self.quote(&net::proto::qualifying_data(nonce), pcr_mask)
+        self.quote(&net::proto::qualifying_data(nonce, &self.binding), pcr_mask)
     }
 
     /// The appliance's answer to `Request::ActivateCredential`.
@@ -350,7 +366,9 @@ impl SimAppliance {
                 credential_blob,
                 secret,
             } => self.activate(credential_blob, secret),
-            Request::ModelInfo => Response::Error(ErrorCode::BadRequest),
+            Request::ModelInfo | Request::Generate(_) | Request::Cancel => {
+                Response::Error(ErrorCode::BadRequest)
+            }
         }
     }
 }
@@ -359,6 +377,12 @@ impl SimAppliance {
 // Shared fixtures and helpers.
 
 const NONCE: [u8; 32] = [0x4e; 32];
+
+/// The TLS session the offline tests' quotes are bound to.
+const BINDING: ChannelBinding = ChannelBinding {
+    spki_sha256: [0x5b; 32],
+    exporter: [0xe7; 32],
+};
 
 /// Honest evidence from the home TPM for NONCE over the standard manifest's selection, made once.
 fn honest() -> &'static Evidence {
@@ -383,6 +407,7 @@ fn home_trust() -> &'static TrustAnchors {
 fn expectation<'a>(manifest: &'a Manifest, trust: &'a TrustAnchors) -> Expectation<'a> {
     Expectation {
         nonce: NONCE,
+        binding: BINDING,
         manifest,
         trust,
         now: SystemTime::now(),
@@ -462,7 +487,7 @@ fn honest_evidence_verifies_and_activates() {
     assert_eq!(evidence.attest.len(), ATTEST_LEN);
     let verified = verify_evidence(&evidence, &expectation(&manifest, home_trust())).unwrap();
     assert_eq!(verified.selection.mask(), 0x70ff);
-    assert_eq!(verified.events.len(), 3);
+    assert_eq!(verified.events.len(), 5);
     assert_eq!(
         verified.pcrs[12], manifest.pcrs.kernel.0,
         "the manifest's PCR 12 is what the TPM computed"
@@ -544,7 +569,7 @@ fn nonce_as_a_prefix_or_unhashed_is_an_extra_data_mismatch() {
     let image = TestImage::standard();
     let mask = image.manifest().pcr_mask();
     let mut appliance = SimAppliance::boot(home(), &image, true);
-    let qualifying = net::proto::qualifying_data(&NONCE);
+    let qualifying = net::proto::qualifying_data(&NONCE, &BINDING);
     let mut longer = qualifying.to_vec();
     longer.extend_from_slice(&[0; 32]);
     for extra_data in [
@@ -847,7 +872,7 @@ fn event_log_not_matching_the_pcrs_is_refused() {
     // A log that leaves out the command line.
     let mut log = EventLog::parse(&honest().event_log).unwrap();
     let mut shorter = EventLog::new();
-    for event in log.events().take(2) {
+    for event in log.events().take(4) {
         shorter.push(*event).unwrap();
     }
     let mut bytes = vec![0u8; shorter.buffer_len()];
@@ -876,11 +901,16 @@ fn event_log_not_matching_the_pcrs_is_refused() {
 fn manifest_digest_mismatches_name_the_measurement() {
     let other_model = TestImage::new(0, b"GGUF a different model", "ip=dhcp port=7000");
     let other_kernel = TestImage::new(9, b"GGUF tiny test model", "ip=dhcp port=7000");
-    let other_cmdline = TestImage::new(0, b"GGUF tiny test model", "ip=dhcp port=7001");
+    // Each of these changes exactly one event: an ignored extra word changes only the command line's bytes.
+    let other_cmdline = TestImage::new(0, b"GGUF tiny test model", "ip=dhcp port=7000 note=x");
+    let other_serving = TestImage::new(0, b"GGUF tiny test model", "ip=dhcp port=7000 ctx=512");
+    let other_config = TestImage::new(0, b"GGUF tiny test model", "ip=dhcp port=7001");
     for (image, what) in [
         (other_model, ManifestItem::Model),
         (other_kernel, ManifestItem::Kernel),
         (other_cmdline, ManifestItem::CommandLine),
+        (other_serving, ManifestItem::ServingParameters),
+        (other_config, ManifestItem::Configuration),
     ] {
         let manifest = image.manifest();
         assert_eq!(
@@ -1144,24 +1174,15 @@ fn serve(
     mut appliance: SimAppliance,
     tamper: fn(Response) -> Response,
 ) -> (SocketAddr, std::thread::JoinHandle<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let address = listener.local_addr().unwrap();
+    // One TLS connection through net's TLS server; quotes are bound to that session as the appliance binds them.
+    let server = runner::loopback::Loopback::start(1, move |request, binding| {
+        appliance.binding = *binding;
+        runner::loopback::Reply::Respond(tamper(appliance.answer(request)))
+    })
+    .unwrap();
+    let address = server.address();
     let thread = std::thread::spawn(move || {
-        let (mut stream, _) = listener.accept().unwrap();
-        loop {
-            use std::io::{Read, Write};
-            let mut header = [0u8; net::frame::HEADER_LEN];
-            if stream.read_exact(&mut header).is_err() {
-                return;
-            }
-            let length = net::frame::parse_header(header).unwrap();
-            let mut body = vec![0u8; length];
-            stream.read_exact(&mut body).unwrap();
-            let request = Request::parse(&body).unwrap();
-            let mut out = Vec::new();
-            tamper(appliance.answer(&request)).emit(&mut out).unwrap();
-            stream.write_all(&out).unwrap();
-        }
+        server.join().unwrap();
     });
     (address, thread)
 }
@@ -1202,7 +1223,13 @@ fn verify_appliance_over_tcp_reports_and_exports_for_tpm2_checkquote() {
             .iter()
             .map(|event| event.kind)
             .collect::<Vec<_>>(),
-        ["kernel image", "model", "command line"]
+        [
+            "kernel image",
+            "model",
+            "serving parameters",
+            "configuration",
+            "command line"
+        ]
     );
     assert_eq!(report.events[1].digest, manifest.model.sha256.to_string());
     assert!(report.checks.contains(&"credential activation"));
@@ -1305,7 +1332,8 @@ fn verify_appliance_names_the_failed_check() {
 #[test]
 fn exported_files_have_the_forms_tpm2_checkquote_reads() {
     let dir = tempfile::tempdir().unwrap();
-    let command = runner::verify::export_evidence(dir.path(), honest(), &NONCE, 0x70ff).unwrap();
+    let command =
+        runner::verify::export_evidence(dir.path(), honest(), &NONCE, &BINDING, 0x70ff).unwrap();
     assert_eq!(
         std::fs::read(dir.path().join("quote.msg")).unwrap(),
         honest().attest
@@ -1331,7 +1359,7 @@ fn exported_files_have_the_forms_tpm2_checkquote_reads() {
         command.command_line(),
         format!(
             "tpm2_checkquote -u ak.pem -m quote.msg -s quote.sig -g sha256 -f pcrs.bin -q {}",
-            runner::models::hex(&net::proto::qualifying_data(&NONCE))
+            runner::models::hex(&net::proto::qualifying_data(&NONCE, &BINDING))
         )
     );
     let _: &Path = &command.dir;

@@ -21,7 +21,7 @@ use tpm::public::{
 use super::certificate::{CertificateSummary, TrustAnchors};
 use super::error::{ClockCounters, Field, ManifestItem, VerifyError};
 use crate::manifest::{Manifest, FIRMWARE_PCRS};
-use net::proto::Evidence;
+use net::proto::{ChannelBinding, Evidence};
 
 /// Largest EK certificate accepted (what the appliance reads from NV at most).
 pub const MAX_EK_CERTIFICATE: usize = 4096;
@@ -218,9 +218,15 @@ pub fn check_qualified_signer(quote: &QuoteInfo, ak: &AttestationKey) -> Result<
     }
 }
 
-/// extraData must equal `net::proto::qualifying_data(nonce)` in length and bytes (constant time).
-pub fn check_extra_data(quote: &QuoteInfo, nonce: &[u8; 32]) -> Result<(), VerifyError> {
-    let expected = net::proto::qualifying_data(nonce);
+/// extraData must equal `net::proto::qualifying_data(nonce, binding)` in length and bytes (constant time): the
+/// quote was made for this verifier's nonce, inside this TLS session, by the appliance holding this session's
+/// server key. A quote for another session (other exporter) or relayed from another appliance (other key) fails.
+pub fn check_extra_data(
+    quote: &QuoteInfo,
+    nonce: &[u8; 32],
+    binding: &ChannelBinding,
+) -> Result<(), VerifyError> {
+    let expected = net::proto::qualifying_data(nonce, binding);
     if bool::from(quote.extra_data.ct_eq(&expected)) {
         Ok(())
     } else {
@@ -340,7 +346,7 @@ pub fn check_event_log_replay(
     Ok(())
 }
 
-/// The log must hold exactly the manifest's three events, in order, with its digests; the quoted PCRs 12-14 must
+/// The log must hold exactly the manifest's five events, in order, with its digests; the quoted PCRs 12-14 must
 /// equal the manifest's replayed values.
 pub fn check_manifest(
     log: &EventLog,
@@ -364,6 +370,8 @@ pub fn check_manifest(
             let what = match expected.kind {
                 EventKind::KernelImage => ManifestItem::Kernel,
                 EventKind::Model => ManifestItem::Model,
+                EventKind::ServingParameters => ManifestItem::ServingParameters,
+                EventKind::Configuration => ManifestItem::Configuration,
                 _ => ManifestItem::CommandLine,
             };
             return Err(VerifyError::ManifestMismatch { what });

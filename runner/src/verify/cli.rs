@@ -1,7 +1,8 @@
 //! `runner verify --endpoint HOST:PORT --manifest PATH [--json] [--export-evidence DIR]`: the command-line front
-//! end of [`super::verify_appliance`]. Exits non-zero on any failure, naming the check (issue 3).
+//! end of [`super::verify_appliance`], over TLS with the quote bound to the session. Exits non-zero on any
+//! failure, naming the check (issue 3).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -37,23 +38,28 @@ pub struct VerifyArgs {
     pub timeout: u64,
 }
 
+/// The EK CA to trust: `ca_root` with its intermediates, or else the runner's own CA in its cache (the one that
+/// provisioned swtpm).
+pub fn trust_anchors(ca_root: Option<&Path>, ca_intermediate: &[PathBuf]) -> Result<TrustAnchors> {
+    match ca_root {
+        Some(root) => {
+            let intermediates: Vec<&Path> = ca_intermediate.iter().map(PathBuf::as_path).collect();
+            TrustAnchors::from_pem_files(root, &intermediates)
+        }
+        None => {
+            let ca = CertificateAuthority::in_cache(&workspace::cache_dir())
+                .context("cannot open the runner's EK CA")?;
+            TrustAnchors::from_authority(&ca)
+        }
+    }
+}
+
 /// Runs `runner verify`: prints the report on success; on failure prints the JSON failure with `--json` and
 /// returns the error (whose message names the check).
 pub fn run(args: VerifyArgs) -> Result<()> {
     let endpoint = client::resolve_endpoint(&args.endpoint)?;
     let manifest = Manifest::read(&args.manifest)?;
-    let trust = match &args.ca_root {
-        Some(root) => {
-            let intermediates: Vec<&std::path::Path> =
-                args.ca_intermediate.iter().map(PathBuf::as_path).collect();
-            TrustAnchors::from_pem_files(root, &intermediates)?
-        }
-        None => {
-            let ca = CertificateAuthority::in_cache(&workspace::cache_dir())
-                .context("cannot open the runner's EK CA")?;
-            TrustAnchors::from_authority(&ca)?
-        }
-    };
+    let trust = trust_anchors(args.ca_root.as_deref(), &args.ca_intermediate)?;
     let options = VerifyOptions {
         timeout: Duration::from_secs(args.timeout),
         export_evidence: args.export_evidence.clone(),

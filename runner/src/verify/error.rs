@@ -48,11 +48,15 @@ impl Field {
 pub enum ManifestItem {
     /// The kernel's measured segments (PCR 12 event).
     Kernel,
-    /// The model blob (PCR 13 event).
+    /// The model blob (PCR 13, first event).
     Model,
-    /// The kernel command line (PCR 14 event).
+    /// The serving parameters (PCR 13, second event).
+    ServingParameters,
+    /// The effective configuration (PCR 14, first event).
+    Configuration,
+    /// The kernel command line (PCR 14, second event).
     CommandLine,
-    /// The log holds other events, fewer, more, or in another order than the manifest's three.
+    /// The log holds other events, fewer, more, or in another order than the manifest's five.
     EventSequence,
     /// A quoted PCR differs from the manifest's replayed value.
     Pcr(u8),
@@ -63,6 +67,8 @@ impl fmt::Display for ManifestItem {
         match self {
             Self::Kernel => write!(formatter, "kernel image (PCR 12)"),
             Self::Model => write!(formatter, "model (PCR 13)"),
+            Self::ServingParameters => write!(formatter, "serving parameters (PCR 13)"),
+            Self::Configuration => write!(formatter, "configuration (PCR 14)"),
             Self::CommandLine => write!(formatter, "command line (PCR 14)"),
             Self::EventSequence => write!(formatter, "event sequence"),
             Self::Pcr(pcr) => write!(formatter, "PCR {pcr} value"),
@@ -127,7 +133,8 @@ pub enum VerifyError {
     BadSignature,
     /// qualifiedSigner is not the AK's qualified name under the endorsement hierarchy.
     QualifiedSignerMismatch,
-    /// extraData is not `qualifying_data(nonce)` (length and bytes, compared in constant time).
+    /// extraData is not `qualifying_data(nonce, binding)` (length and bytes, compared in constant time): a stale
+    /// quote, or one made for another TLS session or another appliance.
     ExtraDataMismatch,
     /// clockInfo.safe is clear: the TPM may have reported a larger clock before.
     ClockNotSafe,
@@ -197,7 +204,7 @@ impl VerifyError {
             Self::SignatureSchemeMismatch { .. } => "signature scheme matches the AK",
             Self::BadSignature => "quote signature",
             Self::QualifiedSignerMismatch => "qualifiedSigner is the AK",
-            Self::ExtraDataMismatch => "extraData (freshness)",
+            Self::ExtraDataMismatch => "extraData (nonce and TLS channel binding)",
             Self::ClockNotSafe | Self::ClockRollback { .. } => "clock safe and counters sane",
             Self::PcrSelectionMismatch { .. } => "PCR selection",
             Self::PcrCountMismatch { .. } | Self::PcrDigestMismatch => "PCR digest",
@@ -260,7 +267,8 @@ impl fmt::Display for VerifyError {
             ),
             Self::ExtraDataMismatch => write!(
                 formatter,
-                "the quote's extraData is not the qualifying data of this verifier's nonce (stale or replayed quote)"
+                "the quote's extraData is not the qualifying data of this verifier's nonce and this TLS session \
+                 (a stale or replayed quote, or one relayed from another session or another appliance)"
             ),
             Self::ClockNotSafe => write!(formatter, "the quote's clockInfo.safe is clear"),
             Self::ClockRollback { previous, quoted } => write!(

@@ -8,13 +8,14 @@
 //! [`tpm2_tools_pcrs`]). The alternative, raw values with `-l sha256:...`, is broken in tpm2-tools 5.4 for more
 //! than seven PCRs (its reader drops the eighth digest when it starts a new TPML_DIGEST), so it is not used; the
 //! raw values are still written as `pcrs.values` for other tools. Also written: the AK and EK TPMT_PUBLIC
-//! (`ak.pub`, `ek.pub`), the EK certificate (`ek.der`, for `openssl verify`), the event log (`eventlog.bin`)
-//! and the whole command line (`checkquote.txt`).
+//! (`ak.pub`, `ek.pub`), the EK certificate (`ek.der`, for `openssl verify`), the event log (`eventlog.bin`),
+//! the nonce and TLS channel binding the qualifying data covers (`binding.txt`) and the whole command line
+//! (`checkquote.txt`).
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use anyhow::{Context, Result};
-use net::proto::Evidence;
+use net::proto::{ChannelBinding, Evidence};
 use p256::pkcs8::{EncodePublicKey as _, LineEnding};
 use tpm::attest::QuoteInfo;
 use tpm::commands::PcrSelection;
@@ -100,14 +101,15 @@ fn ak_pem(ak_public: &[u8]) -> Option<String> {
     key.to_public_key_pem(LineEnding::LF).ok()
 }
 
-/// Writes `evidence` (as received for `nonce`, quoting `requested_mask`) into `dir`; returns the checkquote
-/// command. The PCR selection in `pcrs.bin` is the quote's own when the quote parses, else the requested one. Works on
+/// Writes `evidence` (as received for `nonce` on the TLS session `binding`, quoting `requested_mask`) into
+/// `dir`; returns the checkquote command. The PCR selection in `pcrs.bin` is the quote's own when the quote parses, else the requested one. Works on
 /// evidence that fails verification too (that is when one wants to look at it); only `ak.pem` is left out when
 /// the AK is not a P-256 key.
 pub fn export_evidence(
     dir: &Path,
     evidence: &Evidence,
     nonce: &[u8; 32],
+    binding: &ChannelBinding,
     requested_mask: u32,
 ) -> Result<CheckquoteCommand> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -115,7 +117,7 @@ pub fn export_evidence(
         let path = dir.join(name);
         std::fs::write(&path, bytes).with_context(|| format!("cannot write {}", path.display()))
     };
-    let qualification = hex(&net::proto::qualifying_data(nonce));
+    let qualification = hex(&net::proto::qualifying_data(nonce, binding));
     let selection = QuoteInfo::parse(&evidence.attest)
         .map(|quote| quote.selection)
         .ok()
@@ -133,6 +135,18 @@ pub fn export_evidence(
         &tpm2_tools_pcrs(selection, &evidence.pcr_values),
     )?;
     write("qualification.hex", format!("{qualification}\n").as_bytes())?;
+    write(
+        "binding.txt",
+        format!(
+            "qualification = SHA-256({:?} || nonce || spki_sha256 || exporter)\nnonce {}\nspki_sha256 {}\n\
+             exporter {}\n",
+            String::from_utf8_lossy(net::proto::QUALIFYING_DATA_LABEL),
+            hex(nonce),
+            hex(&binding.spki_sha256),
+            hex(&binding.exporter)
+        )
+        .as_bytes(),
+    )?;
     let _ = std::fs::remove_file(dir.join("ak.pem"));
     if let Some(pem) = ak_pem(&evidence.ak_public) {
         write("ak.pem", pem.as_bytes())?;

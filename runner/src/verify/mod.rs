@@ -4,7 +4,7 @@
 //! The checks run in a fixed order, cheapest and most structural first, and the first failure is returned as a
 //! [`VerifyError`] naming the check: sizes; TPMS_ATTEST magic, type and SHA-256-only selection; the AK's type and
 //! attributes; the signature's scheme and its ECDSA P-256 validity; qualifiedSigner; extraData against this
-//! verifier's nonce; clock safety; the PCR selection; pcrDigest over the reported values; firmware PCRs; event log
+//! verifier's nonce and TLS channel binding; clock safety; the PCR selection; pcrDigest over the reported values; firmware PCRs; event log
 //! replay against PCRs 12-14; the events and PCRs against the manifest; the EK template, certificate chain and
 //! certified key. Credential activation (TPM2_MakeCredential in software, TCG Part 1 §24, then the appliance's
 //! TPM2_ActivateCredential) comes last, over the same connection.
@@ -14,12 +14,13 @@ pub mod checks;
 pub mod cli;
 pub mod error;
 pub mod export;
+pub mod observations;
 pub mod remote;
 pub mod report;
 
 use std::time::SystemTime;
 
-use net::proto::{Evidence, Request, Response};
+use net::proto::{ChannelBinding, Evidence, Request, Response};
 use subtle::ConstantTimeEq as _;
 use tpm::commands::{PcrSelection, PCR_COUNT};
 use tpm::credential::{make_credential, MadeCredential};
@@ -39,6 +40,8 @@ use crate::manifest::Manifest;
 pub struct Expectation<'a> {
     /// The nonce this verifier sent in `Request::Attest`.
     pub nonce: [u8; 32],
+    /// The TLS session the request went over (server key and exporter): the quote must be bound to it.
+    pub binding: ChannelBinding,
     /// The image's manifest; its `pcr_mask()` is the selection that was requested.
     pub manifest: &'a Manifest,
     /// The CA the EK certificate must chain to.
@@ -87,7 +90,7 @@ pub fn verify_evidence(
     let signature = checks::check_signature_scheme(&evidence.signature, &ak)?;
     checks::check_signature(&evidence.attest, &signature, &ak)?;
     checks::check_qualified_signer(&quote, &ak)?;
-    checks::check_extra_data(&quote, &expected.nonce)?;
+    checks::check_extra_data(&quote, &expected.nonce, &expected.binding)?;
     let clock = checks::check_clock(&quote, expected.previous_clock)?;
     let requested = PcrSelection::from_mask(expected.manifest.pcr_mask()).unwrap_or_default();
     checks::check_selection(&quote, requested)?;

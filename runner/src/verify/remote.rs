@@ -1,5 +1,6 @@
-//! `verify_appliance`: one connection to the appliance, `Attest` with a fresh nonce, every offline check, then
-//! `ActivateCredential` with a software MakeCredential, and the report (DESIGN §4, wire types `net::proto`).
+//! Verifying an appliance over a TLS session: `Attest` with a fresh nonce, every offline check with this session's
+//! channel binding, then `ActivateCredential` with a software MakeCredential, and the report (DESIGN §4, wire
+//! types `net::proto`, session `crate::session`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,8 +14,8 @@ use super::report::{Report, Timing};
 use super::{
     export_evidence, verify_evidence, ClockCounters, CredentialChallenge, Expectation, TrustAnchors,
 };
-use crate::client;
 use crate::manifest::Manifest;
+use crate::session::{Channel, UnverifiedSession};
 
 /// How long each step may take (a quote under TCG takes well under a second; the EK is created at boot).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -40,13 +41,26 @@ impl Default for VerifyOptions {
     }
 }
 
-/// Verifies the appliance at `endpoint` against `manifest` and the EK CA in `trust`.
+/// Connects to `endpoint` over TLS and verifies the appliance against `manifest` and the EK CA in `trust`; the
+/// session is closed afterwards (use [`UnverifiedSession::verify`] to keep it for prompts).
 ///
-/// Both requests go over one connection. A failed check is returned as an error whose root cause is a
-/// [`super::VerifyError`] (`error.downcast_ref::<VerifyError>()`); connection and protocol failures are other
-/// errors with a message saying what to do.
+/// A failed check is returned as an error whose root cause is a [`super::VerifyError`]
+/// (`error.downcast_ref::<VerifyError>()`); connection and protocol failures are other errors with a message
+/// saying what to do.
 pub fn verify_appliance(
     endpoint: SocketAddr,
+    manifest: &Manifest,
+    trust: &TrustAnchors,
+    options: &VerifyOptions,
+) -> Result<Report> {
+    let session = UnverifiedSession::connect(endpoint, options.timeout)?;
+    let (_, report) = session.verify(manifest, trust, options)?;
+    Ok(report)
+}
+
+/// The attestation exchange on one TLS session; both requests go over it.
+pub(crate) fn verify_channel(
+    channel: &mut Channel,
     manifest: &Manifest,
     trust: &TrustAnchors,
     options: &VerifyOptions,
@@ -54,23 +68,23 @@ pub fn verify_appliance(
     let mut rng = rand::rngs::OsRng;
     let mut nonce = [0u8; 32];
     rng.fill_bytes(&mut nonce);
-    let mut stream = client::connect(endpoint, options.timeout)?;
+    let binding = channel.binding();
 
     let started = Instant::now();
-    client::send_request(
-        &mut stream,
+    let response = channel.exchange(
         &Request::Attest {
             nonce,
             pcr_mask: manifest.pcr_mask(),
         },
+        "Attest",
     )?;
-    let response = client::read_response(&mut stream).context("no answer to Attest")?;
     let attest_round_trip = started.elapsed();
     let evidence = match response {
         Response::Evidence(evidence) => evidence,
-        Response::Error(code) => {
-            bail!("the appliance refused to attest ({code:?}); its TPM may have failed")
-        }
+        Response::Error(code) => bail!(
+            "the appliance refused to attest: {}",
+            crate::session::ApplianceError(code)
+        ),
         other => bail!("the appliance answered Attest with {other:?}"),
     };
     let mut framed = Vec::new();
@@ -78,7 +92,7 @@ pub fn verify_appliance(
     let _ = Response::Evidence(evidence.clone()).emit(&mut framed);
 
     if let Some(dir) = &options.export_evidence {
-        let command = export_evidence(dir, &evidence, &nonce, manifest.pcr_mask())?;
+        let command = export_evidence(dir, &evidence, &nonce, &binding, manifest.pcr_mask())?;
         eprintln!(
             "evidence written to {}; check it with: (cd {} && {})",
             dir.display(),
@@ -89,6 +103,7 @@ pub fn verify_appliance(
 
     let expectation = Expectation {
         nonce,
+        binding,
         manifest,
         trust,
         now: SystemTime::now(),
@@ -98,17 +113,20 @@ pub fn verify_appliance(
 
     let challenge = CredentialChallenge::new(&verified, &mut rng)?;
     let started = Instant::now();
-    client::send_request(&mut stream, &challenge.request())?;
-    let response = client::read_response(&mut stream).context("no answer to ActivateCredential")?;
+    let response = channel
+        .exchange(&challenge.request(), "ActivateCredential")
+        .context("no answer to ActivateCredential")?;
     let activation_round_trip = started.elapsed();
     challenge.check(&response)?;
 
     Ok(Report::new(
-        &endpoint.to_string(),
+        &channel.endpoint().to_string(),
         &nonce,
+        &binding,
         &verified,
         manifest,
         Timing {
+            tls_handshake_ms: channel.handshake_duration().as_secs_f64() * 1000.0,
             attest_round_trip_ms: attest_round_trip.as_secs_f64() * 1000.0,
             activation_round_trip_ms: activation_round_trip.as_secs_f64() * 1000.0,
         },

@@ -2,6 +2,7 @@
 
 use std::fmt;
 
+use net::proto::ChannelBinding;
 use serde::Serialize;
 use tpm::eventlog::EventKind;
 
@@ -20,7 +21,7 @@ pub const CHECKS: [&str; 19] = [
     "signature scheme matches the AK",
     "quote signature",
     "qualifiedSigner is the AK",
-    "extraData (freshness)",
+    "extraData (nonce and TLS channel binding)",
     "clock safe and counters sane",
     "PCR selection",
     "PCR digest",
@@ -36,6 +37,8 @@ pub const CHECKS: [&str; 19] = [
 /// Round-trip times.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub struct Timing {
+    /// TCP connect and TLS 1.3 handshake.
+    pub tls_handshake_ms: f64,
     /// Attest request to Evidence answer.
     pub attest_round_trip_ms: f64,
     /// ActivateCredential request to Credential answer.
@@ -120,6 +123,24 @@ pub struct ManifestReport {
     pub firmware: String,
 }
 
+/// The TLS session the quote is bound to (DESIGN §4).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct BindingReport {
+    /// SHA-256 of the server certificate's SubjectPublicKeyInfo (the key the appliance generated at boot), hex.
+    pub spki_sha256: String,
+    /// The session's exporter value (RFC 8446 §7.5), hex.
+    pub exporter: String,
+    /// The exporter label.
+    pub exporter_label: String,
+    /// What the binding means.
+    pub meaning: &'static str,
+}
+
+/// What the binding proves, in one sentence.
+const BINDING_MEANING: &str = "the quote's extraData covers this TLS session's exporter and the server key it \
+    ended at, so the session terminates inside the attested image (a quote from another session or relayed from \
+    another appliance fails)";
+
 /// What a passing verification established.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Report {
@@ -131,6 +152,8 @@ pub struct Report {
     pub nonce: String,
     /// The extraData expected and found, hex.
     pub qualifying_data: String,
+    /// The TLS session the quote is bound to.
+    pub channel_binding: BindingReport,
     /// The quote's clock fields.
     pub quote: QuoteReport,
     /// Quoted PCRs.
@@ -167,6 +190,7 @@ impl Report {
     pub fn new(
         endpoint: &str,
         nonce: &[u8; 32],
+        binding: &ChannelBinding,
         verified: &VerifiedEvidence,
         manifest: &Manifest,
         timing: Timing,
@@ -188,8 +212,8 @@ impl Report {
             .map(|pcr| {
                 let checked = match pcr {
                     12 => "event log replay and manifest (kernel image)".to_string(),
-                    13 => "event log replay and manifest (model)".to_string(),
-                    14 => "event log replay and manifest (command line)".to_string(),
+                    13 => "event log replay and manifest (model, serving parameters)".to_string(),
+                    14 => "event log replay and manifest (configuration, command line)".to_string(),
                     _ if golden.is_some_and(|golden| golden.contains_key(&pcr)) => {
                         "manifest golden value".to_string()
                     }
@@ -218,7 +242,14 @@ impl Report {
             endpoint: endpoint.to_string(),
             verified: true,
             nonce: hex(nonce),
-            qualifying_data: hex(&net::proto::qualifying_data(nonce)),
+            qualifying_data: hex(&net::proto::qualifying_data(nonce, binding)),
+            channel_binding: BindingReport {
+                spki_sha256: hex(&binding.spki_sha256),
+                exporter: hex(&binding.exporter),
+                exporter_label: String::from_utf8_lossy(net::tls::ATTESTATION_EXPORTER_LABEL)
+                    .into_owned(),
+                meaning: BINDING_MEANING,
+            },
             quote: QuoteReport {
                 clock_ms: verified.clock.clock,
                 reset_count: verified.clock.reset_count,
@@ -254,6 +285,61 @@ impl Report {
         }
     }
 
+    /// A few lines for `runner up`: what was measured, which checks passed, the binding.
+    pub fn short(&self) -> String {
+        let mut out = format!(
+            "VERIFIED {} (TLS handshake {:.0} ms, attest {:.0} ms, credential activation {:.0} ms)\n",
+            self.endpoint,
+            self.timing.tls_handshake_ms,
+            self.timing.attest_round_trip_ms,
+            self.timing.activation_round_trip_ms
+        );
+        out.push_str("  measured before the port opened, replayed and equal to the manifest:\n");
+        for event in &self.events {
+            out.push_str(&format!(
+                "    PCR {:>2}  {:<18} {}  {}\n",
+                event.pcr, event.kind, event.digest, event.description
+            ));
+        }
+        out.push_str(&format!("  firmware: {}\n", self.manifest.firmware));
+        out.push_str(&format!(
+            "  checks passed ({}): {}\n",
+            self.checks.len(),
+            self.checks.join("; ")
+        ));
+        out.push_str(&format!(
+            "  bound to this TLS session: server key SPKI SHA-256 {}, exporter {}\n",
+            self.channel_binding.spki_sha256, self.channel_binding.exporter
+        ));
+        out
+    }
+
+    /// One paragraph saying what was verified (for `runner chat` and `runner up`).
+    pub fn summary(&self) -> String {
+        let short = |hex: &str| hex.get(..16).unwrap_or(hex).to_string();
+        format!(
+            "Verified {}: kernel {}.., model {}.. ({} bytes) and command line {:?} as the manifest says; the \
+             quote is fresh and signed by an attestation key that credential activation tied to an EK certified \
+             by {}; it is bound to this TLS session (server key SPKI SHA-256 {}.., exporter {}..). {} checks \
+             passed (TLS handshake {:.0} ms, attestation {:.0} ms).",
+            self.endpoint,
+            short(&self.manifest.kernel_measured_sha256),
+            short(&self.manifest.model_sha256),
+            self.manifest.model_length,
+            self.manifest.command_line,
+            self.endorsement_key
+                .certificate
+                .chain
+                .last()
+                .map_or("the trusted CA", String::as_str),
+            short(&self.channel_binding.spki_sha256),
+            short(&self.channel_binding.exporter),
+            self.checks.len(),
+            self.timing.tls_handshake_ms,
+            self.timing.attest_round_trip_ms + self.timing.activation_round_trip_ms,
+        )
+    }
+
     /// The report as pretty JSON with a trailing newline.
     pub fn to_json(&self) -> String {
         // Plain data with string keys always serialises.
@@ -271,6 +357,21 @@ impl fmt::Display for Report {
             out,
             "Quote: fresh (nonce {}), clock {} ms, resetCount {}, restartCount {}, safe",
             self.nonce, self.quote.clock_ms, self.quote.reset_count, self.quote.restart_count
+        )?;
+        writeln!(
+            out,
+            "Bound to this TLS session: {}",
+            self.channel_binding.meaning
+        )?;
+        writeln!(
+            out,
+            "  server key SPKI SHA-256 {}",
+            self.channel_binding.spki_sha256
+        )?;
+        writeln!(
+            out,
+            "  exporter ({}) {}",
+            self.channel_binding.exporter_label, self.channel_binding.exporter
         )?;
         writeln!(out)?;
         writeln!(out, "PCRs (SHA-256 bank):")?;
@@ -319,7 +420,8 @@ impl fmt::Display for Report {
         writeln!(out, "Checks passed: {}", self.checks.join("; "))?;
         writeln!(
             out,
-            "Attest round trip {:.1} ms, activation {:.1} ms, evidence {} bytes",
+            "TLS handshake {:.1} ms, attest round trip {:.1} ms, activation {:.1} ms, evidence {} bytes",
+            self.timing.tls_handshake_ms,
             self.timing.attest_round_trip_ms,
             self.timing.activation_round_trip_ms,
             self.evidence_bytes

@@ -1,0 +1,193 @@
+//! `runner chat`: connect over TLS, verify the appliance against a manifest (DESIGN §4), then send one prompt on
+//! that same verified session and stream the answer (DESIGN §5; issue 5). Also the streaming printer that
+//! `runner up`'s demo prompt uses.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use net::proto::{ChatMessage, FinishReason, GenerateRequest, Prompt, Role, Sampling};
+use rand::RngCore as _;
+
+use crate::client;
+use crate::manifest::Manifest;
+use crate::session::{Completion, Ending, UnverifiedSession, VerifiedSession};
+use crate::verify::{cli::trust_anchors, VerifyOptions};
+
+/// Options of `runner chat`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ChatArgs {
+    /// The appliance's address, HOST:PORT.
+    #[arg(long, default_value = "127.0.0.1:7000")]
+    pub endpoint: String,
+    /// The image's manifest.json, as `runner build` wrote it beside the image.
+    #[arg(long, value_name = "PATH")]
+    pub manifest: PathBuf,
+    /// Tokens to generate at most.
+    #[arg(long, default_value_t = 256)]
+    pub max_tokens: u32,
+    /// Sampling temperature; 0 picks the most likely token (greedy).
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Seed of the appliance's sampler [default: random, printed with the usage]
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Keep only the K most likely tokens (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: u32,
+    /// Keep the smallest set of tokens whose probability reaches P (1: no limit).
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// Stop once the answer ends with this text; repeatable.
+    #[arg(long = "stop", value_name = "S")]
+    pub stop: Vec<String>,
+    /// Send PROMPT as raw text instead of a user turn of the model's chat format.
+    #[arg(long)]
+    pub raw: bool,
+    /// The EK CA's root certificate (PEM) [default: the runner's own CA in its cache]
+    #[arg(long, value_name = "PEM", requires = "ca_intermediate")]
+    pub ca_root: Option<PathBuf>,
+    /// An intermediate CA certificate (PEM) between the root and EK certificates; repeatable.
+    #[arg(long, value_name = "PEM")]
+    pub ca_intermediate: Vec<PathBuf>,
+    /// Seconds each step may take (connecting, attesting, waiting for the next token).
+    #[arg(long, default_value_t = 300)]
+    pub timeout: u64,
+    /// The prompt.
+    pub prompt: String,
+}
+
+impl ChatArgs {
+    /// The generate request these options describe (a random seed where none was given).
+    pub fn request(&self) -> Result<GenerateRequest> {
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            bail!("--temperature must be a number >= 0");
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            bail!("--top-p must be in (0, 1]");
+        }
+        if self.max_tokens == 0 {
+            bail!("--max-tokens must be at least 1");
+        }
+        let seed = self.seed.unwrap_or_else(|| rand::rngs::OsRng.next_u64());
+        Ok(GenerateRequest {
+            prompt: prompt(&self.prompt, self.raw),
+            max_tokens: self.max_tokens,
+            sampling: Sampling {
+                temperature: self.temperature,
+                top_k: self.top_k,
+                top_p: self.top_p,
+                seed,
+            },
+            stop: self.stop.clone(),
+        })
+    }
+}
+
+/// `text` as one user turn of the model's chat format, or as raw text.
+pub fn prompt(text: &str, raw: bool) -> Prompt {
+    if raw {
+        Prompt::Text(text.to_string())
+    } else {
+        Prompt::Chat(vec![ChatMessage {
+            role: Role::User,
+            content: text.to_string(),
+        }])
+    }
+}
+
+/// Runs `runner chat`. `cancel` is set by the Ctrl-C handler: before the prompt is sent it stops the command;
+/// during generation it sends `Cancel` and prints what came back.
+pub fn run(args: &ChatArgs, cancel: &AtomicBool) -> Result<()> {
+    let request = args.request()?;
+    let endpoint = client::resolve_endpoint(&args.endpoint)?;
+    let manifest = Manifest::read(&args.manifest)?;
+    let trust = trust_anchors(args.ca_root.as_deref(), &args.ca_intermediate)?;
+    let options = VerifyOptions {
+        timeout: Duration::from_secs(args.timeout),
+        ..VerifyOptions::default()
+    };
+    eprintln!(
+        "connecting to {endpoint} and verifying it against {}...",
+        args.manifest.display()
+    );
+    let session = UnverifiedSession::connect(endpoint, options.timeout).with_context(|| {
+        format!("no TLS session with {endpoint}; is `cargo run --release` running?")
+    })?;
+    let (mut session, report) = session.verify(&manifest, &trust, &options)?;
+    eprintln!("{}", report.summary());
+    eprintln!();
+    if cancel.load(std::sync::atomic::Ordering::Acquire) {
+        bail!("interrupted before the prompt was sent");
+    }
+    let completion = stream_to_stdout(&mut session, request.clone(), cancel)?;
+    eprintln!("{}", usage_line(&completion, request.sampling));
+    Ok(())
+}
+
+/// Sends `request` on the verified session and prints each token's text on stdout as it arrives; a cancel
+/// (set `cancel`) ends it early. Returns the whole completion.
+pub fn stream_to_stdout(
+    session: &mut VerifiedSession,
+    request: GenerateRequest,
+    cancel: &AtomicBool,
+) -> Result<Completion> {
+    let mut stdout = std::io::stdout();
+    let completion = session.complete(request, Some(cancel), |token| {
+        // A closed stdout (e.g. `| head`) must not abort the generation mid-stream.
+        let _ = stdout.write_all(token.text.as_bytes());
+        let _ = stdout.flush();
+    })?;
+    let _ = writeln!(stdout);
+    Ok(completion)
+}
+
+/// Usage and speed of a completion, for stderr.
+pub fn usage_line(completion: &Completion, sampling: Sampling) -> String {
+    let client_side = format!(
+        "first token after {:.2} s, {} tokens in {:.2} s ({:.2} tokens/s end to end)",
+        completion.first_token.unwrap_or_default().as_secs_f64(),
+        completion.tokens.len(),
+        completion.elapsed.as_secs_f64(),
+        completion.tokens.len() as f64 / completion.elapsed.as_secs_f64().max(1e-9)
+    );
+    let sampling = if sampling.temperature == 0.0 {
+        "greedy".to_string()
+    } else {
+        format!(
+            "temperature {}, top-k {}, top-p {}, seed {}",
+            sampling.temperature, sampling.top_k, sampling.top_p, sampling.seed
+        )
+    };
+    match completion.ending {
+        Ending::Done(done) => {
+            let reason = match done.reason {
+                FinishReason::Length => "reached --max-tokens",
+                FinishReason::EndOfText => "end of text",
+                FinishReason::Stop => "stop string",
+            };
+            let prefill = rate(done.prompt_tokens, done.prefill_us);
+            // decode_us runs from the first to the last token: one step fewer than tokens.
+            let decode = rate(done.generated_tokens.saturating_sub(1), done.decode_us);
+            format!(
+                "[{} prompt tokens, {} generated ({reason}, {sampling}); appliance: prefill {prefill} tokens/s, \
+                 decode {decode} tokens/s; client: {client_side}]",
+                done.prompt_tokens, done.generated_tokens
+            )
+        }
+        Ending::Cancelled => format!(
+            "[cancelled: the {} tokens above came back before the appliance stopped; {client_side}]",
+            completion.tokens.len()
+        ),
+    }
+}
+
+fn rate(tokens: u32, micros: u64) -> String {
+    if micros == 0 || tokens == 0 {
+        "-".to_string()
+    } else {
+        format!("{:.2}", f64::from(tokens) * 1e6 / micros as f64)
+    }
+}
