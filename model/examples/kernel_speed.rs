@@ -10,7 +10,10 @@ fn cpu_s() -> f64 {
     std::fs::read_to_string("/proc/thread-self/schedstat")
         .ok()
         .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .map_or_else(|| Instant::now().elapsed().as_secs_f64(), |ns| ns as f64 * 1e-9)
+        .map_or_else(
+            || Instant::now().elapsed().as_secs_f64(),
+            |ns| ns as f64 * 1e-9,
+        )
 }
 
 /// Best per-call CPU time over 5 samples of `inner` calls each.
@@ -63,16 +66,26 @@ fn main() {
             let el = best(reps, || {
                 for r in 0..rows {
                     for t in 0..batch {
-                        out[r * batch + t] = simd::dot_q4_1_q8_1(
-                            &w[r * nb..(r + 1) * nb],
-                            &y[t * nb..(t + 1) * nb],
-                        );
+                        out[r * batch + t] =
+                            simd::dot_q4_1_q8_1(&w[r * nb..(r + 1) * nb], &y[t * nb..(t + 1) * nb]);
                     }
                 }
             });
-            let tile = ActTile { qs: &y[..], d: &d, s: &d, batch, col0: 0 };
+            let tile = ActTile {
+                qs: &y[..],
+                d: &d,
+                s: &d,
+                batch,
+                col0: 0,
+            };
             let el2 = best(reps, || simd::mat_q4_1(&w, nb, &tile, &mut out));
-            let tile0 = ActTile { qs: &y0[..], d: &d, s: &d, batch, col0: 0 };
+            let tile0 = ActTile {
+                qs: &y0[..],
+                d: &d,
+                s: &d,
+                batch,
+                col0: 0,
+            };
             let el3 = best(reps, || {
                 for r in 0..rows {
                     for t in 0..batch {

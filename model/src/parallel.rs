@@ -15,6 +15,13 @@ pub trait ParallelFor: Sync {
         chunk_len: usize,
         f: &(dyn Fn(usize, &mut [f32]) + Sync),
     );
+
+    /// Runs `body`, which makes many `for_each_chunk` calls in a row (one forward pass), where those calls are
+    /// cheapest: a pool runs it on one of its own workers, so that each product splits work among threads that
+    /// are already awake instead of waking them from outside and blocking the caller every time.
+    fn run(&self, body: &mut (dyn FnMut() + Send)) {
+        body()
+    }
 }
 
 /// Runs every chunk on the calling thread, in order.
@@ -61,6 +68,15 @@ impl ThreadPool {
 impl ParallelFor for ThreadPool {
     fn threads(&self) -> usize {
         self.threads
+    }
+
+    fn run(&self, body: &mut (dyn FnMut() + Send)) {
+        if self.threads == 1 {
+            return body();
+        }
+        // From outside the pool, every `install` queues a job, wakes a worker and parks the caller until it is
+        // done (two context switches per matrix product); from inside, `for_each_chunk`'s `install` runs inline.
+        self.pool.install(body);
     }
 
     fn for_each_chunk(

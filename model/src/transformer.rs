@@ -436,9 +436,11 @@ impl Model<'_> {
         if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
             return Err(ModelError::BadTokenId(bad));
         }
-        for chunk in tokens.chunks(state.max_batch) {
-            self.forward_batch(state, chunk, par);
-        }
+        par.run(&mut || {
+            for chunk in tokens.chunks(state.max_batch) {
+                self.forward_batch(state, chunk, par);
+            }
+        });
         Ok(())
     }
 

@@ -719,6 +719,9 @@ fn lane(v: __m256, i: usize) -> __m256 {
     _mm256_permutevar8x32_ps(v, _mm256_set1_epi32(i as i32))
 }
 
+/// How far ahead [`tile`] prefetches weights when multiplying one token (bytes; at least one tile).
+const PREFETCH_BYTES: usize = 4096;
+
 /// `out[r][c] = row r · column c` for `R ≤ 4` rows of `nb` blocks at the start of `w`.
 ///
 /// # Safety
@@ -745,7 +748,22 @@ unsafe fn tile<W: Q0Weight, const R: usize, const C: usize>(
     // C > 1: lane c of summs[r] is row r × column c.
     let mut summs = [_mm256_setzero_ps(); R];
     let ones = _mm256_set1_epi16(1);
+    // Software prefetch of the weights PREFETCH_BYTES ahead, spread over this tile's iterations (R blocks'
+    // worth of bytes per block step): the rows are contiguous, so that is the stream the next tiles will read.
+    let bs = core::mem::size_of::<W>();
+    let ahead = w
+        .as_ptr()
+        .cast::<i8>()
+        .wrapping_add(PREFETCH_BYTES.max(R * nb * bs));
     for k in 0..nb {
+        if C == 1 {
+            let p = ahead.wrapping_add(k * R * bs);
+            // Prefetching never faults, whatever the address; past the end of the matrix it is only wasted.
+            _mm_prefetch::<_MM_HINT_T0>(p);
+            if R * bs > 64 {
+                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(64));
+            }
+        }
         let at = k * y.batch + y.col0;
         // SAFETY: r * nb + k < R * nb ≤ w.len() (asserted above).
         let blocks: [&W; R] = core::array::from_fn(|r| unsafe { w.get_unchecked(r * nb + k) });
@@ -783,7 +801,8 @@ unsafe fn tile<W: Q0Weight, const R: usize, const C: usize>(
                     qy
                 };
                 // Unsigned bytes ≤ 128 × signed bytes ≤ 127 in magnitude: no `vpmaddubsw` saturation.
-                let p = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(ax[r], by), ones));
+                let p =
+                    _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(ax[r], by), ones));
                 acc[r][0] = _mm256_fmadd_ps(lane(dd, 2 * r), p, acc[r][0]);
             }
         } else {
@@ -800,7 +819,8 @@ unsafe fn tile<W: Q0Weight, const R: usize, const C: usize>(
             }
             for c in 0..C {
                 // SAFETY: at + c is within y.d, c * nb + k within y.qs (asserted above).
-                let (yd, yb) = unsafe { (*y.d.get_unchecked(at + c), y.qs.get_unchecked(c * nb + k)) };
+                let (yd, yb) =
+                    unsafe { (*y.d.get_unchecked(at + c), y.qs.get_unchecked(c * nb + k)) };
                 let qy = load_256_i8(W::act_qs(yb));
                 let ydv = _mm256_set1_ps(yd);
                 for r in 0..R {
@@ -810,8 +830,10 @@ unsafe fn tile<W: Q0Weight, const R: usize, const C: usize>(
                         qy
                     };
                     // Unsigned bytes ≤ 128 × signed bytes ≤ 127 in magnitude: no `vpmaddubsw` saturation.
-                    let p =
-                        _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(ax[r], by), ones));
+                    let p = _mm256_cvtepi32_ps(_mm256_madd_epi16(
+                        _mm256_maddubs_epi16(ax[r], by),
+                        ones,
+                    ));
                     acc[r][c] = _mm256_fmadd_ps(_mm256_mul_ps(xd[r], ydv), p, acc[r][c]);
                 }
             }

@@ -349,7 +349,11 @@ fn matrix_tiles_equal_row_dots_bitwise() {
             quant::quantize_q8_0(&x, &mut q80);
             quant::quantize_q8_1(&x, &mut q81);
             // Block-major f32 scales, as `matmul::Acts` lays them out.
-            let (mut d0, mut d1, mut s1) = (vec![0.0; nb * batch], vec![0.0; nb * batch], vec![0.0; nb * batch]);
+            let (mut d0, mut d1, mut s1) = (
+                vec![0.0; nb * batch],
+                vec![0.0; nb * batch],
+                vec![0.0; nb * batch],
+            );
             for t in 0..batch {
                 for k in 0..nb {
                     d0[k * batch + t] = f16_to_f32(q80[t * nb + k].d);
@@ -357,9 +361,26 @@ fn matrix_tiles_equal_row_dots_bitwise() {
                     s1[k * batch + t] = f16_to_f32(q81[t * nb + k].s);
                 }
             }
-            let y0 = super::ActTile { qs: &q80[..], d: &d0, s: &[], batch, col0: 0 };
-            let y1 = super::ActTile { qs: &q81[..], d: &d1, s: &s1, batch, col0: 0 };
-            for t in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q8_0] {
+            let y0 = super::ActTile {
+                qs: &q80[..],
+                d: &d0,
+                s: &[],
+                batch,
+                col0: 0,
+            };
+            let y1 = super::ActTile {
+                qs: &q81[..],
+                d: &d1,
+                s: &s1,
+                batch,
+                col0: 0,
+            };
+            for t in [
+                GgmlType::Q4_0,
+                GgmlType::Q4_1,
+                GgmlType::Q5_0,
+                GgmlType::Q8_0,
+            ] {
                 let wb = encode_weights(t, &data(cols * rows, 5 + rows as u64));
                 let mut got = vec![0.0f32; rows * batch];
                 let mut want = vec![0.0f32; rows * batch];
