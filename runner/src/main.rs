@@ -233,7 +233,7 @@ fn attest_and_demo(
         .verify(&manifest, &trust, &VerifyOptions::default())
         .context("the appliance this runner just booted failed verification")?;
     print!("{}", report.short());
-    if args.demo_max_tokens == 0 {
+    if args.demo_max_tokens == 0 || stop.load(Ordering::Acquire) {
         return Ok(());
     }
     let request = GenerateRequest {
@@ -339,6 +339,72 @@ mod tests {
             panic!("not info")
         };
         assert_eq!(info.endpoint, "127.0.0.1:7001");
+
+        let cli = Cli::try_parse_from([
+            "runner",
+            "chat",
+            "--manifest",
+            "/m.json",
+            "--max-tokens",
+            "7",
+            "--temperature",
+            "0.5",
+            "--seed",
+            "9",
+            "--top-k",
+            "40",
+            "--top-p",
+            "0.9",
+            "--stop",
+            "END",
+            "--stop",
+            "\n\n",
+            "--raw",
+            "Hi there",
+        ])
+        .unwrap();
+        let Some(Command::Chat(chat)) = cli.command else {
+            panic!("not chat")
+        };
+        assert_eq!(chat.endpoint, "127.0.0.1:7000");
+        let request = chat.request().unwrap();
+        assert_eq!(request.prompt, net::proto::Prompt::Text("Hi there".into()));
+        assert_eq!(request.max_tokens, 7);
+        assert_eq!(
+            request.sampling,
+            Sampling {
+                temperature: 0.5,
+                top_k: 40,
+                top_p: 0.9,
+                seed: 9
+            }
+        );
+        assert_eq!(request.stop, ["END", "\n\n"]);
+
+        let cli =
+            Cli::try_parse_from(["runner", "chat", "--manifest", "/m.json", "Hello"]).unwrap();
+        let Some(Command::Chat(chat)) = cli.command else {
+            panic!("not chat")
+        };
+        let request = chat.request().unwrap();
+        assert_eq!(
+            request.prompt,
+            net::proto::Prompt::Chat(vec![net::proto::ChatMessage {
+                role: net::proto::Role::User,
+                content: "Hello".into()
+            }])
+        );
+        assert_eq!(request.sampling.temperature, 0.0);
+        assert!(
+            Cli::try_parse_from(["runner", "chat", "--manifest", "/m.json"]).is_err(),
+            "a prompt is required"
+        );
+        let cli = Cli::try_parse_from(["runner", "chat", "--manifest", "/m", "--top-p", "0", "x"])
+            .unwrap();
+        let Some(Command::Chat(chat)) = cli.command else {
+            panic!("not chat")
+        };
+        assert!(chat.request().is_err(), "top-p 0 is refused");
 
         assert!(
             Cli::try_parse_from(["runner", "fetch-model"]).is_err(),
