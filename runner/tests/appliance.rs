@@ -1,4 +1,4 @@
-//! Booting under QEMU + swtpm through the runner's library: a real boot answers with the exact
+//! Booting under QEMU + swtpm through the runner's library: a real boot answers over TLS with the exact
 //! model digest and leaves no process behind; failures quote QEMU's output and also clean up.
 //!
 //! Needs qemu-system-x86, swtpm and swtpm-tools; a missing tool fails the test (it is not skipped).
@@ -66,8 +66,9 @@ fn boots_answers_with_the_model_digest_and_stops_cleanly() {
     tools::require(&tools::BOOT_TOOLS).unwrap();
     let scratch = tempfile::tempdir().unwrap();
     let kernel = image::build_kernel(KernelFlavor::default()).unwrap();
-    let model = scratch.path().join("weights.bin");
-    let bytes = model_bytes(256 * 1024 + 13, 7);
+    // The kernel serves only a model its engine loads: the generated tiny llama.
+    let model = scratch.path().join("tiny-llama.gguf");
+    let bytes = model::tiny::generate(&model::tiny::TinySpec::llama(), 7);
     std::fs::write(&model, &bytes).unwrap();
     let image = image::assemble(
         &kernel,
@@ -87,7 +88,7 @@ fn boots_answers_with_the_model_digest_and_stops_cleanly() {
     );
     assert_eq!(appliance.model_info().length, length);
     assert_eq!(appliance.model_info().sha256, digest);
-    // A second, independent request gets the same answer.
+    // A second, independent request (its own TLS session) gets the same answer.
     let info = client::model_info(appliance.endpoint(), Duration::from_secs(30)).unwrap();
     assert_eq!((info.length, info.sha256), (bytes.len() as u64, digest));
     // A release kernel writes nothing to the serial port.

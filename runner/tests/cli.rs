@@ -1,5 +1,6 @@
-//! The `runner` binary as a person uses it: `up` prints the endpoint, `info` prints the model's
-//! length and SHA-256 as JSON, and SIGTERM stops QEMU and swtpm without leaving a process behind.
+//! The `runner` binary as a person uses it: `up` prints the endpoint, attests the appliance and prints the
+//! `chat` command line; `info` prints the model's length and SHA-256 as JSON; that `chat` command verifies
+//! and streams an answer; and SIGTERM stops QEMU and swtpm without leaving a process behind.
 //!
 //! Needs qemu-system-x86, swtpm and swtpm-tools; a missing tool fails the test (it is not skipped).
 
@@ -41,19 +42,27 @@ fn children_of(parent: u32) -> Vec<u32> {
 fn up_then_info_then_sigterm_leaves_nothing_running() {
     tools::require(&tools::BOOT_TOOLS).unwrap();
     let scratch = tempfile::tempdir().unwrap();
-    let model = scratch.path().join("model.bin");
+    // A model the kernel's engine loads: the generated tiny llama.
+    let model = scratch.path().join("tiny-llama.gguf");
     std::fs::write(
         &model,
-        (0..70_001u32)
-            .map(|i| (i * 7 + i / 251) as u8)
-            .collect::<Vec<u8>>(),
+        model::tiny::generate(&model::tiny::TinySpec::llama(), 3),
     )
     .unwrap();
     let (length, digest) = models::sha256_file(&model).unwrap();
 
     let mut up = Command::new(RUNNER)
         .args([
-            "up", "--port", "0", "--accel", "tcg", "--mem", "256", "--model",
+            "up",
+            "--port",
+            "0",
+            "--accel",
+            "tcg",
+            "--mem",
+            "256",
+            "--demo-max-tokens",
+            "4",
+            "--model",
         ])
         .arg(&model)
         .env("CLOISTER_CACHE", scratch.path().join("cache"))
@@ -69,15 +78,50 @@ fn up_then_info_then_sigterm_leaves_nothing_running() {
     });
     // The kernel build may run first; give it and the TCG boot a generous deadline.
     let deadline = Instant::now() + Duration::from_secs(600);
+    let mut printed = Vec::new();
     let endpoint = loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let line = receiver
             .recv_timeout(left)
             .expect("`up` printed no endpoint in time");
+        printed.push(line.clone());
         if let Some(rest) = line.strip_prefix("cloister is up at ") {
             break rest.split_whitespace().next().unwrap().to_string();
         }
     };
+    // `up` attests the appliance it booted, runs its demo prompt, then prints the chat command to use.
+    let chat_line = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = receiver
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("`up` printed no chat command in time: {printed:#?}"));
+        printed.push(line.clone());
+        if line
+            .trim_start()
+            .starts_with("cargo run --release -- chat ")
+        {
+            break line;
+        }
+    };
+    let stdout_so_far = printed.join("\n");
+    assert!(
+        stdout_so_far.contains(&format!("VERIFIED {endpoint}")),
+        "{stdout_so_far}"
+    );
+    assert!(
+        stdout_so_far.contains("bound to this TLS session"),
+        "{stdout_so_far}"
+    );
+    assert!(
+        chat_line.contains(&format!("--endpoint {endpoint}")),
+        "{chat_line}"
+    );
+    let manifest = chat_line
+        .split_whitespace()
+        .skip_while(|word| *word != "--manifest")
+        .nth(1)
+        .expect("the chat command names the manifest")
+        .to_string();
     let children = children_of(up.id());
     assert_eq!(
         children.len(),
@@ -99,6 +143,35 @@ fn up_then_info_then_sigterm_leaves_nothing_running() {
         models::hex(&digest)
     );
     assert_eq!(String::from_utf8_lossy(&info.stdout), expected);
+
+    // The printed chat command works from another process: it verifies, then streams an answer.
+    let chat = Command::new(RUNNER)
+        .args([
+            "chat",
+            "--endpoint",
+            &endpoint,
+            "--manifest",
+            &manifest,
+            "--max-tokens",
+            "3",
+            "--raw",
+            "hello",
+        ])
+        .env("CLOISTER_CACHE", scratch.path().join("cache"))
+        .output()
+        .unwrap();
+    let chat_stderr = String::from_utf8_lossy(&chat.stderr);
+    assert!(chat.status.success(), "{chat_stderr}");
+    assert!(
+        chat_stderr.contains(&format!("Verified {endpoint}")),
+        "{chat_stderr}"
+    );
+    assert!(
+        chat_stderr.contains("bound to this TLS session"),
+        "{chat_stderr}"
+    );
+    assert!(chat_stderr.contains(" generated ("), "{chat_stderr}");
+    assert!(chat_stderr.contains("tokens/s"), "{chat_stderr}");
 
     let kill = Command::new("kill")
         .args(["-TERM", &up.id().to_string()])
@@ -135,4 +208,28 @@ fn info_without_an_appliance_says_what_to_do() {
     );
     assert!(!stderr.contains("Stack backtrace"), "{stderr}");
     assert!(output.stdout.is_empty());
+}
+
+#[test]
+fn chat_without_an_appliance_says_what_to_do() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = listener.local_addr().unwrap().to_string();
+    drop(listener);
+    let scratch = tempfile::tempdir().unwrap();
+    let manifest = scratch.path().join("manifest.json");
+    std::fs::write(&manifest, b"{}").unwrap();
+    let output = Command::new(RUNNER)
+        .args(["chat", "--endpoint", &endpoint, "--manifest"])
+        .arg(&manifest)
+        .arg("hello")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    // The manifest is read first and this one is not a manifest: the error names the file.
+    assert!(stderr.contains("manifest.json"), "{stderr}");
+    assert!(
+        output.stdout.is_empty(),
+        "nothing may reach stdout: {stderr}"
+    );
 }

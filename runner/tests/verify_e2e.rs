@@ -1,31 +1,27 @@
 //! `runner verify` end to end: the release kernel booted under QEMU (TCG) + swtpm by the runner's library,
-//! verified against the manifest of its image with the runner's CA; the exported evidence checked by
-//! tpm2_checkquote; and the same kernel booted with another model fails on the model measurement (issue 3).
+//! verified over TLS against the manifest of its image with the runner's CA; the exported evidence checked by
+//! tpm2_checkquote; a prompt answered on a verified session; and the same kernel booted with another model
+//! fails on the model measurement (issues 3 and 5).
 //!
 //! Needs qemu-system-x86, swtpm, swtpm-tools and tpm2-tools; a missing tool fails the test (it is not skipped).
 
 use std::path::Path;
 use std::time::Duration;
 
+use net::proto::{GenerateRequest, Prompt, Sampling};
 use runner::manifest::{Manifest, MANIFEST_FILE};
+use runner::session::{Ending, RequestKind, UnverifiedSession};
 use runner::verify::{verify_appliance, ManifestItem, TrustAnchors, VerifyError, VerifyOptions};
 use runner::{image, tools, Appliance, BootOptions, Image, KernelFlavor};
 
-/// A deterministic pseudo-random "model" of `len` bytes.
-fn model_bytes(len: usize, mut state: u64) -> Vec<u8> {
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
-}
-
 fn image_with_model(kernel: &Path, scratch: &Path, name: &str, seed: u64) -> Image {
-    let model = scratch.join(format!("{name}.bin"));
-    std::fs::write(&model, model_bytes(64 * 1024 + 5, seed)).unwrap();
+    // A model the kernel's engine loads (it serves no other): the generated tiny llama, weights from `seed`.
+    let model = scratch.join(format!("{name}.gguf"));
+    std::fs::write(
+        &model,
+        model::tiny::generate(&model::tiny::TinySpec::llama(), seed),
+    )
+    .unwrap();
     image::assemble(
         kernel,
         &model,
@@ -91,7 +87,7 @@ fn booted_appliance_verifies_and_another_model_fails_on_the_model() {
             )
         });
     eprintln!("{report}");
-    assert_eq!(report.events.len(), 3);
+    assert_eq!(report.events.len(), 5);
     assert_eq!(report.pcrs.len(), 11);
 
     // verify_appliance exported the evidence before checking it; tpm2_checkquote reads the same files.
@@ -108,6 +104,35 @@ fn booted_appliance_verifies_and_another_model_fails_on_the_model() {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
+
+    // A verified session is the one place a prompt can go: generate a few greedy tokens on it.
+    let session =
+        UnverifiedSession::connect(appliance.endpoint(), Duration::from_secs(120)).unwrap();
+    let transcript = session.transcript();
+    let (mut session, _) = session
+        .verify(&manifest, &trust, &VerifyOptions::default())
+        .unwrap();
+    let request = GenerateRequest {
+        prompt: Prompt::Text("hello".to_string()),
+        max_tokens: 3,
+        sampling: Sampling::GREEDY,
+        stop: Vec::new(),
+    };
+    let completion = session.complete(request, None, |_| {}).unwrap();
+    let Ending::Done(done) = completion.ending else {
+        panic!("the generation was cancelled")
+    };
+    assert_eq!(done.generated_tokens as usize, completion.tokens.len());
+    assert!(!completion.tokens.is_empty());
+    assert_eq!(
+        transcript.kinds(),
+        [
+            RequestKind::Attest,
+            RequestKind::ActivateCredential,
+            RequestKind::Generate
+        ]
+    );
+    drop(session);
     appliance.shutdown().unwrap();
 
     // The same kernel with another model, checked against the first image's manifest.
