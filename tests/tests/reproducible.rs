@@ -89,10 +89,28 @@ fn kernel_builds_are_byte_identical_across_checkouts() {
     };
     let (second_image, second_manifest) = build_release_kernel(&second, &model);
     assert!(first_image.len() > 64 * 1024, "suspiciously small kernel");
-    assert!(
-        first_image == second_image,
-        "kernel images differ between checkouts"
-    );
+    if first_image != second_image {
+        // Keep both for inspection (e.g. `cmp -l` and `readelf -S`), and say where they start to differ.
+        let keep = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        std::fs::write(keep.join("reproducible-first.elf"), &first_image).expect("keep image");
+        std::fs::write(keep.join("reproducible-second.elf"), &second_image).expect("keep image");
+        let first_difference = first_image
+            .iter()
+            .zip(&second_image)
+            .position(|(a, b)| a != b);
+        let differing = first_image
+            .iter()
+            .zip(&second_image)
+            .filter(|(a, b)| a != b)
+            .count();
+        panic!(
+            "kernel images differ between checkouts: {} and {} bytes, first difference at {first_difference:?}, \
+             {differing} bytes differ; both kept in {}",
+            first_image.len(),
+            second_image.len(),
+            keep.display()
+        );
+    }
     assert_eq!(
         String::from_utf8_lossy(&first_manifest),
         String::from_utf8_lossy(&second_manifest),
