@@ -52,8 +52,29 @@ pub struct GenerateArgs {
     /// Print one JSON object (prompt_ids, generated_ids, text, finish, prefill_tok_s, decode_tok_s) instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Use the engine's portable (scalar) kernels instead of AVX2, as the appliance does under QEMU's TCG (whose
+    /// CPU the runner gives no AVX); the two can differ in the last bits of a logit.
+    #[arg(long)]
+    pub portable_kernels: bool,
     /// The prompt (raw text with special tokens parsed, unless --chat).
     pub prompt: String,
+}
+
+/// What one `generate` produced.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Generated {
+    /// The prompt as the engine tokenized it.
+    pub prompt_ids: Vec<u32>,
+    /// The generated ids, in order (an end-of-text id is the last one when generation ended on it).
+    pub generated_ids: Vec<u32>,
+    /// The generated text.
+    pub text: String,
+    /// Why generation ended.
+    pub finish: model::session::FinishReason,
+    /// Prompt tokens per second (time until the first token).
+    pub prefill_tok_s: f64,
+    /// Generated tokens per second after the first.
+    pub decode_tok_s: f64,
 }
 
 #[derive(clap::Args, Debug)]
@@ -137,7 +158,51 @@ fn json_ids(ids: &[u32]) -> String {
     format!("[{}]", parts.join(","))
 }
 
+/// `runner generate`: runs [`run_generation`], streaming text to stdout, or printing JSON at the end.
 pub fn generate(args: GenerateArgs) -> Result<()> {
+    let stdout = std::io::stdout();
+    let mut print = |text: &str| -> Result<()> {
+        if !args.json {
+            let mut lock = stdout.lock();
+            write!(lock, "{text}")?;
+            lock.flush()?;
+        }
+        Ok(())
+    };
+    let out = run_generation(&args, &mut print)?;
+    if args.json {
+        println!(
+            "{{\"prompt_ids\":{},\"generated_ids\":{},\"text\":{},\"finish\":\"{:?}\",\"prefill_tok_s\":{:.2},\"decode_tok_s\":{:.2}}}",
+            json_ids(&out.prompt_ids),
+            json_ids(&out.generated_ids),
+            json_string(&out.text),
+            out.finish,
+            out.prefill_tok_s,
+            out.decode_tok_s
+        );
+    } else {
+        println!();
+        eprintln!(
+            "[{} prompt tokens, {:.1} tok/s prefill; {} generated ({:?}), {:.1} tok/s decode; {} threads]",
+            out.prompt_ids.len(),
+            out.prefill_tok_s,
+            out.generated_ids.len(),
+            out.finish,
+            out.decode_tok_s,
+            args.threads
+        );
+    }
+    Ok(())
+}
+
+/// The engine on the host exactly as `runner generate` runs it; `on_text` gets each token's text as it comes.
+pub fn run_generation(
+    args: &GenerateArgs,
+    on_text: &mut dyn FnMut(&str) -> Result<()>,
+) -> Result<Generated> {
+    if args.portable_kernels {
+        model::simd::force_scalar(true);
+    }
     let loaded = Loaded::open(&args.model)?;
     let gguf = Gguf::parse(&loaded.blob)
         .map_err(|e| anyhow!("the model file is not a usable GGUF: {e}"))?;
@@ -185,7 +250,6 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
 
     let mut generated = Vec::new();
     let mut text_out = String::new();
-    let stdout = std::io::stdout();
     let started = Instant::now();
     let mut first_token = None;
     let finish = loop {
@@ -199,11 +263,7 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
                 first_token.get_or_insert_with(Instant::now);
                 generated.push(id);
                 text_out.push_str(&text);
-                if !args.json {
-                    let mut lock = stdout.lock();
-                    write!(lock, "{text}")?;
-                    lock.flush()?;
-                }
+                on_text(&text)?;
             }
             Event::Done(finish) => break finish,
         }
@@ -212,28 +272,15 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
     let first_token = first_token.unwrap_or(ended);
     let prefill_s = (first_token - started).as_secs_f64();
     let decode_s = (ended - first_token).as_secs_f64();
-    let prefill_tok_s = prompt.len() as f64 / prefill_s.max(1e-9);
-    // The first token came with the prefill; the decode rate counts the steps after it.
-    let decode_tok_s = generated.len().saturating_sub(1) as f64 / decode_s.max(1e-9);
-    if args.json {
-        println!(
-            "{{\"prompt_ids\":{},\"generated_ids\":{},\"text\":{},\"finish\":\"{:?}\",\"prefill_tok_s\":{prefill_tok_s:.2},\"decode_tok_s\":{decode_tok_s:.2}}}",
-            json_ids(&prompt),
-            json_ids(&generated),
-            json_string(&text_out),
-            finish.reason
-        );
-    } else {
-        println!();
-        eprintln!(
-            "[{} prompt tokens, {prefill_tok_s:.1} tok/s prefill; {} generated ({:?}), {decode_tok_s:.1} tok/s decode; {} threads]",
-            prompt.len(),
-            generated.len(),
-            finish.reason,
-            args.threads
-        );
-    }
-    Ok(())
+    Ok(Generated {
+        prefill_tok_s: prompt.len() as f64 / prefill_s.max(1e-9),
+        // The first token came with the prefill; the decode rate counts the steps after it.
+        decode_tok_s: generated.len().saturating_sub(1) as f64 / decode_s.max(1e-9),
+        prompt_ids: prompt,
+        generated_ids: generated,
+        text: text_out,
+        finish: finish.reason,
+    })
 }
 
 fn median(v: &mut [f64]) -> f64 {

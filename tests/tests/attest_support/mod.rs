@@ -14,13 +14,8 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use model::chat::{Message, Role};
-use model::gguf::Gguf;
-use model::parallel::ThreadPool;
-use model::sampler::SamplerConfig;
-use model::session::{Engine, Event, FinishReason, Session, SessionConfig};
+use model::session::FinishReason;
 use net::proto::{ChatMessage, GenerateRequest, Prompt, Request, Sampling};
-use net::serving::PREFILL_CHUNK;
 use runner::appliance::{Appliance, BootOptions};
 use runner::image::{self, Image, KernelFlavor};
 use runner::manifest::Manifest;
@@ -227,66 +222,34 @@ pub struct HostOutput {
     pub decode_tok_s: f64,
 }
 
-/// Greedy generation on the host, step for step as `runner::engine::generate` runs it for `--json`: the engine's
-/// prompt encoding (a single user turn for `--chat`), a session with context `prompt + max_tokens` capped at the
-/// model's, prefill chunks of the appliance's `PREFILL_CHUNK`, the CLI's default sampler settings at temperature 0
-/// and seed 0, no stop strings, and the CLI's default thread count.
+/// Greedy generation on the host through `runner generate`'s own code (`runner::engine::run_generation`, what the
+/// CLI runs for `--json`): the engine's prompt encoding (a single user turn for `--chat`), prefill chunks of the
+/// appliance's size, temperature 0 and seed 0, the CLI's default thread count. `--portable-kernels` is on: under
+/// TCG the runner gives QEMU a CPU without AVX (TCG's AVX2 is several times slower than its SSE), so the appliance
+/// runs the engine's portable kernels, and the comparison uses the same ones.
 pub fn host_generate(model_path: &Path, prompt: &TestPrompt, max_tokens: usize) -> HostOutput {
-    let blob = std::fs::read(model_path).expect("read the model");
-    let gguf = Gguf::parse(&blob).expect("the tiny model parses");
-    let engine = Engine::load(&gguf).expect("the tiny model loads");
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let pool = ThreadPool::new(threads).expect("worker threads");
-    let mut prompt_ids = Vec::new();
-    match prompt {
-        TestPrompt::Raw(text) => engine.encode_text(text, &mut prompt_ids),
-        TestPrompt::Chat(text) => engine
-            .encode_chat(
-                &[Message {
-                    role: Role::User,
-                    content: text,
-                }],
-                &mut prompt_ids,
-            )
-            .expect("the chat turn formats"),
-    }
-    let needed = prompt_ids.len() + max_tokens;
-    let config = SessionConfig {
-        context: needed.min(engine.model.config.context_length),
-        prefill_chunk: PREFILL_CHUNK as usize,
+    let (text, chat) = match prompt {
+        TestPrompt::Raw(text) => (text.clone(), false),
+        TestPrompt::Chat(text) => (text.clone(), true),
     };
-    let mut session = Session::new(&engine, config);
-    let sampling = SamplerConfig {
+    let args = runner::engine::GenerateArgs {
+        model: model_path.display().to_string(),
+        threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        max_tokens,
         temperature: 0.0,
         seed: 0,
-        ..SamplerConfig::default()
+        chat,
+        json: true,
+        portable_kernels: true,
+        prompt: text,
     };
-    session
-        .start(&engine, &prompt_ids, max_tokens, sampling, &[] as &[&str])
-        .expect("the host session starts");
-    let mut generated_ids = Vec::new();
-    let mut text = String::new();
-    let mut first_token = None;
-    let finish = loop {
-        match session.step(&engine, &pool).expect("a host step") {
-            Event::Pending => {}
-            Event::Token { id, text: piece } => {
-                first_token.get_or_insert_with(Instant::now);
-                generated_ids.push(id);
-                text.push_str(&piece);
-            }
-            Event::Done(finish) => break finish.reason,
-        }
-    };
-    let decode = first_token.map_or(Duration::ZERO, |at| at.elapsed());
-    let decode_tok_s =
-        generated_ids.len().saturating_sub(1) as f64 / decode.as_secs_f64().max(1e-9);
+    let out = runner::engine::run_generation(&args, &mut |_| Ok(())).expect("runner generate");
     HostOutput {
-        prompt_ids,
-        generated_ids,
-        text,
-        finish,
-        decode_tok_s,
+        prompt_ids: out.prompt_ids,
+        generated_ids: out.generated_ids,
+        text: out.text,
+        finish: out.finish,
+        decode_tok_s: out.decode_tok_s,
     }
 }
 
