@@ -92,9 +92,12 @@ struct UpArgs {
     #[arg(long, default_value = DEMO_PROMPT)]
     demo_prompt: String,
     /// Tokens the demo prompt generates at most (greedy); 0 sends no demo prompt.
-    #[arg(long, default_value_t = 48)]
+    #[arg(long, default_value_t = 24)]
     demo_max_tokens: u32,
 }
+
+/// How long `up`'s demo waits for each frame under TCG.
+const DEMO_TCG_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// What `up` asks the appliance once it is verified.
 const DEMO_PROMPT: &str =
@@ -228,7 +231,13 @@ fn attest_and_demo(
     eprintln!(
         "attesting over TLS (fresh nonce, quote bound to the session, credential activation)..."
     );
-    let session = UnverifiedSession::connect(appliance.endpoint(), verify::DEFAULT_TIMEOUT)?;
+    // Under TCG one prefill chunk of SmolLM2 takes tens of seconds, during which nothing arrives: the session's
+    // read timeout must outlast it (the same default as `runner chat --timeout`).
+    let timeout = match appliance.accel() {
+        qemu::Accel::Tcg => DEMO_TCG_TIMEOUT,
+        qemu::Accel::Kvm => verify::DEFAULT_TIMEOUT,
+    };
+    let session = UnverifiedSession::connect(appliance.endpoint(), timeout)?;
     let (mut session, report) = session
         .verify(&manifest, &trust, &VerifyOptions::default())
         .context("the appliance this runner just booted failed verification")?;
