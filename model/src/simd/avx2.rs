@@ -728,6 +728,8 @@ const PREFETCH_BYTES: usize = 4096;
 /// The CPU must support AVX2, FMA and F16C.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
+// Row r and column c index several parallel per-row / per-column arrays at once; iterators would hide that.
+#[allow(clippy::needless_range_loop)]
 unsafe fn tile<W: Q0Weight, const R: usize, const C: usize>(
     w: &[W],
     nb: usize,
@@ -899,10 +901,12 @@ pub unsafe fn mat_q0<W: Q0Weight>(w: &[W], nb: usize, y: &ActTile<'_, W::Act>, o
     let batch = y.batch;
     let rows = out.len() / batch;
     if batch == 1 {
-        // SAFETY (all three): the caller guarantees AVX2, FMA and F16C.
         match W::DECODE_ROWS {
+            // SAFETY: the caller guarantees AVX2, FMA and F16C.
             4 => unsafe { decode_rows::<W, 4>(w, nb, y, out) },
+            // SAFETY: as above.
             2 => unsafe { decode_rows::<W, 2>(w, nb, y, out) },
+            // SAFETY: as above.
             _ => unsafe { decode_rows::<W, 1>(w, nb, y, out) },
         }
         return;
