@@ -14,6 +14,7 @@ use rand::RngCore as _;
 use crate::client;
 use crate::manifest::Manifest;
 use crate::session::{Completion, Ending, UnverifiedSession, VerifiedSession};
+use crate::verify::observations::Observations;
 use crate::verify::{cli::trust_anchors, VerifyOptions};
 
 /// Options of `runner chat`.
@@ -107,6 +108,7 @@ pub fn run(args: &ChatArgs, cancel: &AtomicBool) -> Result<()> {
     let trust = trust_anchors(args.ca_root.as_deref(), &args.ca_intermediate)?;
     let options = VerifyOptions {
         timeout: Duration::from_secs(args.timeout),
+        observations: Some(Observations::in_cache(&crate::workspace::cache_dir())),
         ..VerifyOptions::default()
     };
     eprintln!(

@@ -320,7 +320,7 @@ fn verification_reports_show_the_binding_when_exported() {
     let options = VerifyOptions {
         timeout: TIMEOUT,
         export_evidence: Some(dir.path().join("evidence")),
-        previous_clock: None,
+        ..VerifyOptions::default()
     };
     assert!(session
         .verify(&manifest(), &some_trust(), &options)

@@ -1401,3 +1401,54 @@ fn the_cli_entry_verifies_and_names_the_failed_check() {
         "{error}"
     );
 }
+
+#[test]
+fn remembered_clock_counters_must_not_go_back() {
+    // The CLI keeps each accepted quote's counters per AK; the next verification of that TPM must not see them
+    // go back (DESIGN §4 "resetCount/restartCount sane").
+    let image = TestImage::standard();
+    let manifest = image.manifest();
+    let store_dir = tempfile::tempdir().unwrap();
+    let store = runner::verify::observations::Observations::in_cache(store_dir.path());
+    let options = VerifyOptions {
+        observations: Some(store.clone()),
+        ..VerifyOptions::default()
+    };
+    let ak_public = honest().ak_public.clone();
+    assert_eq!(store.previous(&ak_public).unwrap(), None);
+
+    // First verification: recorded.
+    let (address, server) = serve(SimAppliance::boot(home(), &image, true), |response| {
+        response
+    });
+    let first = verify_appliance(address, &manifest, home_trust(), &options).unwrap();
+    server.join().unwrap();
+    assert!(first.verified);
+    let recorded = store
+        .previous(&ak_public)
+        .unwrap()
+        .expect("counters recorded");
+
+    // The store now claims a later TPM reset than the TPM reports: the next quote's counters went back.
+    store
+        .record(
+            &ak_public,
+            ClockCounters {
+                reset_count: recorded.reset_count + 1000,
+                ..recorded
+            },
+        )
+        .unwrap();
+    let (address, server) = serve(SimAppliance::boot(home(), &image, true), |response| {
+        response
+    });
+    let error = verify_appliance(address, &manifest, home_trust(), &options).unwrap_err();
+    server.join().unwrap();
+    assert!(
+        matches!(
+            error.downcast_ref::<VerifyError>(),
+            Some(VerifyError::ClockRollback { .. })
+        ),
+        "{error:#}"
+    );
+}

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
+use super::observations::Observations;
 use super::{verify_appliance, TrustAnchors, VerifyError, VerifyOptions};
 use crate::manifest::Manifest;
 use crate::tpm_state::CertificateAuthority;
@@ -64,6 +65,7 @@ pub fn run(args: VerifyArgs) -> Result<()> {
         timeout: Duration::from_secs(args.timeout),
         export_evidence: args.export_evidence.clone(),
         previous_clock: None,
+        observations: Some(Observations::in_cache(&workspace::cache_dir())),
     };
     match verify_appliance(endpoint, &manifest, &trust, &options) {
         Ok(report) => {

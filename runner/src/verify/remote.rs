@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 use net::proto::{Request, Response};
 use rand::RngCore as _;
 
+use super::observations::Observations;
 use super::report::{Report, Timing};
 use super::{
     export_evidence, verify_evidence, ClockCounters, CredentialChallenge, Expectation, TrustAnchors,
@@ -29,6 +30,9 @@ pub struct VerifyOptions {
     pub export_evidence: Option<PathBuf>,
     /// The TPM clock counters from an earlier verification of this appliance, if kept.
     pub previous_clock: Option<ClockCounters>,
+    /// Where the counters of every accepted quote are remembered per AK, so the next verification of the same
+    /// TPM refuses counters that went back (the CLI uses the runner's cache; `None` remembers nothing).
+    pub observations: Option<Observations>,
 }
 
 impl Default for VerifyOptions {
@@ -37,6 +41,7 @@ impl Default for VerifyOptions {
             timeout: DEFAULT_TIMEOUT,
             export_evidence: None,
             previous_clock: None,
+            observations: None,
         }
     }
 }
@@ -101,13 +106,18 @@ pub(crate) fn verify_channel(
         );
     }
 
+    // The AK public area is untrusted until checked; it only selects which earlier observation applies.
+    let remembered = match &options.observations {
+        Some(store) => store.previous(&evidence.ak_public)?,
+        None => None,
+    };
     let expectation = Expectation {
         nonce,
         binding,
         manifest,
         trust,
         now: SystemTime::now(),
-        previous_clock: options.previous_clock,
+        previous_clock: options.previous_clock.or(remembered),
     };
     let verified = verify_evidence(&evidence, &expectation)?;
 
@@ -118,6 +128,9 @@ pub(crate) fn verify_channel(
         .context("no answer to ActivateCredential")?;
     let activation_round_trip = started.elapsed();
     challenge.check(&response)?;
+    if let Some(store) = &options.observations {
+        store.record(&evidence.ak_public, verified.clock)?;
+    }
 
     Ok(Report::new(
         &channel.endpoint().to_string(),
