@@ -14,8 +14,8 @@ use rand::RngCore as _;
 use crate::client;
 use crate::manifest::Manifest;
 use crate::session::{Completion, Ending, UnverifiedSession, VerifiedSession};
-use crate::verify::observations::Observations;
-use crate::verify::{cli::trust_anchors, VerifyOptions};
+use crate::verify::cli::{observation_store, trust_anchors};
+use crate::verify::VerifyOptions;
 
 /// Options of `runner chat`.
 #[derive(clap::Args, Debug, Clone)]
@@ -56,6 +56,10 @@ pub struct ChatArgs {
     /// Seconds each step may take (connecting, attesting, waiting for the next token).
     #[arg(long, default_value_t = 300)]
     pub timeout: u64,
+    /// The file that remembers each accepted quote's TPM clock counters, so a rolled-back TPM or an old quote is
+    /// refused next time [default: observations.json in the runner's cache]
+    #[arg(long, value_name = "PATH")]
+    pub observations: Option<PathBuf>,
     /// The prompt.
     pub prompt: String,
 }
@@ -108,7 +112,7 @@ pub fn run(args: &ChatArgs, cancel: &AtomicBool) -> Result<()> {
     let trust = trust_anchors(args.ca_root.as_deref(), &args.ca_intermediate)?;
     let options = VerifyOptions {
         timeout: Duration::from_secs(args.timeout),
-        observations: Some(Observations::in_cache(&crate::workspace::cache_dir())),
+        observations: Some(observation_store(args.observations.as_deref())),
         ..VerifyOptions::default()
     };
     eprintln!(

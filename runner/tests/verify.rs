@@ -1378,10 +1378,29 @@ fn the_cli_entry_verifies_and_names_the_failed_check() {
         ca_root: Some(home().ca.root_certificate()),
         ca_intermediate: vec![home().ca.issuer_certificate()],
         timeout: 30,
+        // Every SimAppliance boots a copy of one provisioned state, so its clock can read earlier than the last
+        // boot's: a store shared between boots would (rightly) call that a rollback.
+        observations: Some(
+            image
+                .dir
+                .path()
+                .join(format!("observations-{endpoint}.json")),
+        ),
     };
     let (address, server) = serve(SimAppliance::boot(home(), &image, true), |r| r);
     runner::verify::cli::run(args(address)).unwrap();
     server.join().unwrap();
+    let remembered = image
+        .dir
+        .path()
+        .join(format!("observations-{address}.json"));
+    assert!(
+        std::fs::read_to_string(&remembered)
+            .expect("--observations names the store the accepted quote was recorded in")
+            .contains("\"clock\""),
+        "{}",
+        remembered.display()
+    );
 
     // The foreign CA's root alone trusts nothing this appliance shows.
     let (address, server) = serve(SimAppliance::boot(home(), &image, true), |r| r);

@@ -177,6 +177,7 @@ fn tpm2_checkquote_verifies_exported_evidence(fixture: &Fixture) {
         ca_root: None,
         ca_intermediate: Vec::new(),
         timeout: 60,
+        observations: Some(scratch.path().join("observations.json")),
     };
     let ((), took) = timed(|| {
         runner::verify::cli::run(args).unwrap_or_else(|error| panic!("runner verify: {error:#}"))

@@ -37,6 +37,18 @@ pub struct VerifyArgs {
     /// Seconds each step may take.
     #[arg(long, default_value_t = 60)]
     pub timeout: u64,
+    /// The file that remembers each accepted quote's TPM clock counters, so a rolled-back TPM or an old quote is
+    /// refused next time [default: observations.json in the runner's cache]
+    #[arg(long, value_name = "PATH")]
+    pub observations: Option<PathBuf>,
+}
+
+/// The observation store `--observations` names, or the one in the runner's cache.
+pub fn observation_store(path: Option<&Path>) -> Observations {
+    match path {
+        Some(path) => Observations::at(path.to_path_buf()),
+        None => Observations::in_cache(&workspace::cache_dir()),
+    }
 }
 
 /// The EK CA to trust: `ca_root` with its intermediates, or else the runner's own CA in its cache (the one that
@@ -65,7 +77,7 @@ pub fn run(args: VerifyArgs) -> Result<()> {
         timeout: Duration::from_secs(args.timeout),
         export_evidence: args.export_evidence.clone(),
         previous_clock: None,
-        observations: Some(Observations::in_cache(&workspace::cache_dir())),
+        observations: Some(observation_store(args.observations.as_deref())),
     };
     match verify_appliance(endpoint, &manifest, &trust, &options) {
         Ok(report) => {
