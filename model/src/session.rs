@@ -246,6 +246,11 @@ impl Session {
         self.state.context
     }
 
+    /// Bytes of this session's KV cache.
+    pub fn kv_cache_bytes(&self) -> usize {
+        self.state.kv_cache_bytes()
+    }
+
     /// Prompt tokens per prefill step.
     pub fn prefill_chunk(&self) -> usize {
         self.prefill_chunk

@@ -411,6 +411,11 @@ impl State {
     pub fn reset(&mut self) {
         self.pos = 0;
     }
+
+    /// Bytes of the KV cache (f16 keys and values of every layer and position), allocated by [`State::new`].
+    pub fn kv_cache_bytes(&self) -> usize {
+        (self.key_cache.len() + self.value_cache.len()) * core::mem::size_of::<u16>()
+    }
 }
 
 fn to_f16(x: f32) -> u16 {

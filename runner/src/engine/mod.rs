@@ -49,7 +49,8 @@ pub struct GenerateArgs {
     /// Wrap PROMPT in the model's chat format.
     #[arg(long)]
     pub chat: bool,
-    /// Print one JSON object (prompt_ids, generated_ids, text, finish, prefill_tok_s, decode_tok_s) instead of text.
+    /// Print one JSON object (prompt_ids, generated_ids, text, finish, prefill_tok_s, decode_tok_s, kv_cache_bytes)
+    /// instead of text.
     #[arg(long)]
     pub json: bool,
     /// Use the engine's portable (scalar) kernels instead of AVX2, as the appliance does under QEMU's TCG (whose
@@ -75,6 +76,8 @@ pub struct Generated {
     pub prefill_tok_s: f64,
     /// Generated tokens per second after the first.
     pub decode_tok_s: f64,
+    /// Bytes of the session's KV cache (sized for the prompt plus `--max-tokens`).
+    pub kv_cache_bytes: usize,
 }
 
 #[derive(clap::Args, Debug)]
@@ -172,13 +175,14 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
     let out = run_generation(&args, &mut print)?;
     if args.json {
         println!(
-            "{{\"prompt_ids\":{},\"generated_ids\":{},\"text\":{},\"finish\":\"{:?}\",\"prefill_tok_s\":{:.2},\"decode_tok_s\":{:.2}}}",
+            "{{\"prompt_ids\":{},\"generated_ids\":{},\"text\":{},\"finish\":\"{:?}\",\"prefill_tok_s\":{:.2},\"decode_tok_s\":{:.2},\"kv_cache_bytes\":{}}}",
             json_ids(&out.prompt_ids),
             json_ids(&out.generated_ids),
             json_string(&out.text),
             out.finish,
             out.prefill_tok_s,
-            out.decode_tok_s
+            out.decode_tok_s,
+            out.kv_cache_bytes
         );
     } else {
         println!();
@@ -248,6 +252,7 @@ pub fn run_generation(
             other => anyhow!("cannot start generating: {other:?}"),
         })?;
 
+    let kv_cache_bytes = session.kv_cache_bytes();
     let mut generated = Vec::new();
     let mut text_out = String::new();
     let started = Instant::now();
@@ -280,6 +285,7 @@ pub fn run_generation(
         generated_ids: generated,
         text: text_out,
         finish: finish.reason,
+        kv_cache_bytes,
     })
 }
 
