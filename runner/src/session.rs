@@ -219,7 +219,11 @@ pub fn subject_public_key_info(certificate: &[u8]) -> Result<Vec<u8>> {
         .context("cannot encode the certificate's SubjectPublicKeyInfo")
 }
 
-fn client_config() -> Result<Arc<ClientConfig>> {
+/// The TLS configuration of every client connection before attestation: TLS 1.3 only, any certificate that holds a
+/// key, its handshake signature checked ([`AttestedKeyVerifier`]), no resumption and no early data. Only a
+/// [`VerifiedSession`] turns such a connection into one that may carry a prompt; tests that speak raw TLS to the
+/// appliance use this configuration too.
+pub fn handshake_config() -> Result<Arc<ClientConfig>> {
     let provider = ring::default_provider();
     let verifier = Arc::new(AttestedKeyVerifier {
         algorithms: provider.signature_verification_algorithms,
@@ -262,7 +266,7 @@ impl Channel {
         socket.set_nodelay(true)?;
         let name = ServerName::try_from(SERVER_NAME)
             .map_err(|error| anyhow!("bad server name {SERVER_NAME}: {error}"))?;
-        let connection = ClientConnection::new(client_config()?, name)
+        let connection = ClientConnection::new(handshake_config()?, name)
             .context("cannot start a TLS client session")?;
         let mut stream = StreamOwned::new(connection, socket);
         while stream.conn.is_handshaking() {

@@ -22,9 +22,8 @@ use runner::manifest::Manifest;
 use runner::qemu::AccelChoice;
 use runner::session::{UnverifiedSession, VerifiedSession};
 use runner::verify::{TrustAnchors, VerifyOptions};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme, StreamOwned};
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, StreamOwned};
 
 /// The release kernel (no console).
 pub const RELEASE: KernelFlavor = KernelFlavor {
@@ -391,65 +390,13 @@ pub fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> (Vec<u8>, O
 // A raw TLS 1.3 client (test support only).
 // ---------------------------------------------------------------------------------------------------------
 
-/// Accepts any certificate but checks the TLS 1.3 handshake signature under its key (RFC 8446 §4.4.3), so
-/// the handshake is a real one. Trust is not the point of these tests; the verified path is
+/// The runner's own pre-attestation TLS configuration (any certificate holding a key, its TLS 1.3 handshake
+/// signature checked), so the handshake is a real one. Trust is not the point of these tests; the verified path is
 /// [`Fixture::verified_session`].
-#[derive(Debug)]
-struct AnyCertificate(rustls::crypto::WebPkiSupportedAlgorithms);
-
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        // Only TLS 1.3 is offered.
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls12NotOffered,
-        ))
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_schemes()
-    }
-}
-
 fn raw_client_config() -> Arc<ClientConfig> {
     static CONFIG: OnceLock<Arc<ClientConfig>> = OnceLock::new();
     CONFIG
-        .get_or_init(|| {
-            let provider = rustls::crypto::ring::default_provider();
-            let verifier = Arc::new(AnyCertificate(provider.signature_verification_algorithms));
-            let mut config = ClientConfig::builder_with_provider(Arc::new(provider))
-                .with_protocol_versions(&[&rustls::version::TLS13])
-                .expect("TLS 1.3 configuration")
-                .dangerous()
-                .with_custom_certificate_verifier(verifier)
-                .with_no_client_auth();
-            config.resumption = rustls::client::Resumption::disabled();
-            Arc::new(config)
-        })
+        .get_or_init(|| runner::session::handshake_config().expect("TLS 1.3 client configuration"))
         .clone()
 }
 
