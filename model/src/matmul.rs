@@ -257,6 +257,108 @@ fn mat_q0(
     acts.transposed = transposed;
 }
 
+/// Batches from which llama.cpp multiplies K-quant weights it does not repack through its tiled kernels
+/// (`ggml_tiled_min_batch`).
+const TILED_MIN_BATCH: usize = 8;
+
+/// Tokens per pass of llama.cpp's repacked Q4_K gemm; the batch's last `batch % 4` tokens go through its gemv.
+const GEMM_TOKENS: usize = 4;
+
+/// Whether llama.cpp (on AVX2) repacks this Q4_K matrix into 8-row interleaved blocks at load time
+/// (`ggml_repack_get_optimal_repack_type`: row count a multiple of 8). This engine reads the same 8 rows in place.
+fn q4_k_repacked(w: &QTensor<'_>) -> bool {
+    w.ggml_type == GgmlType::Q4K && w.rows.is_multiple_of(8)
+}
+
+/// Rows `r0..r0 + rows` of a Q4_K or Q6_K product in llama.cpp's order for this batch size, into `out`
+/// (`[row][token]`, `rows × batch`). `r0` and `rows` are multiples of 8 for repacked Q4_K.
+fn mat_k_rows(w: &QTensor<'_>, r0: usize, batch: usize, q8k: &[BlockQ8K], out: &mut [f32]) {
+    let nb = w.cols / QK_K;
+    let rows = out.len() / batch;
+    let bytes = &w.data[r0 * w.row_bytes..(r0 + rows) * w.row_bytes];
+    if q4_k_repacked(w) {
+        let blocks: &[quant::BlockQ4K] = quant::cast(bytes);
+        let gemm = batch - batch % GEMM_TOKENS;
+        for g in 0..rows / 8 {
+            let wg = &blocks[g * 8 * nb..(g + 1) * 8 * nb];
+            for t in (0..gemm).step_by(GEMM_TOKENS) {
+                let mut o = [[0.0f32; 8]; 4];
+                simd::mat_q4_k_gemm8x4(wg, nb, &q8k[t * nb..(t + 4) * nb], &mut o);
+                for (j, col) in o.iter().enumerate() {
+                    for (i, &v) in col.iter().enumerate() {
+                        out[(g * 8 + i) * batch + t + j] = v;
+                    }
+                }
+            }
+            for t in gemm..batch {
+                let mut o = [0.0f32; 8];
+                simd::mat_q4_k_gemv8(wg, nb, &q8k[t * nb..(t + 1) * nb], &mut o);
+                for (i, &v) in o.iter().enumerate() {
+                    out[(g * 8 + i) * batch + t] = v;
+                }
+            }
+        }
+        return;
+    }
+    for (i, row_out) in out.chunks_exact_mut(batch).enumerate() {
+        let row = &bytes[i * w.row_bytes..(i + 1) * w.row_bytes];
+        match (w.ggml_type, batch >= TILED_MIN_BATCH) {
+            (GgmlType::Q6K, true) => simd::mat_q6_k_tiled(quant::cast(row), nb, q8k, row_out),
+            (GgmlType::Q4K, true) => {
+                for (t, o) in row_out.iter_mut().enumerate() {
+                    *o = quant::dot_q4_k_q8_k_tiled(quant::cast(row), &q8k[t * nb..(t + 1) * nb]);
+                }
+            }
+            (GgmlType::Q6K, false) => {
+                for (t, o) in row_out.iter_mut().enumerate() {
+                    *o = simd::dot_q6_k_q8_k(quant::cast(row), &q8k[t * nb..(t + 1) * nb]);
+                }
+            }
+            _ => {
+                for (t, o) in row_out.iter_mut().enumerate() {
+                    *o = simd::dot_q4_k_q8_k(quant::cast(row), &q8k[t * nb..(t + 1) * nb]);
+                }
+            }
+        }
+    }
+}
+
+/// The product for Q4_K/Q6_K weights, rows split across workers (in groups of 8 for repacked Q4_K).
+fn mat_k(
+    w: &QTensor<'_>,
+    batch: usize,
+    rows_per_chunk: usize,
+    out: &mut [f32],
+    acts: &mut Acts,
+    par: &dyn ParallelFor,
+) {
+    let rows_per_chunk = if q4_k_repacked(w) {
+        rows_per_chunk.div_ceil(8) * 8
+    } else {
+        rows_per_chunk
+    };
+    let mut transposed = core::mem::take(&mut acts.transposed);
+    {
+        let q8k = &acts.q8_k[..batch * w.cols / QK_K];
+        let dst: &mut [f32] = if batch == 1 {
+            out
+        } else {
+            &mut transposed[..batch * w.rows]
+        };
+        par.for_each_chunk(dst, rows_per_chunk * batch, &|ci, chunk| {
+            mat_k_rows(w, ci * rows_per_chunk, batch, q8k, chunk);
+        });
+    }
+    if batch > 1 {
+        for (r, row_out) in transposed[..batch * w.rows].chunks_exact(batch).enumerate() {
+            for (t, &v) in row_out.iter().enumerate() {
+                out[t * w.rows + r] = v;
+            }
+        }
+    }
+    acts.transposed = transposed;
+}
+
 /// `out[t][r] = W[r] · x[t]` for `batch` inputs `x` (`batch × cols`, token-major) into `out` (`batch × rows`).
 /// The caller guarantees the lengths and that `acts` was sized for them.
 pub fn matmul(
@@ -274,6 +376,10 @@ pub fn matmul(
     let rows_per_chunk = w.rows.div_ceil(par.threads() * 4).max(16);
     if is_q0(w.ggml_type) {
         mat_q0(w, batch, rows_per_chunk, out, acts, par);
+        return;
+    }
+    if matches!(w.ggml_type, GgmlType::Q4K | GgmlType::Q6K) {
+        mat_k(w, batch, rows_per_chunk, out, acts, par);
         return;
     }
     if batch == 1 {

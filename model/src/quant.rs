@@ -685,25 +685,89 @@ pub fn swiglu(gate: &mut [f32], up: &[f32]) {
     }
 }
 
-/// Q4_K · Q8_K with per-super-block exact integer totals folded into two FMA chains (`acc += isum·(d·y.d)`,
-/// `accm += imin·(dmin·y.d)`, result `acc - accm`), the arithmetic of llama.cpp's repacked `q4_K_8x8` gemv as read
-/// from its source. Not used by the forward pass yet: switching Q4_K matrices to it moved Gemma 3's logits away
-/// from llama.cpp's (its batched gemm path evidently differs), so it is kept, tested, for that follow-up.
-pub fn dot_q4_k_q8_k_rows8(x: &[BlockQ4K], y: &[BlockQ8K]) -> f32 {
+// ---- scalar models of llama.cpp's batched K-quant kernels (repacked Q4_K, tiled K-quants) ----
+//
+// On AVX2, llama.cpp multiplies Q4_K matrices whose row count is a multiple of 8 through its repacked `q4_K_8x8`
+// kernels (ggml-cpu/arch/x86/repack.cpp): `ggml_gemm_q4_K_8x8_q8_K` for each group of 4 tokens of a batch and
+// `ggml_gemv_q4_K_8x8_q8_K` for the remaining tokens (ggml-cpu/repack.cpp `forward_mul_mat_one_chunk`). Other
+// K-quant products with 8 or more tokens go through its tiled kernels (ggml-cpu/tiled/, `ggml_tiled_min_batch`).
+// The integer part of every product is exact in all of them; they differ from `ggml_vec_dot_*` and from each other
+// only in how the exact integer totals are folded into f32, which these functions reproduce operation by operation.
+
+/// The exact integer totals of one Q4_K block against one Q8_K block over sub-blocks `j0..j1`:
+/// `(Σ sc_j · Σ q·y, Σ m_j · Σ y)`.
+#[inline]
+fn q4_k_block_ints(v: &[u8; QK_K], a: &BlockQ4K, b: &BlockQ8K, j0: usize, j1: usize) -> (i32, i32) {
+    let (mut isum, mut imin) = (0i32, 0i32);
+    for j in j0..j1 {
+        let (sc, m) = scale_min_k4(j, &a.scales);
+        let s: i32 = (0..32)
+            .map(|l| v[32 * j + l] as i32 * b.qs[32 * j + l] as i32)
+            .sum();
+        isum += sc as i32 * s;
+        imin += m as i32 * (b.bsums[2 * j] as i32 + b.bsums[2 * j + 1] as i32);
+    }
+    (isum, imin)
+}
+
+/// Q4_K · Q8_K as llama.cpp's repacked gemv computes one output: per super-block the exact totals are folded into
+/// two FMA chains, `acc = fma(isum, d·y.d, acc)` and `accm = fma(imin, dmin·y.d, accm)`; the result is
+/// `acc - accm`.
+pub fn dot_q4_k_q8_k_gemv(x: &[BlockQ4K], y: &[BlockQ8K]) -> f32 {
     let (mut acc, mut accm) = (0.0f32, 0.0f32);
     for (a, b) in x.iter().zip(y) {
         let v = q4_k_values(a);
-        let (mut isum, mut imin) = (0i32, 0i32);
-        for j in 0..8 {
-            let (sc, m) = scale_min_k4(j, &a.scales);
-            let s: i32 = (0..32)
-                .map(|l| v[32 * j + l] as i32 * b.qs[32 * j + l] as i32)
-                .sum();
-            isum += sc as i32 * s;
-            imin += m as i32 * (b.bsums[2 * j] as i32 + b.bsums[2 * j + 1] as i32);
-        }
+        let (isum, imin) = q4_k_block_ints(&v, a, b, 0, 8);
         acc = libm::fmaf(isum as f32, f16_to_f32(a.d) * b.d, acc);
         accm = libm::fmaf(imin as f32, f16_to_f32(a.dmin) * b.d, accm);
     }
     acc - accm
+}
+
+/// Q4_K · Q8_K as llama.cpp's repacked 4-token gemm computes one output: as [`dot_q4_k_q8_k_gemv`] but with one
+/// FMA per pair of 32-element sub-blocks (four per super-block) instead of one per super-block.
+pub fn dot_q4_k_q8_k_gemm(x: &[BlockQ4K], y: &[BlockQ8K]) -> f32 {
+    let (mut acc, mut accm) = (0.0f32, 0.0f32);
+    for (a, b) in x.iter().zip(y) {
+        let v = q4_k_values(a);
+        let (dd, dm) = (f16_to_f32(a.d) * b.d, f16_to_f32(a.dmin) * b.d);
+        for p in 0..4 {
+            let (isum, imin) = q4_k_block_ints(&v, a, b, 2 * p, 2 * p + 2);
+            acc = libm::fmaf(isum as f32, dd, acc);
+            accm = libm::fmaf(imin as f32, dm, accm);
+        }
+    }
+    acc - accm
+}
+
+/// Q4_K · Q8_K as llama.cpp's tiled kernel computes one output (batches of 8 or more tokens when the weights are
+/// not repacked): per super-block `r = d·isum`, `r = fma(-dmin, imin, r)`, `acc = fma(r, y.d, acc)`.
+pub fn dot_q4_k_q8_k_tiled(x: &[BlockQ4K], y: &[BlockQ8K]) -> f32 {
+    let mut acc = 0.0f32;
+    for (a, b) in x.iter().zip(y) {
+        let v = q4_k_values(a);
+        let (isum, imin) = q4_k_block_ints(&v, a, b, 0, 8);
+        let r = f16_to_f32(a.d) * isum as f32;
+        let r = libm::fmaf(-f16_to_f32(a.dmin), imin as f32, r);
+        acc = libm::fmaf(r, b.d, acc);
+    }
+    acc
+}
+
+/// Q6_K · Q8_K as llama.cpp's tiled kernel computes one output (batches of 8 or more tokens): per super-block
+/// `acc = fma(d·isum, y.d, acc)` with `isum` the exact total `Σ sc_g · Σ (q - 32)·y`.
+pub fn dot_q6_k_q8_k_tiled(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32 {
+    let mut acc = 0.0f32;
+    for (a, b) in x.iter().zip(y) {
+        let v = q6_k_values(a);
+        let mut isum = 0i32;
+        for g in 0..16 {
+            let s: i32 = (0..16)
+                .map(|l| (v[16 * g + l] as i32 - 32) * b.qs[16 * g + l] as i32)
+                .sum();
+            isum += a.scales[g] as i32 * s;
+        }
+        acc = libm::fmaf(f16_to_f32(a.d) * isum as f32, b.d, acc);
+    }
+    acc
 }

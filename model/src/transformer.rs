@@ -604,7 +604,12 @@ impl Model<'_> {
                 &mut s.acts,
                 par,
             );
-            for t in 0..n {
+            // After the last layer's attention only the token whose logits are read goes on, as llama.cpp's graph
+            // selects its output rows there (`inp_out_ids`): its FFN products then run as single-token products,
+            // which for repacked Q4_K weights is another kernel with another summation order than the batch's.
+            let t0 = if l + 1 == w.layers.len() { n - 1 } else { 0 };
+            let m = n - t0;
+            for t in t0..n {
                 let o = &mut s.xb2[t * dim..(t + 1) * dim];
                 if let Some(pn) = &layer.post_attn_norm {
                     math::rmsnorm_inplace(o, pn, c.rms_eps);
@@ -619,26 +624,26 @@ impl Model<'_> {
                     c.rms_eps,
                 );
             }
-            let xb = &s.xb[..n * dim];
-            matmul(&layer.w_gate, xb, n, &mut s.hb[..n * ffn], &mut s.acts, par);
-            matmul(&layer.w_up, xb, n, &mut s.hb2[..n * ffn], &mut s.acts, par);
+            let xb = &s.xb[t0 * dim..n * dim];
+            matmul(&layer.w_gate, xb, m, &mut s.hb[..m * ffn], &mut s.acts, par);
+            matmul(&layer.w_up, xb, m, &mut s.hb2[..m * ffn], &mut s.acts, par);
             match &self.gelu {
-                Some(table) => table.geglu(&mut s.hb[..n * ffn], &s.hb2[..n * ffn]),
-                None => simd::swiglu(&mut s.hb[..n * ffn], &s.hb2[..n * ffn]),
+                Some(table) => table.geglu(&mut s.hb[..m * ffn], &s.hb2[..m * ffn]),
+                None => simd::swiglu(&mut s.hb[..m * ffn], &s.hb2[..m * ffn]),
             }
             matmul(
                 &layer.w_down,
-                &s.hb[..n * ffn],
-                n,
-                &mut s.xb2[..n * dim],
+                &s.hb[..m * ffn],
+                m,
+                &mut s.xb2[..m * dim],
                 &mut s.acts,
                 par,
             );
-            for t in 0..n {
-                let o = &mut s.xb2[t * dim..(t + 1) * dim];
+            for (i, o) in s.xb2[..m * dim].chunks_exact_mut(dim).enumerate() {
                 if let Some(pn) = &layer.post_ffn_norm {
                     math::rmsnorm_inplace(o, pn, c.rms_eps);
                 }
+                let t = t0 + i;
                 for (x, &v) in s.x[t * dim..(t + 1) * dim].iter_mut().zip(o.iter()) {
                     *x += v;
                 }

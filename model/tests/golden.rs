@@ -50,8 +50,9 @@ fn ids(v: &Value) -> Vec<u32> {
 ///   attention, 1 thread, produced by `fixtures/llamacpp_probe.c`): step-0 top-5 ids identical and logits within
 ///   `local_tolerance`.
 ///
-/// The shared reference's logits differ from a local llama.cpp build of the same commit by up to 0.4 (its greedy
-/// ids are the same), so logits are held to the local build, tokens to both.
+/// The shared reference's logits differ from a local llama.cpp build of the same commit by up to 0.54 (measured:
+/// SmolLM2 up to 0.26, Gemma 3 up to 0.54 on " Paris"; its greedy ids are the same), so logits are held to the
+/// local build (1e-4), tokens to both, and the shared logits only to 0.6.
 /// How a run is held to llama.cpp.
 struct Bar {
     /// Directory of the local llama.cpp fixture to compare logits (and tokens) with.
@@ -69,7 +70,7 @@ struct Bar {
 const EXACT: Bar = Bar {
     local_dir: "local_llamacpp",
     local_tolerance: 1e-4,
-    shared_tolerance: 0.5,
+    shared_tolerance: 0.6,
     top5_in_order: true,
     tokens_until_margin: 0.0,
 };
@@ -182,42 +183,15 @@ fn smollm2_chat_sea() {
     run_reference("smollm2-135m-instruct-q4_1.gguf", "smol_chat_sea", EXACT);
 }
 
-// Gemma 3: llama.cpp repacks its Q4_K tensors into 8×8 interleaved blocks summed in an order this engine does not
-// yet reproduce. Against that default build: top-1 identical, top-5 logits within 0.2 (measured 0.16; ranks 4-5 may
-// swap), greedy ids identical until llama.cpp's own margin drops below 0.2 (steps 0-17 and 0-8). The shared
-// reference itself is 0.54 away from the local build here.
-const GEMMA_REPACKED: Bar = Bar {
-    local_dir: "local_llamacpp",
-    local_tolerance: 0.2,
-    shared_tolerance: 1.0,
-    top5_in_order: false,
-    tokens_until_margin: 0.2,
-};
-
+// Gemma 3: bit-identical to the local llama.cpp build too. llama.cpp repacks the Q4_K matrices on AVX2 and sums
+// them in its 8-row gemv/gemm orders, multiplies Q6_K through its tiled kernel in batches of 8 or more tokens, and
+// runs only the last token through the last layer's FFN; the engine mirrors all three (see `matmul`).
 #[test]
 fn gemma3_raw_france() {
-    run_reference(
-        "gemma3-270m-q4_k_m.gguf",
-        "gemma_raw_france",
-        GEMMA_REPACKED,
-    );
+    run_reference("gemma3-270m-q4_k_m.gguf", "gemma_raw_france", EXACT);
 }
 
 #[test]
 fn gemma3_chat_sea() {
-    run_reference("gemma3-270m-q4_k_m.gguf", "gemma_chat_sea", GEMMA_REPACKED);
-}
-
-// With repacking off (`use_extra_bufts = false`), llama.cpp computes exactly what this engine computes for this
-// prompt: logits to 1e-4 and the same greedy ids (checked through step 17; the repacked run differs at step 18).
-#[test]
-fn gemma3_raw_france_matches_llamacpp_without_repacking() {
-    let bar = Bar {
-        local_dir: "local_llamacpp_norepack",
-        local_tolerance: 1e-4,
-        shared_tolerance: 1.0,
-        top5_in_order: true,
-        tokens_until_margin: 0.2,
-    };
-    run_reference("gemma3-270m-q4_k_m.gguf", "gemma_raw_france", bar);
+    run_reference("gemma3-270m-q4_k_m.gguf", "gemma_chat_sea", EXACT);
 }

@@ -566,41 +566,6 @@ pub unsafe fn swiglu(gate: &mut [f32], up: &[f32]) {
     }
 }
 
-/// # Safety
-/// The CPU must support AVX2, FMA and F16C.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot_q4_k_q8_k_rows8(x: &[BlockQ4K], y: &[BlockQ8K]) -> f32 {
-    let (mut acc, mut accm) = (_mm_setzero_ps(), _mm_setzero_ps());
-    let low = _mm256_set1_epi8(0x0F);
-    for (a, b) in x.iter().zip(y) {
-        let mut sumi = _mm256_setzero_si256();
-        let mut imin = 0i32;
-        for j in 0..4 {
-            let (sc0, m0) = scale_min_k4(2 * j, &a.scales);
-            let (sc1, m1) = scale_min_k4(2 * j + 1, &a.scales);
-            imin += m0 as i32 * (b.bsums[4 * j] as i32 + b.bsums[4 * j + 1] as i32);
-            imin += m1 as i32 * (b.bsums[4 * j + 2] as i32 + b.bsums[4 * j + 3] as i32);
-            let q = load_256(a.qs[32 * j..32 * j + 32].try_into().unwrap_or(&[0; 32]));
-            let lo = _mm256_and_si256(q, low);
-            let hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), low);
-            let y0 = load_256_i8(b.qs[64 * j..64 * j + 32].try_into().unwrap_or(&[0; 32]));
-            let y1 = load_256_i8(
-                b.qs[64 * j + 32..64 * j + 64]
-                    .try_into()
-                    .unwrap_or(&[0; 32]),
-            );
-            let p0 = _mm256_madd_epi16(_mm256_set1_epi16(sc0 as i16), _mm256_maddubs_epi16(lo, y0));
-            let p1 = _mm256_madd_epi16(_mm256_set1_epi16(sc1 as i16), _mm256_maddubs_epi16(hi, y1));
-            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p0, p1));
-        }
-        // Exact integer totals, then one rounding each, as the repacked kernels do.
-        let isum = hsum_epi32(sumi);
-        acc = _mm_fmadd_ss(_mm_set_ss(isum as f32), _mm_set_ss(f16(a.d) * b.d), acc);
-        accm = _mm_fmadd_ss(_mm_set_ss(imin as f32), _mm_set_ss(f16(a.dmin) * b.d), accm);
-    }
-    _mm_cvtss_f32(acc) - _mm_cvtss_f32(accm)
-}
-
 // ---- multi-row × multi-token tiles of the 32-element formats (decode and prefill matrix products) ----
 //
 // A tile computes `R` weight rows against `C` activation columns in one pass over the blocks, so each weight block
@@ -952,5 +917,299 @@ pub unsafe fn mat_q0<W: Q0Weight>(w: &[W], nb: usize, y: &ActTile<'_, W::Act>, o
             }
         }
         r += if two { 2 } else { 1 };
+    }
+}
+
+// ---- K-quant products in llama.cpp's batched orders (see `crate::quant`, "scalar models of llama.cpp's batched
+// K-quant kernels"). Weights are read in place: `w` holds whole rows of `nb` blocks each, row r at `w[r * nb..]`.
+// Every integer total is exact (ranges at each `vpmaddubsw`), so any reduction order of the integers gives the same
+// value; the f32 operations per output are exactly those of the scalar twins. ----
+
+/// The 8 six-bit scales and 8 mins of a Q4_K block, as the i16 lanes of two 128-bit vectors.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q4_k_scales_mins(s: &[u8; 12]) -> (__m128i, __m128i) {
+    // Little-endian words of the 12 packed bytes; layout per `scale_min_k4`: bytes 0-3 low 6 bits = sc0-3,
+    // bytes 4-7 low 6 bits = m0-3, bytes 8-11 = low nibbles sc4-7 / high nibbles m4-7, whose top 2 bits are the
+    // top 2 bits of bytes 0-3 (sc) and 4-7 (m).
+    let w0 = u32::from_le_bytes([s[0], s[1], s[2], s[3]]);
+    let w1 = u32::from_le_bytes([s[4], s[5], s[6], s[7]]);
+    let w2 = u32::from_le_bytes([s[8], s[9], s[10], s[11]]);
+    let sc_lo = w0 & 0x3f3f_3f3f;
+    let m_lo = w1 & 0x3f3f_3f3f;
+    let sc_hi = (w2 & 0x0f0f_0f0f) | (((w0 >> 6) & 0x0303_0303) << 4);
+    let m_hi = ((w2 >> 4) & 0x0f0f_0f0f) | (((w1 >> 6) & 0x0303_0303) << 4);
+    let sc = _mm_cvtepu8_epi16(_mm_set_epi32(0, 0, sc_hi as i32, sc_lo as i32));
+    let m = _mm_cvtepu8_epi16(_mm_set_epi32(0, 0, m_hi as i32, m_lo as i32));
+    (sc, m)
+}
+
+/// Lane `j` (an i16) of `v` in all 16 lanes of a 256-bit vector.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn bcast16(v: __m128i, j: usize) -> __m256i {
+    let mut a = [0i16; 8];
+    // SAFETY: writes exactly the 16 bytes of `a`.
+    unsafe { _mm_storeu_si128(a.as_mut_ptr().cast(), v) };
+    _mm256_set1_epi16(a[j & 7])
+}
+
+/// Σ over sub-blocks 2p and 2p+1 of sc_j · Σ q·y for one Q4_K block and one Q8_K block, as 8 i32 lanes.
+/// Nibbles ≤ 15 times |y| ≤ 127: ≤ 2·15·127 per `vpmaddubsw` lane; times a 6-bit scale fits i32.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q4_k_pair(a: &BlockQ4K, y: &BlockQ8K, p: usize, sc0: __m256i, sc1: __m256i) -> __m256i {
+    let low = _mm256_set1_epi8(0x0F);
+    let q = load_256(a.qs[32 * p..32 * p + 32].try_into().unwrap_or(&[0; 32]));
+    let lo = _mm256_and_si256(q, low);
+    let hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), low);
+    let y0 = load_256_i8(y.qs[64 * p..64 * p + 32].try_into().unwrap_or(&[0; 32]));
+    let y1 = load_256_i8(
+        y.qs[64 * p + 32..64 * p + 64]
+            .try_into()
+            .unwrap_or(&[0; 32]),
+    );
+    _mm256_add_epi32(
+        _mm256_madd_epi16(_mm256_maddubs_epi16(lo, y0), sc0),
+        _mm256_madd_epi16(_mm256_maddubs_epi16(hi, y1), sc1),
+    )
+}
+
+/// Lane r of the result = the sum of the 8 lanes of `v[r]`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn hsum8x8(v: &[__m256i; 8]) -> __m256i {
+    let h01 = _mm256_hadd_epi32(v[0], v[1]);
+    let h23 = _mm256_hadd_epi32(v[2], v[3]);
+    let h45 = _mm256_hadd_epi32(v[4], v[5]);
+    let h67 = _mm256_hadd_epi32(v[6], v[7]);
+    // Per 128-bit half: [r0, r1, r2, r3] partial sums of that half's lanes.
+    let h0123 = _mm256_hadd_epi32(h01, h23);
+    let h4567 = _mm256_hadd_epi32(h45, h67);
+    let lo = _mm256_permute2x128_si256(h0123, h4567, 0x20);
+    let hi = _mm256_permute2x128_si256(h0123, h4567, 0x31);
+    _mm256_add_epi32(lo, hi)
+}
+
+/// The Q8_K block's 16 group sums added in pairs: i16 lane j = Σ y over sub-block j (|·| ≤ 32·127).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn bsum_pairs(y: &BlockQ8K) -> __m128i {
+    // SAFETY: reads exactly the 32 bytes of `bsums`.
+    let b = unsafe { _mm256_loadu_si256(y.bsums.as_ptr().cast()) };
+    _mm_hadd_epi16(_mm256_castsi256_si128(b), _mm256_extracti128_si256(b, 1))
+}
+
+/// The f16 fields at byte offset `off` of 8 blocks as f32 lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn f16x8(h: [u16; 8]) -> __m256 {
+    // SAFETY: reads exactly the 16 bytes of `h`.
+    _mm256_cvtph_ps(unsafe { _mm_loadu_si128(h.as_ptr().cast()) })
+}
+
+/// One token against 8 Q4_K rows (llama.cpp's repacked gemv order): `out[r] = W[r] · y`.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+// Row r indexes several per-row arrays at once.
+#[allow(clippy::needless_range_loop)]
+pub unsafe fn mat_q4_k_gemv8(w: &[BlockQ4K], nb: usize, y: &[BlockQ8K], out: &mut [f32; 8]) {
+    assert!(w.len() >= 8 * nb && y.len() >= nb);
+    let (mut acc, mut accm) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    for k in 0..nb {
+        let yb = &y[k];
+        let bp = bsum_pairs(yb);
+        let mut sums = [_mm256_setzero_si256(); 8];
+        let mut mins = [_mm_setzero_si128(); 8];
+        let (mut d, mut dmin) = ([0u16; 8], [0u16; 8]);
+        for r in 0..8 {
+            let a = &w[r * nb + k];
+            _mm_prefetch::<_MM_HINT_T0>(
+                (a as *const BlockQ4K)
+                    .cast::<i8>()
+                    .wrapping_add(PREFETCH_BYTES),
+            );
+            d[r] = u16::from_le_bytes(a.d);
+            dmin[r] = u16::from_le_bytes(a.dmin);
+            let (sc, m) = q4_k_scales_mins(&a.scales);
+            let mut s = _mm256_setzero_si256();
+            for p in 0..4 {
+                s = _mm256_add_epi32(
+                    s,
+                    q4_k_pair(a, yb, p, bcast16(sc, 2 * p), bcast16(sc, 2 * p + 1)),
+                );
+            }
+            sums[r] = s;
+            // 6-bit mins × |Σ y| ≤ 4064: each `vpmaddwd` pair fits i32.
+            mins[r] = _mm_madd_epi16(m, bp);
+        }
+        let isum = hsum8x8(&sums);
+        let m01 = _mm_hadd_epi32(mins[0], mins[1]);
+        let m23 = _mm_hadd_epi32(mins[2], mins[3]);
+        let m45 = _mm_hadd_epi32(mins[4], mins[5]);
+        let m67 = _mm_hadd_epi32(mins[6], mins[7]);
+        let imin = _mm256_set_m128i(_mm_hadd_epi32(m45, m67), _mm_hadd_epi32(m01, m23));
+        let yd = _mm256_set1_ps(yb.d);
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(f16x8(d), yd), acc);
+        accm = _mm256_fmadd_ps(
+            _mm256_cvtepi32_ps(imin),
+            _mm256_mul_ps(f16x8(dmin), yd),
+            accm,
+        );
+    }
+    // SAFETY: writes exactly the 8 floats of `out`.
+    unsafe { _mm256_storeu_ps(out.as_mut_ptr(), _mm256_sub_ps(acc, accm)) };
+}
+
+/// Four tokens against 8 Q4_K rows (llama.cpp's repacked gemm order): `out[t][r] = W[r] · y[t]`, token t's blocks
+/// at `y[t * nb..]`.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+// Row r and token t index several per-row / per-token arrays at once.
+#[allow(clippy::needless_range_loop)]
+pub unsafe fn mat_q4_k_gemm8x4(w: &[BlockQ4K], nb: usize, y: &[BlockQ8K], out: &mut [[f32; 8]; 4]) {
+    assert!(w.len() >= 8 * nb && y.len() >= 4 * nb);
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut accm = [_mm256_setzero_ps(); 4];
+    for k in 0..nb {
+        let (mut d, mut dmin) = ([0u16; 8], [0u16; 8]);
+        let mut sc = [_mm_setzero_si128(); 8];
+        // mn[j] lane r = min j of row r (i32).
+        let mut mn_rows = [[0i32; 8]; 8];
+        for r in 0..8 {
+            let a = &w[r * nb + k];
+            d[r] = u16::from_le_bytes(a.d);
+            dmin[r] = u16::from_le_bytes(a.dmin);
+            let (s, m) = q4_k_scales_mins(&a.scales);
+            sc[r] = s;
+            let mut ma = [0i16; 8];
+            // SAFETY: writes exactly the 16 bytes of `ma`.
+            unsafe { _mm_storeu_si128(ma.as_mut_ptr().cast(), m) };
+            for j in 0..8 {
+                mn_rows[j][r] = ma[j] as i32;
+            }
+        }
+        let (dv, dminv) = (f16x8(d), f16x8(dmin));
+        // SAFETY: each `mn_rows[j]` is exactly 8 i32.
+        let mn: [__m256i; 8] =
+            core::array::from_fn(|j| unsafe { _mm256_loadu_si256(mn_rows[j].as_ptr().cast()) });
+        let yb: [&BlockQ8K; 4] = core::array::from_fn(|t| &y[t * nb + k]);
+        let bp: [[i16; 8]; 4] = core::array::from_fn(|t| {
+            let mut a = [0i16; 8];
+            // SAFETY: writes exactly the 16 bytes of `a`.
+            unsafe { _mm_storeu_si128(a.as_mut_ptr().cast(), bsum_pairs(yb[t])) };
+            a
+        });
+        for p in 0..4 {
+            let scp: [(__m256i, __m256i); 8] =
+                core::array::from_fn(|r| (bcast16(sc[r], 2 * p), bcast16(sc[r], 2 * p + 1)));
+            for t in 0..4 {
+                let mut s = [_mm256_setzero_si256(); 8];
+                for r in 0..8 {
+                    s[r] = q4_k_pair(&w[r * nb + k], yb[t], p, scp[r].0, scp[r].1);
+                }
+                let isum = hsum8x8(&s);
+                // Lane r: m[2p]·Σy(2p) + m[2p+1]·Σy(2p+1), exact in i32.
+                let imin = _mm256_add_epi32(
+                    _mm256_mullo_epi32(mn[2 * p], _mm256_set1_epi32(bp[t][2 * p] as i32)),
+                    _mm256_mullo_epi32(mn[2 * p + 1], _mm256_set1_epi32(bp[t][2 * p + 1] as i32)),
+                );
+                let yd = _mm256_set1_ps(yb[t].d);
+                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(dv, yd), acc[t]);
+                accm[t] =
+                    _mm256_fmadd_ps(_mm256_cvtepi32_ps(imin), _mm256_mul_ps(dminv, yd), accm[t]);
+            }
+        }
+    }
+    for t in 0..4 {
+        // SAFETY: writes exactly the 8 floats of `out[t]`.
+        unsafe { _mm256_storeu_ps(out[t].as_mut_ptr(), _mm256_sub_ps(acc[t], accm[t])) };
+    }
+}
+
+/// One Q6_K row against `out.len()` tokens (llama.cpp's tiled order): `out[t] = W · y[t]`, token t's blocks at
+/// `y[t * nb..]`. Each weight block is unpacked once for all tokens.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn mat_q6_k_tiled(w: &[BlockQ6K], nb: usize, y: &[BlockQ8K], out: &mut [f32]) {
+    let n = out.len();
+    assert!(w.len() >= nb && y.len() >= n * nb);
+    out.iter_mut().for_each(|o| *o = 0.0);
+    let (m4, m2) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(3));
+    for k in 0..nb {
+        let a = &w[k];
+        // The 256 six-bit values (0..63) in element order, as 8 vectors of 32.
+        let mut q = [_mm256_setzero_si256(); 8];
+        for half in 0..2 {
+            let ql_a = load_256(
+                a.ql[64 * half..64 * half + 32]
+                    .try_into()
+                    .unwrap_or(&[0; 32]),
+            );
+            let ql_b = load_256(
+                a.ql[64 * half + 32..64 * half + 64]
+                    .try_into()
+                    .unwrap_or(&[0; 32]),
+            );
+            let qh = load_256(
+                a.qh[32 * half..32 * half + 32]
+                    .try_into()
+                    .unwrap_or(&[0; 32]),
+            );
+            // 16-bit shifts only move bits within a byte here: every shifted value is masked to its own byte.
+            let h = |s: i32| -> __m256i {
+                let v = match s {
+                    0 => qh,
+                    2 => _mm256_srli_epi16(qh, 2),
+                    4 => _mm256_srli_epi16(qh, 4),
+                    _ => _mm256_srli_epi16(qh, 6),
+                };
+                _mm256_slli_epi16(_mm256_and_si256(v, m2), 4)
+            };
+            q[4 * half] = _mm256_or_si256(_mm256_and_si256(ql_a, m4), h(0));
+            q[4 * half + 1] = _mm256_or_si256(_mm256_and_si256(ql_b, m4), h(2));
+            q[4 * half + 2] =
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql_a, 4), m4), h(4));
+            q[4 * half + 3] =
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql_b, 4), m4), h(6));
+        }
+        let sc = &a.scales;
+        let scv: [__m256i; 8] = core::array::from_fn(|i| {
+            _mm256_set_m128i(
+                _mm_set1_epi16(sc[2 * i + 1] as i16),
+                _mm_set1_epi16(sc[2 * i] as i16),
+            )
+        });
+        // SAFETY: reads exactly the 16 bytes of `scales`.
+        let scales16 = _mm256_cvtepi8_epi16(unsafe { _mm_loadu_si128(sc.as_ptr().cast()) });
+        let dw = f16(a.d);
+        for (t, o) in out.iter_mut().enumerate() {
+            let b = &y[t * nb + k];
+            let mut sumi = _mm256_setzero_si256();
+            for (i, qi) in q.iter().enumerate() {
+                let yi = load_256_i8(b.qs[32 * i..32 * i + 32].try_into().unwrap_or(&[0; 32]));
+                // q ≤ 63: 2·63·127 per i16 lane.
+                sumi = _mm256_add_epi32(
+                    sumi,
+                    _mm256_madd_epi16(scv[i], _mm256_maddubs_epi16(*qi, yi)),
+                );
+            }
+            // Σ sc·(q - 32)·y = Σ sc·q·y - 32·Σ sc·Σy.
+            // SAFETY: reads exactly the 32 bytes of `bsums`.
+            let bsums = unsafe { _mm256_loadu_si256(b.bsums.as_ptr().cast()) };
+            let sub = _mm256_slli_epi32(_mm256_madd_epi16(bsums, scales16), 5);
+            let isum = hsum_epi32(_mm256_sub_epi32(sumi, sub));
+            *o = _mm_cvtss_f32(_mm_fmadd_ss(
+                _mm_set_ss(dw * isum as f32),
+                _mm_set_ss(b.d),
+                _mm_set_ss(*o),
+            ));
+        }
     }
 }

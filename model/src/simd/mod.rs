@@ -106,8 +106,38 @@ dispatch!(
     /// Q4_K weights · Q8_K activations.
     dot_q4_k_q8_k(x: &[BlockQ4K], y: &[BlockQ8K]) -> f32, quant::dot_q4_k_q8_k);
 dispatch!(
-    /// Q4_K weights · Q8_K activations in the order of llama.cpp's repacked 8-row kernels.
-    dot_q4_k_q8_k_rows8(x: &[BlockQ4K], y: &[BlockQ8K]) -> f32, quant::dot_q4_k_q8_k_rows8);
+    /// One token against 8 Q4_K rows of `nb` blocks (`w[r * nb..]`) in the order of llama.cpp's repacked gemv:
+    /// `out[r] = W[r] · y` (each equal to [`quant::dot_q4_k_q8_k_gemv`]).
+    mat_q4_k_gemv8(w: &[BlockQ4K], nb: usize, y: &[BlockQ8K], out: &mut [f32; 8]) -> (), scalar_q4_k_gemv8);
+dispatch!(
+    /// Four tokens (`y[t * nb..]`) against 8 Q4_K rows in the order of llama.cpp's repacked gemm:
+    /// `out[t][r] = W[r] · y[t]` (each equal to [`quant::dot_q4_k_q8_k_gemm`]).
+    mat_q4_k_gemm8x4(w: &[BlockQ4K], nb: usize, y: &[BlockQ8K], out: &mut [[f32; 8]; 4]) -> (),
+    scalar_q4_k_gemm8x4);
+dispatch!(
+    /// One Q6_K row of `nb` blocks against `out.len()` tokens (`y[t * nb..]`) in the order of llama.cpp's tiled
+    /// kernel: `out[t] = W · y[t]` (each equal to [`quant::dot_q6_k_q8_k_tiled`]).
+    mat_q6_k_tiled(w: &[BlockQ6K], nb: usize, y: &[BlockQ8K], out: &mut [f32]) -> (), scalar_q6_k_tiled);
+
+fn scalar_q4_k_gemv8(w: &[BlockQ4K], nb: usize, y: &[BlockQ8K], out: &mut [f32; 8]) {
+    for (r, o) in out.iter_mut().enumerate() {
+        *o = quant::dot_q4_k_q8_k_gemv(&w[r * nb..(r + 1) * nb], &y[..nb]);
+    }
+}
+
+fn scalar_q4_k_gemm8x4(w: &[BlockQ4K], nb: usize, y: &[BlockQ8K], out: &mut [[f32; 8]; 4]) {
+    for (t, row) in out.iter_mut().enumerate() {
+        for (r, o) in row.iter_mut().enumerate() {
+            *o = quant::dot_q4_k_q8_k_gemm(&w[r * nb..(r + 1) * nb], &y[t * nb..(t + 1) * nb]);
+        }
+    }
+}
+
+fn scalar_q6_k_tiled(w: &[BlockQ6K], nb: usize, y: &[BlockQ8K], out: &mut [f32]) {
+    for (t, o) in out.iter_mut().enumerate() {
+        *o = quant::dot_q6_k_q8_k_tiled(&w[..nb], &y[t * nb..(t + 1) * nb]);
+    }
+}
 dispatch!(
     /// Q6_K weights · Q8_K activations.
     dot_q6_k_q8_k(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32, quant::dot_q6_k_q8_k);

@@ -113,11 +113,9 @@ fn quantizers_match_scalar_bitwise() {
 fn check(t: GgmlType) {
     let n = 1024;
     let x = data(n, 3);
-    // Q8K in this table stands for Q4_K weights summed in the repacked kernels' order.
-    let wt = if t == GgmlType::Q8K { GgmlType::Q4K } else { t };
-    let wbytes = encode_weights(wt, &data(n, 5));
+    let wbytes = encode_weights(t, &data(n, 5));
     let mut wf = vec![0.0; n];
-    quant::dequantize(wt, &wbytes, &mut wf).unwrap();
+    quant::dequantize(t, &wbytes, &mut wf).unwrap();
     let exact: f64 = wf.iter().zip(&x).map(|(&a, &b)| a as f64 * b as f64).sum();
     let norm: f64 = wf
         .iter()
@@ -190,15 +188,6 @@ fn check(t: GgmlType) {
                 quant::dot_q4_k_q8_k(w, &q8k),
                 // SAFETY: only called when AVX2, FMA and F16C were detected.
                 have_avx2().then(|| unsafe { avx2::dot_q4_k_q8_k(w, &q8k) }),
-            )
-        }
-        GgmlType::Q8K => {
-            // Stands for the repacked-order Q4_K kernel in this table.
-            let w = quant::cast(&wbytes);
-            (
-                quant::dot_q4_k_q8_k_rows8(w, &q8k),
-                // SAFETY: only called when AVX2, FMA and F16C were detected.
-                have_avx2().then(|| unsafe { avx2::dot_q4_k_q8_k_rows8(w, &q8k) }),
             )
         }
         GgmlType::Q6K => {
@@ -410,6 +399,117 @@ fn matrix_tiles_equal_row_dots_bitwise() {
                 }
                 let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                 assert_eq!(bits(&got), bits(&want), "{t:?} rows {rows} batch {batch}");
+            }
+        }
+    }
+}
+
+/// llama.cpp's batched K-quant orders (repacked Q4_K gemv and gemm, tiled Q6_K): the AVX2 kernels equal their
+/// scalar twins bit for bit, each output equals the one-row scalar model, and all stay within the activation
+/// quantization error of the f64 product of the dequantized weights with the unquantized activations:
+/// |Δx_i| ≤ amax/254 of x_i's 256-block, so |Δ| ≤ Σ|w_i|·amax/254, plus 1e-5·Σ|w·x| for f32 rounding.
+#[test]
+fn k_quant_batched_kernels_match_scalar_bitwise_and_f32() {
+    let (nb, rows, tokens) = (4usize, 8usize, 4usize);
+    let cols = nb * QK_K;
+    let x = data(cols * tokens, 21);
+    let mut q8k = vec![BlockQ8K::zeroed(); nb * tokens];
+    quant::quantize_q8_k(&x, &mut q8k);
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    for t in [GgmlType::Q4K, GgmlType::Q6K] {
+        let wb = encode_weights(t, &data(cols * rows, 23));
+        let mut wf = vec![0.0; cols * rows];
+        quant::dequantize(t, &wb, &mut wf).unwrap();
+        let reference = |r: usize, c: usize| -> (f64, f64) {
+            let (w, xs) = (&wf[r * cols..(r + 1) * cols], &x[c * cols..(c + 1) * cols]);
+            let exact = w.iter().zip(xs).map(|(&a, &b)| a as f64 * b as f64).sum();
+            let norm: f64 = w
+                .iter()
+                .zip(xs)
+                .map(|(&a, &b)| (a as f64 * b as f64).abs())
+                .sum();
+            let quant: f64 = w
+                .chunks_exact(QK_K)
+                .zip(xs.chunks_exact(QK_K))
+                .map(|(wb, xb)| {
+                    let amax = xb.iter().fold(0.0f32, |m, v| m.max(v.abs())) as f64;
+                    wb.iter().map(|&a| (a as f64).abs()).sum::<f64>() * amax / 254.0
+                })
+                .sum();
+            (exact, quant + 1e-5 * norm)
+        };
+        // [variant][token][row]: Q4_K gemm, Q4_K gemv, Q6_K tiled.
+        let mut scalar = vec![vec![vec![0.0f32; rows]; tokens]; 2];
+        let mut simd = scalar.clone();
+        let mut model = scalar.clone();
+        if t == GgmlType::Q4K {
+            let w: &[BlockQ4K] = quant::cast(&wb);
+            let mut o = [[0.0f32; 8]; 4];
+            super::scalar_q4_k_gemm8x4(w, nb, &q8k, &mut o);
+            scalar[0] = o.iter().map(|c| c.to_vec()).collect();
+            if have_avx2() {
+                // SAFETY: AVX2, FMA and F16C were detected.
+                unsafe { avx2::mat_q4_k_gemm8x4(w, nb, &q8k, &mut o) };
+                simd[0] = o.iter().map(|c| c.to_vec()).collect();
+            }
+            for c in 0..tokens {
+                let y = &q8k[c * nb..(c + 1) * nb];
+                let mut o = [0.0f32; 8];
+                super::scalar_q4_k_gemv8(w, nb, y, &mut o);
+                scalar[1][c] = o.to_vec();
+                if have_avx2() {
+                    // SAFETY: as above.
+                    unsafe { avx2::mat_q4_k_gemv8(w, nb, y, &mut o) };
+                    simd[1][c] = o.to_vec();
+                }
+                for r in 0..rows {
+                    let wr = &w[r * nb..(r + 1) * nb];
+                    model[0][c][r] = quant::dot_q4_k_q8_k_gemm(wr, y);
+                    model[1][c][r] = quant::dot_q4_k_q8_k_gemv(wr, y);
+                }
+            }
+        } else {
+            let w: &[BlockQ6K] = quant::cast(&wb);
+            for r in 0..rows {
+                let wr = &w[r * nb..(r + 1) * nb];
+                let mut o = vec![0.0f32; tokens];
+                super::scalar_q6_k_tiled(wr, nb, &q8k, &mut o);
+                let mut v = vec![0.0f32; tokens];
+                if have_avx2() {
+                    // SAFETY: as above.
+                    unsafe { avx2::mat_q6_k_tiled(wr, nb, &q8k, &mut v) };
+                }
+                for c in 0..tokens {
+                    scalar[0][c][r] = o[c];
+                    simd[0][c][r] = v[c];
+                    model[0][c][r] = quant::dot_q6_k_q8_k_tiled(wr, &q8k[c * nb..(c + 1) * nb]);
+                }
+            }
+            scalar.truncate(1);
+            simd.truncate(1);
+            model.truncate(1);
+        }
+        for (v, (sv, (mv, dv))) in scalar.iter().zip(model.iter().zip(simd.iter())).enumerate() {
+            for c in 0..tokens {
+                assert_eq!(
+                    bits(&sv[c]),
+                    bits(&mv[c]),
+                    "{t:?} variant {v} token {c}: scalar tile vs model"
+                );
+                if have_avx2() {
+                    assert_eq!(
+                        bits(&dv[c]),
+                        bits(&sv[c]),
+                        "{t:?} variant {v} token {c}: simd vs scalar"
+                    );
+                }
+                for (r, &got) in sv[c].iter().enumerate() {
+                    let (exact, bound) = reference(r, c);
+                    assert!(
+                        (got as f64 - exact).abs() <= bound,
+                        "{t:?} variant {v} token {c} row {r}: {got} vs f32 {exact} (bound {bound})",
+                    );
+                }
             }
         }
     }
