@@ -90,7 +90,10 @@ pub fn swiglu(gate: &mut [f32], up: &[f32]) {
 fn gelu_f32(x: f32) -> f32 {
     const GELU_COEF_A: f32 = 0.044715;
     const SQRT_2_OVER_PI: f32 = 0.797_884_6;
-    0.5 * x * (1.0 + libm::tanhf(SQRT_2_OVER_PI * x * (1.0 + GELU_COEF_A * x * x)))
+    // ggml's C source writes `1.0f + GELU_COEF_A*x*x`; GCC contracts it into one FMA (-ffp-contract=fast), which
+    // moves one table entry (x = -1.9990234) to the neighbouring f16.
+    let inner = libm::fmaf(GELU_COEF_A * x, x, 1.0);
+    0.5 * x * (1.0 + libm::tanhf(SQRT_2_OVER_PI * x * inner))
 }
 
 /// ggml's GELU lookup table: GELU of every f16 input, stored as f16 (65,536 entries).
