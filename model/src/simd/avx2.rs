@@ -944,14 +944,13 @@ fn q4_k_scales_mins(s: &[u8; 12]) -> (__m128i, __m128i) {
     (sc, m)
 }
 
-/// Lane `j` (an i16) of `v` in all 16 lanes of a 256-bit vector.
+/// Lane `j` (an i16) of the 8 lanes `v` (duplicated in both 128-bit halves) in all 16 lanes.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn bcast16(v: __m128i, j: usize) -> __m256i {
-    let mut a = [0i16; 8];
-    // SAFETY: writes exactly the 16 bytes of `a`.
-    unsafe { _mm_storeu_si128(a.as_mut_ptr().cast(), v) };
-    _mm256_set1_epi16(a[j & 7])
+fn bcast16(v: __m256i, j: usize) -> __m256i {
+    // Byte pair (2j, 2j+1) selected into every i16 lane of each half.
+    let pick = (((2 * j + 1) << 8) | (2 * j)) as i16;
+    _mm256_shuffle_epi8(v, _mm256_set1_epi16(pick))
 }
 
 /// Σ over sub-blocks 2p and 2p+1 of sc_j · Σ q·y for one Q4_K block and one Q8_K block, as 8 i32 lanes.
@@ -1026,14 +1025,18 @@ pub unsafe fn mat_q4_k_gemv8(w: &[BlockQ4K], nb: usize, y: &[BlockQ8K], out: &mu
         let (mut d, mut dmin) = ([0u16; 8], [0u16; 8]);
         for r in 0..8 {
             let a = &w[r * nb + k];
-            _mm_prefetch::<_MM_HINT_T0>(
-                (a as *const BlockQ4K)
-                    .cast::<i8>()
-                    .wrapping_add(PREFETCH_BYTES),
-            );
+            // The next group of 8 rows (the stream the next call reads), one block's 144 bytes per (row, block).
+            let ahead = (a as *const BlockQ4K)
+                .cast::<i8>()
+                .wrapping_add(8 * nb * 144);
+            // Prefetching never faults, whatever the address; past the end of the matrix it is only wasted.
+            _mm_prefetch::<_MM_HINT_T0>(ahead);
+            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64));
+            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(128));
             d[r] = u16::from_le_bytes(a.d);
             dmin[r] = u16::from_le_bytes(a.dmin);
             let (sc, m) = q4_k_scales_mins(&a.scales);
+            let sc = _mm256_broadcastsi128_si256(sc);
             let mut s = _mm256_setzero_si256();
             for p in 0..4 {
                 s = _mm256_add_epi32(
@@ -1077,7 +1080,7 @@ pub unsafe fn mat_q4_k_gemm8x4(w: &[BlockQ4K], nb: usize, y: &[BlockQ8K], out: &
     let mut accm = [_mm256_setzero_ps(); 4];
     for k in 0..nb {
         let (mut d, mut dmin) = ([0u16; 8], [0u16; 8]);
-        let mut sc = [_mm_setzero_si128(); 8];
+        let mut sc = [_mm256_setzero_si256(); 8];
         // mn[j] lane r = min j of row r (i32).
         let mut mn_rows = [[0i32; 8]; 8];
         for r in 0..8 {
@@ -1085,7 +1088,7 @@ pub unsafe fn mat_q4_k_gemm8x4(w: &[BlockQ4K], nb: usize, y: &[BlockQ8K], out: &
             d[r] = u16::from_le_bytes(a.d);
             dmin[r] = u16::from_le_bytes(a.dmin);
             let (s, m) = q4_k_scales_mins(&a.scales);
-            sc[r] = s;
+            sc[r] = _mm256_broadcastsi128_si256(s);
             let mut ma = [0i16; 8];
             // SAFETY: writes exactly the 16 bytes of `ma`.
             unsafe { _mm_storeu_si128(ma.as_mut_ptr().cast(), m) };

@@ -1,0 +1,118 @@
+//! Micro-benchmark of the K-quant matrix kernels (diagnostic): Q4_K single-row dot products against the 8-row gemv
+//! and the 8-row × 4-token gemm, and Q6_K single-row dots against the tiled kernel, in cache (64 rows) and
+//! streaming from memory (40,000 rows). Times are this thread's CPU time, best of several short runs.
+use model::quant::{BlockQ4K, BlockQ6K, BlockQ8K};
+use model::simd;
+use std::time::Instant;
+
+/// CPU time of the calling thread in seconds (Linux schedstat: first field, nanoseconds on the CPU).
+fn cpu_s() -> f64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .map_or_else(
+            || Instant::now().elapsed().as_secs_f64(),
+            |ns| ns as f64 * 1e-9,
+        )
+}
+
+/// Best per-call CPU time over 7 samples of `inner` calls each.
+fn best<F: FnMut()>(inner: usize, mut f: F) -> f64 {
+    let mut best = f64::MAX;
+    for _ in 0..7 {
+        let t = cpu_s();
+        for _ in 0..inner {
+            f();
+        }
+        best = best.min((cpu_s() - t) / inner as f64);
+    }
+    best
+}
+
+/// Deterministic bytes.
+fn bytes(n: usize, seed: u32) -> Vec<u8> {
+    let mut s = seed | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            (s >> 8) as u8
+        })
+        .collect()
+}
+
+fn main() {
+    let nb = 8; // 2048 columns, as Gemma 3's ffn_down
+    for (rows, reps) in [(64usize, 4_000usize), (40_000, 3)] {
+        let mut w4: Vec<BlockQ4K> = bytemuck::cast_slice(&bytes(rows * nb * 144, 1)).to_vec();
+        let mut w6: Vec<BlockQ6K> = bytemuck::cast_slice(&bytes(rows * nb * 210, 2)).to_vec();
+        for b in &mut w4 {
+            b.d = [0x00, 0x1c];
+            b.dmin = [0x00, 0x1c];
+        }
+        for b in &mut w6 {
+            b.d = [0x00, 0x1c];
+        }
+        let mut y: Vec<BlockQ8K> = (0..4 * nb)
+            .map(|_| BlockQ8K {
+                d: 0.01,
+                qs: [0; 256],
+                bsums: [0; 16],
+            })
+            .collect();
+        for (i, b) in y.iter_mut().enumerate() {
+            for (j, q) in b.qs.iter_mut().enumerate() {
+                *q = ((i * 7 + j * 13) % 255) as i8 / 2;
+            }
+            for g in 0..16 {
+                b.bsums[g] = b.qs[16 * g..16 * g + 16].iter().map(|&q| q as i16).sum();
+            }
+        }
+        let mut out = vec![0.0f32; rows * 4];
+        let blocks = (rows * nb) as f64;
+        let dot1 = best(reps, || {
+            for r in 0..rows {
+                out[r] = simd::dot_q4_k_q8_k(&w4[r * nb..(r + 1) * nb], &y[..nb]);
+            }
+        });
+        let gemv = best(reps, || {
+            for g in 0..rows / 8 {
+                let mut o = [0.0f32; 8];
+                simd::mat_q4_k_gemv8(&w4[g * 8 * nb..(g + 1) * 8 * nb], nb, &y[..nb], &mut o);
+                out[g * 8..g * 8 + 8].copy_from_slice(&o);
+            }
+        });
+        let gemm = best(reps, || {
+            for g in 0..rows / 8 {
+                let mut o = [[0.0f32; 8]; 4];
+                simd::mat_q4_k_gemm8x4(&w4[g * 8 * nb..(g + 1) * 8 * nb], nb, &y, &mut o);
+                out[g * 8] = o[0][0];
+            }
+        });
+        let dot6 = best(reps, || {
+            for r in 0..rows {
+                out[r] = simd::dot_q6_k_q8_k(&w6[r * nb..(r + 1) * nb], &y[..nb]);
+            }
+        });
+        let tiled6 = best(reps, || {
+            for r in 0..rows {
+                simd::mat_q6_k_tiled(
+                    &w6[r * nb..(r + 1) * nb],
+                    nb,
+                    &y,
+                    &mut out[4 * r..4 * r + 4],
+                );
+            }
+        });
+        println!(
+            "rows {rows:6}: q4_K dot {:.2} ns/blk, gemv8 {:.2} ns/blk, gemm8x4 {:.2} ns/(blk·token); \
+             q6_K dot {:.2} ns/blk, tiled {:.2} ns/(blk·token)",
+            dot1 / blocks * 1e9,
+            gemv / blocks * 1e9,
+            gemm / blocks / 4.0 * 1e9,
+            dot6 / blocks * 1e9,
+            tiled6 / blocks / 4.0 * 1e9,
+        );
+    }
+}
