@@ -163,6 +163,24 @@ fn quantize_input(w: &QTensor<'_>, x: &[f32], batch: usize, acts: &mut Acts) {
     }
 }
 
+/// `out[t * rows + r] = src[r * batch + t]`, in 16 × 16 blocks so that each block writes whole cache lines.
+fn transpose(src: &[f32], rows: usize, batch: usize, out: &mut [f32]) {
+    const B: usize = 16;
+    for r0 in (0..rows).step_by(B) {
+        let r1 = (r0 + B).min(rows);
+        for t0 in (0..batch).step_by(B) {
+            let t1 = (t0 + B).min(batch);
+            let block = &src[r0 * batch..r1 * batch];
+            for t in t0..t1 {
+                let dst = &mut out[t * rows + r0..t * rows + r1];
+                for (d, &v) in dst.iter_mut().zip(block[t..].iter().step_by(batch)) {
+                    *d = v;
+                }
+            }
+        }
+    }
+}
+
 /// Whether `t` is one of the 32-element formats that [`mat_q0`] multiplies in tiles.
 fn is_q0(t: GgmlType) -> bool {
     matches!(
@@ -248,11 +266,7 @@ fn mat_q0(
         });
     }
     if batch > 1 {
-        for (r, row_out) in transposed[..batch * w.rows].chunks_exact(batch).enumerate() {
-            for (t, &v) in row_out.iter().enumerate() {
-                out[t * w.rows + r] = v;
-            }
-        }
+        transpose(&transposed[..batch * w.rows], w.rows, batch, out);
     }
     acts.transposed = transposed;
 }
@@ -350,11 +364,7 @@ fn mat_k(
         });
     }
     if batch > 1 {
-        for (r, row_out) in transposed[..batch * w.rows].chunks_exact(batch).enumerate() {
-            for (t, &v) in row_out.iter().enumerate() {
-                out[t * w.rows + r] = v;
-            }
-        }
+        transpose(&transposed[..batch * w.rows], w.rows, batch, out);
     }
     acts.transposed = transposed;
 }
@@ -404,11 +414,7 @@ pub fn matmul(
                 }
             }
         });
-        for (r, row_out) in tr.chunks_exact(batch).enumerate() {
-            for (t, &v) in row_out.iter().enumerate() {
-                out[t * w.rows + r] = v;
-            }
-        }
+        transpose(tr, w.rows, batch, out);
     }
     acts.transposed = transposed;
 }
