@@ -195,3 +195,32 @@ fn gemma3_raw_france() {
 fn gemma3_chat_sea() {
     run_reference("gemma3-270m-q4_k_m.gguf", "gemma_chat_sea", EXACT);
 }
+
+// Threads only split each product's rows (in whole 8-row groups for repacked Q4_K), so any thread count gives the
+// single-thread logits bit for bit: prefill of the 16-token chat prompt (Q4_K gemm and gemv, tiled Q6_K) and three
+// decode steps.
+#[cfg(feature = "std")]
+#[test]
+fn gemma3_threads_change_nothing() {
+    let shared = load_json("gemma_chat_sea.json");
+    let blob = model_bytes("gemma3-270m-q4_k_m.gguf");
+    let gguf = Gguf::parse(&blob).expect("parse");
+    let model = Model::load(&gguf).expect("load");
+    let prompt = ids(&shared["prompt_ids"]);
+    let run = |par: &dyn model::parallel::ParallelFor| -> Vec<Vec<u32>> {
+        let mut state = State::new(&model.config, 512, 512);
+        model.forward(&mut state, &prompt, par).expect("prefill");
+        let mut steps = vec![state.logits.iter().map(|v| v.to_bits()).collect::<Vec<_>>()];
+        for _ in 0..3 {
+            let next = argmax(&state.logits);
+            model.forward(&mut state, &[next], par).expect("decode");
+            steps.push(state.logits.iter().map(|v| v.to_bits()).collect());
+        }
+        steps
+    };
+    let serial = run(&Serial);
+    for threads in [2, 3] {
+        let pool = model::parallel::ThreadPool::new(threads).expect("threads");
+        assert!(run(&pool) == serial, "{threads} threads changed the logits");
+    }
+}
