@@ -3,6 +3,10 @@
 //!
 //! Layout follows ggml: a 2-D weight has `dims = [cols, rows]`, each row contiguous; `y[t][r] = W[r] · x[t]`.
 //! The right-hand side is quantized once per product to the weight type's activation format (see [`crate::quant`]).
+//! Each output is summed in the order llama.cpp's CPU backend (AVX2) uses for that weight type and batch size:
+//! `ggml_vec_dot_*` / tinyBLAS for the 32-element formats; for Q4_K with a row count that is a multiple of 8 its
+//! repacked 8-row gemm (groups of 4 tokens) and gemv (the batch's last `batch % 4` tokens), the 8 rows read in
+//! place rather than repacked; other K-quant products its tiled kernels from 8 tokens on, `ggml_vec_dot_*` below.
 
 use alloc::vec;
 use alloc::vec::Vec;
