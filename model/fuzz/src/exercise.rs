@@ -1,6 +1,6 @@
 //! The code paths every fuzz target and `model/tests/fuzz_regressions.rs` drive with one untrusted GGUF blob:
 //! parse, walk every metadata value and tensor info, build the tokenizer and encode/decode with it, load the
-//! model and, when it loads, run two forward steps on a four-position context.
+//! model and, when it loads, run a prefill of up to 8 tokens and one decode step on a 12-position context.
 //!
 //! The regression test includes this very file (`#[path]`), so a fixture replays exactly what the fuzzer ran. Bad
 //! input must end in a typed error ([`Outcome`]); the `assert!`s here state reader invariants, so a violated one is
@@ -97,7 +97,7 @@ fn tokenize(g: &Gguf<'_>) -> Result<usize, TokenizerError> {
     Ok(n)
 }
 
-/// Loads the model and, for small blobs, runs a two-token prefill and one decode step on a 4-position context.
+/// Loads the model and, for small blobs, runs a prefill of up to 8 tokens and one decode step (context 12).
 fn load(g: &Gguf<'_>, blob_len: usize) -> Result<(), ModelError> {
     let m = Model::load(g)?;
     let c = &m.config;
@@ -106,20 +106,32 @@ fn load(g: &Gguf<'_>, blob_len: usize) -> Result<(), ModelError> {
     if blob_len > FORWARD_MAX_BLOB {
         return Ok(());
     }
-    let mut state = State::new(c, 4, 2);
+    let mut state = State::new(c, 12, 9);
     // An out-of-range id is a typed error and leaves the state as it was.
     assert_eq!(
         m.forward(&mut state, &[c.vocab_size as u32], &Serial),
         Err(ModelError::BadTokenId(c.vocab_size as u32))
     );
     assert_eq!(state.pos, 0);
-    let last = (c.vocab_size - 1) as u32;
-    m.forward(&mut state, &[0, last], &Serial)?;
+    // A prefill of up to 8 tokens (batched kernels take groups of 4 and 8 rows) leaving room for one decode step.
+    let vocab = c.vocab_size as u32;
+    let n_prefill = state.context.min(9).saturating_sub(1).max(1);
+    let prefill: Vec<u32> = (0..n_prefill as u32)
+        .map(|i| match i {
+            0 => 0,
+            1 => vocab - 1,
+            _ => (i * 7919) % vocab,
+        })
+        .collect();
+    m.forward(&mut state, &prefill, &Serial)?;
     assert_eq!(state.logits.len(), c.vocab_size);
-    m.forward(&mut state, &[last / 2], &Serial)?;
+    if state.pos < state.context {
+        m.forward(&mut state, &[vocab / 2], &Serial)?;
+    }
     // More tokens than the context holds is a typed error.
+    let too_many = vec![0; state.context - state.pos + 1];
     assert!(matches!(
-        m.forward(&mut state, &[0; 4], &Serial),
+        m.forward(&mut state, &too_many, &Serial),
         Err(ModelError::ContextOverflow { .. })
     ));
     Ok(())
