@@ -65,11 +65,14 @@ impl core::fmt::Display for GgufError {
                 "GGUF truncated: a structure at byte {at} runs past the end"
             ),
             GgufError::TooManyTensors(n) => {
-                write!(f, "GGUF claims {n} tensors, more than the file can hold")
+                write!(
+                    f,
+                    "GGUF claims {n} tensors, more than the file can hold or than the reader accepts ({MAX_TENSORS})"
+                )
             }
             GgufError::TooManyKeys(n) => write!(
                 f,
-                "GGUF claims {n} metadata keys, more than the file can hold"
+                "GGUF claims {n} metadata keys, more than the file can hold or than the reader accepts ({MAX_KEYS})"
             ),
             GgufError::BadUtf8 { at } => write!(f, "GGUF string at byte {at} is not UTF-8"),
             GgufError::UnknownValueType { at, value_type } => {
@@ -443,6 +446,12 @@ impl<'a> Cursor<'a> {
 const MIN_KV_BYTES: usize = 8 + 4 + 1;
 /// Smallest encoding of one tensor info: name length (8) + n_dims (4) + one dim (8) + type (4) + offset (8).
 const MIN_TENSOR_INFO_BYTES: usize = 8 + 4 + 8 + 4 + 8;
+/// Most metadata pairs a file may declare. Each pair costs more in memory than its smallest encoding (an entry is
+/// several times `MIN_KV_BYTES`), so a bound by file size alone would let a large file of empty keys take several
+/// times its size; real models have a few dozen pairs (the vocabulary is one array).
+pub const MAX_KEYS: u64 = 1 << 16;
+/// Most tensors a file may declare, for the same reason (real models have hundreds to a few thousand).
+pub const MAX_TENSORS: u64 = 1 << 16;
 
 impl<'a> Gguf<'a> {
     /// Parses and validates the whole header of `blob`. Tensor bytes are borrowed, never copied.
@@ -463,10 +472,10 @@ impl<'a> Gguf<'a> {
         let n_kv = c.u64()?;
         // Bound both counts by what the rest of the file could possibly encode before allocating from them.
         let room = c.remaining() as u64;
-        if n_kv > room / MIN_KV_BYTES as u64 {
+        if n_kv > MAX_KEYS || n_kv > room / MIN_KV_BYTES as u64 {
             return Err(GgufError::TooManyKeys(n_kv));
         }
-        if n_tensors > room / MIN_TENSOR_INFO_BYTES as u64 {
+        if n_tensors > MAX_TENSORS || n_tensors > room / MIN_TENSOR_INFO_BYTES as u64 {
             return Err(GgufError::TooManyTensors(n_tensors));
         }
         let mut metadata = Vec::with_capacity(n_kv as usize);

@@ -123,6 +123,21 @@ fn header_errors_are_named() {
         Gguf::parse(&blob).unwrap_err(),
         GgufError::TooManyKeys(1 << 40)
     );
+    // Counts the bytes could hold but over the reader's caps (memory per entry exceeds its encoding).
+    let mut blob = sample();
+    blob[16..24].copy_from_slice(&(model::gguf::MAX_KEYS + 1).to_le_bytes());
+    blob.resize(blob.len() + 1_000_000, 0);
+    assert_eq!(
+        Gguf::parse(&blob).unwrap_err(),
+        GgufError::TooManyKeys(model::gguf::MAX_KEYS + 1)
+    );
+    let mut blob = sample();
+    blob[8..16].copy_from_slice(&(model::gguf::MAX_TENSORS + 1).to_le_bytes());
+    blob.resize(blob.len() + 3_000_000, 0);
+    assert_eq!(
+        Gguf::parse(&blob).unwrap_err(),
+        GgufError::TooManyTensors(model::gguf::MAX_TENSORS + 1)
+    );
 }
 
 #[test]
