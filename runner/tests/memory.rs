@@ -8,19 +8,16 @@
 
 use std::process::Command;
 
+use nix::sys::resource::{getrusage, UsageWho};
+
 const RUNNER: &str = env!("CARGO_BIN_EXE_runner");
 const ALLOWANCE: u64 = 32 << 20;
 
 /// The largest resident set (bytes) of any waited-for child so far.
 fn children_peak_rss() -> u64 {
-    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-    // SAFETY: `usage` points to a writable rusage; getrusage fills it and returns 0, or returns -1 leaving it zeroed.
-    let rc = unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, usage.as_mut_ptr()) };
-    assert_eq!(rc, 0, "getrusage: {}", std::io::Error::last_os_error());
-    // SAFETY: zero-initialised and (rc == 0) filled by the kernel; every field is a plain integer.
-    let usage = unsafe { usage.assume_init() };
+    let usage = getrusage(UsageWho::RUSAGE_CHILDREN).expect("getrusage(RUSAGE_CHILDREN)");
     // Linux reports ru_maxrss in KiB.
-    u64::try_from(usage.ru_maxrss).unwrap() * 1024
+    u64::try_from(usage.max_rss()).unwrap() * 1024
 }
 
 fn json_u64(json: &str, key: &str) -> u64 {
