@@ -230,12 +230,50 @@ pub unsafe fn dot_q4_k_q8_k(x: &[BlockQ4K], y: &[BlockQ8K]) -> f32 {
     hsum_ps(acc) + _mm_cvtss_f32(m)
 }
 
+/// Half `half` (0 or 1) of a Q6_K block: its 128 six-bit values (0..=63) in element order, as 4 vectors of 32,
+/// from the low nibbles in `ql` and the two high bits in `qh` (ggml's Q6_K layout).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q6_k_half(a: &BlockQ6K, half: usize) -> [__m256i; 4] {
+    let (m4, m2) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(3));
+    let ql_a = load_256(
+        a.ql[64 * half..64 * half + 32]
+            .try_into()
+            .unwrap_or(&[0; 32]),
+    );
+    let ql_b = load_256(
+        a.ql[64 * half + 32..64 * half + 64]
+            .try_into()
+            .unwrap_or(&[0; 32]),
+    );
+    let qh = load_256(
+        a.qh[32 * half..32 * half + 32]
+            .try_into()
+            .unwrap_or(&[0; 32]),
+    );
+    // 16-bit shifts only move bits within a byte here: every shifted value is masked to its own byte.
+    let hbits = |s: i32| -> __m256i {
+        let h = match s {
+            0 => qh,
+            2 => _mm256_srli_epi16(qh, 2),
+            4 => _mm256_srli_epi16(qh, 4),
+            _ => _mm256_srli_epi16(qh, 6),
+        };
+        _mm256_slli_epi16(_mm256_and_si256(h, m2), 4)
+    };
+    [
+        _mm256_or_si256(_mm256_and_si256(ql_a, m4), hbits(0)),
+        _mm256_or_si256(_mm256_and_si256(ql_b, m4), hbits(2)),
+        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql_a, 4), m4), hbits(4)),
+        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql_b, 4), m4), hbits(6)),
+    ]
+}
+
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_q6_k_q8_k(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32 {
     let mut acc = _mm256_setzero_ps();
-    let (m4, m2) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(3));
     for (a, b) in x.iter().zip(y) {
         // Lanes as llama.cpp forms them: Σ sc·q·y per 4 elements (q unsigned 0..63), minus 32·Σ sc·bsum per pair
         // of 16-element groups, subtracted lane by lane at the end.
@@ -279,37 +317,7 @@ pub unsafe fn dot_q6_k_q8_k(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32 {
         let sub = _mm256_slli_epi32(_mm256_madd_epi16(bsums, scales16), 5);
         let mut sumi = _mm256_setzero_si256();
         for half in 0..2 {
-            let ql_a = load_256(
-                a.ql[64 * half..64 * half + 32]
-                    .try_into()
-                    .unwrap_or(&[0; 32]),
-            );
-            let ql_b = load_256(
-                a.ql[64 * half + 32..64 * half + 64]
-                    .try_into()
-                    .unwrap_or(&[0; 32]),
-            );
-            let qh = load_256(
-                a.qh[32 * half..32 * half + 32]
-                    .try_into()
-                    .unwrap_or(&[0; 32]),
-            );
-            // 16-bit shifts only move bits within a byte here: every shifted value is masked to its own byte.
-            let hbits = |s: i32| -> __m256i {
-                let h = match s {
-                    0 => qh,
-                    2 => _mm256_srli_epi16(qh, 2),
-                    4 => _mm256_srli_epi16(qh, 4),
-                    _ => _mm256_srli_epi16(qh, 6),
-                };
-                _mm256_slli_epi16(_mm256_and_si256(h, m2), 4)
-            };
-            let q = [
-                _mm256_or_si256(_mm256_and_si256(ql_a, m4), hbits(0)),
-                _mm256_or_si256(_mm256_and_si256(ql_b, m4), hbits(2)),
-                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql_a, 4), m4), hbits(4)),
-                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql_b, 4), m4), hbits(6)),
-            ];
+            let q = q6_k_half(a, half);
             let mut p = [_mm256_setzero_si256(); 4];
             for (k, qk) in q.iter().enumerate() {
                 let off = 128 * half + 32 * k;
@@ -1144,43 +1152,13 @@ pub unsafe fn mat_q6_k_tiled(w: &[BlockQ6K], nb: usize, y: &[BlockQ8K], out: &mu
     let n = out.len();
     assert!(w.len() >= nb && y.len() >= n * nb);
     out.iter_mut().for_each(|o| *o = 0.0);
-    let (m4, m2) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(3));
     for k in 0..nb {
         let a = &w[k];
         // The 256 six-bit values (0..63) in element order, as 8 vectors of 32.
         let mut q = [_mm256_setzero_si256(); 8];
         for half in 0..2 {
-            let ql_a = load_256(
-                a.ql[64 * half..64 * half + 32]
-                    .try_into()
-                    .unwrap_or(&[0; 32]),
-            );
-            let ql_b = load_256(
-                a.ql[64 * half + 32..64 * half + 64]
-                    .try_into()
-                    .unwrap_or(&[0; 32]),
-            );
-            let qh = load_256(
-                a.qh[32 * half..32 * half + 32]
-                    .try_into()
-                    .unwrap_or(&[0; 32]),
-            );
-            // 16-bit shifts only move bits within a byte here: every shifted value is masked to its own byte.
-            let h = |s: i32| -> __m256i {
-                let v = match s {
-                    0 => qh,
-                    2 => _mm256_srli_epi16(qh, 2),
-                    4 => _mm256_srli_epi16(qh, 4),
-                    _ => _mm256_srli_epi16(qh, 6),
-                };
-                _mm256_slli_epi16(_mm256_and_si256(v, m2), 4)
-            };
-            q[4 * half] = _mm256_or_si256(_mm256_and_si256(ql_a, m4), h(0));
-            q[4 * half + 1] = _mm256_or_si256(_mm256_and_si256(ql_b, m4), h(2));
-            q[4 * half + 2] =
-                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql_a, 4), m4), h(4));
-            q[4 * half + 3] =
-                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql_b, 4), m4), h(6));
+            let [q0, q1, q2, q3] = q6_k_half(a, half);
+            q[4 * half..4 * half + 4].copy_from_slice(&[q0, q1, q2, q3]);
         }
         let sc = &a.scales;
         let scv: [__m256i; 8] = core::array::from_fn(|i| {
