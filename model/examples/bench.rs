@@ -3,13 +3,9 @@
 
 use std::time::Instant;
 
-/// CPU time of the calling thread in seconds (Linux schedstat), to compare single-thread runs on a busy machine.
-fn cpu_s() -> f64 {
-    std::fs::read_to_string("/proc/thread-self/schedstat")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .map_or(0.0, |ns| ns as f64 * 1e-9)
-}
+mod timing;
+
+use timing::cpu_s;
 
 use model::gguf::Gguf;
 use model::parallel::ThreadPool;

@@ -3,31 +3,13 @@
 //! (`/proc/thread-self/schedstat`), best of several short runs, so that a busy machine disturbs them less.
 use model::quant::{BlockQ4_1, BlockQ8_0, BlockQ8_1};
 use model::simd::{self, ActTile};
-use std::time::Instant;
 
-/// CPU time of the calling thread in seconds (Linux schedstat: first field, nanoseconds on the CPU).
-fn cpu_s() -> f64 {
-    std::fs::read_to_string("/proc/thread-self/schedstat")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .map_or_else(
-            || Instant::now().elapsed().as_secs_f64(),
-            |ns| ns as f64 * 1e-9,
-        )
-}
+mod timing;
 
-/// Best per-call CPU time over 5 samples of `inner` calls each.
-fn best<F: FnMut()>(inner: usize, mut f: F) -> f64 {
-    let mut best = f64::MAX;
-    for _ in 0..5 {
-        let t = cpu_s();
-        for _ in 0..inner {
-            f();
-        }
-        best = best.min((cpu_s() - t) / inner as f64);
-    }
-    best
-}
+use timing::best;
+
+/// Samples per measurement (the best is kept).
+const SAMPLES: usize = 5;
 
 fn main() {
     let cols = 576;
@@ -63,7 +45,7 @@ fn main() {
             let d = vec![1.0f32; nb * batch];
             let mut out = vec![0.0f32; rows * batch];
             let blocks = (rows * nb * batch) as f64;
-            let el = best(reps, || {
+            let el = best(SAMPLES, reps, || {
                 for r in 0..rows {
                     for t in 0..batch {
                         out[r * batch + t] =
@@ -78,7 +60,7 @@ fn main() {
                 batch,
                 col0: 0,
             };
-            let el2 = best(reps, || simd::mat_q4_1(&w, nb, &tile, &mut out));
+            let el2 = best(SAMPLES, reps, || simd::mat_q4_1(&w, nb, &tile, &mut out));
             let tile0 = ActTile {
                 qs: &y0[..],
                 d: &d,
@@ -86,7 +68,7 @@ fn main() {
                 batch,
                 col0: 0,
             };
-            let el3 = best(reps, || {
+            let el3 = best(SAMPLES, reps, || {
                 for r in 0..rows {
                     for t in 0..batch {
                         out[r * batch + t] = simd::dot_q8_0_q8_0(
@@ -96,7 +78,7 @@ fn main() {
                     }
                 }
             });
-            let el4 = best(reps, || simd::mat_q8_0(&w8, nb, &tile0, &mut out));
+            let el4 = best(SAMPLES, reps, || simd::mat_q8_0(&w8, nb, &tile0, &mut out));
             println!(
                 "rows {rows:6} batch {batch}: q4_1 dot {:.2} ns/blk, tile {:.2} ns/blk ({:.1} GB/s); \
                  q8_0 dot {:.2}, tile {:.2} ns/blk ({:.1} GB/s)",

@@ -3,31 +3,13 @@
 //! streaming from memory (40,000 rows). Times are this thread's CPU time, best of several short runs.
 use model::quant::{BlockQ4K, BlockQ6K, BlockQ8K};
 use model::simd;
-use std::time::Instant;
 
-/// CPU time of the calling thread in seconds (Linux schedstat: first field, nanoseconds on the CPU).
-fn cpu_s() -> f64 {
-    std::fs::read_to_string("/proc/thread-self/schedstat")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .map_or_else(
-            || Instant::now().elapsed().as_secs_f64(),
-            |ns| ns as f64 * 1e-9,
-        )
-}
+mod timing;
 
-/// Best per-call CPU time over 7 samples of `inner` calls each.
-fn best<F: FnMut()>(inner: usize, mut f: F) -> f64 {
-    let mut best = f64::MAX;
-    for _ in 0..7 {
-        let t = cpu_s();
-        for _ in 0..inner {
-            f();
-        }
-        best = best.min((cpu_s() - t) / inner as f64);
-    }
-    best
-}
+use timing::best;
+
+/// Samples per measurement (the best is kept).
+const SAMPLES: usize = 7;
 
 /// Deterministic bytes.
 fn bytes(n: usize, seed: u32) -> Vec<u8> {
@@ -71,31 +53,31 @@ fn main() {
         }
         let mut out = vec![0.0f32; rows * 4];
         let blocks = (rows * nb) as f64;
-        let dot1 = best(reps, || {
+        let dot1 = best(SAMPLES, reps, || {
             for r in 0..rows {
                 out[r] = simd::dot_q4_k_q8_k(&w4[r * nb..(r + 1) * nb], &y[..nb]);
             }
         });
-        let gemv = best(reps, || {
+        let gemv = best(SAMPLES, reps, || {
             for g in 0..rows / 8 {
                 let mut o = [0.0f32; 8];
                 simd::mat_q4_k_gemv8(&w4[g * 8 * nb..(g + 1) * 8 * nb], nb, &y[..nb], &mut o);
                 out[g * 8..g * 8 + 8].copy_from_slice(&o);
             }
         });
-        let gemm = best(reps, || {
+        let gemm = best(SAMPLES, reps, || {
             for g in 0..rows / 8 {
                 let mut o = [[0.0f32; 8]; 4];
                 simd::mat_q4_k_gemm8x4(&w4[g * 8 * nb..(g + 1) * 8 * nb], nb, &y, &mut o);
                 out[g * 8] = o[0][0];
             }
         });
-        let dot6 = best(reps, || {
+        let dot6 = best(SAMPLES, reps, || {
             for r in 0..rows {
                 out[r] = simd::dot_q6_k_q8_k(&w6[r * nb..(r + 1) * nb], &y[..nb]);
             }
         });
-        let tiled6 = best(reps, || {
+        let tiled6 = best(SAMPLES, reps, || {
             for r in 0..rows {
                 simd::mat_q6_k_tiled(
                     &w6[r * nb..(r + 1) * nb],

@@ -538,17 +538,23 @@ pub fn dot_q4_k_q8_k(x: &[BlockQ4K], y: &[BlockQ8K]) -> f32 {
     sum
 }
 
+/// The exact integer total of one Q6_K block against one Q8_K block: `Σ_g sc_g · Σ (q - 32)·y` over its 16 groups.
+fn q6_k_block_isum(a: &BlockQ6K, b: &BlockQ8K) -> i32 {
+    let v = q6_k_values(a);
+    let mut isum = 0i32;
+    for g in 0..16 {
+        let s: i32 = (0..16)
+            .map(|l| (v[16 * g + l] as i32 - 32) * b.qs[16 * g + l] as i32)
+            .sum();
+        isum += a.scales[g] as i32 * s;
+    }
+    isum
+}
+
 pub fn dot_q6_k_q8_k(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32 {
     let mut sum = 0.0f32;
     for (a, b) in x.iter().zip(y) {
-        let v = q6_k_values(a);
-        let mut isum = 0i32;
-        for g in 0..16 {
-            let s: i32 = (0..16)
-                .map(|l| (v[16 * g + l] as i32 - 32) * b.qs[16 * g + l] as i32)
-                .sum();
-            isum += a.scales[g] as i32 * s;
-        }
+        let isum = q6_k_block_isum(a, b);
         sum += b.d * f16_to_f32(a.d) * isum as f32;
     }
     sum
@@ -759,14 +765,7 @@ pub fn dot_q4_k_q8_k_tiled(x: &[BlockQ4K], y: &[BlockQ8K]) -> f32 {
 pub fn dot_q6_k_q8_k_tiled(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32 {
     let mut acc = 0.0f32;
     for (a, b) in x.iter().zip(y) {
-        let v = q6_k_values(a);
-        let mut isum = 0i32;
-        for g in 0..16 {
-            let s: i32 = (0..16)
-                .map(|l| (v[16 * g + l] as i32 - 32) * b.qs[16 * g + l] as i32)
-                .sum();
-            isum += a.scales[g] as i32 * s;
-        }
+        let isum = q6_k_block_isum(a, b);
         acc = libm::fmaf(f16_to_f32(a.d) * isum as f32, b.d, acc);
     }
     acc
