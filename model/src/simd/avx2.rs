@@ -576,10 +576,11 @@ pub unsafe fn swiglu(gate: &mut [f32], up: &[f32]) {
 
 // ---- multi-row × multi-token tiles of the 32-element formats (decode and prefill matrix products) ----
 //
-// A tile computes `R` weight rows against `C` activation columns in one pass over the blocks, so each weight block
-// is loaded and unpacked once per `C` columns and each activation block once per `R` rows. Every output keeps its
-// own accumulator and sees exactly the operations of the single-row kernels above (and of llama.cpp's
-// `ggml_vec_dot_*`), in the same order, so the results are bit-identical to them.
+// One token: `R` weight rows stream past one activation row, each block unpacked as it is read. A batch: every
+// group of rows is unpacked once into a small buffer, then multiplied against the batch in `R × C` tiles, so each
+// activation block is loaded once per `R` rows and no weight block is unpacked twice. Every output keeps its own
+// accumulator and sees exactly the operations of the single-row kernels above (and of llama.cpp's
+// `ggml_vec_dot_*` and tinyBLAS), in the same order, so the results are bit-identical to them.
 
 /// A 32-element weight block whose products with 8-bit activations fit one `vpmaddubsw` per block. Every such
 /// block starts with its f16 scale `d`; Q4_1's f16 min `m` follows it.
@@ -692,36 +693,35 @@ fn lane(v: __m256, i: usize) -> __m256 {
     _mm256_permutevar8x32_ps(v, _mm256_set1_epi32(i as i32))
 }
 
-/// How far ahead [`tile`] prefetches weights when multiplying one token (bytes; at least one tile).
+/// How far ahead [`decode_tile`] prefetches weights (bytes; at least one tile).
 const PREFETCH_BYTES: usize = 4096;
 
-/// `out[r][c] = row r · column c` for `R ≤ 4` rows of `nb` blocks at the start of `w`.
+/// One token (`y.batch == 1`): `out[r] = row r · y` for `R ≤ 4` rows of `nb` blocks at the start of `w`, each
+/// row's blocks unpacked as they stream past and every activation block shared by the `R` rows.
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-// Row r and column c index several parallel per-row / per-column arrays at once; iterators would hide that.
+// Row r indexes several parallel per-row arrays at once; iterators would hide that.
 #[allow(clippy::needless_range_loop)]
-unsafe fn tile<W: Q0Weight, const R: usize, const C: usize>(
+unsafe fn decode_tile<W: Q0Weight, const R: usize>(
     w: &[W],
     nb: usize,
     y: &ActTile<'_, W::Act>,
-    out: &mut [[f32; C]; R],
+    out: &mut [f32; R],
 ) {
-    const { assert!(R >= 1 && R <= 4 && C >= 1 && C <= 8) };
+    const { assert!(R >= 1 && R <= 4) };
     // These checks make every unchecked index below in bounds: row r block k is w[r * nb + k] with r < R, k < nb;
-    // column c block k is y.qs[c * nb + k] with c < C; scales are at k * batch + col0 + c ≤ (nb - 1) * batch +
-    // col0 + C - 1.
-    assert!(w.len() >= R * nb && y.qs.len() >= C * nb && y.col0 + C <= y.batch);
-    assert!(nb == 0 || (y.d.len() >= (nb - 1) * y.batch + y.col0 + C));
-    assert!(!W::HAS_MIN || nb == 0 || (y.s.len() >= (nb - 1) * y.batch + y.col0 + C));
-    let mut acc = [[_mm256_setzero_ps(); C]; R];
-    // Lane 2r + 1: Q4_1's `summs` of row r (C = 1); lanes are independent, so each is exactly the scalar FMA chain
+    // block k of the token is y.qs[k] and its scales y.d[k], y.s[k] (batch 1, col0 0).
+    assert!(
+        w.len() >= R * nb && y.qs.len() >= nb && y.d.len() >= nb && y.batch == 1 && y.col0 == 0
+    );
+    assert!(!W::HAS_MIN || y.s.len() >= nb);
+    let mut acc = [_mm256_setzero_ps(); R];
+    // Lane 2r + 1: Q4_1's `summs` of row r; lanes are independent, so each is exactly the scalar FMA chain
     // `summs = fma(m, s, summs)` llama.cpp's C code becomes under GCC's contraction.
-    let mut summs1 = _mm256_setzero_ps();
-    // C > 1: lane c of summs[r] is row r × column c.
-    let mut summs = [_mm256_setzero_ps(); R];
+    let mut summs = _mm256_setzero_ps();
     let ones = _mm256_set1_epi16(1);
     // Software prefetch of the weights PREFETCH_BYTES ahead, spread over this tile's iterations (R blocks'
     // worth of bytes per block step): the rows are contiguous, so that is the stream the next tiles will read.
@@ -731,15 +731,12 @@ unsafe fn tile<W: Q0Weight, const R: usize, const C: usize>(
         .cast::<i8>()
         .wrapping_add(PREFETCH_BYTES.max(R * nb * bs));
     for k in 0..nb {
-        if C == 1 {
-            let p = ahead.wrapping_add(k * R * bs);
-            // Prefetching never faults, whatever the address; past the end of the matrix it is only wasted.
-            _mm_prefetch::<_MM_HINT_T0>(p);
-            if R * bs > 64 {
-                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(64));
-            }
+        let p = ahead.wrapping_add(k * R * bs);
+        // Prefetching never faults, whatever the address; past the end of the matrix it is only wasted.
+        _mm_prefetch::<_MM_HINT_T0>(p);
+        if R * bs > 64 {
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(64));
         }
-        let at = k * y.batch + y.col0;
         // SAFETY: r * nb + k < R * nb ≤ w.len() (asserted above).
         let blocks: [&W; R] = core::array::from_fn(|r| unsafe { w.get_unchecked(r * nb + k) });
         // [d0, m0, d1, m1, ...] as f32.
@@ -748,87 +745,38 @@ unsafe fn tile<W: Q0Weight, const R: usize, const C: usize>(
             h[r] = blocks[r].head();
         }
         let dm = _mm256_cvtph_ps(_mm_set_epi32(h[3], h[2], h[1], h[0]));
-        let mut qx = [_mm256_setzero_si256(); R];
+        // SAFETY: k < nb ≤ y.d.len() (asserted above).
+        let yd = unsafe { *y.d.get_unchecked(k) };
+        let dd = _mm256_mul_ps(dm, _mm256_set1_ps(yd));
+        if W::HAS_MIN {
+            // SAFETY: as for `yd`.
+            let ys = unsafe { *y.s.get_unchecked(k) };
+            summs = _mm256_fmadd_ps(dm, _mm256_set1_ps(ys), summs);
+        }
+        // SAFETY: k < nb ≤ y.qs.len() (asserted above).
+        let qy = load_256_i8(W::act_qs(unsafe { y.qs.get_unchecked(k) }));
         for r in 0..R {
             // SAFETY: the caller guarantees AVX2, FMA and F16C.
-            qx[r] = unsafe { blocks[r].values() };
-        }
-        let ax = if W::SIGNED {
-            qx.map(|q| _mm256_sign_epi8(q, q))
-        } else {
-            qx
-        };
-        if C == 1 {
-            // SAFETY: at ≤ (nb - 1) * batch + col0 < y.d.len() (asserted above).
-            let yd = unsafe { *y.d.get_unchecked(at) };
-            let dd = _mm256_mul_ps(dm, _mm256_set1_ps(yd));
-            if W::HAS_MIN {
-                // SAFETY: as for `yd`.
-                let ys = unsafe { *y.s.get_unchecked(at) };
-                summs1 = _mm256_fmadd_ps(dm, _mm256_set1_ps(ys), summs1);
-            }
-            // SAFETY: c * nb + k < C * nb ≤ y.qs.len() (asserted above).
-            let qy = load_256_i8(W::act_qs(unsafe { y.qs.get_unchecked(k) }));
-            for r in 0..R {
-                let by = if W::SIGNED {
-                    _mm256_sign_epi8(qy, qx[r])
-                } else {
-                    qy
-                };
-                // Unsigned bytes ≤ 128 × signed bytes ≤ 127 in magnitude: no `vpmaddubsw` saturation.
-                let p =
-                    _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(ax[r], by), ones));
-                acc[r][0] = _mm256_fmadd_ps(lane(dd, 2 * r), p, acc[r][0]);
-            }
-        } else {
-            let xd: [__m256; R] = core::array::from_fn(|r| lane(dm, 2 * r));
-            if W::HAS_MIN {
-                let mut sv = [0.0f32; 8];
-                // SAFETY: at + c for c < C is within y.s (asserted above).
-                sv[..C].copy_from_slice(unsafe { y.s.get_unchecked(at..at + C) });
-                // SAFETY: reads exactly the 8 floats of `sv`.
-                let sv = unsafe { _mm256_loadu_ps(sv.as_ptr()) };
-                for r in 0..R {
-                    summs[r] = _mm256_fmadd_ps(lane(dm, 2 * r + 1), sv, summs[r]);
-                }
-            }
-            for c in 0..C {
-                // SAFETY: at + c is within y.d, c * nb + k within y.qs (asserted above).
-                let (yd, yb) =
-                    unsafe { (*y.d.get_unchecked(at + c), y.qs.get_unchecked(c * nb + k)) };
-                let qy = load_256_i8(W::act_qs(yb));
-                let ydv = _mm256_set1_ps(yd);
-                for r in 0..R {
-                    let by = if W::SIGNED {
-                        _mm256_sign_epi8(qy, qx[r])
-                    } else {
-                        qy
-                    };
-                    // Unsigned bytes ≤ 128 × signed bytes ≤ 127 in magnitude: no `vpmaddubsw` saturation.
-                    let p = _mm256_cvtepi32_ps(_mm256_madd_epi16(
-                        _mm256_maddubs_epi16(ax[r], by),
-                        ones,
-                    ));
-                    acc[r][c] = _mm256_fmadd_ps(_mm256_mul_ps(xd[r], ydv), p, acc[r][c]);
-                }
-            }
+            let qx = unsafe { blocks[r].values() };
+            let (ax, by) = if W::SIGNED {
+                (_mm256_sign_epi8(qx, qx), _mm256_sign_epi8(qy, qx))
+            } else {
+                (qx, qy)
+            };
+            // Unsigned bytes ≤ 128 × signed bytes ≤ 127 in magnitude: no `vpmaddubsw` saturation.
+            let p = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(ax, by), ones));
+            acc[r] = _mm256_fmadd_ps(lane(dd, 2 * r), p, acc[r]);
         }
     }
-    let mut m1 = [0.0f32; 8];
-    // SAFETY: writes exactly the 8 floats of `m1`.
-    unsafe { _mm256_storeu_ps(m1.as_mut_ptr(), summs1) };
+    let mut m = [0.0f32; 8];
+    // SAFETY: writes exactly the 8 floats of `m`.
+    unsafe { _mm256_storeu_ps(m.as_mut_ptr(), summs) };
     for r in 0..R {
-        let mut m = [0.0f32; 8];
-        // SAFETY: writes exactly the 8 floats of `m`.
-        unsafe { _mm256_storeu_ps(m.as_mut_ptr(), summs[r]) };
-        for c in 0..C {
-            let s = if C == 1 { m1[2 * r + 1] } else { m[c] };
-            out[r][c] = if W::HAS_MIN {
-                hsum_ps(acc[r][c]) + s
-            } else {
-                hsum_ps(acc[r][c])
-            };
-        }
+        out[r] = if W::HAS_MIN {
+            hsum_ps(acc[r]) + m[2 * r + 1]
+        } else {
+            hsum_ps(acc[r])
+        };
     }
 }
 
@@ -844,23 +792,17 @@ unsafe fn decode_rows<W: Q0Weight, const R: usize>(
     y: &ActTile<'_, W::Act>,
     out: &mut [f32],
 ) {
-    let rows = out.len();
-    let mut r = 0;
-    while r + R <= rows {
-        let mut o = [[0.0f32; 1]; R];
+    let done = out.len() / R * R;
+    for (i, o) in out[..done].chunks_exact_mut(R).enumerate() {
+        let o: &mut [f32; R] = o.try_into().expect("chunks_exact gives R floats");
         // SAFETY: the caller guarantees AVX2, FMA and F16C.
-        unsafe { tile::<W, R, 1>(&w[r * nb..], nb, y, &mut o) };
-        for i in 0..R {
-            out[r + i] = o[i][0];
-        }
-        r += R;
+        unsafe { decode_tile::<W, R>(&w[i * R * nb..], nb, y, o) };
     }
-    while r < rows {
-        let mut o = [[0.0f32; 1]; 1];
+    for r in done..out.len() {
+        let mut o = [0.0f32; 1];
         // SAFETY: as above.
-        unsafe { tile::<W, 1, 1>(&w[r * nb..], nb, y, &mut o) };
-        out[r] = o[0][0];
-        r += 1;
+        unsafe { decode_tile::<W, 1>(&w[r * nb..], nb, y, &mut o) };
+        out[r] = o[0];
     }
 }
 
@@ -871,9 +813,7 @@ unsafe fn decode_rows<W: Q0Weight, const R: usize>(
 /// The CPU must support AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn mat_q0<W: Q0Weight>(w: &[W], nb: usize, y: &ActTile<'_, W::Act>, out: &mut [f32]) {
-    let batch = y.batch;
-    let rows = out.len() / batch;
-    if batch == 1 {
+    if y.batch == 1 {
         match W::DECODE_ROWS {
             // SAFETY: the caller guarantees AVX2, FMA and F16C.
             4 => unsafe { decode_rows::<W, 4>(w, nb, y, out) },
@@ -884,10 +824,140 @@ pub unsafe fn mat_q0<W: Q0Weight>(w: &[W], nb: usize, y: &ActTile<'_, W::Act>, o
         }
         return;
     }
-    // Prefill: 2 rows × 4 columns per tile (8 accumulators), remainders one row or one column at a time.
+    // SAFETY: the caller guarantees AVX2, FMA and F16C.
+    unsafe { mat_q0_batch::<W>(w, nb, y, out) }
+}
+
+/// A weight block unpacked once per batched product: `ax` is the operand `vpmaddubsw` takes unsigned (|q| for
+/// signed formats, q itself otherwise) and `sx` the signed values whose signs move onto the activations.
+#[derive(Clone, Copy)]
+#[repr(C, align(32))]
+struct Unpacked {
+    ax: [u8; 32],
+    sx: [u8; 32],
+}
+
+/// Rows per group of a batched product: unpacked together, then multiplied in `TILE_ROWS × TILE_COLS` tiles.
+const TILE_ROWS: usize = 2;
+/// Columns per tile of a batched product.
+const TILE_COLS: usize = 4;
+
+/// Unpacks `rows` rows of `nb` blocks (at most [`TILE_ROWS`]) into `un` (row-major) and their `[d, m]` into `dm`.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn unpack_rows<W: Q0Weight>(
+    w: &[W],
+    nb: usize,
+    rows: usize,
+    un: &mut [Unpacked],
+    dm: &mut [[f32; 2]],
+) {
+    for (i, b) in w[..rows * nb].iter().enumerate() {
+        // SAFETY: the caller guarantees AVX2, FMA and F16C.
+        let q = unsafe { b.values() };
+        let a = if W::SIGNED { _mm256_sign_epi8(q, q) } else { q };
+        // SAFETY: each store writes exactly the 32 bytes of its array.
+        unsafe {
+            _mm256_storeu_si256(un[i].ax.as_mut_ptr().cast(), a);
+            _mm256_storeu_si256(un[i].sx.as_mut_ptr().cast(), q);
+        }
+        let h = _mm_cvtph_ps(_mm_cvtsi32_si128(b.head()));
+        dm[i] = [_mm_cvtss_f32(h), _mm_cvtss_f32(_mm_movehdup_ps(h))];
+    }
+}
+
+/// `out[r][c] = row r · column c` for `R` unpacked rows (`un[r * nb + k]`, scales `dm[r * nb + k]`) and `C`
+/// columns of `y`, each output in exactly the operations of the single-row kernel.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::needless_range_loop)]
+unsafe fn tile_unpacked<W: Q0Weight, const R: usize, const C: usize>(
+    un: &[Unpacked],
+    dm: &[[f32; 2]],
+    nb: usize,
+    y: &ActTile<'_, W::Act>,
+    out: &mut [[f32; C]; R],
+) {
+    const { assert!(R >= 1 && R <= 4 && C >= 1 && C <= 8) };
+    // These checks make every unchecked index below in bounds (as in `tile`).
+    assert!(
+        un.len() >= R * nb && dm.len() >= R * nb && y.qs.len() >= C * nb && y.col0 + C <= y.batch
+    );
+    assert!(nb == 0 || (y.d.len() >= (nb - 1) * y.batch + y.col0 + C));
+    assert!(!W::HAS_MIN || nb == 0 || (y.s.len() >= (nb - 1) * y.batch + y.col0 + C));
+    let mut acc = [[_mm256_setzero_ps(); C]; R];
+    // Lane c of summs[r] is row r × column c (Q4_1's `fma(m, s, summs)` chain).
+    let mut summs = [_mm256_setzero_ps(); R];
+    let ones = _mm256_set1_epi16(1);
+    for k in 0..nb {
+        let at = k * y.batch + y.col0;
+        // SAFETY: r * nb + k < R * nb (asserted above).
+        let xs: [&Unpacked; R] = core::array::from_fn(|r| unsafe { un.get_unchecked(r * nb + k) });
+        // SAFETY: as for `xs`.
+        let xdm: [[f32; 2]; R] = core::array::from_fn(|r| unsafe { *dm.get_unchecked(r * nb + k) });
+        let ax: [__m256i; R] = core::array::from_fn(|r| load_256(&xs[r].ax));
+        if W::HAS_MIN {
+            let mut sv = [0.0f32; 8];
+            // SAFETY: at + c for c < C is within y.s (asserted above).
+            sv[..C].copy_from_slice(unsafe { y.s.get_unchecked(at..at + C) });
+            let sv = load_ps(&sv);
+            for r in 0..R {
+                summs[r] = _mm256_fmadd_ps(_mm256_set1_ps(xdm[r][1]), sv, summs[r]);
+            }
+        }
+        for c in 0..C {
+            // SAFETY: at + c is within y.d, c * nb + k within y.qs (asserted above).
+            let (yd, yb) = unsafe { (*y.d.get_unchecked(at + c), y.qs.get_unchecked(c * nb + k)) };
+            let qy = load_256_i8(W::act_qs(yb));
+            for r in 0..R {
+                let by = if W::SIGNED {
+                    _mm256_sign_epi8(qy, load_256(&xs[r].sx))
+                } else {
+                    qy
+                };
+                // Unsigned bytes ≤ 128 × signed bytes ≤ 127 in magnitude: no `vpmaddubsw` saturation.
+                let p =
+                    _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(ax[r], by), ones));
+                acc[r][c] = _mm256_fmadd_ps(_mm256_set1_ps(xdm[r][0] * yd), p, acc[r][c]);
+            }
+        }
+    }
+    for r in 0..R {
+        let mut m = [0.0f32; 8];
+        // SAFETY: writes exactly the 8 floats of `m`.
+        unsafe { _mm256_storeu_ps(m.as_mut_ptr(), summs[r]) };
+        for c in 0..C {
+            out[r][c] = if W::HAS_MIN {
+                hsum_ps(acc[r][c]) + m[c]
+            } else {
+                hsum_ps(acc[r][c])
+            };
+        }
+    }
+}
+
+/// The batched product (`y.batch > 1`): groups of [`TILE_ROWS`] rows are unpacked once, then multiplied against
+/// the batch [`TILE_COLS`] columns at a time (the last `batch % TILE_COLS` one at a time).
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn mat_q0_batch<W: Q0Weight>(w: &[W], nb: usize, y: &ActTile<'_, W::Act>, out: &mut [f32]) {
+    let batch = y.batch;
+    let rows = out.len() / batch;
+    let mut un = alloc::vec![Unpacked { ax: [0; 32], sx: [0; 32] }; TILE_ROWS * nb];
+    let mut dm = alloc::vec![[0.0f32; 2]; TILE_ROWS * nb];
     let mut r = 0;
     while r < rows {
-        let two = r + 2 <= rows;
+        let n = TILE_ROWS.min(rows - r);
+        // SAFETY: the caller guarantees AVX2, FMA and F16C.
+        unsafe { unpack_rows::<W>(&w[r * nb..], nb, n, &mut un, &mut dm) };
         let mut c = 0;
         while c < batch {
             let sub = ActTile {
@@ -897,34 +967,44 @@ pub unsafe fn mat_q0<W: Q0Weight>(w: &[W], nb: usize, y: &ActTile<'_, W::Act>, o
                 batch,
                 col0: c,
             };
-            let wr = &w[r * nb..];
-            if c + 4 <= batch {
-                if two {
-                    let mut o = [[0.0f32; 4]; 2];
-                    // SAFETY: as above.
-                    unsafe { tile::<W, 2, 4>(wr, nb, &sub, &mut o) };
-                    for i in 0..2 {
-                        out[(r + i) * batch + c..(r + i) * batch + c + 4].copy_from_slice(&o[i]);
-                    }
-                } else {
-                    let mut o = [[0.0f32; 4]; 1];
-                    // SAFETY: as above.
-                    unsafe { tile::<W, 1, 4>(wr, nb, &sub, &mut o) };
-                    out[r * batch + c..r * batch + c + 4].copy_from_slice(&o[0]);
+            if c + TILE_COLS <= batch && n == TILE_ROWS {
+                let mut o = [[0.0f32; TILE_COLS]; TILE_ROWS];
+                // SAFETY: as above.
+                unsafe { tile_unpacked::<W, TILE_ROWS, TILE_COLS>(&un, &dm, nb, &sub, &mut o) };
+                for (i, row) in o.iter().enumerate() {
+                    out[(r + i) * batch + c..(r + i) * batch + c + TILE_COLS].copy_from_slice(row);
                 }
-                c += 4;
+                c += TILE_COLS;
+            } else if c + TILE_COLS <= batch {
+                for i in 0..n {
+                    let mut o = [[0.0f32; TILE_COLS]; 1];
+                    // SAFETY: as above.
+                    unsafe {
+                        tile_unpacked::<W, 1, TILE_COLS>(
+                            &un[i * nb..],
+                            &dm[i * nb..],
+                            nb,
+                            &sub,
+                            &mut o,
+                        )
+                    };
+                    out[(r + i) * batch + c..(r + i) * batch + c + TILE_COLS]
+                        .copy_from_slice(&o[0]);
+                }
+                c += TILE_COLS;
             } else {
-                let n = if two { 2 } else { 1 };
                 for i in 0..n {
                     let mut o = [[0.0f32; 1]; 1];
                     // SAFETY: as above.
-                    unsafe { tile::<W, 1, 1>(&wr[i * nb..], nb, &sub, &mut o) };
+                    unsafe {
+                        tile_unpacked::<W, 1, 1>(&un[i * nb..], &dm[i * nb..], nb, &sub, &mut o)
+                    };
                     out[(r + i) * batch + c] = o[0][0];
                 }
                 c += 1;
             }
         }
-        r += if two { 2 } else { 1 };
+        r += n;
     }
 }
 
