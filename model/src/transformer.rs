@@ -562,20 +562,20 @@ impl Model<'_> {
                         *d = to_f16(v);
                     }
                     let scores = &mut s.scores[..len];
+                    scores.fill(f32::NEG_INFINITY);
+                    let live = &mut scores[first..=p];
+                    let k0 = layer_kv + first * kv_dim + kvh * hd;
+                    if batched {
+                        simd::dots_f16(&s.key_cache[k0..], kv_dim, &s.q16, live);
+                    } else {
+                        for (key, sc) in live.iter_mut().enumerate() {
+                            let at = k0 + key * kv_dim;
+                            *sc = simd::dot_f16_ggml(&s.key_cache[at..at + hd], &s.q16);
+                        }
+                    }
                     let mut max = f32::NEG_INFINITY;
-                    for (key, sc) in scores.iter_mut().enumerate() {
-                        *sc = if key < first || key > p {
-                            f32::NEG_INFINITY
-                        } else {
-                            let at = layer_kv + key * kv_dim + kvh * hd;
-                            let k = &s.key_cache[at..at + hd];
-                            let dot = if batched {
-                                simd::dot_f16(k, &s.q16)
-                            } else {
-                                simd::dot_f16_ggml(k, &s.q16)
-                            };
-                            dot * kq_scale
-                        };
+                    for sc in live.iter_mut() {
+                        *sc *= kq_scale;
                         max = max.max(*sc);
                     }
                     let sum = simd::softmax_exp(scores, max);
@@ -584,14 +584,14 @@ impl Model<'_> {
                         *p16 = to_f16(sc * inv);
                     }
                     let out = &mut s.att_out[t * q_dim + h * hd..t * q_dim + (h + 1) * hd];
-                    for (d, o) in out.iter_mut().enumerate() {
-                        let row = layer_vt + (kvh * hd + d) * s.ctx_pad;
-                        let v = &s.value_cache[row..row + len];
-                        *o = if batched {
-                            simd::dot_f16(v, &s.p16[..len])
-                        } else {
-                            simd::dot_f16_ggml(v, &s.p16[..len])
-                        };
+                    let v0 = layer_vt + kvh * hd * s.ctx_pad;
+                    if batched {
+                        simd::dots_f16(&s.value_cache[v0..], s.ctx_pad, &s.p16[..len], out);
+                    } else {
+                        for (d, o) in out.iter_mut().enumerate() {
+                            let row = v0 + d * s.ctx_pad;
+                            *o = simd::dot_f16_ggml(&s.value_cache[row..row + len], &s.p16[..len]);
+                        }
                     }
                 }
             }

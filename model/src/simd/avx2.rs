@@ -365,6 +365,47 @@ pub unsafe fn dot_f16(x: &[u16], y: &[u16]) -> f32 {
     sum
 }
 
+/// Rows per pass of [`dots_f16`]: enough independent FMA chains to cover the FMA latency.
+const DOTS_ROWS: usize = 8;
+
+/// `out[i] = dot_f16(x[i * stride..][..y.len()], y)` for every `i < out.len()`, bit for bit: each row keeps its own
+/// 8-lane chain, [`DOTS_ROWS`] rows advance together and share each converted block of `y`.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dots_f16(x: &[u16], stride: usize, y: &[u16], out: &mut [f32]) {
+    let n = y.len();
+    let rows = out.len();
+    assert!(rows == 0 || x.len() >= (rows - 1) * stride + n);
+    let n8 = n / 8 * 8;
+    let full = rows / DOTS_ROWS * DOTS_ROWS;
+    for r in (0..full).step_by(DOTS_ROWS) {
+        let mut acc = [_mm256_setzero_ps(); DOTS_ROWS];
+        for i in (0..n8).step_by(8) {
+            // SAFETY: i + 8 ≤ n = y.len().
+            let b = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(y.as_ptr().add(i).cast()) });
+            for (j, a) in acc.iter_mut().enumerate() {
+                // SAFETY: (r + j) * stride + i + 8 ≤ (rows - 1) * stride + n ≤ x.len() (asserted above).
+                let xa = unsafe { _mm_loadu_si128(x.as_ptr().add((r + j) * stride + i).cast()) };
+                *a = _mm256_fmadd_ps(_mm256_cvtph_ps(xa), b, *a);
+            }
+        }
+        for (j, a) in acc.iter().enumerate() {
+            let row = &x[(r + j) * stride..(r + j) * stride + n];
+            let mut sum = hsum_ps(*a);
+            for k in n8..n {
+                sum += f16(row[k].to_le_bytes()) * f16(y[k].to_le_bytes());
+            }
+            out[r + j] = sum;
+        }
+    }
+    for (i, o) in out.iter_mut().enumerate().skip(full) {
+        // SAFETY: the caller guarantees AVX2, FMA and F16C.
+        *o = unsafe { dot_f16(&x[i * stride..i * stride + n], y) };
+    }
+}
+
 /// Rounds 32 floats times `id` to i32 (nearest, ties to even) and returns them with the block's absolute maximum.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]

@@ -145,6 +145,16 @@ dispatch!(
     /// f16 · f16 as tinyBLAS orders it (one 8-lane FMA chain); lengths a multiple of 8.
     dot_f16(x: &[u16], y: &[u16]) -> f32, quant::dot_f16_chain);
 dispatch!(
+    /// `out[i] = dot_f16(x[i * stride..][..y.len()], y)` for each output: several rows' chains advance together.
+    dots_f16(x: &[u16], stride: usize, y: &[u16], out: &mut [f32]) -> (), scalar_dots_f16);
+
+fn scalar_dots_f16(x: &[u16], stride: usize, y: &[u16], out: &mut [f32]) {
+    let n = y.len();
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = quant::dot_f16_chain(&x[i * stride..i * stride + n], y);
+    }
+}
+dispatch!(
     /// f16 · f16 as `ggml_vec_dot_f16` orders it (four chains of 8 lanes, f64 tail).
     dot_f16_ggml(x: &[u16], y: &[u16]) -> f32, quant::dot_f16_ggml);
 dispatch!(

@@ -286,6 +286,41 @@ fn f16_dots_match_scalar_bitwise() {
     }
 }
 
+/// Several rows at once (`dots_f16`, used by batched attention) give each row's single dot product bit for bit,
+/// for strided rows, every row-count remainder and lengths with and without a tail.
+#[test]
+fn strided_f16_dots_equal_single_dots_bitwise() {
+    if !have_avx2() {
+        return;
+    }
+    for (rows, n, stride) in [
+        (1usize, 64usize, 64usize),
+        (7, 256, 256),
+        (8, 128, 640),
+        (19, 40, 41),
+        (9, 13, 16),
+    ] {
+        let x = f16s(&data(rows * stride + n, 31 + rows as u64));
+        let y = f16s(&data(n, 37));
+        let mut got = vec![0.0f32; rows];
+        // SAFETY: AVX2, FMA and F16C were detected.
+        unsafe { avx2::dots_f16(&x, stride, &y, &mut got) };
+        for (i, g) in got.iter().enumerate() {
+            let row = &x[i * stride..i * stride + n];
+            // SAFETY: as above.
+            let want = unsafe { avx2::dot_f16(row, &y) };
+            assert_eq!(g.to_bits(), want.to_bits(), "rows {rows} n {n} row {i}");
+            if n % 8 == 0 {
+                assert_eq!(
+                    g.to_bits(),
+                    quant::dot_f16_chain(row, &y).to_bits(),
+                    "scalar, row {i}"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn expf_and_swiglu_match_scalar_bitwise_and_libm() {
     let x: Vec<f32> = (0..4000)
