@@ -70,8 +70,8 @@ pub struct Acts {
     d: Vec<f32>,
     /// Q8_1's `s` as f32, laid out as `d`.
     s: Vec<f32>,
-    /// Scratch for the `rows × batch` transposed result of a batched product.
-    transposed: Vec<f32>,
+    /// Scratch for a batched product split by rows: each chunk's `[token][row]` block, gathered into the output.
+    scratch: Vec<f32>,
 }
 
 impl Acts {
@@ -85,7 +85,7 @@ impl Acts {
             f16: vec![0; n],
             d: vec![0.0; n / QK + 1],
             s: vec![0.0; n / QK + 1],
-            transposed: vec![
+            scratch: vec![
                 0.0;
                 if max_batch > 1 {
                     max_batch * max_rows
@@ -167,18 +167,67 @@ fn quantize_input(w: &QTensor<'_>, x: &[f32], batch: usize, acts: &mut Acts) {
     }
 }
 
-/// `out[t * rows + r] = src[r * batch + t]`, in 16 × 16 blocks so that each block writes whole cache lines.
-fn transpose(src: &[f32], rows: usize, batch: usize, out: &mut [f32]) {
-    const B: usize = 16;
-    for r0 in (0..rows).step_by(B) {
-        let r1 = (r0 + B).min(rows);
-        for t0 in (0..batch).step_by(B) {
-            let t1 = (t0 + B).min(batch);
-            let block = &src[r0 * batch..r1 * batch];
-            for t in t0..t1 {
-                let dst = &mut out[t * rows + r0..t * rows + r1];
-                for (d, &v) in dst.iter_mut().zip(block[t..].iter().step_by(batch)) {
-                    *d = v;
+/// How a batched product is shared out: whole tokens per chunk (each chunk writes a contiguous part of the
+/// token-major output) when there are enough tokens for every worker, else rows per chunk through a scratch block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Split {
+    /// `tokens` tokens (a multiple of [`GEMM_TOKENS`]) × all rows per chunk.
+    Tokens(usize),
+    /// `rows` rows × all tokens per chunk.
+    Rows(usize),
+}
+
+/// Chunks per worker when a batch is split by tokens: more than one, so a worker slowed by the machine's other
+/// load leaves its last chunks to the others.
+const CHUNKS_PER_WORKER: usize = 4;
+
+fn split(batch: usize, rows_per_chunk: usize, threads: usize) -> Split {
+    if threads <= 1 {
+        return Split::Tokens(batch.div_ceil(GEMM_TOKENS) * GEMM_TOKENS);
+    }
+    let chunks = threads * CHUNKS_PER_WORKER;
+    if batch >= chunks * GEMM_TOKENS {
+        Split::Tokens(batch.div_ceil(chunks).div_ceil(GEMM_TOKENS) * GEMM_TOKENS)
+    } else {
+        Split::Rows(rows_per_chunk)
+    }
+}
+
+/// Runs a batched product (`batch > 1`) into the token-major `out` (`batch × w.rows`). `kernel(r0, rows, t0, cols,
+/// out, ld)` computes rows `r0..r0 + rows` against tokens `t0..t0 + cols` into `out[c * ld + r]` (`r`, `c` relative);
+/// `align` is the row granularity it needs.
+#[allow(clippy::too_many_arguments)]
+fn batched<K>(
+    w: &QTensor<'_>,
+    batch: usize,
+    rows_per_chunk: usize,
+    align: usize,
+    out: &mut [f32],
+    scratch: &mut [f32],
+    par: &dyn ParallelFor,
+    kernel: &K,
+) where
+    K: Fn(usize, usize, usize, usize, &mut [f32], usize) + Sync,
+{
+    let rows = w.rows;
+    match split(batch, rows_per_chunk, par.threads()) {
+        Split::Tokens(tokens) => {
+            par.for_each_chunk(out, tokens * rows, &|ci, chunk| {
+                kernel(0, rows, ci * tokens, chunk.len() / rows, chunk, rows);
+            });
+        }
+        Split::Rows(rpc) => {
+            let rpc = rpc.div_ceil(align) * align;
+            let scratch = &mut scratch[..batch * rows];
+            par.for_each_chunk(scratch, rpc * batch, &|ci, chunk| {
+                let n = chunk.len() / batch;
+                kernel(ci * rpc, n, 0, batch, chunk, n);
+            });
+            // Chunk ci holds rows ci·rpc.. as [token][row]: each token's run of rows is contiguous.
+            for (ci, chunk) in scratch.chunks(rpc * batch).enumerate() {
+                let n = chunk.len() / batch;
+                for (t, run) in chunk.chunks_exact(n).enumerate() {
+                    out[t * rows + ci * rpc..t * rows + ci * rpc + n].copy_from_slice(run);
                 }
             }
         }
@@ -193,7 +242,51 @@ fn is_q0(t: GgmlType) -> bool {
     )
 }
 
-/// The product for Q4_0/Q4_1/Q5_0/Q8_0 weights through the tiled kernels, rows split across workers.
+/// Rows `r0..r0 + rows` of a Q4_0/Q4_1/Q5_0/Q8_0 product against tokens `t0..t0 + cols`, into `out[c * ld + r]`.
+#[allow(clippy::too_many_arguments)]
+fn mat_q0_part(
+    w: &QTensor<'_>,
+    acts: &Acts,
+    batch: usize,
+    (r0, rows): (usize, usize),
+    (t0, cols): (usize, usize),
+    out: &mut [f32],
+    ld: usize,
+) {
+    let nb = w.cols / QK;
+    let bytes = &w.data[r0 * w.row_bytes..(r0 + rows) * w.row_bytes];
+    let (d, s) = (&acts.d[..nb * batch], &acts.s[..]);
+    match w.ggml_type {
+        GgmlType::Q4_1 => {
+            let y = simd::ActTile {
+                qs: &acts.q8_1[t0 * nb..batch * nb],
+                d,
+                s,
+                batch,
+                col0: t0,
+            };
+            simd::mat_q4_1(quant::cast(bytes), nb, &y, cols, out, ld);
+        }
+        t => {
+            let y = simd::ActTile {
+                qs: &acts.q8_0[t0 * nb..batch * nb],
+                d,
+                s,
+                batch,
+                col0: t0,
+            };
+            match t {
+                GgmlType::Q4_0 => simd::mat_q4_0(quant::cast(bytes), nb, &y, cols, out, ld),
+                GgmlType::Q5_0 => simd::mat_q5_0(quant::cast(bytes), nb, &y, cols, out, ld),
+                GgmlType::Q8_0 => simd::mat_q8_0(quant::cast(bytes), nb, &y, cols, out, ld),
+                // `is_q0` admits only the four formats.
+                _ => {}
+            }
+        }
+    }
+}
+
+/// The product for Q4_0/Q4_1/Q5_0/Q8_0 weights through the tiled kernels.
 fn mat_q0(
     w: &QTensor<'_>,
     batch: usize,
@@ -202,77 +295,22 @@ fn mat_q0(
     acts: &mut Acts,
     par: &dyn ParallelFor,
 ) {
-    let nb = w.cols / QK;
-    let mut transposed = core::mem::take(&mut acts.transposed);
+    let mut scratch = core::mem::take(&mut acts.scratch);
     {
-        let acts_ref = &*acts;
-        let dst: &mut [f32] = if batch == 1 {
-            out
+        let acts = &*acts;
+        if batch == 1 {
+            par.for_each_chunk(out, rows_per_chunk, &|ci, chunk| {
+                let n = chunk.len();
+                mat_q0_part(w, acts, 1, (ci * rows_per_chunk, n), (0, 1), chunk, n);
+            });
         } else {
-            &mut transposed[..batch * w.rows]
-        };
-        let (d, s) = (&acts_ref.d[..nb * batch], &acts_ref.s[..]);
-        par.for_each_chunk(dst, rows_per_chunk * batch, &|ci, chunk| {
-            let r0 = ci * rows_per_chunk;
-            let rows = chunk.len() / batch;
-            let bytes = &w.data[r0 * w.row_bytes..(r0 + rows) * w.row_bytes];
-            match w.ggml_type {
-                GgmlType::Q4_0 => simd::mat_q4_0(
-                    quant::cast(bytes),
-                    nb,
-                    &simd::ActTile {
-                        qs: &acts_ref.q8_0[..nb * batch],
-                        d,
-                        s,
-                        batch,
-                        col0: 0,
-                    },
-                    chunk,
-                ),
-                GgmlType::Q4_1 => simd::mat_q4_1(
-                    quant::cast(bytes),
-                    nb,
-                    &simd::ActTile {
-                        qs: &acts_ref.q8_1[..nb * batch],
-                        d,
-                        s,
-                        batch,
-                        col0: 0,
-                    },
-                    chunk,
-                ),
-                GgmlType::Q5_0 => simd::mat_q5_0(
-                    quant::cast(bytes),
-                    nb,
-                    &simd::ActTile {
-                        qs: &acts_ref.q8_0[..nb * batch],
-                        d,
-                        s,
-                        batch,
-                        col0: 0,
-                    },
-                    chunk,
-                ),
-                GgmlType::Q8_0 => simd::mat_q8_0(
-                    quant::cast(bytes),
-                    nb,
-                    &simd::ActTile {
-                        qs: &acts_ref.q8_0[..nb * batch],
-                        d,
-                        s,
-                        batch,
-                        col0: 0,
-                    },
-                    chunk,
-                ),
-                _ => {}
-            }
-        });
+            let kernel = |r0, rows, t0, cols, o: &mut [f32], ld| {
+                mat_q0_part(w, acts, batch, (r0, rows), (t0, cols), o, ld);
+            };
+            batched(w, batch, rows_per_chunk, 1, out, &mut scratch, par, &kernel);
+        }
     }
-    if batch > 1 {
-        transpose(&transposed[..batch * w.rows], w.rows, batch, out);
-    }
-    acts.transposed = transposed;
+    acts.scratch = scratch;
 }
 
 /// Batches from which llama.cpp multiplies K-quant weights it does not repack through its tiled kernels
@@ -288,60 +326,81 @@ fn q4_k_repacked(w: &QTensor<'_>) -> bool {
     w.ggml_type == GgmlType::Q4K && w.rows.is_multiple_of(8)
 }
 
-/// Rows `r0..r0 + rows` of a Q4_K or Q6_K product in llama.cpp's order for this batch size, into `out`
-/// (`[row][token]`, `rows × batch`). `r0` and `rows` are multiples of 8 for repacked Q4_K.
-fn mat_k_rows(w: &QTensor<'_>, r0: usize, batch: usize, q8k: &[BlockQ8K], out: &mut [f32]) {
+/// Rows `r0..r0 + rows` of a Q4_K or Q6_K product against tokens `t0..t0 + cols` of a `batch`-token product, in
+/// llama.cpp's order for that batch size, into `out[c * ld + r]`. For repacked Q4_K, `r0` and `rows` are multiples
+/// of 8 and `t0` of [`GEMM_TOKENS`].
+#[allow(clippy::too_many_arguments)]
+fn mat_k_part(
+    w: &QTensor<'_>,
+    q8k: &[BlockQ8K],
+    batch: usize,
+    (r0, rows): (usize, usize),
+    (t0, cols): (usize, usize),
+    out: &mut [f32],
+    ld: usize,
+) {
     let nb = w.cols / QK_K;
-    let rows = out.len() / batch;
     let bytes = &w.data[r0 * w.row_bytes..(r0 + rows) * w.row_bytes];
     if q4_k_repacked(w) {
         let blocks: &[quant::BlockQ4K] = quant::cast(bytes);
-        let gemm = batch - batch % GEMM_TOKENS;
+        // llama.cpp's gemm takes the batch's tokens in groups of 4 from token 0; the last `batch % 4` its gemv.
+        let gemm_end = (batch - batch % GEMM_TOKENS).min(t0 + cols);
         for g in 0..rows / 8 {
             let wg = &blocks[g * 8 * nb..(g + 1) * 8 * nb];
-            for t in (0..gemm).step_by(GEMM_TOKENS) {
+            let mut t = t0;
+            while t + GEMM_TOKENS <= gemm_end {
                 let mut o = [[0.0f32; 8]; 4];
                 simd::mat_q4_k_gemm8x4(wg, nb, &q8k[t * nb..(t + 4) * nb], &mut o);
                 for (j, col) in o.iter().enumerate() {
-                    for (i, &v) in col.iter().enumerate() {
-                        out[(g * 8 + i) * batch + t + j] = v;
-                    }
+                    let at = (t - t0 + j) * ld + g * 8;
+                    out[at..at + 8].copy_from_slice(col);
                 }
+                t += GEMM_TOKENS;
             }
-            for t in gemm..batch {
+            for t in t..t0 + cols {
                 let mut o = [0.0f32; 8];
                 simd::mat_q4_k_gemv8(wg, nb, &q8k[t * nb..(t + 1) * nb], &mut o);
-                for (i, &v) in o.iter().enumerate() {
-                    out[(g * 8 + i) * batch + t] = v;
-                }
+                let at = (t - t0) * ld + g * 8;
+                out[at..at + 8].copy_from_slice(&o);
             }
         }
         return;
     }
-    for (i, row_out) in out.chunks_exact_mut(batch).enumerate() {
+    // Tokens per pass of the one-row kernels below.
+    const TOKENS: usize = 32;
+    let tiled = batch >= TILED_MIN_BATCH;
+    for i in 0..rows {
         let row = &bytes[i * w.row_bytes..(i + 1) * w.row_bytes];
-        match (w.ggml_type, batch >= TILED_MIN_BATCH) {
-            (GgmlType::Q6K, true) => simd::mat_q6_k_tiled(quant::cast(row), nb, q8k, row_out),
-            (GgmlType::Q4K, true) => {
-                for (t, o) in row_out.iter_mut().enumerate() {
-                    *o = quant::dot_q4_k_q8_k_tiled(quant::cast(row), &q8k[t * nb..(t + 1) * nb]);
+        for c0 in (0..cols).step_by(TOKENS) {
+            let n = TOKENS.min(cols - c0);
+            let mut o = [0.0f32; TOKENS];
+            let q = &q8k[(t0 + c0) * nb..(t0 + c0 + n) * nb];
+            match (w.ggml_type, tiled) {
+                (GgmlType::Q6K, true) => simd::mat_q6_k_tiled(quant::cast(row), nb, q, &mut o[..n]),
+                (GgmlType::Q4K, true) => {
+                    for (t, o) in o[..n].iter_mut().enumerate() {
+                        *o = quant::dot_q4_k_q8_k_tiled(quant::cast(row), &q[t * nb..(t + 1) * nb]);
+                    }
+                }
+                (GgmlType::Q6K, false) => {
+                    for (t, o) in o[..n].iter_mut().enumerate() {
+                        *o = simd::dot_q6_k_q8_k(quant::cast(row), &q[t * nb..(t + 1) * nb]);
+                    }
+                }
+                _ => {
+                    for (t, o) in o[..n].iter_mut().enumerate() {
+                        *o = simd::dot_q4_k_q8_k(quant::cast(row), &q[t * nb..(t + 1) * nb]);
+                    }
                 }
             }
-            (GgmlType::Q6K, false) => {
-                for (t, o) in row_out.iter_mut().enumerate() {
-                    *o = simd::dot_q6_k_q8_k(quant::cast(row), &q8k[t * nb..(t + 1) * nb]);
-                }
-            }
-            _ => {
-                for (t, o) in row_out.iter_mut().enumerate() {
-                    *o = simd::dot_q4_k_q8_k(quant::cast(row), &q8k[t * nb..(t + 1) * nb]);
-                }
+            for (c, &v) in o[..n].iter().enumerate() {
+                out[(c0 + c) * ld + i] = v;
             }
         }
     }
 }
 
-/// The product for Q4_K/Q6_K weights, rows split across workers (in groups of 8 for repacked Q4_K).
+/// The product for Q4_K/Q6_K weights (rows in groups of 8 for repacked Q4_K).
 fn mat_k(
     w: &QTensor<'_>,
     batch: usize,
@@ -350,27 +409,29 @@ fn mat_k(
     acts: &mut Acts,
     par: &dyn ParallelFor,
 ) {
-    let rows_per_chunk = if q4_k_repacked(w) {
-        rows_per_chunk.div_ceil(8) * 8
-    } else {
-        rows_per_chunk
-    };
-    let mut transposed = core::mem::take(&mut acts.transposed);
-    {
-        let q8k = &acts.q8_k[..batch * w.cols / QK_K];
-        let dst: &mut [f32] = if batch == 1 {
-            out
-        } else {
-            &mut transposed[..batch * w.rows]
-        };
-        par.for_each_chunk(dst, rows_per_chunk * batch, &|ci, chunk| {
-            mat_k_rows(w, ci * rows_per_chunk, batch, q8k, chunk);
+    let align = if q4_k_repacked(w) { 8 } else { 1 };
+    let q8k = &acts.q8_k[..batch * w.cols / QK_K];
+    if batch == 1 {
+        let rpc = rows_per_chunk.div_ceil(align) * align;
+        par.for_each_chunk(out, rpc, &|ci, chunk| {
+            let n = chunk.len();
+            mat_k_part(w, q8k, 1, (ci * rpc, n), (0, 1), chunk, n);
         });
+        return;
     }
-    if batch > 1 {
-        transpose(&transposed[..batch * w.rows], w.rows, batch, out);
-    }
-    acts.transposed = transposed;
+    let kernel = |r0, rows, t0, cols, o: &mut [f32], ld| {
+        mat_k_part(w, q8k, batch, (r0, rows), (t0, cols), o, ld);
+    };
+    batched(
+        w,
+        batch,
+        rows_per_chunk,
+        align,
+        out,
+        &mut acts.scratch,
+        par,
+        &kernel,
+    );
 }
 
 /// `out[t][r] = W[r] · x[t]` for `batch` inputs `x` (`batch × cols`, token-major) into `out` (`batch × rows`).
@@ -396,8 +457,8 @@ pub fn matmul(
         mat_k(w, batch, rows_per_chunk, out, acts, par);
         return;
     }
+    let acts = &*acts;
     if batch == 1 {
-        let acts = &*acts;
         par.for_each_chunk(out, rows_per_chunk, &|ci, chunk| {
             let r0 = ci * rows_per_chunk;
             for (i, o) in chunk.iter_mut().enumerate() {
@@ -406,19 +467,14 @@ pub fn matmul(
         });
         return;
     }
-    let mut transposed = core::mem::take(&mut acts.transposed);
-    {
-        let tr = &mut transposed[..batch * w.rows];
-        let acts_ref = &*acts;
-        par.for_each_chunk(tr, rows_per_chunk * batch, &|ci, chunk| {
-            let r0 = ci * rows_per_chunk;
-            for (i, row_out) in chunk.chunks_exact_mut(batch).enumerate() {
-                for (t, o) in row_out.iter_mut().enumerate() {
-                    *o = dot_row(w, r0 + i, acts_ref, x, t);
-                }
+    // Other formats (f16, f32): whole tokens per chunk.
+    let rows = w.rows;
+    let tokens = batch.div_ceil(par.threads() * CHUNKS_PER_WORKER);
+    par.for_each_chunk(out, tokens * rows, &|ci, chunk| {
+        for (c, o) in chunk.chunks_exact_mut(rows).enumerate() {
+            for (r, v) in o.iter_mut().enumerate() {
+                *v = dot_row(w, r, acts, x, ci * tokens + c);
             }
-        });
-        transpose(tr, w.rows, batch, out);
-    }
-    acts.transposed = transposed;
+        }
+    });
 }

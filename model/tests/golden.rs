@@ -196,9 +196,10 @@ fn gemma3_chat_sea() {
     run_reference("gemma3-270m-q4_k_m.gguf", "gemma_chat_sea", EXACT);
 }
 
-// Threads only split each product's rows (in whole 8-row groups for repacked Q4_K), so any thread count gives the
-// single-thread logits bit for bit: prefill of the 16-token chat prompt (Q4_K gemm and gemv, tiled Q6_K) and three
-// decode steps.
+// Threads split each product by rows (in whole 8-row groups for repacked Q4_K) or, for batches long enough, by
+// tokens (in whole groups of 4, so llama.cpp's gemm/gemv token groups stay as they are); either way any thread
+// count gives the single-thread logits bit for bit. Prefill of the 16-token chat prompt (split by rows) and of a
+// 70-token prompt (split by tokens, 70 % 4 tokens through the gemv), each with three decode steps.
 #[cfg(feature = "std")]
 #[test]
 fn gemma3_threads_change_nothing() {
@@ -206,15 +207,19 @@ fn gemma3_threads_change_nothing() {
     let blob = model_bytes("gemma3-270m-q4_k_m.gguf");
     let gguf = Gguf::parse(&blob).expect("parse");
     let model = Model::load(&gguf).expect("load");
-    let prompt = ids(&shared["prompt_ids"]);
+    let short = ids(&shared["prompt_ids"]);
+    let long: Vec<u32> = short.iter().cycle().take(70).copied().collect();
     let run = |par: &dyn model::parallel::ParallelFor| -> Vec<Vec<u32>> {
-        let mut state = State::new(&model.config, 512, 512);
-        model.forward(&mut state, &prompt, par).expect("prefill");
-        let mut steps = vec![state.logits.iter().map(|v| v.to_bits()).collect::<Vec<_>>()];
-        for _ in 0..3 {
-            let next = argmax(&state.logits);
-            model.forward(&mut state, &[next], par).expect("decode");
-            steps.push(state.logits.iter().map(|v| v.to_bits()).collect());
+        let mut steps = Vec::new();
+        for prompt in [&short, &long] {
+            let mut state = State::new(&model.config, 512, 512);
+            model.forward(&mut state, prompt, par).expect("prefill");
+            steps.push(state.logits.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+            for _ in 0..3 {
+                let next = argmax(&state.logits);
+                model.forward(&mut state, &[next], par).expect("decode");
+                steps.push(state.logits.iter().map(|v| v.to_bits()).collect());
+            }
         }
         steps
     };

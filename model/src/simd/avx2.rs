@@ -847,14 +847,22 @@ unsafe fn decode_rows<W: Q0Weight, const R: usize>(
     }
 }
 
-/// `out[r * batch + t] = W[r] · y[t]` for every row of `w` (`out.len() / batch` rows of `nb` blocks) and every
-/// column of the batch in `y` (`y.col0` must be 0 and `y.qs` hold `batch` columns).
+/// `out[c * ld + r] = W[r] · y[col0 + c]` for every row of `w` (`w.len() / nb` rows of `nb` blocks) and the `cols`
+/// columns of `y` from `y.col0` (`y.qs` starting at column `col0`'s blocks).
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn mat_q0<W: Q0Weight>(w: &[W], nb: usize, y: &ActTile<'_, W::Act>, out: &mut [f32]) {
+pub unsafe fn mat_q0<W: Q0Weight>(
+    w: &[W],
+    nb: usize,
+    y: &ActTile<'_, W::Act>,
+    cols: usize,
+    out: &mut [f32],
+    ld: usize,
+) {
     if y.batch == 1 {
+        let out = &mut out[..w.len() / nb.max(1)];
         match W::DECODE_ROWS {
             // SAFETY: the caller guarantees AVX2, FMA and F16C.
             4 => unsafe { decode_rows::<W, 4>(w, nb, y, out) },
@@ -866,7 +874,7 @@ pub unsafe fn mat_q0<W: Q0Weight>(w: &[W], nb: usize, y: &ActTile<'_, W::Act>, o
         return;
     }
     // SAFETY: the caller guarantees AVX2, FMA and F16C.
-    unsafe { mat_q0_batch::<W>(w, nb, y, out) }
+    unsafe { mat_q0_batch::<W>(w, nb, y, cols, out, ld) }
 }
 
 /// A weight block unpacked once per batched product: `ax` is the operand `vpmaddubsw` takes unsigned (|q| for
@@ -983,15 +991,21 @@ unsafe fn tile_unpacked<W: Q0Weight, const R: usize, const C: usize>(
     }
 }
 
-/// The batched product (`y.batch > 1`): groups of [`TILE_ROWS`] rows are unpacked once, then multiplied against
-/// the batch [`TILE_COLS`] columns at a time (the last `batch % TILE_COLS` one at a time).
+/// The batched product (`y.batch > 1`), output as [`mat_q0`]'s: groups of [`TILE_ROWS`] rows are unpacked once,
+/// then multiplied against the columns [`TILE_COLS`] at a time (the last `cols % TILE_COLS` one at a time).
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn mat_q0_batch<W: Q0Weight>(w: &[W], nb: usize, y: &ActTile<'_, W::Act>, out: &mut [f32]) {
-    let batch = y.batch;
-    let rows = out.len() / batch;
+unsafe fn mat_q0_batch<W: Q0Weight>(
+    w: &[W],
+    nb: usize,
+    y: &ActTile<'_, W::Act>,
+    cols: usize,
+    out: &mut [f32],
+    ld: usize,
+) {
+    let rows = if nb == 0 { 0 } else { w.len() / nb };
     let mut un = alloc::vec![Unpacked { ax: [0; 32], sx: [0; 32] }; TILE_ROWS * nb];
     let mut dm = alloc::vec![[0.0f32; 2]; TILE_ROWS * nb];
     let mut r = 0;
@@ -1000,23 +1014,25 @@ unsafe fn mat_q0_batch<W: Q0Weight>(w: &[W], nb: usize, y: &ActTile<'_, W::Act>,
         // SAFETY: the caller guarantees AVX2, FMA and F16C.
         unsafe { unpack_rows::<W>(&w[r * nb..], nb, n, &mut un, &mut dm) };
         let mut c = 0;
-        while c < batch {
+        while c < cols {
             let sub = ActTile {
                 qs: &y.qs[c * nb..],
                 d: y.d,
                 s: y.s,
-                batch,
-                col0: c,
+                batch: y.batch,
+                col0: y.col0 + c,
             };
-            if c + TILE_COLS <= batch && n == TILE_ROWS {
+            if c + TILE_COLS <= cols && n == TILE_ROWS {
                 let mut o = [[0.0f32; TILE_COLS]; TILE_ROWS];
                 // SAFETY: as above.
                 unsafe { tile_unpacked::<W, TILE_ROWS, TILE_COLS>(&un, &dm, nb, &sub, &mut o) };
-                for (i, row) in o.iter().enumerate() {
-                    out[(r + i) * batch + c..(r + i) * batch + c + TILE_COLS].copy_from_slice(row);
+                for j in 0..TILE_COLS {
+                    for (i, row) in o.iter().enumerate() {
+                        out[(c + j) * ld + r + i] = row[j];
+                    }
                 }
                 c += TILE_COLS;
-            } else if c + TILE_COLS <= batch {
+            } else if c + TILE_COLS <= cols {
                 for i in 0..n {
                     let mut o = [[0.0f32; TILE_COLS]; 1];
                     // SAFETY: as above.
@@ -1029,8 +1045,9 @@ unsafe fn mat_q0_batch<W: Q0Weight>(w: &[W], nb: usize, y: &ActTile<'_, W::Act>,
                             &mut o,
                         )
                     };
-                    out[(r + i) * batch + c..(r + i) * batch + c + TILE_COLS]
-                        .copy_from_slice(&o[0]);
+                    for (j, &v) in o[0].iter().enumerate() {
+                        out[(c + j) * ld + r + i] = v;
+                    }
                 }
                 c += TILE_COLS;
             } else {
@@ -1040,7 +1057,7 @@ unsafe fn mat_q0_batch<W: Q0Weight>(w: &[W], nb: usize, y: &ActTile<'_, W::Act>,
                     unsafe {
                         tile_unpacked::<W, 1, 1>(&un[i * nb..], &dm[i * nb..], nb, &sub, &mut o)
                     };
-                    out[(r + i) * batch + c] = o[0][0];
+                    out[c * ld + r + i] = o[0][0];
                 }
                 c += 1;
             }

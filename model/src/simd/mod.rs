@@ -185,20 +185,28 @@ macro_rules! mat_dispatch {
     ($(#[$m:meta])* $name:ident, $w:ty, $a:ty, $scalar:path) => {
         $(#[$m])*
         ///
-        /// `out[r * batch + t] = W[r] · y[t]` for every row of `w` (`out.len() / batch` rows of `nb` blocks) and
-        /// every column of `y` (`y.col0 == 0`, `y.qs` holding `batch` columns). The AVX2 path is bit-identical to
-        /// the single-row AVX2 dot product of the same types; panics if a slice is shorter than stated.
-        pub fn $name(w: &[$w], nb: usize, y: &ActTile<'_, $a>, out: &mut [f32]) {
+        /// `out[c * ld + r] = W[r] · y[col0 + c]` for every row of `w` (`w.len() / nb` rows of `nb` blocks) and the
+        /// `cols` columns of `y` from `y.col0` (`y.qs` starting at column `col0`'s blocks; `y.batch` columns in
+        /// all, which is how `y.d` and `y.s` are laid out). The AVX2 path is bit-identical to the single-row AVX2
+        /// dot product of the same types; panics if a slice is shorter than stated.
+        pub fn $name(
+            w: &[$w],
+            nb: usize,
+            y: &ActTile<'_, $a>,
+            cols: usize,
+            out: &mut [f32],
+            ld: usize,
+        ) {
             #[cfg(target_arch = "x86_64")]
             if level() == Level::Avx2 {
                 // SAFETY: `level()` returned Avx2 only after CPUID/XGETBV confirmed AVX2, FMA and F16C with OS
                 // support; slices are indexed with bounds checks.
-                return unsafe { avx2::mat_q0::<$w>(w, nb, y, out) };
+                return unsafe { avx2::mat_q0::<$w>(w, nb, y, cols, out, ld) };
             }
-            let batch = y.batch.max(1);
-            for (r, row) in out.chunks_exact_mut(batch).enumerate() {
-                for (t, o) in row.iter_mut().enumerate() {
-                    *o = $scalar(&w[r * nb..(r + 1) * nb], &y.qs[t * nb..(t + 1) * nb]);
+            let rows = if nb == 0 { 0 } else { w.len() / nb };
+            for c in 0..cols {
+                for r in 0..rows {
+                    out[c * ld + r] = $scalar(&w[r * nb..(r + 1) * nb], &y.qs[c * nb..(c + 1) * nb]);
                 }
             }
         }

@@ -416,7 +416,7 @@ fn matrix_tiles_equal_row_dots_bitwise() {
                             &q81[c * nb..(c + 1) * nb],
                         );
                         // SAFETY: AVX2, FMA and F16C were detected above.
-                        want[r * batch + c] = unsafe {
+                        want[c * rows + r] = unsafe {
                             match t {
                                 GgmlType::Q4_0 => avx2::dot_q4_0_q8_0(quant::cast(wr), q0),
                                 GgmlType::Q4_1 => avx2::dot_q4_1_q8_1(quant::cast(wr), q1),
@@ -426,14 +426,46 @@ fn matrix_tiles_equal_row_dots_bitwise() {
                         };
                     }
                 }
-                match t {
-                    GgmlType::Q4_0 => super::mat_q4_0(quant::cast(&wb), nb, &y0, &mut got),
-                    GgmlType::Q4_1 => super::mat_q4_1(quant::cast(&wb), nb, &y1, &mut got),
-                    GgmlType::Q5_0 => super::mat_q5_0(quant::cast(&wb), nb, &y0, &mut got),
-                    _ => super::mat_q8_0(quant::cast(&wb), nb, &y0, &mut got),
-                }
+                // All columns into a token-major block, then columns c0.. alone into a block with a wider
+                // stride, as a chunk of a product split by tokens or by rows sees them.
+                let run = |y0: &super::ActTile<'_, BlockQ8_0>,
+                           y1: &super::ActTile<'_, BlockQ8_1>,
+                           cols: usize,
+                           out: &mut [f32],
+                           ld: usize| match t {
+                    GgmlType::Q4_0 => super::mat_q4_0(quant::cast(&wb), nb, y0, cols, out, ld),
+                    GgmlType::Q4_1 => super::mat_q4_1(quant::cast(&wb), nb, y1, cols, out, ld),
+                    GgmlType::Q5_0 => super::mat_q5_0(quant::cast(&wb), nb, y0, cols, out, ld),
+                    _ => super::mat_q8_0(quant::cast(&wb), nb, y0, cols, out, ld),
+                };
+                run(&y0, &y1, batch, &mut got, rows);
                 let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                 assert_eq!(bits(&got), bits(&want), "{t:?} rows {rows} batch {batch}");
+                if batch > 1 {
+                    let c0 = batch / 2;
+                    let ld = rows + 3;
+                    let mut part = vec![f32::NAN; (batch - c0) * ld];
+                    let sub0 = super::ActTile {
+                        qs: &q80[c0 * nb..],
+                        col0: c0,
+                        ..y0
+                    };
+                    let sub1 = super::ActTile {
+                        qs: &q81[c0 * nb..],
+                        col0: c0,
+                        ..y1
+                    };
+                    run(&sub0, &sub1, batch - c0, &mut part, ld);
+                    for c in c0..batch {
+                        let got = &part[(c - c0) * ld..(c - c0) * ld + rows];
+                        let want = &want[c * rows..(c + 1) * rows];
+                        assert_eq!(
+                            bits(got),
+                            bits(want),
+                            "{t:?} rows {rows} batch {batch} column {c}"
+                        );
+                    }
+                }
             }
         }
     }
