@@ -60,7 +60,9 @@ fn main() {
                 batch,
                 col0: 0,
             };
-            let el2 = best(SAMPLES, reps, || simd::mat_q4_1(&w, nb, &tile, &mut out));
+            let el2 = best(SAMPLES, reps, || {
+                simd::mat_q4_1(&w, nb, &tile, batch, &mut out, rows)
+            });
             let tile0 = ActTile {
                 qs: &y0[..],
                 d: &d,
@@ -78,7 +80,9 @@ fn main() {
                     }
                 }
             });
-            let el4 = best(SAMPLES, reps, || simd::mat_q8_0(&w8, nb, &tile0, &mut out));
+            let el4 = best(SAMPLES, reps, || {
+                simd::mat_q8_0(&w8, nb, &tile0, batch, &mut out, rows)
+            });
             println!(
                 "rows {rows:6} batch {batch}: q4_1 dot {:.2} ns/blk, tile {:.2} ns/blk ({:.1} GB/s); \
                  q8_0 dot {:.2}, tile {:.2} ns/blk ({:.1} GB/s)",

@@ -1005,7 +1005,7 @@ unsafe fn mat_q0_batch<W: Q0Weight>(
     out: &mut [f32],
     ld: usize,
 ) {
-    let rows = if nb == 0 { 0 } else { w.len() / nb };
+    let rows = w.len().checked_div(nb).unwrap_or(0);
     let mut un = alloc::vec![Unpacked { ax: [0; 32], sx: [0; 32] }; TILE_ROWS * nb];
     let mut dm = alloc::vec![[0.0f32; 2]; TILE_ROWS * nb];
     let mut r = 0;

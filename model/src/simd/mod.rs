@@ -203,7 +203,7 @@ macro_rules! mat_dispatch {
                 // support; slices are indexed with bounds checks.
                 return unsafe { avx2::mat_q0::<$w>(w, nb, y, cols, out, ld) };
             }
-            let rows = if nb == 0 { 0 } else { w.len() / nb };
+            let rows = w.len().checked_div(nb).unwrap_or(0);
             for c in 0..cols {
                 for r in 0..rows {
                     out[c * ld + r] = $scalar(&w[r * nb..(r + 1) * nb], &y.qs[c * nb..(c + 1) * nb]);
