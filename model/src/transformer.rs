@@ -357,10 +357,6 @@ pub struct State {
     att_out: Vec<f32>,
     hb: Vec<f32>,
     hb2: Vec<f32>,
-    scores: Vec<f32>,
-    /// Softmax probabilities of one head rounded to f16.
-    p16: Vec<u16>,
-    q16: Vec<u16>,
     rope: Vec<f32>,
     /// `[layer][position][kv_dim]`, f16 bits.
     key_cache: Vec<u16>,
@@ -395,9 +391,6 @@ impl State {
             att_out: vec![0.0; b * c.q_dim()],
             hb: vec![0.0; b * c.ffn_dim],
             hb2: vec![0.0; b * c.ffn_dim],
-            scores: vec![0.0; ctx_pad],
-            p16: vec![0; ctx_pad],
-            q16: vec![0; c.head_dim],
             rope: vec![0.0; c.head_dim],
             key_cache: vec![0; kv],
             value_cache: vec![0; c.n_layers * c.kv_dim() * ctx_pad],
@@ -420,6 +413,79 @@ impl State {
 
 fn to_f16(x: f32) -> u16 {
     u16::from_le_bytes(quant::f32_to_f16(x))
+}
+
+/// One layer's attention over the f16 KV cache, as llama.cpp's non-flash path computes it: KQ = f16(q)·k (the
+/// tinyBLAS chain order for a batch, `ggml_vec_dot_f16`'s for one token), softmax with ggml's vector expf over
+/// blocks of 8 positions, probabilities rounded to f16, then each output dimension a dot product of the transposed
+/// f16 V row with those probabilities.
+struct Attention<'a> {
+    /// This layer's keys, `[position][kv_dim]`.
+    keys: &'a [u16],
+    /// This layer's transposed values, `[kv_dim][ctx_pad]`.
+    values: &'a [u16],
+    kv_dim: usize,
+    ctx_pad: usize,
+    hd: usize,
+    /// Query heads per KV head.
+    group: usize,
+    kq_scale: f32,
+    /// Whether the forward pass has several tokens (llama.cpp then takes the batched kernels' orders).
+    batched: bool,
+    /// Sliding window of a local layer.
+    window: Option<usize>,
+}
+
+impl Attention<'_> {
+    /// All heads of the token at position `p` with queries `q` (`n_heads × hd`), into `out` (same shape).
+    fn token(&self, q: &[f32], p: usize, out: &mut [f32]) {
+        let hd = self.hd;
+        let first = self.window.map_or(0, |win| (p + 1).saturating_sub(win));
+        let len = if self.batched {
+            (p + 1).div_ceil(8) * 8
+        } else {
+            (p + 1).div_ceil(32) * 32
+        };
+        let mut q16 = vec![0u16; hd];
+        let mut scores = vec![f32::NEG_INFINITY; len];
+        let mut p16 = vec![0u16; len];
+        for (h, (qh, out)) in q.chunks_exact(hd).zip(out.chunks_exact_mut(hd)).enumerate() {
+            let kvh = h / self.group;
+            for (d, &v) in q16.iter_mut().zip(qh) {
+                *d = to_f16(v);
+            }
+            scores.fill(f32::NEG_INFINITY);
+            let live = &mut scores[first..=p];
+            let k0 = first * self.kv_dim + kvh * hd;
+            if self.batched {
+                simd::dots_f16(&self.keys[k0..], self.kv_dim, &q16, live);
+            } else {
+                for (key, sc) in live.iter_mut().enumerate() {
+                    let at = k0 + key * self.kv_dim;
+                    *sc = simd::dot_f16_ggml(&self.keys[at..at + hd], &q16);
+                }
+            }
+            let mut max = f32::NEG_INFINITY;
+            for sc in live.iter_mut() {
+                *sc *= self.kq_scale;
+                max = max.max(*sc);
+            }
+            let sum = simd::softmax_exp(&mut scores, max);
+            let inv = (1.0 / sum) as f32;
+            for (p16, &sc) in p16.iter_mut().zip(scores.iter()) {
+                *p16 = to_f16(sc * inv);
+            }
+            let v0 = kvh * hd * self.ctx_pad;
+            if self.batched {
+                simd::dots_f16(&self.values[v0..], self.ctx_pad, &p16, out);
+            } else {
+                for (d, o) in out.iter_mut().enumerate() {
+                    let row = v0 + d * self.ctx_pad;
+                    *o = simd::dot_f16_ggml(&self.values[row..row + len], &p16);
+                }
+            }
+        }
+    }
 }
 
 impl Model<'_> {
@@ -536,65 +602,22 @@ impl Model<'_> {
                 }
             }
 
-            // Attention as llama.cpp's non-flash path computes it: KQ = f16(q)·k (tinyBLAS chain order for a
-            // batch, ggml_vec_dot_f16 order for one token), softmax with ggml's vector expf over blocks of 8
-            // positions, probabilities rounded to f16, then each output dimension is a dot product of the
-            // transposed f16 V row with those probabilities.
-            let batched = n >= 2;
-            for t in 0..n {
-                let p = pos0 + t;
-                let first = match (local, c.sliding_window) {
-                    (true, Some(win)) => (p + 1).saturating_sub(win),
-                    _ => 0,
-                };
-                let len = if batched {
-                    (p + 1).div_ceil(8) * 8
-                } else {
-                    (p + 1).div_ceil(32) * 32
-                };
-                for h in 0..c.n_heads {
-                    let kvh = h / group;
-                    for (d, &v) in s
-                        .q16
-                        .iter_mut()
-                        .zip(&s.q[t * q_dim + h * hd..t * q_dim + (h + 1) * hd])
-                    {
-                        *d = to_f16(v);
-                    }
-                    let scores = &mut s.scores[..len];
-                    scores.fill(f32::NEG_INFINITY);
-                    let live = &mut scores[first..=p];
-                    let k0 = layer_kv + first * kv_dim + kvh * hd;
-                    if batched {
-                        simd::dots_f16(&s.key_cache[k0..], kv_dim, &s.q16, live);
-                    } else {
-                        for (key, sc) in live.iter_mut().enumerate() {
-                            let at = k0 + key * kv_dim;
-                            *sc = simd::dot_f16_ggml(&s.key_cache[at..at + hd], &s.q16);
-                        }
-                    }
-                    let mut max = f32::NEG_INFINITY;
-                    for sc in live.iter_mut() {
-                        *sc *= kq_scale;
-                        max = max.max(*sc);
-                    }
-                    let sum = simd::softmax_exp(scores, max);
-                    let inv = (1.0 / sum) as f32;
-                    for (p16, &sc) in s.p16[..len].iter_mut().zip(scores.iter()) {
-                        *p16 = to_f16(sc * inv);
-                    }
-                    let out = &mut s.att_out[t * q_dim + h * hd..t * q_dim + (h + 1) * hd];
-                    let v0 = layer_vt + kvh * hd * s.ctx_pad;
-                    if batched {
-                        simd::dots_f16(&s.value_cache[v0..], s.ctx_pad, &s.p16[..len], out);
-                    } else {
-                        for (d, o) in out.iter_mut().enumerate() {
-                            let row = v0 + d * s.ctx_pad;
-                            *o = simd::dot_f16_ggml(&s.value_cache[row..row + len], &s.p16[..len]);
-                        }
-                    }
-                }
-            }
+            // Attention, one token per task (each task with its own scratch).
+            let attn = Attention {
+                keys: &s.key_cache[layer_kv..],
+                values: &s.value_cache[layer_vt..],
+                kv_dim,
+                ctx_pad: s.ctx_pad,
+                hd,
+                group,
+                kq_scale,
+                batched: n >= 2,
+                window: if local { c.sliding_window } else { None },
+            };
+            let q = &s.q[..n * q_dim];
+            par.for_each_chunk(&mut s.att_out[..n * q_dim], q_dim, &|t, out| {
+                attn.token(&q[t * q_dim..(t + 1) * q_dim], pos0 + t, out);
+            });
 
             matmul(
                 &layer.wo,
