@@ -67,9 +67,9 @@ fn main() {
         });
         let gemm = best(SAMPLES, reps, || {
             for g in 0..rows / 8 {
-                let mut o = [[0.0f32; 8]; 4];
-                simd::mat_q4_k_gemm8x4(&w4[g * 8 * nb..(g + 1) * 8 * nb], nb, &y, &mut o);
-                out[g * 8] = o[0][0];
+                let mut o = [0.0f32; 32];
+                simd::mat_q4_k_8rows(&w4[g * 8 * nb..(g + 1) * 8 * nb], nb, &y, 4, 4, &mut o, 8);
+                out[g * 8] = o[0];
             }
         });
         let dot6 = best(SAMPLES, reps, || {

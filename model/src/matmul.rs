@@ -345,24 +345,11 @@ fn mat_k_part(
         let blocks: &[quant::BlockQ4K] = quant::cast(bytes);
         // llama.cpp's gemm takes the batch's tokens in groups of 4 from token 0; the last `batch % 4` its gemv.
         let gemm_end = (batch - batch % GEMM_TOKENS).min(t0 + cols);
+        let gemm = gemm_end.saturating_sub(t0) / GEMM_TOKENS * GEMM_TOKENS;
+        let q = &q8k[t0 * nb..(t0 + cols) * nb];
         for g in 0..rows / 8 {
             let wg = &blocks[g * 8 * nb..(g + 1) * 8 * nb];
-            let mut t = t0;
-            while t + GEMM_TOKENS <= gemm_end {
-                let mut o = [[0.0f32; 8]; 4];
-                simd::mat_q4_k_gemm8x4(wg, nb, &q8k[t * nb..(t + 4) * nb], &mut o);
-                for (j, col) in o.iter().enumerate() {
-                    let at = (t - t0 + j) * ld + g * 8;
-                    out[at..at + 8].copy_from_slice(col);
-                }
-                t += GEMM_TOKENS;
-            }
-            for t in t..t0 + cols {
-                let mut o = [0.0f32; 8];
-                simd::mat_q4_k_gemv8(wg, nb, &q8k[t * nb..(t + 1) * nb], &mut o);
-                let at = (t - t0) * ld + g * 8;
-                out[at..at + 8].copy_from_slice(&o);
-            }
+            simd::mat_q4_k_8rows(wg, nb, q, cols, gemm, &mut out[g * 8..], ld);
         }
         return;
     }

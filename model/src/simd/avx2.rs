@@ -1212,71 +1212,135 @@ pub unsafe fn mat_q4_k_gemv8(w: &[BlockQ4K], nb: usize, y: &[BlockQ8K], out: &mu
     unsafe { _mm256_storeu_ps(out.as_mut_ptr(), _mm256_sub_ps(acc, accm)) };
 }
 
-/// Four tokens against 8 Q4_K rows (llama.cpp's repacked gemm order): `out[t][r] = W[r] · y[t]`, token t's blocks
-/// at `y[t * nb..]`.
+/// Block k of 8 Q4_K rows unpacked once for every token of a batched product, interleaved so that 32-bit lane r
+/// of every vector belongs to row r (as llama.cpp's repacked layout, which spares the horizontal sums):
+/// `q[j][g]` holds elements 4g..4g+4 of sub-block j of each row, `sc[j]` sub-block j's scale in both i16 halves
+/// of lane r, `mn[p]` the mins of sub-blocks 2p and 2p+1 as the two i16 halves of lane r, then `d` and `dmin`.
+#[derive(Clone, Copy)]
+#[repr(C, align(32))]
+struct Q4KRows {
+    q: [[[u8; 32]; 8]; 8],
+    sc: [[i16; 16]; 8],
+    mn: [[i16; 16]; 4],
+    d: [f32; 8],
+    dmin: [f32; 8],
+}
+
+/// Unpacks block k of the 8 rows `w[r * nb + k]` for every k into `u`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn unpack_q4_k_rows(w: &[BlockQ4K], nb: usize, u: &mut [Q4KRows]) {
+    for (k, uk) in u.iter_mut().enumerate().take(nb) {
+        for r in 0..8 {
+            let a = &w[r * nb + k];
+            uk.d[r] = f16(a.d);
+            uk.dmin[r] = f16(a.dmin);
+            for j in 0..8 {
+                let (sc, m) = scale_min_k4(j, &a.scales);
+                uk.sc[j][2 * r] = sc as i16;
+                uk.sc[j][2 * r + 1] = sc as i16;
+                uk.mn[j / 2][2 * r + j % 2] = m as i16;
+            }
+            for p in 0..4 {
+                // Sub-block 2p is the low nibbles of qs[32p..32p + 32], sub-block 2p + 1 the high nibbles.
+                let qs = &a.qs[32 * p..32 * p + 32];
+                for g in 0..8 {
+                    for e in 0..4 {
+                        let b = qs[4 * g + e];
+                        uk.q[2 * p][g][4 * r + e] = b & 0x0F;
+                        uk.q[2 * p + 1][g][4 * r + e] = b >> 4;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One token `y` against 8 unpacked Q4_K rows in the order of llama.cpp's repacked gemm: `W[r] · y` in lane r.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q4_k_gemm8(u: &[Q4KRows], y: &[BlockQ8K]) -> __m256 {
+    let mut acc = _mm256_setzero_ps();
+    let mut accm = _mm256_setzero_ps();
+    for (uk, yb) in u.iter().zip(y) {
+        let (dv, dminv) = (load_ps(&uk.d), load_ps(&uk.dmin));
+        let yd = _mm256_set1_ps(yb.d);
+        let bp = bsum_pairs(yb);
+        let mut bps = [0i32; 4];
+        // SAFETY: writes exactly the 16 bytes of `bps`.
+        unsafe { _mm_storeu_si128(bps.as_mut_ptr().cast(), bp) };
+        for p in 0..4 {
+            let mut isum = _mm256_setzero_si256();
+            for j in [2 * p, 2 * p + 1] {
+                // Each i16 lane sums 8 `vpmaddubsw` results of ≤ 2·15·127: ≤ 30,480, no overflow.
+                let mut s16 = _mm256_setzero_si256();
+                for g in 0..8 {
+                    let at = 32 * j + 4 * g;
+                    let y4 = i32::from_le_bytes([
+                        yb.qs[at] as u8,
+                        yb.qs[at + 1] as u8,
+                        yb.qs[at + 2] as u8,
+                        yb.qs[at + 3] as u8,
+                    ]);
+                    s16 = _mm256_add_epi16(
+                        s16,
+                        _mm256_maddubs_epi16(load_256(&uk.q[j][g]), _mm256_set1_epi32(y4)),
+                    );
+                }
+                // SAFETY: reads exactly the 16 i16 of `sc[j]`.
+                let sc = unsafe { _mm256_loadu_si256(uk.sc[j].as_ptr().cast()) };
+                // Lane r: sc_r[j] · Σ q·y over the sub-block, exact in i32.
+                isum = _mm256_add_epi32(isum, _mm256_madd_epi16(s16, sc));
+            }
+            // SAFETY: reads exactly the 16 i16 of `mn[p]`.
+            let mn = unsafe { _mm256_loadu_si256(uk.mn[p].as_ptr().cast()) };
+            // Lane r: m_r[2p]·Σy(2p) + m_r[2p+1]·Σy(2p+1) (the two sub-block sums as the i16 halves of bps[p]).
+            let imin = _mm256_madd_epi16(mn, _mm256_set1_epi32(bps[p]));
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(dv, yd), acc);
+            accm = _mm256_fmadd_ps(_mm256_cvtepi32_ps(imin), _mm256_mul_ps(dminv, yd), accm);
+        }
+    }
+    _mm256_sub_ps(acc, accm)
+}
+
+/// `cols` tokens (`y[t * nb..]`) against 8 Q4_K rows in llama.cpp's repacked orders, into `out[t * ld + r]`: the
+/// first `gemm` tokens (a multiple of 4) four at a time through the gemm order, from rows unpacked once, the rest
+/// one at a time through the gemv order.
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
-// Row r and token t index several per-row / per-token arrays at once.
-#[allow(clippy::needless_range_loop)]
-pub unsafe fn mat_q4_k_gemm8x4(w: &[BlockQ4K], nb: usize, y: &[BlockQ8K], out: &mut [[f32; 8]; 4]) {
-    assert!(w.len() >= 8 * nb && y.len() >= 4 * nb);
-    let mut acc = [_mm256_setzero_ps(); 4];
-    let mut accm = [_mm256_setzero_ps(); 4];
-    for k in 0..nb {
-        let (mut d, mut dmin) = ([0u16; 8], [0u16; 8]);
-        let mut sc = [_mm256_setzero_si256(); 8];
-        // mn[j] lane r = min j of row r (i32).
-        let mut mn_rows = [[0i32; 8]; 8];
-        for r in 0..8 {
-            let a = &w[r * nb + k];
-            d[r] = u16::from_le_bytes(a.d);
-            dmin[r] = u16::from_le_bytes(a.dmin);
-            let (s, m) = q4_k_scales_mins(&a.scales);
-            sc[r] = _mm256_broadcastsi128_si256(s);
-            let mut ma = [0i16; 8];
-            // SAFETY: writes exactly the 16 bytes of `ma`.
-            unsafe { _mm_storeu_si128(ma.as_mut_ptr().cast(), m) };
-            for j in 0..8 {
-                mn_rows[j][r] = ma[j] as i32;
-            }
-        }
-        let (dv, dminv) = (f16x8(d), f16x8(dmin));
-        // SAFETY: each `mn_rows[j]` is exactly 8 i32.
-        let mn: [__m256i; 8] =
-            core::array::from_fn(|j| unsafe { _mm256_loadu_si256(mn_rows[j].as_ptr().cast()) });
-        let yb: [&BlockQ8K; 4] = core::array::from_fn(|t| &y[t * nb + k]);
-        let bp: [[i16; 8]; 4] = core::array::from_fn(|t| {
-            let mut a = [0i16; 8];
-            // SAFETY: writes exactly the 16 bytes of `a`.
-            unsafe { _mm_storeu_si128(a.as_mut_ptr().cast(), bsum_pairs(yb[t])) };
-            a
-        });
-        for p in 0..4 {
-            let scp: [(__m256i, __m256i); 8] =
-                core::array::from_fn(|r| (bcast16(sc[r], 2 * p), bcast16(sc[r], 2 * p + 1)));
-            for t in 0..4 {
-                let mut s = [_mm256_setzero_si256(); 8];
-                for r in 0..8 {
-                    s[r] = q4_k_pair(&w[r * nb + k], yb[t], p, scp[r].0, scp[r].1);
-                }
-                let isum = hsum8x8(&s);
-                // Lane r: m[2p]·Σy(2p) + m[2p+1]·Σy(2p+1), exact in i32.
-                let imin = _mm256_add_epi32(
-                    _mm256_mullo_epi32(mn[2 * p], _mm256_set1_epi32(bp[t][2 * p] as i32)),
-                    _mm256_mullo_epi32(mn[2 * p + 1], _mm256_set1_epi32(bp[t][2 * p + 1] as i32)),
-                );
-                let yd = _mm256_set1_ps(yb[t].d);
-                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(dv, yd), acc[t]);
-                accm[t] =
-                    _mm256_fmadd_ps(_mm256_cvtepi32_ps(imin), _mm256_mul_ps(dminv, yd), accm[t]);
-            }
+pub unsafe fn mat_q4_k_8rows(
+    w: &[BlockQ4K],
+    nb: usize,
+    y: &[BlockQ8K],
+    cols: usize,
+    gemm: usize,
+    out: &mut [f32],
+    ld: usize,
+) {
+    assert!(gemm.is_multiple_of(4) && gemm <= cols && w.len() >= 8 * nb && y.len() >= cols * nb);
+    if gemm > 0 {
+        let zero = Q4KRows {
+            q: [[[0; 32]; 8]; 8],
+            sc: [[0; 16]; 8],
+            mn: [[0; 16]; 4],
+            d: [0.0; 8],
+            dmin: [0.0; 8],
+        };
+        let mut u = alloc::vec![zero; nb];
+        unpack_q4_k_rows(w, nb, &mut u);
+        for t in 0..gemm {
+            let o = q4_k_gemm8(&u, &y[t * nb..(t + 1) * nb]);
+            // SAFETY: writes exactly 8 floats at t * ld, inside `out` (sliced first, so bounds-checked).
+            unsafe { _mm256_storeu_ps(out[t * ld..t * ld + 8].as_mut_ptr(), o) };
         }
     }
-    for t in 0..4 {
-        // SAFETY: writes exactly the 8 floats of `out[t]`.
-        unsafe { _mm256_storeu_ps(out[t].as_mut_ptr(), _mm256_sub_ps(acc[t], accm[t])) };
+    for t in gemm..cols {
+        let mut o = [0.0f32; 8];
+        // SAFETY: the caller guarantees AVX2, FMA and F16C.
+        unsafe { mat_q4_k_gemv8(w, nb, &y[t * nb..(t + 1) * nb], &mut o) };
+        out[t * ld..t * ld + 8].copy_from_slice(&o);
     }
 }
 

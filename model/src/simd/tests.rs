@@ -511,24 +511,19 @@ fn k_quant_batched_kernels_match_scalar_bitwise_and_f32() {
         let mut model = scalar.clone();
         if t == GgmlType::Q4K {
             let w: &[BlockQ4K] = quant::cast(&wb);
-            let mut o = [[0.0f32; 8]; 4];
-            super::scalar_q4_k_gemm8x4(w, nb, &q8k, &mut o);
-            scalar[0] = o.iter().map(|c| c.to_vec()).collect();
-            if have_avx2() {
-                // SAFETY: AVX2, FMA and F16C were detected.
-                unsafe { avx2::mat_q4_k_gemm8x4(w, nb, &q8k, &mut o) };
-                simd[0] = o.iter().map(|c| c.to_vec()).collect();
+            // All four tokens through the gemm order, then all four through the gemv order; `out[t * 8 + r]`.
+            for (v, gemm) in [(0usize, tokens), (1, 0)] {
+                let mut o = vec![0.0f32; tokens * rows];
+                super::scalar_q4_k_8rows(w, nb, &q8k, tokens, gemm, &mut o, rows);
+                scalar[v] = o.chunks(rows).map(|c| c.to_vec()).collect();
+                if have_avx2() {
+                    // SAFETY: AVX2, FMA and F16C were detected.
+                    unsafe { avx2::mat_q4_k_8rows(w, nb, &q8k, tokens, gemm, &mut o, rows) };
+                    simd[v] = o.chunks(rows).map(|c| c.to_vec()).collect();
+                }
             }
             for c in 0..tokens {
                 let y = &q8k[c * nb..(c + 1) * nb];
-                let mut o = [0.0f32; 8];
-                super::scalar_q4_k_gemv8(w, nb, y, &mut o);
-                scalar[1][c] = o.to_vec();
-                if have_avx2() {
-                    // SAFETY: as above.
-                    unsafe { avx2::mat_q4_k_gemv8(w, nb, y, &mut o) };
-                    simd[1][c] = o.to_vec();
-                }
                 for r in 0..rows {
                     let wr = &w[r * nb..(r + 1) * nb];
                     model[0][c][r] = quant::dot_q4_k_q8_k_gemm(wr, y);
