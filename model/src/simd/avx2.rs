@@ -1259,6 +1259,8 @@ fn unpack_q4_k_rows(w: &[BlockQ4K], nb: usize, u: &mut [Q4KRows]) {
 /// One token `y` against 8 unpacked Q4_K rows in the order of llama.cpp's repacked gemm: `W[r] · y` in lane r.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
+// Sub-block pair p indexes the weights' and the activations' per-pair arrays at once.
+#[allow(clippy::needless_range_loop)]
 fn q4_k_gemm8(u: &[Q4KRows], y: &[BlockQ8K]) -> __m256 {
     let mut acc = _mm256_setzero_ps();
     let mut accm = _mm256_setzero_ps();
