@@ -109,17 +109,28 @@ impl GeluTable {
 
     /// `gate = gelu(gate) * up`, with GELU looked up through f16 as ggml does on the CPU.
     pub fn geglu(&self, gate: &mut [f32], up: &[f32]) {
-        for (g, &u) in gate.iter_mut().zip(up) {
-            let x = *g;
-            *g = if x <= -10.0 {
-                0.0
-            } else if x >= 10.0 {
-                x * u
-            } else {
-                let idx = u16::from_le_bytes(f32_to_f16(x));
-                f16_to_f32(self.0[idx as usize].to_le_bytes()) * u
-            };
-        }
+        crate::simd::geglu_lookup(&self.0, gate, up);
+    }
+
+    /// [`GeluTable::geglu`] through the scalar code alone (the reference its SIMD path is tested against).
+    pub fn geglu_scalar(&self, gate: &mut [f32], up: &[f32]) {
+        geglu_lookup(&self.0, gate, up);
+    }
+}
+
+/// `gate = gelu(gate) * up` through a 65,536-entry f16 GELU table indexed by x's f16 bits: 0 for x ≤ -10, x·up
+/// for x ≥ 10 (ggml's `ggml_vec_geglu_f32` with `GGML_GELU_FP16`).
+pub fn geglu_lookup(table: &[u16], gate: &mut [f32], up: &[f32]) {
+    for (g, &u) in gate.iter_mut().zip(up) {
+        let x = *g;
+        *g = if x <= -10.0 {
+            0.0
+        } else if x >= 10.0 {
+            x * u
+        } else {
+            let idx = u16::from_le_bytes(f32_to_f16(x));
+            f16_to_f32(table[idx as usize].to_le_bytes()) * u
+        };
     }
 }
 

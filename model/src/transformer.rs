@@ -650,10 +650,15 @@ impl Model<'_> {
             let xb = &s.xb[t0 * dim..n * dim];
             matmul(&layer.w_gate, xb, m, &mut s.hb[..m * ffn], &mut s.acts, par);
             matmul(&layer.w_up, xb, m, &mut s.hb2[..m * ffn], &mut s.acts, par);
-            match &self.gelu {
-                Some(table) => table.geglu(&mut s.hb[..m * ffn], &s.hb2[..m * ffn]),
-                None => simd::swiglu(&mut s.hb[..m * ffn], &s.hb2[..m * ffn]),
-            }
+            // The gated activation, one token per parallel task.
+            let up = &s.hb2[..m * ffn];
+            par.for_each_chunk(&mut s.hb[..m * ffn], ffn, &|t, gate| {
+                let up = &up[t * ffn..(t + 1) * ffn];
+                match &self.gelu {
+                    Some(table) => table.geglu(gate, up),
+                    None => simd::swiglu(gate, up),
+                }
+            });
             matmul(
                 &layer.w_down,
                 &s.hb[..m * ffn],

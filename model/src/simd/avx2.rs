@@ -615,6 +615,46 @@ pub unsafe fn swiglu(gate: &mut [f32], up: &[f32]) {
     }
 }
 
+/// `gate = gelu(gate) * up` through ggml's f16 GELU table (`table[f16 bits of x]`, 65,536 entries): 0 for
+/// x ≤ -10, x·up for x ≥ 10, as [`crate::math::geglu_lookup`].
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn geglu_lookup(table: &[u16], gate: &mut [f32], up: &[f32]) {
+    assert!(table.len() == 1 << 16);
+    let n8 = gate.len().min(up.len()) / 8 * 8;
+    let (lo, hi) = (_mm256_set1_ps(-10.0), _mm256_set1_ps(10.0));
+    for i in (0..n8).step_by(8) {
+        // SAFETY: i + 8 ≤ n8 ≤ both lengths.
+        let (x, u) = unsafe {
+            (
+                _mm256_loadu_ps(gate.as_ptr().add(i)),
+                _mm256_loadu_ps(up.as_ptr().add(i)),
+            )
+        };
+        // Round to nearest even, as the scalar f32 → f16 conversion.
+        let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x);
+        let mut idx = [0u16; 8];
+        // SAFETY: writes exactly the 16 bytes of `idx`.
+        unsafe { _mm_storeu_si128(idx.as_mut_ptr().cast(), h) };
+        // SAFETY: a u16 index is below the table's 65,536 entries (asserted above).
+        let g: [u16; 8] =
+            core::array::from_fn(|j| unsafe { *table.get_unchecked(idx[j] as usize) });
+        // SAFETY: reads exactly the 16 bytes of `g`.
+        let gv = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(g.as_ptr().cast()) });
+        let r = _mm256_blendv_ps(
+            _mm256_mul_ps(gv, u),
+            _mm256_mul_ps(x, u),
+            _mm256_cmp_ps::<_CMP_GE_OQ>(x, hi),
+        );
+        let r = _mm256_andnot_ps(_mm256_cmp_ps::<_CMP_LE_OQ>(x, lo), r);
+        // SAFETY: as above.
+        unsafe { _mm256_storeu_ps(gate.as_mut_ptr().add(i), r) };
+    }
+    crate::math::geglu_lookup(table, &mut gate[n8..], &up[n8..]);
+}
+
 // ---- multi-row × multi-token tiles of the 32-element formats (decode and prefill matrix products) ----
 //
 // One token: `R` weight rows stream past one activation row, each block unpacked as it is read. A batch: every

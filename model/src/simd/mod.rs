@@ -179,6 +179,9 @@ dispatch!(
     /// `gate = silu(gate) * up` with ggml's vector expf.
     swiglu(gate: &mut [f32], up: &[f32]) -> (), quant::swiglu);
 dispatch!(
+    /// `gate = gelu(gate) * up` through ggml's f16 GELU table (see [`crate::math::GeluTable`]).
+    geglu_lookup(table: &[u16], gate: &mut [f32], up: &[f32]) -> (), crate::math::geglu_lookup);
+dispatch!(
     /// f32 → Q8_0 activations.
     quantize_q8_0(x: &[f32], out: &mut [BlockQ8_0]) -> (), quant::quantize_q8_0);
 dispatch!(

@@ -321,6 +321,27 @@ fn strided_f16_dots_equal_single_dots_bitwise() {
     }
 }
 
+/// The GELU table lookup (F16C conversion, lanes of 8) equals the scalar lookup bit for bit, across the table's
+/// range and both cut-offs.
+#[test]
+fn geglu_lookup_matches_scalar_bitwise() {
+    if !have_avx2() {
+        return;
+    }
+    let table = crate::math::GeluTable::new();
+    let mut g: Vec<f32> = data(1003, 41).iter().map(|v| v * 12.0).collect();
+    g.extend([-10.0, 10.0, -9.999, 9.999, 65504.0, 1e-8, -0.0, 0.0]);
+    let up = data(g.len(), 43);
+    let mut want = g.clone();
+    table.geglu_scalar(&mut want, &up);
+    let mut got = g.clone();
+    table.geglu(&mut got, &up);
+    assert!(got
+        .iter()
+        .zip(&want)
+        .all(|(a, b)| a.to_bits() == b.to_bits()));
+}
+
 #[test]
 fn expf_and_swiglu_match_scalar_bitwise_and_libm() {
     let x: Vec<f32> = (0..4000)
