@@ -391,7 +391,7 @@ impl State {
             att_out: vec![0.0; b * c.q_dim()],
             hb: vec![0.0; b * c.ffn_dim],
             hb2: vec![0.0; b * c.ffn_dim],
-            rope: vec![0.0; c.head_dim],
+            rope: vec![0.0; b * c.head_dim],
             key_cache: vec![0; kv],
             value_cache: vec![0; c.n_layers * c.kv_dim() * ctx_pad],
             ctx_pad,
@@ -550,15 +550,12 @@ impl Model<'_> {
         };
         let group = c.n_heads / c.n_kv_heads;
 
+        // Per-token element-wise steps run one token per parallel task (a single task, inline, for one token).
         for (l, layer) in w.layers.iter().enumerate() {
-            for t in 0..n {
-                math::rmsnorm(
-                    &mut s.xb[t * dim..(t + 1) * dim],
-                    &s.x[t * dim..(t + 1) * dim],
-                    &layer.attn_norm,
-                    c.rms_eps,
-                );
-            }
+            let x = &s.x[..n * dim];
+            par.for_each_chunk(&mut s.xb[..n * dim], dim, &|t, xb| {
+                math::rmsnorm(xb, &x[t * dim..(t + 1) * dim], &layer.attn_norm, c.rms_eps);
+            });
             let xb = &s.xb[..n * dim];
             matmul(&layer.wq, xb, n, &mut s.q[..n * q_dim], &mut s.acts, par);
             matmul(&layer.wk, xb, n, &mut s.k[..n * kv_dim], &mut s.acts, par);
@@ -570,26 +567,33 @@ impl Model<'_> {
             } else {
                 c.rope_base
             };
-            let layer_kv = l * s.context * kv_dim;
-            let layer_vt = l * kv_dim * s.ctx_pad;
-            for t in 0..n {
-                let p = pos0 + t;
-                math::rope_cache(&mut s.rope, p, base);
-                for h in s.q[t * q_dim..(t + 1) * q_dim].chunks_exact_mut(hd) {
+            par.for_each_chunk(&mut s.rope[..n * hd], hd, &|t, cache| {
+                math::rope_cache(cache, pos0 + t, base);
+            });
+            let rope = &s.rope[..n * hd];
+            par.for_each_chunk(&mut s.q[..n * q_dim], q_dim, &|t, q| {
+                for h in q.chunks_exact_mut(hd) {
                     if let Some(qn) = &layer.q_norm {
                         math::rmsnorm_inplace(h, qn, c.rms_eps);
                     }
-                    math::rope_apply(h, &s.rope, style);
+                    math::rope_apply(h, &rope[t * hd..(t + 1) * hd], style);
                     if q_scale != 1.0 {
                         h.iter_mut().for_each(|v| *v *= q_scale);
                     }
                 }
-                for h in s.k[t * kv_dim..(t + 1) * kv_dim].chunks_exact_mut(hd) {
+            });
+            par.for_each_chunk(&mut s.k[..n * kv_dim], kv_dim, &|t, k| {
+                for h in k.chunks_exact_mut(hd) {
                     if let Some(kn) = &layer.k_norm {
                         math::rmsnorm_inplace(h, kn, c.rms_eps);
                     }
-                    math::rope_apply(h, &s.rope, style);
+                    math::rope_apply(h, &rope[t * hd..(t + 1) * hd], style);
                 }
+            });
+            let layer_kv = l * s.context * kv_dim;
+            let layer_vt = l * kv_dim * s.ctx_pad;
+            for t in 0..n {
+                let p = pos0 + t;
                 let at = layer_kv + p * kv_dim;
                 for (dst, &v) in s.key_cache[at..at + kv_dim]
                     .iter_mut()
@@ -632,21 +636,21 @@ impl Model<'_> {
             // which for repacked Q4_K weights is another kernel with another summation order than the batch's.
             let t0 = if l + 1 == w.layers.len() { n - 1 } else { 0 };
             let m = n - t0;
-            for t in t0..n {
-                let o = &mut s.xb2[t * dim..(t + 1) * dim];
+            // x += post_attn_norm(attention output), then xb = ffn_norm(x).
+            let o = &s.xb2[t0 * dim..n * dim];
+            par.for_each_chunk(&mut s.x[t0 * dim..n * dim], dim, &|i, x| {
+                let mut o = o[i * dim..(i + 1) * dim].to_vec();
                 if let Some(pn) = &layer.post_attn_norm {
-                    math::rmsnorm_inplace(o, pn, c.rms_eps);
+                    math::rmsnorm_inplace(&mut o, pn, c.rms_eps);
                 }
-                for (x, &v) in s.x[t * dim..(t + 1) * dim].iter_mut().zip(o.iter()) {
+                for (x, &v) in x.iter_mut().zip(&o) {
                     *x += v;
                 }
-                math::rmsnorm(
-                    &mut s.xb[t * dim..(t + 1) * dim],
-                    &s.x[t * dim..(t + 1) * dim],
-                    &layer.ffn_norm,
-                    c.rms_eps,
-                );
-            }
+            });
+            let x = &s.x[t0 * dim..n * dim];
+            par.for_each_chunk(&mut s.xb[t0 * dim..n * dim], dim, &|i, xb| {
+                math::rmsnorm(xb, &x[i * dim..(i + 1) * dim], &layer.ffn_norm, c.rms_eps);
+            });
             let xb = &s.xb[t0 * dim..n * dim];
             matmul(&layer.w_gate, xb, m, &mut s.hb[..m * ffn], &mut s.acts, par);
             matmul(&layer.w_up, xb, m, &mut s.hb2[..m * ffn], &mut s.acts, par);
@@ -667,15 +671,17 @@ impl Model<'_> {
                 &mut s.acts,
                 par,
             );
-            for (i, o) in s.xb2[..m * dim].chunks_exact_mut(dim).enumerate() {
+            // x += post_ffn_norm(FFN output).
+            let o = &s.xb2[..m * dim];
+            par.for_each_chunk(&mut s.x[t0 * dim..n * dim], dim, &|i, x| {
+                let mut o = o[i * dim..(i + 1) * dim].to_vec();
                 if let Some(pn) = &layer.post_ffn_norm {
-                    math::rmsnorm_inplace(o, pn, c.rms_eps);
+                    math::rmsnorm_inplace(&mut o, pn, c.rms_eps);
                 }
-                let t = t0 + i;
-                for (x, &v) in s.x[t * dim..(t + 1) * dim].iter_mut().zip(o.iter()) {
+                for (x, &v) in x.iter_mut().zip(&o) {
                     *x += v;
                 }
-            }
+            });
         }
 
         let last = (n - 1) * dim;
