@@ -436,53 +436,83 @@ struct Attention<'a> {
     window: Option<usize>,
 }
 
+/// One head's working buffers: the f16 query, the scores and the f16 probabilities.
+struct HeadScratch {
+    q16: Vec<u16>,
+    scores: Vec<f32>,
+    p16: Vec<u16>,
+}
+
 impl Attention<'_> {
-    /// All heads of the token at position `p` with queries `q` (`n_heads × hd`), into `out` (same shape).
-    fn token(&self, q: &[f32], p: usize, out: &mut [f32]) {
-        let hd = self.hd;
-        let first = self.window.map_or(0, |win| (p + 1).saturating_sub(win));
-        let len = if self.batched {
+    /// The scratch for heads at position `p`.
+    fn scratch(&self, p: usize) -> HeadScratch {
+        HeadScratch {
+            q16: vec![0; self.hd],
+            scores: vec![0.0; self.len(p)],
+            p16: vec![0; self.len(p)],
+        }
+    }
+
+    /// Positions the score and probability rows span for a query at `p` (llama.cpp pads the KQ row to its
+    /// kernels' step: 8 for a batch, 32 for one token).
+    fn len(&self, p: usize) -> usize {
+        if self.batched {
             (p + 1).div_ceil(8) * 8
         } else {
             (p + 1).div_ceil(32) * 32
-        };
-        let mut q16 = vec![0u16; hd];
-        let mut scores = vec![f32::NEG_INFINITY; len];
-        let mut p16 = vec![0u16; len];
-        for (h, (qh, out)) in q.chunks_exact(hd).zip(out.chunks_exact_mut(hd)).enumerate() {
-            let kvh = h / self.group;
-            for (d, &v) in q16.iter_mut().zip(qh) {
-                *d = to_f16(v);
+        }
+    }
+
+    /// All heads of the token at position `p` with queries `q` (`n_heads × hd`), into `out` (same shape).
+    fn token(&self, q: &[f32], p: usize, out: &mut [f32]) {
+        let mut scratch = self.scratch(p);
+        for (h, (qh, out)) in q
+            .chunks_exact(self.hd)
+            .zip(out.chunks_exact_mut(self.hd))
+            .enumerate()
+        {
+            self.head(qh, p, h, out, &mut scratch);
+        }
+    }
+
+    /// Head `h` of the token at position `p` with query `qh` (`hd`), into `out` (`hd`).
+    fn head(&self, qh: &[f32], p: usize, h: usize, out: &mut [f32], s: &mut HeadScratch) {
+        let hd = self.hd;
+        let kvh = h / self.group;
+        let first = self.window.map_or(0, |win| (p + 1).saturating_sub(win));
+        for (d, &v) in s.q16.iter_mut().zip(qh) {
+            *d = to_f16(v);
+        }
+        let scores = &mut s.scores;
+        scores.fill(f32::NEG_INFINITY);
+        let live = &mut scores[first..=p];
+        let k0 = first * self.kv_dim + kvh * hd;
+        if self.batched {
+            simd::dots_f16(&self.keys[k0..], self.kv_dim, &s.q16, live);
+        } else {
+            for (key, sc) in live.iter_mut().enumerate() {
+                let at = k0 + key * self.kv_dim;
+                *sc = simd::dot_f16_ggml(&self.keys[at..at + hd], &s.q16);
             }
-            scores.fill(f32::NEG_INFINITY);
-            let live = &mut scores[first..=p];
-            let k0 = first * self.kv_dim + kvh * hd;
-            if self.batched {
-                simd::dots_f16(&self.keys[k0..], self.kv_dim, &q16, live);
-            } else {
-                for (key, sc) in live.iter_mut().enumerate() {
-                    let at = k0 + key * self.kv_dim;
-                    *sc = simd::dot_f16_ggml(&self.keys[at..at + hd], &q16);
-                }
-            }
-            let mut max = f32::NEG_INFINITY;
-            for sc in live.iter_mut() {
-                *sc *= self.kq_scale;
-                max = max.max(*sc);
-            }
-            let sum = simd::softmax_exp(&mut scores, max);
-            let inv = (1.0 / sum) as f32;
-            for (p16, &sc) in p16.iter_mut().zip(scores.iter()) {
-                *p16 = to_f16(sc * inv);
-            }
-            let v0 = kvh * hd * self.ctx_pad;
-            if self.batched {
-                simd::dots_f16(&self.values[v0..], self.ctx_pad, &p16, out);
-            } else {
-                for (d, o) in out.iter_mut().enumerate() {
-                    let row = v0 + d * self.ctx_pad;
-                    *o = simd::dot_f16_ggml(&self.values[row..row + len], &p16);
-                }
+        }
+        let mut max = f32::NEG_INFINITY;
+        for sc in live.iter_mut() {
+            *sc *= self.kq_scale;
+            max = max.max(*sc);
+        }
+        let sum = simd::softmax_exp(scores, max);
+        let inv = (1.0 / sum) as f32;
+        for (p16, &sc) in s.p16.iter_mut().zip(scores.iter()) {
+            *p16 = to_f16(sc * inv);
+        }
+        let v0 = kvh * hd * self.ctx_pad;
+        if self.batched {
+            simd::dots_f16(&self.values[v0..], self.ctx_pad, &s.p16, out);
+        } else {
+            let len = s.p16.len();
+            for (d, o) in out.iter_mut().enumerate() {
+                let row = v0 + d * self.ctx_pad;
+                *o = simd::dot_f16_ggml(&self.values[row..row + len], &s.p16);
             }
         }
     }
@@ -606,7 +636,7 @@ impl Model<'_> {
                 }
             }
 
-            // Attention, one token per task (each task with its own scratch).
+            // Attention, each task with its own scratch.
             let attn = Attention {
                 keys: &s.key_cache[layer_kv..],
                 values: &s.value_cache[layer_vt..],
@@ -619,9 +649,17 @@ impl Model<'_> {
                 window: if local { c.sliding_window } else { None },
             };
             let q = &s.q[..n * q_dim];
-            par.for_each_chunk(&mut s.att_out[..n * q_dim], q_dim, &|t, out| {
-                attn.token(&q[t * q_dim..(t + 1) * q_dim], pos0 + t, out);
-            });
+            if n == 1 {
+                // One token: one head per task.
+                par.for_each_chunk(&mut s.att_out[..q_dim], hd, &|h, out| {
+                    let mut scratch = attn.scratch(pos0);
+                    attn.head(&q[h * hd..(h + 1) * hd], pos0, h, out, &mut scratch);
+                });
+            } else {
+                par.for_each_chunk(&mut s.att_out[..n * q_dim], q_dim, &|t, out| {
+                    attn.token(&q[t * q_dim..(t + 1) * q_dim], pos0 + t, out);
+                });
+            }
 
             matmul(
                 &layer.wo,
