@@ -1000,9 +1000,25 @@ unsafe fn tile_unpacked<W: Q0Weight, const R: usize, const C: usize>(
                 summs[r] = _mm256_fmadd_ps(_mm256_set1_ps(xdm[r][1]), sv, summs[r]);
             }
         }
+        // dd[r][c] = d_r · d_c, formed 8 columns at a time and read back one broadcast per product (a load,
+        // not two arithmetic instructions).
+        let mut yd = [0.0f32; 8];
+        // SAFETY: at + c for c < C is within y.d (asserted above).
+        yd[..C].copy_from_slice(unsafe { y.d.get_unchecked(at..at + C) });
+        let ydv = load_ps(&yd);
+        let mut dd = [[0.0f32; 8]; R];
+        for r in 0..R {
+            // SAFETY: writes exactly the 8 floats of `dd[r]`.
+            unsafe {
+                _mm256_storeu_ps(
+                    dd[r].as_mut_ptr(),
+                    _mm256_mul_ps(_mm256_set1_ps(xdm[r][0]), ydv),
+                )
+            };
+        }
         for c in 0..C {
-            // SAFETY: at + c is within y.d, c * nb + k within y.qs (asserted above).
-            let (yd, yb) = unsafe { (*y.d.get_unchecked(at + c), y.qs.get_unchecked(c * nb + k)) };
+            // SAFETY: c * nb + k within y.qs (asserted above).
+            let yb = unsafe { y.qs.get_unchecked(c * nb + k) };
             let qy = load_256_i8(W::act_qs(yb));
             for r in 0..R {
                 let by = if W::SIGNED {
@@ -1013,7 +1029,7 @@ unsafe fn tile_unpacked<W: Q0Weight, const R: usize, const C: usize>(
                 // Unsigned bytes ≤ 128 × signed bytes ≤ 127 in magnitude: no `vpmaddubsw` saturation.
                 let p =
                     _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(ax[r], by), ones));
-                acc[r][c] = _mm256_fmadd_ps(_mm256_set1_ps(xdm[r][0] * yd), p, acc[r][c]);
+                acc[r][c] = _mm256_fmadd_ps(_mm256_broadcast_ss(&dd[r][c]), p, acc[r][c]);
             }
         }
     }
