@@ -68,7 +68,7 @@ fn main() {
         let gemm = best(SAMPLES, reps, || {
             for g in 0..rows / 8 {
                 let mut o = [0.0f32; 32];
-                simd::mat_q4_k_8rows(&w4[g * 8 * nb..(g + 1) * 8 * nb], nb, &y, 4, 4, &mut o, 8);
+                simd::mat_q4_k_repacked(&w4[g * 8 * nb..(g + 1) * 8 * nb], nb, &y, 4, 4, &mut o, 8);
                 out[g * 8] = o[0];
             }
         });

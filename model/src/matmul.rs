@@ -347,10 +347,7 @@ fn mat_k_part(
         let gemm_end = (batch - batch % GEMM_TOKENS).min(t0 + cols);
         let gemm = gemm_end.saturating_sub(t0) / GEMM_TOKENS * GEMM_TOKENS;
         let q = &q8k[t0 * nb..(t0 + cols) * nb];
-        for g in 0..rows / 8 {
-            let wg = &blocks[g * 8 * nb..(g + 1) * 8 * nb];
-            simd::mat_q4_k_8rows(wg, nb, q, cols, gemm, &mut out[g * 8..], ld);
-        }
+        simd::mat_q4_k_repacked(blocks, nb, q, cols, gemm, out, ld);
         return;
     }
     // Tokens per pass of the one-row kernels below.

@@ -1361,14 +1361,14 @@ fn q4_k_gemm8(u: &[Q4KRows], y: &[BlockQ8K]) -> __m256 {
     _mm256_sub_ps(acc, accm)
 }
 
-/// `cols` tokens (`y[t * nb..]`) against 8 Q4_K rows in llama.cpp's repacked orders, into `out[t * ld + r]`: the
-/// first `gemm` tokens (a multiple of 4) four at a time through the gemm order, from rows unpacked once, the rest
-/// one at a time through the gemv order.
+/// `cols` tokens (`y[t * nb..]`) against Q4_K rows (`w.len() / nb` of them, a multiple of 8) in llama.cpp's
+/// repacked orders, into `out[t * ld + r]`: per group of 8 rows, the first `gemm` tokens (a multiple of 4) through
+/// the gemm order, from the group unpacked once, the rest one at a time through the gemv order.
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn mat_q4_k_8rows(
+pub unsafe fn mat_q4_k_repacked(
     w: &[BlockQ4K],
     nb: usize,
     y: &[BlockQ8K],
@@ -1377,28 +1377,36 @@ pub unsafe fn mat_q4_k_8rows(
     out: &mut [f32],
     ld: usize,
 ) {
-    assert!(gemm.is_multiple_of(4) && gemm <= cols && w.len() >= 8 * nb && y.len() >= cols * nb);
-    if gemm > 0 {
-        let zero = Q4KRows {
-            q: [[[0; 32]; 8]; 8],
-            sc: [[0; 16]; 8],
-            mn: [[0; 16]; 4],
-            d: [0.0; 8],
-            dmin: [0.0; 8],
-        };
-        let mut u = alloc::vec![zero; nb];
-        unpack_q4_k_rows(w, nb, &mut u);
+    let rows = w.len().checked_div(nb).unwrap_or(0);
+    assert!(
+        rows.is_multiple_of(8) && gemm.is_multiple_of(4) && gemm <= cols && y.len() >= cols * nb
+    );
+    let zero = Q4KRows {
+        q: [[[0; 32]; 8]; 8],
+        sc: [[0; 16]; 8],
+        mn: [[0; 16]; 4],
+        d: [0.0; 8],
+        dmin: [0.0; 8],
+    };
+    let mut u = alloc::vec![zero; if gemm > 0 { nb } else { 0 }];
+    for g in 0..rows / 8 {
+        let wg = &w[g * 8 * nb..(g + 1) * 8 * nb];
+        if gemm > 0 {
+            unpack_q4_k_rows(wg, nb, &mut u);
+        }
         for t in 0..gemm {
             let o = q4_k_gemm8(&u, &y[t * nb..(t + 1) * nb]);
-            // SAFETY: writes exactly 8 floats at t * ld, inside `out` (sliced first, so bounds-checked).
-            unsafe { _mm256_storeu_ps(out[t * ld..t * ld + 8].as_mut_ptr(), o) };
+            let at = t * ld + g * 8;
+            // SAFETY: writes exactly 8 floats at `at`, inside `out` (sliced first, so bounds-checked).
+            unsafe { _mm256_storeu_ps(out[at..at + 8].as_mut_ptr(), o) };
         }
-    }
-    for t in gemm..cols {
-        let mut o = [0.0f32; 8];
-        // SAFETY: the caller guarantees AVX2, FMA and F16C.
-        unsafe { mat_q4_k_gemv8(w, nb, &y[t * nb..(t + 1) * nb], &mut o) };
-        out[t * ld..t * ld + 8].copy_from_slice(&o);
+        for t in gemm..cols {
+            let mut o = [0.0f32; 8];
+            // SAFETY: the caller guarantees AVX2, FMA and F16C.
+            unsafe { mat_q4_k_gemv8(wg, nb, &y[t * nb..(t + 1) * nb], &mut o) };
+            let at = t * ld + g * 8;
+            out[at..at + 8].copy_from_slice(&o);
+        }
     }
 }
 

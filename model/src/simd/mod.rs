@@ -110,11 +110,12 @@ dispatch!(
     /// `out[r] = W[r] · y` (each equal to [`quant::dot_q4_k_q8_k_gemv`]).
     mat_q4_k_gemv8(w: &[BlockQ4K], nb: usize, y: &[BlockQ8K], out: &mut [f32; 8]) -> (), scalar_q4_k_gemv8);
 dispatch!(
-    /// `cols` tokens (`y[t * nb..]`) against 8 Q4_K rows of `nb` blocks (`w[r * nb..]`) in llama.cpp's repacked
-    /// orders, `out[t * ld + r] = W[r] · y[t]`: the first `gemm` tokens (a multiple of 4) through its gemm (each
-    /// equal to [`quant::dot_q4_k_q8_k_gemm`]), the rest through its gemv ([`quant::dot_q4_k_q8_k_gemv`]).
-    mat_q4_k_8rows(w: &[BlockQ4K], nb: usize, y: &[BlockQ8K], cols: usize, gemm: usize, out: &mut [f32], ld: usize)
-        -> (), scalar_q4_k_8rows);
+    /// `cols` tokens (`y[t * nb..]`) against Q4_K rows of `nb` blocks (`w[r * nb..]`, a multiple of 8 rows) in
+    /// llama.cpp's repacked orders, `out[t * ld + r] = W[r] · y[t]`: the first `gemm` tokens (a multiple of 4)
+    /// through its gemm (each equal to [`quant::dot_q4_k_q8_k_gemm`]), the rest through its gemv
+    /// ([`quant::dot_q4_k_q8_k_gemv`]).
+    mat_q4_k_repacked(w: &[BlockQ4K], nb: usize, y: &[BlockQ8K], cols: usize, gemm: usize, out: &mut [f32],
+        ld: usize) -> (), scalar_q4_k_repacked);
 dispatch!(
     /// One Q6_K row of `nb` blocks against `out.len()` tokens (`y[t * nb..]`) in the order of llama.cpp's tiled
     /// kernel: `out[t] = W · y[t]` (each equal to [`quant::dot_q6_k_q8_k_tiled`]).
@@ -126,7 +127,7 @@ fn scalar_q4_k_gemv8(w: &[BlockQ4K], nb: usize, y: &[BlockQ8K], out: &mut [f32; 
     }
 }
 
-fn scalar_q4_k_8rows(
+fn scalar_q4_k_repacked(
     w: &[BlockQ4K],
     nb: usize,
     y: &[BlockQ8K],
@@ -135,9 +136,10 @@ fn scalar_q4_k_8rows(
     out: &mut [f32],
     ld: usize,
 ) {
+    let rows = w.len().checked_div(nb).unwrap_or(0);
     for t in 0..cols {
         let yt = &y[t * nb..(t + 1) * nb];
-        for r in 0..8 {
+        for r in 0..rows {
             let wr = &w[r * nb..(r + 1) * nb];
             out[t * ld + r] = if t < gemm {
                 quant::dot_q4_k_q8_k_gemm(wr, yt)

@@ -498,7 +498,7 @@ fn matrix_tiles_equal_row_dots_bitwise() {
 /// |Δx_i| ≤ amax/254 of x_i's 256-block, so |Δ| ≤ Σ|w_i|·amax/254, plus 1e-5·Σ|w·x| for f32 rounding.
 #[test]
 fn k_quant_batched_kernels_match_scalar_bitwise_and_f32() {
-    let (nb, rows, tokens) = (4usize, 8usize, 4usize);
+    let (nb, rows, tokens) = (4usize, 16usize, 4usize);
     let cols = nb * QK_K;
     let x = data(cols * tokens, 21);
     let mut q8k = vec![BlockQ8K::zeroed(); nb * tokens];
@@ -535,11 +535,11 @@ fn k_quant_batched_kernels_match_scalar_bitwise_and_f32() {
             // All four tokens through the gemm order, then all four through the gemv order; `out[t * 8 + r]`.
             for (v, gemm) in [(0usize, tokens), (1, 0)] {
                 let mut o = vec![0.0f32; tokens * rows];
-                super::scalar_q4_k_8rows(w, nb, &q8k, tokens, gemm, &mut o, rows);
+                super::scalar_q4_k_repacked(w, nb, &q8k, tokens, gemm, &mut o, rows);
                 scalar[v] = o.chunks(rows).map(|c| c.to_vec()).collect();
                 if have_avx2() {
                     // SAFETY: AVX2, FMA and F16C were detected.
-                    unsafe { avx2::mat_q4_k_8rows(w, nb, &q8k, tokens, gemm, &mut o, rows) };
+                    unsafe { avx2::mat_q4_k_repacked(w, nb, &q8k, tokens, gemm, &mut o, rows) };
                     simd[v] = o.chunks(rows).map(|c| c.to_vec()).collect();
                 }
             }
