@@ -167,35 +167,13 @@ fn quantize_input(w: &QTensor<'_>, x: &[f32], batch: usize, acts: &mut Acts) {
     }
 }
 
-/// How a batched product is shared out: whole tokens per chunk (each chunk writes a contiguous part of the
-/// token-major output) when there are enough tokens for every worker, else rows per chunk through a scratch block.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Split {
-    /// `tokens` tokens (a multiple of [`GEMM_TOKENS`]) × all rows per chunk.
-    Tokens(usize),
-    /// `rows` rows × all tokens per chunk.
-    Rows(usize),
-}
-
-/// Chunks per worker when a batch is split by tokens: more than one, so a worker slowed by the machine's other
-/// load leaves its last chunks to the others.
-const CHUNKS_PER_WORKER: usize = 4;
-
-fn split(batch: usize, rows_per_chunk: usize, threads: usize) -> Split {
-    if threads <= 1 {
-        return Split::Tokens(batch.div_ceil(GEMM_TOKENS) * GEMM_TOKENS);
-    }
-    let chunks = threads * CHUNKS_PER_WORKER;
-    if batch >= chunks * GEMM_TOKENS {
-        Split::Tokens(batch.div_ceil(chunks).div_ceil(GEMM_TOKENS) * GEMM_TOKENS)
-    } else {
-        Split::Rows(rows_per_chunk)
-    }
-}
-
 /// Runs a batched product (`batch > 1`) into the token-major `out` (`batch × w.rows`). `kernel(r0, rows, t0, cols,
 /// out, ld)` computes rows `r0..r0 + rows` against tokens `t0..t0 + cols` into `out[c * ld + r]` (`r`, `c` relative);
 /// `align` is the row granularity it needs.
+///
+/// One worker computes everything straight into `out`. Several split the rows (as llama.cpp does), so that every
+/// weight row is unpacked once: each chunk writes its rows as a `[token][row]` block of `scratch`, whose per-token
+/// runs are then copied into place.
 #[allow(clippy::too_many_arguments)]
 fn batched<K>(
     w: &QTensor<'_>,
@@ -210,26 +188,20 @@ fn batched<K>(
     K: Fn(usize, usize, usize, usize, &mut [f32], usize) + Sync,
 {
     let rows = w.rows;
-    match split(batch, rows_per_chunk, par.threads()) {
-        Split::Tokens(tokens) => {
-            par.for_each_chunk(out, tokens * rows, &|ci, chunk| {
-                kernel(0, rows, ci * tokens, chunk.len() / rows, chunk, rows);
-            });
-        }
-        Split::Rows(rpc) => {
-            let rpc = rpc.div_ceil(align) * align;
-            let scratch = &mut scratch[..batch * rows];
-            par.for_each_chunk(scratch, rpc * batch, &|ci, chunk| {
-                let n = chunk.len() / batch;
-                kernel(ci * rpc, n, 0, batch, chunk, n);
-            });
-            // Chunk ci holds rows ci·rpc.. as [token][row]: each token's run of rows is contiguous.
-            for (ci, chunk) in scratch.chunks(rpc * batch).enumerate() {
-                let n = chunk.len() / batch;
-                for (t, run) in chunk.chunks_exact(n).enumerate() {
-                    out[t * rows + ci * rpc..t * rows + ci * rpc + n].copy_from_slice(run);
-                }
-            }
+    if par.threads() <= 1 {
+        kernel(0, rows, 0, batch, out, rows);
+        return;
+    }
+    let rpc = rows_per_chunk.div_ceil(align) * align;
+    let scratch = &mut scratch[..batch * rows];
+    par.for_each_chunk(scratch, rpc * batch, &|ci, chunk| {
+        let n = chunk.len() / batch;
+        kernel(ci * rpc, n, 0, batch, chunk, n);
+    });
+    for (ci, chunk) in scratch.chunks(rpc * batch).enumerate() {
+        let n = chunk.len() / batch;
+        for (t, run) in chunk.chunks_exact(n).enumerate() {
+            out[t * rows + ci * rpc..t * rows + ci * rpc + n].copy_from_slice(run);
         }
     }
 }
@@ -451,9 +423,9 @@ pub fn matmul(
         });
         return;
     }
-    // Other formats (f16, f32): whole tokens per chunk.
+    // Other formats (f16, f32): whole tokens per chunk, a few chunks per worker.
     let rows = w.rows;
-    let tokens = batch.div_ceil(par.threads() * CHUNKS_PER_WORKER);
+    let tokens = batch.div_ceil(par.threads() * 4);
     par.for_each_chunk(out, tokens * rows, &|ci, chunk| {
         for (c, o) in chunk.chunks_exact_mut(rows).enumerate() {
             for (r, v) in o.iter_mut().enumerate() {

@@ -196,10 +196,9 @@ fn gemma3_chat_sea() {
     run_reference("gemma3-270m-q4_k_m.gguf", "gemma_chat_sea", EXACT);
 }
 
-// Threads split each product by rows (in whole 8-row groups for repacked Q4_K) or, for batches long enough, by
-// tokens (in whole groups of 4, so llama.cpp's gemm/gemv token groups stay as they are); either way any thread
-// count gives the single-thread logits bit for bit. Prefill of the 16-token chat prompt (split by rows) and of a
-// 70-token prompt (split by tokens, 70 % 4 tokens through the gemv), each with three decode steps.
+// Several threads split each product's rows (in whole 8-row groups for repacked Q4_K) and gather the chunks'
+// results, so any thread count gives the single-thread logits bit for bit. Prefill of the 16-token chat prompt and
+// of a 70-token prompt (70 % 4 tokens through the Q4_K gemv), each with three decode steps.
 #[cfg(feature = "std")]
 #[test]
 fn gemma3_threads_change_nothing() {
