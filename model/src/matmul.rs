@@ -1,12 +1,14 @@
-//! Weight tensors viewed in place ([`QTensor`]), activation quantization buffers ([`Acts`]) and the row-parallel
+//! Weight tensors viewed in place ([`QTensor`]), activation quantization buffers ([`Acts`]) and the parallel
 //! quantized matrix × vector / matrix × matrix product used by every projection of the forward pass.
 //!
 //! Layout follows ggml: a 2-D weight has `dims = [cols, rows]`, each row contiguous; `y[t][r] = W[r] · x[t]`.
 //! The right-hand side is quantized once per product to the weight type's activation format (see [`crate::quant`]).
 //! Each output is summed in the order llama.cpp's CPU backend (AVX2) uses for that weight type and batch size:
 //! `ggml_vec_dot_*` / tinyBLAS for the 32-element formats; for Q4_K with a row count that is a multiple of 8 its
-//! repacked 8-row gemm (groups of 4 tokens) and gemv (the batch's last `batch % 4` tokens), the 8 rows read in
-//! place rather than repacked; other K-quant products its tiled kernels from 8 tokens on, `ggml_vec_dot_*` below.
+//! repacked 8-row gemm (groups of 4 tokens) and gemv (the batch's last `batch % 4` tokens), the weights staying in
+//! the file's layout (a batch unpacks each 8-row group into a scratch buffer per product); other K-quant products
+//! its tiled kernels from 8 tokens on, `ggml_vec_dot_*` below. One worker writes the token-major output directly;
+//! several split the rows and gather.
 
 use alloc::vec;
 use alloc::vec::Vec;
@@ -167,9 +169,9 @@ fn quantize_input(w: &QTensor<'_>, x: &[f32], batch: usize, acts: &mut Acts) {
     }
 }
 
-/// Runs a batched product (`batch > 1`) into the token-major `out` (`batch × w.rows`). `kernel(r0, rows, t0, cols,
-/// out, ld)` computes rows `r0..r0 + rows` against tokens `t0..t0 + cols` into `out[c * ld + r]` (`r`, `c` relative);
-/// `align` is the row granularity it needs.
+/// Runs a batched product (`batch > 1`) into the token-major `out` (`batch × w.rows`). `kernel(r0, rows, out, ld)`
+/// computes rows `r0..r0 + rows` against every token into `out[t * ld + r]` (`r` relative); `align` is the row
+/// granularity it needs.
 ///
 /// One worker computes everything straight into `out`. Several split the rows (as llama.cpp does), so that every
 /// weight row is unpacked once: each chunk writes its rows as a `[token][row]` block of `scratch`, whose per-token
@@ -185,18 +187,18 @@ fn batched<K>(
     par: &dyn ParallelFor,
     kernel: &K,
 ) where
-    K: Fn(usize, usize, usize, usize, &mut [f32], usize) + Sync,
+    K: Fn(usize, usize, &mut [f32], usize) + Sync,
 {
     let rows = w.rows;
     if par.threads() <= 1 {
-        kernel(0, rows, 0, batch, out, rows);
+        kernel(0, rows, out, rows);
         return;
     }
     let rpc = rows_per_chunk.div_ceil(align) * align;
     let scratch = &mut scratch[..batch * rows];
     par.for_each_chunk(scratch, rpc * batch, &|ci, chunk| {
         let n = chunk.len() / batch;
-        kernel(ci * rpc, n, 0, batch, chunk, n);
+        kernel(ci * rpc, n, chunk, n);
     });
     for (ci, chunk) in scratch.chunks(rpc * batch).enumerate() {
         let n = chunk.len() / batch;
@@ -214,14 +216,12 @@ fn is_q0(t: GgmlType) -> bool {
     )
 }
 
-/// Rows `r0..r0 + rows` of a Q4_0/Q4_1/Q5_0/Q8_0 product against tokens `t0..t0 + cols`, into `out[c * ld + r]`.
-#[allow(clippy::too_many_arguments)]
+/// Rows `r0..r0 + rows` of a Q4_0/Q4_1/Q5_0/Q8_0 product against the `batch` tokens, into `out[t * ld + r]`.
 fn mat_q0_part(
     w: &QTensor<'_>,
     acts: &Acts,
     batch: usize,
     (r0, rows): (usize, usize),
-    (t0, cols): (usize, usize),
     out: &mut [f32],
     ld: usize,
 ) {
@@ -231,26 +231,26 @@ fn mat_q0_part(
     match w.ggml_type {
         GgmlType::Q4_1 => {
             let y = simd::ActTile {
-                qs: &acts.q8_1[t0 * nb..batch * nb],
+                qs: &acts.q8_1[..batch * nb],
                 d,
                 s,
                 batch,
-                col0: t0,
+                col0: 0,
             };
-            simd::mat_q4_1(quant::cast(bytes), nb, &y, cols, out, ld);
+            simd::mat_q4_1(quant::cast(bytes), nb, &y, batch, out, ld);
         }
         t => {
             let y = simd::ActTile {
-                qs: &acts.q8_0[t0 * nb..batch * nb],
+                qs: &acts.q8_0[..batch * nb],
                 d,
                 s,
                 batch,
-                col0: t0,
+                col0: 0,
             };
             match t {
-                GgmlType::Q4_0 => simd::mat_q4_0(quant::cast(bytes), nb, &y, cols, out, ld),
-                GgmlType::Q5_0 => simd::mat_q5_0(quant::cast(bytes), nb, &y, cols, out, ld),
-                GgmlType::Q8_0 => simd::mat_q8_0(quant::cast(bytes), nb, &y, cols, out, ld),
+                GgmlType::Q4_0 => simd::mat_q4_0(quant::cast(bytes), nb, &y, batch, out, ld),
+                GgmlType::Q5_0 => simd::mat_q5_0(quant::cast(bytes), nb, &y, batch, out, ld),
+                GgmlType::Q8_0 => simd::mat_q8_0(quant::cast(bytes), nb, &y, batch, out, ld),
                 // `is_q0` admits only the four formats.
                 _ => {}
             }
@@ -273,11 +273,11 @@ fn mat_q0(
         if batch == 1 {
             par.for_each_chunk(out, rows_per_chunk, &|ci, chunk| {
                 let n = chunk.len();
-                mat_q0_part(w, acts, 1, (ci * rows_per_chunk, n), (0, 1), chunk, n);
+                mat_q0_part(w, acts, 1, (ci * rows_per_chunk, n), chunk, n);
             });
         } else {
-            let kernel = |r0, rows, t0, cols, o: &mut [f32], ld| {
-                mat_q0_part(w, acts, batch, (r0, rows), (t0, cols), o, ld);
+            let kernel = |r0, rows, o: &mut [f32], ld| {
+                mat_q0_part(w, acts, batch, (r0, rows), o, ld);
             };
             batched(w, batch, rows_per_chunk, 1, out, &mut scratch, par, &kernel);
         }
@@ -298,16 +298,13 @@ fn q4_k_repacked(w: &QTensor<'_>) -> bool {
     w.ggml_type == GgmlType::Q4K && w.rows.is_multiple_of(8)
 }
 
-/// Rows `r0..r0 + rows` of a Q4_K or Q6_K product against tokens `t0..t0 + cols` of a `batch`-token product, in
-/// llama.cpp's order for that batch size, into `out[c * ld + r]`. For repacked Q4_K, `r0` and `rows` are multiples
-/// of 8 and `t0` of [`GEMM_TOKENS`].
-#[allow(clippy::too_many_arguments)]
+/// Rows `r0..r0 + rows` of a Q4_K or Q6_K product against the `batch` tokens, in llama.cpp's order for that batch
+/// size, into `out[t * ld + r]`. For repacked Q4_K, `r0` and `rows` are multiples of 8.
 fn mat_k_part(
     w: &QTensor<'_>,
     q8k: &[BlockQ8K],
     batch: usize,
     (r0, rows): (usize, usize),
-    (t0, cols): (usize, usize),
     out: &mut [f32],
     ld: usize,
 ) {
@@ -315,11 +312,9 @@ fn mat_k_part(
     let bytes = &w.data[r0 * w.row_bytes..(r0 + rows) * w.row_bytes];
     if q4_k_repacked(w) {
         let blocks: &[quant::BlockQ4K] = quant::cast(bytes);
-        // llama.cpp's gemm takes the batch's tokens in groups of 4 from token 0; the last `batch % 4` its gemv.
-        let gemm_end = (batch - batch % GEMM_TOKENS).min(t0 + cols);
-        let gemm = gemm_end.saturating_sub(t0) / GEMM_TOKENS * GEMM_TOKENS;
-        let q = &q8k[t0 * nb..(t0 + cols) * nb];
-        simd::mat_q4_k_repacked(blocks, nb, q, cols, gemm, out, ld);
+        // llama.cpp's gemm takes the batch's tokens in groups of 4; the last `batch % 4` go through its gemv.
+        let gemm = batch - batch % GEMM_TOKENS;
+        simd::mat_q4_k_repacked(blocks, nb, &q8k[..batch * nb], batch, gemm, out, ld);
         return;
     }
     // Tokens per pass of the one-row kernels below.
@@ -327,10 +322,10 @@ fn mat_k_part(
     let tiled = batch >= TILED_MIN_BATCH;
     for i in 0..rows {
         let row = &bytes[i * w.row_bytes..(i + 1) * w.row_bytes];
-        for c0 in (0..cols).step_by(TOKENS) {
-            let n = TOKENS.min(cols - c0);
+        for c0 in (0..batch).step_by(TOKENS) {
+            let n = TOKENS.min(batch - c0);
             let mut o = [0.0f32; TOKENS];
-            let q = &q8k[(t0 + c0) * nb..(t0 + c0 + n) * nb];
+            let q = &q8k[c0 * nb..(c0 + n) * nb];
             match (w.ggml_type, tiled) {
                 (GgmlType::Q6K, true) => simd::mat_q6_k_tiled(quant::cast(row), nb, q, &mut o[..n]),
                 (GgmlType::Q4K, true) => {
@@ -371,12 +366,12 @@ fn mat_k(
         let rpc = rows_per_chunk.div_ceil(align) * align;
         par.for_each_chunk(out, rpc, &|ci, chunk| {
             let n = chunk.len();
-            mat_k_part(w, q8k, 1, (ci * rpc, n), (0, 1), chunk, n);
+            mat_k_part(w, q8k, 1, (ci * rpc, n), chunk, n);
         });
         return;
     }
-    let kernel = |r0, rows, t0, cols, o: &mut [f32], ld| {
-        mat_k_part(w, q8k, batch, (r0, rows), (t0, cols), o, ld);
+    let kernel = |r0, rows, o: &mut [f32], ld| {
+        mat_k_part(w, q8k, batch, (r0, rows), o, ld);
     };
     batched(
         w,
