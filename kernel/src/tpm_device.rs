@@ -10,7 +10,8 @@
 
 use net::serving::ApplianceConfig;
 use sha2::{Digest, Sha256};
-use tpm::eventlog::{self, EventKind, EventLog};
+use tpm::eventlog::{self, EventLog};
+use tpm::measurement::BootDigests;
 use tpm::tis::{Timeouts, Tis, TisRegisters};
 
 use crate::clock::Clock;
@@ -129,47 +130,35 @@ pub fn kernel_image_digest() -> [u8; 32] {
     hasher.finalize().into()
 }
 
-/// Extends PCRs 12-14 and records each event, in the order the manifest replays them: kernel (12), model
-/// and serving parameters (13), effective configuration and command line (14). The two texts are
-/// `net::serving`'s canonical ones, which the runner hashes the same way.
+/// Extends PCRs 12-14 and records each event, exactly as the measurement contract
+/// (`tpm::measurement`) lists them: kernel (12), model and serving parameters (13), effective
+/// configuration and command line (14). The two texts are `net::serving`'s canonical ones, which the
+/// verifier hashes the same way.
 pub fn measure_boot(
     tpm: &mut KernelTpm,
     model_digest: [u8; 32],
     config: &ApplianceConfig,
     cmdline: &str,
 ) -> Result<EventLog, TpmError> {
-    let mut log = EventLog::new();
     let sha256 = |bytes: &[u8]| -> [u8; 32] { Sha256::digest(bytes).into() };
-    let events = [
-        (
-            12,
-            EventKind::KernelImage,
-            kernel_image_digest(),
-            "kernel text and rodata",
-        ),
-        (13, EventKind::Model, model_digest, "model blob (initrd)"),
-        (
-            13,
-            EventKind::ServingParameters,
-            sha256(config.serving_text().as_bytes()),
-            "serving parameters",
-        ),
-        (
-            14,
-            EventKind::Configuration,
-            sha256(config.configuration_text().as_bytes()),
-            "appliance configuration",
-        ),
-        (
-            14,
-            EventKind::CommandLine,
-            sha256(cmdline.as_bytes()),
-            "kernel command line",
-        ),
-    ];
-    for (pcr, kind, digest, description) in events {
-        eventlog::measure(tpm, &mut log, pcr, kind, digest, description)
-            .map_err(TpmError::Measure)?;
+    let digests = BootDigests {
+        kernel: kernel_image_digest(),
+        model: model_digest,
+        serving: sha256(config.serving_text().as_bytes()),
+        configuration: sha256(config.configuration_text().as_bytes()),
+        command_line: sha256(cmdline.as_bytes()),
+    };
+    let mut log = EventLog::new();
+    for event in digests.events() {
+        eventlog::measure(
+            tpm,
+            &mut log,
+            event.pcr,
+            event.kind,
+            event.digest,
+            event.description,
+        )
+        .map_err(TpmError::Measure)?;
     }
     Ok(log)
 }

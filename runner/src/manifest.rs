@@ -24,7 +24,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use net::serving::ApplianceConfig;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::{Digest as _, Sha256};
-use tpm::eventlog::{self, EventKind};
+
+use tpm::measurement::{BootDigests, BOOT_EVENT_COUNT};
 
 use crate::models;
 
@@ -32,12 +33,8 @@ use crate::models;
 pub const MANIFEST_FORMAT: u32 = 2;
 /// The manifest's file name in an image directory.
 pub const MANIFEST_FILE: &str = "manifest.json";
-/// The PCR holding the kernel's read-only segments.
-pub const KERNEL_PCR: u8 = 12;
-/// The PCR holding the model blob.
-pub const MODEL_PCR: u8 = 13;
-/// The PCR holding the kernel command line.
-pub const COMMAND_LINE_PCR: u8 = 14;
+// cloister's own PCRs, from the measurement contract.
+pub use tpm::measurement::{CONFIGURATION_PCR as COMMAND_LINE_PCR, KERNEL_PCR, MODEL_PCR};
 /// The firmware PCRs of a PC Client platform (TCG PC Client Platform Firmware Profile, "PCR Usage").
 pub const FIRMWARE_PCRS: [u8; 8] = [0, 1, 2, 3, 4, 5, 6, 7];
 /// Largest kernel ELF read into memory.
@@ -224,18 +221,8 @@ pub struct Manifest {
     pub firmware: FirmwarePcrs,
 }
 
-/// One event the appliance must have logged, in order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ExpectedEvent {
-    /// The PCR extended.
-    pub pcr: u8,
-    /// What was measured.
-    pub kind: EventKind,
-    /// The digest extended.
-    pub digest: [u8; 32],
-    /// The description the kernel logs with it.
-    pub description: &'static str,
-}
+/// One event the appliance must have logged, in order: the measurement contract's type.
+pub type ExpectedEvent = tpm::measurement::Measurement;
 
 impl Manifest {
     /// Measures an image the way the appliance will: reads the kernel ELF's program headers (untrusted input:
@@ -327,52 +314,28 @@ impl Manifest {
 
     /// The events the appliance logs, in order: kernel (PCR 12), model and serving parameters (PCR 13),
     /// configuration and command line (PCR 14).
-    pub fn expected_events(&self) -> [ExpectedEvent; 5] {
-        [
-            ExpectedEvent {
-                pcr: KERNEL_PCR,
-                kind: EventKind::KernelImage,
-                digest: self.kernel.measured_sha256.0,
-                description: "kernel text and rodata",
-            },
-            ExpectedEvent {
-                pcr: MODEL_PCR,
-                kind: EventKind::Model,
-                digest: self.model.sha256.0,
-                description: "model blob (initrd)",
-            },
-            ExpectedEvent {
-                pcr: MODEL_PCR,
-                kind: EventKind::ServingParameters,
-                digest: self.serving.sha256.0,
-                description: "serving parameters",
-            },
-            ExpectedEvent {
-                pcr: COMMAND_LINE_PCR,
-                kind: EventKind::Configuration,
-                digest: self.configuration.sha256.0,
-                description: "appliance configuration",
-            },
-            ExpectedEvent {
-                pcr: COMMAND_LINE_PCR,
-                kind: EventKind::CommandLine,
-                digest: self.command_line.sha256.0,
-                description: "kernel command line",
-            },
-        ]
+    pub fn expected_events(&self) -> [ExpectedEvent; BOOT_EVENT_COUNT] {
+        self.boot_digests().events()
+    }
+
+    /// The five digests the kernel measures, as this manifest predicts them.
+    pub fn boot_digests(&self) -> BootDigests {
+        BootDigests {
+            kernel: self.kernel.measured_sha256.0,
+            model: self.model.sha256.0,
+            serving: self.serving.sha256.0,
+            configuration: self.configuration.sha256.0,
+            command_line: self.command_line.sha256.0,
+        }
     }
 
     /// PCRs 12-14 replayed from zero through [`Manifest::expected_events`].
     fn replay(&self) -> ExpectedPcrs {
-        let mut pcrs = [[0u8; 32]; 3];
-        for event in self.expected_events() {
-            let pcr = &mut pcrs[usize::from(event.pcr - KERNEL_PCR)];
-            *pcr = eventlog::extend(pcr, &event.digest);
-        }
+        let [kernel, model, command_line] = self.boot_digests().replay();
         ExpectedPcrs {
-            kernel: Sha256Digest(pcrs[0]),
-            model: Sha256Digest(pcrs[1]),
-            command_line: Sha256Digest(pcrs[2]),
+            kernel: Sha256Digest(kernel),
+            model: Sha256Digest(model),
+            command_line: Sha256Digest(command_line),
         }
     }
 

@@ -7,7 +7,8 @@
 //!
 //! Layering: [`tis::Tis`] drives TIS registers that the kernel supplies through [`tis::TisRegisters`] and
 //! implements [`transport::Transport`]; [`commands`] marshals one TPM2 command per function over any
-//! transport; [`eventlog`] records and replays the PCR extends; [`attest`] parses what a quote carries for the
+//! transport; [`eventlog`] records and replays the PCR extends; [`measurement`] is the
+//! one definition of which boot measurement goes into which PCR; [`attest`] parses what a quote carries for the
 //! verifier. Nothing here reads a clock or a random source of its own: time comes in through [`tis::Clock`],
 //! randomness as arguments.
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
@@ -18,6 +19,7 @@ pub mod commands;
 #[cfg(feature = "credential")]
 pub mod credential;
 pub mod eventlog;
+pub mod measurement;
 pub mod public;
 pub mod rc;
 pub mod tis;
