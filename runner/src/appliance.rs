@@ -1,7 +1,7 @@
 //! A running appliance: a fresh swtpm state, swtpm, and QEMU booting an image, up until it answers.
 //!
 //! "Up" means the appliance completed a TLS 1.3 handshake and answered a model-info request on the forwarded
-//! port (an unverified session, `crate::session`: readiness needs no trust). A TCP connect is not enough: QEMU's
+//! port (an unverified session, `client::session`: readiness needs no trust). A TCP connect is not enough: QEMU's
 //! user networking accepts host connections before the guest listens.
 
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -19,7 +19,7 @@ use crate::image::Image;
 use crate::process::{self, ChildGuard};
 use crate::qemu::{self, Accel, AccelChoice, QemuConfig};
 use crate::tpm_state::{self, CertificateAuthority, Swtpm};
-use crate::{client, tools, workspace};
+use crate::{tools, workspace};
 
 /// How long one readiness probe may take before it is retried.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);

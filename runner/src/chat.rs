@@ -11,11 +11,11 @@ use anyhow::{bail, Context, Result};
 use net::proto::{ChatMessage, FinishReason, GenerateRequest, Prompt, Role, Sampling};
 use rand::RngCore as _;
 
-use crate::client;
-use crate::manifest::Manifest;
-use crate::session::{Completion, Ending, UnverifiedSession, VerifiedSession};
-use crate::verify::cli::{observation_store, trust_anchors};
-use crate::verify::VerifyOptions;
+use client::manifest::Manifest;
+use client::session::{Completion, Ending, UnverifiedSession, VerifiedSession};
+use client::verify::VerifyOptions;
+
+use crate::verify::{observation_store, trust_anchors};
 
 /// Options of `runner chat`.
 #[derive(clap::Args, Debug, Clone)]

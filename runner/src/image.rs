@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
+use client::manifest::{Manifest, MANIFEST_FILE};
 
 use crate::{models, process, workspace};
 
@@ -191,8 +192,16 @@ pub fn build(options: &BuildOptions) -> Result<Image> {
         options.flavor,
     )?;
     // What a verifier expects this image to measure (PCRs 12-14), beside the image.
-    crate::manifest::write_for_image(&image)?;
+    write_manifest(&image)?;
     Ok(image)
+}
+
+/// Computes the manifest of an image directory and writes it as `<image.dir>/manifest.json` (what `runner build`
+/// does after assembling the image); returns its path.
+pub fn write_manifest(image: &Image) -> Result<PathBuf> {
+    let path = image.dir.join(MANIFEST_FILE);
+    Manifest::for_image(&image.kernel, &image.model, &image.cmdline)?.write(&path)?;
+    Ok(path)
 }
 
 /// Writes an image directory from a built kernel and a model file.

@@ -1,17 +1,14 @@
 //! The cloister runner: builds the image, fetches models, provisions swtpm, boots QEMU, and talks
-//! to the appliance. `main.rs` is the command-line front end; the end-to-end tests use this library.
+//! to the appliance through the verifying client (the `client` crate). `main.rs` is the command-line
+//! front end; the end-to-end tests use this library.
 
 pub mod appliance;
 pub mod chat;
-pub mod client;
 pub mod engine;
 pub mod image;
-pub mod loopback;
-pub mod manifest;
 pub mod models;
 pub mod process;
 pub mod qemu;
-pub mod session;
 pub mod tools;
 pub mod tpm_state;
 pub mod verify;

@@ -9,12 +9,13 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
+use client::manifest::Manifest;
+use client::session::UnverifiedSession;
+use client::verify::{self, VerifyOptions};
+use net::proto::ModelInfo;
 use net::proto::{GenerateRequest, Sampling};
-use runner::manifest::Manifest;
-use runner::session::UnverifiedSession;
-use runner::verify::{self, TrustAnchors, VerifyOptions};
 use runner::{
-    chat, client, engine, image, models, qemu, Appliance, BootOptions, BuildOptions, KernelFlavor,
+    chat, engine, image, models, qemu, Appliance, BootOptions, BuildOptions, KernelFlavor,
 };
 
 /// cloister: an attested LLM inference appliance booted under QEMU with a software TPM.
@@ -41,7 +42,7 @@ enum Command {
     /// Attest a running appliance against an image manifest over TLS: fresh quote bound to the TLS
     /// session, EK certificate chain, credential activation, PCR and event-log replay. Exits non-zero
     /// naming the failed check.
-    Verify(runner::verify::cli::VerifyArgs),
+    Verify(runner::verify::VerifyArgs),
     /// Verify the appliance as `verify` does, then send PROMPT on that verified TLS session and stream
     /// the answer. Ctrl-C cancels the generation.
     Chat(runner::chat::ChatArgs),
@@ -126,7 +127,7 @@ fn main() -> ExitCode {
         Command::Build(args) => build(args),
         Command::Up(args) => up(args),
         Command::Info(args) => info(args),
-        Command::Verify(args) => runner::verify::cli::run(args),
+        Command::Verify(args) => runner::verify::run(args),
         Command::Chat(args) => chat(&args),
         Command::FetchModel(args) => fetch_model(args),
         Command::Generate(args) => engine::generate(args),
@@ -178,7 +179,7 @@ fn up(args: UpArgs) -> Result<()> {
     // Install the handler first, so a Ctrl-C during the slow boot also stops QEMU and swtpm cleanly.
     let stop = interrupt_flag()?;
     let image = image::build(&build_options(&args.image, None))?;
-    let manifest_path = image.dir.join(runner::manifest::MANIFEST_FILE);
+    let manifest_path = image.dir.join(client::manifest::MANIFEST_FILE);
     let mut options = BootOptions::new(image);
     options.port = args.port;
     options.accel = args.accel;
@@ -227,7 +228,7 @@ fn attest_and_demo(
     stop: &AtomicBool,
 ) -> Result<()> {
     let manifest = Manifest::read(manifest_path)?;
-    let trust = TrustAnchors::from_authority(appliance.certificate_authority())?;
+    let trust = appliance.certificate_authority().trust_anchors()?;
     eprintln!(
         "attesting over TLS (fresh nonce, quote bound to the session, credential activation)..."
     );
@@ -278,8 +279,17 @@ fn info(args: InfoArgs) -> Result<()> {
         client::model_info(endpoint, Duration::from_secs(args.timeout)).with_context(|| {
             format!("no model information from {endpoint}; is `cargo run --release -- up` running?")
         })?;
-    println!("{}", client::model_info_json(&info));
+    println!("{}", model_info_json(&info));
     Ok(())
+}
+
+/// Model information as the JSON object `runner info` prints (one line, no spaces).
+fn model_info_json(info: &ModelInfo) -> String {
+    serde_json::json!({
+        "length": info.length,
+        "sha256": client::hex(&info.sha256),
+    })
+    .to_string()
 }
 
 fn fetch_model(args: FetchModelArgs) -> Result<()> {
@@ -420,5 +430,17 @@ mod tests {
             "a name is required"
         );
         assert!(Cli::try_parse_from(["runner", "--accel", "fast"]).is_err());
+    }
+
+    #[test]
+    fn info_prints_model_information_as_one_json_line() {
+        let info = ModelInfo {
+            length: 98_362_432,
+            sha256: [0x5a; 32],
+        };
+        assert_eq!(
+            model_info_json(&info),
+            format!("{{\"length\":98362432,\"sha256\":\"{}\"}}", "5a".repeat(32))
+        );
     }
 }

@@ -5,11 +5,12 @@
 //! freshly assembled one is checked before it is moved into place, so the cache never holds a bad blob.
 
 use std::fs::File;
-use std::io::{BufReader, Read, Write};
+use std::io::{BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
+pub use client::digest::{hex, sha256_file};
 use sha2::{Digest, Sha256};
 
 use crate::{process, tools, workspace};
@@ -322,30 +323,6 @@ fn check(
         );
     }
     Ok(())
-}
-
-/// The length and SHA-256 of a file, read in streaming fashion.
-pub fn sha256_file(path: &Path) -> Result<(u64, [u8; 32])> {
-    let mut file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut hasher = Sha256::new();
-    let mut buffer = vec![0u8; 1 << 20];
-    let mut length = 0u64;
-    loop {
-        let n = file
-            .read(&mut buffer)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buffer[..n]);
-        length += n as u64;
-    }
-    Ok((length, hasher.finalize().into()))
-}
-
-/// Lower-case hex of `bytes`.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 /// A writer that hashes and counts what passes through it.

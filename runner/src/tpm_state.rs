@@ -13,6 +13,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use client::verify::TrustAnchors;
 
 use crate::process::{self, ChildGuard};
 use crate::tools;
@@ -81,6 +82,20 @@ impl CertificateAuthority {
     /// The intermediate that signs EK certificates (PEM); exists after the first provisioning.
     pub fn issuer_certificate(&self) -> PathBuf {
         self.dir.join("issuercert.pem")
+    }
+
+    /// What a verifier trusts for this CA's EK certificates (DESIGN §3): its root, and the swtpm_localca signing
+    /// certificate as intermediate.
+    pub fn trust_anchors(&self) -> Result<TrustAnchors> {
+        let root = self.root_certificate();
+        let issuer = self.issuer_certificate();
+        if !root.is_file() {
+            bail!(
+                "{} does not exist: the runner's CA is created when swtpm is first provisioned (run `runner up` once)",
+                root.display()
+            );
+        }
+        TrustAnchors::from_pem_files(&root, &[&issuer])
     }
 
     fn setup_config_text(&self, localca: &Path) -> String {

@@ -7,7 +7,7 @@ use std::net::{Ipv4Addr, TcpListener};
 use std::path::Path;
 use std::time::Duration;
 
-use runner::{client, image, models, tools, Appliance, BootOptions, Image, KernelFlavor};
+use runner::{image, models, tools, Appliance, BootOptions, Image, KernelFlavor};
 
 /// Process ids whose command line mentions `needle`.
 fn processes_mentioning(needle: &str) -> Vec<u32> {

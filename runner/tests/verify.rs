@@ -12,16 +12,16 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use client::manifest::{Manifest, Sha256Digest};
+use client::verify::{
+    self, checks, verify_evidence, CertificateError, ClockCounters, CredentialChallenge,
+    Expectation, Field, ManifestItem, TrustAnchors, VerifyError, VerifyOptions,
+};
+use client::verify_appliance;
 use net::proto::{ChannelBinding, ErrorCode, Evidence, Request, Response};
 use p256::ecdsa::signature::Signer as _;
 use rand::SeedableRng as _;
-use runner::manifest::{Manifest, Sha256Digest};
 use runner::tpm_state::{self, CertificateAuthority};
-use runner::verify::{
-    self, checks, verify_appliance, verify_evidence, CertificateError, ClockCounters,
-    CredentialChallenge, Expectation, Field, ManifestItem, TrustAnchors, VerifyError,
-    VerifyOptions,
-};
 use sha2::{Digest as _, Sha256};
 use tpm::commands::{self, CreatedPrimary, PcrSelection};
 use tpm::eventlog::{self, EventKind, EventLog};
@@ -146,7 +146,7 @@ impl Provisioned {
     }
 
     fn trust(&self) -> TrustAnchors {
-        TrustAnchors::from_authority(&self.ca).unwrap()
+        self.ca.trust_anchors().unwrap()
     }
 }
 
@@ -1175,9 +1175,9 @@ fn serve(
     tamper: fn(Response) -> Response,
 ) -> (SocketAddr, std::thread::JoinHandle<()>) {
     // One TLS connection through net's TLS server; quotes are bound to that session as the appliance binds them.
-    let server = runner::loopback::Loopback::start(1, move |request, binding| {
+    let server = client::loopback::Loopback::start(1, move |request, binding| {
         appliance.binding = *binding;
-        runner::loopback::Reply::Respond(tamper(appliance.answer(request)))
+        client::loopback::Reply::Respond(tamper(appliance.answer(request)))
     })
     .unwrap();
     let address = server.address();
@@ -1254,7 +1254,7 @@ fn verify_appliance_over_tcp_reports_and_exports_for_tpm2_checkquote() {
     // tpm2_checkquote (tpm2-tools, written by nobody here) accepts the exported quote.
     let dir = export.path().join("evidence");
     let qualification = std::fs::read_to_string(dir.join("qualification.hex")).unwrap();
-    let command = runner::verify::CheckquoteCommand {
+    let command = client::verify::CheckquoteCommand {
         dir: dir.clone(),
         args: std::fs::read_to_string(dir.join("checkquote.txt"))
             .unwrap()
@@ -1333,7 +1333,7 @@ fn verify_appliance_names_the_failed_check() {
 fn exported_files_have_the_forms_tpm2_checkquote_reads() {
     let dir = tempfile::tempdir().unwrap();
     let command =
-        runner::verify::export_evidence(dir.path(), honest(), &NONCE, &BINDING, 0x70ff).unwrap();
+        client::verify::export_evidence(dir.path(), honest(), &NONCE, &BINDING, 0x70ff).unwrap();
     assert_eq!(
         std::fs::read(dir.path().join("quote.msg")).unwrap(),
         honest().attest
@@ -1370,7 +1370,7 @@ fn the_cli_entry_verifies_and_names_the_failed_check() {
     let image = TestImage::standard();
     let manifest_path = image.dir.path().join("manifest.json");
     image.manifest().write(&manifest_path).unwrap();
-    let args = |endpoint: SocketAddr| runner::verify::cli::VerifyArgs {
+    let args = |endpoint: SocketAddr| runner::verify::VerifyArgs {
         endpoint: endpoint.to_string(),
         manifest: manifest_path.clone(),
         json: true,
@@ -1388,7 +1388,7 @@ fn the_cli_entry_verifies_and_names_the_failed_check() {
         ),
     };
     let (address, server) = serve(SimAppliance::boot(home(), &image, true), |r| r);
-    runner::verify::cli::run(args(address)).unwrap();
+    runner::verify::run(args(address)).unwrap();
     server.join().unwrap();
     let remembered = image
         .dir
@@ -1407,7 +1407,7 @@ fn the_cli_entry_verifies_and_names_the_failed_check() {
     let mut foreign_args = args(address);
     foreign_args.ca_root = Some(foreign().ca.root_certificate());
     foreign_args.ca_intermediate = vec![foreign().ca.issuer_certificate()];
-    let error = runner::verify::cli::run(foreign_args).unwrap_err();
+    let error = runner::verify::run(foreign_args).unwrap_err();
     drop(server);
     assert_eq!(
         error.downcast_ref::<VerifyError>(),
@@ -1428,7 +1428,7 @@ fn remembered_clock_counters_must_not_go_back() {
     let image = TestImage::standard();
     let manifest = image.manifest();
     let store_dir = tempfile::tempdir().unwrap();
-    let store = runner::verify::observations::Observations::in_cache(store_dir.path());
+    let store = client::verify::Observations::in_cache(store_dir.path());
     let options = VerifyOptions {
         observations: Some(store.clone()),
         ..VerifyOptions::default()

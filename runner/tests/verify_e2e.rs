@@ -8,10 +8,11 @@
 use std::path::Path;
 use std::time::Duration;
 
+use client::manifest::{Manifest, MANIFEST_FILE};
+use client::session::{Ending, RequestKind, UnverifiedSession};
+use client::verify::{ManifestItem, VerifyError, VerifyOptions};
+use client::verify_appliance;
 use net::proto::{GenerateRequest, Prompt, Sampling};
-use runner::manifest::{Manifest, MANIFEST_FILE};
-use runner::session::{Ending, RequestKind, UnverifiedSession};
-use runner::verify::{verify_appliance, ManifestItem, TrustAnchors, VerifyError, VerifyOptions};
 use runner::{image, tools, Appliance, BootOptions, Image, KernelFlavor};
 
 fn image_with_model(kernel: &Path, scratch: &Path, name: &str, seed: u64) -> Image {
@@ -62,7 +63,7 @@ fn booted_appliance_verifies_and_another_model_fails_on_the_model() {
     let manifest = Manifest::read(&manifest_path).unwrap();
 
     let appliance = boot(image, scratch.path());
-    let trust = TrustAnchors::from_authority(appliance.certificate_authority()).unwrap();
+    let trust = appliance.certificate_authority().trust_anchors().unwrap();
     let export = scratch.path().join("evidence");
     let options = VerifyOptions {
         export_evidence: Some(export.clone()),

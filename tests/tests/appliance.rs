@@ -7,10 +7,10 @@ mod support;
 use sha2::{Digest, Sha256};
 use support::*;
 
-/// The readiness probe and these checks speak TLS 1.3 (`runner::client::model_info` opens an unverified
+/// The readiness probe and these checks speak TLS 1.3 (`client::model_info` opens an unverified
 /// session: model information needs no trust). Bad clients are tests/tests/bad_input.rs's business.
 fn model_info(endpoint: std::net::SocketAddr) -> net::proto::ModelInfo {
-    runner::client::model_info(endpoint, PATIENCE).expect("model info over TLS")
+    client::model_info(endpoint, PATIENCE).expect("model info over TLS")
 }
 
 #[test]

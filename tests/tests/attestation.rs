@@ -1,5 +1,5 @@
 //! Attestation against the real appliance (issue 5, "Tests", second bullet; DESIGN §4): the release image under QEMU
-//! TCG + swtpm with the tiny generated model, verified by the runner's client (`runner::session`). A manifest for
+//! TCG + swtpm with the tiny generated model, verified by the runner's client (`client::session`). A manifest for
 //! another model, a manifest for another kernel, a quote replayed from an earlier session and evidence relayed from
 //! a second appliance instance are each refused with the named check (`VerifyError`), the client API hands out no
 //! `VerifiedSession`, and no prompt byte leaves the client: a recording proxy between client and server shows that
@@ -20,11 +20,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use attest_support::*;
+use client::loopback::{Loopback, Reply};
+use client::manifest::{self, Manifest};
+use client::session::{AttestationRequest, RequestKind, UnverifiedSession};
+use client::verify::{verify_evidence, Expectation, ManifestItem, VerifyError};
 use net::proto::{ChannelBinding, ErrorCode, Evidence, Request, Response};
-use runner::loopback::{Loopback, Reply};
-use runner::manifest::{self, Manifest};
-use runner::session::{AttestationRequest, RequestKind, UnverifiedSession};
-use runner::verify::{verify_evidence, Expectation, ManifestItem, VerifyError};
 
 /// How long the client may take to close its connection after a refusal.
 const CLOSE_LIMIT: Duration = Duration::from_secs(10);
@@ -59,7 +59,7 @@ fn refused_through_proxy(
 /// The client's records after the handshake are exactly the requests in its transcript, and the transcript is one
 /// `Attest`: no Generate (no prompt), not even ActivateCredential, left the client. An encrypted alert
 /// (close_notify) may follow.
-fn assert_only_attest_sent(traffic: &Traffic, sent: &[runner::session::Sent], pcr_mask: u32) {
+fn assert_only_attest_sent(traffic: &Traffic, sent: &[client::session::Sent], pcr_mask: u32) {
     traffic.assert_well_formed();
     assert!(traffic.client_closed, "the client did not close");
     let kinds: Vec<RequestKind> = sent.iter().map(|s| s.kind).collect();

@@ -1,6 +1,6 @@
 //! End to end, streamed generation over a verified session (issue 5, "Tests", first bullet; DESIGN §5): the release
 //! appliance under QEMU TCG + swtpm with the tiny generated llama model, driven by the runner's verifying client
-//! (`runner::session`). Greedy output equals `runner generate --temperature 0 --json` on the host token for token;
+//! (`client::session`). Greedy output equals `runner generate --temperature 0 --json` on the host token for token;
 //! four sessions generate at once and interleave; a fifth generation is refused `Busy`; `Done` carries the usage.
 //!
 //! One appliance serves every test of this binary (`attest_support::shared_appliance`); tests take turns on it.
@@ -13,9 +13,9 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use attest_support::*;
+use client::session::{ApplianceError, Completion, Ending, UnverifiedSession, VerifiedSession};
 use model::session::FinishReason as HostFinish;
 use net::proto::{Done, ErrorCode, FinishReason};
-use runner::session::{ApplianceError, Completion, Ending, UnverifiedSession, VerifiedSession};
 
 /// Tokens generated per prompt in the equality test.
 const MAX_TOKENS: u32 = 48;
@@ -146,7 +146,7 @@ fn greedy_output_equals_runner_generate_token_for_token() {
     assert_eq!(
         kinds
             .iter()
-            .filter(|kind| **kind == runner::session::RequestKind::Generate)
+            .filter(|kind| **kind == client::session::RequestKind::Generate)
             .count(),
         prompts.len() - 1
     );

@@ -15,7 +15,7 @@ use std::io::Read;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use runner::verify::cli::VerifyArgs;
+use runner::verify::VerifyArgs;
 use support::*;
 
 const CMDLINE: &str = "ip=dhcp port=7000 sessions=2 ctx=128";
@@ -180,7 +180,7 @@ fn tpm2_checkquote_verifies_exported_evidence(fixture: &Fixture) {
         observations: Some(scratch.path().join("observations.json")),
     };
     let ((), took) = timed(|| {
-        runner::verify::cli::run(args).unwrap_or_else(|error| panic!("runner verify: {error:#}"))
+        runner::verify::run(args).unwrap_or_else(|error| panic!("runner verify: {error:#}"))
     });
     eprintln!("  runner verify (handshake, attest, activate, checks, export) in {took:.2?}");
 

@@ -6,8 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use client::manifest::Manifest;
 use runner::image::{cargo_home, kernel_build_command, KernelFlavor};
-use runner::manifest::Manifest;
 
 /// The workspace this test crate lives in.
 fn workspace() -> PathBuf {

@@ -14,13 +14,13 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use client::manifest::Manifest;
+use client::verify::{TrustAnchors, VerifyOptions};
 use model::session::FinishReason;
 use net::proto::{ChatMessage, GenerateRequest, Prompt, Request, Sampling};
 use runner::appliance::{Appliance, BootOptions};
 use runner::image::{self, Image, KernelFlavor};
-use runner::manifest::Manifest;
 use runner::qemu::AccelChoice;
-use runner::verify::{TrustAnchors, VerifyOptions};
 
 /// The kernel command line of every appliance these tests boot (four generation sessions, the default).
 pub const CMDLINE: &str = image::DEFAULT_CMDLINE;
@@ -112,7 +112,9 @@ pub fn boot_tiny(name: &str) -> Booted {
         appliance.state_dir(),
         &[appliance.state_dir().to_path_buf()],
     );
-    let trust = TrustAnchors::from_authority(appliance.certificate_authority())
+    let trust = appliance
+        .certificate_authority()
+        .trust_anchors()
         .expect("the CA's certificates load");
     Booted {
         appliance,

@@ -1,6 +1,6 @@
 //! Shared helpers for the end-to-end tests: build each kernel flavour once, write model files, boot an
 //! appliance (one per test binary through [`run_suite`]), and speak to it as clients good and bad do: a
-//! verified session (`runner::session`), a raw TLS 1.3 client that can send any bytes after the handshake
+//! verified session (`client::session`), a raw TLS 1.3 client that can send any bytes after the handshake
 //! ([`TlsClient`], RFC 8446), and plain TCP for bytes before TLS.
 //!
 //! [`TlsClient`] accepts any server certificate (it still checks the handshake signature under the
@@ -14,14 +14,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use client::manifest::Manifest;
+use client::session::{UnverifiedSession, VerifiedSession};
+use client::verify::{TrustAnchors, VerifyOptions};
 use net::proto::{ErrorCode, GenerateRequest, Prompt, Request, Response, Sampling, Token};
 use net::serving::ApplianceConfig;
 use runner::appliance::{Appliance, BootOptions};
 use runner::image::{self, Image, KernelFlavor};
-use runner::manifest::Manifest;
 use runner::qemu::AccelChoice;
-use runner::session::{UnverifiedSession, VerifiedSession};
-use runner::verify::{TrustAnchors, VerifyOptions};
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, StreamOwned};
 
@@ -170,8 +170,10 @@ impl Fixture {
         };
         let manifest =
             Manifest::for_image(&image.kernel, &image.model, &image.cmdline).expect("manifest");
-        let trust =
-            TrustAnchors::from_authority(appliance.certificate_authority()).expect("trust anchors");
+        let trust = appliance
+            .certificate_authority()
+            .trust_anchors()
+            .expect("trust anchors");
         let boot_time = appliance.boot_duration();
         eprintln!("[fixture] booted `{cmdline}` in {boot_time:.2?}");
         Fixture {
@@ -396,7 +398,7 @@ pub fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> (Vec<u8>, O
 fn raw_client_config() -> Arc<ClientConfig> {
     static CONFIG: OnceLock<Arc<ClientConfig>> = OnceLock::new();
     CONFIG
-        .get_or_init(|| runner::session::handshake_config().expect("TLS 1.3 client configuration"))
+        .get_or_init(|| client::session::handshake_config().expect("TLS 1.3 client configuration"))
         .clone()
 }
 

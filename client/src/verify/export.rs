@@ -21,7 +21,7 @@ use tpm::attest::QuoteInfo;
 use tpm::commands::PcrSelection;
 use tpm::public::{PublicArea, PublicKey};
 
-use crate::models::hex;
+use crate::digest::hex;
 
 /// A `tpm2_checkquote` invocation over exported files.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,5 +1,5 @@
-//! The verifying client (`runner verify`): checks an appliance's TPM evidence against a manifest and the runner's
-//! EK CA, then proves the AK lives in the certified TPM by credential activation (DESIGN §4).
+//! The verifying client's checks: an appliance's TPM evidence against a manifest and the EK CA the user trusts,
+//! then the proof the AK lives in the certified TPM by credential activation (DESIGN §4).
 //!
 //! The checks run in a fixed order, cheapest and most structural first, and the first failure is returned as a
 //! [`VerifyError`] naming the check: sizes; TPMS_ATTEST magic, type and SHA-256-only selection; the AK's type and
@@ -11,14 +11,13 @@
 
 pub mod certificate;
 pub mod checks;
-pub mod cli;
 pub mod error;
 pub mod export;
 pub mod observations;
-pub mod remote;
 pub mod report;
 
-use std::time::SystemTime;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
 
 use net::proto::{ChannelBinding, Evidence, Request, Response};
 use subtle::ConstantTimeEq as _;
@@ -30,10 +29,38 @@ use tpm::public::PublicArea;
 pub use certificate::{CertificateError, CertificateSummary, TrustAnchors};
 pub use error::{ClockCounters, Field, ManifestItem, VerifyError};
 pub use export::{export_evidence, CheckquoteCommand};
-pub use remote::{verify_appliance, VerifyOptions, DEFAULT_TIMEOUT};
+pub use observations::Observations;
 pub use report::Report;
 
 use crate::manifest::Manifest;
+
+/// How long each step may take (a quote under TCG takes well under a second; the EK is created at boot).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How to verify.
+#[derive(Clone, Debug)]
+pub struct VerifyOptions {
+    /// Timeout for the connection and every read and write.
+    pub timeout: Duration,
+    /// Where to write the evidence for tpm2_checkquote (before it is checked, so failures can be examined).
+    pub export_evidence: Option<PathBuf>,
+    /// The TPM clock counters from an earlier verification of this appliance, if kept.
+    pub previous_clock: Option<ClockCounters>,
+    /// Where the counters of every accepted quote are remembered per AK, so the next verification of the same
+    /// TPM refuses counters that went back (the CLI uses the runner's cache; `None` remembers nothing).
+    pub observations: Option<Observations>,
+}
+
+impl Default for VerifyOptions {
+    fn default() -> Self {
+        Self {
+            timeout: DEFAULT_TIMEOUT,
+            export_evidence: None,
+            previous_clock: None,
+            observations: None,
+        }
+    }
+}
 
 /// What the verifier expects of one piece of evidence.
 #[derive(Clone, Copy, Debug)]

@@ -1,5 +1,5 @@
 //! `runner verify --endpoint HOST:PORT --manifest PATH [--json] [--export-evidence DIR]`: the command-line front
-//! end of [`super::verify_appliance`], over TLS with the quote bound to the session. Exits non-zero on any
+//! end of [`client::verify_appliance`], over TLS with the quote bound to the session. Exits non-zero on any
 //! failure, naming the check (issue 3).
 
 use std::path::{Path, PathBuf};
@@ -7,11 +7,12 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use super::observations::Observations;
-use super::{verify_appliance, TrustAnchors, VerifyError, VerifyOptions};
-use crate::manifest::Manifest;
+use client::manifest::Manifest;
+use client::verify::{Observations, TrustAnchors, VerifyError, VerifyOptions};
+use client::verify_appliance;
+
 use crate::tpm_state::CertificateAuthority;
-use crate::{client, workspace};
+use crate::workspace;
 
 /// Options of `runner verify`.
 #[derive(clap::Args, Debug, Clone)]
@@ -62,7 +63,7 @@ pub fn trust_anchors(ca_root: Option<&Path>, ca_intermediate: &[PathBuf]) -> Res
         None => {
             let ca = CertificateAuthority::in_cache(&workspace::cache_dir())
                 .context("cannot open the runner's EK CA")?;
-            TrustAnchors::from_authority(&ca)
+            ca.trust_anchors()
         }
     }
 }

@@ -23,8 +23,6 @@ use x509_cert::der::{Decode as _, DecodePem as _, Encode as _};
 use x509_cert::ext::pkix::BasicConstraints;
 use x509_cert::Certificate;
 
-use crate::tpm_state::CertificateAuthority;
-
 /// Longest chain accepted (EK certificate, intermediates, root).
 pub const MAX_CHAIN: usize = 5;
 
@@ -127,19 +125,6 @@ impl TrustAnchors {
         ))
     }
 
-    /// The runner's own EK CA (DESIGN §3): its root, and the swtpm_localca signing certificate as intermediate.
-    pub fn from_authority(ca: &CertificateAuthority) -> Result<Self> {
-        let root = ca.root_certificate();
-        let issuer = ca.issuer_certificate();
-        if !root.is_file() {
-            anyhow::bail!(
-                "{} does not exist: the runner's CA is created when swtpm is first provisioned (run `runner up` once)",
-                root.display()
-            );
-        }
-        Self::from_pem_files(&root, &[&issuer])
-    }
-
     /// Validates an EK certificate (DER) against these anchors at time `now`; returns what it certifies.
     ///
     /// # Errors
@@ -185,7 +170,7 @@ impl TrustAnchors {
             .fold(0u32, |value, &byte| value << 8 | u32::from(byte));
         Ok(CertificateSummary {
             subject: leaf.tbs_certificate.subject.to_string(),
-            serial: crate::models::hex(leaf.tbs_certificate.serial_number.as_bytes()),
+            serial: crate::digest::hex(leaf.tbs_certificate.serial_number.as_bytes()),
             chain,
             modulus: key.n().to_bytes_be(),
             exponent,

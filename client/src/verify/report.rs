@@ -8,8 +8,8 @@ use tpm::eventlog::EventKind;
 
 use super::certificate::CertificateSummary;
 use super::VerifiedEvidence;
+use crate::digest::hex;
 use crate::manifest::{FirmwarePcrs, Manifest, FIRMWARE_PCRS};
-use crate::models::hex;
 
 /// The checks a passing verification ran, in order (the names [`super::VerifyError::check`] uses).
 pub const CHECKS: [&str; 19] = [

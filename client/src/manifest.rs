@@ -27,7 +27,7 @@ use sha2::{Digest as _, Sha256};
 
 use tpm::measurement::{BootDigests, BOOT_EVENT_COUNT};
 
-use crate::models;
+use crate::digest::{hex, sha256_file};
 
 /// The manifest format this code writes and reads.
 pub const MANIFEST_FORMAT: u32 = 2;
@@ -70,13 +70,13 @@ impl Sha256Digest {
 
 impl fmt::Display for Sha256Digest {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        formatter.write_str(&models::hex(&self.0))
+        formatter.write_str(&hex(&self.0))
     }
 }
 
 impl Serialize for Sha256Digest {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&models::hex(&self.0))
+        serializer.serialize_str(&hex(&self.0))
     }
 }
 
@@ -253,7 +253,7 @@ impl Manifest {
             measured_sha256: Sha256Digest(hasher.finalize().into()),
             segments: segments.iter().map(ElfSegment::describe).collect(),
         };
-        let (model_length, model_sha256) = models::sha256_file(model)
+        let (model_length, model_sha256) = sha256_file(model)
             .with_context(|| format!("cannot hash the model {}", model.display()))?;
         Self::from_digests(
             kernel,
@@ -443,14 +443,6 @@ impl Manifest {
         Self::from_json(&bytes)
             .with_context(|| format!("{} is not a usable manifest", path.display()))
     }
-}
-
-/// Computes the manifest of an image directory and writes it as `<image.dir>/manifest.json` (what `runner build`
-/// does after assembling the image); returns its path.
-pub fn write_for_image(image: &crate::image::Image) -> Result<std::path::PathBuf> {
-    let path = image.dir.join(MANIFEST_FILE);
-    Manifest::for_image(&image.kernel, &image.model, &image.cmdline)?.write(&path)?;
-    Ok(path)
 }
 
 /// Why a kernel ELF was refused.

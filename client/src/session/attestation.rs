@@ -1,70 +1,23 @@
 //! Verifying an appliance over a TLS session: `Attest` with a fresh nonce, every offline check with this session's
 //! channel binding, then `ActivateCredential` with a software MakeCredential, and the report (DESIGN §4, wire
-//! types `net::proto`, session `crate::session`).
+//! types `net::proto`, the connection [`super::channel`]).
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use anyhow::{bail, Context, Result};
 use net::proto::{Request, Response};
 use rand::RngCore as _;
 
-use super::observations::Observations;
-use super::report::{Report, Timing};
-use super::{
-    export_evidence, verify_evidence, ClockCounters, CredentialChallenge, Expectation, TrustAnchors,
-};
+use super::channel::{ApplianceError, Channel};
 use crate::manifest::Manifest;
-use crate::session::{Channel, UnverifiedSession};
-
-/// How long each step may take (a quote under TCG takes well under a second; the EK is created at boot).
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// How to verify.
-#[derive(Clone, Debug)]
-pub struct VerifyOptions {
-    /// Timeout for the connection and every read and write.
-    pub timeout: Duration,
-    /// Where to write the evidence for tpm2_checkquote (before it is checked, so failures can be examined).
-    pub export_evidence: Option<PathBuf>,
-    /// The TPM clock counters from an earlier verification of this appliance, if kept.
-    pub previous_clock: Option<ClockCounters>,
-    /// Where the counters of every accepted quote are remembered per AK, so the next verification of the same
-    /// TPM refuses counters that went back (the CLI uses the runner's cache; `None` remembers nothing).
-    pub observations: Option<Observations>,
-}
-
-impl Default for VerifyOptions {
-    fn default() -> Self {
-        Self {
-            timeout: DEFAULT_TIMEOUT,
-            export_evidence: None,
-            previous_clock: None,
-            observations: None,
-        }
-    }
-}
-
-/// Connects to `endpoint` over TLS and verifies the appliance against `manifest` and the EK CA in `trust`; the
-/// session is closed afterwards (use [`UnverifiedSession::verify`] to keep it for prompts).
-///
-/// A failed check is returned as an error whose root cause is a [`super::VerifyError`]
-/// (`error.downcast_ref::<VerifyError>()`); connection and protocol failures are other errors with a message
-/// saying what to do.
-pub fn verify_appliance(
-    endpoint: SocketAddr,
-    manifest: &Manifest,
-    trust: &TrustAnchors,
-    options: &VerifyOptions,
-) -> Result<Report> {
-    let session = UnverifiedSession::connect(endpoint, options.timeout)?;
-    let (_, report) = session.verify(manifest, trust, options)?;
-    Ok(report)
-}
+use crate::verify::report::Timing;
+use crate::verify::{
+    export_evidence, verify_evidence, CredentialChallenge, Expectation, Report, TrustAnchors,
+    VerifyOptions,
+};
 
 /// The attestation exchange on one TLS session; both requests go over it.
-pub(crate) fn verify_channel(
+pub(super) fn verify_channel(
     channel: &mut Channel,
     manifest: &Manifest,
     trust: &TrustAnchors,
@@ -86,10 +39,7 @@ pub(crate) fn verify_channel(
     let attest_round_trip = started.elapsed();
     let evidence = match response {
         Response::Evidence(evidence) => evidence,
-        Response::Error(code) => bail!(
-            "the appliance refused to attest: {}",
-            crate::session::ApplianceError(code)
-        ),
+        Response::Error(code) => bail!("the appliance refused to attest: {}", ApplianceError(code)),
         other => bail!("the appliance answered Attest with {other:?}"),
     };
     let mut framed = Vec::new();

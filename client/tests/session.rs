@@ -1,5 +1,5 @@
 //! The client's TLS session against net's TLS server (the code the appliance runs), in process over 127.0.0.1
-//! (`runner::loopback`): the channel binding the client computes equals the server's; a quote bound to another
+//! (`client::loopback`): the channel binding the client computes equals the server's; a quote bound to another
 //! session (another exporter) or relayed from another appliance instance (another key) fails the extraData
 //! check, in the offline check and through `UnverifiedSession::verify`; and a failed verification sends
 //! nothing after the attestation request (DESIGN §4).
@@ -11,14 +11,14 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use client::loopback::{Loopback, Reply};
+use client::manifest::{KernelMeasurement, Manifest, ModelMeasurement, Sha256Digest};
+use client::session::{AttestationRequest, RequestKind, UnverifiedSession};
+use client::verify::{checks, Field, TrustAnchors, VerifyError, VerifyOptions};
 use net::proto::{qualifying_data, ChannelBinding, Evidence, Request, Response};
 use p256::ecdsa::signature::Signer as _;
 use p256::ecdsa::{Signature, SigningKey};
 use rand::rngs::OsRng;
-use runner::loopback::{Loopback, Reply};
-use runner::manifest::{KernelMeasurement, Manifest, ModelMeasurement, Sha256Digest};
-use runner::session::{AttestationRequest, RequestKind, UnverifiedSession};
-use runner::verify::{checks, Field, TrustAnchors, VerifyError, VerifyOptions};
 use sha2::{Digest as _, Sha256};
 use tpm::attest::QuoteInfo;
 use tpm::commands::{PcrSelection, PCR_COUNT};
@@ -326,13 +326,7 @@ fn verification_reports_show_the_binding_when_exported() {
         .verify(&manifest(), &some_trust(), &options)
         .is_err());
     let text = std::fs::read_to_string(dir.path().join("evidence/binding.txt")).unwrap();
-    assert!(
-        text.contains(&runner::models::hex(&binding.spki_sha256)),
-        "{text}"
-    );
-    assert!(
-        text.contains(&runner::models::hex(&binding.exporter)),
-        "{text}"
-    );
+    assert!(text.contains(&client::hex(&binding.spki_sha256)), "{text}");
+    assert!(text.contains(&client::hex(&binding.exporter)), "{text}");
     appliance.join().unwrap();
 }

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use super::error::ClockCounters;
+use crate::digest::hex;
 
 /// The file name under the runner's cache directory.
 pub const OBSERVATIONS_FILE: &str = "observations.json";
@@ -52,10 +53,7 @@ impl Observations {
 
     /// The key of an AK: SHA-256 of its TPMT_PUBLIC bytes, in hex.
     pub fn key(ak_public: &[u8]) -> String {
-        Sha256::digest(ak_public)
-            .iter()
-            .map(|byte| format!("{byte:02x}"))
-            .collect()
+        hex(&Sha256::digest(ak_public))
     }
 
     /// The counters last accepted for this AK, if any. A missing file is an empty store; a corrupt one is an

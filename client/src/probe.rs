@@ -1,5 +1,5 @@
 //! The client's entry points that need no verification: resolving an endpoint and asking a running appliance for
-//! its model information over TLS (`crate::session`, wire types `net::proto`).
+//! its model information over TLS ([`crate::session`], wire types `net::proto`).
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
@@ -24,15 +24,6 @@ pub fn resolve_endpoint(endpoint: &str) -> Result<SocketAddr> {
 /// is unverified (the quote is what proves the model); it serves as a readiness probe and for `runner info`.
 pub fn model_info(endpoint: SocketAddr, timeout: Duration) -> Result<ModelInfo> {
     UnverifiedSession::connect(endpoint, timeout)?.model_info()
-}
-
-/// Model information as the JSON object `runner info` prints.
-pub fn model_info_json(info: &ModelInfo) -> String {
-    format!(
-        "{{\"length\":{},\"sha256\":\"{}\"}}",
-        info.length,
-        crate::models::hex(&info.sha256)
-    )
 }
 
 #[cfg(test)]
@@ -61,10 +52,6 @@ mod tests {
         let served = server.join().unwrap();
         assert_eq!(served.requests, [Request::ModelInfo]);
         assert!(served.failures.is_empty(), "{:?}", served.failures);
-        assert_eq!(
-            model_info_json(&info),
-            format!("{{\"length\":98362432,\"sha256\":\"{}\"}}", "5a".repeat(32))
-        );
     }
 
     #[test]
