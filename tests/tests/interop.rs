@@ -15,6 +15,7 @@ use std::io::Read;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
+use client::verify::CheckquoteCommand;
 use runner::verify::VerifyArgs;
 use support::*;
 
@@ -138,21 +139,7 @@ fn openssl_s_client_completes_a_tls13_handshake(fixture: &Fixture) {
 
 /// Runs tpm2_checkquote with the exported files in `dir` and the qualification `qualification` (hex).
 fn checkquote(dir: &std::path::Path, qualification: &str) -> (bool, String) {
-    let mut command = Command::new("tpm2_checkquote");
-    command.current_dir(dir).args([
-        "-u",
-        "ak.pem",
-        "-m",
-        "quote.msg",
-        "-s",
-        "quote.sig",
-        "-g",
-        "sha256",
-        "-f",
-        "pcrs.bin",
-        "-q",
-        qualification,
-    ]);
+    let command = CheckquoteCommand::for_exported(dir, qualification).command();
     let (success, output, _) = run_bounded(command, Duration::from_secs(30));
     (success, output)
 }

@@ -33,17 +33,48 @@ pub struct CheckquoteCommand {
 }
 
 impl CheckquoteCommand {
+    /// The one argument list for the files [`export_evidence`] writes into `dir`: the AK as PEM, the signed
+    /// TPMS_ATTEST, its signature, the SHA-256 bank, the PCRs in `tpm2_quote -o` form and the qualifying data
+    /// `qualification` (hex) the quote must carry.
+    pub fn for_exported(dir: &Path, qualification: &str) -> Self {
+        let args = [
+            "-u",
+            "ak.pem",
+            "-m",
+            "quote.msg",
+            "-s",
+            "quote.sig",
+            "-g",
+            "sha256",
+            "-f",
+            "pcrs.bin",
+            "-q",
+            qualification,
+        ]
+        .map(String::from)
+        .to_vec();
+        Self {
+            dir: dir.to_path_buf(),
+            args,
+        }
+    }
+
     /// The command as one shell line, to run inside `dir`.
     pub fn command_line(&self) -> String {
         format!("tpm2_checkquote {}", self.args.join(" "))
     }
 
+    /// The process to start: tpm2_checkquote with these arguments in `dir` (for callers that bound its run time
+    /// or collect its output themselves).
+    pub fn command(&self) -> Command {
+        let mut command = Command::new("tpm2_checkquote");
+        command.current_dir(&self.dir).args(&self.args);
+        command
+    }
+
     /// Runs tpm2_checkquote in `dir`.
     pub fn run(&self) -> std::io::Result<Output> {
-        Command::new("tpm2_checkquote")
-            .current_dir(&self.dir)
-            .args(&self.args)
-            .output()
+        self.command().output()
     }
 }
 
@@ -151,27 +182,7 @@ pub fn export_evidence(
     if let Some(pem) = ak_pem(&evidence.ak_public) {
         write("ak.pem", pem.as_bytes())?;
     }
-    let args: Vec<String> = [
-        "-u",
-        "ak.pem",
-        "-m",
-        "quote.msg",
-        "-s",
-        "quote.sig",
-        "-g",
-        "sha256",
-        "-f",
-        "pcrs.bin",
-        "-q",
-        &qualification,
-    ]
-    .iter()
-    .map(|arg| arg.to_string())
-    .collect();
-    let command = CheckquoteCommand {
-        dir: dir.to_path_buf(),
-        args,
-    };
+    let command = CheckquoteCommand::for_exported(dir, &qualification);
     write(
         "checkquote.txt",
         format!("{}\n", command.command_line()).as_bytes(),

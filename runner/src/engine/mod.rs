@@ -138,27 +138,34 @@ fn load(blob: &[u8]) -> Result<(Model<'_>, Tokenizer<'_>)> {
     Ok((model, tok))
 }
 
-fn json_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
+/// The line `runner generate --json` prints, fields in this order; rates rounded to two decimals.
+#[derive(serde::Serialize)]
+struct GeneratedJson<'a> {
+    prompt_ids: &'a [u32],
+    generated_ids: &'a [u32],
+    text: &'a str,
+    finish: String,
+    prefill_tok_s: f64,
+    decode_tok_s: f64,
+    kv_cache_bytes: usize,
 }
 
-fn json_ids(ids: &[u32]) -> String {
-    let parts: Vec<String> = ids.iter().map(u32::to_string).collect();
-    format!("[{}]", parts.join(","))
+impl Generated {
+    /// What `runner generate --json` prints: one JSON object on one line.
+    pub fn to_json(&self) -> String {
+        let two_decimals = |rate: f64| (rate * 100.0).round() / 100.0;
+        let line = GeneratedJson {
+            prompt_ids: &self.prompt_ids,
+            generated_ids: &self.generated_ids,
+            text: &self.text,
+            finish: format!("{:?}", self.finish),
+            prefill_tok_s: two_decimals(self.prefill_tok_s),
+            decode_tok_s: two_decimals(self.decode_tok_s),
+            kv_cache_bytes: self.kv_cache_bytes,
+        };
+        // Plain numbers, strings and lists: serialising cannot fail.
+        serde_json::to_string(&line).unwrap_or_default()
+    }
 }
 
 /// `runner generate`: runs [`run_generation`], streaming text to stdout, or printing JSON at the end.
@@ -174,16 +181,7 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
     };
     let out = run_generation(&args, &mut print)?;
     if args.json {
-        println!(
-            "{{\"prompt_ids\":{},\"generated_ids\":{},\"text\":{},\"finish\":\"{:?}\",\"prefill_tok_s\":{:.2},\"decode_tok_s\":{:.2},\"kv_cache_bytes\":{}}}",
-            json_ids(&out.prompt_ids),
-            json_ids(&out.generated_ids),
-            json_string(&out.text),
-            out.finish,
-            out.prefill_tok_s,
-            out.decode_tok_s,
-            out.kv_cache_bytes
-        );
+        println!("{}", out.to_json());
     } else {
         println!();
         eprintln!(
@@ -339,4 +337,26 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         median(&mut decode)
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generate_json_is_one_object_with_its_fields_in_order() {
+        let generated = Generated {
+            prompt_ids: vec![1, 2],
+            generated_ids: vec![3],
+            text: "a \"quoted\"\nline\u{1}".to_string(),
+            finish: model::session::FinishReason::Length,
+            prefill_tok_s: 12.346,
+            decode_tok_s: 3.0,
+            kv_cache_bytes: 4096,
+        };
+        assert_eq!(
+            generated.to_json(),
+            r#"{"prompt_ids":[1,2],"generated_ids":[3],"text":"a \"quoted\"\nline\u0001","finish":"Length","prefill_tok_s":12.35,"decode_tok_s":3.0,"kv_cache_bytes":4096}"#
+        );
+    }
 }
