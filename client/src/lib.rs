@@ -6,7 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod digest;
-#[cfg(feature = "loopback")]
+#[cfg(feature = "test-support")]
 pub mod loopback;
 pub mod manifest;
 pub mod probe;

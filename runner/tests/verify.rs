@@ -416,7 +416,7 @@ fn expectation<'a>(manifest: &'a Manifest, trust: &'a TrustAnchors) -> Expectati
 }
 
 /// Verifies `evidence` for NONCE against the standard manifest and the home CA.
-fn check(evidence: &Evidence) -> Result<verify::VerifiedEvidence, VerifyError> {
+fn check(evidence: &Evidence) -> Result<verify::CheckedEvidence, VerifyError> {
     verify_evidence(evidence, &expectation(standard_manifest(), home_trust()))
 }
 
@@ -507,7 +507,7 @@ fn honest_evidence_verifies_and_activates() {
         panic!("not an ActivateCredential request");
     };
     let answer = appliance.activate(&credential_blob, &secret);
-    assert_eq!(challenge.check(&answer), Ok(()));
+    assert_eq!(challenge.check(&answer).map(drop), Ok(()));
 }
 
 #[test]
@@ -829,7 +829,9 @@ fn wrong_activation_secret_is_refused() {
         panic!("activation failed");
     };
     assert_eq!(
-        challenge.check(&Response::Credential(recovered.clone())),
+        challenge
+            .check(&Response::Credential(recovered.clone()))
+            .map(drop),
         Ok(())
     );
     let mut wrong = recovered.clone();

@@ -69,15 +69,15 @@ pub(super) fn verify_channel(
         now: SystemTime::now(),
         previous_clock: options.previous_clock.or(remembered),
     };
-    let verified = verify_evidence(&evidence, &expectation)?;
+    let checked = verify_evidence(&evidence, &expectation)?;
 
-    let challenge = CredentialChallenge::new(&verified, &mut rng)?;
+    let challenge = CredentialChallenge::new(&checked, &mut rng)?;
     let started = Instant::now();
     let response = channel
         .exchange(&challenge.request(), "ActivateCredential")
         .context("no answer to ActivateCredential")?;
     let activation_round_trip = started.elapsed();
-    challenge.check(&response)?;
+    let verified = challenge.check(&response)?;
     if let Some(store) = &options.observations {
         store.record(&evidence.ak_public, verified.clock)?;
     }

@@ -189,8 +189,9 @@ pub fn subject_public_key_info(certificate: &[u8]) -> Result<Vec<u8>> {
 
 /// The TLS configuration of every client connection before attestation: TLS 1.3 only, any certificate that holds a
 /// key, its handshake signature checked ([`AttestedKeyVerifier`]), no resumption and no early data. Only a
-/// [`super::VerifiedSession`] turns such a connection into one that may carry a prompt; tests that speak raw TLS to the
-/// appliance use this configuration too.
+/// [`super::VerifiedSession`] turns such a connection into one that may carry a prompt. Because it trusts any key, it
+/// stays inside the session: outside this crate only tests reach it, through the `test-support` feature, to speak
+/// raw TLS to the appliance.
 pub fn handshake_config() -> Result<Arc<ClientConfig>> {
     let provider = ring::default_provider();
     let verifier = Arc::new(AttestedKeyVerifier {

@@ -44,9 +44,11 @@ use net::proto::{
 };
 
 pub use channel::{
-    handshake_config, subject_public_key_info, ApplianceError, RequestKind, Sent, Transcript,
-    SERVER_NAME,
+    subject_public_key_info, ApplianceError, RequestKind, Sent, Transcript, SERVER_NAME,
 };
+// Accepts any certificate: for tests that speak raw TLS to the appliance, never for a shipped client.
+#[cfg(feature = "test-support")]
+pub use channel::handshake_config;
 
 use crate::manifest::Manifest;
 use crate::verify::{Report, TrustAnchors, VerifyOptions};

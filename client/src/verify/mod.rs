@@ -8,6 +8,26 @@
 //! replay against PCRs 12-14; the events and PCRs against the manifest; the EK template, certificate chain and
 //! certified key. Credential activation (TPM2_MakeCredential in software, TCG Part 1 §24, then the appliance's
 //! TPM2_ActivateCredential) comes last, over the same connection.
+//!
+//! Type-state: [`verify_evidence`] returns [`CheckedEvidence`] (the offline checks passed); only
+//! [`CredentialChallenge::check`], on the appliance's correct answer, turns it into [`VerifiedEvidence`], which is
+//! what a [`Report`] is made from. Code outside this module cannot make a `VerifiedEvidence` any other way (the
+//! doctest checks it):
+//!
+//! ```compile_fail
+//! fn forge(claims: client::verify::EvidenceClaims) -> client::verify::VerifiedEvidence {
+//!     client::verify::VerifiedEvidence(claims)
+//! }
+//! ```
+//!
+//! while the way through activation compiles:
+//!
+//! ```
+//! use client::verify::{CredentialChallenge, VerifiedEvidence, VerifyError};
+//! fn activate(challenge: &CredentialChallenge, answer: &net::proto::Response) -> Result<VerifiedEvidence, VerifyError> {
+//!     challenge.check(answer)
+//! }
+//! ```
 
 pub mod certificate;
 pub mod checks;
@@ -79,9 +99,11 @@ pub struct Expectation<'a> {
     pub previous_clock: Option<ClockCounters>,
 }
 
-/// Evidence that passed every offline check.
-#[derive(Clone, Debug)]
-pub struct VerifiedEvidence {
+/// What a piece of evidence says about the appliance, as read by the checks. On its own it proves nothing: it is
+/// read through a [`CheckedEvidence`] (every offline check passed) or a [`VerifiedEvidence`] (and the AK was then
+/// shown to live in the certified TPM).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EvidenceClaims {
     /// The quote's clock counters.
     pub clock: ClockCounters,
     /// TPMS_ATTEST.firmwareVersion.
@@ -102,7 +124,36 @@ pub struct VerifiedEvidence {
     pub ek_certificate: CertificateSummary,
 }
 
-/// Runs every offline check of DESIGN §4 on `evidence`, in the order of the module docs.
+/// Evidence that passed every offline check of [`verify_evidence`], but whose AK has not yet been shown to live in
+/// the TPM the EK certificate names: the attestation is not complete until a [`CredentialChallenge`] made from it
+/// is answered. Only [`verify_evidence`] makes one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckedEvidence(EvidenceClaims);
+
+impl std::ops::Deref for CheckedEvidence {
+    type Target = EvidenceClaims;
+
+    fn deref(&self) -> &EvidenceClaims {
+        &self.0
+    }
+}
+
+/// Evidence that passed every check, credential activation included (docs/ARCHITECTURE.md §4, "The attestation
+/// exchange"). Only [`CredentialChallenge::check`] makes one, so a value of this type means the whole attestation
+/// passed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifiedEvidence(EvidenceClaims);
+
+impl std::ops::Deref for VerifiedEvidence {
+    type Target = EvidenceClaims;
+
+    fn deref(&self) -> &EvidenceClaims {
+        &self.0
+    }
+}
+
+/// Runs every offline check of DESIGN §4 on `evidence`, in the order of the module docs. What passes still needs
+/// credential activation ([`CredentialChallenge`]) before it is [`VerifiedEvidence`].
 ///
 /// # Errors
 ///
@@ -110,7 +161,7 @@ pub struct VerifiedEvidence {
 pub fn verify_evidence(
     evidence: &Evidence,
     expected: &Expectation,
-) -> Result<VerifiedEvidence, VerifyError> {
+) -> Result<CheckedEvidence, VerifyError> {
     checks::check_sizes(evidence)?;
     let quote = checks::parse_quote(&evidence.attest)?;
     let ak = checks::check_ak(&evidence.ak_public)?;
@@ -130,7 +181,7 @@ pub fn verify_evidence(
     let ek_certificate =
         checks::check_ek_certificate(&evidence.ek_certificate, expected.trust, expected.now)?;
     checks::check_ek_certificate_key(&ek_certificate, &modulus, exponent)?;
-    Ok(VerifiedEvidence {
+    Ok(CheckedEvidence(EvidenceClaims {
         clock,
         firmware_version: quote.firmware_version,
         selection: quote.selection,
@@ -140,31 +191,37 @@ pub fn verify_evidence(
         ak_point: ak.key.to_encoded_point(false).as_bytes().to_vec(),
         ek,
         ek_certificate,
-    })
+    }))
 }
 
-/// A credential-activation challenge: a random secret bound to the verified EK and AK name.
+/// A credential-activation challenge: a random secret bound to the checked EK and AK name, holding (a copy of) the
+/// checked evidence until the appliance's answer turns it into [`VerifiedEvidence`].
 pub struct CredentialChallenge {
     secret: [u8; 32],
     made: MadeCredential,
+    checked: CheckedEvidence,
 }
 
 impl CredentialChallenge {
-    /// TPM2_MakeCredential in software: a fresh 32-byte secret that only the TPM holding `verified.ek` can
-    /// recover, and only for an object named like `verified.ak`.
+    /// TPM2_MakeCredential in software: a fresh 32-byte secret that only the TPM holding `checked.ek` can
+    /// recover, and only for an object named like `checked.ak`.
     ///
     /// # Errors
     ///
     /// [`VerifyError::CredentialSetup`].
     pub fn new<R: rand::CryptoRng + rand::RngCore>(
-        verified: &VerifiedEvidence,
+        checked: &CheckedEvidence,
         rng: &mut R,
     ) -> Result<Self, VerifyError> {
         let mut secret = [0u8; 32];
         rng.fill_bytes(&mut secret);
-        let made = make_credential(&verified.ek, &verified.ak.name(), &secret, rng)
+        let made = make_credential(&checked.ek, &checked.ak.name(), &secret, rng)
             .map_err(VerifyError::CredentialSetup)?;
-        Ok(Self { secret, made })
+        Ok(Self {
+            secret,
+            made,
+            checked: checked.clone(),
+        })
     }
 
     /// The request carrying the challenge.
@@ -175,16 +232,17 @@ impl CredentialChallenge {
         }
     }
 
-    /// Checks the appliance's answer: the recovered secret must equal ours (constant-time comparison).
+    /// Checks the appliance's answer: the recovered secret must equal ours (constant-time comparison). Only then is
+    /// the evidence verified.
     ///
     /// # Errors
     ///
     /// [`VerifyError::CredentialRefused`], [`VerifyError::CredentialMismatch`], or `Malformed` for another answer.
-    pub fn check(&self, response: &Response) -> Result<(), VerifyError> {
+    pub fn check(&self, response: &Response) -> Result<VerifiedEvidence, VerifyError> {
         match response {
             Response::Credential(recovered) => {
                 if bool::from(recovered.as_slice().ct_eq(&self.secret)) {
-                    Ok(())
+                    Ok(VerifiedEvidence(self.checked.0.clone()))
                 } else {
                     Err(VerifyError::CredentialMismatch)
                 }
