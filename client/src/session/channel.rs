@@ -1,12 +1,10 @@
 //! One TLS 1.3 connection to the appliance carrying protocol frames (rustls with std, ring provider), the channel
 //! binding a quote must carry, and the record of what was sent; both session states of [`super`] wrap it
-//! (docs/ARCHITECTURE.md §4 "The attestation exchange", §5; RFC 8446 §4.4.3 CertificateVerify, §7.5 exporters; wire types
-//! `net::proto`, frames `net::frame`).
+//! (docs/ARCHITECTURE.md §4 "The attestation exchange", §5; RFC 8446 §4.4.3 CertificateVerify, §7.5 exporters;
+//! wire types `net::proto`, frames `net::frame`).
 //!
-//! The appliance's certificate is self-signed with a key generated at boot, so no certificate authority can
-//! vouch for it. The handshake therefore accepts any certificate, but still checks the CertificateVerify
-//! signature with the certificate's key (so the peer holds the private key of the SubjectPublicKeyInfo it
-//! shows), and remembers that SubjectPublicKeyInfo. Trust comes only from attestation (`super::attestation`).
+//! The handshake accepts any certificate that holds a key, checks its CertificateVerify signature and remembers its
+//! SubjectPublicKeyInfo; why that is enough, and where trust comes from, is in [`super`]'s documentation.
 
 use std::io::{ErrorKind, Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
