@@ -22,5 +22,6 @@ pub mod eventlog;
 pub mod measurement;
 pub mod public;
 pub mod rc;
+pub mod tcg_log;
 pub mod tis;
 pub mod transport;
