@@ -50,6 +50,25 @@ enum Phase {
     Aborted,
 }
 
+/// What one slot is serviced with on this poll: its index, the server's port, limits, TLS identity and
+/// counters, the time, and the handler that answers requests and runs generations.
+pub(crate) struct SlotContext<'a, H: ?Sized> {
+    /// The slot's index, as the handler knows it.
+    pub(crate) slot: usize,
+    /// The listening port, for re-arming the socket.
+    pub(crate) port: u16,
+    /// This poll's time.
+    pub(crate) now: Instant,
+    /// Deadlines and sizes.
+    pub(crate) limits: &'a Limits,
+    /// The TLS identity, when the server speaks TLS.
+    pub(crate) tls: Option<&'a TlsServer>,
+    /// Answers requests and runs generations.
+    pub(crate) handler: &'a mut H,
+    /// The server's event counters.
+    pub(crate) counters: &'a mut Counters,
+}
+
 /// A connection slot bound to one TCP socket of the server's socket set.
 #[derive(Debug)]
 pub(crate) struct Connection {
@@ -124,31 +143,29 @@ impl Connection {
     }
 
     /// Advances the slot as far as the socket allows. Returns whether anything happened.
-    #[allow(clippy::too_many_arguments)] // Reason: the slot's whole context, passed down from `Server::poll`.
     pub(crate) fn service<H: Handler + ?Sized>(
         &mut self,
-        slot: usize,
         socket: &mut Socket<'_>,
-        port: u16,
-        now: Instant,
-        limits: &Limits,
-        tls: Option<&TlsServer>,
-        handler: &mut H,
-        counters: &mut Counters,
+        context: SlotContext<'_, H>,
     ) -> bool {
         match self.phase {
-            Phase::Listening | Phase::Handshake => {
-                self.service_listening(socket, port, now, limits, tls, counters)
-            }
-            Phase::Serving => {
-                self.service_serving(slot, socket, port, now, limits, tls, handler, counters)
-            }
-            Phase::Streaming => {
-                self.service_streaming(slot, socket, port, now, limits, handler, counters)
-            }
-            Phase::Closing { fin_queued } => {
-                self.service_closing(socket, port, now, fin_queued, counters)
-            }
+            Phase::Listening | Phase::Handshake => self.service_listening(
+                socket,
+                context.port,
+                context.now,
+                context.limits,
+                context.tls,
+                context.counters,
+            ),
+            Phase::Serving => self.service_serving(socket, context),
+            Phase::Streaming => self.service_streaming(socket, context),
+            Phase::Closing { fin_queued } => self.service_closing(
+                socket,
+                context.port,
+                context.now,
+                fin_queued,
+                context.counters,
+            ),
             // Aborted slots are re-armed by `finish_abort` after the interface has sent the RST.
             Phase::Aborted => false,
         }
@@ -215,18 +232,20 @@ impl Connection {
         }
     }
 
-    #[allow(clippy::too_many_arguments)] // Reason: the slot's whole context, passed down from `service`.
     fn service_serving<H: Handler + ?Sized>(
         &mut self,
-        slot: usize,
         socket: &mut Socket<'_>,
-        port: u16,
-        now: Instant,
-        limits: &Limits,
-        tls: Option<&TlsServer>,
-        handler: &mut H,
-        counters: &mut Counters,
+        context: SlotContext<'_, H>,
     ) -> bool {
+        let SlotContext {
+            slot,
+            port,
+            now,
+            limits,
+            tls,
+            handler,
+            counters,
+        } = context;
         if socket.state() == State::Closed {
             // The peer reset the connection, or smoltcp gave up on it.
             counters.reset += 1;
@@ -314,7 +333,18 @@ impl Connection {
                         .is_mid_frame()
                         .then(|| now + limits.frame_timeout);
                     // Read on at once: a cancel or an EOF already buffered must not wait for a packet.
-                    self.service_streaming(slot, socket, port, now, limits, handler, counters);
+                    self.service_streaming(
+                        socket,
+                        SlotContext {
+                            slot,
+                            port,
+                            now,
+                            limits,
+                            tls,
+                            handler,
+                            counters,
+                        },
+                    );
                     return true;
                 }
             }
@@ -348,17 +378,20 @@ impl Connection {
         progress
     }
 
-    #[allow(clippy::too_many_arguments)] // Reason: the slot's whole context, passed down from `service`.
     fn service_streaming<H: Handler + ?Sized>(
         &mut self,
-        slot: usize,
         socket: &mut Socket<'_>,
-        port: u16,
-        now: Instant,
-        limits: &Limits,
-        handler: &mut H,
-        counters: &mut Counters,
+        context: SlotContext<'_, H>,
     ) -> bool {
+        let SlotContext {
+            slot,
+            port,
+            now,
+            limits,
+            handler,
+            counters,
+            ..
+        } = context;
         if socket.state() == State::Closed {
             // The peer reset the connection, or smoltcp gave up on it.
             counters.reset += 1;

@@ -28,7 +28,7 @@ use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, Ipv4Address, Ipv4Cidr};
 
 use crate::config::{Ipv4Setup, NetConfig};
-use crate::connection::Connection;
+use crate::connection::{Connection, SlotContext};
 use crate::proto::{ChannelBinding, Request, Response};
 use crate::tls::TlsServer;
 
@@ -110,10 +110,10 @@ impl Default for Limits {
     }
 }
 
-/// The largest pool [`Server::with_limits`] accepts; each slot costs two socket buffers.
+/// The largest pool [`Server::with_tls`] accepts; each slot costs two socket buffers.
 pub const MAX_CONNECTIONS: usize = 64;
 
-/// The longest timeout [`Server::with_limits`] accepts (keeps deadline arithmetic far from overflow).
+/// The longest timeout [`Server::with_tls`] accepts (keeps deadline arithmetic far from overflow).
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// Why a server could not be built.
@@ -208,10 +208,13 @@ pub struct Server {
 }
 
 impl Server {
-    /// A server with the default [`Limits`].
+    /// A plaintext server with the default [`Limits`], for tests of the layers under TLS only: the appliance
+    /// never serves without TLS, so this constructor does not exist outside `net`'s tests and the
+    /// `plaintext-for-tests` feature.
     ///
     /// `random_seed` seeds smoltcp's TCP initial sequence numbers, ephemeral ports and DHCP transaction
     /// ids; it should differ on every boot.
+    #[cfg(any(test, feature = "plaintext-for-tests"))]
     pub fn new<D: Device + ?Sized>(
         config: NetConfig,
         mac: EthernetAddress,
@@ -233,13 +236,26 @@ impl Server {
         random_seed: u64,
         tls: TlsServer,
     ) -> Result<Self, ServerError> {
-        let mut server = Self::with_limits(config, limits, mac, device, now, random_seed)?;
+        let mut server = Self::build(config, limits, mac, device, now, random_seed)?;
         server.tls = Some(tls);
         Ok(server)
     }
 
-    /// A server with explicit pool sizes and timeouts.
+    /// A plaintext server with explicit pool sizes and timeouts (tests only, as [`Server::new`]).
+    #[cfg(any(test, feature = "plaintext-for-tests"))]
     pub fn with_limits<D: Device + ?Sized>(
+        config: NetConfig,
+        limits: Limits,
+        mac: EthernetAddress,
+        device: &mut D,
+        now: Instant,
+        random_seed: u64,
+    ) -> Result<Self, ServerError> {
+        Self::build(config, limits, mac, device, now, random_seed)
+    }
+
+    /// Checks the settings and builds the interface and the connection pool, without TLS yet.
+    fn build<D: Device + ?Sized>(
         config: NetConfig,
         limits: Limits,
         mac: EthernetAddress,
@@ -329,14 +345,16 @@ impl Server {
         {
             let socket = self.sockets.get_mut::<tcp::Socket>(handle);
             serviced |= connection.service(
-                slot,
                 socket,
-                self.port,
-                now,
-                &self.limits,
-                self.tls.as_ref(),
-                handler,
-                &mut self.counters,
+                SlotContext {
+                    slot,
+                    port: self.port,
+                    now,
+                    limits: &self.limits,
+                    tls: self.tls.as_ref(),
+                    handler,
+                    counters: &mut self.counters,
+                },
             );
         }
         serviced |= self.step_generations(now, handler);

@@ -21,12 +21,12 @@ use tpm2_protocol::data::{
 use tpm2_protocol::frame::{
     tpm_marshal_command, TpmActivateCredentialCommand, TpmActivateCredentialResponse,
     TpmCreatePrimaryCommand, TpmCreatePrimaryResponse, TpmFlushContextCommand,
-    TpmFlushContextResponse, TpmFrame, TpmGetRandomCommand, TpmGetRandomResponse, TpmNvReadCommand,
-    TpmNvReadPublicCommand, TpmNvReadPublicResponse, TpmNvReadResponse, TpmPcrExtendCommand,
-    TpmPcrExtendResponse, TpmPcrReadCommand, TpmPcrReadResponse, TpmPolicySecretCommand,
-    TpmPolicySecretResponse, TpmQuoteCommand, TpmQuoteResponse, TpmReadPublicCommand,
-    TpmReadPublicResponse, TpmResponse, TpmStartAuthSessionCommand, TpmStartAuthSessionResponse,
-    TpmStartupCommand, TpmStartupResponse, TpmUnmarshalBody,
+    TpmFlushContextResponse, TpmFrame, TpmGetRandomCommand, TpmGetRandomResponse, TpmHeader,
+    TpmNvReadCommand, TpmNvReadPublicCommand, TpmNvReadPublicResponse, TpmNvReadResponse,
+    TpmPcrExtendCommand, TpmPcrExtendResponse, TpmPcrReadCommand, TpmPcrReadResponse,
+    TpmPolicySecretCommand, TpmPolicySecretResponse, TpmQuoteCommand, TpmQuoteResponse,
+    TpmReadPublicCommand, TpmReadPublicResponse, TpmResponse, TpmStartAuthSessionCommand,
+    TpmStartAuthSessionResponse, TpmStartupCommand, TpmStartupResponse, TpmUnmarshalBody,
 };
 use tpm2_protocol::TpmWriter;
 
@@ -220,20 +220,72 @@ fn read_u32(bytes: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_be_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
 }
 
-/// Marshals `command`, sends it, checks the header and response code, and unmarshals the body as `R`.
-/// Returns `R` and the response length in `response`.
-fn execute<T, C, R>(
-    transport: &mut T,
+/// A TPM 2.0 command as `tpm2-protocol` marshals it, tied to its code and the response it expects.
+trait Command: TpmFrame {
+    /// The command code, for errors.
+    const CODE: CommandCode;
+    /// The response body this command is answered with.
+    type Response: TpmUnmarshalBody;
+}
+
+/// Ties each command structure this module sends to its code and response structure.
+macro_rules! commands {
+    ($($command:ty => $code:ident, $response:ty;)*) => {
+        $(impl Command for $command {
+            const CODE: CommandCode = CommandCode::$code;
+            type Response = $response;
+        })*
+    };
+}
+
+commands! {
+    TpmStartupCommand => Startup, TpmStartupResponse;
+    TpmGetRandomCommand => GetRandom, TpmGetRandomResponse;
+    TpmPcrExtendCommand => PcrExtend, TpmPcrExtendResponse;
+    TpmPcrReadCommand => PcrRead, TpmPcrReadResponse;
+    TpmCreatePrimaryCommand => CreatePrimary, TpmCreatePrimaryResponse;
+    TpmReadPublicCommand => ReadPublic, TpmReadPublicResponse;
+    TpmNvReadPublicCommand => NvReadPublic, TpmNvReadPublicResponse;
+    TpmNvReadCommand => NvRead, TpmNvReadResponse;
+    TpmStartAuthSessionCommand => StartAuthSession, TpmStartAuthSessionResponse;
+    TpmPolicySecretCommand => PolicySecret, TpmPolicySecretResponse;
+    TpmActivateCredentialCommand => ActivateCredential, TpmActivateCredentialResponse;
+    TpmQuoteCommand => Quote, TpmQuoteResponse;
+    TpmFlushContextCommand => FlushContext, TpmFlushContextResponse;
+}
+
+/// A successful answer: the unmarshalled body, and the raw response for the parameter bytes that the body type
+/// does not keep as they were sent (public areas, attestation structures).
+struct Answer<R> {
+    body: R,
     code: CommandCode,
+    response: [u8; BUFFER_SIZE],
+    length: usize,
+}
+
+impl<R> Answer<R> {
+    /// The first TPM2B of the parameter area and what follows it, for a response with `handles` response
+    /// handles and, when `sessions`, a parameterSize field (Part 1 §18, "Response Structure").
+    fn first_parameter(&self, handles: usize, sessions: bool) -> Result<(&[u8], &[u8]), Error> {
+        parameter_area(&self.response[..self.length], handles, sessions)
+            .and_then(split_tpm2b)
+            .ok_or(malformed(self.code, Malformed::Body))
+    }
+}
+
+/// Marshals `command`, sends it, checks the header and response code, and unmarshals the body as the command's
+/// response structure.
+fn execute<T, C>(
+    transport: &mut T,
     command: &C,
     sessions: &[TpmsAuthCommand],
-    response: &mut [u8; BUFFER_SIZE],
-) -> Result<(R, usize), Error>
+) -> Result<Answer<C::Response>, Error>
 where
     T: Transport + ?Sized,
-    C: TpmFrame,
-    R: TpmUnmarshalBody,
+    C: Command,
 {
+    let code = C::CODE;
+    let mut response = [0u8; BUFFER_SIZE];
     let mut frame = [0u8; BUFFER_SIZE];
     let mut writer = TpmWriter::new(&mut frame);
     let tag = if sessions.is_empty() {
@@ -247,7 +299,7 @@ where
     let mut attempts = 0;
     let received = loop {
         let received = transport
-            .transact(&frame[..length], response)
+            .transact(&frame[..length], &mut response)
             .map_err(|error| Error::Transport {
                 command: code,
                 error,
@@ -285,12 +337,19 @@ where
     }
     let view = TpmResponse::cast(bytes).map_err(|_| malformed(code, Malformed::Body))?;
     let body = view
-        .unmarshal::<R>()
+        .unmarshal::<C::Response>()
         .map_err(|_| malformed(code, Malformed::Body))?;
-    if !sessions.is_empty() && !auth_area_matches(bytes, R::HANDLES, sessions.len()) {
+    if !sessions.is_empty()
+        && !auth_area_matches(bytes, <C::Response as TpmHeader>::HANDLES, sessions.len())
+    {
         return Err(malformed(code, Malformed::Body));
     }
-    Ok((body, received))
+    Ok(Answer {
+        body,
+        code,
+        response,
+        length: received,
+    })
 }
 
 /// The parameter area of a successful response with `handles` response handles.
@@ -355,14 +414,7 @@ pub fn startup<T: Transport + ?Sized>(transport: &mut T) -> Result<StartupOutcom
         handles: [],
         startup_type: TpmSu::Clear,
     };
-    let mut response = [0u8; BUFFER_SIZE];
-    match execute::<_, _, TpmStartupResponse>(
-        transport,
-        CommandCode::Startup,
-        &command,
-        &[],
-        &mut response,
-    ) {
+    match execute(transport, &command, &[]) {
         Ok(_) => Ok(StartupOutcome::Started),
         Err(Error::Tpm { code, .. }) if code.raw() == TPM_RC_INITIALIZE => {
             Ok(StartupOutcome::AlreadyStarted)
@@ -385,9 +437,8 @@ pub fn get_random<T: Transport + ?Sized>(transport: &mut T, out: &mut [u8]) -> R
             handles: [],
             bytes_requested: TpmUint16::new(want as u16),
         };
-        let mut response = [0u8; BUFFER_SIZE];
-        let (body, _) =
-            execute::<_, _, TpmGetRandomResponse>(transport, code, &command, &[], &mut response)?;
+        let answer = execute(transport, &command, &[])?;
+        let body = &answer.body;
         let random: &[u8] = &body.random_bytes;
         if random.is_empty() || random.len() > want {
             return Err(malformed(code, Malformed::Content));
@@ -425,14 +476,7 @@ pub fn pcr_extend<T: Transport + ?Sized>(
         handles: [TpmHandle::new(pcr)],
         digests,
     };
-    let mut response = [0u8; BUFFER_SIZE];
-    execute::<_, _, TpmPcrExtendResponse>(
-        transport,
-        code,
-        &command,
-        &[password_session()],
-        &mut response,
-    )?;
+    execute(transport, &command, &[password_session()])?;
     Ok(())
 }
 
@@ -561,9 +605,8 @@ pub fn pcr_read<T: Transport + ?Sized>(
                     .to_tpml()
                     .map_err(|()| Error::BadArgument { command: code })?,
             };
-            let mut response = [0u8; BUFFER_SIZE];
-            let (body, _) =
-                execute::<_, _, TpmPcrReadResponse>(transport, code, &command, &[], &mut response)?;
+            let answer = execute(transport, &command, &[])?;
+            let body = &answer.body;
             let returned = PcrSelection::from_tpml(&body.pcr_selection_out)
                 .ok_or(malformed(code, Malformed::Content))?;
             if returned.is_empty() || returned.0 & !remaining.0 != 0 {
@@ -625,22 +668,14 @@ pub fn create_primary<T: Transport + ?Sized>(
         outside_info: Tpm2bData::default(),
         creation_pcr: TpmlPcrSelection::new(),
     };
-    let mut response = [0u8; BUFFER_SIZE];
-    let (body, length) = execute::<_, _, TpmCreatePrimaryResponse>(
-        transport,
-        code,
-        &command,
-        &[password_session()],
-        &mut response,
-    )?;
+    let answer = execute(transport, &command, &[password_session()])?;
+    let body = &answer.body;
     let handle = body.handles[0].value();
-    let parameters =
-        parameter_area(&response[..length], 1, true).ok_or(malformed(code, Malformed::Body))?;
-    let (public_bytes, _) = split_tpm2b(parameters).ok_or(malformed(code, Malformed::Body))?;
+    let (public_bytes, _) = answer.first_parameter(1, true)?;
     let area =
         PublicArea::from_bytes(public_bytes).map_err(|_| malformed(code, Malformed::Content))?;
     let name = Name::from_bytes(&body.name).ok_or(malformed(code, Malformed::Content))?;
-    let created = body.out_public.inner;
+    let created = &body.out_public.inner;
     if created.object_type != public.object_type
         || created.name_alg != public.name_alg
         || created.object_attributes != public.object_attributes
@@ -682,12 +717,9 @@ pub fn read_public<T: Transport + ?Sized>(
     let command = TpmReadPublicCommand {
         handles: [TpmHandle::new(handle)],
     };
-    let mut response = [0u8; BUFFER_SIZE];
-    let (body, length) =
-        execute::<_, _, TpmReadPublicResponse>(transport, code, &command, &[], &mut response)?;
-    let parameters =
-        parameter_area(&response[..length], 0, false).ok_or(malformed(code, Malformed::Body))?;
-    let (public_bytes, _) = split_tpm2b(parameters).ok_or(malformed(code, Malformed::Body))?;
+    let answer = execute(transport, &command, &[])?;
+    let body = &answer.body;
+    let (public_bytes, _) = answer.first_parameter(0, false)?;
     let public =
         PublicArea::from_bytes(public_bytes).map_err(|_| malformed(code, Malformed::Content))?;
     let name = Name::from_bytes(&body.name).ok_or(malformed(code, Malformed::Content))?;
@@ -731,9 +763,8 @@ pub fn nv_read_public<T: Transport + ?Sized>(
     let command = TpmNvReadPublicCommand {
         handles: [TpmHandle::new(index)],
     };
-    let mut response = [0u8; BUFFER_SIZE];
-    let (body, _) =
-        execute::<_, _, TpmNvReadPublicResponse>(transport, code, &command, &[], &mut response)?;
+    let answer = execute(transport, &command, &[])?;
+    let body = &answer.body;
     let public = body.nv_public.inner;
     if public.nv_index.value() != index {
         return Err(malformed(code, Malformed::Content));
@@ -772,14 +803,8 @@ pub fn nv_read<T: Transport + ?Sized>(
             size: TpmUint16::new(size as u16),
             offset: TpmUint16::new(offset + done as u16),
         };
-        let mut response = [0u8; BUFFER_SIZE];
-        let (body, _) = execute::<_, _, TpmNvReadResponse>(
-            transport,
-            code,
-            &command,
-            &[password_session()],
-            &mut response,
-        )?;
+        let answer = execute(transport, &command, &[password_session()])?;
+        let body = &answer.body;
         let data: &[u8] = &body.data;
         if data.len() != size {
             return Err(malformed(code, Malformed::Content));
@@ -835,14 +860,8 @@ pub fn start_auth_session<T: Transport + ?Sized>(
         symmetric: TpmtSymDef::default(),
         auth_hash: TpmAlgId::Sha256,
     };
-    let mut response = [0u8; BUFFER_SIZE];
-    let (body, _) = execute::<_, _, TpmStartAuthSessionResponse>(
-        transport,
-        code,
-        &command,
-        &[],
-        &mut response,
-    )?;
+    let answer = execute(transport, &command, &[])?;
+    let body = &answer.body;
     let handle = body.handles[0].value();
     if handle >> 24 != 0x03 {
         return Err(malformed(code, Malformed::Content));
@@ -861,7 +880,6 @@ pub fn policy_secret<T: Transport + ?Sized>(
     auth_handle: u32,
     session: u32,
 ) -> Result<(), Error> {
-    let code = CommandCode::PolicySecret;
     let command = TpmPolicySecretCommand {
         handles: [TpmHandle::new(auth_handle), TpmHandle::new(session)],
         nonce_tpm: Tpm2bNonce::default(),
@@ -869,14 +887,7 @@ pub fn policy_secret<T: Transport + ?Sized>(
         policy_ref: Tpm2bNonce::default(),
         expiration: TpmInt32::new(0),
     };
-    let mut response = [0u8; BUFFER_SIZE];
-    execute::<_, _, TpmPolicySecretResponse>(
-        transport,
-        code,
-        &command,
-        &[password_session()],
-        &mut response,
-    )?;
+    execute(transport, &command, &[password_session()])?;
     Ok(())
 }
 
@@ -920,14 +931,8 @@ pub fn activate_credential<T: Transport + ?Sized>(
             .map_err(|_| Error::BadArgument { command: code })?,
     };
     let sessions = [password_session(), policy_session(policy_session_handle)];
-    let mut response = [0u8; BUFFER_SIZE];
-    let (body, _) = execute::<_, _, TpmActivateCredentialResponse>(
-        transport,
-        code,
-        &command,
-        &sessions,
-        &mut response,
-    )?;
+    let answer = execute(transport, &command, &sessions)?;
+    let body = &answer.body;
     let info: &[u8] = &body.cert_info;
     let mut credential = Credential {
         bytes: [0; 64],
@@ -1031,17 +1036,9 @@ pub fn quote<T: Transport + ?Sized>(
             .to_tpml()
             .map_err(|()| Error::BadArgument { command: code })?,
     };
-    let mut response = [0u8; BUFFER_SIZE];
-    let (body, length) = execute::<_, _, TpmQuoteResponse>(
-        transport,
-        code,
-        &command,
-        &[password_session()],
-        &mut response,
-    )?;
-    let parameters =
-        parameter_area(&response[..length], 0, true).ok_or(malformed(code, Malformed::Body))?;
-    let (attest, signature) = split_tpm2b(parameters).ok_or(malformed(code, Malformed::Body))?;
+    let answer = execute(transport, &command, &[password_session()])?;
+    let body = &answer.body;
+    let (attest, signature) = answer.first_parameter(0, true)?;
     let (r, s) = match &body.signature.signature {
         TpmuSignature::Ecdsa(ecdsa) if ecdsa.hash == TpmAlgId::Sha256 => (
             pad32(&ecdsa.signature_r).ok_or(malformed(code, Malformed::Content))?,
@@ -1071,12 +1068,10 @@ pub fn quote<T: Transport + ?Sized>(
 ///
 /// [`Error`].
 pub fn flush_context<T: Transport + ?Sized>(transport: &mut T, handle: u32) -> Result<(), Error> {
-    let code = CommandCode::FlushContext;
     let command = TpmFlushContextCommand {
         handles: [],
         flush_handle: TpmHandle::new(handle),
     };
-    let mut response = [0u8; BUFFER_SIZE];
-    execute::<_, _, TpmFlushContextResponse>(transport, code, &command, &[], &mut response)?;
+    execute(transport, &command, &[])?;
     Ok(())
 }
