@@ -4,16 +4,19 @@
 pub mod appliance;
 pub mod chat;
 pub mod client;
+pub mod disk;
 pub mod engine;
 pub mod image;
 pub mod loopback;
 pub mod manifest;
 pub mod models;
+pub mod pe;
 pub mod process;
 pub mod qemu;
 pub mod session;
 pub mod tools;
 pub mod tpm_state;
+pub mod uefi;
 pub mod verify;
 pub mod workspace;
 
