@@ -28,6 +28,7 @@ use sha2::{Digest as _, Sha256};
 use tpm::measurement::{BootDigests, BOOT_EVENT_COUNT};
 
 use crate::models;
+pub use crate::uefi::BootMode;
 
 /// The manifest format this code writes and reads.
 pub const MANIFEST_FORMAT: u32 = 2;
@@ -219,6 +220,23 @@ pub struct Manifest {
     pub pcrs: ExpectedPcrs,
     /// The firmware PCRs.
     pub firmware: FirmwarePcrs,
+    /// The root of trust: `uefi` (the firmware measured the boot application before it ran) or
+    /// `direct` (nothing measured the kernel before it ran). Older manifests without it are direct.
+    #[serde(default)]
+    pub boot: BootMode,
+    /// For `uefi`: the boot application the firmware must have measured into PCR 4.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_application: Option<BootApplication>,
+}
+
+/// The PE32+ boot application of a UEFI image (docs/ARCHITECTURE.md, "UEFI boot").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootApplication {
+    /// Its Authenticode SHA-256: the digest of its EV_EFI_BOOT_SERVICES_APPLICATION event in PCR 4.
+    pub authenticode_sha256: Sha256Digest,
+    /// Its file length in bytes.
+    pub length: u64,
 }
 
 /// One event the appliance must have logged, in order: the measurement contract's type.
@@ -293,6 +311,8 @@ impl Manifest {
                 command_line: Sha256Digest([0; 32]),
             },
             firmware: FirmwarePcrs::NonZero,
+            boot: BootMode::Direct,
+            boot_application: None,
         };
         manifest.pcrs = manifest.replay();
         Ok(manifest)
@@ -310,6 +330,16 @@ impl Manifest {
         };
         self.validate()?;
         Ok(self)
+    }
+
+    /// The same manifest for a UEFI image whose boot application has this Authenticode digest.
+    pub fn with_uefi_boot(mut self, authenticode_sha256: [u8; 32], length: u64) -> Self {
+        self.boot = BootMode::Uefi;
+        self.boot_application = Some(BootApplication {
+            authenticode_sha256: Sha256Digest(authenticode_sha256),
+            length,
+        });
+        self
     }
 
     /// The events the appliance logs, in order: kernel (PCR 12), model and serving parameters (PCR 13),
@@ -406,6 +436,9 @@ impl Manifest {
                 bail!("golden firmware PCR {pcr} is not a firmware PCR (0-11)");
             }
         }
+        if (self.boot == BootMode::Uefi) != self.boot_application.is_some() {
+            bail!("the manifest names a boot application exactly when it boots through UEFI");
+        }
         Ok(())
     }
 
@@ -449,7 +482,14 @@ impl Manifest {
 /// does after assembling the image); returns its path.
 pub fn write_for_image(image: &crate::image::Image) -> Result<std::path::PathBuf> {
     let path = image.dir.join(MANIFEST_FILE);
-    Manifest::for_image(&image.kernel, &image.model, &image.cmdline)?.write(&path)?;
+    let mut manifest = Manifest::for_image(&image.kernel, &image.model, &image.cmdline)?;
+    if let Some(uefi) = &image.uefi {
+        let length = std::fs::metadata(&uefi.application)
+            .with_context(|| format!("cannot read {}", uefi.application.display()))?
+            .len();
+        manifest = manifest.with_uefi_boot(uefi.authenticode, length);
+    }
+    manifest.write(&path)?;
     Ok(path)
 }
 
@@ -744,6 +784,45 @@ mod tests {
         assert!(text.ends_with("}\n"), "{text}");
         assert!(text.contains("\"policy\": \"non-zero\""), "{text}");
         assert!(text.contains(&format!("\"12\": \"{}\"", manifest.pcrs.kernel)));
+    }
+
+    #[test]
+    fn the_root_of_trust_is_recorded_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let (elf, _) = fixture();
+        let kernel = dir.path().join("kernel.elf");
+        let model = dir.path().join("model.gguf");
+        std::fs::write(&kernel, &elf).unwrap();
+        std::fs::write(&model, b"GGUF model bytes").unwrap();
+        let direct = Manifest::for_image(&kernel, &model, "ip=dhcp port=7000").unwrap();
+        assert_eq!(direct.boot, BootMode::Direct);
+        let text = String::from_utf8(direct.to_json()).unwrap();
+        assert!(text.contains("\"boot\": \"direct\""), "{text}");
+        assert!(!text.contains("boot_application"), "{text}");
+
+        let uefi = direct.clone().with_uefi_boot([0xab; 32], 4096);
+        uefi.validate().unwrap();
+        let text = String::from_utf8(uefi.to_json()).unwrap();
+        assert!(text.contains("\"boot\": \"uefi\""), "{text}");
+        assert!(
+            text.contains(&format!("\"authenticode_sha256\": \"{}\"", "ab".repeat(32))),
+            "{text}"
+        );
+        assert_eq!(Manifest::from_json(text.as_bytes()).unwrap(), uefi);
+        // A root of trust without its application, or the reverse, is refused.
+        let lying = text.replace("\"boot\": \"uefi\"", "\"boot\": \"direct\"");
+        assert!(Manifest::from_json(lying.as_bytes()).is_err());
+        let mut missing = uefi.clone();
+        missing.boot_application = None;
+        assert!(missing.validate().is_err());
+        // A manifest written before the field existed reads as direct.
+        let old = String::from_utf8(direct.to_json())
+            .unwrap()
+            .replace(",\n  \"boot\": \"direct\"", "");
+        assert_eq!(
+            Manifest::from_json(old.as_bytes()).unwrap().boot,
+            BootMode::Direct
+        );
     }
 
     #[test]
