@@ -12,6 +12,8 @@ pub const MAX_ALGORITHMS: usize = 8;
 /// Offset of the first event in `EFI_TCG2_FINAL_EVENTS_TABLE` (Version, NumberOfEvents).
 pub const FINAL_EVENTS_HEADER_LEN: usize = 16;
 const SPEC_ID_SIGNATURE: &[u8; 16] = b"Spec ID Event03\0";
+/// Bytes of the log's first record needed to know its length.
+pub const HEADER_PREFIX_LEN: usize = LEGACY_HEADER_LEN + 4;
 /// `TCG_PCR_EVENT` up to its `EventSize` field: PCRIndex, EventType, a SHA-1 digest.
 const LEGACY_HEADER_LEN: usize = 4 + 4 + 20;
 
@@ -38,8 +40,8 @@ pub struct Header {
 impl Header {
     /// Parses the log's first record.
     pub fn parse(log: &[u8]) -> Result<Self, LogError> {
-        let event_len = u32_at(log, LEGACY_HEADER_LEN).ok_or(LogError::Truncated)? as usize;
         let event_start = LEGACY_HEADER_LEN + 4;
+        let event_len = header_record_len(log)? - event_start;
         let event = log
             .get(
                 event_start
@@ -77,29 +79,45 @@ impl Header {
             .map(|(_, size)| *size as usize)
     }
 
-    /// The length of the `TCG_PCR_EVENT2` record at `offset`.
+    /// The length of the `TCG_PCR_EVENT2` record at `offset` of `log`.
     pub fn event_len(&self, log: &[u8], offset: usize) -> Result<usize, LogError> {
-        let digests = u32_at(log, offset + 8).ok_or(LogError::Truncated)? as usize;
+        let len = self.event_len_by(|at, len| log.get(at..at.checked_add(len)?), offset)?;
+        if offset.checked_add(len).is_none_or(|end| end > log.len()) {
+            return Err(LogError::Truncated);
+        }
+        Ok(len)
+    }
+
+    /// The length of the record at `offset`, reading only its fixed fields through `bytes_at`
+    /// (offset, length): for memory whose extent is known only record by record, so nothing past
+    /// the record's own fields is read. The event data itself is not read.
+    pub fn event_len_by<'a>(
+        &self,
+        bytes_at: impl Fn(usize, usize) -> Option<&'a [u8]>,
+        offset: usize,
+    ) -> Result<usize, LogError> {
+        let read_u32 = |at: usize| bytes_at(at, 4).and_then(|bytes| u32_at(bytes, 0));
+        let digests = read_u32(offset + 8).ok_or(LogError::Truncated)? as usize;
         if digests > MAX_ALGORITHMS {
             return Err(LogError::UnknownAlgorithm);
         }
         let mut at = offset + 12;
         for _ in 0..digests {
-            let algorithm = u16_at(log, at).ok_or(LogError::Truncated)?;
+            let algorithm = bytes_at(at, 2)
+                .and_then(|bytes| u16_at(bytes, 0))
+                .ok_or(LogError::Truncated)?;
             let size = self
                 .digest_size(algorithm)
                 .ok_or(LogError::UnknownAlgorithm)?;
             at += 2 + size;
         }
-        let event_len = u32_at(log, at).ok_or(LogError::Truncated)? as usize;
-        let end = (at + 4)
+        let event_len = read_u32(at).ok_or(LogError::Truncated)? as usize;
+        (at + 4 - offset)
             .checked_add(event_len)
-            .filter(|end| *end <= log.len())
-            .ok_or(LogError::Truncated)?;
-        Ok(end - offset)
+            .ok_or(LogError::Truncated)
     }
 
-    /// The length of `count` consecutive records starting at `offset`.
+    /// The length of `count` consecutive records starting at `offset` of `log`.
     pub fn events_len(&self, log: &[u8], offset: usize, count: u64) -> Result<usize, LogError> {
         let mut at = offset;
         for _ in 0..count {
@@ -107,6 +125,14 @@ impl Header {
         }
         Ok(at - offset)
     }
+}
+
+/// The length of the log's first record (`TCG_PCR_EVENT`) from its first 32 bytes.
+pub fn header_record_len(first: &[u8]) -> Result<usize, LogError> {
+    let event_len = u32_at(first, LEGACY_HEADER_LEN).ok_or(LogError::Truncated)? as usize;
+    (LEGACY_HEADER_LEN + 4)
+        .checked_add(event_len)
+        .ok_or(LogError::Truncated)
 }
 
 /// The number of events an `EFI_TCG2_FINAL_EVENTS_TABLE` holds.
@@ -159,6 +185,13 @@ pub(crate) mod tests {
         log.extend_from_slice(&event2(7, b""));
         let header = Header::parse(&log).unwrap();
         assert_eq!(header.len, header_len);
+        assert_eq!(header_record_len(&log[..HEADER_PREFIX_LEN]), Ok(header_len));
+        // Reading field by field needs nothing past the record's fixed fields.
+        let fields_only = &log[..header_len + first.len() - b"application".len()];
+        assert_eq!(
+            header.event_len_by(|at, len| fields_only.get(at..at + len), header_len),
+            Ok(first.len())
+        );
         assert_eq!(header.event_len(&log, header_len), Ok(first.len()));
         assert_eq!(
             header.events_len(&log, header_len, 2),

@@ -39,8 +39,8 @@ const LOADER_DATA: u32 = 2;
 const EVENT_LOG_FORMAT_TCG_2: u32 = 2;
 /// Room kept after the event log for the final-events table's later events.
 const FINAL_EVENTS_ROOM: u64 = 64 * 1024;
-/// How much of the final-events table is read: EDK2 reserves 32 KiB (PcdTcg2FinalLogAreaLen).
-const FINAL_EVENTS_AREA: usize = 32 * 1024;
+/// Most final events read; EDK2 logs a handful (ExitBootServices' two among them).
+const MAX_FINAL_EVENTS: u64 = 1024;
 
 #[repr(C)]
 #[derive(PartialEq, Eq)]
@@ -275,6 +275,16 @@ fn configuration_table(system: &SystemTable, guid: &Guid) -> Option<*const c_voi
         .map(|entry| entry.table)
 }
 
+/// Firmware memory at `address` as bytes.
+///
+/// # Safety
+/// `[address, address + len)` must be memory the firmware filled and keeps mapped (identity
+/// mapped, UEFI 2.10 §2.3.4) and nothing writes while the stub runs.
+unsafe fn firmware_bytes(address: u64, len: usize) -> &'static [u8] {
+    // SAFETY: guaranteed by the caller.
+    unsafe { core::slice::from_raw_parts(address as *const u8, len) }
+}
+
 /// The firmware's event log as GetEventLog returned it: (address, length, final events seen then).
 fn event_log(services: &BootServices, system: &SystemTable) -> Option<(u64, usize, u64)> {
     let mut protocol: *mut c_void = core::ptr::null_mut();
@@ -303,23 +313,25 @@ fn event_log(services: &BootServices, system: &SystemTable) -> Option<(u64, usiz
     // already there now are also in the log just returned (TCG EFI Protocol Specification §6.5).
     let seen = configuration_table(system, &TCG2_FINAL_EVENTS_TABLE)
         .and_then(|table| {
-            // SAFETY: the table's 16-byte header is firmware memory that stays mapped.
-            let header = unsafe { core::slice::from_raw_parts(table as *const u8, 16) };
+            // SAFETY: the table starts with its 16-byte header (Version, NumberOfEvents).
+            let header =
+                unsafe { firmware_bytes(table as u64, event_log::FINAL_EVENTS_HEADER_LEN) };
             event_log::final_events_count(header).ok()
         })
         .unwrap_or(0);
+    // SAFETY: a TCG_2 log starts with its TCG_PCR_EVENT header record, which is longer than this.
+    let prefix = unsafe { firmware_bytes(location, event_log::HEADER_PREFIX_LEN) };
+    let header_len = event_log::header_record_len(prefix).ok()?;
+    // SAFETY: the log holds its whole header record.
+    let header = Header::parse(unsafe { firmware_bytes(location, header_len) }).ok()?;
     let last_offset = (last - location) as usize;
-    // The last entry's length decides the log's: read a bounded window and parse it.
-    // SAFETY: the log is firmware memory of at least `last_offset` bytes plus its last record;
-    // the parser reads only inside the window and checks every length against it.
-    let window = unsafe {
-        core::slice::from_raw_parts(location as *const u8, last_offset + FINAL_EVENTS_AREA)
-    };
-    let header = Header::parse(window).ok()?;
     let length = if last_offset == 0 {
         header.len
     } else {
-        last_offset + header.event_len(window, last_offset).ok()?
+        // SAFETY: each read lies in the fixed fields of the log's last record, which the log holds.
+        let read =
+            |at: usize, len: usize| Some(unsafe { firmware_bytes(location + at as u64, len) });
+        last_offset + header.event_len_by(read, last_offset).ok()?
     };
     Some((location, length, seen))
 }
@@ -499,30 +511,42 @@ fn boot(image: Handle, system: &SystemTable) -> Result<core::convert::Infallible
 /// (`length` bytes, with [`FINAL_EVENTS_ROOM`] after it); returns the new length. Events that do
 /// not fit or do not parse are left out, and the verifier's replay then reports the mismatch.
 fn append_final_events(copy: u64, length: usize, seen: u64, table: Option<*const c_void>) -> usize {
-    let Some(table) = table else { return length };
-    // SAFETY: the final-events table is firmware memory (ACPI NVS) that stays mapped; EDK2
-    // reserves FINAL_EVENTS_AREA bytes for it and the parser stays inside that window.
-    let table = unsafe { core::slice::from_raw_parts(table as *const u8, FINAL_EVENTS_AREA) };
-    // SAFETY: the copy has `length` bytes of log followed by FINAL_EVENTS_ROOM bytes of room.
+    let Some(table) = table.map(|table| table as u64) else {
+        return length;
+    };
+    // SAFETY: the copy has `length` bytes of log followed by FINAL_EVENTS_ROOM bytes of room,
+    // all ours.
     let log = unsafe {
         core::slice::from_raw_parts_mut(copy as *mut u8, length + FINAL_EVENTS_ROOM as usize)
     };
-    let (Ok(header), Ok(total)) = (Header::parse(log), event_log::final_events_count(table)) else {
+    let Ok(header) = Header::parse(&log[..length]) else {
         return length;
     };
-    let first = event_log::FINAL_EVENTS_HEADER_LEN;
-    let (Ok(skip), Ok(all)) = (
-        header.events_len(table, first, seen),
-        header.events_len(table, first, total),
-    ) else {
+    // SAFETY: the table (ACPI NVS, kept after ExitBootServices) starts with its 16-byte header.
+    let count = unsafe { firmware_bytes(table, event_log::FINAL_EVENTS_HEADER_LEN) };
+    let Ok(total) = event_log::final_events_count(count) else {
         return length;
     };
-    let new = &table[first + skip..first + all];
-    if new.len() > FINAL_EVENTS_ROOM as usize {
-        return length;
+    let mut offset = event_log::FINAL_EVENTS_HEADER_LEN;
+    let mut end = length;
+    for index in 0..total.min(MAX_FINAL_EVENTS) {
+        // SAFETY: each read lies in the fixed fields of one of the table's NumberOfEvents records.
+        let read = |at: usize, len: usize| Some(unsafe { firmware_bytes(table + at as u64, len) });
+        let Ok(record) = header.event_len_by(read, offset) else {
+            break;
+        };
+        if index >= seen {
+            if end + record > log.len() {
+                break;
+            }
+            // SAFETY: the record is one of the table's NumberOfEvents whole records.
+            let bytes = unsafe { firmware_bytes(table + offset as u64, record) };
+            log[end..end + record].copy_from_slice(bytes);
+            end += record;
+        }
+        offset += record;
     }
-    log[length..length + new.len()].copy_from_slice(new);
-    length + new.len()
+    end
 }
 
 /// Stops after boot services are gone, when nothing can report an error any more.
