@@ -29,6 +29,47 @@ use tpm::measurement::{BootDigests, BOOT_EVENT_COUNT};
 
 use crate::digest::{hex, sha256_file};
 
+/// How the appliance boots, which decides what measured the kernel before it ran (docs/ARCHITECTURE.md §4).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BootMode {
+    /// UEFI firmware boots a GPT disk whose EFI system partition holds the boot application; the firmware
+    /// measures it into PCR 4 before it runs.
+    Uefi,
+    /// QEMU loads the kernel ELF and the model itself (`-kernel`/`-initrd`): fast, but nothing measures the
+    /// kernel before it runs, so the host operator is trusted.
+    #[default]
+    Direct,
+}
+
+impl BootMode {
+    /// The name written into the manifest and shown to people.
+    pub fn name(self) -> &'static str {
+        match self {
+            BootMode::Uefi => "uefi",
+            BootMode::Direct => "direct",
+        }
+    }
+}
+
+impl fmt::Display for BootMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for BootMode {
+    type Err = String;
+
+    fn from_str(text: &str) -> std::result::Result<Self, Self::Err> {
+        match text {
+            "uefi" => Ok(BootMode::Uefi),
+            "direct" => Ok(BootMode::Direct),
+            other => Err(format!("unknown boot mode {other:?}: use uefi or direct")),
+        }
+    }
+}
+
 /// The manifest format this code writes and reads.
 pub const MANIFEST_FORMAT: u32 = 2;
 /// The manifest's file name in an image directory.
@@ -219,6 +260,23 @@ pub struct Manifest {
     pub pcrs: ExpectedPcrs,
     /// The firmware PCRs.
     pub firmware: FirmwarePcrs,
+    /// The root of trust: `uefi` (the firmware measured the boot application before it ran) or
+    /// `direct` (nothing measured the kernel before it ran). Older manifests without it are direct.
+    #[serde(default)]
+    pub boot: BootMode,
+    /// For `uefi`: the boot application the firmware must have measured into PCR 4.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_application: Option<BootApplication>,
+}
+
+/// The PE32+ boot application of a UEFI image (docs/ARCHITECTURE.md, "UEFI boot").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootApplication {
+    /// Its Authenticode SHA-256: the digest of its EV_EFI_BOOT_SERVICES_APPLICATION event in PCR 4.
+    pub authenticode_sha256: Sha256Digest,
+    /// Its file length in bytes.
+    pub length: u64,
 }
 
 /// One event the appliance must have logged, in order: the measurement contract's type.
@@ -293,6 +351,8 @@ impl Manifest {
                 command_line: Sha256Digest([0; 32]),
             },
             firmware: FirmwarePcrs::NonZero,
+            boot: BootMode::Direct,
+            boot_application: None,
         };
         manifest.pcrs = manifest.replay();
         Ok(manifest)
@@ -310,6 +370,16 @@ impl Manifest {
         };
         self.validate()?;
         Ok(self)
+    }
+
+    /// The same manifest for a UEFI image whose boot application has this Authenticode digest.
+    pub fn with_uefi_boot(mut self, authenticode_sha256: [u8; 32], length: u64) -> Self {
+        self.boot = BootMode::Uefi;
+        self.boot_application = Some(BootApplication {
+            authenticode_sha256: Sha256Digest(authenticode_sha256),
+            length,
+        });
+        self
     }
 
     /// The events the appliance logs, in order: kernel (PCR 12), model and serving parameters (PCR 13),
@@ -405,6 +475,9 @@ impl Manifest {
             if let Some(pcr) = pcrs.keys().find(|&&pcr| pcr > 11) {
                 bail!("golden firmware PCR {pcr} is not a firmware PCR (0-11)");
             }
+        }
+        if (self.boot == BootMode::Uefi) != self.boot_application.is_some() {
+            bail!("the manifest names a boot application exactly when it boots through UEFI");
         }
         Ok(())
     }
@@ -736,6 +809,45 @@ mod tests {
         assert!(text.ends_with("}\n"), "{text}");
         assert!(text.contains("\"policy\": \"non-zero\""), "{text}");
         assert!(text.contains(&format!("\"12\": \"{}\"", manifest.pcrs.kernel)));
+    }
+
+    #[test]
+    fn the_root_of_trust_is_recorded_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let (elf, _) = fixture();
+        let kernel = dir.path().join("kernel.elf");
+        let model = dir.path().join("model.gguf");
+        std::fs::write(&kernel, &elf).unwrap();
+        std::fs::write(&model, b"GGUF model bytes").unwrap();
+        let direct = Manifest::for_image(&kernel, &model, "ip=dhcp port=7000").unwrap();
+        assert_eq!(direct.boot, BootMode::Direct);
+        let text = String::from_utf8(direct.to_json()).unwrap();
+        assert!(text.contains("\"boot\": \"direct\""), "{text}");
+        assert!(!text.contains("boot_application"), "{text}");
+
+        let uefi = direct.clone().with_uefi_boot([0xab; 32], 4096);
+        uefi.validate().unwrap();
+        let text = String::from_utf8(uefi.to_json()).unwrap();
+        assert!(text.contains("\"boot\": \"uefi\""), "{text}");
+        assert!(
+            text.contains(&format!("\"authenticode_sha256\": \"{}\"", "ab".repeat(32))),
+            "{text}"
+        );
+        assert_eq!(Manifest::from_json(text.as_bytes()).unwrap(), uefi);
+        // A root of trust without its application, or the reverse, is refused.
+        let lying = text.replace("\"boot\": \"uefi\"", "\"boot\": \"direct\"");
+        assert!(Manifest::from_json(lying.as_bytes()).is_err());
+        let mut missing = uefi.clone();
+        missing.boot_application = None;
+        assert!(missing.validate().is_err());
+        // A manifest written before the field existed reads as direct.
+        let old = String::from_utf8(direct.to_json())
+            .unwrap()
+            .replace(",\n  \"boot\": \"direct\"", "");
+        assert_eq!(
+            Manifest::from_json(old.as_bytes()).unwrap().boot,
+            BootMode::Direct
+        );
     }
 
     #[test]

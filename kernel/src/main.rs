@@ -12,6 +12,7 @@ mod appliance;
 mod arch;
 mod clock;
 mod console;
+mod firmware_log;
 mod memory;
 mod pci;
 mod rng;
@@ -51,6 +52,7 @@ extern "C" fn kernel_main(start_info: u64) -> ! {
         memory.model.1 - memory.model.0,
         memory.boot.cmdline.as_str()
     );
+    firmware_log::show(memory.firmware_event_log());
     let Ok(clock) = clock::Clock::calibrate() else {
         fail("clock calibration")
     };

@@ -107,6 +107,8 @@ pub struct Memory {
     pub boot: BootInfo,
     /// Physical range of the model blob.
     pub model: (u64, u64),
+    /// Physical range of the firmware's TCG2 event log (the second module; UEFI boot only).
+    pub firmware_log: Option<(u64, u64)>,
     /// Heap size in bytes.
     #[allow(dead_code, reason = "reported only on the debug console")]
     pub heap_bytes: u64,
@@ -158,6 +160,11 @@ pub fn init(start_info_address: u64) -> Result<Memory, MemoryError> {
         start_info::parse(&EarlyPhysical, start_info_address).map_err(MemoryError::StartInfo)?;
     let module = *boot.modules.first().ok_or(MemoryError::NoModel)?;
     let model = (module.start, module.start + module.len);
+    let firmware_log = boot
+        .modules
+        .get(1)
+        .filter(|log| log.len <= crate::firmware_log::MAX_LOG_BYTES)
+        .map(|log| (log.start, log.start + log.len));
     let kernel = (
         symbol(&raw const __text_start),
         symbol(&raw const __stacks_end),
@@ -170,6 +177,10 @@ pub fn init(start_info_address: u64) -> Result<Memory, MemoryError> {
     let _ = reserved.push(model);
     for range in &boot.loader_ranges {
         let _ = reserved.push((range.start, range.end()));
+    }
+    // The log stays where the stub left it, in usable RAM that the RAM mapping below covers.
+    if let Some(log) = firmware_log {
+        let _ = reserved.push(log);
     }
     let mut frames = FrameAllocator::new(&boot.memory_map, &reserved);
 
@@ -234,6 +245,7 @@ pub fn init(start_info_address: u64) -> Result<Memory, MemoryError> {
         space,
         boot,
         model,
+        firmware_log,
         heap_bytes: free_end - heap_start,
     })
 }
@@ -305,6 +317,17 @@ impl Memory {
         let (start, end) = self.model;
         // SAFETY: [start, end) is the initrd module, mapped read-only for the kernel's lifetime,
         // reserved from the frame allocator and the heap, and nothing writes it.
+        unsafe { core::slice::from_raw_parts(start as *const u8, (end - start) as usize) }
+    }
+
+    /// The firmware's TCG2 event log the EFI stub handed over, in place; empty on the direct path.
+    pub fn firmware_event_log(&self) -> &'static [u8] {
+        let Some((start, end)) = self.firmware_log else {
+            return &[];
+        };
+        // SAFETY: [start, end) is the second boot module, at most MAX_LOG_BYTES, in usable RAM
+        // that is mapped read-write and reserved from the frame allocator and the heap; nothing
+        // writes it after boot.
         unsafe { core::slice::from_raw_parts(start as *const u8, (end - start) as usize) }
     }
 

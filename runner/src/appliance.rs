@@ -153,6 +153,17 @@ impl Appliance {
             host_port,
             swtpm_socket: swtpm.socket().to_path_buf(),
             serial_log: serial_log.clone(),
+            firmware: match &options.image.uefi {
+                Some(uefi) => {
+                    let (code, vars) = crate::uefi::firmware_for_run(state)?;
+                    Some(qemu::Firmware {
+                        code,
+                        vars,
+                        disk: uefi.disk.clone(),
+                    })
+                }
+                None => None,
+            },
         };
         let endpoint = SocketAddr::from((Ipv4Addr::LOCALHOST, host_port));
         let timeout = options

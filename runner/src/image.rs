@@ -14,6 +14,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use client::manifest::{Manifest, MANIFEST_FILE};
 
+use crate::uefi::{self, BootMode, UefiImage};
 use crate::{models, process, workspace};
 
 /// The only Rust target installed here (DESIGN §2); the kernel is freestanding despite the name.
@@ -155,6 +156,10 @@ pub struct Image {
     /// The kernel command line, also written to `<dir>/cmdline`.
     pub cmdline: String,
     pub flavor: KernelFlavor,
+    /// How the image boots; [`crate::uefi::BootMode::Direct`] unless [`build`] was asked for UEFI.
+    pub boot: BootMode,
+    /// The boot application and disk image, for a UEFI image.
+    pub uefi: Option<UefiImage>,
 }
 
 /// What to build.
@@ -166,6 +171,7 @@ pub struct BuildOptions {
     pub out: PathBuf,
     pub flavor: KernelFlavor,
     pub cmdline: String,
+    pub boot: BootMode,
 }
 
 impl Default for BuildOptions {
@@ -175,6 +181,7 @@ impl Default for BuildOptions {
             out: workspace::default_out_dir(),
             flavor: KernelFlavor::default(),
             cmdline: DEFAULT_CMDLINE.into(),
+            boot: BootMode::default(),
         }
     }
 }
@@ -184,13 +191,25 @@ impl Default for BuildOptions {
 pub fn build(options: &BuildOptions) -> Result<Image> {
     let model = models::resolve(&options.model)?;
     let kernel = build_kernel(options.flavor)?;
-    let image = assemble(
+    let mut image = assemble(
         &kernel,
         &model,
         &options.cmdline,
         &options.out,
         options.flavor,
     )?;
+    if options.boot == BootMode::Uefi {
+        let stub = uefi::build_stub()?;
+        eprintln!("writing the UEFI boot application and disk image...");
+        image.uefi = Some(uefi::write_image(
+            &stub,
+            &image.kernel,
+            &image.model,
+            &image.cmdline,
+            &image.dir,
+        )?);
+        image.boot = BootMode::Uefi;
+    }
     // What a verifier expects this image to measure (PCRs 12-14), beside the image.
     write_manifest(&image)?;
     Ok(image)
@@ -200,7 +219,14 @@ pub fn build(options: &BuildOptions) -> Result<Image> {
 /// does after assembling the image); returns its path.
 pub fn write_manifest(image: &Image) -> Result<PathBuf> {
     let path = image.dir.join(MANIFEST_FILE);
-    Manifest::for_image(&image.kernel, &image.model, &image.cmdline)?.write(&path)?;
+    let mut manifest = Manifest::for_image(&image.kernel, &image.model, &image.cmdline)?;
+    if let Some(uefi) = &image.uefi {
+        let length = std::fs::metadata(&uefi.application)
+            .with_context(|| format!("cannot read {}", uefi.application.display()))?
+            .len();
+        manifest = manifest.with_uefi_boot(uefi.authenticode, length);
+    }
+    manifest.write(&path)?;
     Ok(path)
 }
 
@@ -223,6 +249,8 @@ pub fn assemble(
         cmdline: cmdline.to_string(),
         dir: out.clone(),
         flavor,
+        boot: BootMode::Direct,
+        uefi: None,
     };
     replace_with(&image.kernel, |temporary| {
         std::fs::copy(kernel, temporary)

@@ -4,13 +4,16 @@
 
 pub mod appliance;
 pub mod chat;
+pub mod disk;
 pub mod engine;
 pub mod image;
 pub mod models;
+pub mod pe;
 pub mod process;
 pub mod qemu;
 pub mod tools;
 pub mod tpm_state;
+pub mod uefi;
 pub mod verify;
 pub mod workspace;
 

@@ -62,6 +62,10 @@ struct ImageArgs {
     /// Build the kernel with a COM1 console and log output (never for release).
     #[arg(long)]
     debug_console: bool,
+    /// How the image boots: uefi (OVMF measures the boot application into PCR 4 before it runs)
+    /// or direct (QEMU loads the kernel itself; nothing measures it first).
+    #[arg(long, default_value_t = runner::uefi::BootMode::default())]
+    boot: runner::uefi::BootMode,
 }
 
 #[derive(Args, Debug)]
@@ -155,6 +159,7 @@ fn build_options(image: &ImageArgs, out: Option<PathBuf>) -> BuildOptions {
             debug_console: image.debug_console,
         },
         cmdline: defaults.cmdline,
+        boot: image.boot,
     }
 }
 

@@ -107,6 +107,19 @@ pub struct QemuConfig {
     pub swtpm_socket: PathBuf,
     /// Where COM1 output goes (empty for a release image).
     pub serial_log: PathBuf,
+    /// Boot through UEFI firmware from a disk instead of loading the kernel directly.
+    pub firmware: Option<Firmware>,
+}
+
+/// The UEFI boot: OVMF in two flash devices, and the GPT disk on virtio-blk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Firmware {
+    /// OVMF's code, mapped read-only.
+    pub code: PathBuf,
+    /// This run's private copy of OVMF's variable store.
+    pub vars: PathBuf,
+    /// The disk image, attached read-only.
+    pub disk: PathBuf,
 }
 
 impl QemuConfig {
@@ -120,16 +133,44 @@ impl QemuConfig {
             "user,id=net0,hostfwd=tcp:127.0.0.1:{}-:{GUEST_PORT}",
             self.host_port
         );
-        let options: [(&str, OsString); 15] = [
+        let boot: Vec<(&str, OsString)> = match &self.firmware {
+            None => vec![
+                ("-kernel", self.kernel.clone().into()),
+                ("-initrd", self.initrd.clone().into()),
+                ("-append", self.cmdline.clone().into()),
+            ],
+            // The firmware boots EFI/BOOT/BOOTX64.EFI from the disk's EFI system partition.
+            Some(firmware) => vec![
+                (
+                    "-drive",
+                    join(
+                        "if=pflash,format=raw,unit=0,readonly=on,file=",
+                        &firmware.code,
+                    ),
+                ),
+                (
+                    "-drive",
+                    join("if=pflash,format=raw,unit=1,file=", &firmware.vars),
+                ),
+                (
+                    "-drive",
+                    join(
+                        "if=none,id=disk0,format=raw,readonly=on,file=",
+                        &firmware.disk,
+                    ),
+                ),
+                ("-device", "virtio-blk-pci,drive=disk0,bootindex=1".into()),
+            ],
+        };
+        let machine: [(&str, OsString); 6] = [
             ("-machine", "q35".into()),
             ("-accel", self.accel.name().into()),
             ("-cpu", cpu.into()),
             ("-smp", "1".into()),
             ("-m", self.mem_mib.to_string().into()),
             ("-display", "none".into()),
-            ("-kernel", self.kernel.clone().into()),
-            ("-initrd", self.initrd.clone().into()),
-            ("-append", self.cmdline.clone().into()),
+        ];
+        let devices: [(&str, OsString); 6] = [
             ("-netdev", netdev.into()),
             (
                 "-device",
@@ -146,7 +187,7 @@ impl QemuConfig {
         ];
         // No default devices (no e1000, no VGA), and a guest reset ends QEMU instead of rebooting.
         let mut args: Vec<OsString> = vec!["-nodefaults".into(), "-no-reboot".into()];
-        for (flag, value) in options {
+        for (flag, value) in machine.into_iter().chain(boot).chain(devices) {
             args.push(flag.into());
             args.push(value);
         }
@@ -181,6 +222,7 @@ mod tests {
             host_port: 7123,
             swtpm_socket: "/run/state/swtpm.sock".into(),
             serial_log: "/run/state/serial.log".into(),
+            firmware: None,
         }
     }
 
