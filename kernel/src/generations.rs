@@ -95,6 +95,16 @@ impl<'a> Generations<'a> {
 
     /// The prompt's token ids, or the error the client gets.
     fn prompt_ids(&self, prompt: &Prompt) -> Result<Vec<u32>, ErrorCode> {
+        // Work per request is bounded before it starts: a text too long to fit the context whatever its
+        // tokens is refused without tokenizing it (a 64 KiB frame would otherwise cost a full tokenization).
+        let text_bytes = match prompt {
+            Prompt::Text(text) => text.len(),
+            Prompt::Chat(turns) => turns.iter().map(|turn| turn.content.len()).sum(),
+            Prompt::Tokens(_) => 0,
+        };
+        if self.engine.tokenizer.fewest_tokens(text_bytes) > self.context() {
+            return Err(ErrorCode::ContextExceeded);
+        }
         let mut ids = Vec::new();
         match prompt {
             Prompt::Text(text) => self.engine.encode_text(text, &mut ids),
@@ -307,6 +317,31 @@ mod tests {
         let again = request(Prompt::Tokens(prompt_ids.clone()), 8);
         assert_eq!(generations.start(0, &again), Reply::Streaming);
         assert_eq!(drain(&mut generations, 0).0, tokens);
+    }
+
+    #[test]
+    fn a_text_too_long_for_any_tokenization_is_refused_before_tokenizing() {
+        let blob = generate(&TinySpec::llama(), 1);
+        let gguf = Gguf::parse(&blob).unwrap();
+        let engine = Engine::load(&gguf).unwrap();
+        let longest = engine.tokenizer.longest_piece_bytes();
+        let mut generations = Generations::reserve(engine, &SERVING);
+        let limit = generations.context() * longest;
+        // One byte past what the context can hold even if every token were the longest one.
+        let word: String = "a".repeat(limit + 1);
+        assert_eq!(
+            generations.start(0, &request(text(&word), 4)),
+            Reply::Response(Response::Error(ErrorCode::ContextExceeded))
+        );
+        let turns = Prompt::Chat(vec![net::proto::ChatMessage {
+            role: Role::User,
+            content: word,
+        }]);
+        assert_eq!(
+            generations.start(0, &request(turns, 4)),
+            Reply::Response(Response::Error(ErrorCode::ContextExceeded))
+        );
+        assert!(!generations.any_running());
     }
 
     #[test]

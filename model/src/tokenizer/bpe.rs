@@ -6,9 +6,10 @@
 //! `is_alphabetic`/`is_numeric`/`is_whitespace` stand in for the regex classes); llama.cpp's `smollm` pre-type first
 //! isolates each `\p{N}` character. Merging repeatedly joins the adjacent pair of lowest merge rank, leftmost first.
 
-use alloc::collections::BTreeMap;
+use alloc::collections::{BTreeMap, BinaryHeap};
 use alloc::string::String;
 use alloc::vec::Vec;
+use core::cmp::Reverse;
 
 use super::{Tokenizer, TokenizerError};
 use crate::gguf::{Gguf, Value};
@@ -110,25 +111,7 @@ impl<'a> Bpe<'a> {
         if word.is_empty() {
             return;
         }
-        // Symbols as byte ranges of `word`, initially one per character.
-        let mut sym: Vec<(usize, usize)> = word
-            .char_indices()
-            .map(|(i, c)| (i, i + c.len_utf8()))
-            .collect();
-        loop {
-            let mut best: Option<(u32, usize)> = None;
-            for i in 0..sym.len().saturating_sub(1) {
-                let (l, r) = (&word[sym[i].0..sym[i].1], &word[sym[i + 1].0..sym[i + 1].1]);
-                if let Some(&rank) = self.ranks.get(&(l, r)) {
-                    if best.is_none_or(|(b, _)| rank < b) {
-                        best = Some((rank, i));
-                    }
-                }
-            }
-            let Some((_, i)) = best else { break };
-            sym[i].1 = sym[i + 1].1;
-            sym.remove(i + 1);
-        }
+        let sym = self.merge(word);
         for (s, e) in sym {
             let piece = &word[s..e];
             match tok.id(piece) {
@@ -143,6 +126,106 @@ impl<'a> Bpe<'a> {
             }
         }
     }
+}
+
+impl Bpe<'_> {
+    /// The merge rank of two adjacent symbols, if the vocabulary merges them.
+    fn rank(&self, word: &str, left: &Symbol, right: &Symbol) -> Option<u32> {
+        let pair = (&word[left.start..left.end], &word[right.start..right.end]);
+        self.ranks.get(&pair).copied()
+    }
+
+    /// BPE merging of one pre-token: repeatedly joins the adjacent pair of lowest rank, leftmost first, until
+    /// no pair has a rank. Returns the final symbols as byte ranges of `word`, in order.
+    ///
+    /// The candidate pairs wait in a min-heap keyed by (rank, left symbol's start), so each merge costs
+    /// O(log n) instead of a scan of the whole word (a rescan per merge is quadratic, and one long pre-token
+    /// would stall the appliance's loop). Entries are never removed when a merge makes them stale: a popped
+    /// entry is used only if both symbols are still alive, adjacent and unchanged since it was pushed.
+    fn merge(&self, word: &str) -> Vec<(usize, usize)> {
+        let count = word.chars().count();
+        let mut symbols: Vec<Symbol> = word
+            .char_indices()
+            .enumerate()
+            .map(|(index, (start, c))| Symbol {
+                start,
+                end: start + c.len_utf8(),
+                previous: index.checked_sub(1),
+                next: (index + 1 < count).then_some(index + 1),
+            })
+            .collect();
+        let mut candidates = BinaryHeap::new();
+        let push =
+            |candidates: &mut BinaryHeap<Reverse<Candidate>>, symbols: &[Symbol], left: usize| {
+                let Some(right) = symbols[left].next else {
+                    return;
+                };
+                if let Some(rank) = self.rank(word, &symbols[left], &symbols[right]) {
+                    candidates.push(Reverse(Candidate {
+                        rank,
+                        start: symbols[left].start,
+                        left,
+                        right,
+                        left_end: symbols[left].end,
+                        right_end: symbols[right].end,
+                    }));
+                }
+            };
+        for left in 0..count {
+            push(&mut candidates, &symbols, left);
+        }
+        while let Some(Reverse(candidate)) = candidates.pop() {
+            let (left, right) = (candidate.left, candidate.right);
+            // Stale: the left symbol grew or was absorbed, or its neighbour changed since the push.
+            let alive = symbols[left].next == Some(right)
+                && symbols[left].end == candidate.left_end
+                && symbols[right].end == candidate.right_end
+                && symbols[right].start == candidate.left_end;
+            if !alive {
+                continue;
+            }
+            symbols[left].end = symbols[right].end;
+            let after = symbols[right].next;
+            symbols[left].next = after;
+            if let Some(after) = after {
+                symbols[after].previous = Some(left);
+            }
+            // The absorbed symbol is unlinked: mark it so no stale entry can use it as a left symbol.
+            symbols[right].next = None;
+            symbols[right].start = usize::MAX;
+            if let Some(previous) = symbols[left].previous {
+                push(&mut candidates, &symbols, previous);
+            }
+            push(&mut candidates, &symbols, left);
+        }
+        let mut pieces = Vec::new();
+        let mut at = (!symbols.is_empty()).then_some(0);
+        while let Some(index) = at {
+            pieces.push((symbols[index].start, symbols[index].end));
+            at = symbols[index].next;
+        }
+        pieces
+    }
+}
+
+/// One symbol of a word being merged: a byte range of the word, linked to its neighbours.
+struct Symbol {
+    start: usize,
+    end: usize,
+    previous: Option<usize>,
+    next: Option<usize>,
+}
+
+/// A pair of adjacent symbols that the vocabulary merges, as it was when pushed. Ordered by rank, then by
+/// position, so the heap yields the lowest rank and, among equals, the leftmost pair.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Candidate {
+    rank: u32,
+    start: usize,
+    left: usize,
+    right: usize,
+    left_end: usize,
+    right_end: usize,
 }
 
 /// Calls `f` on each GPT-2 pre-token of `s`, in order; the pieces concatenate to `s`.
@@ -237,6 +320,78 @@ mod tests {
         assert_eq!(split("a   b"), ["a", "  ", " b"]);
         assert_eq!(split("x \n"), ["x", " \n"]);
         assert_eq!(split(" 12ab"), [" 12", "ab"]);
+    }
+
+    /// The merge rule as first written: rescan every adjacent pair after each merge (quadratic).
+    fn reference_merge(bpe: &Bpe<'_>, word: &str) -> Vec<(usize, usize)> {
+        let mut sym: Vec<(usize, usize)> = word
+            .char_indices()
+            .map(|(i, c)| (i, i + c.len_utf8()))
+            .collect();
+        loop {
+            let mut best: Option<(u32, usize)> = None;
+            for i in 0..sym.len().saturating_sub(1) {
+                let pair = (&word[sym[i].0..sym[i].1], &word[sym[i + 1].0..sym[i + 1].1]);
+                if let Some(&rank) = bpe.ranks.get(&pair) {
+                    if best.is_none_or(|(b, _)| rank < b) {
+                        best = Some((rank, i));
+                    }
+                }
+            }
+            let Some((_, i)) = best else { break };
+            sym[i].1 = sym[i + 1].1;
+            sym.remove(i + 1);
+        }
+        sym
+    }
+
+    #[test]
+    fn heap_merge_equals_the_rescanning_merge() {
+        // A vocabulary over a small alphabet with overlapping pairs, equal-looking runs and multi-byte
+        // characters, so ties (leftmost first), stale candidates and chains of merges all occur.
+        let merges = [
+            ("a", "a"),
+            ("aa", "a"),
+            ("a", "b"),
+            ("b", "a"),
+            ("ab", "a"),
+            ("aa", "aa"),
+            ("b", "b"),
+            ("é", "a"),
+            ("a", "é"),
+            ("ba", "b"),
+            ("aaa", "b"),
+            ("bb", "bb"),
+        ];
+        let mut ranks = BTreeMap::new();
+        for (rank, pair) in merges.iter().enumerate() {
+            ranks.entry(*pair).or_insert(rank as u32);
+        }
+        let bpe = Bpe {
+            ranks,
+            pre: Pre::Gpt2,
+            byte_chars: ['\0'; 256],
+        };
+        let alphabet = ['a', 'b', 'é', 'c'];
+        let mut state = 0x2545_f491_u32;
+        for _ in 0..3000 {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            let len = (state % 40) as usize;
+            let word: String = (0..len)
+                .map(|k| alphabet[((state >> (k % 24)) as usize + k * 7) % alphabet.len()])
+                .collect();
+            assert_eq!(bpe.merge(&word), reference_merge(&bpe, &word), "{word:?}");
+        }
+        for run in [
+            "a",
+            "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            "abababababababab",
+            "éaéaéaéa",
+        ] {
+            assert_eq!(bpe.merge(run), reference_merge(&bpe, run), "{run:?}");
+        }
     }
 
     #[test]

@@ -171,6 +171,25 @@ impl<'a> Tokenizer<'a> {
         self.tokens.len()
     }
 
+    /// An upper bound on the prompt bytes one token can stand for: the longest token text (byte-level BPE
+    /// writes each byte as one or two UTF-8 bytes, SentencePiece a space as three, byte-fallback tokens as
+    /// six), and at least 4 for an unknown character. So a text of `n` bytes needs at least
+    /// `n / longest_piece_bytes()` tokens, which lets a caller refuse a prompt that cannot fit a context
+    /// before spending any work on tokenizing it.
+    pub fn longest_piece_bytes(&self) -> usize {
+        self.tokens
+            .iter()
+            .map(|text| text.len())
+            .max()
+            .unwrap_or(0)
+            .max(4)
+    }
+
+    /// The fewest tokens a text of `bytes` bytes can tokenize into (see [`Self::longest_piece_bytes`]).
+    pub fn fewest_tokens(&self, bytes: usize) -> usize {
+        bytes.div_ceil(self.longest_piece_bytes())
+    }
+
     pub fn id(&self, text: &str) -> Option<u32> {
         self.ids.get(text).copied()
     }
