@@ -177,3 +177,77 @@ fn uefi_image_boots_under_ovmf_and_verifies() {
     assert!(report.verified);
     appliance.shutdown().expect("QEMU and swtpm stop");
 }
+
+/// The firmware log the debug console shows in hex (`firmware event log: <hex>` lines).
+fn firmware_log_from_serial(serial: &[u8]) -> Vec<u8> {
+    let text = String::from_utf8_lossy(serial);
+    let mut log = Vec::new();
+    for line in text.lines() {
+        let Some(hex) = line.trim_end().strip_prefix("firmware event log: ") else {
+            continue;
+        };
+        if hex.ends_with("bytes") {
+            continue;
+        }
+        for pair in hex.as_bytes().chunks(2) {
+            let digits = std::str::from_utf8(pair).expect("ASCII");
+            log.push(u8::from_str_radix(digits, 16).expect("hex digits"));
+        }
+    }
+    log
+}
+
+#[test]
+fn the_kernel_receives_the_whole_firmware_event_log() {
+    runner::tools::require(&runner::tools::BOOT_TOOLS).expect("QEMU and swtpm are needed");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let model = tiny_llama(dir.path());
+    let options = image::BuildOptions {
+        model: model.display().to_string(),
+        out: dir.path().join("image"),
+        flavor: KernelFlavor {
+            debug_console: true,
+        },
+        cmdline: CMDLINE.into(),
+        boot: BootMode::Uefi,
+    };
+    let built = image::build(&options).expect("runner build --boot uefi --debug-console");
+    let authenticode = built.uefi.as_ref().expect("UEFI files").authenticode;
+    let mut boot = BootOptions::new(built);
+    boot.accel = AccelChoice::Tcg;
+    boot.mem_mib = 512;
+    boot.echo_serial = false;
+    boot.ready_timeout = Some(Duration::from_secs(300));
+    let appliance = Appliance::boot(&boot).expect("the UEFI image boots under OVMF and answers");
+    let log = firmware_log_from_serial(&appliance.serial_output().expect("serial log"));
+    appliance.shutdown().expect("QEMU and swtpm stop");
+    assert!(!log.is_empty(), "the kernel showed no firmware event log");
+    let path = dir.path().join("eventlog.bin");
+    std::fs::write(&path, &log).expect("write the log");
+    let output = Command::new("tpm2_eventlog")
+        .arg(&path)
+        .output()
+        .expect("tpm2_eventlog runs (Debian package tpm2-tools)");
+    let parsed = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "tpm2_eventlog refused the log: {output:?}"
+    );
+    // The firmware measured exactly this boot application into PCR 4.
+    let application = parsed
+        .split("- EventNum:")
+        .find(|event| event.contains("EV_EFI_BOOT_SERVICES_APPLICATION"))
+        .expect("an EV_EFI_BOOT_SERVICES_APPLICATION event");
+    assert!(application.contains("PCRIndex: 4"), "{application}");
+    assert!(
+        application.contains(&runner::models::hex(&authenticode)),
+        "{application}"
+    );
+    // The events measured during ExitBootServices came from the final-events table.
+    for action in [
+        "Exit Boot Services Invocation",
+        "Exit Boot Services Returned with Success",
+    ] {
+        assert!(parsed.contains(action), "{action} missing from:\n{parsed}");
+    }
+}
