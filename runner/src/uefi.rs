@@ -43,7 +43,7 @@ pub enum BootMode {
     /// application; the firmware measures it into PCR 4 before it runs.
     Uefi,
     /// QEMU loads the kernel ELF and the model itself (`-kernel`/`-initrd`): fast, but nothing
-    /// measures the kernel before it runs.
+    /// measures the kernel before it runs. The default of a manifest that names no root of trust.
     #[default]
     Direct,
 }
