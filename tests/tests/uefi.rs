@@ -94,11 +94,13 @@ fn clone_into(destination: &Path) {
     assert!(status.success(), "git clone failed");
 }
 
+/// The stub from two clean checkouts at different paths, with the same kernel (whose own
+/// reproducibility `reproducible.rs` checks), model and command line, gives byte-identical boot
+/// applications, disk images and manifests.
 #[test]
 fn disk_images_are_byte_identical_across_checkouts() {
     let root = tempfile::tempdir().expect("temp dir");
-    let kernel = root.path().join("kernel.elf");
-    std::fs::write(&kernel, b"\x7fELF the same kernel bytes for both builds").expect("kernel");
+    let kernel = image::build_kernel(KernelFlavor::default()).expect("the release kernel builds");
     let model = tiny_llama(root.path());
     let mut images = Vec::new();
     // Different path lengths, so an unremapped path would move bytes as well as change them.
@@ -121,15 +123,23 @@ fn disk_images_are_byte_identical_across_checkouts() {
         let out = root.path().join(format!("out{}", images.len()));
         std::fs::create_dir(&out).expect("mkdir");
         let built = uefi::write_image(&stub, &kernel, &model, CMDLINE, &out).expect("UEFI image");
+        let application = std::fs::read(&built.application).expect("application");
+        let manifest = Manifest::for_image(&kernel, &model, CMDLINE)
+            .expect("manifest")
+            .with_uefi_boot(built.authenticode, application.len() as u64);
         images.push((
-            std::fs::read(&built.application).expect("application"),
+            application,
             std::fs::read(&built.disk).expect("disk"),
-            built.authenticode,
+            manifest.to_json(),
         ));
     }
     assert!(images[0].0 == images[1].0, "boot applications differ");
     assert!(images[0].1 == images[1].1, "disk images differ");
-    assert_eq!(images[0].2, images[1].2);
+    assert_eq!(
+        String::from_utf8_lossy(&images[0].2),
+        String::from_utf8_lossy(&images[1].2),
+        "manifests differ"
+    );
 }
 
 #[test]
