@@ -181,7 +181,8 @@ impl Default for BuildOptions {
             out: workspace::default_out_dir(),
             flavor: KernelFlavor::default(),
             cmdline: DEFAULT_CMDLINE.into(),
-            boot: BootMode::default(),
+            // The firmware measures the image before it runs (docs/ARCHITECTURE.md, "UEFI boot").
+            boot: BootMode::Uefi,
         }
     }
 }

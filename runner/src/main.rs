@@ -64,7 +64,7 @@ struct ImageArgs {
     debug_console: bool,
     /// How the image boots: uefi (OVMF measures the boot application into PCR 4 before it runs)
     /// or direct (QEMU loads the kernel itself; nothing measures it first).
-    #[arg(long, default_value_t = runner::uefi::BootMode::default())]
+    #[arg(long, default_value_t = runner::uefi::BootMode::Uefi)]
     boot: runner::uefi::BootMode,
 }
 
@@ -334,6 +334,7 @@ mod tests {
         assert_eq!(cli.up.image.model, "smollm2");
         assert_eq!(cli.up.accel, qemu::AccelChoice::Auto);
         assert_eq!(cli.up.mem, 1024);
+        assert_eq!(cli.up.image.boot, runner::uefi::BootMode::Uefi);
 
         let cli = Cli::try_parse_from([
             "runner", "--model", "/m.gguf", "--port", "0", "--accel", "tcg",

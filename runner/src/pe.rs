@@ -525,6 +525,137 @@ mod tests {
         );
     }
 
+    /// A minimal static-PIE ELF: code at 0x1000, data at 0x2000 (0x10 bytes in the file, 0x100
+    /// in memory) holding one pointer to 0x1010 that an R_X86_64_RELATIVE entry relocates.
+    fn pie() -> Vec<u8> {
+        let mut elf = vec![0u8; 0x3000];
+        elf[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        let mut put = |at: usize, bytes: &[u8]| elf[at..at + bytes.len()].copy_from_slice(bytes);
+        put(16, &3u16.to_le_bytes()); // ET_DYN
+        put(24, &0x1004u64.to_le_bytes()); // e_entry
+        put(32, &64u64.to_le_bytes()); // e_phoff
+        put(40, &0x2900u64.to_le_bytes()); // e_shoff
+        put(54, &56u16.to_le_bytes());
+        put(56, &2u16.to_le_bytes());
+        put(58, &64u16.to_le_bytes());
+        put(60, &2u16.to_le_bytes());
+        for (index, (flags, at, file_len, memory_len)) in [
+            (5u32, 0x1000u64, 0x20u64, 0x20u64),
+            (6, 0x2000, 0x10, 0x100),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let header = 64 + 56 * index;
+            put(header, &1u32.to_le_bytes());
+            put(header + 4, &flags.to_le_bytes());
+            for (field, value) in [
+                (8, at),
+                (16, at),
+                (24, at),
+                (32, file_len),
+                (40, memory_len),
+            ] {
+                put(header + field, &value.to_le_bytes());
+            }
+        }
+        put(0x1000, &[0xcc; 0x20]);
+        put(0x2000, &[0x11; 0x10]);
+        // .rela.dyn: r_offset 0x2008, R_X86_64_RELATIVE, addend 0x1010.
+        put(0x2800, &0x2008u64.to_le_bytes());
+        put(0x2808, &8u64.to_le_bytes());
+        put(0x2810, &0x1010u64.to_le_bytes());
+        let rela = 0x2900 + 64;
+        put(rela + 4, &4u32.to_le_bytes()); // SHT_RELA
+        put(rela + 24, &0x2800u64.to_le_bytes());
+        put(rela + 32, &24u64.to_le_bytes());
+        elf
+    }
+
+    fn section(pe: &[u8], name: &str) -> (u32, u32, usize, usize) {
+        let count = u16::from_le_bytes([pe[COFF_OFFSET + 2], pe[COFF_OFFSET + 3]]) as usize;
+        (0..count)
+            .map(|index| SECTION_TABLE_OFFSET + 40 * index)
+            .find(|at| pe[*at..*at + 8].starts_with(name.as_bytes()) && pe[*at + name.len()] == 0)
+            .map(|at| {
+                let field = |offset: usize| u32_at(pe, at + offset).unwrap();
+                (field(12), field(8), field(20) as usize, field(16) as usize)
+            })
+            .unwrap_or_else(|| panic!("no section {name}"))
+    }
+
+    #[test]
+    fn segments_payloads_and_relocations_land_where_the_loader_expects() {
+        let mut pe = Vec::new();
+        write_efi_application(
+            &pie(),
+            &[Payload {
+                name: ".model",
+                source: PayloadSource::Bytes(b"GGUF"),
+            }],
+            &mut pe,
+        )
+        .unwrap();
+        assert_eq!(&pe[..2], b"MZ");
+        assert_eq!(u32_at(&pe, OPTIONAL_OFFSET + 16).unwrap(), 0x2004); // entry RVA
+        let (text_rva, text_len, text_raw, _) = section(&pe, ".text");
+        assert_eq!((text_rva, text_len), (0x2000, 0x20));
+        assert_eq!(&pe[text_raw..text_raw + 0x20], &[0xcc; 0x20]);
+        let (data_rva, data_len, data_raw, data_raw_len) = section(&pe, ".data");
+        assert_eq!((data_rva, data_len, data_raw_len), (0x3000, 0x100, 0x200));
+        // The pointer now holds its target's address at the preferred image base.
+        let pointer = u64_at(&pe, data_raw + 8).unwrap();
+        assert_eq!(pointer, IMAGE_BASE + SEGMENT_RVA_BIAS + 0x1010);
+        let (model_rva, model_len, model_raw, _) = section(&pe, ".model");
+        assert_eq!((model_rva, model_len), (0x4000, 4));
+        assert_eq!(&pe[model_raw..model_raw + 4], b"GGUF");
+        // One DIR64 entry for RVA 0x3008, padded, named by the base-relocation directory.
+        let (reloc_rva, reloc_len, reloc_raw, _) = section(&pe, ".reloc");
+        let directory = OPTIONAL_OFFSET + DIRECTORIES_OFFSET + 8 * BASE_RELOCATION_DIRECTORY;
+        assert_eq!(u32_at(&pe, directory).unwrap(), reloc_rva);
+        assert_eq!(u32_at(&pe, directory + 4).unwrap(), reloc_len);
+        assert_eq!(
+            &pe[reloc_raw..reloc_raw + 12],
+            &[0x00, 0x30, 0, 0, 12, 0, 0, 0, 0x08, 0xa0, 0, 0]
+        );
+        assert_eq!(
+            u32_at(&pe, OPTIONAL_OFFSET + 56).unwrap(),
+            reloc_rva + 0x1000
+        ); // SizeOfImage
+        assert_eq!(pe.len() % FILE_ALIGNMENT as usize, 0);
+    }
+
+    #[test]
+    fn authenticode_skips_the_checksum_and_covers_everything_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, pe: &[u8]| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, pe).unwrap();
+            authenticode_sha256(&path).unwrap()
+        };
+        let mut pe = Vec::new();
+        let payload = [Payload {
+            name: ".model",
+            source: PayloadSource::Bytes(b"GGUF"),
+        }];
+        write_efi_application(&pie(), &payload, &mut pe).unwrap();
+        let digest = write("a.efi", &pe);
+        let mut checksum = pe.clone();
+        checksum[OPTIONAL_OFFSET + CHECKSUM_OFFSET] ^= 0xff;
+        assert_eq!(write("b.efi", &checksum), digest);
+        let (_, _, model_raw, _) = section(&pe, ".model");
+        let mut model = pe.clone();
+        model[model_raw] ^= 1;
+        assert_ne!(write("c.efi", &model), digest);
+        let mut header = pe.clone();
+        header[COFF_OFFSET + 4] ^= 1; // TimeDateStamp
+        assert_ne!(write("d.efi", &header), digest);
+        // Bytes appended after the last section are hashed too.
+        let mut trailing = pe.clone();
+        trailing.extend_from_slice(b"appended");
+        assert_ne!(write("e.efi", &trailing), digest);
+    }
+
     #[test]
     fn long_section_names_and_non_pie_stubs_are_refused() {
         assert!(section_name(".toolongname").is_err());

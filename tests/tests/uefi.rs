@@ -95,11 +95,13 @@ fn clone_into(destination: &Path) {
     assert!(status.success(), "git clone failed");
 }
 
+/// The stub from two clean checkouts at different paths, with the same kernel (whose own
+/// reproducibility `reproducible.rs` checks), model and command line, gives byte-identical boot
+/// applications, disk images and manifests.
 #[test]
 fn disk_images_are_byte_identical_across_checkouts() {
     let root = tempfile::tempdir().expect("temp dir");
-    let kernel = root.path().join("kernel.elf");
-    std::fs::write(&kernel, b"\x7fELF the same kernel bytes for both builds").expect("kernel");
+    let kernel = image::build_kernel(KernelFlavor::default()).expect("the release kernel builds");
     let model = tiny_llama(root.path());
     let mut images = Vec::new();
     // Different path lengths, so an unremapped path would move bytes as well as change them.
@@ -122,15 +124,23 @@ fn disk_images_are_byte_identical_across_checkouts() {
         let out = root.path().join(format!("out{}", images.len()));
         std::fs::create_dir(&out).expect("mkdir");
         let built = uefi::write_image(&stub, &kernel, &model, CMDLINE, &out).expect("UEFI image");
+        let application = std::fs::read(&built.application).expect("application");
+        let manifest = Manifest::for_image(&kernel, &model, CMDLINE)
+            .expect("manifest")
+            .with_uefi_boot(built.authenticode, application.len() as u64);
         images.push((
-            std::fs::read(&built.application).expect("application"),
+            application,
             std::fs::read(&built.disk).expect("disk"),
-            built.authenticode,
+            manifest.to_json(),
         ));
     }
     assert!(images[0].0 == images[1].0, "boot applications differ");
     assert!(images[0].1 == images[1].1, "disk images differ");
-    assert_eq!(images[0].2, images[1].2);
+    assert_eq!(
+        String::from_utf8_lossy(&images[0].2),
+        String::from_utf8_lossy(&images[1].2),
+        "manifests differ"
+    );
 }
 
 #[test]
@@ -179,4 +189,78 @@ fn uefi_image_boots_under_ovmf_and_verifies() {
     .unwrap_or_else(|error| panic!("the UEFI-booted appliance failed verification: {error:#}"));
     assert!(report.verified);
     appliance.shutdown().expect("QEMU and swtpm stop");
+}
+
+/// The firmware log the debug console shows in hex (`firmware event log: <hex>` lines).
+fn firmware_log_from_serial(serial: &[u8]) -> Vec<u8> {
+    let text = String::from_utf8_lossy(serial);
+    let mut log = Vec::new();
+    for line in text.lines() {
+        let Some(hex) = line.trim_end().strip_prefix("firmware event log: ") else {
+            continue;
+        };
+        if hex.ends_with("bytes") {
+            continue;
+        }
+        for pair in hex.as_bytes().chunks(2) {
+            let digits = std::str::from_utf8(pair).expect("ASCII");
+            log.push(u8::from_str_radix(digits, 16).expect("hex digits"));
+        }
+    }
+    log
+}
+
+#[test]
+fn the_kernel_receives_the_whole_firmware_event_log() {
+    runner::tools::require(&runner::tools::BOOT_TOOLS).expect("QEMU and swtpm are needed");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let model = tiny_llama(dir.path());
+    let options = image::BuildOptions {
+        model: model.display().to_string(),
+        out: dir.path().join("image"),
+        flavor: KernelFlavor {
+            debug_console: true,
+        },
+        cmdline: CMDLINE.into(),
+        boot: BootMode::Uefi,
+    };
+    let built = image::build(&options).expect("runner build --boot uefi --debug-console");
+    let authenticode = built.uefi.as_ref().expect("UEFI files").authenticode;
+    let mut boot = BootOptions::new(built);
+    boot.accel = AccelChoice::Tcg;
+    boot.mem_mib = 512;
+    boot.echo_serial = false;
+    boot.ready_timeout = Some(Duration::from_secs(300));
+    let appliance = Appliance::boot(&boot).expect("the UEFI image boots under OVMF and answers");
+    let log = firmware_log_from_serial(&appliance.serial_output().expect("serial log"));
+    appliance.shutdown().expect("QEMU and swtpm stop");
+    assert!(!log.is_empty(), "the kernel showed no firmware event log");
+    let path = dir.path().join("eventlog.bin");
+    std::fs::write(&path, &log).expect("write the log");
+    let output = Command::new("tpm2_eventlog")
+        .arg(&path)
+        .output()
+        .expect("tpm2_eventlog runs (Debian package tpm2-tools)");
+    let parsed = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "tpm2_eventlog refused the log: {output:?}"
+    );
+    // The firmware measured exactly this boot application into PCR 4.
+    let application = parsed
+        .split("- EventNum:")
+        .find(|event| event.contains("EV_EFI_BOOT_SERVICES_APPLICATION"))
+        .expect("an EV_EFI_BOOT_SERVICES_APPLICATION event");
+    assert!(application.contains("PCRIndex: 4"), "{application}");
+    assert!(
+        application.contains(&runner::models::hex(&authenticode)),
+        "{application}"
+    );
+    // The events measured during ExitBootServices came from the final-events table.
+    for action in [
+        "Exit Boot Services Invocation",
+        "Exit Boot Services Returned with Success",
+    ] {
+        assert!(parsed.contains(action), "{action} missing from:\n{parsed}");
+    }
 }

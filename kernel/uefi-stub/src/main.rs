@@ -306,6 +306,8 @@ fn event_log(services: &BootServices, system: &SystemTable) -> Option<(u64, usiz
             &mut truncated,
         )
     };
+    // A truncated log (EventLogTruncated) is still handed over: the verifier's replay against the
+    // quoted PCRs refuses it, which is the check that matters.
     if status != SUCCESS || location == 0 || last < location {
         return None;
     }
