@@ -11,12 +11,14 @@ cargo fmt --all --check
 # feature unification would hand its dependencies std (DESIGN §2).
 echo "== clippy (host crates)"
 cargo clippy --workspace --exclude kernel --exclude uefi-stub --all-targets -- -D warnings
-echo "== clippy (kernel)"
+echo "== clippy (EFI stub, kernel)"
+cargo clippy -p uefi-stub --all-targets -- -D warnings
 cargo clippy -p kernel --all-targets -- -D warnings
 cargo clippy -p kernel --all-targets --features debug-console -- -D warnings
 
-echo "== kernel library tests (host)"
+echo "== kernel and EFI stub library tests (host)"
 cargo test -p kernel --lib
+cargo test -p uefi-stub --lib
 
 echo "== workspace tests (unit, swtpm, and QEMU end-to-end)"
 cargo test --workspace --exclude kernel --exclude uefi-stub
