@@ -5,6 +5,7 @@
 pub mod appliance;
 pub mod chat;
 pub mod disk;
+pub mod doctor;
 pub mod engine;
 pub mod image;
 pub mod models;

@@ -22,7 +22,7 @@ use runner::{
 ///
 /// Without a subcommand, `up` runs with its defaults.
 #[derive(Parser, Debug)]
-#[command(name = "runner", version, args_conflicts_with_subcommands = true)]
+#[command(name = "cloister", version, args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -52,6 +52,81 @@ enum Command {
     Generate(engine::GenerateArgs),
     /// Measure the inference engine's prefill and decode speed on the host.
     Bench(engine::BenchArgs),
+    /// Check that everything `up` and the tests need is installed, and say what to install or change.
+    /// Exits non-zero when something `up` needs is missing.
+    Doctor(DoctorArgs),
+    /// Print a shell completion script (e.g. `cloister completions bash > /etc/bash_completion.d/cloister`).
+    Completions(CompletionsArgs),
+}
+
+#[derive(Args, Debug)]
+struct DoctorArgs {
+    /// Check for this boot mode (uefi needs OVMF and the disk tools).
+    #[arg(long, default_value_t = runner::uefi::BootMode::Uefi)]
+    boot: runner::uefi::BootMode,
+    /// Print the checks as one JSON array.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct CompletionsArgs {
+    /// The shell to complete for.
+    shell: clap_complete::Shell,
+}
+
+/// Exit codes a script can tell apart (README, "Exit codes").
+mod exit {
+    /// A runtime or I/O error: the appliance is unreachable, a file is missing, a tool failed.
+    pub const RUNTIME: u8 = 1;
+    /// Usage error: clap exits with 2 on its own for bad arguments.
+    #[allow(dead_code, reason = "documents the code clap itself uses")]
+    pub const USAGE: u8 = 2;
+    /// The appliance is not what the manifest says: a verification check refused it.
+    pub const VERIFICATION_REFUSED: u8 = 3;
+    /// The appliance refused the request (busy, context exceeded, ...).
+    pub const APPLIANCE_REFUSED: u8 = 4;
+}
+
+/// The exit code for an error: what its chain of causes says happened.
+fn exit_code(error: &anyhow::Error) -> u8 {
+    if error.chain().any(|cause| {
+        cause
+            .downcast_ref::<client::verify::VerifyError>()
+            .is_some()
+    }) {
+        exit::VERIFICATION_REFUSED
+    } else if error.chain().any(|cause| {
+        cause
+            .downcast_ref::<client::session::ApplianceError>()
+            .is_some()
+    }) {
+        exit::APPLIANCE_REFUSED
+    } else {
+        exit::RUNTIME
+    }
+}
+
+fn doctor(args: &DoctorArgs) -> Result<()> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let checks = runner::doctor::run_checks(&path, args.boot, &runner::workspace::cache_dir());
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&checks)?);
+    } else {
+        print!("{}", runner::doctor::render(&checks));
+    }
+    if runner::doctor::all_required_ok(&checks) {
+        Ok(())
+    } else {
+        anyhow::bail!("something `cloister up` needs is missing (see above)")
+    }
+}
+
+fn completions(args: &CompletionsArgs) -> Result<()> {
+    use clap::CommandFactory;
+    let mut command = Cli::command();
+    clap_complete::generate(args.shell, &mut command, "cloister", &mut std::io::stdout());
+    Ok(())
 }
 
 #[derive(Args, Debug, Clone)]
@@ -136,6 +211,8 @@ fn main() -> ExitCode {
         Command::FetchModel(args) => fetch_model(args),
         Command::Generate(args) => engine::generate(args),
         Command::Bench(args) => engine::bench(args),
+        Command::Doctor(args) => doctor(&args),
+        Command::Completions(args) => completions(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -145,7 +222,7 @@ fn main() -> ExitCode {
             for cause in error.chain().skip(1) {
                 eprintln!("  caused by: {cause}");
             }
-            ExitCode::FAILURE
+            ExitCode::from(exit_code(&error))
         }
     }
 }
@@ -179,8 +256,8 @@ fn interrupt_flag() -> Result<Arc<AtomicBool>> {
 }
 
 fn up(args: UpArgs) -> Result<()> {
-    // Say what to install before spending minutes on a build.
-    runner::tools::require(&runner::tools::BOOT_TOOLS)?;
+    // Say what to install before spending minutes on a build: the same checks as `cloister doctor`.
+    runner::doctor::require_for_up(args.image.boot, &runner::workspace::cache_dir())?;
     // Install the handler first, so a Ctrl-C during the slow boot also stops QEMU and swtpm cleanly.
     let stop = interrupt_flag()?;
     let image = image::build(&build_options(&args.image, None))?;
@@ -319,6 +396,18 @@ fn fetch_model(args: FetchModelArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exit_codes_tell_verification_refusal_from_appliance_refusal_from_runtime_errors() {
+        let refused = anyhow::Error::new(client::verify::VerifyError::BadSignature)
+            .context("verification of 127.0.0.1:7000 failed");
+        assert_eq!(exit_code(&refused), exit::VERIFICATION_REFUSED);
+        let busy = anyhow::Error::new(client::session::ApplianceError(net::proto::ErrorCode::Busy))
+            .context("the appliance refused the request");
+        assert_eq!(exit_code(&busy), exit::APPLIANCE_REFUSED);
+        let io = anyhow::anyhow!("connection refused");
+        assert_eq!(exit_code(&io), exit::RUNTIME);
+    }
     use clap::CommandFactory;
 
     #[test]

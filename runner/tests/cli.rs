@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use runner::{models, tools};
 
-const RUNNER: &str = env!("CARGO_BIN_EXE_runner");
+const RUNNER: &str = env!("CARGO_BIN_EXE_cloister");
 
 /// Child processes of `parent`, from /proc/<pid>/stat (field 4 is the parent's id, proc(5)).
 fn children_of(parent: u32) -> Vec<u32> {

@@ -10,7 +10,7 @@ use std::process::Command;
 
 use nix::sys::resource::{getrusage, UsageWho};
 
-const RUNNER: &str = env!("CARGO_BIN_EXE_runner");
+const RUNNER: &str = env!("CARGO_BIN_EXE_cloister");
 const ALLOWANCE: u64 = 32 << 20;
 
 /// The largest resident set (bytes) of any waited-for child so far.
