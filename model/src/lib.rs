@@ -10,7 +10,6 @@ extern crate alloc;
 
 pub mod chat;
 pub mod gguf;
-#[cfg(any(test, feature = "testkit"))]
 pub mod gguf_write;
 pub mod math;
 pub mod matmul;
@@ -21,7 +20,6 @@ pub mod session;
 #[allow(unsafe_code)]
 // The one module where `unsafe` is allowed (CPUID, intrinsics); each block has a SAFETY note.
 pub mod simd;
-#[cfg(any(test, feature = "testkit"))]
 pub mod tiny;
 pub mod tokenizer;
 pub mod transformer;

@@ -176,7 +176,6 @@ fn quantize_input(w: &QTensor<'_>, x: &[f32], batch: usize, acts: &mut Acts) {
 /// One worker computes everything straight into `out`. Several split the rows (as llama.cpp does), so that every
 /// weight row is unpacked once: each chunk writes its rows as a `[token][row]` block of `scratch`, whose per-token
 /// runs are then copied into place.
-// The product's operands, its split and its kernel are each one argument; a struct would only rename them.
 #[allow(clippy::too_many_arguments)]
 fn batched<K>(
     w: &QTensor<'_>,

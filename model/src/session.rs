@@ -219,8 +219,6 @@ pub struct Session {
     stop: Vec<String>,
     /// Generated text not sent yet: it may be the start of a stop string.
     unsent: String,
-    /// The bytes of the token being emitted (kept to reuse its allocation).
-    piece: Vec<u8>,
 }
 
 impl Session {
@@ -240,7 +238,6 @@ impl Session {
             generated: 0,
             stop: Vec::new(),
             unsent: String::new(),
-            piece: Vec::new(),
         }
     }
 
@@ -373,9 +370,9 @@ impl Session {
             self.phase = Phase::Finishing(FinishReason::EndOfText);
             return Event::Token { id, text };
         }
-        self.piece.clear();
-        engine.tokenizer.decode_piece(id, &mut self.piece);
-        let piece = self.stream.push(&self.piece);
+        let mut bytes = Vec::new();
+        engine.tokenizer.decode_piece(id, &mut bytes);
+        let piece = self.stream.push(&bytes);
         self.unsent.push_str(&piece);
         let last = self.generated == self.max_tokens;
         if last {

@@ -342,8 +342,7 @@ impl<'a> Model<'a> {
 }
 
 /// Everything the forward pass writes, allocated once: activations for up to `max_batch` tokens, the f16 KV
-/// cache for `context` positions, the attention tasks' and matrix products' working memory, and the logits.
-/// [`Model::forward`] allocates nothing.
+/// cache for `context` positions, and the logits.
 pub struct State {
     pub context: usize,
     pub max_batch: usize,
@@ -356,9 +355,6 @@ pub struct State {
     k: Vec<f32>,
     v: Vec<f32>,
     att_out: Vec<f32>,
-    /// Attention's working memory: one [`attention_work_len`] slice per parallel task (a head of one token, or
-    /// one token of a batch).
-    att_work: Vec<f32>,
     hb: Vec<f32>,
     hb2: Vec<f32>,
     rope: Vec<f32>,
@@ -382,8 +378,6 @@ impl State {
         let max_rows = max_cols.max(c.kv_dim());
         let kv = c.n_layers * context * c.kv_dim();
         let ctx_pad = context.div_ceil(32) * 32;
-        let att_work = (c.n_heads * attention_work_len(c.head_dim, c.head_dim, ctx_pad))
-            .max(b * attention_work_len(c.q_dim(), c.head_dim, ctx_pad));
         State {
             context,
             max_batch: b,
@@ -395,7 +389,6 @@ impl State {
             k: vec![0.0; b * c.kv_dim()],
             v: vec![0.0; b * c.kv_dim()],
             att_out: vec![0.0; b * c.q_dim()],
-            att_work: vec![0.0; att_work],
             hb: vec![0.0; b * c.ffn_dim],
             hb2: vec![0.0; b * c.ffn_dim],
             rope: vec![0.0; b * c.head_dim],
@@ -443,31 +436,20 @@ struct Attention<'a> {
     window: Option<usize>,
 }
 
-/// Floats of one attention task's working memory in [`State`]: its output (`out_len`), then one head's scores
-/// (`ctx_pad`), f16 query (`hd` halves) and f16 probabilities (`ctx_pad` halves).
-fn attention_work_len(out_len: usize, hd: usize, ctx_pad: usize) -> usize {
-    out_len + ctx_pad + hd / 2 + ctx_pad / 2
-}
-
 /// One head's working buffers: the f16 query, the scores and the f16 probabilities.
-struct HeadScratch<'s> {
-    q16: &'s mut [u16],
-    scores: &'s mut [f32],
-    p16: &'s mut [u16],
+struct HeadScratch {
+    q16: Vec<u16>,
+    scores: Vec<f32>,
+    p16: Vec<u16>,
 }
 
 impl Attention<'_> {
-    /// The scratch for heads at position `p`, carved out of `work` (the task's working memory after its output:
-    /// `ctx_pad + hd / 2 + ctx_pad / 2` floats; `hd` is even and `ctx_pad` a multiple of 32).
-    fn scratch<'s>(&self, p: usize, work: &'s mut [f32]) -> HeadScratch<'s> {
-        let len = self.len(p);
-        let (scores, halves) = work.split_at_mut(self.ctx_pad);
-        let halves: &mut [u16] = bytemuck::cast_slice_mut(halves);
-        let (q16, p16) = halves.split_at_mut(self.hd);
+    /// The scratch for heads at position `p`.
+    fn scratch(&self, p: usize) -> HeadScratch {
         HeadScratch {
-            q16,
-            scores: &mut scores[..len],
-            p16: &mut p16[..len],
+            q16: vec![0; self.hd],
+            scores: vec![0.0; self.len(p)],
+            p16: vec![0; self.len(p)],
         }
     }
 
@@ -481,10 +463,9 @@ impl Attention<'_> {
         }
     }
 
-    /// All heads of the token at position `p` with queries `q` (`n_heads × hd`), into `out` (same shape), with
-    /// one head's scratch in `work`.
-    fn token(&self, q: &[f32], p: usize, out: &mut [f32], work: &mut [f32]) {
-        let mut scratch = self.scratch(p, work);
+    /// All heads of the token at position `p` with queries `q` (`n_heads × hd`), into `out` (same shape).
+    fn token(&self, q: &[f32], p: usize, out: &mut [f32]) {
+        let mut scratch = self.scratch(p);
         for (h, (qh, out)) in q
             .chunks_exact(self.hd)
             .zip(out.chunks_exact_mut(self.hd))
@@ -502,16 +483,16 @@ impl Attention<'_> {
         for (d, &v) in s.q16.iter_mut().zip(qh) {
             *d = to_f16(v);
         }
-        let scores = &mut *s.scores;
+        let scores = &mut s.scores;
         scores.fill(f32::NEG_INFINITY);
         let live = &mut scores[first..=p];
         let k0 = first * self.kv_dim + kvh * hd;
         if self.batched {
-            simd::dots_f16(&self.keys[k0..], self.kv_dim, s.q16, live);
+            simd::dots_f16(&self.keys[k0..], self.kv_dim, &s.q16, live);
         } else {
             for (key, sc) in live.iter_mut().enumerate() {
                 let at = k0 + key * self.kv_dim;
-                *sc = simd::dot_f16_ggml(&self.keys[at..at + hd], s.q16);
+                *sc = simd::dot_f16_ggml(&self.keys[at..at + hd], &s.q16);
             }
         }
         let mut max = f32::NEG_INFINITY;
@@ -526,12 +507,12 @@ impl Attention<'_> {
         }
         let v0 = kvh * hd * self.ctx_pad;
         if self.batched {
-            simd::dots_f16(&self.values[v0..], self.ctx_pad, s.p16, out);
+            simd::dots_f16(&self.values[v0..], self.ctx_pad, &s.p16, out);
         } else {
             let len = s.p16.len();
             for (d, o) in out.iter_mut().enumerate() {
                 let row = v0 + d * self.ctx_pad;
-                *o = simd::dot_f16_ggml(&self.values[row..row + len], s.p16);
+                *o = simd::dot_f16_ggml(&self.values[row..row + len], &s.p16);
             }
         }
     }
@@ -655,7 +636,7 @@ impl Model<'_> {
                 }
             }
 
-            // Attention, each task with its own output and scratch in `att_work`; the outputs are then gathered.
+            // Attention, each task with its own scratch.
             let attn = Attention {
                 keys: &s.key_cache[layer_kv..],
                 values: &s.value_cache[layer_vt..],
@@ -668,24 +649,16 @@ impl Model<'_> {
                 window: if local { c.sliding_window } else { None },
             };
             let q = &s.q[..n * q_dim];
-            // One token: one head per task; a batch: one token per task.
-            let out_len = if n == 1 { hd } else { q_dim };
-            let stride = attention_work_len(out_len, hd, s.ctx_pad);
-            let work = &mut s.att_work[..n * q_dim / out_len * stride];
-            par.for_each_chunk(work, stride, &|i, work| {
-                let (out, work) = work.split_at_mut(out_len);
-                if n == 1 {
-                    let mut scratch = attn.scratch(pos0, work);
-                    attn.head(&q[i * hd..(i + 1) * hd], pos0, i, out, &mut scratch);
-                } else {
-                    attn.token(&q[i * q_dim..(i + 1) * q_dim], pos0 + i, out, work);
-                }
-            });
-            for (out, work) in s.att_out[..n * q_dim]
-                .chunks_exact_mut(out_len)
-                .zip(work.chunks_exact(stride))
-            {
-                out.copy_from_slice(&work[..out_len]);
+            if n == 1 {
+                // One token: one head per task.
+                par.for_each_chunk(&mut s.att_out[..q_dim], hd, &|h, out| {
+                    let mut scratch = attn.scratch(pos0);
+                    attn.head(&q[h * hd..(h + 1) * hd], pos0, h, out, &mut scratch);
+                });
+            } else {
+                par.for_each_chunk(&mut s.att_out[..n * q_dim], q_dim, &|t, out| {
+                    attn.token(&q[t * q_dim..(t + 1) * q_dim], pos0 + t, out);
+                });
             }
 
             matmul(
@@ -702,14 +675,13 @@ impl Model<'_> {
             let t0 = if l + 1 == w.layers.len() { n - 1 } else { 0 };
             let m = n - t0;
             // x += post_attn_norm(attention output), then xb = ffn_norm(x).
-            if let Some(pn) = &layer.post_attn_norm {
-                par.for_each_chunk(&mut s.xb2[t0 * dim..n * dim], dim, &|_, o| {
-                    math::rmsnorm_inplace(o, pn, c.rms_eps);
-                });
-            }
             let o = &s.xb2[t0 * dim..n * dim];
             par.for_each_chunk(&mut s.x[t0 * dim..n * dim], dim, &|i, x| {
-                for (x, &v) in x.iter_mut().zip(&o[i * dim..(i + 1) * dim]) {
+                let mut o = o[i * dim..(i + 1) * dim].to_vec();
+                if let Some(pn) = &layer.post_attn_norm {
+                    math::rmsnorm_inplace(&mut o, pn, c.rms_eps);
+                }
+                for (x, &v) in x.iter_mut().zip(&o) {
                     *x += v;
                 }
             });
@@ -738,14 +710,13 @@ impl Model<'_> {
                 par,
             );
             // x += post_ffn_norm(FFN output).
-            if let Some(pn) = &layer.post_ffn_norm {
-                par.for_each_chunk(&mut s.xb2[..m * dim], dim, &|_, o| {
-                    math::rmsnorm_inplace(o, pn, c.rms_eps);
-                });
-            }
             let o = &s.xb2[..m * dim];
             par.for_each_chunk(&mut s.x[t0 * dim..n * dim], dim, &|i, x| {
-                for (x, &v) in x.iter_mut().zip(&o[i * dim..(i + 1) * dim]) {
+                let mut o = o[i * dim..(i + 1) * dim].to_vec();
+                if let Some(pn) = &layer.post_ffn_norm {
+                    math::rmsnorm_inplace(&mut o, pn, c.rms_eps);
+                }
+                for (x, &v) in x.iter_mut().zip(&o) {
                     *x += v;
                 }
             });
