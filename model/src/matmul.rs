@@ -176,7 +176,11 @@ fn quantize_input(w: &QTensor<'_>, x: &[f32], batch: usize, acts: &mut Acts) {
 /// One worker computes everything straight into `out`. Several split the rows (as llama.cpp does), so that every
 /// weight row is unpacked once: each chunk writes its rows as a `[token][row]` block of `scratch`, whose per-token
 /// runs are then copied into place.
-#[allow(clippy::too_many_arguments)]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the product's shape, its buffers and its kernel all come from the caller; a struct for this one \
+              private call would only rename them"
+)]
 fn batched<K>(
     w: &QTensor<'_>,
     batch: usize,
