@@ -1,8 +1,9 @@
 //! Allocations after load: a counting global allocator (on the calling thread, while a flag is set) around prefill
 //! chunks and one-token decode steps with [`Serial`], through the engine's forward pass and through the session the
-//! appliance drives. A one-token forward pass allocates nothing once its run state exists (its scratch lives
-//! there); a session's decode step allocates only the text it hands out with each token. Prefill chunks are counted
-//! and printed (the batched kernels still unpack weights into per-call buffers).
+//! appliance drives. The forward pass allocates nothing once its run state exists, for a prefill chunk or one
+//! token (its scratch, the batched kernels' work buffer included, lives there); a session's decode step allocates
+//! only the text it hands out with each token. (With a thread pool, each row chunk of a batched product allocates
+//! its own work buffer; see `matmul::batched`.)
 //!
 //! Runs the tiny models always and the real SmolLM2 and Gemma 3 files when they are in `$CLOISTER_MODEL_DIR` or
 //! `<workspace>/.cache/models/` (a missing file is skipped with a note: `golden.rs` already insists on them).
@@ -162,6 +163,11 @@ fn check(name: &str, blob: &[u8]) {
         counts.forward_decode.iter().all(|&n| n == 0),
         "{name}: the forward pass allocated during decode: {:?}",
         counts.forward_decode
+    );
+    assert!(
+        counts.forward_prefill.iter().all(|&n| n == 0),
+        "{name}: the forward pass allocated during prefill: {:?}",
+        counts.forward_prefill
     );
     // The token's text: the decoded piece, the completed characters and the event's own string.
     assert!(

@@ -321,7 +321,7 @@ pub unsafe fn mat_q4_k_gemv8(w: &[BlockQ4K], nb: usize, y: &[BlockQ8K], out: &mu
 /// of every vector belongs to row r (as llama.cpp's repacked layout, which spares the horizontal sums):
 /// `q[j][g]` holds elements 4g..4g+4 of sub-block j of each row, `sc[j]` sub-block j's scale in both i16 halves
 /// of lane r, `mn[p]` the mins of sub-blocks 2p and 2p+1 as the two i16 halves of lane r, then `d` and `dmin`.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 #[repr(C, align(32))]
 struct Q4KRows {
     q: [[[u8; 32]; 8]; 8],
@@ -412,13 +412,25 @@ fn q4_k_gemm8(u: &[Q4KRows], y: &[BlockQ8K]) -> __m256 {
     _mm256_sub_ps(acc, accm)
 }
 
+/// f32s of work buffer [`mat_q4_k_repacked`] needs for rows of up to `max_cols` elements: one group's unpacked
+/// blocks (aligned inside it).
+pub(super) fn work_len(max_cols: usize) -> usize {
+    let unpacked = core::mem::size_of::<Q4KRows>() / 4;
+    max_cols / crate::quant::QK_K * unpacked + core::mem::align_of::<Q4KRows>() / 4
+}
+
 /// `cols` tokens (`y[t * nb..]`) against Q4_K rows (`w.len() / nb` of them, a multiple of 8) in llama.cpp's
 /// repacked orders, into `out[t * ld + r]`: per group of 8 rows, the first `gemm` tokens (a multiple of 4) through
-/// the gemm order, from the group unpacked once, the rest one at a time through the gemv order.
+/// the gemm order, from the group unpacked once (into `work`, [`work_len`] f32s), the rest one at a time through
+/// the gemv order.
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the product's operands, shape, output layout and work buffer; the dispatch passes them through"
+)]
 pub unsafe fn mat_q4_k_repacked(
     w: &[BlockQ4K],
     nb: usize,
@@ -427,26 +439,21 @@ pub unsafe fn mat_q4_k_repacked(
     gemm: usize,
     out: &mut [f32],
     ld: usize,
+    work: &mut [f32],
 ) {
     let rows = w.len().checked_div(nb).unwrap_or(0);
     assert!(
         rows.is_multiple_of(8) && gemm.is_multiple_of(4) && gemm <= cols && y.len() >= cols * nb
     );
-    let zero = Q4KRows {
-        q: [[[0; 32]; 8]; 8],
-        sc: [[0; 16]; 8],
-        mn: [[0; 16]; 4],
-        d: [0.0; 8],
-        dmin: [0.0; 8],
-    };
-    let mut u = alloc::vec![zero; if gemm > 0 { nb } else { 0 }];
+    let u =
+        &mut bytemuck::pod_align_to_mut::<f32, Q4KRows>(work).1[..if gemm > 0 { nb } else { 0 }];
     for g in 0..rows / 8 {
         let wg = &w[g * 8 * nb..(g + 1) * 8 * nb];
         if gemm > 0 {
-            unpack_q4_k_rows(wg, nb, &mut u);
+            unpack_q4_k_rows(wg, nb, u);
         }
         for t in 0..gemm {
-            let o = q4_k_gemm8(&u, &y[t * nb..(t + 1) * nb]);
+            let o = q4_k_gemm8(u, &y[t * nb..(t + 1) * nb]);
             let at = t * ld + g * 8;
             // SAFETY: writes exactly 8 floats at `at`, inside `out` (sliced first, so bounds-checked).
             unsafe { _mm256_storeu_ps(out[at..at + 8].as_mut_ptr(), o) };

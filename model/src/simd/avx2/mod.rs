@@ -26,6 +26,11 @@ pub use kquant::*;
 pub use q0::*;
 pub use quantize::*;
 
+/// f32s of work buffer the batched products need for rows of up to `max_cols` elements.
+pub fn work_len(max_cols: usize) -> usize {
+    q0::work_len(max_cols).max(kquant::work_len(max_cols))
+}
+
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn load_256(b: &[u8; 32]) -> __m256i {

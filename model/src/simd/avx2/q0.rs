@@ -319,6 +319,7 @@ pub unsafe fn mat_q0<W: Q0Weight>(
     cols: usize,
     out: &mut [f32],
     ld: usize,
+    work: &mut [f32],
 ) {
     if y.batch == 1 {
         let out = &mut out[..w.len() / nb.max(1)];
@@ -333,12 +334,12 @@ pub unsafe fn mat_q0<W: Q0Weight>(
         return;
     }
     // SAFETY: the caller guarantees AVX2, FMA and F16C.
-    unsafe { mat_q0_batch::<W>(w, nb, y, cols, out, ld) }
+    unsafe { mat_q0_batch::<W>(w, nb, y, cols, out, ld, work) }
 }
 
 /// A weight block unpacked once per batched product: `ax` is the operand `vpmaddubsw` takes unsigned (|q| for
 /// signed formats, q itself otherwise) and `sx` the signed values whose signs move onto the activations.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 #[repr(C, align(32))]
 struct Unpacked {
     ax: [u8; 32],
@@ -469,6 +470,14 @@ unsafe fn tile_unpacked<W: Q0Weight, const R: usize, const C: usize>(
     }
 }
 
+/// f32s of work buffer a batched product over rows of up to `max_cols` elements needs: each group's blocks'
+/// scales, then the unpacked blocks (aligned inside the rest).
+pub(super) fn work_len(max_cols: usize) -> usize {
+    let nb = max_cols / QK;
+    let unpacked = core::mem::size_of::<Unpacked>() / 4;
+    TILE_ROWS * nb * (2 + unpacked) + core::mem::align_of::<Unpacked>() / 4
+}
+
 /// The batched product (`y.batch > 1`), output as [`mat_q0`]'s: groups of [`TILE_ROWS`] rows are unpacked once,
 /// then multiplied against the columns [`TILE_COLS`] at a time (the last `cols % TILE_COLS` one at a time).
 ///
@@ -482,15 +491,17 @@ unsafe fn mat_q0_batch<W: Q0Weight>(
     cols: usize,
     out: &mut [f32],
     ld: usize,
+    work: &mut [f32],
 ) {
     let rows = w.len().checked_div(nb).unwrap_or(0);
-    let mut un = alloc::vec![Unpacked { ax: [0; 32], sx: [0; 32] }; TILE_ROWS * nb];
-    let mut dm = alloc::vec![[0.0f32; 2]; TILE_ROWS * nb];
+    let (dm, un) = work.split_at_mut(2 * TILE_ROWS * nb);
+    let dm: &mut [[f32; 2]] = bytemuck::cast_slice_mut(dm);
+    let un = &mut bytemuck::pod_align_to_mut::<f32, Unpacked>(un).1[..TILE_ROWS * nb];
     let mut r = 0;
     while r < rows {
         let n = TILE_ROWS.min(rows - r);
         // SAFETY: the caller guarantees AVX2, FMA and F16C.
-        unsafe { unpack_rows::<W>(&w[r * nb..], nb, n, &mut un, &mut dm) };
+        unsafe { unpack_rows::<W>(&w[r * nb..], nb, n, un, dm) };
         let mut c = 0;
         while c < cols {
             let sub = ActTile {
@@ -503,7 +514,7 @@ unsafe fn mat_q0_batch<W: Q0Weight>(
             if c + TILE_COLS <= cols && n == TILE_ROWS {
                 let mut o = [[0.0f32; TILE_COLS]; TILE_ROWS];
                 // SAFETY: as above.
-                unsafe { tile_unpacked::<W, TILE_ROWS, TILE_COLS>(&un, &dm, nb, &sub, &mut o) };
+                unsafe { tile_unpacked::<W, TILE_ROWS, TILE_COLS>(un, dm, nb, &sub, &mut o) };
                 for j in 0..TILE_COLS {
                     for (i, row) in o.iter().enumerate() {
                         out[(c + j) * ld + r + i] = row[j];
