@@ -43,6 +43,7 @@ fn main() {
                 })
                 .collect();
             let d = vec![1.0f32; nb * batch];
+            let mut work = vec![0.0f32; simd::batch_work_len(nb * 32)];
             let mut out = vec![0.0f32; rows * batch];
             let blocks = (rows * nb * batch) as f64;
             let el = best(SAMPLES, reps, || {
@@ -61,7 +62,7 @@ fn main() {
                 col0: 0,
             };
             let el2 = best(SAMPLES, reps, || {
-                simd::mat_q4_1(&w, nb, &tile, batch, &mut out, rows)
+                simd::mat_q4_1(&w, nb, &tile, batch, &mut out, rows, &mut work)
             });
             let tile0 = ActTile {
                 qs: &y0[..],
@@ -81,7 +82,7 @@ fn main() {
                 }
             });
             let el4 = best(SAMPLES, reps, || {
-                simd::mat_q8_0(&w8, nb, &tile0, batch, &mut out, rows)
+                simd::mat_q8_0(&w8, nb, &tile0, batch, &mut out, rows, &mut work)
             });
             println!(
                 "rows {rows:6} batch {batch}: q4_1 dot {:.2} ns/blk, tile {:.2} ns/blk ({:.1} GB/s); \

@@ -65,10 +65,20 @@ fn main() {
                 out[g * 8..g * 8 + 8].copy_from_slice(&o);
             }
         });
+        let mut work = vec![0.0f32; simd::batch_work_len(nb * 256)];
         let gemm = best(SAMPLES, reps, || {
             for g in 0..rows / 8 {
                 let mut o = [0.0f32; 32];
-                simd::mat_q4_k_repacked(&w4[g * 8 * nb..(g + 1) * 8 * nb], nb, &y, 4, 4, &mut o, 8);
+                simd::mat_q4_k_repacked(
+                    &w4[g * 8 * nb..(g + 1) * 8 * nb],
+                    nb,
+                    &y,
+                    4,
+                    4,
+                    &mut o,
+                    8,
+                    &mut work,
+                );
                 out[g * 8] = o[0];
             }
         });

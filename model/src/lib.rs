@@ -10,6 +10,7 @@ extern crate alloc;
 
 pub mod chat;
 pub mod gguf;
+#[cfg(any(test, feature = "testkit"))]
 pub mod gguf_write;
 pub mod math;
 pub mod matmul;
@@ -17,9 +18,12 @@ pub mod parallel;
 pub mod quant;
 pub mod sampler;
 pub mod session;
-#[allow(unsafe_code)]
-// The one module where `unsafe` is allowed (CPUID, intrinsics); each block has a SAFETY note.
+#[allow(
+    unsafe_code,
+    reason = "the one module where `unsafe` is allowed (CPUID, intrinsics); each block has a SAFETY note"
+)]
 pub mod simd;
+#[cfg(any(test, feature = "testkit"))]
 pub mod tiny;
 pub mod tokenizer;
 pub mod transformer;

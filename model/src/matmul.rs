@@ -74,6 +74,8 @@ pub struct Acts {
     s: Vec<f32>,
     /// Scratch for a batched product split by rows: each chunk's `[token][row]` block, gathered into the output.
     scratch: Vec<f32>,
+    /// The batched kernels' work buffer (weights unpacked once per product) when one worker runs the product.
+    work: Vec<f32>,
 }
 
 impl Acts {
@@ -91,6 +93,14 @@ impl Acts {
                 0.0;
                 if max_batch > 1 {
                     max_batch * max_rows
+                } else {
+                    0
+                }
+            ],
+            work: vec![
+                0.0;
+                if max_batch > 1 {
+                    simd::batch_work_len(max_cols)
                 } else {
                     0
                 }
@@ -169,14 +179,20 @@ fn quantize_input(w: &QTensor<'_>, x: &[f32], batch: usize, acts: &mut Acts) {
     }
 }
 
-/// Runs a batched product (`batch > 1`) into the token-major `out` (`batch × w.rows`). `kernel(r0, rows, out, ld)`
-/// computes rows `r0..r0 + rows` against every token into `out[t * ld + r]` (`r` relative); `align` is the row
-/// granularity it needs.
+/// Runs a batched product (`batch > 1`) into the token-major `out` (`batch × w.rows`). `kernel(r0, rows, out, ld,
+/// work)` computes rows `r0..r0 + rows` against every token into `out[t * ld + r]` (`r` relative) with `work` as
+/// its kernel's work buffer; `align` is the row granularity it needs.
 ///
-/// One worker computes everything straight into `out`. Several split the rows (as llama.cpp does), so that every
-/// weight row is unpacked once: each chunk writes its rows as a `[token][row]` block of `scratch`, whose per-token
-/// runs are then copied into place.
-#[allow(clippy::too_many_arguments)]
+/// One worker computes everything straight into `out`, with `work`. Several split the rows (as llama.cpp does), so
+/// that every weight row is unpacked once: each chunk writes its rows as a `[token][row]` block of `scratch`, whose
+/// per-token runs are then copied into place. Each of those tasks allocates its own work buffer: [`ParallelFor`]
+/// hands a task only its output chunk, not a worker's own buffer, and one buffer per chunk kept here would cost the
+/// run state a work buffer per row chunk.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the product's shape, its buffers and its kernel all come from the caller; a struct for this one \
+              private call would only rename them"
+)]
 fn batched<K>(
     w: &QTensor<'_>,
     batch: usize,
@@ -184,21 +200,23 @@ fn batched<K>(
     align: usize,
     out: &mut [f32],
     scratch: &mut [f32],
+    work: &mut [f32],
     par: &dyn ParallelFor,
     kernel: &K,
 ) where
-    K: Fn(usize, usize, &mut [f32], usize) + Sync,
+    K: Fn(usize, usize, &mut [f32], usize, &mut [f32]) + Sync,
 {
     let rows = w.rows;
     if par.threads() <= 1 {
-        kernel(0, rows, out, rows);
+        kernel(0, rows, out, rows, work);
         return;
     }
     let rpc = rows_per_chunk.div_ceil(align) * align;
     let scratch = &mut scratch[..batch * rows];
+    let work_len = work.len();
     par.for_each_chunk(scratch, rpc * batch, &|ci, chunk| {
         let n = chunk.len() / batch;
-        kernel(ci * rpc, n, chunk, n);
+        kernel(ci * rpc, n, chunk, n, &mut vec![0.0; work_len]);
     });
     for (ci, chunk) in scratch.chunks(rpc * batch).enumerate() {
         let n = chunk.len() / batch;
@@ -224,6 +242,7 @@ fn mat_q0_part(
     (r0, rows): (usize, usize),
     out: &mut [f32],
     ld: usize,
+    work: &mut [f32],
 ) {
     let nb = w.cols / QK;
     let bytes = &w.data[r0 * w.row_bytes..(r0 + rows) * w.row_bytes];
@@ -237,7 +256,7 @@ fn mat_q0_part(
                 batch,
                 col0: 0,
             };
-            simd::mat_q4_1(quant::cast(bytes), nb, &y, batch, out, ld);
+            simd::mat_q4_1(quant::cast(bytes), nb, &y, batch, out, ld, work);
         }
         t => {
             let y = simd::ActTile {
@@ -248,9 +267,9 @@ fn mat_q0_part(
                 col0: 0,
             };
             match t {
-                GgmlType::Q4_0 => simd::mat_q4_0(quant::cast(bytes), nb, &y, batch, out, ld),
-                GgmlType::Q5_0 => simd::mat_q5_0(quant::cast(bytes), nb, &y, batch, out, ld),
-                GgmlType::Q8_0 => simd::mat_q8_0(quant::cast(bytes), nb, &y, batch, out, ld),
+                GgmlType::Q4_0 => simd::mat_q4_0(quant::cast(bytes), nb, &y, batch, out, ld, work),
+                GgmlType::Q5_0 => simd::mat_q5_0(quant::cast(bytes), nb, &y, batch, out, ld, work),
+                GgmlType::Q8_0 => simd::mat_q8_0(quant::cast(bytes), nb, &y, batch, out, ld, work),
                 // `is_q0` admits only the four formats.
                 _ => {}
             }
@@ -268,21 +287,33 @@ fn mat_q0(
     par: &dyn ParallelFor,
 ) {
     let mut scratch = core::mem::take(&mut acts.scratch);
+    let mut work = core::mem::take(&mut acts.work);
     {
         let acts = &*acts;
         if batch == 1 {
             par.for_each_chunk(out, rows_per_chunk, &|ci, chunk| {
                 let n = chunk.len();
-                mat_q0_part(w, acts, 1, (ci * rows_per_chunk, n), chunk, n);
+                mat_q0_part(w, acts, 1, (ci * rows_per_chunk, n), chunk, n, &mut []);
             });
         } else {
-            let kernel = |r0, rows, o: &mut [f32], ld| {
-                mat_q0_part(w, acts, batch, (r0, rows), o, ld);
+            let kernel = |r0, rows, o: &mut [f32], ld, work: &mut [f32]| {
+                mat_q0_part(w, acts, batch, (r0, rows), o, ld, work);
             };
-            batched(w, batch, rows_per_chunk, 1, out, &mut scratch, par, &kernel);
+            batched(
+                w,
+                batch,
+                rows_per_chunk,
+                1,
+                out,
+                &mut scratch,
+                &mut work,
+                par,
+                &kernel,
+            );
         }
     }
     acts.scratch = scratch;
+    acts.work = work;
 }
 
 /// Batches from which llama.cpp multiplies K-quant weights it does not repack through its tiled kernels
@@ -307,6 +338,7 @@ fn mat_k_part(
     (r0, rows): (usize, usize),
     out: &mut [f32],
     ld: usize,
+    work: &mut [f32],
 ) {
     let nb = w.cols / QK_K;
     let bytes = &w.data[r0 * w.row_bytes..(r0 + rows) * w.row_bytes];
@@ -314,7 +346,7 @@ fn mat_k_part(
         let blocks: &[quant::BlockQ4K] = quant::cast(bytes);
         // llama.cpp's gemm takes the batch's tokens in groups of 4; the last `batch % 4` go through its gemv.
         let gemm = batch - batch % GEMM_TOKENS;
-        simd::mat_q4_k_repacked(blocks, nb, &q8k[..batch * nb], batch, gemm, out, ld);
+        simd::mat_q4_k_repacked(blocks, nb, &q8k[..batch * nb], batch, gemm, out, ld, work);
         return;
     }
     // Tokens per pass of the one-row kernels below.
@@ -366,12 +398,12 @@ fn mat_k(
         let rpc = rows_per_chunk.div_ceil(align) * align;
         par.for_each_chunk(out, rpc, &|ci, chunk| {
             let n = chunk.len();
-            mat_k_part(w, q8k, 1, (ci * rpc, n), chunk, n);
+            mat_k_part(w, q8k, 1, (ci * rpc, n), chunk, n, &mut []);
         });
         return;
     }
-    let kernel = |r0, rows, o: &mut [f32], ld| {
-        mat_k_part(w, q8k, batch, (r0, rows), o, ld);
+    let kernel = |r0, rows, o: &mut [f32], ld, work: &mut [f32]| {
+        mat_k_part(w, q8k, batch, (r0, rows), o, ld, work);
     };
     batched(
         w,
@@ -380,6 +412,7 @@ fn mat_k(
         align,
         out,
         &mut acts.scratch,
+        &mut acts.work,
         par,
         &kernel,
     );

@@ -365,6 +365,9 @@ pub struct State {
     /// `context` rounded up to 32 positions (the V rows' stride; padding stays zero).
     ctx_pad: usize,
     acts: Acts,
+    /// Attention's per-task working buffers: one [`Attention::slot_len`] slot per head (one token) or per token (a
+    /// batch), each the task's output followed by its [`HeadScratch`].
+    attn_scratch: Vec<f32>,
     /// `[vocab]`, for the last token of the latest `forward`.
     pub logits: Vec<f32>,
 }
@@ -396,6 +399,11 @@ impl State {
             value_cache: vec![0; c.n_layers * c.kv_dim() * ctx_pad],
             ctx_pad,
             acts: Acts::new(b, max_cols, max_rows),
+            attn_scratch: vec![
+                0.0;
+                (c.n_heads * Attention::slot_len(c.head_dim, c.head_dim, ctx_pad))
+                    .max(b * Attention::slot_len(c.q_dim(), c.head_dim, ctx_pad))
+            ],
             logits: vec![0.0; c.vocab_size],
         }
     }
@@ -437,20 +445,36 @@ struct Attention<'a> {
 }
 
 /// One head's working buffers: the f16 query, the scores and the f16 probabilities.
-struct HeadScratch {
-    q16: Vec<u16>,
-    scores: Vec<f32>,
-    p16: Vec<u16>,
+struct HeadScratch<'s> {
+    q16: &'s mut [u16],
+    scores: &'s mut [f32],
+    p16: &'s mut [u16],
 }
 
 impl Attention<'_> {
-    /// The scratch for heads at position `p`.
-    fn scratch(&self, p: usize) -> HeadScratch {
-        HeadScratch {
-            q16: vec![0; self.hd],
-            scores: vec![0.0; self.len(p)],
-            p16: vec![0; self.len(p)],
-        }
+    /// Length of one task's slot of [`State`]'s attention scratch: `out_len` outputs, then the scratch of a head
+    /// with `hd` dimensions over up to `ctx_pad` positions (the f16 halves packed two to an f32).
+    fn slot_len(out_len: usize, hd: usize, ctx_pad: usize) -> usize {
+        out_len + ctx_pad + hd / 2 + ctx_pad / 2
+    }
+
+    /// Splits one task's slot into its `out_len` outputs and the scratch for heads at position `p`.
+    fn split<'s>(
+        &self,
+        slot: &'s mut [f32],
+        out_len: usize,
+        p: usize,
+    ) -> (&'s mut [f32], HeadScratch<'s>) {
+        let len = self.len(p);
+        let (out, rest) = slot.split_at_mut(out_len);
+        let (scores, rest) = rest.split_at_mut(self.ctx_pad);
+        let (q16, p16) = rest.split_at_mut(self.hd / 2);
+        let scratch = HeadScratch {
+            q16: bytemuck::cast_slice_mut(q16),
+            scores: &mut scores[..len],
+            p16: &mut bytemuck::cast_slice_mut(&mut p16[..self.ctx_pad / 2])[..len],
+        };
+        (out, scratch)
     }
 
     /// Positions the score and probability rows span for a query at `p` (llama.cpp pads the KQ row to its
@@ -463,9 +487,10 @@ impl Attention<'_> {
         }
     }
 
-    /// All heads of the token at position `p` with queries `q` (`n_heads × hd`), into `out` (same shape).
-    fn token(&self, q: &[f32], p: usize, out: &mut [f32]) {
-        let mut scratch = self.scratch(p);
+    /// All heads of the token at position `p` with queries `q` (`n_heads × hd`), into the start of `slot` (same
+    /// shape; the rest of the slot is scratch).
+    fn token(&self, q: &[f32], p: usize, slot: &mut [f32]) {
+        let (out, mut scratch) = self.split(slot, q.len(), p);
         for (h, (qh, out)) in q
             .chunks_exact(self.hd)
             .zip(out.chunks_exact_mut(self.hd))
@@ -483,16 +508,16 @@ impl Attention<'_> {
         for (d, &v) in s.q16.iter_mut().zip(qh) {
             *d = to_f16(v);
         }
-        let scores = &mut s.scores;
+        let scores = &mut *s.scores;
         scores.fill(f32::NEG_INFINITY);
         let live = &mut scores[first..=p];
         let k0 = first * self.kv_dim + kvh * hd;
         if self.batched {
-            simd::dots_f16(&self.keys[k0..], self.kv_dim, &s.q16, live);
+            simd::dots_f16(&self.keys[k0..], self.kv_dim, s.q16, live);
         } else {
             for (key, sc) in live.iter_mut().enumerate() {
                 let at = k0 + key * self.kv_dim;
-                *sc = simd::dot_f16_ggml(&self.keys[at..at + hd], &s.q16);
+                *sc = simd::dot_f16_ggml(&self.keys[at..at + hd], s.q16);
             }
         }
         let mut max = f32::NEG_INFINITY;
@@ -507,15 +532,36 @@ impl Attention<'_> {
         }
         let v0 = kvh * hd * self.ctx_pad;
         if self.batched {
-            simd::dots_f16(&self.values[v0..], self.ctx_pad, &s.p16, out);
+            simd::dots_f16(&self.values[v0..], self.ctx_pad, s.p16, out);
         } else {
             let len = s.p16.len();
             for (d, o) in out.iter_mut().enumerate() {
                 let row = v0 + d * self.ctx_pad;
-                *o = simd::dot_f16_ggml(&self.values[row..row + len], &s.p16);
+                *o = simd::dot_f16_ggml(&self.values[row..row + len], s.p16);
             }
         }
     }
+}
+
+/// `x += norm(o)` per token of `dim` values, `norm` the post-norm `weight` if there is one (applied to `o` in
+/// place, which is scratch afterwards).
+fn residual_add(
+    x: &mut [f32],
+    o: &mut [f32],
+    weight: Option<&[f32]>,
+    dim: usize,
+    eps: f32,
+    par: &dyn ParallelFor,
+) {
+    if let Some(w) = weight {
+        par.for_each_chunk(o, dim, &|_, o| math::rmsnorm_inplace(o, w, eps));
+    }
+    let o = &*o;
+    par.for_each_chunk(x, dim, &|i, x| {
+        for (x, &v) in x.iter_mut().zip(&o[i * dim..(i + 1) * dim]) {
+            *x += v;
+        }
+    });
 }
 
 impl Model<'_> {
@@ -636,7 +682,7 @@ impl Model<'_> {
                 }
             }
 
-            // Attention, each task with its own scratch.
+            // Attention, each task with its own slot of the run state's scratch: its outputs, then its buffers.
             let attn = Attention {
                 keys: &s.key_cache[layer_kv..],
                 values: &s.value_cache[layer_vt..],
@@ -649,16 +695,25 @@ impl Model<'_> {
                 window: if local { c.sliding_window } else { None },
             };
             let q = &s.q[..n * q_dim];
+            let (tasks, out_len) = if n == 1 { (c.n_heads, hd) } else { (n, q_dim) };
+            let slot_len = Attention::slot_len(out_len, hd, s.ctx_pad);
+            let slots = &mut s.attn_scratch[..tasks * slot_len];
             if n == 1 {
                 // One token: one head per task.
-                par.for_each_chunk(&mut s.att_out[..q_dim], hd, &|h, out| {
-                    let mut scratch = attn.scratch(pos0);
+                par.for_each_chunk(slots, slot_len, &|h, slot| {
+                    let (out, mut scratch) = attn.split(slot, hd, pos0);
                     attn.head(&q[h * hd..(h + 1) * hd], pos0, h, out, &mut scratch);
                 });
             } else {
-                par.for_each_chunk(&mut s.att_out[..n * q_dim], q_dim, &|t, out| {
-                    attn.token(&q[t * q_dim..(t + 1) * q_dim], pos0 + t, out);
+                par.for_each_chunk(slots, slot_len, &|t, slot| {
+                    attn.token(&q[t * q_dim..(t + 1) * q_dim], pos0 + t, slot);
                 });
+            }
+            for (out, slot) in s.att_out[..n * q_dim]
+                .chunks_exact_mut(out_len)
+                .zip(slots.chunks_exact(slot_len))
+            {
+                out.copy_from_slice(&slot[..out_len]);
             }
 
             matmul(
@@ -675,16 +730,14 @@ impl Model<'_> {
             let t0 = if l + 1 == w.layers.len() { n - 1 } else { 0 };
             let m = n - t0;
             // x += post_attn_norm(attention output), then xb = ffn_norm(x).
-            let o = &s.xb2[t0 * dim..n * dim];
-            par.for_each_chunk(&mut s.x[t0 * dim..n * dim], dim, &|i, x| {
-                let mut o = o[i * dim..(i + 1) * dim].to_vec();
-                if let Some(pn) = &layer.post_attn_norm {
-                    math::rmsnorm_inplace(&mut o, pn, c.rms_eps);
-                }
-                for (x, &v) in x.iter_mut().zip(&o) {
-                    *x += v;
-                }
-            });
+            residual_add(
+                &mut s.x[t0 * dim..n * dim],
+                &mut s.xb2[t0 * dim..n * dim],
+                layer.post_attn_norm.as_deref(),
+                dim,
+                c.rms_eps,
+                par,
+            );
             let x = &s.x[t0 * dim..n * dim];
             par.for_each_chunk(&mut s.xb[t0 * dim..n * dim], dim, &|i, xb| {
                 math::rmsnorm(xb, &x[i * dim..(i + 1) * dim], &layer.ffn_norm, c.rms_eps);
@@ -710,16 +763,14 @@ impl Model<'_> {
                 par,
             );
             // x += post_ffn_norm(FFN output).
-            let o = &s.xb2[..m * dim];
-            par.for_each_chunk(&mut s.x[t0 * dim..n * dim], dim, &|i, x| {
-                let mut o = o[i * dim..(i + 1) * dim].to_vec();
-                if let Some(pn) = &layer.post_ffn_norm {
-                    math::rmsnorm_inplace(&mut o, pn, c.rms_eps);
-                }
-                for (x, &v) in x.iter_mut().zip(&o) {
-                    *x += v;
-                }
-            });
+            residual_add(
+                &mut s.x[t0 * dim..n * dim],
+                &mut s.xb2[..m * dim],
+                layer.post_ffn_norm.as_deref(),
+                dim,
+                c.rms_eps,
+                par,
+            );
         }
 
         let last = (n - 1) * dim;

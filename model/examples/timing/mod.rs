@@ -11,7 +11,10 @@ pub fn cpu_s() -> f64 {
 }
 
 /// Best per-call CPU time over `samples` samples of `inner` calls each.
-#[allow(dead_code)] // `bench` measures whole runs and uses only `cpu_s`.
+#[allow(
+    dead_code,
+    reason = "`bench` measures whole runs and uses only `cpu_s`"
+)]
 pub fn best<F: FnMut()>(samples: usize, inner: usize, mut f: F) -> f64 {
     let mut best = f64::MAX;
     for _ in 0..samples {

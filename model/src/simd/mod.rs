@@ -113,9 +113,13 @@ dispatch!(
     /// `cols` tokens (`y[t * nb..]`) against Q4_K rows of `nb` blocks (`w[r * nb..]`, a multiple of 8 rows) in
     /// llama.cpp's repacked orders, `out[t * ld + r] = W[r] · y[t]`: the first `gemm` tokens (a multiple of 4)
     /// through its gemm (each equal to [`quant::dot_q4_k_q8_k_gemm`]), the rest through its gemv
-    /// ([`quant::dot_q4_k_q8_k_gemv`]).
+    /// ([`quant::dot_q4_k_q8_k_gemv`]). `work` holds [`batch_work_len`] f32s for the weights it unpacks.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the product's operands, shape, output layout and work buffer, as the kernel takes them"
+    )]
     mat_q4_k_repacked(w: &[BlockQ4K], nb: usize, y: &[BlockQ8K], cols: usize, gemm: usize, out: &mut [f32],
-        ld: usize) -> (), scalar_q4_k_repacked);
+        ld: usize, work: &mut [f32]) -> (), scalar_q4_k_repacked);
 dispatch!(
     /// One Q6_K row of `nb` blocks against `out.len()` tokens (`y[t * nb..]`) in the order of llama.cpp's tiled
     /// kernel: `out[t] = W · y[t]` (each equal to [`quant::dot_q6_k_q8_k_tiled`]).
@@ -127,6 +131,10 @@ fn scalar_q4_k_gemv8(w: &[BlockQ4K], nb: usize, y: &[BlockQ8K], out: &mut [f32; 
     }
 }
 
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the AVX2 kernel's arguments, which the dispatch passes through unchanged"
+)]
 fn scalar_q4_k_repacked(
     w: &[BlockQ4K],
     nb: usize,
@@ -135,6 +143,7 @@ fn scalar_q4_k_repacked(
     gemm: usize,
     out: &mut [f32],
     ld: usize,
+    _work: &mut [f32],
 ) {
     let rows = w.len().checked_div(nb).unwrap_or(0);
     for t in 0..cols {
@@ -201,6 +210,18 @@ pub struct ActTile<'a, A> {
     pub col0: usize,
 }
 
+/// f32s of work buffer one batched product (a matrix product kernel with several tokens) needs for rows of up to
+/// `max_cols` elements: room for the weight blocks it unpacks once per product.
+pub fn batch_work_len(max_cols: usize) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    return avx2::work_len(max_cols);
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = max_cols;
+        0
+    }
+}
+
 macro_rules! mat_dispatch {
     ($(#[$m:meta])* $name:ident, $w:ty, $a:ty, $scalar:path) => {
         $(#[$m])*
@@ -208,7 +229,8 @@ macro_rules! mat_dispatch {
         /// `out[c * ld + r] = W[r] · y[col0 + c]` for every row of `w` (`w.len() / nb` rows of `nb` blocks) and the
         /// `cols` columns of `y` from `y.col0` (`y.qs` starting at column `col0`'s blocks; `y.batch` columns in
         /// all, which is how `y.d` and `y.s` are laid out). The AVX2 path is bit-identical to the single-row AVX2
-        /// dot product of the same types; panics if a slice is shorter than stated.
+        /// dot product of the same types; panics if a slice is shorter than stated. `work` holds
+        /// [`batch_work_len`] f32s for the weights a batched product unpacks (a single token needs none).
         pub fn $name(
             w: &[$w],
             nb: usize,
@@ -216,13 +238,15 @@ macro_rules! mat_dispatch {
             cols: usize,
             out: &mut [f32],
             ld: usize,
+            work: &mut [f32],
         ) {
             #[cfg(target_arch = "x86_64")]
             if level() == Level::Avx2 {
                 // SAFETY: `level()` returned Avx2 only after CPUID/XGETBV confirmed AVX2, FMA and F16C with OS
                 // support; slices are indexed with bounds checks.
-                return unsafe { avx2::mat_q0::<$w>(w, nb, y, cols, out, ld) };
+                return unsafe { avx2::mat_q0::<$w>(w, nb, y, cols, out, ld, work) };
             }
+            let _ = work;
             let rows = w.len().checked_div(nb).unwrap_or(0);
             for c in 0..cols {
                 for r in 0..rows {

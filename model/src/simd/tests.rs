@@ -454,10 +454,42 @@ fn matrix_tiles_equal_row_dots_bitwise() {
                            cols: usize,
                            out: &mut [f32],
                            ld: usize| match t {
-                    GgmlType::Q4_0 => super::mat_q4_0(quant::cast(&wb), nb, y0, cols, out, ld),
-                    GgmlType::Q4_1 => super::mat_q4_1(quant::cast(&wb), nb, y1, cols, out, ld),
-                    GgmlType::Q5_0 => super::mat_q5_0(quant::cast(&wb), nb, y0, cols, out, ld),
-                    _ => super::mat_q8_0(quant::cast(&wb), nb, y0, cols, out, ld),
+                    GgmlType::Q4_0 => super::mat_q4_0(
+                        quant::cast(&wb),
+                        nb,
+                        y0,
+                        cols,
+                        out,
+                        ld,
+                        &mut vec![0.0; super::batch_work_len(nb * QK)],
+                    ),
+                    GgmlType::Q4_1 => super::mat_q4_1(
+                        quant::cast(&wb),
+                        nb,
+                        y1,
+                        cols,
+                        out,
+                        ld,
+                        &mut vec![0.0; super::batch_work_len(nb * QK)],
+                    ),
+                    GgmlType::Q5_0 => super::mat_q5_0(
+                        quant::cast(&wb),
+                        nb,
+                        y0,
+                        cols,
+                        out,
+                        ld,
+                        &mut vec![0.0; super::batch_work_len(nb * QK)],
+                    ),
+                    _ => super::mat_q8_0(
+                        quant::cast(&wb),
+                        nb,
+                        y0,
+                        cols,
+                        out,
+                        ld,
+                        &mut vec![0.0; super::batch_work_len(nb * QK)],
+                    ),
                 };
                 run(&y0, &y1, batch, &mut got, rows);
                 let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
@@ -535,11 +567,22 @@ fn k_quant_batched_kernels_match_scalar_bitwise_and_f32() {
             // All four tokens through the gemm order, then all four through the gemv order; `out[t * 8 + r]`.
             for (v, gemm) in [(0usize, tokens), (1, 0)] {
                 let mut o = vec![0.0f32; tokens * rows];
-                super::scalar_q4_k_repacked(w, nb, &q8k, tokens, gemm, &mut o, rows);
+                super::scalar_q4_k_repacked(w, nb, &q8k, tokens, gemm, &mut o, rows, &mut []);
                 scalar[v] = o.chunks(rows).map(|c| c.to_vec()).collect();
                 if have_avx2() {
                     // SAFETY: AVX2, FMA and F16C were detected.
-                    unsafe { avx2::mat_q4_k_repacked(w, nb, &q8k, tokens, gemm, &mut o, rows) };
+                    unsafe {
+                        avx2::mat_q4_k_repacked(
+                            w,
+                            nb,
+                            &q8k,
+                            tokens,
+                            gemm,
+                            &mut o,
+                            rows,
+                            &mut vec![0.0; super::batch_work_len(cols)],
+                        )
+                    };
                     simd[v] = o.chunks(rows).map(|c| c.to_vec()).collect();
                 }
             }
