@@ -5,8 +5,8 @@
 //! only the text it hands out with each token. (With a thread pool, each row chunk of a batched product allocates
 //! its own work buffer; see `matmul::batched`.)
 //!
-//! Runs the tiny models always and the real SmolLM2 and Gemma 3 files when they are in `$CLOISTER_MODEL_DIR` or
-//! `<workspace>/.cache/models/` (a missing file is skipped with a note: `golden.rs` already insists on them).
+//! Runs the tiny models and the real SmolLM2 and Gemma 3 files from `$CLOISTER_MODEL_DIR` or
+//! `<workspace>/.cache/models/` (a missing file fails the test, as in `golden.rs`).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -177,20 +177,21 @@ fn check(name: &str, blob: &[u8]) {
     );
 }
 
-fn real_model(file: &str) -> Option<Vec<u8>> {
+/// A real model file; a missing one fails the test (CI fetches both with `cloister fetch-model`).
+fn real_model(file: &str) -> Vec<u8> {
     let dir = std::env::var_os("CLOISTER_MODEL_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| {
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache/models")
         });
     let path = dir.join(file);
-    match std::fs::read(&path) {
-        Ok(bytes) => Some(bytes),
-        Err(e) => {
-            eprintln!("skipping {}: {e}", path.display());
-            None
-        }
-    }
+    std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}. Fetch the real models with `cargo run -p runner -- fetch-model smollm2 gemma3`, or point \
+             CLOISTER_MODEL_DIR at a directory holding them",
+            path.display()
+        )
+    })
 }
 
 #[test]
@@ -205,14 +206,10 @@ fn tiny_gemma3_forward_allocates_nothing_after_load() {
 
 #[test]
 fn smollm2_forward_allocates_nothing_after_load() {
-    if let Some(blob) = real_model("smollm2-135m-instruct-q4_1.gguf") {
-        check("SmolLM2", &blob);
-    }
+    check("SmolLM2", &real_model("smollm2-135m-instruct-q4_1.gguf"));
 }
 
 #[test]
 fn gemma3_forward_allocates_nothing_after_load() {
-    if let Some(blob) = real_model("gemma3-270m-q4_k_m.gguf") {
-        check("Gemma 3", &blob);
-    }
+    check("Gemma 3", &real_model("gemma3-270m-q4_k_m.gguf"));
 }
