@@ -1273,6 +1273,13 @@ fn verify_appliance_over_tcp_reports_and_exports_for_tpm2_checkquote() {
     assert!(text.contains("model blob (initrd)"), "{text}");
     let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
     assert_eq!(json["verified"], true);
+    // A direct manifest: every form of the report says the host operator is trusted.
+    assert_eq!(json["root_of_trust"]["host_trusted"], true);
+    assert_eq!(json["root_of_trust"]["boot"], "direct");
+    for text in [&text, &report.short(), &report.summary()] {
+        assert!(text.contains("HOST OPERATOR TRUSTED"), "{text}");
+    }
+    assert!(!report.checks.contains(&"firmware event log"));
     assert_eq!(json["pcrs"][8]["pcr"], 12);
     assert_eq!(json["pcrs"][8]["value"], manifest.pcrs.kernel.to_string());
     eprintln!(
@@ -1400,6 +1407,30 @@ fn exported_files_have_the_forms_tpm2_checkquote_reads() {
         )
     );
     let _: &Path = &command.dir;
+}
+
+#[test]
+fn a_direct_manifest_is_refused_without_trust_host() {
+    // Nothing measured a directly booted kernel: without --trust-host the client refuses, naming the check.
+    let image = TestImage::standard();
+    let appliance = SimAppliance::boot(home(), &image, true);
+    let (address, server) = serve(appliance, |response| response);
+    let error = verify_appliance(
+        address,
+        &image.manifest(),
+        home_trust(),
+        &VerifyOptions::default(),
+    )
+    .unwrap_err();
+    drop(server);
+    assert_eq!(
+        error.downcast_ref::<VerifyError>(),
+        Some(&VerifyError::HostNotTrusted)
+    );
+    assert!(
+        error.to_string().contains("[root of trust]") && error.to_string().contains("--trust-host"),
+        "{error}"
+    );
 }
 
 #[test]
