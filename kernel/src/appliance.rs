@@ -44,6 +44,8 @@ pub struct Setup<'a> {
     pub identity: Identity,
     /// What was measured at boot.
     pub event_log: EventLog,
+    /// The whole boot's crypto-agile log (`kernel::boot_log::whole_boot`).
+    pub boot_log: Vec<u8>,
 }
 
 /// Answers requests from what was measured at boot, from the TPM and from the engine.
@@ -52,6 +54,7 @@ struct Appliance<'a> {
     tpm: KernelTpm<'a>,
     identity: Identity,
     event_log: Vec<u8>,
+    boot_log: Vec<u8>,
     generations: Generations<'static>,
     clock: &'a Clock,
 }
@@ -96,6 +99,7 @@ impl Appliance<'_> {
                 .map(|pcr| values.values[usize::from(pcr)])
                 .collect(),
             event_log: self.event_log.clone(),
+            firmware_log: self.boot_log.clone(),
         })
     }
 
@@ -184,6 +188,7 @@ pub fn serve(setup: Setup) -> ! {
         tpm,
         identity,
         event_log,
+        boot_log,
     } = setup;
 
     let heap_before = crate::memory::heap_used();
@@ -232,6 +237,7 @@ pub fn serve(setup: Setup) -> ! {
         tpm,
         identity,
         event_log: log_bytes,
+        boot_log,
         generations,
         clock: &clock,
     };

@@ -9,6 +9,7 @@
 
 extern crate alloc;
 
+pub mod boot_log;
 pub mod generations;
 pub mod memory_map;
 pub mod paging;

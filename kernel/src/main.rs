@@ -97,6 +97,9 @@ extern "C" fn kernel_main(start_info: u64) -> ! {
         }
     };
     crate::debug!("measured kernel, model, serving parameters and configuration into PCRs 12-14");
+    let Ok(boot_log) = kernel::boot_log::whole_boot(memory.firmware_event_log(), &event_log) else {
+        fail("boot log")
+    };
     // The engine runs on the blob in place; a model that does not load is never served.
     let engine = match model::gguf::Gguf::parse(model) {
         Ok(gguf) => match model::session::Engine::load(&gguf) {
@@ -159,5 +162,6 @@ extern "C" fn kernel_main(start_info: u64) -> ! {
         tpm,
         identity,
         event_log,
+        boot_log,
     })
 }

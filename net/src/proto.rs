@@ -182,6 +182,10 @@ pub struct Evidence {
     pub pcr_values: Vec<[u8; 32]>,
     /// The measurement event log (`tpm::eventlog` format).
     pub event_log: Vec<u8>,
+    /// The whole boot's log in the crypto-agile TCG_PCR_EVENT2 format (`tpm::tcg_log`): the firmware's events as
+    /// the EFI stub handed them over, then the kernel's own PCR 12-14 events; on the direct path a SHA-256-only
+    /// header and the kernel's events (docs/ARCHITECTURE.md §4).
+    pub firmware_log: Vec<u8>,
 }
 
 /// Domain-separation label for quote qualifying data.

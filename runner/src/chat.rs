@@ -56,6 +56,10 @@ pub struct ChatArgs {
     /// Seconds each step may take (connecting, attesting, waiting for the next token).
     #[arg(long, default_value_t = 300)]
     pub timeout: u64,
+    /// Accept a manifest built with `--boot direct`, whose kernel nothing measured before it ran: the host operator
+    /// is then trusted, and the report says so.
+    #[arg(long)]
+    pub trust_host: bool,
     /// The file that remembers each accepted quote's TPM clock counters, so a rolled-back TPM or an old quote is
     /// refused next time [default: observations.json in the runner's cache]
     #[arg(long, value_name = "PATH")]
@@ -113,6 +117,7 @@ pub fn run(args: &ChatArgs, cancel: &AtomicBool) -> Result<()> {
     let options = VerifyOptions {
         timeout: Duration::from_secs(args.timeout),
         observations: Some(observation_store(args.observations.as_deref())),
+        trust_host: args.trust_host,
         ..VerifyOptions::default()
     };
     eprintln!(

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use client::manifest::Manifest;
+use client::manifest::{BootMode, Manifest};
 use client::session::UnverifiedSession;
 use client::verify::{self, VerifyOptions};
 use net::proto::ModelInfo;
@@ -281,13 +281,18 @@ fn up(args: UpArgs) -> Result<()> {
         return Err(error);
     }
     println!("chat with it from another terminal (each run verifies the appliance before it sends the prompt):");
+    let trust_host = if boot_mode(&manifest_path) == Some(BootMode::Direct) {
+        " --trust-host"
+    } else {
+        ""
+    };
     println!(
-        "  cargo run --release -- chat --endpoint {} --manifest {} \"Why is the sky blue?\"",
+        "  cargo run --release -- chat --endpoint {} --manifest {}{trust_host} \"Why is the sky blue?\"",
         appliance.endpoint(),
         manifest_path.display()
     );
     println!(
-        "  cargo run --release -- verify --endpoint {} --manifest {}",
+        "  cargo run --release -- verify --endpoint {} --manifest {}{trust_host}",
         appliance.endpoint(),
         manifest_path.display()
     );
@@ -299,6 +304,11 @@ fn up(args: UpArgs) -> Result<()> {
     }
     eprintln!("stopping QEMU and swtpm...");
     appliance.shutdown()
+}
+
+/// The boot mode the manifest at `path` names, if it reads.
+fn boot_mode(path: &Path) -> Option<BootMode> {
+    Manifest::read(path).ok().map(|manifest| manifest.boot)
 }
 
 /// `up`'s first client: verifies the fresh appliance against its manifest over TLS, prints a short report, then
@@ -320,9 +330,21 @@ fn attest_and_demo(
         qemu::Accel::Tcg => DEMO_TCG_TIMEOUT,
         qemu::Accel::Kvm => verify::DEFAULT_TIMEOUT,
     };
+    // The direct dev path has no measurement below the kernel: this runner booted it on its own host, so it
+    // trusts that host for its own demo, and says so (docs/ARCHITECTURE.md §4, "Roots of trust").
+    let trust_host = manifest.boot == BootMode::Direct;
+    if trust_host {
+        eprintln!(
+            "direct boot: nothing measured the kernel before it ran; this demo trusts the host operator (--trust-host)"
+        );
+    }
+    let options = VerifyOptions {
+        trust_host,
+        ..VerifyOptions::default()
+    };
     let session = UnverifiedSession::connect(appliance.endpoint(), timeout)?;
     let (mut session, report) = session
-        .verify(&manifest, &trust, &VerifyOptions::default())
+        .verify(&manifest, &trust, &options)
         .context("the appliance this runner just booted failed verification")?;
     print!("{}", report.short());
     if args.demo_max_tokens == 0 || stop.load(Ordering::Acquire) {

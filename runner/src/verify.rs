@@ -42,6 +42,10 @@ pub struct VerifyArgs {
     /// refused next time [default: observations.json in the runner's cache]
     #[arg(long, value_name = "PATH")]
     pub observations: Option<PathBuf>,
+    /// Accept a manifest built with `--boot direct`, whose kernel nothing measured before it ran: the host operator
+    /// is then trusted, and the report says so.
+    #[arg(long)]
+    pub trust_host: bool,
 }
 
 /// The observation store `--observations` names, or the one in the runner's cache.
@@ -79,6 +83,7 @@ pub fn run(args: VerifyArgs) -> Result<()> {
         export_evidence: args.export_evidence.clone(),
         previous_clock: None,
         observations: Some(observation_store(args.observations.as_deref())),
+        trust_host: args.trust_host,
     };
     match verify_appliance(endpoint, &manifest, &trust, &options) {
         Ok(report) => {

@@ -249,9 +249,32 @@ struct SimAppliance {
     ak: CreatedPrimary,
     ek_certificate: Vec<u8>,
     event_log: Vec<u8>,
+    /// The whole boot's TCG log as the kernel sends it on the direct path (kernel/src/boot_log.rs).
+    firmware_log: Vec<u8>,
     /// The TLS session its quotes are bound to (the served tests set the real session's).
     binding: ChannelBinding,
     _swtpm: Swtpm,
+}
+
+/// A SHA-256-only TCG log header followed by `log`'s events, as the kernel sends it when no firmware log was
+/// handed over.
+fn direct_boot_log(log: &EventLog) -> Vec<u8> {
+    use tpm::tcg_log;
+    let mut bytes = vec![0u8; tcg_log::SHA256_HEADER_LEN];
+    tcg_log::emit_sha256_header(&mut bytes).unwrap();
+    for event in log.events() {
+        let at = bytes.len();
+        bytes.resize(at + tcg_log::event_len(event.description().len()), 0);
+        tcg_log::emit_event(
+            &mut bytes[at..],
+            u32::from(event.pcr()),
+            tcg_log::EV_EVENT_TAG,
+            event.digest(),
+            event.description().as_bytes(),
+        )
+        .unwrap();
+    }
+    bytes
 }
 
 impl SimAppliance {
@@ -307,12 +330,14 @@ impl SimAppliance {
         certificate.truncate(length);
         let mut event_log = vec![0u8; log.buffer_len()];
         log.emit(&mut event_log).unwrap();
+        let firmware_log = direct_boot_log(&log);
         Self {
             tpm,
             ek,
             ak,
             ek_certificate: certificate,
             event_log,
+            firmware_log,
             binding: BINDING,
             _swtpm: swtpm,
         }
@@ -334,6 +359,7 @@ impl SimAppliance {
                 .map(|pcr| values.values[usize::from(pcr)])
                 .collect(),
             event_log: self.event_log.clone(),
+            firmware_log: self.firmware_log.clone(),
         }
     }
 
@@ -412,6 +438,8 @@ fn expectation<'a>(manifest: &'a Manifest, trust: &'a TrustAnchors) -> Expectati
         trust,
         now: SystemTime::now(),
         previous_clock: None,
+        // The simulated appliance boots directly: its manifests need the host trusted.
+        trust_host: true,
     }
 }
 
@@ -1212,6 +1240,7 @@ fn verify_appliance_over_tcp_reports_and_exports_for_tpm2_checkquote() {
     let export = tempfile::tempdir().unwrap();
     let options = VerifyOptions {
         export_evidence: Some(export.path().join("evidence")),
+        trust_host: true,
         ..VerifyOptions::default()
     };
     let report = verify_appliance(address, &manifest, home_trust(), &options).unwrap();
@@ -1244,6 +1273,13 @@ fn verify_appliance_over_tcp_reports_and_exports_for_tpm2_checkquote() {
     assert!(text.contains("model blob (initrd)"), "{text}");
     let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
     assert_eq!(json["verified"], true);
+    // A direct manifest: every form of the report says the host operator is trusted.
+    assert_eq!(json["root_of_trust"]["host_trusted"], true);
+    assert_eq!(json["root_of_trust"]["boot"], "direct");
+    for text in [&text, &report.short(), &report.summary()] {
+        assert!(text.contains("HOST OPERATOR TRUSTED"), "{text}");
+    }
+    assert!(!report.checks.contains(&"firmware event log"));
     assert_eq!(json["pcrs"][8]["pcr"], 12);
     assert_eq!(json["pcrs"][8]["value"], manifest.pcrs.kernel.to_string());
     eprintln!(
@@ -1293,7 +1329,10 @@ fn verify_appliance_names_the_failed_check() {
         address,
         &image.manifest(),
         home_trust(),
-        &VerifyOptions::default(),
+        &VerifyOptions {
+            trust_host: true,
+            ..VerifyOptions::default()
+        },
     )
     .unwrap_err();
     drop(server);
@@ -1321,7 +1360,10 @@ fn verify_appliance_names_the_failed_check() {
         address,
         &image.manifest(),
         home_trust(),
-        &VerifyOptions::default(),
+        &VerifyOptions {
+            trust_host: true,
+            ..VerifyOptions::default()
+        },
     )
     .unwrap_err();
     server.join().unwrap();
@@ -1368,6 +1410,30 @@ fn exported_files_have_the_forms_tpm2_checkquote_reads() {
 }
 
 #[test]
+fn a_direct_manifest_is_refused_without_trust_host() {
+    // Nothing measured a directly booted kernel: without --trust-host the client refuses, naming the check.
+    let image = TestImage::standard();
+    let appliance = SimAppliance::boot(home(), &image, true);
+    let (address, server) = serve(appliance, |response| response);
+    let error = verify_appliance(
+        address,
+        &image.manifest(),
+        home_trust(),
+        &VerifyOptions::default(),
+    )
+    .unwrap_err();
+    drop(server);
+    assert_eq!(
+        error.downcast_ref::<VerifyError>(),
+        Some(&VerifyError::HostNotTrusted)
+    );
+    assert!(
+        error.to_string().contains("[root of trust]") && error.to_string().contains("--trust-host"),
+        "{error}"
+    );
+}
+
+#[test]
 fn the_cli_entry_verifies_and_names_the_failed_check() {
     let image = TestImage::standard();
     let manifest_path = image.dir.path().join("manifest.json");
@@ -1388,6 +1454,7 @@ fn the_cli_entry_verifies_and_names_the_failed_check() {
                 .path()
                 .join(format!("observations-{endpoint}.json")),
         ),
+        trust_host: true,
     };
     let (address, server) = serve(SimAppliance::boot(home(), &image, true), |r| r);
     runner::verify::run(args(address)).unwrap();
@@ -1433,6 +1500,7 @@ fn remembered_clock_counters_must_not_go_back() {
     let store = client::verify::Observations::in_cache(store_dir.path());
     let options = VerifyOptions {
         observations: Some(store.clone()),
+        trust_host: true,
         ..VerifyOptions::default()
     };
     let ak_public = honest().ak_public.clone();

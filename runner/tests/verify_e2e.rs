@@ -67,12 +67,13 @@ fn booted_appliance_verifies_and_another_model_fails_on_the_model() {
     let export = scratch.path().join("evidence");
     let options = VerifyOptions {
         export_evidence: Some(export.clone()),
+        trust_host: true,
         ..VerifyOptions::default()
     };
     let report = verify_appliance(appliance.endpoint(), &manifest, &trust, &options)
         .unwrap_or_else(|error| {
             // Show what the appliance measured next to what the manifest expects.
-            let log = std::fs::read(export.join("eventlog.bin")).unwrap_or_default();
+            let log = std::fs::read(export.join("cloister-eventlog.bin")).unwrap_or_default();
             let measured: Vec<String> = tpm::eventlog::EventLog::parse(&log)
                 .map(|log| {
                     log.events()
@@ -111,7 +112,14 @@ fn booted_appliance_verifies_and_another_model_fails_on_the_model() {
         UnverifiedSession::connect(appliance.endpoint(), Duration::from_secs(120)).unwrap();
     let transcript = session.transcript();
     let (mut session, _) = session
-        .verify(&manifest, &trust, &VerifyOptions::default())
+        .verify(
+            &manifest,
+            &trust,
+            &VerifyOptions {
+                trust_host: true,
+                ..VerifyOptions::default()
+            },
+        )
         .unwrap();
     let request = GenerateRequest {
         prompt: Prompt::Text("hello".to_string()),
@@ -143,7 +151,10 @@ fn booted_appliance_verifies_and_another_model_fails_on_the_model() {
         appliance.endpoint(),
         &manifest,
         &trust,
-        &VerifyOptions::default(),
+        &VerifyOptions {
+            trust_host: true,
+            ..VerifyOptions::default()
+        },
     )
     .unwrap_err();
     assert_eq!(

@@ -5,15 +5,18 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use client::manifest::{self, BootMode, Manifest};
-use client::verify::VerifyOptions;
+use client::session::{AttestationRequest, UnverifiedSession};
+use client::verify::{verify_evidence, Expectation, VerifyError, VerifyOptions};
 use client::verify_appliance;
+use net::proto::{ChannelBinding, Evidence, Response};
 use runner::appliance::{Appliance, BootOptions};
 use runner::image::{self, cargo_home, KernelFlavor};
 use runner::qemu::AccelChoice;
 use runner::uefi;
+use tpm::tcg_log::{self, FirmwareError, TcgLog, EV_EFI_BOOT_SERVICES_APPLICATION};
 
 const CMDLINE: &str = image::DEFAULT_CMDLINE;
 
@@ -143,6 +146,64 @@ fn disk_images_are_byte_identical_across_checkouts() {
     );
 }
 
+/// Attests on a plain (unverified) session: the evidence and the session's binding, for offline checks.
+fn fresh_evidence(
+    endpoint: std::net::SocketAddr,
+    nonce: [u8; 32],
+    pcr_mask: u32,
+) -> (Evidence, ChannelBinding) {
+    let mut session =
+        UnverifiedSession::connect(endpoint, Duration::from_secs(120)).expect("TLS handshake");
+    let binding = session.binding();
+    match session
+        .exchange(AttestationRequest::Attest { nonce, pcr_mask })
+        .expect("an answer to Attest")
+    {
+        Response::Evidence(evidence) => (evidence, binding),
+        other => panic!("the appliance answered Attest with {other:?}"),
+    }
+}
+
+/// The log rebuilt from `events` (pcr, type, SHA-256, data) with a SHA-256-only header: what an attacker who
+/// edits the firmware's log would send (the replayed SHA-256 bank is all the verifier reads).
+fn rebuilt_log(events: &[(u32, u32, [u8; 32], Vec<u8>)]) -> Vec<u8> {
+    let mut bytes = vec![0u8; tcg_log::SHA256_HEADER_LEN];
+    tcg_log::emit_sha256_header(&mut bytes).expect("header");
+    for (pcr, event_type, digest, data) in events {
+        let at = bytes.len();
+        bytes.resize(at + tcg_log::event_len(data.len()), 0);
+        tcg_log::emit_event(&mut bytes[at..], *pcr, *event_type, digest, data).expect("event");
+    }
+    bytes
+}
+
+/// The offline checks on genuine evidence with its `firmware_log` replaced by `log`, against `manifest`.
+fn check_with_log(
+    evidence: &Evidence,
+    log: Vec<u8>,
+    expected: &Expectation,
+) -> Result<client::verify::CheckedEvidence, VerifyError> {
+    let mut tampered = evidence.clone();
+    tampered.firmware_log = log;
+    verify_evidence(&tampered, expected)
+}
+
+/// The PCR 0-7 events of the firmware's log, one line each, for the report.
+fn firmware_events(log: &TcgLog) -> Vec<String> {
+    log.events()
+        .filter(|event| event.pcr < 8)
+        .map(|event| {
+            format!(
+                "PCR {} type {:#010x} sha256 {}.. ({} bytes of data)",
+                event.pcr,
+                event.event_type,
+                &runner::models::hex(&event.sha256)[..16],
+                event.data.len()
+            )
+        })
+        .collect()
+}
+
 #[test]
 fn uefi_image_boots_under_ovmf_and_verifies() {
     runner::tools::require(&runner::tools::BOOT_TOOLS).expect("QEMU and swtpm are needed");
@@ -177,17 +238,239 @@ fn uefi_image_boots_under_ovmf_and_verifies() {
         .certificate_authority()
         .trust_anchors()
         .expect("the CA's certificates load");
+    let export = dir.path().join("evidence");
+    // No --trust-host: the UEFI path must not need it.
     let report = verify_appliance(
         appliance.endpoint(),
         &manifest,
         &trust,
         &VerifyOptions {
             timeout: Duration::from_secs(120),
+            export_evidence: Some(export.clone()),
             ..VerifyOptions::default()
         },
     )
     .unwrap_or_else(|error| panic!("the UEFI-booted appliance failed verification: {error:#}"));
     assert!(report.verified);
+    assert!(!report.root_of_trust.host_trusted);
+    assert_eq!(report.root_of_trust.boot, "uefi");
+    let secure_boot = report
+        .root_of_trust
+        .secure_boot
+        .expect("PCR 7's Secure Boot state");
+    assert!(
+        report.checks.contains(&"firmware event log"),
+        "{:?}",
+        report.checks
+    );
+    assert!(report.to_json().contains("\"secure_boot\""));
+    eprintln!("[uefi] root of trust: {}", report.root_of_trust.statement);
+
+    // tpm2_eventlog reads the whole boot's log and finds the firmware's measurement of the boot application.
+    let output = Command::new("tpm2_eventlog")
+        .arg(export.join("eventlog.bin"))
+        .output()
+        .expect("tpm2_eventlog runs (Debian package tpm2-tools)");
+    let text = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(
+        output.status.success(),
+        "tpm2_eventlog failed: {}\n{text}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(text.contains("EV_EFI_BOOT_SERVICES_APPLICATION"), "{text}");
+    assert!(
+        text.to_lowercase()
+            .contains(&runner::models::hex(&uefi_files.authenticode)),
+        "tpm2_eventlog does not show the application's Authenticode digest:\n{text}"
+    );
+
+    // Evidence captured once, checked offline against its real quote, then with the firmware's log edited.
+    let nonce = [0x5e; 32];
+    let (evidence, binding) = fresh_evidence(appliance.endpoint(), nonce, manifest.pcr_mask());
+    let expected = Expectation {
+        nonce,
+        binding,
+        manifest: &manifest,
+        trust: &trust,
+        now: SystemTime::now(),
+        previous_clock: None,
+        trust_host: false,
+    };
+    verify_evidence(&evidence, &expected).expect("the captured evidence verifies offline");
+    let log = TcgLog::parse(&evidence.firmware_log).expect("the whole boot's log parses");
+    eprintln!(
+        "[uefi] OVMF's PCR 0-7 events ({} events in the whole log, Secure Boot {secure_boot}):\n  {}",
+        log.len(),
+        firmware_events(&log).join("\n  ")
+    );
+    let events: Vec<(u32, u32, [u8; 32], Vec<u8>)> = log
+        .events()
+        .map(|event| {
+            (
+                event.pcr,
+                event.event_type,
+                event.sha256,
+                event.data.to_vec(),
+            )
+        })
+        .collect();
+    let is_application = |event: &(u32, u32, [u8; 32], Vec<u8>)| {
+        event.0 == 4 && event.1 == EV_EFI_BOOT_SERVICES_APPLICATION
+    };
+    assert_eq!(
+        events.iter().filter(|event| is_application(event)).count(),
+        1
+    );
+    // Control: the same events re-emitted (SHA-256 bank only) still verify.
+    check_with_log(&evidence, rebuilt_log(&events), &expected).expect("the rebuilt log verifies");
+    let firmware_failure = |result: Result<_, VerifyError>, what: &str| {
+        let error = result.err().unwrap_or_else(|| panic!("{what}: accepted"));
+        assert_eq!(error.check(), "firmware event log", "{what}: {error}");
+        error
+    };
+    // Log/quote mismatch: one firmware event's digest changed.
+    let mut edited = events.clone();
+    edited[0].2[0] ^= 1;
+    let error = firmware_failure(
+        check_with_log(&evidence, rebuilt_log(&edited), &expected),
+        "edited digest",
+    );
+    assert_eq!(
+        error,
+        VerifyError::FirmwareLog(FirmwareError::ReplayMismatch(edited[0].0 as u8))
+    );
+    // The boot application's event hidden.
+    let hidden: Vec<_> = events
+        .iter()
+        .filter(|event| !is_application(event))
+        .cloned()
+        .collect();
+    let error = firmware_failure(
+        check_with_log(&evidence, rebuilt_log(&hidden), &expected),
+        "hidden application",
+    );
+    assert_eq!(
+        error,
+        VerifyError::FirmwareLog(FirmwareError::ReplayMismatch(4))
+    );
+    // A second application (a shell) added before it.
+    let mut two = events.clone();
+    let at = two.iter().position(is_application).expect("application");
+    let mut shell = two[at].clone();
+    shell.2 = [0x11; 32];
+    two.insert(at, shell);
+    let error = firmware_failure(
+        check_with_log(&evidence, rebuilt_log(&two), &expected),
+        "two applications",
+    );
+    assert_eq!(
+        error,
+        VerifyError::FirmwareLog(FirmwareError::ReplayMismatch(4))
+    );
+    // The application's digest rewritten to another image's.
+    let mut other = events.clone();
+    other[at].2 = [0x22; 32];
+    firmware_failure(
+        check_with_log(&evidence, rebuilt_log(&other), &expected),
+        "another application digest",
+    );
+    // The kernel's PCR 12-14 events dropped from the log.
+    let firmware_only: Vec<_> = events.iter().filter(|event| event.0 < 8).cloned().collect();
+    let error = firmware_failure(
+        check_with_log(&evidence, rebuilt_log(&firmware_only), &expected),
+        "no kernel events",
+    );
+    assert_eq!(
+        error,
+        VerifyError::FirmwareLog(FirmwareError::ReplayMismatch(12))
+    );
+    // No log at all.
+    firmware_failure(
+        check_with_log(&evidence, Vec::new(), &expected),
+        "empty log",
+    );
+    // A manifest whose Authenticode digest differs (a PE one byte off) fails the same way on the real log.
+    let mut digest = application.authenticode_sha256.0;
+    digest[31] ^= 1;
+    let wrong_manifest = manifest.clone().with_uefi_boot(digest, application.length);
+    let error = firmware_failure(
+        verify_evidence(
+            &evidence,
+            &Expectation {
+                manifest: &wrong_manifest,
+                ..expected
+            },
+        ),
+        "another Authenticode digest",
+    );
+    assert_eq!(
+        error,
+        VerifyError::FirmwareLog(FirmwareError::WrongBootApplication)
+    );
+    appliance.shutdown().expect("QEMU and swtpm stop");
+
+    // THE ATTACK: the same kernel and model booted directly (nothing measures it first) extends identical PCRs
+    // 12-14; checked against the UEFI manifest it fails, naming the firmware check.
+    let direct_options = image::BuildOptions {
+        out: dir.path().join("direct"),
+        boot: BootMode::Direct,
+        ..options
+    };
+    let direct = image::build(&direct_options).expect("runner build --boot direct");
+    let direct_manifest =
+        Manifest::read(&direct.dir.join(manifest::MANIFEST_FILE)).expect("manifest");
+    assert_eq!(direct_manifest.boot, BootMode::Direct);
+    assert_eq!(
+        direct_manifest.pcrs, manifest.pcrs,
+        "both paths measure the same PCRs 12-14"
+    );
+    let mut boot = BootOptions::new(direct);
+    boot.accel = AccelChoice::Tcg;
+    boot.mem_mib = 512;
+    boot.ready_timeout = Some(Duration::from_secs(300));
+    let appliance = Appliance::boot(&boot).expect("the direct image boots");
+    eprintln!(
+        "[direct] QEMU start to first TLS answer {:.2} s (TCG)",
+        appliance.boot_duration().as_secs_f64()
+    );
+    let trust = appliance
+        .certificate_authority()
+        .trust_anchors()
+        .expect("CA");
+    let verify = |manifest: &Manifest, trust_host: bool| {
+        verify_appliance(
+            appliance.endpoint(),
+            manifest,
+            &trust,
+            &VerifyOptions {
+                timeout: Duration::from_secs(120),
+                trust_host,
+                ..VerifyOptions::default()
+            },
+        )
+    };
+    for trust_host in [false, true] {
+        let error = verify(&manifest, trust_host)
+            .expect_err("the directly booted kernel passed as the UEFI image");
+        let error = error.downcast_ref::<VerifyError>().expect("a check failed");
+        assert_eq!(error.check(), "firmware event log", "{error}");
+        eprintln!("[attack] {error}");
+    }
+    // Its own direct manifest is refused without --trust-host, and accepted with it, saying so.
+    let error =
+        verify(&direct_manifest, false).expect_err("a direct manifest without --trust-host");
+    assert_eq!(
+        error.downcast_ref::<VerifyError>(),
+        Some(&VerifyError::HostNotTrusted)
+    );
+    let report = verify(&direct_manifest, true).expect("a direct manifest with --trust-host");
+    assert!(report.root_of_trust.host_trusted);
+    assert!(
+        report.to_string().contains("HOST OPERATOR TRUSTED"),
+        "{report}"
+    );
+    assert!(report.short().contains("HOST OPERATOR TRUSTED"));
+    assert!(report.summary().contains("HOST OPERATOR TRUSTED"));
     appliance.shutdown().expect("QEMU and swtpm stop");
 }
 

@@ -68,6 +68,7 @@ pub(super) fn verify_channel(
         trust,
         now: SystemTime::now(),
         previous_clock: options.previous_clock.or(remembered),
+        trust_host: options.trust_host,
     };
     let checked = verify_evidence(&evidence, &expectation)?;
 

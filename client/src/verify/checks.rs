@@ -49,6 +49,11 @@ pub fn check_sizes(evidence: &Evidence) -> Result<(), VerifyError> {
         ),
         (Field::PcrValues, evidence.pcr_values.len(), PCR_COUNT),
         (Field::EventLog, evidence.event_log.len(), MAX_EVENT_LOG),
+        (
+            Field::FirmwareLog,
+            evidence.firmware_log.len(),
+            tpm::tcg_log::MAX_LOG_BYTES,
+        ),
     ];
     for (what, len, max) in limits {
         if len > max {

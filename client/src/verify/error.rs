@@ -23,6 +23,8 @@ pub enum Field {
     PcrValues,
     /// The event log.
     EventLog,
+    /// The whole boot's crypto-agile log.
+    FirmwareLog,
     /// The appliance's answer to a request.
     Response,
 }
@@ -38,6 +40,7 @@ impl Field {
             Self::EkCertificate => "ek_certificate",
             Self::PcrValues => "pcr_values",
             Self::EventLog => "event_log",
+            Self::FirmwareLog => "firmware_log",
             Self::Response => "response",
         }
     }
@@ -165,6 +168,14 @@ pub enum VerifyError {
     FirmwarePcrZero(u8),
     /// A firmware PCR differs from the manifest's golden value.
     FirmwarePcrMismatch(u8),
+    /// The manifest is for a direct boot (nothing measured the kernel before it ran) and the user did not say
+    /// `--trust-host`.
+    HostNotTrusted,
+    /// The whole boot's log (`firmware_log`) is not a well-formed crypto-agile TCG log.
+    FirmwareLogMalformed(tpm::tcg_log::TcgLogError),
+    /// The firmware's log does not show that exactly the manifest's boot application was measured, or does not
+    /// replay to the quoted PCRs (0-7 or 12-14).
+    FirmwareLog(tpm::tcg_log::FirmwareError),
     /// Replaying the event log does not give the quoted value of this PCR.
     EventLogReplayMismatch {
         /// The PCR.
@@ -209,6 +220,8 @@ impl VerifyError {
             Self::PcrSelectionMismatch { .. } => "PCR selection",
             Self::PcrCountMismatch { .. } | Self::PcrDigestMismatch => "PCR digest",
             Self::FirmwarePcrZero(_) | Self::FirmwarePcrMismatch(_) => "firmware PCRs",
+            Self::HostNotTrusted => "root of trust",
+            Self::FirmwareLogMalformed(_) | Self::FirmwareLog(_) => "firmware event log",
             Self::EventLogReplayMismatch { .. } => "event log replay",
             Self::ManifestMismatch { .. } => "manifest",
             Self::EkTemplate => "EK template",
@@ -295,6 +308,32 @@ impl fmt::Display for VerifyError {
                 formatter,
                 "firmware PCR {pcr} differs from the manifest's golden value"
             ),
+            Self::HostNotTrusted => write!(
+                formatter,
+                "the manifest boots directly: nothing measured the kernel before it ran, so anyone who can send \
+                 commands to the TPM can produce this evidence; pass --trust-host to trust the host operator"
+            ),
+            Self::FirmwareLogMalformed(error) => {
+                write!(formatter, "the boot's TCG event log does not parse: {error:?}")
+            }
+            Self::FirmwareLog(error) => match error {
+                tpm::tcg_log::FirmwareError::ReplayMismatch(pcr) => write!(
+                    formatter,
+                    "replaying the boot's TCG event log does not give the quoted PCR {pcr}"
+                ),
+                tpm::tcg_log::FirmwareError::NoBootApplication => write!(
+                    formatter,
+                    "the firmware measured no boot application into PCR 4: nothing measured the kernel before it ran"
+                ),
+                tpm::tcg_log::FirmwareError::ExtraBootApplication => write!(
+                    formatter,
+                    "the firmware measured more than one boot application into PCR 4 (another loader or a shell ran)"
+                ),
+                tpm::tcg_log::FirmwareError::WrongBootApplication => write!(
+                    formatter,
+                    "the boot application the firmware measured into PCR 4 is not the manifest's (Authenticode SHA-256 differs)"
+                ),
+            },
             Self::EventLogReplayMismatch { pcr } => write!(
                 formatter,
                 "replaying the event log does not give the quoted PCR {pcr}"

@@ -8,7 +8,9 @@
 //! [`tpm2_tools_pcrs`]). The alternative, raw values with `-l sha256:...`, is broken in tpm2-tools 5.4 for more
 //! than seven PCRs (its reader drops the eighth digest when it starts a new TPML_DIGEST), so it is not used; the
 //! raw values are still written as `pcrs.values` for other tools. Also written: the AK and EK TPMT_PUBLIC
-//! (`ak.pub`, `ek.pub`), the EK certificate (`ek.der`, for `openssl verify`), the event log (`eventlog.bin`),
+//! (`ak.pub`, `ek.pub`), the EK certificate (`ek.der`, for `openssl verify`), the whole boot's crypto-agile TCG log
+//! (`eventlog.bin`, the firmware's events then the kernel's, for `tpm2_eventlog`), the kernel's own event log in
+//! `tpm::eventlog` form (`cloister-eventlog.bin`),
 //! the nonce and TLS channel binding the qualifying data covers (`binding.txt`) and the whole command line
 //! (`checkquote.txt`).
 use std::path::{Path, PathBuf};
@@ -159,7 +161,8 @@ pub fn export_evidence(
     write("ak.pub", &evidence.ak_public)?;
     write("ek.pub", &evidence.ek_public)?;
     write("ek.der", &evidence.ek_certificate)?;
-    write("eventlog.bin", &evidence.event_log)?;
+    write("eventlog.bin", &evidence.firmware_log)?;
+    write("cloister-eventlog.bin", &evidence.event_log)?;
     write("pcrs.values", &evidence.pcr_values.concat())?;
     write(
         "pcrs.bin",

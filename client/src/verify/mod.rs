@@ -4,7 +4,9 @@
 //! The checks run in a fixed order, cheapest and most structural first, and the first failure is returned as a
 //! [`VerifyError`] naming the check: sizes; TPMS_ATTEST magic, type and SHA-256-only selection; the AK's type and
 //! attributes; the signature's scheme and its ECDSA P-256 validity; qualifiedSigner; extraData against this
-//! verifier's nonce and TLS channel binding; clock safety; the PCR selection; pcrDigest over the reported values; firmware PCRs; event log
+//! verifier's nonce and TLS channel binding; clock safety; the PCR selection; pcrDigest over the reported values; firmware PCRs; the root of trust (a
+//! `direct` manifest only with `trust_host`; for `uefi`, the whole boot's TCG log replayed against PCRs 0-7 and
+//! 12-14 with exactly the manifest's boot application in PCR 4, [`firmware`]); event log
 //! replay against PCRs 12-14; the events and PCRs against the manifest; the EK template, certificate chain and
 //! certified key. Credential activation (TPM2_MakeCredential in software, TCG Part 1 §24, then the appliance's
 //! TPM2_ActivateCredential) comes last, over the same connection.
@@ -33,6 +35,7 @@ pub mod certificate;
 pub mod checks;
 pub mod error;
 pub mod export;
+pub mod firmware;
 pub mod observations;
 pub mod report;
 
@@ -49,6 +52,7 @@ use tpm::public::PublicArea;
 pub use certificate::{CertificateError, CertificateSummary, TrustAnchors};
 pub use error::{ClockCounters, Field, ManifestItem, VerifyError};
 pub use export::{export_evidence, CheckquoteCommand};
+pub use firmware::RootOfTrust;
 pub use observations::Observations;
 pub use report::Report;
 
@@ -69,6 +73,10 @@ pub struct VerifyOptions {
     /// Where the counters of every accepted quote are remembered per AK, so the next verification of the same
     /// TPM refuses counters that went back (the CLI uses the runner's cache; `None` remembers nothing).
     pub observations: Option<Observations>,
+    /// Accept a `direct` manifest, whose kernel nothing measured before it ran: the host operator is then trusted,
+    /// and every report says so (docs/ARCHITECTURE.md §4, "Roots of trust: what each path proves and what it does
+    /// not"). Never needed for a `uefi` manifest.
+    pub trust_host: bool,
 }
 
 impl Default for VerifyOptions {
@@ -78,6 +86,7 @@ impl Default for VerifyOptions {
             export_evidence: None,
             previous_clock: None,
             observations: None,
+            trust_host: false,
         }
     }
 }
@@ -97,6 +106,8 @@ pub struct Expectation<'a> {
     pub now: SystemTime,
     /// The TPM clock counters seen at an earlier verification of the same appliance, if any.
     pub previous_clock: Option<ClockCounters>,
+    /// Whether a `direct` manifest is accepted (`VerifyOptions::trust_host`).
+    pub trust_host: bool,
 }
 
 /// What a piece of evidence says about the appliance, as read by the checks. On its own it proves nothing: it is
@@ -122,6 +133,8 @@ pub struct EvidenceClaims {
     pub ek: PublicArea,
     /// The validated EK certificate.
     pub ek_certificate: CertificateSummary,
+    /// What measured the kernel before it ran.
+    pub root_of_trust: RootOfTrust,
 }
 
 /// Evidence that passed every offline check of [`verify_evidence`], but whose AK has not yet been shown to live in
@@ -174,6 +187,8 @@ pub fn verify_evidence(
     checks::check_selection(&quote, requested)?;
     let pcrs = checks::check_pcr_digest(&quote, &evidence.pcr_values)?;
     checks::check_firmware_pcrs(&pcrs, expected.manifest)?;
+    let root_of_trust =
+        firmware::check_boot(evidence, &pcrs, expected.manifest, expected.trust_host)?;
     let log = checks::parse_event_log(&evidence.event_log)?;
     checks::check_event_log_replay(&log, &pcrs)?;
     checks::check_manifest(&log, &pcrs, expected.manifest)?;
@@ -191,6 +206,7 @@ pub fn verify_evidence(
         ak_point: ak.key.to_encoded_point(false).as_bytes().to_vec(),
         ek,
         ek_certificate,
+        root_of_trust,
     }))
 }
 

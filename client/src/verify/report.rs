@@ -7,12 +7,14 @@ use serde::Serialize;
 use tpm::eventlog::EventKind;
 
 use super::certificate::CertificateSummary;
+use super::firmware::{RootOfTrust, RootOfTrustReport};
 use super::VerifiedEvidence;
 use crate::digest::hex;
 use crate::manifest::{FirmwarePcrs, Manifest, FIRMWARE_PCRS};
 
-/// The checks a passing verification ran, in order (the names [`super::VerifyError::check`] uses).
-pub const CHECKS: [&str; 19] = [
+/// The checks a passing verification ran, in order (the names [`super::VerifyError::check`] uses); a `uefi`
+/// manifest adds [`FIRMWARE_LOG_CHECK`] after "root of trust".
+pub const CHECKS: [&str; 20] = [
     "structure sizes",
     "magic TPM_GENERATED_VALUE",
     "type TPM_ST_ATTEST_QUOTE",
@@ -26,6 +28,7 @@ pub const CHECKS: [&str; 19] = [
     "PCR selection",
     "PCR digest",
     "firmware PCRs",
+    "root of trust",
     "event log replay",
     "manifest",
     "EK template",
@@ -33,6 +36,9 @@ pub const CHECKS: [&str; 19] = [
     "EK certificate key",
     "credential activation",
 ];
+
+/// The check a `uefi` manifest adds: the whole boot's TCG log against PCRs 0-7, 4's application and 12-14.
+pub const FIRMWARE_LOG_CHECK: &str = "firmware event log";
 
 /// Round-trip times.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
@@ -166,6 +172,9 @@ pub struct Report {
     pub endorsement_key: EkReport,
     /// The manifest.
     pub manifest: ManifestReport,
+    /// What measured the kernel before it ran (PCR 7's Secure Boot state on the UEFI path), or that the host
+    /// operator is trusted.
+    pub root_of_trust: RootOfTrustReport,
     /// The checks that passed, in order.
     pub checks: Vec<&'static str>,
     /// Round trips.
@@ -206,6 +215,7 @@ impl Report {
             ),
         };
         let golden = manifest.golden_firmware();
+        let firmware_replayed = matches!(verified.root_of_trust, RootOfTrust::Firmware { .. });
         let pcrs = verified
             .selection
             .indices()
@@ -216,6 +226,9 @@ impl Report {
                     14 => "event log replay and manifest (configuration, command line)".to_string(),
                     _ if golden.is_some_and(|golden| golden.contains_key(&pcr)) => {
                         "manifest golden value".to_string()
+                    }
+                    _ if FIRMWARE_PCRS.contains(&pcr) && firmware_replayed => {
+                        "firmware event log replay".to_string()
                     }
                     _ if FIRMWARE_PCRS.contains(&pcr) => "firmware: not all zero".to_string(),
                     _ => "quoted".to_string(),
@@ -238,6 +251,14 @@ impl Report {
             })
             .collect();
         let ak_info = verified.ak.info().ok();
+        let mut checks = CHECKS.to_vec();
+        if matches!(verified.root_of_trust, RootOfTrust::Firmware { .. }) {
+            let at = checks
+                .iter()
+                .position(|check| *check == "root of trust")
+                .map_or(checks.len(), |at| at + 1);
+            checks.insert(at, FIRMWARE_LOG_CHECK);
+        }
         Self {
             endpoint: endpoint.to_string(),
             verified: true,
@@ -279,7 +300,8 @@ impl Report {
                 command_line: manifest.command_line.text.clone(),
                 firmware,
             },
-            checks: CHECKS.to_vec(),
+            root_of_trust: verified.root_of_trust.report(manifest),
+            checks,
             timing,
             evidence_bytes,
         }
@@ -303,6 +325,10 @@ impl Report {
         }
         out.push_str(&format!("  firmware: {}\n", self.manifest.firmware));
         out.push_str(&format!(
+            "  root of trust: {}\n",
+            self.root_of_trust.statement
+        ));
+        out.push_str(&format!(
             "  checks passed ({}): {}\n",
             self.checks.len(),
             self.checks.join("; ")
@@ -321,7 +347,7 @@ impl Report {
             "Verified {}: kernel {}.., model {}.. ({} bytes) and command line {:?} as the manifest says; the \
              quote is fresh and signed by an attestation key that credential activation tied to an EK certified \
              by {}; it is bound to this TLS session (server key SPKI SHA-256 {}.., exporter {}..). {} checks \
-             passed (TLS handshake {:.0} ms, attestation {:.0} ms).",
+             passed (TLS handshake {:.0} ms, attestation {:.0} ms). Root of trust: {}",
             self.endpoint,
             short(&self.manifest.kernel_measured_sha256),
             short(&self.manifest.model_sha256),
@@ -337,6 +363,7 @@ impl Report {
             self.checks.len(),
             self.timing.tls_handshake_ms,
             self.timing.attest_round_trip_ms + self.timing.activation_round_trip_ms,
+            self.root_of_trust.statement,
         )
     }
 
@@ -352,6 +379,7 @@ impl Report {
 impl fmt::Display for Report {
     fn fmt(&self, out: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(out, "VERIFIED: appliance at {}", self.endpoint)?;
+        writeln!(out, "Root of trust: {}", self.root_of_trust.statement)?;
         writeln!(out)?;
         writeln!(
             out,

@@ -223,7 +223,14 @@ impl Fixture {
     pub fn verified_session(&self) -> VerifiedSession {
         let session = UnverifiedSession::connect(self.endpoint(), PATIENCE).expect("TLS handshake");
         let (verified, _report) = session
-            .verify(&self.manifest, &self.trust, &VerifyOptions::default())
+            .verify(
+                &self.manifest,
+                &self.trust,
+                &VerifyOptions {
+                    trust_host: true,
+                    ..VerifyOptions::default()
+                },
+            )
             .unwrap_or_else(|error| panic!("the appliance failed verification: {error:#}"));
         verified
     }
