@@ -8,7 +8,7 @@ echo "== cargo fmt --check"
 cargo fmt --all --check
 
 # The kernel is checked in its own invocation: in one invocation with the std crates, cargo's
-# feature unification would hand its dependencies std (DESIGN §2).
+# feature unification would hand its dependencies std (docs/ARCHITECTURE.md §2).
 echo "== clippy (host crates)"
 cargo clippy --workspace --exclude kernel --exclude uefi-stub --all-targets -- -D warnings
 echo "== clippy (EFI stub, kernel)"

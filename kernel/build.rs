@@ -1,4 +1,4 @@
-//! Link arguments for the freestanding kernel binary (DESIGN §2): rust-lld, static, no libc,
+//! Link arguments for the freestanding kernel binary (docs/ARCHITECTURE.md §2): rust-lld, static, no libc,
 //! our linker script. They apply to the `kernel` bin only, so the host-tested lib is unaffected.
 
 fn main() {

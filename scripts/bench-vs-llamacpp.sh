@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # scripts/bench-vs-llamacpp.sh: our engine (`runner bench`) against llama.cpp's llama-bench on the same GGUF files
 # with the same thread counts, in one invocation; prints tokens/s per model, thread count and phase and the ratio.
-# Follows issue 4 ("benchmark script") and DESIGN §6 (llama.cpp from the llama-cpp-python sdist, anchor speeds,
+# Follows issue 4 ("benchmark script") and docs/ARCHITECTURE.md §6 (llama.cpp from the llama-cpp-python sdist, anchor speeds,
 # memory-bandwidth ceiling for decode).
 set -euo pipefail
 
@@ -10,9 +10,10 @@ set -euo pipefail
 LLAMA_CPP_PYTHON_VERSION_DEFAULT="0.3.36"
 LLAMA_CPP_PYTHON_SHA256_DEFAULT="832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
 
-# DESIGN §6: memory bandwidth measured on these machines (GB/s), one and two threads.
-DESIGN_BANDWIDTH_1=14.9
-DESIGN_BANDWIDTH_2=29
+# Fallback memory bandwidth (GB/s, one and two threads), measured on an Intel Xeon build machine in 2026-11;
+# --measure-bandwidth measures the machine at hand instead.
+FALLBACK_BANDWIDTH_1=14.9
+FALLBACK_BANDWIDTH_2=29
 
 usage() {
     cat <<'EOF'
@@ -36,7 +37,7 @@ Options:
   --repetitions R      llama-bench repetitions per test, median taken (default: 5; runner bench takes
                        the median of 5)
   --measure-bandwidth  estimate memory bandwidth with a read test (scripts/membw.c, built with cc) instead of
-                       using DESIGN §6's figures (14.9 GB/s at 1 thread, 29 GB/s at 2)
+                       using fallback figures from an Intel Xeon (14.9 GB/s at 1 thread, 29 GB/s at 2)
   --llama-cpp-python-version V
                        build a different llama-cpp-python release (default: 0.3.36; its sha256 is checked)
   -h, --help           show this help
@@ -284,12 +285,12 @@ measure_or_assume_bandwidth() {
     else
         for count in "${threads[@]}"; do
             case "$count" in
-            1) bandwidth["$count"]="$DESIGN_BANDWIDTH_1" ;;
-            2) bandwidth["$count"]="$DESIGN_BANDWIDTH_2" ;;
+            1) bandwidth["$count"]="$FALLBACK_BANDWIDTH_1" ;;
+            2) bandwidth["$count"]="$FALLBACK_BANDWIDTH_2" ;;
             *) bandwidth["$count"]="" ;;
             esac
         done
-        bandwidth_source="DESIGN §6 figures (14.9 GB/s at 1 thread, 29 GB/s at 2; none for other counts)"
+        bandwidth_source="fallback figures from an Intel Xeon (14.9 GB/s at 1 thread, 29 GB/s at 2; none for other counts)"
     fi
 }
 

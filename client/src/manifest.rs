@@ -1,7 +1,7 @@
 //! The image manifest (`manifest.json`, written by `runner build`): the digests a verifier expects the appliance
 //! to have measured, and the PCR values they replay to.
 //!
-//! Contract (DESIGN §4): at boot the kernel extends, in this order, PCR 12 with SHA-256 over its read-only
+//! Contract (docs/ARCHITECTURE.md §4): at boot the kernel extends, in this order, PCR 12 with SHA-256 over its read-only
 //! loadable segments (the ELF's PT_LOAD program headers without PF_W, in program-header order, each segment's
 //! file bytes `[p_offset, p_offset + p_filesz)` concatenated: text, then rodata), PCR 13 with SHA-256 of the model
 //! blob and then with SHA-256 of the serving parameters' canonical text, and PCR 14 with SHA-256 of the effective

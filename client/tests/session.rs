@@ -2,7 +2,7 @@
 //! (`client::loopback`): the channel binding the client computes equals the server's; a quote bound to another
 //! session (another exporter) or relayed from another appliance instance (another key) fails the extraData
 //! check, in the offline check and through `UnverifiedSession::verify`; and a failed verification sends
-//! nothing after the attestation request (DESIGN §4).
+//! nothing after the attestation request (docs/ARCHITECTURE.md §4).
 //!
 //! The quotes here are made in software: a P-256 key stands in for the TPM's AK and signs a TPMS_ATTEST laid
 //! out as TCG TPM 2.0 Part 2 §10.12.12 says. They pass every check up to and including extraData, then fail on

@@ -1,6 +1,6 @@
 //! Generation sessions: a loaded model and tokenizer ([`Engine`]) and, per concurrent generation, a [`Session`] that
 //! owns its run state (KV cache allocated once), sampler and UTF-8 stream, and advances in small steps: one prefill
-//! chunk or one decode step per [`Session::step`], so a caller can interleave many sessions (DESIGN §5, issue 5).
+//! chunk or one decode step per [`Session::step`], so a caller can interleave many sessions (docs/ARCHITECTURE.md §5, issue 5).
 //!
 //! The appliance kernel and `runner generate` both drive generation through this module, so the same prompt,
 //! sampling and prefill chunk give the same token ids in both.

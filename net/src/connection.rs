@@ -1,4 +1,4 @@
-//! One connection slot: a TCP socket's life from listening through serving frames to closing (DESIGN §5).
+//! One connection slot: a TCP socket's life from listening through serving frames to closing (docs/ARCHITECTURE.md §5).
 //!
 //! Each slot owns one smoltcp TCP socket (RFC 9293 states as smoltcp implements them) plus what the
 //! protocol needs on top: a [`FrameDecoder`] for the request stream, an outgoing buffer that is drained
@@ -688,7 +688,7 @@ impl Connection {
         Ok(())
     }
 
-    /// This client's TLS session as the attestation binds it (DESIGN §4), once its handshake is done.
+    /// This client's TLS session as the attestation binds it (docs/ARCHITECTURE.md §4), once its handshake is done.
     pub(crate) fn channel_binding(&self, server: Option<&TlsServer>) -> Option<ChannelBinding> {
         let exporter = self.tls.as_ref()?.attestation_exporter().ok()?;
         Some(ChannelBinding {

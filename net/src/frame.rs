@@ -1,4 +1,4 @@
-//! Length-prefixed frames: the outer layer of the appliance protocol (DESIGN §5).
+//! Length-prefixed frames: the outer layer of the appliance protocol (docs/ARCHITECTURE.md §5).
 //!
 //! A frame is a 4-byte big-endian body length followed by that many bytes of body (a postcard-encoded
 //! message). The length is checked against [`MAX_FRAME_LEN`] before any buffer is sized from it, so a

@@ -1,5 +1,5 @@
 //! cloister's network layer: the wire protocol shared by appliance and client, and the appliance's
-//! smoltcp-based server (DESIGN §1, §5).
+//! smoltcp-based server (docs/ARCHITECTURE.md §1, §5).
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 

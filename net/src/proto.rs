@@ -1,4 +1,4 @@
-//! The appliance protocol's messages: what a client may ask and what the appliance answers (DESIGN §5).
+//! The appliance protocol's messages: what a client may ask and what the appliance answers (docs/ARCHITECTURE.md §5).
 //!
 //! Each message is one postcard-encoded enum in one frame (see [`crate::frame`]). Postcard writes an
 //! enum as its variant index (varint) followed by the fields in order, so the variant order below is
@@ -43,7 +43,7 @@ pub enum Request {
     Cancel,
 }
 
-/// What to generate from and how (DESIGN §5).
+/// What to generate from and how (docs/ARCHITECTURE.md §5).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GenerateRequest {
     /// The prompt.
@@ -164,7 +164,7 @@ pub struct Done {
     pub decode_us: u64,
 }
 
-/// What the appliance returns for an attestation request (DESIGN §4). Every byte string is
+/// What the appliance returns for an attestation request (docs/ARCHITECTURE.md §4). Every byte string is
 /// exactly what the TPM produced, so a verifier (or `tpm2_checkquote`) can check it unchanged.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Evidence {
@@ -191,7 +191,7 @@ pub struct Evidence {
 /// Domain-separation label for quote qualifying data.
 pub const QUALIFYING_DATA_LABEL: &[u8] = b"cloister attest v2\0";
 
-/// The TLS session an attest request arrived on (DESIGN §4): what ties a quote to one session of one
+/// The TLS session an attest request arrived on (docs/ARCHITECTURE.md §4): what ties a quote to one session of one
 /// appliance instance.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ChannelBinding {

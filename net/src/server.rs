@@ -1,5 +1,5 @@
 //! The appliance's network server: one smoltcp interface, its IPv4 setup (DHCPv4 or static), and a fixed
-//! pool of TCP connection slots answering protocol frames through a [`Handler`] (DESIGN §1, §5).
+//! pool of TCP connection slots answering protocol frames through a [`Handler`] (docs/ARCHITECTURE.md §1, §5).
 //!
 //! The kernel supplies a `smoltcp::phy::Device`, the current time and a handler; nothing here reads a clock
 //! or touches hardware (STYLE 2, 3). DHCPv4 follows RFC 2131 as smoltcp's client implements it: each
@@ -44,7 +44,7 @@ use crate::tls::TlsServer;
 pub trait Handler {
     /// Answers one request from the client in connection slot `slot` (`0..Limits::connections`).
     /// `binding` is the TLS session the request came on (`None` on a plaintext server, which only tests
-    /// build); an attest request needs it for the quote's qualifying data (DESIGN §4).
+    /// build); an attest request needs it for the quote's qualifying data (docs/ARCHITECTURE.md §4).
     ///
     /// [`Reply::Streaming`] starts a generation for `slot`: the server then calls [`Handler::step`] for it,
     /// interleaved fairly with every other streaming slot, until a step returns [`Step::Final`] or the

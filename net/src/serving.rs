@@ -1,4 +1,4 @@
-//! What the appliance measures besides its code, its model and its command line (DESIGN §4): the serving
+//! What the appliance measures besides its code, its model and its command line (docs/ARCHITECTURE.md §4): the serving
 //! parameters (PCR 13, next to the model) and the effective configuration (PCR 14, next to the command line).
 //!
 //! Both are canonical text that the kernel hashes at boot and the runner hashes when it writes the manifest, so

@@ -1,5 +1,5 @@
 //! The protocol bytes README.md shows are the bytes this crate encodes: each example message is encoded here and
-//! its hex must appear, exactly as written, in README.md's "Protocol" section (DESIGN §5: pin the final bytes in
+//! its hex must appear, exactly as written, in README.md's "Protocol" section (docs/ARCHITECTURE.md §5: pin the final bytes in
 //! README.md and in tests).
 
 use net::proto::{

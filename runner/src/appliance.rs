@@ -69,7 +69,7 @@ impl BootOptions {
     }
 }
 
-/// The default readiness deadline: TCG is 50-80x slower than native (DESIGN §3), and the guest
+/// The default readiness deadline: TCG is 50-80x slower than native (docs/ARCHITECTURE.md §3), and the guest
 /// hashes the whole model before it listens.
 pub fn default_ready_timeout(accel: Accel) -> Duration {
     match accel {

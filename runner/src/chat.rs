@@ -1,5 +1,5 @@
-//! `runner chat`: connect over TLS, verify the appliance against a manifest (DESIGN §4), then send one prompt on
-//! that same verified session and stream the answer (DESIGN §5; issue 5). Also the streaming printer that
+//! `runner chat`: connect over TLS, verify the appliance against a manifest (docs/ARCHITECTURE.md §4), then send one prompt on
+//! that same verified session and stream the answer (docs/ARCHITECTURE.md §5; issue 5). Also the streaming printer that
 //! `runner up`'s demo prompt uses.
 
 use std::io::Write as _;

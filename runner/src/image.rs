@@ -1,7 +1,7 @@
 //! Building the appliance image: the kernel in its own cargo invocation, and the directory QEMU boots from.
 //!
 //! The kernel shares the host's target triple but must not share its cargo invocation: feature
-//! unification would hand it the `std` features the runner's dependencies enable (DESIGN §2). Its
+//! unification would hand it the `std` features the runner's dependencies enable (docs/ARCHITECTURE.md §2). Its
 //! flags therefore travel in `CARGO_ENCODED_RUSTFLAGS` of a separate `cargo build` with an explicit
 //! `--target` (which keeps them off build scripts and proc macros) and a target directory of its own
 //! (a nested cargo on the outer target directory would wait forever on the build lock). The flags
@@ -17,7 +17,7 @@ use client::manifest::{Manifest, MANIFEST_FILE};
 use crate::uefi::{self, BootMode, UefiImage};
 use crate::{models, process, workspace};
 
-/// The only Rust target installed here (DESIGN §2); the kernel is freestanding despite the name.
+/// The only Rust target installed here (docs/ARCHITECTURE.md §2); the kernel is freestanding despite the name.
 pub const KERNEL_TARGET: &str = "x86_64-unknown-linux-gnu";
 
 /// The kernel command line unless told otherwise: DHCP, and the port the appliance listens on.

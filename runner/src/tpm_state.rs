@@ -1,5 +1,5 @@
 //! The software TPM behind the appliance: the runner's own EK certificate authority, a freshly
-//! provisioned swtpm state per run, and the running swtpm process (DESIGN §3).
+//! provisioned swtpm state per run, and the running swtpm process (docs/ARCHITECTURE.md §3).
 //!
 //! Provisioning follows swtpm 0.7.1's `swtpm_setup(8)`, `swtpm_setup.conf(5)` and
 //! `swtpm-localca.conf(5)`: a private setup configuration names `swtpm_localca` as the certificate
@@ -84,7 +84,7 @@ impl CertificateAuthority {
         self.dir.join("issuercert.pem")
     }
 
-    /// What a verifier trusts for this CA's EK certificates (DESIGN §3): its root, and the swtpm_localca signing
+    /// What a verifier trusts for this CA's EK certificates (docs/ARCHITECTURE.md §3): its root, and the swtpm_localca signing
     /// certificate as intermediate.
     pub fn trust_anchors(&self) -> Result<TrustAnchors> {
         let root = self.root_certificate();

@@ -1,6 +1,6 @@
 //! The verifier against REAL evidence: each test boots a simulated appliance on a swtpm it starts itself
 //! (provisioned with a CA of the runner's kind, `runner::tpm_state`), which does exactly what the kernel does
-//! (DESIGN §4: firmware-like extends of PCRs 0-7, then PCR 12 kernel segments, 13 model, 14 command line, each
+//! (docs/ARCHITECTURE.md §4: firmware-like extends of PCRs 0-7, then PCR 12 kernel segments, 13 model, 14 command line, each
 //! logged; EK and AK as primaries of the endorsement hierarchy; the EK certificate from NV; TPM2_Quote with
 //! `qualifying_data(nonce)`), then tampers exactly one thing and asserts the check that names it.
 //!
@@ -1493,7 +1493,7 @@ fn the_cli_entry_verifies_and_names_the_failed_check() {
 #[test]
 fn remembered_clock_counters_must_not_go_back() {
     // The CLI keeps each accepted quote's counters per AK; the next verification of that TPM must not see them
-    // go back (DESIGN §4 "resetCount/restartCount sane").
+    // go back (docs/ARCHITECTURE.md §4 "resetCount/restartCount sane").
     let image = TestImage::standard();
     let manifest = image.manifest();
     let store_dir = tempfile::tempdir().unwrap();

@@ -1,4 +1,4 @@
-//! Attestation against the real appliance (issue 5, "Tests", second bullet; DESIGN §4): the release image under QEMU
+//! Attestation against the real appliance (issue 5, "Tests", second bullet; docs/ARCHITECTURE.md §4): the release image under QEMU
 //! TCG + swtpm with the tiny generated model, verified by the runner's client (`client::session`). A manifest for
 //! another model, a manifest for another kernel, a quote replayed from an earlier session and evidence relayed from
 //! a second appliance instance are each refused with the named check (`VerifyError`), the client API hands out no

@@ -1,4 +1,4 @@
-//! Bad input over the real port (issue 5, "Bad input, tried over the real port"; DESIGN §5): one release
+//! Bad input over the real port (issue 5, "Bad input, tried over the real port"; docs/ARCHITECTURE.md §5): one release
 //! appliance with the tiny llama model, booted once for all tests under QEMU TCG + swtpm, meets clients that
 //! break the protocol at every layer. Each test states the time within which the appliance must answer with a
 //! typed error frame or close the connection, and ends by checking that a correct, verified client is served

@@ -1,4 +1,4 @@
-//! End to end, streamed generation over a verified session (issue 5, "Tests", first bullet; DESIGN §5): the release
+//! End to end, streamed generation over a verified session (issue 5, "Tests", first bullet; docs/ARCHITECTURE.md §5): the release
 //! appliance under QEMU TCG + swtpm with the tiny generated llama model, driven by the runner's verifying client
 //! (`client::session`). Greedy output equals `runner generate --temperature 0 --json` on the host token for token;
 //! four sessions generate at once and interleave; a fifth generation is refused `Busy`; `Done` carries the usage.
@@ -280,7 +280,7 @@ fn four_sessions_stream_at_once_interleaved_and_a_fifth_is_busy() {
         assert_eq!(done.generated_tokens, CONCURRENT_TOKENS);
     }
     // Interleaved: every stream had tokens before any stream finished, and when the first finished, each had
-    // received at least half of its tokens (one step per stream per round, DESIGN §5 fairness).
+    // received at least half of its tokens (one step per stream per round, docs/ARCHITECTURE.md §5 fairness).
     let first_done = streams.iter().map(|s| s.ended).min().expect("streams");
     let last_start = streams
         .iter()

@@ -1,6 +1,6 @@
 //! Two builds of the kernel from clean checkouts at different paths give byte-identical images and
 //! manifests
-//! (DESIGN §2: remapped source paths, no build id, no timestamps, no host-dependent CPU target).
+//! (docs/ARCHITECTURE.md §2: remapped source paths, no build id, no timestamps, no host-dependent CPU target).
 //! The manifest a verifier trusts names the kernel by its digest, so this must hold.
 
 use std::path::{Path, PathBuf};

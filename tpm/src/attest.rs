@@ -5,7 +5,7 @@
 //! qualifiedSigner, extraData, TPMS_CLOCK_INFO §10.11.1, firmwareVersion, attested), TPMS_QUOTE_INFO §10.12.4
 //! (TPML_PCR_SELECTION, pcrDigest), TPMT_SIGNATURE §11.3.4 with TPMS_SIGNATURE_ECDSA §11.3.2. Parsing checks every
 //! length before use and rejects trailing bytes, other attestation types, banks other than SHA-256 (SHA-1 included,
-//! DESIGN §4) and more than one bank. Signature verification itself is the caller's (it owns the crypto).
+//! docs/ARCHITECTURE.md §4) and more than one bank. Signature verification itself is the caller's (it owns the crypto).
 
 use crate::commands::{PcrSelection, PCR_COUNT};
 use crate::public::{pad32, TPM_ALG_ECDSA, TPM_ALG_SHA256};

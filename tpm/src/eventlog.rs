@@ -2,7 +2,7 @@
 //!
 //! Extend semantics follow TCG TPM 2.0 Library Part 1 ("PCR Extend") and Part 3 §22.2 (TPM2_PCR_Extend) for
 //! the SHA-256 bank: a PCR starts at 32 zero bytes and `extend(d)` sets it to SHA-256(old ‖ d). The log
-//! covers only cloister's own measurements (DESIGN §4: PCR 12 kernel, 13 model and serving parameters,
+//! covers only cloister's own measurements (docs/ARCHITECTURE.md §4: PCR 12 kernel, 13 model and serving parameters,
 //! 14 configuration), so replaying it reproduces those PCRs, not the firmware's PCRs 0-9.
 //!
 //! # Byte format (version 1; all integers big-endian)

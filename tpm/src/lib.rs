@@ -3,7 +3,7 @@
 //!
 //! Specs followed: TCG PC Client Platform TPM Profile (PTP) for TPM 2.0, "FIFO Interface" (TIS registers);
 //! TCG TPM 2.0 Library Parts 1-3 (structures and commands); TCG EK Credential Profile 2.x (EK template, NV
-//! indices). See DESIGN §3-§4 for how cloister uses them.
+//! indices). See docs/ARCHITECTURE.md §3-§4 for how cloister uses them.
 //!
 //! Layering: [`tis::Tis`] drives TIS registers that the kernel supplies through [`tis::TisRegisters`] and
 //! implements [`transport::Transport`]; [`commands`] marshals one TPM2 command per function over any

@@ -4,7 +4,7 @@
 //! SHA-256, AES-128-CFB, attributes fixedTPM | fixedParent | sensitiveDataOrigin | adminWithPolicy | restricted |
 //! decrypt, policy = PolicySecret(TPM_RH_ENDORSEMENT), unique = 256 zero bytes). The AK is a restricted ECC
 //! NIST P-256 signing key, ECDSA-SHA256, SHA-256 name, fixedTPM | fixedParent | sensitiveDataOrigin |
-//! userWithAuth | restricted | sign (DESIGN §4). Names follow Part 1 §16: nameAlg ‖ H_nameAlg(TPMT_PUBLIC).
+//! userWithAuth | restricted | sign (docs/ARCHITECTURE.md §4). Names follow Part 1 §16: nameAlg ‖ H_nameAlg(TPMT_PUBLIC).
 
 use sha2::{Digest as _, Sha256};
 use tpm2_protocol::basic::{TpmBuffer, TpmUint16, TpmUint32};

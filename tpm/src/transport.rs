@@ -6,7 +6,7 @@
 //! the framing it needs to move bytes: the response header's size field against the bytes received and
 //! the caller's buffer. Interpreting the response code is the job of [`crate::commands`].
 //!
-//! swtpm's data port speaks raw command bytes, one command at a time (DESIGN §3); its control port speaks
+//! swtpm's data port speaks raw command bytes, one command at a time (docs/ARCHITECTURE.md §3); its control port speaks
 //! swtpm's own big-endian u32 protocol (`man swtpm-ioctls`: CMD_INIT = 2, CMD_SHUTDOWN = 3, CMD_STOP = 0x0e).
 
 /// Length of the TPM 2.0 command/response header: tag (2), size (4), code (4).

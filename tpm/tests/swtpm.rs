@@ -1,4 +1,4 @@
-//! Every command of `tpm::commands` against a real swtpm that each test starts itself (DESIGN §3), plus
+//! Every command of `tpm::commands` against a real swtpm that each test starts itself (docs/ARCHITECTURE.md §3), plus
 //! MakeCredential/ActivateCredential and a quote verified with the `p256` crate.
 //!
 //! These tests fail, not skip, when swtpm is missing: the message names the Debian packages.
@@ -168,7 +168,7 @@ fn ek_matches_the_persisted_ek_and_its_certificate() {
     };
     assert_eq!(modulus_len, 256);
 
-    // swtpm_setup persisted the EK it certified at 0x81010001; the template must reproduce it (DESIGN §3).
+    // swtpm_setup persisted the EK it certified at 0x81010001; the template must reproduce it (docs/ARCHITECTURE.md §3).
     let persisted = commands::read_public(&mut tpm, 0x8101_0001).unwrap();
     assert_eq!(persisted.public, ek.public);
     assert_eq!(persisted.name, ek.name);

@@ -1,5 +1,5 @@
 //! Verifying an appliance over a TLS session: `Attest` with a fresh nonce, every offline check with this session's
-//! channel binding, then `ActivateCredential` with a software MakeCredential, and the report (DESIGN §4, wire
+//! channel binding, then `ActivateCredential` with a software MakeCredential, and the report (docs/ARCHITECTURE.md §4, wire
 //! types `net::proto`, the connection [`super::channel`]).
 
 use std::time::{Instant, SystemTime};

@@ -1,5 +1,5 @@
 //! Sessions with the appliance: one TLS 1.3 connection (rustls with std, ring provider), the channel binding a
-//! quote must carry, and the type-state that lets a prompt out only on a verified session (DESIGN §4, §5;
+//! quote must carry, and the type-state that lets a prompt out only on a verified session (docs/ARCHITECTURE.md §4, §5;
 //! RFC 8446 §4.4.3 CertificateVerify, §7.5 exporters; wire types `net::proto`, frames `net::frame`).
 //!
 //! The appliance's certificate is self-signed with a key generated at boot, so no certificate authority can
@@ -10,7 +10,7 @@
 //! this session's exporter value. A quote made for another session or relayed from another appliance fails.
 //!
 //! Type-state: [`UnverifiedSession`] can ask for model information and run the attestation exchange;
-//! [`UnverifiedSession::verify`] consumes it and, only when every check of DESIGN §4 passes, returns a
+//! [`UnverifiedSession::verify`] consumes it and, only when every check of docs/ARCHITECTURE.md §4 passes, returns a
 //! [`VerifiedSession`]. `generate` exists only on [`VerifiedSession`], and there is no other way to make
 //! one, so a prompt cannot be sent on an unverified connection: code that tries does not compile. The
 //! requests an unverified session can send are [`AttestationRequest`]s, a type with no prompt in it.
@@ -146,7 +146,7 @@ impl UnverifiedSession {
         self.channel.exchange(&request.into(), "the request")
     }
 
-    /// Attests the appliance on this session (fresh nonce, every check of DESIGN §4 including the channel
+    /// Attests the appliance on this session (fresh nonce, every check of docs/ARCHITECTURE.md §4 including the channel
     /// binding, credential activation) and, only if all pass, returns the verified session and the report.
     ///
     /// # Errors

@@ -6,7 +6,7 @@
 //! RFC 5758), the inner and outer signature algorithms agree (§4.1.1.2), every certificate is inside its
 //! validity period at the time given, and every issuer is a CA (basicConstraints cA, §4.2.1.9). The root is
 //! the trust anchor and is taken as it is; intermediates come from the verifier's own files, never from the
-//! evidence. swtpm_localca (DESIGN §3) issues EK certificates from a signing CA under a self-signed root, both
+//! evidence. swtpm_localca (docs/ARCHITECTURE.md §3) issues EK certificates from a signing CA under a self-signed root, both
 //! RSA-3072 with sha256WithRSAEncryption.
 
 use std::fmt;

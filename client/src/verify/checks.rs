@@ -1,4 +1,4 @@
-//! The verifier's checks, one function per check of DESIGN §4, each returning the [`VerifyError`] that names it.
+//! The verifier's checks, one function per check of docs/ARCHITECTURE.md §4, each returning the [`VerifyError`] that names it.
 //!
 //! Structures follow TCG TPM 2.0 Library Part 2: TPMS_ATTEST §10.12.12 and TPMS_QUOTE_INFO §10.12.4 (parsed by
 //! `tpm::attest`), TPMT_SIGNATURE §11.3.4, TPMT_PUBLIC §12.2.4 and TPMA_OBJECT §8.3; the qualified name is Part 1
@@ -28,7 +28,7 @@ pub const MAX_EK_CERTIFICATE: usize = 4096;
 /// Largest serialised event log: header and [`MAX_EVENTS`] events with the longest descriptions.
 pub const MAX_EVENT_LOG: usize = 8 + MAX_EVENTS * (35 + MAX_DESCRIPTION);
 
-/// The attributes an AK must have (DESIGN §4).
+/// The attributes an AK must have (docs/ARCHITECTURE.md §4).
 pub const AK_REQUIRED: u32 = attributes::FIXED_TPM
     | attributes::FIXED_PARENT
     | attributes::SENSITIVE_DATA_ORIGIN

@@ -1,4 +1,4 @@
-//! The verifier's typed errors: one variant per check of DESIGN §4, each naming what failed.
+//! The verifier's typed errors: one variant per check of docs/ARCHITECTURE.md §4, each naming what failed.
 
 use std::fmt;
 

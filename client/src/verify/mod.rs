@@ -1,5 +1,5 @@
 //! The verifying client's checks: an appliance's TPM evidence against a manifest and the EK CA the user trusts,
-//! then the proof the AK lives in the certified TPM by credential activation (DESIGN §4).
+//! then the proof the AK lives in the certified TPM by credential activation (docs/ARCHITECTURE.md §4).
 //!
 //! The checks run in a fixed order, cheapest and most structural first, and the first failure is returned as a
 //! [`VerifyError`] naming the check: sizes; TPMS_ATTEST magic, type and SHA-256-only selection; the AK's type and
@@ -165,7 +165,7 @@ impl std::ops::Deref for VerifiedEvidence {
     }
 }
 
-/// Runs every offline check of DESIGN §4 on `evidence`, in the order of the module docs. What passes still needs
+/// Runs every offline check of docs/ARCHITECTURE.md §4 on `evidence`, in the order of the module docs. What passes still needs
 /// credential activation ([`CredentialChallenge`]) before it is [`VerifiedEvidence`].
 ///
 /// # Errors

@@ -129,7 +129,7 @@ pub struct ManifestReport {
     pub firmware: String,
 }
 
-/// The TLS session the quote is bound to (DESIGN §4).
+/// The TLS session the quote is bound to (docs/ARCHITECTURE.md §4).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct BindingReport {
     /// SHA-256 of the server certificate's SubjectPublicKeyInfo (the key the appliance generated at boot), hex.

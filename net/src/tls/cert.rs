@@ -1,7 +1,7 @@
 //! The appliance's TLS identity: a P-256 key generated in memory at boot and a minimal self-signed X.509 v3
 //! certificate for it, written as DER here (RFC 5280 §4.1, X.690 DER, RFC 5480 §2, RFC 5758 §3.2).
 //!
-//! Clients accept this certificate only through attestation (DESIGN §4): the quote binds the SHA-256 of
+//! Clients accept this certificate only through attestation (docs/ARCHITECTURE.md §4): the quote binds the SHA-256 of
 //! the SubjectPublicKeyInfo, so names, dates and issuer carry no trust and are fixed values. The key
 //! never leaves memory; only the certificate and the public key are exposed.
 
@@ -112,7 +112,7 @@ impl ServerIdentity {
         self.key.spki()
     }
 
-    /// SHA-256 of [`Self::spki_der`] (DESIGN §4: part of the quote's extraData).
+    /// SHA-256 of [`Self::spki_der`] (docs/ARCHITECTURE.md §4: part of the quote's extraData).
     pub fn spki_sha256(&self) -> [u8; 32] {
         self.spki_sha256
     }

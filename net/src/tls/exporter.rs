@@ -1,5 +1,5 @@
 //! The TLS 1.3 exporter computed on the server side (RFC 8446 §7.5, §7.1 HKDF-Expand-Label; RFC 5869 §2.3),
-//! from the exporter master secret that rustls hands to a per-connection `KeyLog` (DESIGN §4).
+//! from the exporter master secret that rustls hands to a per-connection `KeyLog` (docs/ARCHITECTURE.md §4).
 //!
 //! rustls' unbuffered no-std server has no `export_keying_material`, but it reports every secret it derives
 //! to the configured key log under NSS key-log labels; [`ExporterCapture`] keeps only `EXPORTER_SECRET`
@@ -19,7 +19,7 @@ use super::provider::hmac_sha256;
 /// RFC 5705 §4 convention for labels not registered with IANA).
 pub const ATTESTATION_EXPORTER_LABEL: &[u8] = b"EXPORTER-cloister-attestation";
 
-/// Bytes of the attestation exporter value (DESIGN §4).
+/// Bytes of the attestation exporter value (docs/ARCHITECTURE.md §4).
 pub const ATTESTATION_EXPORTER_LEN: usize = 32;
 
 /// The NSS key-log label of the exporter master secret (rustls' name for it).

@@ -1,6 +1,6 @@
 //! TLS 1.3 inside the appliance: a rustls server session over plain byte buffers, its crypto provider
 //! built from RustCrypto crates, the boot-time key pair and self-signed certificate, and the exporter
-//! value the attestation binds (RFC 8446; DESIGN §2 TLS, §4 channel binding, §5).
+//! value the attestation binds (RFC 8446; docs/ARCHITECTURE.md §2 TLS, §4 channel binding, §5).
 //!
 //! `no_std` + alloc, no `unsafe`, no OS randomness: every random byte comes from the caller's
 //! [`SecureRandom`] (the kernel's DRBG, e.g. through [`RandomFn`]).

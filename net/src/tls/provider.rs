@@ -1,5 +1,5 @@
 //! The rustls `CryptoProvider` assembled from RustCrypto crates: TLS 1.3 suites, SHA-256/HMAC, X25519, ECDSA
-//! P-256, and randomness from a caller-supplied fill function (DESIGN §2, RFC 8446 §9.1).
+//! P-256, and randomness from a caller-supplied fill function (docs/ARCHITECTURE.md §2, RFC 8446 §9.1).
 //!
 //! RFC 8446 §9.1 makes TLS_AES_128_GCM_SHA256, ecdsa_secp256r1_sha256 and secp256r1 key exchange mandatory to
 //! implement; we offer AES-128-GCM and ChaCha20-Poly1305 (both SHA-256 suites) with X25519, which every

@@ -1,5 +1,5 @@
 //! The appliance's TLS 1.3 server session over any byte transport: rustls' unbuffered server driven from
-//! plain byte buffers (RFC 8446; rustls 0.23 `unbuffered` API; DESIGN §2, §4, §5).
+//! plain byte buffers (RFC 8446; rustls 0.23 `unbuffered` API; docs/ARCHITECTURE.md §2, §4, §5).
 //!
 //! [`TlsServer`] is built once per boot (key pair, certificate, rustls configuration). Each accepted TCP
 //! connection gets a [`TlsSession`]: the transport hands it received bytes with
@@ -121,7 +121,7 @@ impl TlsServer {
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(SingleCertAndKey::from(identity.certified_key())));
         // No session cache exists without std, and resumption would skip the attestation binding's
-        // fresh exporter anyway: issue no tickets (DESIGN §2). Early data stays off (rustls' default 0).
+        // fresh exporter anyway: issue no tickets (docs/ARCHITECTURE.md §2). Early data stays off (rustls' default 0).
         config.send_tls13_tickets = 0;
         config.max_early_data_size = 0;
         // Already the no-std default; explicit so that host tests (where rustls has std and would default
@@ -203,7 +203,7 @@ impl TlsSession {
     /// A session awaiting the client's first flight.
     ///
     /// The server's configuration is copied with a key log of this session's own, which captures the
-    /// exporter master secret for [`Self::export_keying_material`] (DESIGN §4).
+    /// exporter master secret for [`Self::export_keying_material`] (docs/ARCHITECTURE.md §4).
     pub fn new(server: &TlsServer) -> Result<Self, TlsError> {
         let exporter = Arc::new(ExporterCapture::default());
         let mut config = ServerConfig::clone(&server.config);
@@ -344,7 +344,7 @@ impl TlsSession {
     }
 
     /// The exporter value the attestation binds: label [`ATTESTATION_EXPORTER_LABEL`], empty context, 32
-    /// bytes (DESIGN §4).
+    /// bytes (docs/ARCHITECTURE.md §4).
     pub fn attestation_exporter(&self) -> Result<[u8; ATTESTATION_EXPORTER_LEN], ExporterError> {
         let mut out = [0u8; ATTESTATION_EXPORTER_LEN];
         self.export_keying_material(&mut out, ATTESTATION_EXPORTER_LABEL, b"")?;
@@ -467,7 +467,7 @@ impl TlsSession {
         self.plaintext().len() >= PLAINTEXT_HIGH_WATER
     }
 
-    /// Records the failure and collects the fatal alert rustls queued (DESIGN §2: after an error,
+    /// Records the failure and collects the fatal alert rustls queued (docs/ARCHITECTURE.md §2: after an error,
     /// `process_tls_records` must be called again to get it).
     ///
     /// Two rustls details shape this. It hands out queued messages before it looks at the input, so the

@@ -1,7 +1,7 @@
 //! Test support: a provisioned swtpm started per test (free ports, private state, killed on drop) and
 //! recording/replaying transports.
 //!
-//! swtpm provisioning follows DESIGN §3: a private `swtpm_setup.conf` and `swtpm-localca.conf`, so the EK
+//! swtpm provisioning follows docs/ARCHITECTURE.md §3: a private `swtpm_setup.conf` and `swtpm-localca.conf`, so the EK
 //! certificates come from a CA of the test's own, then `swtpm_setup --create-ek-cert --create-platform-cert
 //! --lock-nvram`.
 
