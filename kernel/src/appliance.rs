@@ -23,6 +23,7 @@ use crate::clock::Clock;
 use crate::rng;
 use crate::tpm_device::{Identity, KernelTpm};
 use crate::virtio::NetDevice;
+use crate::OrHalt;
 
 /// What the main loop needs from boot.
 pub struct Setup<'a> {
@@ -197,19 +198,13 @@ pub fn serve(setup: Setup) -> ! {
         (crate::memory::heap_used() - heap_before) >> 20
     );
 
-    let tls = match TlsServer::new(&rng::TLS_RANDOM) {
-        Ok(tls) => tls,
-        Err(_error) => {
-            crate::debug!("TLS identity: {_error:?}");
-            crate::fail("TLS identity")
-        }
-    };
+    let tls = TlsServer::new(&rng::TLS_RANDOM).or_halt("TLS identity");
     crate::debug!(
         "TLS: fresh P-256 key, SPKI sha256 {:02x?}",
         tls.identity().spki_sha256()
     );
     let mac = EthernetAddress(device.mac_address());
-    let mut server = match Server::with_tls(
+    let mut server = Server::with_tls(
         config.net,
         config.limits,
         mac,
@@ -217,13 +212,8 @@ pub fn serve(setup: Setup) -> ! {
         now(&clock),
         rng::next_u64(),
         tls,
-    ) {
-        Ok(server) => server,
-        Err(_error) => {
-            crate::debug!("network server: {_error:?}");
-            crate::fail("network server")
-        }
-    };
+    )
+    .or_halt("network server");
     let mut log_bytes = alloc::vec![0u8; event_log.buffer_len()];
     let written = event_log.emit(&mut log_bytes).unwrap_or(0);
     log_bytes.truncate(written);
