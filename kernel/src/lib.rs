@@ -9,6 +9,8 @@
 
 extern crate alloc;
 
+pub mod appliance;
+pub mod boot_tpm;
 pub mod generations;
 pub mod memory_map;
 pub mod paging;

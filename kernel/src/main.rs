@@ -8,7 +8,6 @@
 
 extern crate alloc;
 
-mod appliance;
 mod arch;
 mod clock;
 mod console;
@@ -16,6 +15,7 @@ mod memory;
 mod pci;
 mod rng;
 mod rt;
+mod serve;
 mod tpm_device;
 mod virtio;
 
@@ -65,7 +65,7 @@ extern "C" fn kernel_main(start_info: u64) -> ! {
     let mut random = rng::Random::from_hardware().or_halt("hardware entropy");
 
     let mut tpm = tpm_device::open(&clock).or_halt("TPM");
-    let seed = tpm_device::random_seed(&mut tpm).or_halt("TPM GetRandom");
+    let seed = kernel::boot_tpm::random_seed(&mut tpm).or_halt("TPM GetRandom");
     random.mix(&seed);
     rng::install(random);
 
@@ -73,8 +73,14 @@ extern "C" fn kernel_main(start_info: u64) -> ! {
     let digest: [u8; 32] = Sha256::digest(model).into();
     crate::debug!("model: sha256 computed in {} ms", clock.now_us() / 1000);
     // Everything is measured before any port opens (DESIGN §4).
-    let event_log =
-        tpm_device::measure_boot(&mut tpm, digest, &config, cmdline).or_halt("measurement");
+    let event_log = kernel::boot_tpm::measure_boot(
+        &mut tpm,
+        tpm_device::kernel_image_digest(),
+        digest,
+        &config,
+        cmdline,
+    )
+    .or_halt("measurement");
     crate::debug!("measured kernel, model, serving parameters and configuration into PCRs 12-14");
     // The engine runs on the blob in place; a model that does not load is never served.
     let gguf = model::gguf::Gguf::parse(model).or_halt("model: not a usable GGUF");
@@ -88,7 +94,7 @@ extern "C" fn kernel_main(start_info: u64) -> ! {
         engine.model.config.context_length,
         model::simd::level()
     );
-    let identity = tpm_device::create_identity(&mut tpm).or_halt("attestation keys");
+    let identity = kernel::boot_tpm::create_identity(&mut tpm).or_halt("attestation keys");
     crate::debug!(
         "EK, AK created; EK certificate {} bytes",
         identity.ek_certificate.len()
@@ -101,7 +107,7 @@ extern "C" fn kernel_main(start_info: u64) -> ! {
         length: model.len() as u64,
         sha256: digest,
     };
-    appliance::serve(appliance::Setup {
+    serve::serve(serve::Setup {
         config,
         device,
         clock,
