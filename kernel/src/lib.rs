@@ -15,3 +15,6 @@ pub mod generations;
 pub mod memory_map;
 pub mod paging;
 pub mod start_info;
+
+#[cfg(test)]
+mod tests;
