@@ -1,65 +1,82 @@
-//! The appliance's main loop and request handler: TLS 1.3 on the one port, model info, attestation bound to the
-//! TLS session (DESIGN §4), credential activation, and streamed generation over a pool of engine sessions reserved
-//! at boot (DESIGN §5, issue 5). The loop polls the network server, and sleeps on HLT until the next timer tick
-//! only while no generation is running.
-//! The sessions and what each costs in memory: `kernel::generations`.
+//! The appliance's request handler: model info, attestation bound to the TLS session (docs/ARCHITECTURE.md §4),
+//! credential activation, and streamed generation over the pool of engine sessions reserved at boot
+//! (docs/ARCHITECTURE.md §5, issue 5). It is plain logic over a TPM transport, a source of randomness and a clock,
+//! so the host tests it against swtpm and a tiny model; the kernel binary gives it the MMIO TPM,
+//! its DRBG and the TSC.
 
 use alloc::vec::Vec;
 
-use kernel::generations::Generations;
 use model::parallel::Serial;
-use model::session::Engine;
 use net::proto::{ChannelBinding, ErrorCode, Evidence, ModelInfo, Request, Response};
-use net::serving::ApplianceConfig;
-use net::tls::TlsServer;
-use net::{Handler, Reply, Server, Step};
-use smoltcp::time::Instant;
-use smoltcp::wire::EthernetAddress;
+use net::{Handler, Reply, Step};
 use tpm::commands::{self as tpm_commands, PcrSelection};
-use tpm::eventlog::EventLog;
+use tpm::transport::Transport;
 
-use crate::arch::cpu;
-use crate::clock::Clock;
-use crate::rng;
-use crate::tpm_device::{Identity, KernelTpm};
-use crate::virtio::NetDevice;
-
-/// What the main loop needs from boot.
-pub struct Setup<'a> {
-    /// Network, serving parameters and connection limits, from the command line.
-    pub config: ApplianceConfig,
-    /// The NIC.
-    pub device: NetDevice,
-    /// Time.
-    pub clock: Clock,
-    /// The model, loaded in place from the initrd.
-    pub engine: Engine<'static>,
-    /// The model's length and digest.
-    pub info: ModelInfo,
-    /// TSC at kernel entry, for the boot-time report.
-    pub entry_tsc: u64,
-    /// The TPM.
-    pub tpm: KernelTpm<'a>,
-    /// The attestation keys.
-    pub identity: Identity,
-    /// What was measured at boot.
-    pub event_log: EventLog,
-    /// The whole boot's crypto-agile log (`kernel::boot_log::whole_boot`).
-    pub boot_log: Vec<u8>,
-}
+use crate::boot_tpm::Identity;
+use crate::generations::Generations;
 
 /// Answers requests from what was measured at boot, from the TPM and from the engine.
-struct Appliance<'a> {
+///
+/// `random` fills a buffer with fresh random bytes (false when it cannot); `now_us` is a monotonic
+/// clock in microseconds.
+pub struct Appliance<'e, T, R, C> {
     info: ModelInfo,
-    tpm: KernelTpm<'a>,
+    tpm: T,
     identity: Identity,
+    /// The serialized event log that evidence carries.
     event_log: Vec<u8>,
+    /// The whole boot's crypto-agile log (`crate::boot_log::whole_boot`): the firmware's events, then the
+    /// kernel's own.
     boot_log: Vec<u8>,
-    generations: Generations<'static>,
-    clock: &'a Clock,
+    generations: Generations<'e>,
+    random: R,
+    now_us: C,
 }
 
-impl Appliance<'_> {
+impl<'e, T, R, C> Appliance<'e, T, R, C>
+where
+    T: Transport,
+    R: FnMut(&mut [u8]) -> bool,
+    C: Fn() -> u64,
+{
+    /// The handler over what boot produced. `event_log` is the serialized log evidence carries, `boot_log`
+    /// the whole boot's crypto-agile log.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "each is one thing boot produced; a struct would only rename them"
+    )]
+    pub fn new(
+        info: ModelInfo,
+        tpm: T,
+        identity: Identity,
+        event_log: Vec<u8>,
+        boot_log: Vec<u8>,
+        generations: Generations<'e>,
+        random: R,
+        now_us: C,
+    ) -> Self {
+        Self {
+            info,
+            tpm,
+            identity,
+            event_log,
+            boot_log,
+            generations,
+            random,
+            now_us,
+        }
+    }
+
+    /// The generation pool.
+    pub fn generations(&self) -> &Generations<'e> {
+        &self.generations
+    }
+
+    /// The TPM, for tests that read what the handler left there.
+    pub fn tpm(&mut self) -> &mut T {
+        &mut self.tpm
+    }
+
     /// TPM2_Quote with the AK over the requested PCRs, qualified by the nonce and the TLS session the request came
     /// on, the PCR values, and what a verifier needs.
     fn attest(
@@ -107,7 +124,7 @@ impl Appliance<'_> {
     /// hierarchy), proving the AK and the certified EK share this TPM.
     fn activate(&mut self, credential_blob: &[u8], secret: &[u8]) -> Response {
         let mut nonce = [0u8; 32];
-        if !rng::fill(&mut nonce) {
+        if !(self.random)(&mut nonce) {
             return Response::Error(ErrorCode::TpmFailure);
         }
         match tpm_commands::activate_credential_with_ek(
@@ -124,7 +141,12 @@ impl Appliance<'_> {
     }
 }
 
-impl Handler for Appliance<'_> {
+impl<T, R, C> Handler for Appliance<'_, T, R, C>
+where
+    T: Transport,
+    R: FnMut(&mut [u8]) -> bool,
+    C: Fn() -> u64,
+{
     fn handle(
         &mut self,
         slot: usize,
@@ -138,16 +160,7 @@ impl Handler for Appliance<'_> {
                 credential_blob,
                 secret,
             } => self.activate(credential_blob, secret),
-            Request::Generate(generate) => {
-                let _started = self.clock.now_us();
-                let reply = self.generations.start(slot, generate);
-                crate::debug!(
-                    "slot {slot}: generate {:?} in {} us",
-                    reply,
-                    self.clock.now_us() - _started
-                );
-                return reply;
-            }
+            Request::Generate(generate) => return self.generations.start(slot, generate),
             // The server keeps cancels to itself (a running generation becomes `stop`, the answer `Cancelled`);
             // should one arrive anyway, it frees whatever this slot runs and says so.
             Request::Cancel => {
@@ -159,109 +172,10 @@ impl Handler for Appliance<'_> {
     }
 
     fn step(&mut self, slot: usize) -> Step {
-        let clock = self.clock;
-        let step = self.generations.step(slot, &Serial, &|| clock.now_us());
-        if let Step::Final(ref _last) = step {
-            crate::debug!("slot {slot}: {_last:?} at {} us", clock.now_us());
-        }
-        step
+        self.generations.step(slot, &Serial, &self.now_us)
     }
 
     fn stop(&mut self, slot: usize) {
         self.generations.stop(slot);
-    }
-}
-
-fn now(clock: &Clock) -> Instant {
-    Instant::from_micros(clock.now_us() as i64)
-}
-
-/// Serves forever.
-pub fn serve(setup: Setup) -> ! {
-    let Setup {
-        config,
-        mut device,
-        clock,
-        engine,
-        info,
-        entry_tsc,
-        tpm,
-        identity,
-        event_log,
-        boot_log,
-    } = setup;
-
-    let heap_before = crate::memory::heap_used();
-    let generations = Generations::reserve(engine, &config.serving);
-    let _per_session = (crate::memory::heap_used() - heap_before) / generations.sessions().max(1);
-    crate::debug!(
-        "engine: {} sessions of {} positions reserved, {} KiB each ({} MiB in all)",
-        generations.sessions(),
-        generations.context(),
-        _per_session / 1024,
-        (crate::memory::heap_used() - heap_before) >> 20
-    );
-
-    let tls = match TlsServer::new(&rng::TLS_RANDOM) {
-        Ok(tls) => tls,
-        Err(_error) => {
-            crate::debug!("TLS identity: {_error:?}");
-            crate::fail("TLS identity")
-        }
-    };
-    crate::debug!(
-        "TLS: fresh P-256 key, SPKI sha256 {:02x?}",
-        tls.identity().spki_sha256()
-    );
-    let mac = EthernetAddress(device.mac_address());
-    let mut server = match Server::with_tls(
-        config.net,
-        config.limits,
-        mac,
-        &mut device,
-        now(&clock),
-        rng::next_u64(),
-        tls,
-    ) {
-        Ok(server) => server,
-        Err(_error) => {
-            crate::debug!("network server: {_error:?}");
-            crate::fail("network server")
-        }
-    };
-    let mut log_bytes = alloc::vec![0u8; event_log.buffer_len()];
-    let written = event_log.emit(&mut log_bytes).unwrap_or(0);
-    log_bytes.truncate(written);
-    let mut appliance = Appliance {
-        info,
-        tpm,
-        identity,
-        event_log: log_bytes,
-        boot_log,
-        generations,
-        clock: &clock,
-    };
-    let mut listening = false;
-    loop {
-        let outcome = server.poll(now(&clock), &mut device, &mut appliance);
-        if !listening && server.ipv4_cidr().is_some() {
-            listening = true;
-            let _ticks = cpu::rdtsc().wrapping_sub(entry_tsc);
-            crate::debug!(
-                "listening on {}:{} with TLS ({} us after kernel entry, {} TSC ticks)",
-                server
-                    .ipv4_cidr()
-                    .map(|cidr| cidr.address())
-                    .unwrap_or(smoltcp::wire::Ipv4Address::UNSPECIFIED),
-                server.port(),
-                u128::from(_ticks) * 1_000_000 / u128::from(clock.tsc_hz()),
-                _ticks
-            );
-        }
-        // A running generation is work to do on the next poll: sleep only when nothing runs. The NIC raises no
-        // interrupt here; the 1 ms APIC tick bounds the added latency of a packet while idle.
-        if !outcome.activity && !appliance.generations.any_running() {
-            cpu::wait_for_interrupt();
-        }
     }
 }

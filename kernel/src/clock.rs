@@ -25,14 +25,19 @@ pub enum ClockError {
 }
 
 fn measure_once() -> Result<u64, ClockError> {
-    let control = cpu::inb(0x61);
-    cpu::outb(0x61, (control & !0x02) | 0x01); // speaker off, channel 2 gate on
-    cpu::outb(0x43, 0b1011_0000); // channel 2, low then high byte, mode 0, binary
-    cpu::outb(0x42, CALIBRATION_TICKS as u8);
-    cpu::outb(0x42, (CALIBRATION_TICKS >> 8) as u8);
+    // SAFETY: port 0x61 (system control port B) and the PIT's ports 0x42/0x43; only this
+    // calibration drives them, once at boot, and PIT channel 2 only gates the speaker (kept off).
+    unsafe {
+        let control = cpu::inb(0x61);
+        cpu::outb(0x61, (control & !0x02) | 0x01); // speaker off, channel 2 gate on
+        cpu::outb(0x43, 0b1011_0000); // channel 2, low then high byte, mode 0, binary
+        cpu::outb(0x42, CALIBRATION_TICKS as u8);
+        cpu::outb(0x42, (CALIBRATION_TICKS >> 8) as u8);
+    }
     let start = cpu::rdtsc();
     // Bound the wait: 10 ms is at most ~1e8 cycles on any CPU we run on; allow 100x.
-    while cpu::inb(0x61) & 0x20 == 0 {
+    // SAFETY: as above; reading port B has no side effects.
+    while unsafe { cpu::inb(0x61) } & 0x20 == 0 {
         if cpu::rdtsc().wrapping_sub(start) > 10_000_000_000 {
             return Err(ClockError::PitSilent);
         }

@@ -1,5 +1,5 @@
 //! The appliance's generations: a pool of engine sessions reserved at boot, each lent to one connection slot
-//! at a time, started, stepped and stopped as `net::Handler` asks (issue 5, DESIGN §5).
+//! at a time, started, stepped and stopped as `net::Handler` asks (issue 5, docs/ARCHITECTURE.md §5).
 //!
 //! Memory: each of the `sessions` engine sessions owns a KV cache of `ctx` positions (f16 keys and values for every
 //! layer), activations for one prefill chunk, the logits and the sampler's candidate buffer, all allocated by

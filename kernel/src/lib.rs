@@ -9,8 +9,13 @@
 
 extern crate alloc;
 
+pub mod appliance;
 pub mod boot_log;
+pub mod boot_tpm;
 pub mod generations;
 pub mod memory_map;
 pub mod paging;
 pub mod start_info;
+
+#[cfg(test)]
+mod tests;

@@ -1,14 +1,13 @@
 //! cloister's freestanding kernel: entered from PVH boot, it sets up the CPU and memory, hashes
 //! the model it was given, brings up virtio-net and serves the appliance protocol.
 //!
-//! All of the project's `unsafe` hardware access lives in this binary (DESIGN §1); the logic it
+//! All of the project's `unsafe` hardware access lives in this binary (docs/ARCHITECTURE.md §1); the logic it
 //! relies on is in the host-tested `kernel` library and the `net` crate.
 #![no_std]
 #![no_main]
 
 extern crate alloc;
 
-mod appliance;
 mod arch;
 mod clock;
 mod console;
@@ -17,6 +16,7 @@ mod memory;
 mod pci;
 mod rng;
 mod rt;
+mod serve;
 mod tpm_device;
 mod virtio;
 
@@ -24,11 +24,24 @@ use sha2::{Digest, Sha256};
 
 use arch::cpu;
 
-/// Stops the kernel after a setup failure. The debug console says why; a release image has no
-/// console, so it simply never starts serving.
-fn fail(_what: &str) -> ! {
-    crate::debug!("boot failed: {_what}");
-    cpu::halt_forever()
+/// Stops the kernel when a setup step fails. The debug console says which step and why; a release
+/// image has no console, so it simply never starts serving.
+trait OrHalt<T> {
+    fn or_halt(self, step: &str) -> T;
+}
+
+impl<T, E: core::fmt::Debug> OrHalt<T> for Result<T, E> {
+    // Inlined so that a release image, where `debug!` prints nothing, keeps no step names.
+    #[inline(always)]
+    fn or_halt(self, _step: &str) -> T {
+        match self {
+            Ok(value) => value,
+            Err(_error) => {
+                crate::debug!("boot failed: {_step}: {_error:?}");
+                cpu::halt_forever()
+            }
+        }
+    }
 }
 
 /// The Rust entry point, called from `arch::boot` with the PVH start-info address.
@@ -39,13 +52,7 @@ extern "C" fn kernel_main(start_info: u64) -> ! {
     console::init();
     crate::debug!("cloister kernel entered");
     arch::interrupts::init();
-    let mut memory = match memory::init(start_info) {
-        Ok(memory) => memory,
-        Err(_error) => {
-            crate::debug!("memory setup failed: {_error:?}");
-            fail("memory")
-        }
-    };
+    let mut memory = memory::init(start_info).or_halt("memory setup");
     crate::debug!(
         "memory: W^X tables live, heap {} MiB, model {} bytes, cmdline {:?}",
         memory.heap_bytes >> 20,
@@ -53,67 +60,35 @@ extern "C" fn kernel_main(start_info: u64) -> ! {
         memory.boot.cmdline.as_str()
     );
     firmware_log::show(memory.firmware_event_log());
-    let Ok(clock) = clock::Clock::calibrate() else {
-        fail("clock calibration")
-    };
+    let clock = clock::Clock::calibrate().or_halt("clock calibration");
     crate::debug!("clock: TSC at {} kHz", clock.tsc_hz() / 1000);
     let cmdline = memory.boot.cmdline.as_str();
-    let config = match net::serving::ApplianceConfig::from_cmdline(cmdline) {
-        Ok(config) => config,
-        Err(_error) => {
-            crate::debug!("configuration {cmdline:?}: {_error:?}");
-            fail("configuration")
-        }
-    };
-    let Ok(mut random) = rng::Random::from_hardware() else {
-        fail("no hardware entropy")
-    };
+    let config = net::serving::ApplianceConfig::from_cmdline(cmdline).or_halt("configuration");
+    let mut random = rng::Random::from_hardware().or_halt("hardware entropy");
 
-    let mut tpm = match tpm_device::open(&clock) {
-        Ok(tpm) => tpm,
-        Err(_error) => {
-            crate::debug!("TPM: {_error:?}");
-            fail("TPM")
-        }
-    };
-    match tpm_device::random_seed(&mut tpm) {
-        Ok(seed) => random.mix(&seed),
-        Err(_error) => {
-            crate::debug!("TPM GetRandom: {_error:?}");
-            fail("TPM randomness")
-        }
-    }
+    let mut tpm = tpm_device::open(&clock).or_halt("TPM");
+    let seed = kernel::boot_tpm::random_seed(&mut tpm).or_halt("TPM GetRandom");
+    random.mix(&seed);
     rng::install(random);
 
     let model = memory.model_bytes();
     let digest: [u8; 32] = Sha256::digest(model).into();
     crate::debug!("model: sha256 computed in {} ms", clock.now_us() / 1000);
-    // Everything is measured before any port opens (DESIGN §4).
-    let event_log = match tpm_device::measure_boot(&mut tpm, digest, &config, cmdline) {
-        Ok(log) => log,
-        Err(_error) => {
-            crate::debug!("measurement: {_error:?}");
-            fail("measurement")
-        }
-    };
+    // Everything is measured before any port opens (docs/ARCHITECTURE.md §4).
+    let event_log = kernel::boot_tpm::measure_boot(
+        &mut tpm,
+        tpm_device::kernel_image_digest(),
+        digest,
+        &config,
+        cmdline,
+    )
+    .or_halt("measurement");
     crate::debug!("measured kernel, model, serving parameters and configuration into PCRs 12-14");
-    let Ok(boot_log) = kernel::boot_log::whole_boot(memory.firmware_event_log(), &event_log) else {
-        fail("boot log")
-    };
+    let boot_log =
+        kernel::boot_log::whole_boot(memory.firmware_event_log(), &event_log).or_halt("boot log");
     // The engine runs on the blob in place; a model that does not load is never served.
-    let engine = match model::gguf::Gguf::parse(model) {
-        Ok(gguf) => match model::session::Engine::load(&gguf) {
-            Ok(engine) => engine,
-            Err(_error) => {
-                crate::debug!("model: {_error}");
-                fail("model")
-            }
-        },
-        Err(_error) => {
-            crate::debug!("model: not a usable GGUF: {_error:?}");
-            fail("model")
-        }
-    };
+    let gguf = model::gguf::Gguf::parse(model).or_halt("model: not a usable GGUF");
+    let engine = model::session::Engine::load(&gguf).or_halt("model");
     crate::debug!(
         "model: {:?}, {} layers, width {}, vocabulary {}, training context {}, SIMD {:?}",
         engine.model.config.arch,
@@ -123,36 +98,20 @@ extern "C" fn kernel_main(start_info: u64) -> ! {
         engine.model.config.context_length,
         model::simd::level()
     );
-    let identity = match tpm_device::create_identity(&mut tpm) {
-        Ok(identity) => identity,
-        Err(_error) => {
-            crate::debug!("attestation keys: {_error:?}");
-            fail("attestation keys")
-        }
-    };
+    let identity = kernel::boot_tpm::create_identity(&mut tpm).or_halt("attestation keys");
     crate::debug!(
         "EK, AK created; EK certificate {} bytes",
         identity.ek_certificate.len()
     );
 
-    let transport = match pci::virtio_net(&mut memory) {
-        Ok(transport) => transport,
-        Err(_error) => {
-            crate::debug!("network device: {_error:?}");
-            fail("network device")
-        }
-    };
-    let Ok(device) = virtio::NetDevice::new(transport) else {
-        fail("virtio-net setup")
-    };
-    if arch::interrupts::start_wakeup_timer(&clock, 1000).is_err() {
-        fail("local APIC timer");
-    }
+    let transport = pci::virtio_net(&mut memory).or_halt("network device");
+    let device = virtio::NetDevice::new(transport).or_halt("virtio-net setup");
+    arch::interrupts::start_wakeup_timer(&clock, 1000).or_halt("local APIC timer");
     let info = net::proto::ModelInfo {
         length: model.len() as u64,
         sha256: digest,
     };
-    appliance::serve(appliance::Setup {
+    serve::serve(serve::Setup {
         config,
         device,
         clock,

@@ -2,7 +2,7 @@
 //! W^X page tables, check them, and hand the rest of RAM to the heap.
 //!
 //! Everything is identity mapped (virtual = physical), which keeps DMA addresses for virtio
-//! trivial. Permissions follow DESIGN §1 / issue 2: text RX; rodata and the model R+NX;
+//! trivial. Permissions follow docs/ARCHITECTURE.md §1 / issue 2: text RX; rodata and the model R+NX;
 //! data, bss, heap and stacks RW+NX; MMIO uncached+NX; page 0 and one guard page under every
 //! stack unmapped. The early boot tables (all RWX) are abandoned once the new tables are live.
 

@@ -29,13 +29,21 @@ fn address(function: DeviceFunction, offset: u8) -> u32 {
 
 impl ConfigurationAccess for PortConfigAccess {
     fn read_word(&self, function: DeviceFunction, offset: u8) -> u32 {
-        cpu::outl(CONFIG_ADDRESS, address(function, offset));
-        cpu::inl(CONFIG_DATA)
+        // SAFETY: the PCI configuration mechanism #1 ports; only this type drives them, and the
+        // kernel is single-threaded, so the address/data pair is not interleaved.
+        unsafe {
+            cpu::outl(CONFIG_ADDRESS, address(function, offset));
+            cpu::inl(CONFIG_DATA)
+        }
     }
 
     fn write_word(&mut self, function: DeviceFunction, offset: u8, data: u32) {
-        cpu::outl(CONFIG_ADDRESS, address(function, offset));
-        cpu::outl(CONFIG_DATA, data);
+        // SAFETY: as for `read_word`; the virtio transport writes only configuration registers
+        // of devices it owns.
+        unsafe {
+            cpu::outl(CONFIG_ADDRESS, address(function, offset));
+            cpu::outl(CONFIG_DATA, data);
+        }
     }
 
     unsafe fn unsafe_clone(&self) -> Self {

@@ -1,4 +1,4 @@
-//! What the precompiled `core`/`alloc` expect from a freestanding binary (DESIGN §2): the C memory
+//! What the precompiled `core`/`alloc` expect from a freestanding binary (docs/ARCHITECTURE.md §2): the C memory
 //! functions, an (unused) unwinding personality, and the panic handler.
 //!
 //! The memory functions use `rep movsb`/`rep stosb` in inline assembly so the compiler cannot turn

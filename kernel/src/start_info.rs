@@ -1,7 +1,7 @@
 //! Parsing of the PVH boot protocol's `hvm_start_info` (Xen `arch-x86/hvm/start_info.h`, version 1).
 //!
 //! QEMU's `-kernel` PVH loader leaves these structures in low RAM that E820 reports as usable, so the
-//! kernel copies everything it needs into a [`BootInfo`] before it reuses any memory (DESIGN §3).
+//! kernel copies everything it needs into a [`BootInfo`] before it reuses any memory (docs/ARCHITECTURE.md §3).
 //! Every address and count comes from outside the kernel and is bounded before use.
 
 use heapless::{String, Vec};

@@ -6,7 +6,7 @@
 //! Long mode per Intel SDM Vol. 3A §9.8.5 ("Initializing IA-32e Mode"): PAE, CR3, EFER.LME,
 //! then CR0.PG. The early page tables identity-map the first 4 GiB with 2 MiB pages; Rust
 //! replaces them with W^X tables (`memory::paging`) as soon as it runs.
-//! SSE is enabled here because the precompiled `core` uses it (DESIGN §2); XSAVE and AVX state
+//! SSE is enabled here because the precompiled `core` uses it (docs/ARCHITECTURE.md §2); XSAVE and AVX state
 //! (XCR0, SDM Vol. 1 §13.3) are enabled when CPUID reports them, since the engine and the crypto
 //! crates pick AVX2 at run time.
 

@@ -1,13 +1,18 @@
-//! Thin, safe-to-call wrappers over single privileged instructions: port I/O, MSRs, control
-//! registers, CPUID, TSC and the hardware random number instructions (Intel SDM Vol. 2).
+//! Thin wrappers over single privileged instructions: port I/O, MSRs, control registers, CPUID,
+//! TSC and the hardware random number instructions (Intel SDM Vol. 2). Port I/O and MSR access
+//! are `unsafe fn`: whether they are sound depends on the device or register the caller names.
 
 use core::arch::asm;
 use core::arch::x86_64::{__cpuid, __cpuid_count, CpuidResult};
 
 /// Reads a byte from an I/O port.
-pub fn inb(port: u16) -> u8 {
+///
+/// # Safety
+/// `port` must belong to a device this code owns, and reading it must not disturb another
+/// driver's state (some device registers clear on read). The read itself touches no memory.
+pub unsafe fn inb(port: u16) -> u8 {
     let value: u8;
-    // SAFETY: port reads have no memory effects; the kernel alone owns the I/O space.
+    // SAFETY: the caller owns the port; IN has no effect on Rust-visible memory.
     unsafe {
         asm!("in al, dx", out("al") value, in("dx") port, options(nomem, nostack, preserves_flags))
     };
@@ -15,15 +20,22 @@ pub fn inb(port: u16) -> u8 {
 }
 
 /// Writes a byte to an I/O port.
-pub fn outb(port: u16, value: u8) {
-    // SAFETY: port writes have no effect on Rust-visible memory; callers own the device.
+///
+/// # Safety
+/// `port` must belong to a device this code owns, and the write must not make that device
+/// touch memory (for example by starting DMA) that Rust code still uses.
+pub unsafe fn outb(port: u16, value: u8) {
+    // SAFETY: the caller owns the port and the device effect of the write.
     unsafe {
         asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags))
     };
 }
 
 /// Reads a 32-bit value from an I/O port.
-pub fn inl(port: u16) -> u32 {
+///
+/// # Safety
+/// As for [`inb`].
+pub unsafe fn inl(port: u16) -> u32 {
     let value: u32;
     // SAFETY: as for `inb`.
     unsafe {
@@ -33,7 +45,10 @@ pub fn inl(port: u16) -> u32 {
 }
 
 /// Writes a 32-bit value to an I/O port.
-pub fn outl(port: u16, value: u32) {
+///
+/// # Safety
+/// As for [`outb`].
+pub unsafe fn outl(port: u16, value: u32) {
     // SAFETY: as for `outb`.
     unsafe {
         asm!("out dx, eax", in("dx") port, in("eax") value, options(nomem, nostack, preserves_flags))
@@ -55,9 +70,13 @@ pub fn max_leaf() -> u32 {
 }
 
 /// Reads a model-specific register.
-pub fn rdmsr(msr: u32) -> u64 {
+///
+/// # Safety
+/// `msr` must exist on this CPU (RDMSR of an unknown register raises #GP) and reading it must
+/// have no side effect the caller does not own.
+pub unsafe fn rdmsr(msr: u32) -> u64 {
     let (low, high): (u32, u32);
-    // SAFETY: reading the architectural MSRs we use has no side effects.
+    // SAFETY: the caller guarantees the register exists and the read is side-effect free.
     unsafe {
         asm!("rdmsr", in("ecx") msr, out("eax") low, out("edx") high, options(nomem, nostack, preserves_flags))
     };
@@ -120,7 +139,9 @@ pub fn read_cr0() -> u64 {
 
 /// Reads EFER.
 pub fn read_efer() -> u64 {
-    rdmsr(0xC000_0080)
+    // SAFETY: EFER (0xC000_0080) exists on every x86_64 CPU (long mode needs it) and reading it
+    // has no side effects.
+    unsafe { rdmsr(0xC000_0080) }
 }
 
 /// One RDRAND result, retried a few times as the SDM recommends (Vol. 1 §7.3.17.1).

@@ -4,7 +4,7 @@
 //! kernel lands on a good stack. Exceptions are fatal: the handler reports (debug console only) and
 //! halts. The only interrupt enabled is the local APIC timer, used to wake the main loop from HLT;
 //! it is taken only inside `cpu::wait_for_interrupt` and its handler touches nothing but RAX and
-//! the APIC, so no SIMD state needs saving (DESIGN §2). The legacy PIC is remapped and masked.
+//! the APIC, so no SIMD state needs saving (docs/ARCHITECTURE.md §2). The legacy PIC is remapped and masked.
 
 use core::arch::{asm, global_asm};
 use core::cell::UnsafeCell;
@@ -201,11 +201,15 @@ pub fn init() {
 /// Remaps the 8259 PICs to vectors 0x20-0x2F (away from the exception vectors) and masks them.
 fn mask_legacy_pic() {
     for (command, data, offset, cascade) in [(0x20, 0x21, 0x20, 4), (0xA0, 0xA1, 0x28, 2)] {
-        cpu::outb(command, 0x11); // ICW1: init, ICW4 follows
-        cpu::outb(data, offset); // ICW2: vector offset
-        cpu::outb(data, cascade); // ICW3: cascade wiring
-        cpu::outb(data, 0x01); // ICW4: 8086 mode
-        cpu::outb(data, 0xFF); // OCW1: mask everything
+        // SAFETY: ports 0x20/0x21 and 0xA0/0xA1 are the legacy PICs, which no other code
+        // drives; the initialization sequence only masks them and starts no DMA.
+        unsafe {
+            cpu::outb(command, 0x11); // ICW1: init, ICW4 follows
+            cpu::outb(data, offset); // ICW2: vector offset
+            cpu::outb(data, cascade); // ICW3: cascade wiring
+            cpu::outb(data, 0x01); // ICW4: 8086 mode
+            cpu::outb(data, 0xFF); // OCW1: mask everything
+        }
     }
 }
 
@@ -230,7 +234,9 @@ pub enum TimerError {
 
 /// Starts the local APIC timer in periodic mode with the given period, calibrated against the TSC.
 pub fn start_wakeup_timer(clock: &crate::clock::Clock, period_us: u64) -> Result<(), TimerError> {
-    let base = cpu::rdmsr(0x1B) & !0xFFF;
+    // SAFETY: IA32_APIC_BASE (0x1B) exists on every CPU with a local APIC (all x86_64 ones);
+    // reading it has no side effects.
+    let base = unsafe { cpu::rdmsr(0x1B) } & !0xFFF;
     if base != LOCAL_APIC_BASE {
         return Err(TimerError::ApicRelocated(base));
     }

@@ -1,0 +1,4 @@
+//! Host tests that need a running swtpm.
+
+mod appliance;
+mod support;
