@@ -173,8 +173,10 @@ pub enum PublicError {
 }
 
 /// A public key read from a public area.
-// Without alloc the RSA modulus is held inline; boxing the big variant is not an option here.
-#[allow(clippy::large_enum_variant)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "without alloc the RSA modulus is held inline; boxing the big variant is not an option here"
+)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PublicKey {
     /// An RSA key: big-endian modulus and the exponent (0 in the area means 65537).

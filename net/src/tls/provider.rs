@@ -102,8 +102,10 @@ struct HmacSha256Key(Hmac<Sha256>);
 /// HMAC-SHA256 keyed with `key`. HMAC accepts keys of every length (RFC 2104 §2: longer keys are hashed,
 /// shorter ones padded), so the `hmac` crate's length check never fails.
 pub(crate) fn hmac_sha256(key: &[u8]) -> Hmac<Sha256> {
-    #[allow(clippy::expect_used)]
-    // Reason: unreachable, see the doc comment; no input can trigger it.
+    #[allow(
+        clippy::expect_used,
+        reason = "unreachable, see the doc comment; no input can trigger it"
+    )]
     <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC accepts keys of any length")
 }
 

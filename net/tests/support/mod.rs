@@ -2,7 +2,10 @@
 //! smoltcp interface, virtual time, scripted TCP clients (plaintext, or TLS 1.3 through a rustls client),
 //! a scripted streaming handler that checks the `Handler` contract, and a tiny DHCPv4 server (RFC 2131).
 
-#![allow(dead_code)] // Each test binary uses a different part of the bench.
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different part of the bench"
+)]
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};

@@ -3,8 +3,10 @@
 //! greedy generation (the code path of `runner generate --json`), and a TCP proxy that records the TLS records a
 //! client sends (RFC 8446 §5.1 record layer) so a test can show what left the client and when.
 
-// Each test binary uses a different subset of these helpers.
-#![allow(dead_code)]
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different subset of these helpers"
+)]
 
 use std::io::{ErrorKind, Read as _, Write as _};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -140,8 +142,10 @@ pub fn shared_appliance() -> MutexGuard<'static, Booted> {
 /// never dropped) and removes `dirs`. A pid is signalled only while its command line still mentions `marker` (the
 /// run's state directory, on both QEMU's and swtpm's command lines), so a pid reused by another process is left
 /// alone.
-// The watchdog must outlive this process, so it is never waited for; init reaps it.
-#[allow(clippy::zombie_processes)]
+#[allow(
+    clippy::zombie_processes,
+    reason = "the watchdog must outlive this process, so it is never waited for; init reaps it"
+)]
 fn spawn_watchdog(pids: &[u32], marker: &Path, dirs: &[PathBuf]) {
     use std::os::unix::process::CommandExt as _;
     let pid_list: Vec<String> = pids.iter().map(u32::to_string).collect();

@@ -6,7 +6,10 @@
 //! [`TlsClient`] accepts any server certificate (it still checks the handshake signature under the
 //! certificate's key). It exists only here, in test support: the client library has no way to skip a check.
 
-#![allow(dead_code)] // each test binary uses a different subset of these helpers
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different subset of these helpers"
+)]
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};

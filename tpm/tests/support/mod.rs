@@ -5,7 +5,10 @@
 //! certificates come from a CA of the test's own, then `swtpm_setup --create-ek-cert --create-platform-cert
 //! --lock-nvram`.
 
-#![allow(dead_code)] // Each test binary uses a different part of this module.
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different part of this module"
+)]
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
