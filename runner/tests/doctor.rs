@@ -1,5 +1,6 @@
-//! `cloister doctor`, the documented exit codes a script can rely on, and shell completions, as a person or a
-//! script runs them (issue 17). CI installs every tool `up` needs, so `doctor` passes there.
+//! `cloister doctor`, the documented exit codes a script can rely on, shell completions, and names the runner
+//! makes itself (a tiny model on a fresh cache), as a person or a script runs them (issue 17). CI installs every
+//! tool `up` needs, so `doctor` passes there.
 
 use std::os::unix::fs::symlink;
 use std::process::Command;
@@ -113,4 +114,30 @@ fn completions_come_from_the_command_line_definition() {
         script.contains("doctor") && script.contains("verify"),
         "{script}"
     );
+}
+
+#[test]
+fn build_makes_a_tiny_model_on_a_fresh_cache() {
+    let cache = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let output = Command::new(CLOISTER)
+        .args([
+            "build",
+            "--model",
+            "tiny-llama",
+            "--boot",
+            "direct",
+            "--out",
+        ])
+        .arg(out.path())
+        .env("CLOISTER_CACHE", cache.path())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(cache.path().join("models/tiny-llama.gguf").is_file());
+    assert!(out.path().join("manifest.json").is_file());
 }

@@ -94,34 +94,10 @@ struct Loaded {
     blob: Vec<u8>,
 }
 
-/// Seed of the tiny models the engine generates for `tiny-llama` and `tiny-gemma3`.
-pub const TINY_SEED: u64 = 1;
-
-/// Writes the generated tiny model `name` into the model cache if it is not there yet.
-fn ensure_generated(name: &str) -> Result<()> {
-    let (spec, file) = match name {
-        "tiny-llama" => (model::tiny::TinySpec::llama(), "tiny-llama.gguf"),
-        "tiny-gemma3" => (model::tiny::TinySpec::gemma3(), "tiny-gemma3.gguf"),
-        _ => return Ok(()),
-    };
-    let dir = crate::models::models_dir(&crate::workspace::cache_dir());
-    let path = dir.join(file);
-    if path.is_file() {
-        return Ok(());
-    }
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let tmp = dir.join(format!("{file}.tmp"));
-    std::fs::write(&tmp, model::tiny::generate(&spec, TINY_SEED))
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &path)
-        .with_context(|| format!("moving the tiny model to {}", path.display()))?;
-    eprintln!("generated {name} (seed {TINY_SEED}) at {}", path.display());
-    Ok(())
-}
+pub use crate::models::TINY_SEED;
 
 impl Loaded {
     fn open(name: &str) -> Result<Loaded> {
-        ensure_generated(name)?;
         let path = crate::models::resolve(name)?;
         let blob = std::fs::read(&path)
             .with_context(|| format!("reading model file {}", path.display()))?;
