@@ -158,9 +158,11 @@ pub fn cache_space_check(cache: &Path) -> Check {
         Ok(stats) => {
             let free = stats.blocks_available() * stats.fragment_size();
             let ok = free >= MIN_CACHE_FREE_BYTES;
+            // Short room is a warning, not a refusal: a cached model needs none, and a fetch that runs out of
+            // room fails with its own clear error.
             Check {
                 name: "cache space".into(),
-                need: Need::Required,
+                need: Need::Optional,
                 ok,
                 detail: format!(
                     "{:.1} GiB free at {}",
@@ -179,7 +181,7 @@ pub fn cache_space_check(cache: &Path) -> Check {
         }
         Err(error) => Check {
             name: "cache space".into(),
-            need: Need::Required,
+            need: Need::Optional,
             ok: false,
             detail: format!("cannot read the free space of {}: {error}", probe.display()),
             fix: "make the cache directory readable, or set CLOISTER_CACHE".into(),
