@@ -56,7 +56,8 @@ pub fn partition_size(application: u64) -> u64 {
     wanted.max(34 << 20).div_ceil(1 << 20) << 20
 }
 
-fn run(command: &mut Command, what: &str) -> Result<()> {
+/// Runs a tool to completion; its stderr becomes the error when it fails.
+pub(crate) fn run(command: &mut Command, what: &str) -> Result<()> {
     let output = command
         .output()
         .with_context(|| format!("cannot run {what}"))?;

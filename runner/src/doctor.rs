@@ -38,8 +38,9 @@ pub struct Check {
     pub fix: String,
 }
 
-/// The tools the tests use besides what `up` needs.
-const TEST_TOOLS: [Tool; 6] = [
+/// The tools the tests and `build --format qcow2` use besides what `up` needs.
+const TEST_TOOLS: [Tool; 7] = [
+    crate::cloud_image::QEMU_IMG,
     Tool {
         program: "tpm2_checkquote",
         debian_package: "tpm2-tools",

@@ -4,6 +4,7 @@
 
 pub mod appliance;
 pub mod chat;
+pub mod cloud_image;
 pub mod disk;
 pub mod doctor;
 pub mod engine;

@@ -150,6 +150,10 @@ struct BuildArgs {
     /// Output directory [default: <workspace>/target/cloister]
     #[arg(long)]
     out: Option<PathBuf>,
+    /// The disk image's form besides disk.img: raw (only disk.img), qcow2 (disk.qcow2) or gce (disk.tar.gz
+    /// holding disk.raw, for `gcloud compute images create`). UEFI images only.
+    #[arg(long, value_enum, default_value_t = runner::cloud_image::DiskFormat::Raw)]
+    format: runner::cloud_image::DiskFormat,
 }
 
 #[derive(Args, Debug)]
@@ -242,6 +246,16 @@ fn build_options(image: &ImageArgs, out: Option<PathBuf>) -> BuildOptions {
 
 fn build(args: BuildArgs) -> Result<()> {
     let image = image::build(&build_options(&args.image, args.out))?;
+    if args.format != runner::cloud_image::DiskFormat::Raw {
+        let Some(uefi) = &image.uefi else {
+            anyhow::bail!(
+                "--format {} needs a UEFI image: build without --boot direct",
+                args.format.name()
+            );
+        };
+        let written = runner::cloud_image::write(args.format, &uefi.disk, &image.dir)?;
+        eprintln!("wrote {}", written.display());
+    }
     println!("{}", image.dir.display());
     Ok(())
 }
