@@ -99,6 +99,14 @@ pub fn kernel_build_command(workspace: &Path, cargo_home: &Path, flavor: KernelF
     if flavor.debug_console {
         command.args(["--features", "debug-console"]);
     }
+    set_freestanding_env(&mut command, &kernel_rustflags(workspace, cargo_home));
+    command
+}
+
+/// Gives a freestanding `cargo build` (the kernel's, the EFI stub's) exactly `rustflags`: the flags and target
+/// directories a surrounding cargo or the user's environment set are removed, so they cannot reach it, and
+/// nothing stamps the time.
+pub fn set_freestanding_env(command: &mut Command, rustflags: &[String]) {
     for inherited in [
         "RUSTFLAGS",
         "CARGO_BUILD_RUSTFLAGS",
@@ -110,12 +118,8 @@ pub fn kernel_build_command(workspace: &Path, cargo_home: &Path, flavor: KernelF
         command.env_remove(inherited);
     }
     command
-        .env(
-            "CARGO_ENCODED_RUSTFLAGS",
-            kernel_rustflags(workspace, cargo_home).join("\x1f"),
-        )
+        .env("CARGO_ENCODED_RUSTFLAGS", rustflags.join("\x1f"))
         .env("SOURCE_DATE_EPOCH", "0");
-    command
 }
 
 /// Builds the kernel (cargo's output forwarded to stderr) and returns the ELF's path.

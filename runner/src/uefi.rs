@@ -73,22 +73,7 @@ pub fn stub_build_command(workspace: &Path, cargo_home: &Path) -> Command {
             "--target-dir",
         ])
         .arg(stub_target_dir(workspace));
-    for inherited in [
-        "RUSTFLAGS",
-        "CARGO_BUILD_RUSTFLAGS",
-        "CARGO_TARGET_DIR",
-        "CARGO_BUILD_TARGET_DIR",
-        "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS",
-        "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER",
-    ] {
-        command.env_remove(inherited);
-    }
-    command
-        .env(
-            "CARGO_ENCODED_RUSTFLAGS",
-            stub_rustflags(workspace, cargo_home).join("\x1f"),
-        )
-        .env("SOURCE_DATE_EPOCH", "0");
+    crate::image::set_freestanding_env(&mut command, &stub_rustflags(workspace, cargo_home));
     command
 }
 
