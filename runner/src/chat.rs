@@ -47,12 +47,11 @@ pub struct ChatArgs {
     /// Send PROMPT as raw text instead of a user turn of the model's chat format.
     #[arg(long)]
     pub raw: bool,
-    /// The EK CA's root certificate (PEM) [default: the runner's own CA in its cache]
-    #[arg(long, value_name = "PEM", requires = "ca_intermediate")]
-    pub ca_root: Option<PathBuf>,
-    /// An intermediate CA certificate (PEM) between the root and EK certificates; repeatable.
-    #[arg(long, value_name = "PEM")]
-    pub ca_intermediate: Vec<PathBuf>,
+    /// A PEM file of EK CA certificates to trust (roots and intermediates, one or more per file); repeatable, so
+    /// swtpm's local CA, a TPM vendor's and a cloud's CA can be trusted side by side [default: the runner's own
+    /// CA in its cache]
+    #[arg(long = "ek-ca", value_name = "PEM", aliases = ["ca-root", "ca-intermediate"])]
+    pub ek_ca: Vec<PathBuf>,
     /// Seconds each step may take (connecting, attesting, waiting for the next token).
     #[arg(long, default_value_t = 300)]
     pub timeout: u64,
@@ -113,7 +112,7 @@ pub fn run(args: &ChatArgs, cancel: &AtomicBool) -> Result<()> {
     let request = args.request()?;
     let endpoint = client::resolve_endpoint(&args.endpoint)?;
     let manifest = Manifest::read(&args.manifest)?;
-    let trust = trust_anchors(args.ca_root.as_deref(), &args.ca_intermediate)?;
+    let trust = trust_anchors(&args.ek_ca)?;
     let options = VerifyOptions {
         timeout: Duration::from_secs(args.timeout),
         observations: Some(observation_store(args.observations.as_deref())),

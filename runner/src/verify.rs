@@ -29,12 +29,11 @@ pub struct VerifyArgs {
     /// Write the evidence into DIR in the forms tpm2_checkquote reads (also when verification fails).
     #[arg(long, value_name = "DIR")]
     pub export_evidence: Option<PathBuf>,
-    /// The EK CA's root certificate (PEM) [default: the runner's own CA in its cache]
-    #[arg(long, value_name = "PEM", requires = "ca_intermediate")]
-    pub ca_root: Option<PathBuf>,
-    /// An intermediate CA certificate (PEM) between the root and EK certificates; repeatable.
-    #[arg(long, value_name = "PEM")]
-    pub ca_intermediate: Vec<PathBuf>,
+    /// A PEM file of EK CA certificates to trust (roots and intermediates, one or more per file); repeatable, so
+    /// swtpm's local CA, a TPM vendor's and a cloud's CA can be trusted side by side [default: the runner's own
+    /// CA in its cache]
+    #[arg(long = "ek-ca", value_name = "PEM", aliases = ["ca-root", "ca-intermediate"])]
+    pub ek_ca: Vec<PathBuf>,
     /// Seconds each step may take.
     #[arg(long, default_value_t = 60)]
     pub timeout: u64,
@@ -56,20 +55,16 @@ pub fn observation_store(path: Option<&Path>) -> Observations {
     }
 }
 
-/// The EK CA to trust: `ca_root` with its intermediates, or else the runner's own CA in its cache (the one that
-/// provisioned swtpm).
-pub fn trust_anchors(ca_root: Option<&Path>, ca_intermediate: &[PathBuf]) -> Result<TrustAnchors> {
-    match ca_root {
-        Some(root) => {
-            let intermediates: Vec<&Path> = ca_intermediate.iter().map(PathBuf::as_path).collect();
-            TrustAnchors::from_pem_files(root, &intermediates)
-        }
-        None => {
-            let ca = CertificateAuthority::in_cache(&workspace::cache_dir())
-                .context("cannot open the runner's EK CA")?;
-            ca.trust_anchors()
-        }
+/// The EK CAs to trust: the bundle the `--ek-ca` files make, or else the runner's own CA in its cache (the one
+/// that provisioned swtpm).
+pub fn trust_anchors(ek_ca: &[PathBuf]) -> Result<TrustAnchors> {
+    if ek_ca.is_empty() {
+        let ca = CertificateAuthority::in_cache(&workspace::cache_dir())
+            .context("cannot open the runner's EK CA")?;
+        return ca.trust_anchors();
     }
+    let files: Vec<&Path> = ek_ca.iter().map(PathBuf::as_path).collect();
+    TrustAnchors::from_pem_bundle(&files)
 }
 
 /// Runs `runner verify`: prints the report on success; on failure prints the JSON failure with `--json` and
@@ -77,7 +72,7 @@ pub fn trust_anchors(ca_root: Option<&Path>, ca_intermediate: &[PathBuf]) -> Res
 pub fn run(args: VerifyArgs) -> Result<()> {
     let endpoint = client::resolve_endpoint(&args.endpoint)?;
     let manifest = Manifest::read(&args.manifest)?;
-    let trust = trust_anchors(args.ca_root.as_deref(), &args.ca_intermediate)?;
+    let trust = trust_anchors(&args.ek_ca)?;
     let options = VerifyOptions {
         timeout: Duration::from_secs(args.timeout),
         export_evidence: args.export_evidence.clone(),

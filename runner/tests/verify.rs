@@ -822,6 +822,245 @@ fn ek_certificate_from_an_untrusted_ca_is_refused() {
     );
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// The EK chain's rules on real swtpm certificates: each one is decoded, changed in exactly one way and signed
+// again with the real CA's key (swtpm_localca keeps it beside its certificate), so only the changed rule can fail.
+
+/// A CA private key as swtpm_localca writes it (a certtool text dump, then the PKCS#1 PEM).
+fn ca_key(path: &Path) -> rsa::RsaPrivateKey {
+    use rsa::pkcs1::DecodeRsaPrivateKey as _;
+    let text = std::fs::read_to_string(path).unwrap();
+    let pem = &text[text.find("-----BEGIN").expect("a PEM block")..];
+    rsa::RsaPrivateKey::from_pkcs1_pem(pem).unwrap()
+}
+
+fn home_ca_file(name: &str) -> PathBuf {
+    home().ca.root_certificate().parent().unwrap().join(name)
+}
+
+fn pem_certificate(path: &Path) -> x509_cert::Certificate {
+    use x509_cert::der::DecodePem as _;
+    x509_cert::Certificate::from_pem(std::fs::read(path).unwrap()).unwrap()
+}
+
+/// `certificate` changed by `change` and signed again (sha256WithRSAEncryption) with `key`.
+fn ca_signed(
+    certificate: &x509_cert::Certificate,
+    key: &rsa::RsaPrivateKey,
+    change: impl FnOnce(&mut x509_cert::TbsCertificate),
+) -> x509_cert::Certificate {
+    use rsa::signature::{SignatureEncoding as _, Signer as _};
+    use x509_cert::der::Encode as _;
+    let mut certificate = certificate.clone();
+    change(&mut certificate.tbs_certificate);
+    let signer = rsa::pkcs1v15::SigningKey::<rsa::sha2::Sha256>::new(key.clone());
+    let signature = signer.sign(&certificate.tbs_certificate.to_der().unwrap());
+    certificate.signature =
+        x509_cert::der::asn1::BitString::from_bytes(&signature.to_vec()).unwrap();
+    certificate
+}
+
+fn der(certificate: &x509_cert::Certificate) -> Vec<u8> {
+    use x509_cert::der::Encode as _;
+    certificate.to_der().unwrap()
+}
+
+/// Sets (replacing) or adds an extension.
+fn put_extension(
+    tbs: &mut x509_cert::TbsCertificate,
+    oid: &str,
+    critical: bool,
+    value: &impl x509_cert::der::Encode,
+) {
+    let extn_id = x509_cert::der::oid::ObjectIdentifier::new_unwrap(oid);
+    let extension = x509_cert::ext::Extension {
+        extn_id,
+        critical,
+        extn_value: x509_cert::der::asn1::OctetString::new(value.to_der().unwrap()).unwrap(),
+    };
+    let extensions = tbs.extensions.get_or_insert_with(Vec::new);
+    extensions.retain(|existing| existing.extn_id != extn_id);
+    extensions.push(extension);
+}
+
+fn drop_extension(tbs: &mut x509_cert::TbsCertificate, oid: &str) {
+    let extn_id = x509_cert::der::oid::ObjectIdentifier::new_unwrap(oid);
+    tbs.extensions
+        .get_or_insert_with(Vec::new)
+        .retain(|existing| existing.extn_id != extn_id);
+}
+
+const EXTENDED_KEY_USAGE: &str = "2.5.29.37";
+const BASIC_CONSTRAINTS: &str = "2.5.29.19";
+const KEY_USAGE: &str = "2.5.29.15";
+/// An extension no verifier knows (under an arbitrary private enterprise arc).
+const UNKNOWN_EXTENSION: &str = "1.3.6.1.4.1.55555.7.1";
+
+/// The honest evidence with its EK certificate changed and re-signed by the real signing CA.
+fn with_resigned_ek(change: impl FnOnce(&mut x509_cert::TbsCertificate)) -> Evidence {
+    use x509_cert::der::Decode as _;
+    let ek = x509_cert::Certificate::from_der(&honest().ek_certificate).unwrap();
+    let changed = ca_signed(&ek, &ca_key(&home_ca_file("signkey.pem")), change);
+    tampered(|evidence| evidence.ek_certificate = der(&changed))
+}
+
+#[test]
+fn ek_certificate_needs_the_ek_usage_and_no_unknown_critical_extension() {
+    // swtpm's certificate as it is carries tcg-kp-EKCertificate; signing it again changes nothing.
+    assert!(check(&with_resigned_ek(|_| {})).is_ok());
+    // Without the extended key usage, or with another usage only (TLS server authentication).
+    let untrusted = |error| VerifyError::EkCertificateUntrusted(error);
+    let evidence = with_resigned_ek(|tbs| drop_extension(tbs, EXTENDED_KEY_USAGE));
+    assert_eq!(
+        check(&evidence).unwrap_err(),
+        untrusted(CertificateError::NotAnEkCertificate)
+    );
+    let server_auth = x509_cert::ext::pkix::ExtendedKeyUsage(vec![
+        x509_cert::der::oid::ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.1"),
+    ]);
+    let evidence =
+        with_resigned_ek(|tbs| put_extension(tbs, EXTENDED_KEY_USAGE, false, &server_auth));
+    assert_eq!(
+        check(&evidence).unwrap_err(),
+        untrusted(CertificateError::NotAnEkCertificate)
+    );
+    // An extension nobody understands: refused when critical, ignored when not.
+    let null = x509_cert::der::asn1::Null;
+    let evidence = with_resigned_ek(|tbs| put_extension(tbs, UNKNOWN_EXTENSION, true, &null));
+    let error = check(&evidence).unwrap_err();
+    assert_eq!(
+        error,
+        untrusted(CertificateError::UnknownCriticalExtension(
+            x509_cert::der::oid::ObjectIdentifier::new_unwrap(UNKNOWN_EXTENSION)
+        ))
+    );
+    assert!(error.to_string().contains(UNKNOWN_EXTENSION), "{error}");
+    let evidence = with_resigned_ek(|tbs| put_extension(tbs, UNKNOWN_EXTENSION, false, &null));
+    assert!(check(&evidence).is_ok());
+}
+
+#[test]
+fn ek_chain_issuers_need_cert_signing_usage_a_fitting_path_length_and_no_unknown_critical_extension(
+) {
+    let root = pem_certificate(&home().ca.root_certificate());
+    let issuer = pem_certificate(&home().ca.issuer_certificate());
+    let root_key = ca_key(&home_ca_file("swtpm-localca-rootca-privkey.pem"));
+    let verify_with = |root: x509_cert::Certificate, issuer: x509_cert::Certificate| {
+        let trust = TrustAnchors::new(root, vec![issuer]);
+        verify_evidence(honest(), &expectation(standard_manifest(), &trust)).map(|_| ())
+    };
+    let untrusted = |error| Err(VerifyError::EkCertificateUntrusted(error));
+    // The real chain, and the issuer signed again unchanged.
+    assert_eq!(verify_with(root.clone(), issuer.clone()), Ok(()));
+    assert_eq!(
+        verify_with(root.clone(), ca_signed(&issuer, &root_key, |_| {})),
+        Ok(())
+    );
+
+    // The signing CA with a key usage for signatures only (no keyCertSign).
+    let signatures_only =
+        x509_cert::ext::pkix::KeyUsage(x509_cert::ext::pkix::KeyUsages::DigitalSignature.into());
+    let issuer_without_cert_sign = ca_signed(&issuer, &root_key, |tbs| {
+        put_extension(tbs, KEY_USAGE, true, &signatures_only)
+    });
+    assert_eq!(
+        verify_with(root.clone(), issuer_without_cert_sign),
+        untrusted(CertificateError::IssuerMayNotSignCertificates)
+    );
+    // Without any key usage extension the RFC 5280 rule does not apply.
+    let issuer_without_key_usage =
+        ca_signed(&issuer, &root_key, |tbs| drop_extension(tbs, KEY_USAGE));
+    assert_eq!(verify_with(root.clone(), issuer_without_key_usage), Ok(()));
+    // The signing CA not marked as a CA.
+    let not_a_ca = x509_cert::ext::pkix::BasicConstraints {
+        ca: false,
+        path_len_constraint: None,
+    };
+    let issuer_not_ca = ca_signed(&issuer, &root_key, |tbs| {
+        put_extension(tbs, BASIC_CONSTRAINTS, true, &not_a_ca)
+    });
+    assert_eq!(
+        verify_with(root.clone(), issuer_not_ca),
+        untrusted(CertificateError::IssuerNotCa)
+    );
+    // An unknown critical extension on the intermediate.
+    let null = x509_cert::der::asn1::Null;
+    let issuer_unknown = ca_signed(&issuer, &root_key, |tbs| {
+        put_extension(tbs, UNKNOWN_EXTENSION, true, &null)
+    });
+    assert!(matches!(
+        verify_with(root.clone(), issuer_unknown),
+        Err(VerifyError::EkCertificateUntrusted(
+            CertificateError::UnknownCriticalExtension(_)
+        ))
+    ));
+
+    // A root allowing no CA below it (pathLen 0) refuses the signing CA; pathLen 1 admits it.
+    let root_with_path_length = |limit: u8| {
+        let constraints = x509_cert::ext::pkix::BasicConstraints {
+            ca: true,
+            path_len_constraint: Some(limit),
+        };
+        ca_signed(&root, &root_key, |tbs| {
+            put_extension(tbs, BASIC_CONSTRAINTS, true, &constraints)
+        })
+    };
+    assert_eq!(
+        verify_with(root_with_path_length(0), issuer.clone()),
+        untrusted(CertificateError::PathLengthExceeded)
+    );
+    assert_eq!(verify_with(root_with_path_length(1), issuer), Ok(()));
+}
+
+#[test]
+fn an_ek_ca_bundle_trusts_several_cas_side_by_side() {
+    let image = TestImage::standard();
+    let mut stranger = SimAppliance::boot(foreign(), &image, true);
+    let foreign_evidence = stranger.attest(&NONCE, image.manifest().pcr_mask());
+    let scratch = tempfile::tempdir().unwrap();
+
+    // One file holding both CAs' roots and intermediates (they carry the same names, so the chain search must
+    // try each candidate), and the same four as separate files.
+    let mut bundle = Vec::new();
+    let files = [
+        home().ca.root_certificate(),
+        home().ca.issuer_certificate(),
+        foreign().ca.root_certificate(),
+        foreign().ca.issuer_certificate(),
+    ];
+    for file in &files {
+        bundle.extend(std::fs::read(file).unwrap());
+    }
+    let bundle_path = scratch.path().join("bundle.pem");
+    std::fs::write(&bundle_path, bundle).unwrap();
+    let separate: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
+    for trust in [
+        TrustAnchors::from_pem_bundle(&[&bundle_path]).unwrap(),
+        TrustAnchors::from_pem_bundle(&separate).unwrap(),
+    ] {
+        assert_eq!(trust.counts(), (2, 2));
+        for evidence in [honest(), &foreign_evidence] {
+            verify_evidence(evidence, &expectation(standard_manifest(), &trust))
+                .expect("each CA's EK certificate verifies against the bundle");
+        }
+    }
+
+    // Only the foreign CA: the home TPM's certificate is refused.
+    let foreign_only = TrustAnchors::from_pem_bundle(&separate[2..]).unwrap();
+    assert_eq!(
+        verify_evidence(honest(), &expectation(standard_manifest(), &foreign_only)).unwrap_err(),
+        VerifyError::EkCertificateUntrusted(CertificateError::BadSignature)
+    );
+    // Intermediates without a root end no chain: refused when the bundle is read, naming what to add.
+    let error = TrustAnchors::from_pem_bundle(&[separate[1], separate[3]]).unwrap_err();
+    assert!(error.to_string().contains("self-signed root"), "{error}");
+    // A file without a certificate names itself.
+    let empty = scratch.path().join("empty.pem");
+    std::fs::write(&empty, "no certificate here\n").unwrap();
+    let error = TrustAnchors::from_pem_bundle(&[&empty]).unwrap_err();
+    assert!(error.to_string().contains("empty.pem"), "{error}");
+}
+
 #[test]
 fn ek_certificate_for_another_key_is_refused() {
     let image = TestImage::standard();
@@ -1443,8 +1682,7 @@ fn the_cli_entry_verifies_and_names_the_failed_check() {
         manifest: manifest_path.clone(),
         json: true,
         export_evidence: None,
-        ca_root: Some(home().ca.root_certificate()),
-        ca_intermediate: vec![home().ca.issuer_certificate()],
+        ek_ca: vec![home().ca.root_certificate(), home().ca.issuer_certificate()],
         timeout: 30,
         // Every SimAppliance boots a copy of one provisioned state, so its clock can read earlier than the last
         // boot's: a store shared between boots would (rightly) call that a rollback.
@@ -1474,8 +1712,10 @@ fn the_cli_entry_verifies_and_names_the_failed_check() {
     // The foreign CA's root alone trusts nothing this appliance shows.
     let (address, server) = serve(SimAppliance::boot(home(), &image, true), |r| r);
     let mut foreign_args = args(address);
-    foreign_args.ca_root = Some(foreign().ca.root_certificate());
-    foreign_args.ca_intermediate = vec![foreign().ca.issuer_certificate()];
+    foreign_args.ek_ca = vec![
+        foreign().ca.root_certificate(),
+        foreign().ca.issuer_certificate(),
+    ];
     let error = runner::verify::run(foreign_args).unwrap_err();
     drop(server);
     assert_eq!(

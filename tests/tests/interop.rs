@@ -154,15 +154,14 @@ fn tpm2_checkquote_verifies_exported_evidence(fixture: &Fixture) {
         .expect("write manifest");
     let export = scratch.path().join("evidence");
     // `runner verify --endpoint E --manifest M --export-evidence DIR`, through the command's own entry point
-    // (the test crate cannot run the runner binary, which another package builds). With no --ca-root it
+    // (the test crate cannot run the runner binary, which another package builds). With no --ek-ca it
     // trusts the runner's CA in its cache, the one that provisioned this appliance's swtpm.
     let args = VerifyArgs {
         endpoint: fixture.endpoint().to_string(),
         manifest: manifest_path,
         json: false,
         export_evidence: Some(export.clone()),
-        ca_root: None,
-        ca_intermediate: Vec::new(),
+        ek_ca: Vec::new(),
         timeout: 60,
         observations: Some(scratch.path().join("observations.json")),
         trust_host: true,
