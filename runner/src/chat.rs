@@ -15,6 +15,7 @@ use client::manifest::Manifest;
 use client::session::{Completion, Ending, UnverifiedSession, VerifiedSession};
 use client::verify::VerifyOptions;
 
+use crate::json_output;
 use crate::verify::{observation_store, trust_anchors};
 
 /// Options of `runner chat`.
@@ -64,6 +65,10 @@ pub struct ChatArgs {
     /// refused next time [default: observations.json in the runner's cache]
     #[arg(long, value_name = "PATH")]
     pub observations: Option<PathBuf>,
+    /// Print one JSON object per line on stdout instead of text: the verification report, each token, and the
+    /// usage and timings at the end (or the error, naming the refused check or the appliance's error code).
+    #[arg(long)]
+    pub json: bool,
     /// The prompt.
     pub prompt: String,
 }
@@ -110,6 +115,16 @@ pub fn prompt(text: &str, raw: bool) -> Prompt {
 /// Runs `runner chat`. `cancel` is set by the Ctrl-C handler: before the prompt is sent it stops the command;
 /// during generation it sends `Cancel` and prints what came back.
 pub fn run(args: &ChatArgs, cancel: &AtomicBool) -> Result<()> {
+    let result = verify_and_chat(args, cancel);
+    if let Err(error) = &result {
+        if args.json {
+            println!("{}", json_output::error_line(error));
+        }
+    }
+    result
+}
+
+fn verify_and_chat(args: &ChatArgs, cancel: &AtomicBool) -> Result<()> {
     let request = args.request()?;
     let endpoint = client::resolve_endpoint(&args.endpoint)?;
     let manifest = Manifest::read(&args.manifest)?;
@@ -128,14 +143,37 @@ pub fn run(args: &ChatArgs, cancel: &AtomicBool) -> Result<()> {
         format!("no TLS session with {endpoint}; is `cargo run --release` running?")
     })?;
     let (mut session, report) = session.verify(&manifest, &trust, &options)?;
-    eprintln!("{}", report.summary());
-    eprintln!();
+    if args.json {
+        println!("{}", json_output::verification_line(&report));
+    } else {
+        eprintln!("{}", report.summary());
+        eprintln!();
+    }
     if cancel.load(std::sync::atomic::Ordering::Acquire) {
         bail!("interrupted before the prompt was sent");
+    }
+    if args.json {
+        let completion = stream_json_lines(&mut session, request, cancel)?;
+        println!("{}", json_output::ending_line(&completion));
+        return Ok(());
     }
     let completion = stream_to_stdout(&mut session, request.clone(), cancel)?;
     eprintln!("{}", usage_line(&completion, request.sampling));
     Ok(())
+}
+
+/// Sends `request` and prints one `token` JSON line per token as it arrives (`cloister chat --json`).
+fn stream_json_lines(
+    session: &mut VerifiedSession,
+    request: GenerateRequest,
+    cancel: &AtomicBool,
+) -> Result<Completion> {
+    let mut stdout = std::io::stdout();
+    session.complete(request, Some(cancel), |token| {
+        // As in `stream_to_stdout`: a closed stdout must not abort the generation mid-stream.
+        let _ = writeln!(stdout, "{}", json_output::token_line(token));
+        let _ = stdout.flush();
+    })
 }
 
 /// Sends `request` on the verified session and prints each token's text on stdout as it arrives; a cancel

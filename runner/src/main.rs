@@ -29,6 +29,10 @@ struct Cli {
     /// Options of `up`, for running without a subcommand.
     #[command(flatten)]
     up: UpArgs,
+    /// No progress bars or progress lines on stderr (errors still print). Bars are drawn only when stderr is a
+    /// terminal.
+    #[arg(long, global = true)]
+    quiet: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -75,36 +79,9 @@ struct CompletionsArgs {
     shell: clap_complete::Shell,
 }
 
-/// Exit codes a script can tell apart (README, "Exit codes").
-mod exit {
-    /// A runtime or I/O error: the appliance is unreachable, a file is missing, a tool failed.
-    pub const RUNTIME: u8 = 1;
-    /// Usage error: clap exits with 2 on its own for bad arguments.
-    #[allow(dead_code, reason = "documents the code clap itself uses")]
-    pub const USAGE: u8 = 2;
-    /// The appliance is not what the manifest says: a verification check refused it.
-    pub const VERIFICATION_REFUSED: u8 = 3;
-    /// The appliance refused the request (busy, context exceeded, ...).
-    pub const APPLIANCE_REFUSED: u8 = 4;
-}
-
-/// The exit code for an error: what its chain of causes says happened.
+/// The exit code for an error: what its chain of causes says happened (README, "Exit codes").
 fn exit_code(error: &anyhow::Error) -> u8 {
-    if error.chain().any(|cause| {
-        cause
-            .downcast_ref::<client::verify::VerifyError>()
-            .is_some()
-    }) {
-        exit::VERIFICATION_REFUSED
-    } else if error.chain().any(|cause| {
-        cause
-            .downcast_ref::<client::session::ApplianceError>()
-            .is_some()
-    }) {
-        exit::APPLIANCE_REFUSED
-    } else {
-        exit::RUNTIME
-    }
+    runner::json_output::Failure::of(error).exit_code()
 }
 
 fn doctor(args: &DoctorArgs) -> Result<()> {
@@ -206,6 +183,7 @@ struct FetchModelArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    runner::progress::set_quiet(cli.quiet);
     let result = match cli.command.unwrap_or(Command::Up(cli.up)) {
         Command::Build(args) => build(args),
         Command::Up(args) => up(args),
@@ -432,17 +410,18 @@ fn fetch_model(args: FetchModelArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use runner::json_output;
 
     #[test]
     fn exit_codes_tell_verification_refusal_from_appliance_refusal_from_runtime_errors() {
         let refused = anyhow::Error::new(client::verify::VerifyError::BadSignature)
             .context("verification of 127.0.0.1:7000 failed");
-        assert_eq!(exit_code(&refused), exit::VERIFICATION_REFUSED);
+        assert_eq!(exit_code(&refused), json_output::EXIT_VERIFICATION_REFUSED);
         let busy = anyhow::Error::new(client::session::ApplianceError(net::proto::ErrorCode::Busy))
             .context("the appliance refused the request");
-        assert_eq!(exit_code(&busy), exit::APPLIANCE_REFUSED);
+        assert_eq!(exit_code(&busy), json_output::EXIT_APPLIANCE_REFUSED);
         let io = anyhow::anyhow!("connection refused");
-        assert_eq!(exit_code(&io), exit::RUNTIME);
+        assert_eq!(exit_code(&io), json_output::EXIT_RUNTIME);
     }
     use clap::CommandFactory;
 

@@ -20,6 +20,8 @@ use model::tokenizer::Tokenizer;
 use model::transformer::{Model, State};
 use net::serving::PREFILL_CHUNK;
 
+use crate::json_output::BenchResult;
+
 /// Largest prompt chunk run as one batch (llama.cpp's default `n_batch`).
 const MAX_BATCH: usize = 512;
 
@@ -88,6 +90,10 @@ pub struct BenchArgs {
     /// Worker threads.
     #[arg(long, default_value_t = default_threads())]
     pub threads: usize,
+    /// Print the result as one JSON object on one line (model, threads, kernels, prefill_tokens, decode_tokens,
+    /// runs, prefill_tok_s, decode_tok_s).
+    #[arg(long)]
+    pub json: bool,
 }
 
 struct Loaded {
@@ -161,16 +167,25 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
     } else {
         println!();
         eprintln!(
-            "[{} prompt tokens, {:.1} tok/s prefill; {} generated ({:?}), {:.1} tok/s decode; {} threads]",
+            "[{} prompt tokens, {:.1} tok/s prefill; {} generated ({}), {:.1} tok/s decode; {} threads]",
             out.prompt_ids.len(),
             out.prefill_tok_s,
             out.generated_ids.len(),
-            out.finish,
+            finish_words(out.finish),
             out.decode_tok_s,
             args.threads
         );
     }
     Ok(())
+}
+
+/// Why a generation ended, for the human-readable summary.
+fn finish_words(finish: model::session::FinishReason) -> &'static str {
+    match finish {
+        model::session::FinishReason::Length => "reached --max-tokens",
+        model::session::FinishReason::EndOfText => "end of text",
+        model::session::FinishReason::Stop => "stop string",
+    }
 }
 
 /// The engine on the host exactly as `runner generate` runs it; `on_text` gets each token's text as it comes.
@@ -223,7 +238,7 @@ pub fn run_generation(
             StartError::BadSampling => {
                 anyhow!("--temperature must be a finite number, 0 or more")
             }
-            other => anyhow!("cannot start generating: {other:?}"),
+            other => anyhow!("cannot start generating: {other}"),
         })?;
 
     let kv_cache_bytes = session.kv_cache_bytes();
@@ -234,7 +249,7 @@ pub fn run_generation(
     let finish = loop {
         let event = session
             .step(&engine, &pool)
-            .map_err(|e| anyhow!("generation failed: {e:?}"))?;
+            .map_err(|e| anyhow!("generation failed: {e}"))?;
         match event {
             Event::Pending => {}
             Event::Token { id, text } => {
@@ -304,14 +319,24 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         }
         decode.push(DECODE as f64 / t1.elapsed().as_secs_f64());
     }
-    println!(
-        "model {} threads {} kernels {:?}: prefill {:.1} tok/s, decode {:.1} tok/s (median of {RUNS}; {PREFILL} prefill, {DECODE} decode tokens)",
-        args.model,
-        args.threads,
-        model::simd::level(),
-        median(&mut prefill),
-        median(&mut decode)
-    );
+    let result = BenchResult {
+        model: args.model.clone(),
+        threads: args.threads,
+        kernels: match model::simd::level() {
+            model::simd::Level::Avx2 => "avx2",
+            model::simd::Level::Scalar => "scalar",
+        },
+        prefill_tokens: PREFILL,
+        decode_tokens: DECODE,
+        runs: RUNS,
+        prefill_tok_s: median(&mut prefill),
+        decode_tok_s: median(&mut decode),
+    };
+    if args.json {
+        println!("{}", result.to_json_line());
+    } else {
+        println!("{result}");
+    }
     Ok(())
 }
 
