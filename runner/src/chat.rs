@@ -1,6 +1,6 @@
-//! `runner chat`: connect over TLS, verify the appliance against a manifest (docs/ARCHITECTURE.md §4), then send one prompt on
+//! `cloister chat`: connect over TLS, verify the appliance against a manifest (docs/ARCHITECTURE.md §4), then send one prompt on
 //! that same verified session and stream the answer (docs/ARCHITECTURE.md §5; issue 5). Also the streaming printer that
-//! `runner up`'s demo prompt uses.
+//! `cloister up`'s demo prompt uses.
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -18,13 +18,13 @@ use client::verify::VerifyOptions;
 use crate::json_output;
 use crate::verify::{observation_store, trust_anchors};
 
-/// Options of `runner chat`.
+/// Options of `cloister chat`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ChatArgs {
     /// The appliance's address, HOST:PORT.
     #[arg(long, default_value = "127.0.0.1:7000")]
     pub endpoint: String,
-    /// The image's manifest.json, as `runner build` wrote it beside the image.
+    /// The image's manifest.json, as `cloister build` wrote it beside the image.
     #[arg(long, value_name = "PATH")]
     pub manifest: PathBuf,
     /// Tokens to generate at most.
@@ -48,7 +48,7 @@ pub struct ChatArgs {
     /// Send PROMPT as raw text instead of a user turn of the model's chat format.
     #[arg(long)]
     pub raw: bool,
-    /// The EK CA's root certificate (PEM) [default: the runner's own CA in its cache]
+    /// The EK CA's root certificate (PEM) [default: cloister's own CA in its cache]
     #[arg(long, value_name = "PEM", requires = "ca_intermediate")]
     pub ca_root: Option<PathBuf>,
     /// An intermediate CA certificate (PEM) between the root and EK certificates; repeatable.
@@ -62,7 +62,7 @@ pub struct ChatArgs {
     #[arg(long)]
     pub trust_host: bool,
     /// The file that remembers each accepted quote's TPM clock counters, so a rolled-back TPM or an old quote is
-    /// refused next time [default: observations.json in the runner's cache]
+    /// refused next time [default: observations.json in cloister's cache]
     #[arg(long, value_name = "PATH")]
     pub observations: Option<PathBuf>,
     /// Print one JSON object per line on stdout instead of text: the verification report, each token, and the
@@ -112,7 +112,7 @@ pub fn prompt(text: &str, raw: bool) -> Prompt {
     }
 }
 
-/// Runs `runner chat`. `cancel` is set by the Ctrl-C handler: before the prompt is sent it stops the command;
+/// Runs `cloister chat`. `cancel` is set by the Ctrl-C handler: before the prompt is sent it stops the command;
 /// during generation it sends `Cancel` and prints what came back.
 pub fn run(args: &ChatArgs, cancel: &AtomicBool) -> Result<()> {
     let result = verify_and_chat(args, cancel);
@@ -139,9 +139,8 @@ fn verify_and_chat(args: &ChatArgs, cancel: &AtomicBool) -> Result<()> {
         "connecting to {endpoint} and verifying it against {}...",
         args.manifest.display()
     );
-    let session = UnverifiedSession::connect(endpoint, options.timeout).with_context(|| {
-        format!("no TLS session with {endpoint}; is `cargo run --release` running?")
-    })?;
+    let session = UnverifiedSession::connect(endpoint, options.timeout)
+        .with_context(|| format!("no TLS session with {endpoint}; is `cloister up` running?"))?;
     let (mut session, report) = session.verify(&manifest, &trust, &options)?;
     if args.json {
         println!("{}", json_output::verification_line(&report));

@@ -146,7 +146,7 @@ pub fn build_kernel(flavor: KernelFlavor) -> Result<PathBuf> {
     Ok(elf)
 }
 
-/// What `runner build` produces: the files QEMU needs, in one directory.
+/// What `cloister build` produces: the files QEMU needs, in one directory.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Image {
     pub dir: PathBuf,
@@ -221,7 +221,7 @@ pub fn build(options: &BuildOptions) -> Result<Image> {
     Ok(image)
 }
 
-/// Computes the manifest of an image directory and writes it as `<image.dir>/manifest.json` (what `runner build`
+/// Computes the manifest of an image directory and writes it as `<image.dir>/manifest.json` (what `cloister build`
 /// does after assembling the image); returns its path.
 pub fn write_manifest(image: &Image) -> Result<PathBuf> {
     let path = image.dir.join(MANIFEST_FILE);

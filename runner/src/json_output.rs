@@ -14,6 +14,14 @@ use client::verify::{Report, VerifyError};
 use net::proto::{FinishReason, Token};
 use serde_json::{json, Value};
 
+/// The exit codes as `cloister --help` lists them (README, "Exit codes").
+pub const EXIT_CODES_HELP: &str = "Exit codes:
+  0  success
+  1  a runtime or I/O error (the appliance is unreachable, a file or tool is missing)
+  2  a usage error
+  3  verification refused the appliance (the failed check is named on stderr and in --json output)
+  4  the appliance refused the request (busy, context exceeded, ...)";
+
 /// A runtime or I/O error: the appliance is unreachable, a file is missing, a tool failed.
 pub const EXIT_RUNTIME: u8 = 1;
 /// Usage error: clap exits with 2 on its own for bad arguments.

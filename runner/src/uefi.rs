@@ -1,4 +1,4 @@
-//! The UEFI boot path of `runner build`/`up`: the EFI entry stub's own cargo invocation, the boot
+//! The UEFI boot path of `cloister build`/`up`: the EFI entry stub's own cargo invocation, the boot
 //! application (stub + kernel ELF + command line + model in one PE32+ file, measured whole by the
 //! firmware into PCR 4), its Authenticode digest, the GPT disk image, and OVMF's files for QEMU
 //! (docs/ARCHITECTURE.md, "UEFI boot").

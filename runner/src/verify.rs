@@ -1,4 +1,4 @@
-//! `runner verify --endpoint HOST:PORT --manifest PATH [--json] [--export-evidence DIR]`: the command-line front
+//! `cloister verify --endpoint HOST:PORT --manifest PATH [--json] [--export-evidence DIR]`: the command-line front
 //! end of [`client::verify_appliance`], over TLS with the quote bound to the session. Exits non-zero on any
 //! failure, naming the check (issue 3).
 
@@ -14,13 +14,13 @@ use client::verify_appliance;
 use crate::tpm_state::CertificateAuthority;
 use crate::workspace;
 
-/// Options of `runner verify`.
+/// Options of `cloister verify`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct VerifyArgs {
     /// The appliance's address, HOST:PORT.
     #[arg(long, default_value = "127.0.0.1:7000")]
     pub endpoint: String,
-    /// The image's manifest.json, as `runner build` wrote it beside the image.
+    /// The image's manifest.json, as `cloister build` wrote it beside the image.
     #[arg(long, value_name = "PATH")]
     pub manifest: PathBuf,
     /// Print the report (or the failure) as JSON on stdout.
@@ -29,7 +29,7 @@ pub struct VerifyArgs {
     /// Write the evidence into DIR in the forms tpm2_checkquote reads (also when verification fails).
     #[arg(long, value_name = "DIR")]
     pub export_evidence: Option<PathBuf>,
-    /// The EK CA's root certificate (PEM) [default: the runner's own CA in its cache]
+    /// The EK CA's root certificate (PEM) [default: cloister's own CA in its cache]
     #[arg(long, value_name = "PEM", requires = "ca_intermediate")]
     pub ca_root: Option<PathBuf>,
     /// An intermediate CA certificate (PEM) between the root and EK certificates; repeatable.
@@ -39,7 +39,7 @@ pub struct VerifyArgs {
     #[arg(long, default_value_t = 60)]
     pub timeout: u64,
     /// The file that remembers each accepted quote's TPM clock counters, so a rolled-back TPM or an old quote is
-    /// refused next time [default: observations.json in the runner's cache]
+    /// refused next time [default: observations.json in cloister's cache]
     #[arg(long, value_name = "PATH")]
     pub observations: Option<PathBuf>,
     /// Accept a manifest built with `--boot direct`, whose kernel nothing measured before it ran: the host operator
@@ -48,7 +48,7 @@ pub struct VerifyArgs {
     pub trust_host: bool,
 }
 
-/// The observation store `--observations` names, or the one in the runner's cache.
+/// The observation store `--observations` names, or the one in cloister's cache.
 pub fn observation_store(path: Option<&Path>) -> Observations {
     match path {
         Some(path) => Observations::at(path.to_path_buf()),
@@ -56,7 +56,7 @@ pub fn observation_store(path: Option<&Path>) -> Observations {
     }
 }
 
-/// The EK CA to trust: `ca_root` with its intermediates, or else the runner's own CA in its cache (the one that
+/// The EK CA to trust: `ca_root` with its intermediates, or else cloister's own CA in its cache (the one that
 /// provisioned swtpm).
 pub fn trust_anchors(ca_root: Option<&Path>, ca_intermediate: &[PathBuf]) -> Result<TrustAnchors> {
     match ca_root {
@@ -72,7 +72,7 @@ pub fn trust_anchors(ca_root: Option<&Path>, ca_intermediate: &[PathBuf]) -> Res
     }
 }
 
-/// Runs `runner verify`: prints the report on success; on failure prints the JSON failure with `--json` and
+/// Runs `cloister verify`: prints the report on success; on failure prints the JSON failure with `--json` and
 /// returns the error (whose message names the check).
 pub fn run(args: VerifyArgs) -> Result<()> {
     let endpoint = client::resolve_endpoint(&args.endpoint)?;

@@ -1,4 +1,4 @@
-//! Host-native `runner generate` and `runner bench`: the `model` crate's engine on a GGUF file, with a std thread
+//! Host-native `cloister generate` and `cloister bench`: the `model` crate's engine on a GGUF file, with a std thread
 //! pool, streaming detokenised text or printing JSON, and measuring prefill/decode throughput.
 //!
 //! Prompt handling follows issue 4: raw prompts are tokenized with special tokens parsed and BOS as the vocabulary
@@ -56,7 +56,7 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub json: bool,
     /// Use the engine's portable (scalar) kernels instead of AVX2, as the appliance does under QEMU's TCG (whose
-    /// CPU the runner gives no AVX); the two can differ in the last bits of a logit.
+    /// CPU cloister gives no AVX); the two can differ in the last bits of a logit.
     #[arg(long)]
     pub portable_kernels: bool,
     /// The prompt (raw text with special tokens parsed, unless --chat).
@@ -120,7 +120,7 @@ fn load(blob: &[u8]) -> Result<(Model<'_>, Tokenizer<'_>)> {
     Ok((model, tok))
 }
 
-/// The line `runner generate --json` prints, fields in this order; rates rounded to two decimals.
+/// The line `cloister generate --json` prints, fields in this order; rates rounded to two decimals.
 #[derive(serde::Serialize)]
 struct GeneratedJson<'a> {
     prompt_ids: &'a [u32],
@@ -133,7 +133,7 @@ struct GeneratedJson<'a> {
 }
 
 impl Generated {
-    /// What `runner generate --json` prints: one JSON object on one line.
+    /// What `cloister generate --json` prints: one JSON object on one line.
     pub fn to_json(&self) -> String {
         let two_decimals = |rate: f64| (rate * 100.0).round() / 100.0;
         let line = GeneratedJson {
@@ -150,7 +150,7 @@ impl Generated {
     }
 }
 
-/// `runner generate`: runs [`run_generation`], streaming text to stdout, or printing JSON at the end.
+/// `cloister generate`: runs [`run_generation`], streaming text to stdout, or printing JSON at the end.
 pub fn generate(args: GenerateArgs) -> Result<()> {
     let stdout = std::io::stdout();
     let mut print = |text: &str| -> Result<()> {
@@ -188,7 +188,7 @@ fn finish_words(finish: model::session::FinishReason) -> &'static str {
     }
 }
 
-/// The engine on the host exactly as `runner generate` runs it; `on_text` gets each token's text as it comes.
+/// The engine on the host exactly as `cloister generate` runs it; `on_text` gets each token's text as it comes.
 pub fn run_generation(
     args: &GenerateArgs,
     on_text: &mut dyn FnMut(&str) -> Result<()>,
