@@ -15,7 +15,7 @@ use client::manifest::Manifest;
 use client::session::{Completion, Ending, UnverifiedSession, VerifiedSession};
 use client::verify::VerifyOptions;
 
-use crate::json_output;
+use crate::json_output::{self, UsageError};
 use crate::verify::{observation_store, trust_anchors};
 
 /// Options of `cloister chat`.
@@ -76,14 +76,15 @@ pub struct ChatArgs {
 impl ChatArgs {
     /// The generate request these options describe (a random seed where none was given).
     pub fn request(&self) -> Result<GenerateRequest> {
+        let usage = |text: &str| Err(UsageError(text.to_string()).into());
         if !(self.temperature.is_finite() && self.temperature >= 0.0) {
-            bail!("--temperature must be a number >= 0");
+            return usage("--temperature must be a number >= 0");
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            bail!("--top-p must be in (0, 1]");
+            return usage("--top-p must be in (0, 1]");
         }
         if self.max_tokens == 0 {
-            bail!("--max-tokens must be at least 1");
+            return usage("--max-tokens must be at least 1");
         }
         let seed = self.seed.unwrap_or_else(|| rand::rngs::OsRng.next_u64());
         Ok(GenerateRequest {

@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 pub const EXIT_CODES_HELP: &str = "Exit codes:
   0  success
   1  a runtime or I/O error (the appliance is unreachable, a file or tool is missing)
-  2  a usage error
+  2  a usage error (clap's, or arguments out of range such as --top-p 0)
   3  verification refused the appliance (the failed check is named on stderr and in --json output)
   4  the appliance refused the request (busy, context exceeded, ...)";
 
@@ -31,6 +31,18 @@ pub const EXIT_VERIFICATION_REFUSED: u8 = 3;
 /// The appliance refused the request (busy, context exceeded, ...).
 pub const EXIT_APPLIANCE_REFUSED: u8 = 4;
 
+/// Arguments clap accepted but the command refuses (`--top-p 0`): a usage error, exit code 2 like clap's own.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, out: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        out.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
 /// What kind of failure an error is, from its chain of causes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Failure {
@@ -38,6 +50,8 @@ pub enum Failure {
     VerificationRefused(&'static str),
     /// The appliance answered the request with an error.
     ApplianceRefused(ApplianceError),
+    /// The arguments do not make sense together or out of range.
+    Usage,
     /// Anything else: the network, a file, a tool.
     Runtime,
 }
@@ -52,6 +66,9 @@ impl Failure {
             if let Some(refused) = cause.downcast_ref::<ApplianceError>() {
                 return Self::ApplianceRefused(*refused);
             }
+            if cause.is::<UsageError>() {
+                return Self::Usage;
+            }
         }
         Self::Runtime
     }
@@ -61,6 +78,7 @@ impl Failure {
         match self {
             Self::VerificationRefused(_) => EXIT_VERIFICATION_REFUSED,
             Self::ApplianceRefused(_) => EXIT_APPLIANCE_REFUSED,
+            Self::Usage => EXIT_USAGE,
             Self::Runtime => EXIT_RUNTIME,
         }
     }
@@ -131,6 +149,7 @@ pub fn error_line(error: &anyhow::Error) -> String {
             line["kind"] = json!("appliance_refused");
             line["code"] = json!(refused.0.name());
         }
+        Failure::Usage => line["kind"] = json!("usage"),
         Failure::Runtime => line["kind"] = json!("runtime"),
     }
     line.to_string()
@@ -210,6 +229,8 @@ mod tests {
             Failure::of(&anyhow::anyhow!("connection refused")).exit_code(),
             1
         );
+        let usage = anyhow::Error::new(UsageError("--top-p must be in (0, 1]".into()));
+        assert_eq!(Failure::of(&usage).exit_code(), 2);
     }
 
     #[test]

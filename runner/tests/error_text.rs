@@ -193,3 +193,27 @@ fn error_values_read_as_sentences() {
         assert_reads_well(text);
     }
 }
+
+#[test]
+fn chat_arguments_out_of_range_are_a_usage_error() {
+    let output = Command::new(CLOISTER)
+        .args([
+            "chat",
+            "--json",
+            "--manifest",
+            "/nonexistent/manifest.json",
+            "--top-p",
+            "0",
+            "hi",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--top-p must be in (0, 1]"), "{stderr}");
+    let line: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        (line["kind"].as_str(), line["exit_code"].as_u64()),
+        (Some("usage"), Some(2))
+    );
+}
