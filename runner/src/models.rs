@@ -289,6 +289,7 @@ pub fn assemble(
     let name = out.file_name().unwrap_or_default().to_string_lossy();
     let progress = Progress::bytes(
         &format!("assembling {name} and checking its sha256..."),
+        &format!("assembling {name}"),
         expected_length,
     );
     let result = (|| -> Result<()> {
@@ -339,7 +340,13 @@ fn sha256_file_with_progress(path: &Path) -> Result<(u64, [u8; 32])> {
     let total = std::fs::metadata(path)
         .with_context(|| format!("cannot read {}", path.display()))?
         .len();
-    let progress = Progress::bytes(&format!("checking sha256 of {}...", path.display()), total);
+    // The bar shares one terminal line with its counts: the file's name, not its whole path.
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let progress = Progress::bytes(
+        &format!("checking sha256 of {}...", path.display()),
+        &format!("sha256 {name}"),
+        total,
+    );
     let result = client::digest::sha256_file_reporting(path, |read| progress.advance(read));
     progress.finish();
     result

@@ -49,14 +49,14 @@ pub struct Progress {
 }
 
 impl Progress {
-    /// A step over `total` bytes: bytes done, rate and time left. `message` is printed as a plain line when no bar
-    /// is drawn.
-    pub fn bytes(message: &str, total: u64) -> Self {
-        Self::start(message, || {
+    /// A step over `total` bytes: bytes done, rate, time left and a bar filling the rest of the line. `message` is
+    /// printed as a plain line when no bar is drawn; `label` (short: the bar shares its line) heads the bar.
+    pub fn bytes(message: &str, label: &str, total: u64) -> Self {
+        Self::start(message, label, || {
             let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
             bar.set_style(
                 ProgressStyle::with_template(
-                    "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec}, {eta} left",
+                    "{msg} {bytes}/{total_bytes} {binary_bytes_per_sec} {eta} [{wide_bar}]",
                 )
                 .unwrap_or_else(|_| ProgressStyle::default_bar())
                 .progress_chars("=> "),
@@ -67,7 +67,7 @@ impl Progress {
 
     /// A step with nothing to count: a spinner with the time elapsed.
     pub fn spinner(message: &str) -> Self {
-        Self::start(message, || {
+        Self::start(message, message.trim_end_matches("..."), || {
             let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
             bar.set_style(
                 ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
@@ -80,17 +80,23 @@ impl Progress {
 
     /// A step shown only by its plain line, for when something else writes to stderr meanwhile (the serial echo).
     pub fn plain(message: &str) -> Self {
-        Self::start_if(false, message, ProgressBar::hidden)
+        Self::start_if(false, message, message, ProgressBar::hidden)
     }
 
-    fn start(message: &str, make: impl FnOnce() -> ProgressBar) -> Self {
-        Self::start_if(interactive(), message, make)
+    fn start(message: &str, label: &str, make: impl FnOnce() -> ProgressBar) -> Self {
+        Self::start_if(interactive(), message, label, make)
     }
 
-    fn start_if(draw: bool, message: &str, make: impl FnOnce() -> ProgressBar) -> Self {
+    /// A bar from `make` headed by `label` when `draw`, else the plain line `message`.
+    fn start_if(
+        draw: bool,
+        message: &str,
+        label: &str,
+        make: impl FnOnce() -> ProgressBar,
+    ) -> Self {
         if draw {
             let bar = make();
-            bar.set_message(message.trim_end_matches("...").to_string());
+            bar.set_message(label.to_string());
             Self { bar: Some(bar) }
         } else {
             line(message);
@@ -158,9 +164,15 @@ pub fn run_build(mut command: Command, message: &str) -> Result<ExitStatus> {
     let mut output = Vec::new();
     if let Some(stderr) = child.stderr.take() {
         for cargo_line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let step = cargo_line.trim_start();
-            if step.starts_with("Compiling") || step.starts_with("Finished") {
-                progress.set_message(&format!("{}: {step}", message.trim_end_matches("...")));
+            // "Compiling NAME VERSION (PATH)": the crate's name and version fit the spinner's line.
+            let mut words = cargo_line.split_whitespace();
+            if words.next() == Some("Compiling") {
+                let krate: Vec<&str> = words.take(2).collect();
+                progress.set_message(&format!(
+                    "{}: compiling {}",
+                    message.trim_end_matches("..."),
+                    krate.join(" ")
+                ));
             }
             output.push(cargo_line);
         }
@@ -181,7 +193,7 @@ mod tests {
 
     #[test]
     fn without_a_terminal_no_bar_is_drawn() {
-        let progress = Progress::start_if(false, "copying...", || {
+        let progress = Progress::start_if(false, "copying...", "copying", || {
             unreachable!("no bar without a terminal")
         });
         assert!(progress.bar.is_none());
@@ -192,7 +204,7 @@ mod tests {
 
     #[test]
     fn a_bar_counts_what_is_done() {
-        let progress = Progress::start_if(true, "copying...", || {
+        let progress = Progress::start_if(true, "copying...", "copying", || {
             ProgressBar::with_draw_target(Some(10), ProgressDrawTarget::hidden())
         });
         progress.advance(4);
