@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# scripts/bench-vs-llamacpp.sh: our engine (`runner bench`) against llama.cpp's llama-bench on the same GGUF files
+# scripts/bench-vs-llamacpp.sh: our engine (`cloister bench`) against llama.cpp's llama-bench on the same GGUF files
 # with the same thread counts, in one invocation; prints tokens/s per model, thread count and phase and the ratio.
 # Follows issue 4 ("benchmark script") and docs/ARCHITECTURE.md §6 (llama.cpp from the llama-cpp-python sdist, anchor speeds,
 # memory-bandwidth ceiling for decode).
@@ -18,7 +18,7 @@ usage() {
     cat <<'EOF'
 Usage: scripts/bench-vs-llamacpp.sh [options]
 
-Benchmarks cloister's inference engine (`runner bench`) against llama.cpp's `llama-bench` on the same GGUF
+Benchmarks cloister's inference engine (`cloister bench`) against llama.cpp's `llama-bench` on the same GGUF
 files and thread counts, and prints a table of tokens/s and the ratio ours / llama.cpp per model, thread count
 and phase (prefill = 128-token prompt, decode = 128 generated tokens), plus the decode bandwidth ceiling.
 
@@ -28,12 +28,12 @@ Steps:
      <cache> is $CLOISTER_CACHE or <workspace>/.cache. A stamp file marks a finished build, which later runs reuse.
   2. Resolves the models through the runner's cache: cargo run --release -p runner -- fetch-model <models>.
   3. For each model and thread count runs llama-bench (-p 128 -n 128 -t N -r R -o json) and
-     cargo run --release -p runner -- bench --model M --threads N, then prints the table.
+     cargo run --release -p runner -- bench --json --model M --threads N, then prints the table.
 
 Options:
   --models LIST        comma-separated model names known to the runner (default: smollm2,gemma3)
   --threads LIST       comma-separated thread counts (default: 1,2)
-  --repetitions R      llama-bench repetitions per test, median taken (default: 5; runner bench takes
+  --repetitions R      llama-bench repetitions per test, median taken (default: 5; cloister bench takes
                        the median of 5)
   --measure-bandwidth  estimate memory bandwidth with a read test (scripts/membw.c, built with cc) instead of
                        using fallback figures from an Intel Xeon (14.9 GB/s at 1 thread, 29 GB/s at 2)
@@ -168,14 +168,14 @@ resolve_models() {
     progress "models: cargo run --release -p runner -- fetch-model ${models[*]}"
     local output
     output="$(cd "$workspace" && cargo run --quiet --release -p runner -- fetch-model "${models[@]}")" ||
-        fail "runner fetch-model ${models[*]} failed"
+        fail "cloister fetch-model ${models[*]} failed"
     local -a paths
     mapfile -t paths <<<"$output"
     [ ${#paths[@]} -eq ${#models[@]} ] ||
-        fail "runner fetch-model printed ${#paths[@]} paths for ${#models[@]} models: $output"
+        fail "cloister fetch-model printed ${#paths[@]} paths for ${#models[@]} models: $output"
     local index
     for index in "${!models[@]}"; do
-        [ -f "${paths[$index]}" ] || fail "runner fetch-model gave ${paths[$index]}, which is not a file"
+        [ -f "${paths[$index]}" ] || fail "cloister fetch-model gave ${paths[$index]}, which is not a file"
         model_path["${models[$index]}"]="${paths[$index]}"
         progress "models: ${models[$index]} = ${paths[$index]} ($(stat -c %s "${paths[$index]}") bytes)"
     done
@@ -226,7 +226,7 @@ import json, statistics, sys
 with open(sys.argv[1]) as f:
     rows = json.load(f)
 def speed(row):
-    # The median of the repetitions, the statistic runner bench reports; the mean when samples are absent.
+    # The median of the repetitions, the statistic cloister bench reports; the mean when samples are absent.
     samples = row.get("samples_ts") or []
     return statistics.median(samples) if samples else row["avg_ts"]
 prefill = decode = None
@@ -247,18 +247,21 @@ PY
 
 run_ours() {
     local model="$1" count="$2"
-    progress "runner bench: $model, $count thread(s)"
+    progress "cloister bench: $model, $count thread(s)"
     local output
-    # runner bench has no machine-readable output yet; it prints one line:
-    # "model M threads N kernels K: prefill X tok/s, decode Y tok/s (median of 5; ...)".
+    # `bench --json` prints one JSON object: model, threads, kernels, prefill_tok_s, decode_tok_s, ...
     output="$(cd "$workspace" &&
-        cargo run --quiet --release -p runner -- bench --model "${model_path[$model]}" --threads "$count")" ||
-        fail "runner bench failed on $model with $count threads"
+        cargo run --quiet --release -p runner -- bench --json --model "${model_path[$model]}" --threads "$count")" ||
+        fail "cloister bench failed on $model with $count threads"
     printf '    %s\n' "$output" >&2
-    local pattern='prefill ([0-9.]+) tok/s, decode ([0-9.]+) tok/s'
-    [[ "$output" =~ $pattern ]] || fail "cannot parse runner bench output: $output"
-    results["$model/$count/prefill/ours"]="${BASH_REMATCH[1]}"
-    results["$model/$count/decode/ours"]="${BASH_REMATCH[2]}"
+    local parsed
+    parsed="$(python3 -c '
+import json, sys
+line = json.loads(sys.argv[1])
+print("%.3f %.3f" % (line["prefill_tok_s"], line["decode_tok_s"]))
+' "$output")" || fail "cannot parse cloister bench --json output: $output"
+    results["$model/$count/prefill/ours"]="${parsed% *}"
+    results["$model/$count/decode/ours"]="${parsed#* }"
 }
 
 # ---- main ------------------------------------------------------------------------------------------------------
@@ -266,7 +269,7 @@ run_ours() {
 LLAMA_BENCH=""
 build_llama_cpp
 resolve_models
-progress "runner: building the release binary (cargo build --release -p runner)"
+progress "cloister: building the release binary (cargo build --release -p runner)"
 (cd "$workspace" && cargo build --quiet --release -p runner) || fail "cargo build --release -p runner failed"
 measure_or_assume_bandwidth
 
@@ -320,7 +323,7 @@ print(f"{model:<10} {count:>7} {size / 1e6:>12.1f} {gbs:>10.1f} {ceiling:>14.1f}
 PY
     done
 done
-printf '\nllama.cpp: %s (llama-bench -p 128 -n 128 -r %s, median); ours: runner bench (median of 5).\n' \
+printf '\nllama.cpp: %s (llama-bench -p 128 -n 128 -r %s, median); ours: cloister bench (median of 5).\n' \
     "$(sed -n 2p "$cache/llama.cpp/$llama_cpp_python_version/build.stamp")" "$repetitions"
 printf 'Load average before / after measuring: %s / %s on %s CPUs (numbers from a busy machine are low and noisy).\n' \
     "$load_before" "$load_after" "$(nproc)"

@@ -10,6 +10,11 @@ use sha2::{Digest as _, Sha256};
 
 /// The length and SHA-256 of a file, read in streaming fashion.
 pub fn sha256_file(path: &Path) -> Result<(u64, [u8; 32])> {
+    sha256_file_reporting(path, |_| {})
+}
+
+/// [`sha256_file`], calling `on_read` with the byte count of each piece read (for a progress bar).
+pub fn sha256_file_reporting(path: &Path, mut on_read: impl FnMut(u64)) -> Result<(u64, [u8; 32])> {
     let mut file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let mut hasher = Sha256::new();
     let mut buffer = vec![0u8; 1 << 20];
@@ -23,6 +28,7 @@ pub fn sha256_file(path: &Path) -> Result<(u64, [u8; 32])> {
         }
         hasher.update(&buffer[..n]);
         length += n as u64;
+        on_read(n as u64);
     }
     Ok((length, hasher.finalize().into()))
 }

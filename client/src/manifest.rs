@@ -332,7 +332,7 @@ impl Manifest {
         cmdline: &str,
     ) -> Result<Self> {
         let config = ApplianceConfig::from_cmdline(cmdline).map_err(|error| {
-            anyhow!("the kernel would refuse the command line {cmdline:?}: {error:?}")
+            anyhow!("the kernel would refuse the command line {cmdline:?}: {error}")
         })?;
         let command_line = CommandLineMeasurement {
             text: cmdline.to_string(),
@@ -461,7 +461,7 @@ impl Manifest {
         }
         // The serving parameters and configuration must be what the kernel derives from this command line.
         let config = ApplianceConfig::from_cmdline(&self.command_line.text).map_err(|error| {
-            anyhow!("the manifest's command line is one the kernel refuses: {error:?}")
+            anyhow!("the manifest's command line is one the kernel refuses: {error}")
         })?;
         if config.serving_text() != self.serving.text
             || config.configuration_text() != self.configuration.text

@@ -35,6 +35,12 @@ pub enum GgmlType {
     BF16 = 30,
 }
 
+impl core::fmt::Display for GgmlType {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 impl GgmlType {
     pub fn from_u32(v: u32) -> Option<GgmlType> {
         Some(match v {
@@ -55,6 +61,27 @@ impl GgmlType {
             30 => GgmlType::BF16,
             _ => return None,
         })
+    }
+
+    /// The type's name as ggml and llama.cpp spell it (`Q4_K`, `BF16`).
+    pub fn name(self) -> &'static str {
+        match self {
+            GgmlType::F32 => "F32",
+            GgmlType::F16 => "F16",
+            GgmlType::Q4_0 => "Q4_0",
+            GgmlType::Q4_1 => "Q4_1",
+            GgmlType::Q5_0 => "Q5_0",
+            GgmlType::Q5_1 => "Q5_1",
+            GgmlType::Q8_0 => "Q8_0",
+            GgmlType::Q8_1 => "Q8_1",
+            GgmlType::Q2K => "Q2_K",
+            GgmlType::Q3K => "Q3_K",
+            GgmlType::Q4K => "Q4_K",
+            GgmlType::Q5K => "Q5_K",
+            GgmlType::Q6K => "Q6_K",
+            GgmlType::Q8K => "Q8_K",
+            GgmlType::BF16 => "BF16",
+        }
     }
 
     /// Elements per block.

@@ -149,6 +149,24 @@ pub enum StartError {
     EmptyStop,
 }
 
+impl core::fmt::Display for StartError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match *self {
+            StartError::EmptyPrompt => write!(f, "the prompt has no tokens"),
+            StartError::ContextExceeded { needed, context } => write!(
+                f,
+                "the prompt plus the tokens to generate need {needed} positions, more than the context of {context}"
+            ),
+            StartError::InvalidToken(id) => write!(f, "prompt token id {id} is outside the vocabulary"),
+            StartError::BadSampling => write!(
+                f,
+                "the temperature must be a finite number, 0 or more, and top-p in (0, 1]"
+            ),
+            StartError::EmptyStop => write!(f, "a stop string is empty"),
+        }
+    }
+}
+
 /// Why a step could not run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StepError {
@@ -156,6 +174,15 @@ pub enum StepError {
     Idle,
     /// The forward pass refused its input (cannot happen for a started generation: start checks both limits).
     Model(ModelError),
+}
+
+impl core::fmt::Display for StepError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            StepError::Idle => write!(f, "no generation is running"),
+            StepError::Model(error) => write!(f, "{error}"),
+        }
+    }
 }
 
 /// Why a generation ended normally.

@@ -80,7 +80,23 @@ impl core::fmt::Display for ModelError {
                 layer,
                 ggml_type,
             } => {
-                write!(f, "tensor {role} (layer {layer:?}, type {ggml_type:?}) has the wrong shape or type")
+                match layer {
+                    Some(l) => write!(f, "tensor blk.{l}.{role}")?,
+                    None => write!(f, "tensor {role}")?,
+                }
+                if ggml_type.is_computable() {
+                    write!(
+                        f,
+                        " (type {ggml_type}) does not have the shape this model's metadata implies: the file is \
+                         damaged or its metadata is wrong"
+                    )
+                } else {
+                    write!(
+                        f,
+                        " has type {ggml_type}, which this engine cannot multiply: use a model quantized to F32, \
+                         F16, Q4_0, Q4_1, Q5_0, Q8_0, Q4_K or Q6_K"
+                    )
+                }
             }
             ModelError::ContextOverflow { needed, context } => {
                 write!(f, "{needed} tokens do not fit in the context of {context}")

@@ -75,6 +75,36 @@ pub enum ConfigError {
     BadPort,
 }
 
+impl core::fmt::Display for ConfigError {
+    fn fmt(&self, out: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Duplicate(key) => {
+                let key = match key {
+                    Key::Ip => "ip=",
+                    Key::Gw => "gw=",
+                    Key::Port => "port=",
+                };
+                write!(out, "{key} appears more than once")
+            }
+            Self::BadAddress => {
+                out.write_str("ip= is neither dhcp nor an address with a prefix (A.B.C.D/N)")
+            }
+            Self::BadPrefix => {
+                out.write_str("the prefix after / in ip= is not a number from 1 to 32")
+            }
+            Self::NotUnicast => {
+                out.write_str("the ip= address is not a host address of its subnet")
+            }
+            Self::BadGateway => out.write_str("gw= is not an IPv4 address (A.B.C.D)"),
+            Self::GatewayWithoutStaticAddress => out.write_str("gw= needs a static ip= address"),
+            Self::GatewayOutsideSubnet => {
+                out.write_str("gw= is outside the ip= address's subnet, or is the address itself")
+            }
+            Self::BadPort => out.write_str("port= is not a number from 1 to 65535"),
+        }
+    }
+}
+
 impl NetConfig {
     /// Reads the network keys from a kernel command line, ignoring every other word.
     pub fn parse(command_line: &str) -> Result<Self, ConfigError> {

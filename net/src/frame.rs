@@ -21,6 +21,18 @@ pub enum FrameError {
     Empty,
 }
 
+impl core::fmt::Display for FrameError {
+    fn fmt(&self, out: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::TooLarge { announced } => write!(
+                out,
+                "a frame of {announced} bytes is larger than the {MAX_FRAME_LEN}-byte limit"
+            ),
+            Self::Empty => out.write_str("a frame has an empty body"),
+        }
+    }
+}
+
 /// Appends one frame carrying `body` to `out`.
 ///
 /// Returns [`FrameError::TooLarge`] (and appends nothing) when `body` exceeds [`MAX_FRAME_LEN`].

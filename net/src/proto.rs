@@ -128,6 +128,20 @@ pub enum Response {
     Done(Done),
 }
 
+impl Response {
+    /// What kind of answer this is, in plain words, for messages about an answer that was not expected.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::ModelInfo(_) => "model information",
+            Self::Error(_) => "an error",
+            Self::Evidence(_) => "attestation evidence",
+            Self::Credential(_) => "an activated credential",
+            Self::Token(_) => "a generated token",
+            Self::Done(_) => "the end of a generation",
+        }
+    }
+}
+
 /// One generated token.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Token {
@@ -246,6 +260,30 @@ pub enum ErrorCode {
     Unbound,
 }
 
+impl ErrorCode {
+    /// The code in plain words, as error messages and `cloister chat --json` name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::BadFrame => "bad frame",
+            Self::TooLarge => "too large",
+            Self::Busy => "busy",
+            Self::Timeout => "timeout",
+            Self::BadRequest => "bad request",
+            Self::TpmFailure => "TPM failure",
+            Self::ContextExceeded => "context exceeded",
+            Self::InvalidToken => "invalid token",
+            Self::Cancelled => "cancelled",
+            Self::Unbound => "unbound",
+        }
+    }
+}
+
+impl core::fmt::Display for ErrorCode {
+    fn fmt(&self, out: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        out.write_str(self.name())
+    }
+}
+
 /// Why bytes could not be turned into a message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DecodeError {
@@ -253,6 +291,15 @@ pub enum DecodeError {
     Malformed,
     /// The body decoded but bytes were left over.
     TrailingBytes,
+}
+
+impl core::fmt::Display for DecodeError {
+    fn fmt(&self, out: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        out.write_str(match self {
+            Self::Malformed => "the message does not decode",
+            Self::TrailingBytes => "the message has bytes after its end",
+        })
+    }
 }
 
 fn decode_exact<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, DecodeError> {

@@ -77,6 +77,26 @@ pub enum ApplianceConfigError {
     OutOfRange(ServingKey),
 }
 
+impl core::fmt::Display for ApplianceConfigError {
+    fn fmt(&self, out: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let key = |key: &ServingKey| match key {
+            ServingKey::Ctx => "ctx=",
+            ServingKey::Sessions => "sessions=",
+        };
+        match self {
+            Self::Net(error) => write!(out, "{error}"),
+            Self::Duplicate(serving) => write!(out, "{} appears more than once", key(serving)),
+            Self::OutOfRange(ServingKey::Ctx) => write!(
+                out,
+                "ctx= is not a number from {MIN_CONTEXT} to {MAX_CONTEXT}"
+            ),
+            Self::OutOfRange(ServingKey::Sessions) => {
+                write!(out, "sessions= is not a number from 1 to {MAX_SESSIONS}")
+            }
+        }
+    }
+}
+
 /// Everything the command line configures, with defaults filled in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ApplianceConfig {

@@ -17,6 +17,7 @@ use net::proto::ModelInfo;
 
 use crate::image::Image;
 use crate::process::{self, ChildGuard};
+use crate::progress::{self, Progress};
 use crate::qemu::{self, Accel, AccelChoice, QemuConfig};
 use crate::tpm_state::{self, CertificateAuthority, Swtpm};
 use crate::{tools, workspace};
@@ -133,10 +134,10 @@ impl Appliance {
         state: &Path,
     ) -> Result<Booted, BootFailure> {
         let tpm_dir = state.join("tpm");
-        eprintln!(
+        progress::line(&format!(
             "provisioning a fresh swtpm state (EK certificates from the CA in {})...",
             ca.dir().display()
-        );
+        ));
         tpm_state::provision(ca, &tpm_dir)?;
         let mut swtpm = Swtpm::start(&tpm_dir, &state.join("swtpm.sock"))?;
         let host_port = match options.port {
@@ -169,12 +170,18 @@ impl Appliance {
         let timeout = options
             .ready_timeout
             .unwrap_or_else(|| default_ready_timeout(accel));
-        eprintln!(
+        let waiting = format!(
             "booting under QEMU ({}, {} MiB); waiting up to {} s for the appliance to answer on {endpoint}...",
             accel.name(),
             options.mem_mib,
             timeout.as_secs()
         );
+        // The serial echo writes to stderr as the guest prints: a spinner would tear its lines.
+        let progress = if options.echo_serial {
+            Progress::plain(&waiting)
+        } else {
+            Progress::spinner(&waiting)
+        };
         let started = Instant::now();
         let mut qemu = ChildGuard::spawn("QEMU", config.command(), &state.join("qemu.log"))?;
         let echo = options
@@ -188,6 +195,7 @@ impl Appliance {
             options.interrupt.as_deref(),
             &serial_log,
         )?;
+        progress.finish();
         Ok(Booted {
             qemu,
             swtpm,

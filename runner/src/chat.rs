@@ -1,6 +1,6 @@
-//! `runner chat`: connect over TLS, verify the appliance against a manifest (docs/ARCHITECTURE.md §4), then send one prompt on
+//! `cloister chat`: connect over TLS, verify the appliance against a manifest (docs/ARCHITECTURE.md §4), then send one prompt on
 //! that same verified session and stream the answer (docs/ARCHITECTURE.md §5; issue 5). Also the streaming printer that
-//! `runner up`'s demo prompt uses.
+//! `cloister up`'s demo prompt uses.
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -15,15 +15,16 @@ use client::manifest::Manifest;
 use client::session::{Completion, Ending, UnverifiedSession, VerifiedSession};
 use client::verify::VerifyOptions;
 
+use crate::json_output::{self, UsageError};
 use crate::verify::{observation_store, trust_anchors};
 
-/// Options of `runner chat`.
+/// Options of `cloister chat`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ChatArgs {
     /// The appliance's address, HOST:PORT.
     #[arg(long, default_value = "127.0.0.1:7000")]
     pub endpoint: String,
-    /// The image's manifest.json, as `runner build` wrote it beside the image.
+    /// The image's manifest.json, as `cloister build` wrote it beside the image.
     #[arg(long, value_name = "PATH")]
     pub manifest: PathBuf,
     /// Tokens to generate at most.
@@ -48,8 +49,8 @@ pub struct ChatArgs {
     #[arg(long)]
     pub raw: bool,
     /// A PEM file of EK CA certificates to trust (roots and intermediates, one or more per file); repeatable, so
-    /// swtpm's local CA, a TPM vendor's and a cloud's CA can be trusted side by side [default: the runner's own
-    /// CA in its cache]
+    /// swtpm's local CA, a TPM vendor's and a cloud's CA can be trusted side by side [default: cloister's own CA
+    /// in its cache]
     #[arg(long = "ek-ca", value_name = "PEM", aliases = ["ca-root", "ca-intermediate"])]
     pub ek_ca: Vec<PathBuf>,
     /// Seconds each step may take (connecting, attesting, waiting for the next token).
@@ -60,9 +61,13 @@ pub struct ChatArgs {
     #[arg(long)]
     pub trust_host: bool,
     /// The file that remembers each accepted quote's TPM clock counters, so a rolled-back TPM or an old quote is
-    /// refused next time [default: observations.json in the runner's cache]
+    /// refused next time [default: observations.json in cloister's cache]
     #[arg(long, value_name = "PATH")]
     pub observations: Option<PathBuf>,
+    /// Print one JSON object per line on stdout instead of text: the verification report, each token, and the
+    /// usage and timings at the end (or the error, naming the refused check or the appliance's error code).
+    #[arg(long)]
+    pub json: bool,
     /// The prompt.
     pub prompt: String,
 }
@@ -70,14 +75,15 @@ pub struct ChatArgs {
 impl ChatArgs {
     /// The generate request these options describe (a random seed where none was given).
     pub fn request(&self) -> Result<GenerateRequest> {
+        let usage = |text: &str| Err(UsageError(text.to_string()).into());
         if !(self.temperature.is_finite() && self.temperature >= 0.0) {
-            bail!("--temperature must be a number >= 0");
+            return usage("--temperature must be a number >= 0");
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            bail!("--top-p must be in (0, 1]");
+            return usage("--top-p must be in (0, 1]");
         }
         if self.max_tokens == 0 {
-            bail!("--max-tokens must be at least 1");
+            return usage("--max-tokens must be at least 1");
         }
         let seed = self.seed.unwrap_or_else(|| rand::rngs::OsRng.next_u64());
         Ok(GenerateRequest {
@@ -106,9 +112,19 @@ pub fn prompt(text: &str, raw: bool) -> Prompt {
     }
 }
 
-/// Runs `runner chat`. `cancel` is set by the Ctrl-C handler: before the prompt is sent it stops the command;
+/// Runs `cloister chat`. `cancel` is set by the Ctrl-C handler: before the prompt is sent it stops the command;
 /// during generation it sends `Cancel` and prints what came back.
 pub fn run(args: &ChatArgs, cancel: &AtomicBool) -> Result<()> {
+    let result = verify_and_chat(args, cancel);
+    if let Err(error) = &result {
+        if args.json {
+            println!("{}", json_output::error_line(error));
+        }
+    }
+    result
+}
+
+fn verify_and_chat(args: &ChatArgs, cancel: &AtomicBool) -> Result<()> {
     let request = args.request()?;
     let endpoint = client::resolve_endpoint(&args.endpoint)?;
     let manifest = Manifest::read(&args.manifest)?;
@@ -123,18 +139,40 @@ pub fn run(args: &ChatArgs, cancel: &AtomicBool) -> Result<()> {
         "connecting to {endpoint} and verifying it against {}...",
         args.manifest.display()
     );
-    let session = UnverifiedSession::connect(endpoint, options.timeout).with_context(|| {
-        format!("no TLS session with {endpoint}; is `cargo run --release` running?")
-    })?;
+    let session = UnverifiedSession::connect(endpoint, options.timeout)
+        .with_context(|| format!("no TLS session with {endpoint}; is `cloister up` running?"))?;
     let (mut session, report) = session.verify(&manifest, &trust, &options)?;
-    eprintln!("{}", report.summary());
-    eprintln!();
+    if args.json {
+        println!("{}", json_output::verification_line(&report));
+    } else {
+        eprintln!("{}", report.summary());
+        eprintln!();
+    }
     if cancel.load(std::sync::atomic::Ordering::Acquire) {
         bail!("interrupted before the prompt was sent");
+    }
+    if args.json {
+        let completion = stream_json_lines(&mut session, request, cancel)?;
+        println!("{}", json_output::ending_line(&completion));
+        return Ok(());
     }
     let completion = stream_to_stdout(&mut session, request.clone(), cancel)?;
     eprintln!("{}", usage_line(&completion, request.sampling));
     Ok(())
+}
+
+/// Sends `request` and prints one `token` JSON line per token as it arrives (`cloister chat --json`).
+fn stream_json_lines(
+    session: &mut VerifiedSession,
+    request: GenerateRequest,
+    cancel: &AtomicBool,
+) -> Result<Completion> {
+    let mut stdout = std::io::stdout();
+    session.complete(request, Some(cancel), |token| {
+        // As in `stream_to_stdout`: a closed stdout must not abort the generation mid-stream.
+        let _ = writeln!(stdout, "{}", json_output::token_line(token));
+        let _ = stdout.flush();
+    })
 }
 
 /// Sends `request` on the verified session and prints each token's text on stdout as it arrives; a cancel

@@ -15,7 +15,7 @@ use anyhow::{bail, Context, Result};
 use client::manifest::{Manifest, MANIFEST_FILE};
 
 use crate::uefi::{self, BootMode, UefiImage};
-use crate::{models, process, workspace};
+use crate::{models, progress, workspace};
 
 /// The only Rust target installed here (docs/ARCHITECTURE.md §2); the kernel is freestanding despite the name.
 pub const KERNEL_TARGET: &str = "x86_64-unknown-linux-gnu";
@@ -130,12 +130,9 @@ pub fn build_kernel(flavor: KernelFlavor) -> Result<PathBuf> {
     } else {
         ""
     };
-    eprintln!("building kernel image{label}...");
-    let mut command = kernel_build_command(&workspace, &cargo_home(), flavor);
-    command.stdout(process::stderr_stdio()?);
-    let status = command
-        .status()
-        .context("cannot run cargo to build the kernel")?;
+    let command = kernel_build_command(&workspace, &cargo_home(), flavor);
+    let status = progress::run_build(command, &format!("building kernel image{label}..."))
+        .context("cannot build the kernel")?;
     if !status.success() {
         bail!("building the kernel failed ({status}); cargo's errors are above");
     }
@@ -149,7 +146,7 @@ pub fn build_kernel(flavor: KernelFlavor) -> Result<PathBuf> {
     Ok(elf)
 }
 
-/// What `runner build` produces: the files QEMU needs, in one directory.
+/// What `cloister build` produces: the files QEMU needs, in one directory.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Image {
     pub dir: PathBuf,
@@ -205,7 +202,7 @@ pub fn build(options: &BuildOptions) -> Result<Image> {
     )?;
     if options.boot == BootMode::Uefi {
         let stub = uefi::build_stub()?;
-        eprintln!("writing the UEFI boot application and disk image...");
+        progress::line("writing the UEFI boot application and disk image...");
         image.uefi = Some(uefi::write_image(
             &stub,
             &image.kernel,
@@ -215,12 +212,16 @@ pub fn build(options: &BuildOptions) -> Result<Image> {
         )?);
         image.boot = BootMode::Uefi;
     }
-    // What a verifier expects this image to measure (PCRs 12-14), beside the image.
+    // What a verifier expects this image to measure (PCRs 12-14), beside the image. Hashing the model again
+    // takes a moment.
+    let progress =
+        progress::Progress::spinner("writing manifest.json (hashing the kernel and the model)...");
     write_manifest(&image)?;
+    progress.finish();
     Ok(image)
 }
 
-/// Computes the manifest of an image directory and writes it as `<image.dir>/manifest.json` (what `runner build`
+/// Computes the manifest of an image directory and writes it as `<image.dir>/manifest.json` (what `cloister build`
 /// does after assembling the image); returns its path.
 pub fn write_manifest(image: &Image) -> Result<PathBuf> {
     let path = image.dir.join(MANIFEST_FILE);

@@ -22,13 +22,22 @@ use runner::{
 ///
 /// Without a subcommand, `up` runs with its defaults.
 #[derive(Parser, Debug)]
-#[command(name = "cloister", version, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "cloister",
+    version,
+    args_conflicts_with_subcommands = true,
+    after_help = runner::json_output::EXIT_CODES_HELP
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
     /// Options of `up`, for running without a subcommand.
     #[command(flatten)]
     up: UpArgs,
+    /// No progress bars or progress lines on stderr (errors still print). Bars are drawn only when stderr is a
+    /// terminal.
+    #[arg(long, global = true)]
+    quiet: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -75,36 +84,9 @@ struct CompletionsArgs {
     shell: clap_complete::Shell,
 }
 
-/// Exit codes a script can tell apart (README, "Exit codes").
-mod exit {
-    /// A runtime or I/O error: the appliance is unreachable, a file is missing, a tool failed.
-    pub const RUNTIME: u8 = 1;
-    /// Usage error: clap exits with 2 on its own for bad arguments.
-    #[allow(dead_code, reason = "documents the code clap itself uses")]
-    pub const USAGE: u8 = 2;
-    /// The appliance is not what the manifest says: a verification check refused it.
-    pub const VERIFICATION_REFUSED: u8 = 3;
-    /// The appliance refused the request (busy, context exceeded, ...).
-    pub const APPLIANCE_REFUSED: u8 = 4;
-}
-
-/// The exit code for an error: what its chain of causes says happened.
+/// The exit code for an error: what its chain of causes says happened (README, "Exit codes").
 fn exit_code(error: &anyhow::Error) -> u8 {
-    if error.chain().any(|cause| {
-        cause
-            .downcast_ref::<client::verify::VerifyError>()
-            .is_some()
-    }) {
-        exit::VERIFICATION_REFUSED
-    } else if error.chain().any(|cause| {
-        cause
-            .downcast_ref::<client::session::ApplianceError>()
-            .is_some()
-    }) {
-        exit::APPLIANCE_REFUSED
-    } else {
-        exit::RUNTIME
-    }
+    runner::json_output::Failure::of(error).exit_code()
 }
 
 fn doctor(args: &DoctorArgs) -> Result<()> {
@@ -206,6 +188,7 @@ struct FetchModelArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    runner::progress::set_quiet(cli.quiet);
     let result = match cli.command.unwrap_or(Command::Up(cli.up)) {
         Command::Build(args) => build(args),
         Command::Up(args) => up(args),
@@ -294,19 +277,22 @@ fn up(args: UpArgs) -> Result<()> {
         appliance.shutdown()?;
         return Err(error);
     }
-    println!("chat with it from another terminal (each run verifies the appliance before it sends the prompt):");
+    println!(
+        "chat with it from another terminal (each run verifies the appliance before it sends the prompt; from the \
+         checkout, `cargo run --release --` stands for `cloister`):"
+    );
     let trust_host = if boot_mode(&manifest_path) == Some(BootMode::Direct) {
         " --trust-host"
     } else {
         ""
     };
     println!(
-        "  cargo run --release -- chat --endpoint {} --manifest {}{trust_host} \"Why is the sky blue?\"",
+        "  cloister chat --endpoint {} --manifest {}{trust_host} \"Why is the sky blue?\"",
         appliance.endpoint(),
         manifest_path.display()
     );
     println!(
-        "  cargo run --release -- verify --endpoint {} --manifest {}{trust_host}",
+        "  cloister verify --endpoint {} --manifest {}{trust_host}",
         appliance.endpoint(),
         manifest_path.display()
     );
@@ -339,7 +325,7 @@ fn attest_and_demo(
         "attesting over TLS (fresh nonce, quote bound to the session, credential activation)..."
     );
     // Under TCG one prefill chunk of SmolLM2 takes tens of seconds, during which nothing arrives: the session's
-    // read timeout must outlast it (the same default as `runner chat --timeout`).
+    // read timeout must outlast it (the same default as `cloister chat --timeout`).
     let timeout = match appliance.accel() {
         qemu::Accel::Tcg => DEMO_TCG_TIMEOUT,
         qemu::Accel::Kvm => verify::DEFAULT_TIMEOUT,
@@ -359,7 +345,7 @@ fn attest_and_demo(
     let session = UnverifiedSession::connect(appliance.endpoint(), timeout)?;
     let (mut session, report) = session
         .verify(&manifest, &trust, &options)
-        .context("the appliance this runner just booted failed verification")?;
+        .context("the appliance cloister just booted failed verification")?;
     print!("{}", report.short());
     if args.demo_max_tokens == 0 || stop.load(Ordering::Acquire) {
         return Ok(());
@@ -395,13 +381,13 @@ fn info(args: InfoArgs) -> Result<()> {
     let endpoint = client::resolve_endpoint(&args.endpoint)?;
     let info =
         client::model_info(endpoint, Duration::from_secs(args.timeout)).with_context(|| {
-            format!("no model information from {endpoint}; is `cargo run --release -- up` running?")
+            format!("no model information from {endpoint}; is `cloister up` running?")
         })?;
     println!("{}", model_info_json(&info));
     Ok(())
 }
 
-/// Model information as the JSON object `runner info` prints (one line, no spaces).
+/// Model information as the JSON object `cloister info` prints (one line, no spaces).
 fn model_info_json(info: &ModelInfo) -> String {
     serde_json::json!({
         "length": info.length,
@@ -432,19 +418,43 @@ fn fetch_model(args: FetchModelArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use runner::json_output;
 
     #[test]
     fn exit_codes_tell_verification_refusal_from_appliance_refusal_from_runtime_errors() {
         let refused = anyhow::Error::new(client::verify::VerifyError::BadSignature)
             .context("verification of 127.0.0.1:7000 failed");
-        assert_eq!(exit_code(&refused), exit::VERIFICATION_REFUSED);
+        assert_eq!(exit_code(&refused), json_output::EXIT_VERIFICATION_REFUSED);
         let busy = anyhow::Error::new(client::session::ApplianceError(net::proto::ErrorCode::Busy))
             .context("the appliance refused the request");
-        assert_eq!(exit_code(&busy), exit::APPLIANCE_REFUSED);
+        assert_eq!(exit_code(&busy), json_output::EXIT_APPLIANCE_REFUSED);
         let io = anyhow::anyhow!("connection refused");
-        assert_eq!(exit_code(&io), exit::RUNTIME);
+        assert_eq!(exit_code(&io), json_output::EXIT_RUNTIME);
     }
     use clap::CommandFactory;
+
+    #[test]
+    fn quiet_goes_after_the_subcommand_or_alone() {
+        for args in [
+            &["cloister", "doctor", "--quiet"][..],
+            &["cloister", "--quiet"],
+            &["cloister", "bench", "--json", "--quiet"],
+        ] {
+            let cli = Cli::try_parse_from(args).unwrap();
+            assert!(cli.quiet, "{args:?}");
+        }
+        assert!(!Cli::try_parse_from(["cloister", "doctor"]).unwrap().quiet);
+    }
+
+    #[test]
+    fn help_lists_the_exit_codes() {
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains("3  verification refused"), "{help}");
+        assert!(
+            help.contains("4  the appliance refused the request"),
+            "{help}"
+        );
+    }
 
     #[test]
     fn command_line_definition_is_consistent() {

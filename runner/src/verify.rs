@@ -1,4 +1,4 @@
-//! `runner verify --endpoint HOST:PORT --manifest PATH [--json] [--export-evidence DIR]`: the command-line front
+//! `cloister verify --endpoint HOST:PORT --manifest PATH [--json] [--export-evidence DIR]`: the command-line front
 //! end of [`client::verify_appliance`], over TLS with the quote bound to the session. Exits non-zero on any
 //! failure, naming the check (issue 3).
 
@@ -14,13 +14,13 @@ use client::verify_appliance;
 use crate::tpm_state::CertificateAuthority;
 use crate::workspace;
 
-/// Options of `runner verify`.
+/// Options of `cloister verify`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct VerifyArgs {
     /// The appliance's address, HOST:PORT.
     #[arg(long, default_value = "127.0.0.1:7000")]
     pub endpoint: String,
-    /// The image's manifest.json, as `runner build` wrote it beside the image.
+    /// The image's manifest.json, as `cloister build` wrote it beside the image.
     #[arg(long, value_name = "PATH")]
     pub manifest: PathBuf,
     /// Print the report (or the failure) as JSON on stdout.
@@ -30,15 +30,15 @@ pub struct VerifyArgs {
     #[arg(long, value_name = "DIR")]
     pub export_evidence: Option<PathBuf>,
     /// A PEM file of EK CA certificates to trust (roots and intermediates, one or more per file); repeatable, so
-    /// swtpm's local CA, a TPM vendor's and a cloud's CA can be trusted side by side [default: the runner's own
-    /// CA in its cache]
+    /// swtpm's local CA, a TPM vendor's and a cloud's CA can be trusted side by side [default: cloister's own CA
+    /// in its cache]
     #[arg(long = "ek-ca", value_name = "PEM", aliases = ["ca-root", "ca-intermediate"])]
     pub ek_ca: Vec<PathBuf>,
     /// Seconds each step may take.
     #[arg(long, default_value_t = 60)]
     pub timeout: u64,
     /// The file that remembers each accepted quote's TPM clock counters, so a rolled-back TPM or an old quote is
-    /// refused next time [default: observations.json in the runner's cache]
+    /// refused next time [default: observations.json in cloister's cache]
     #[arg(long, value_name = "PATH")]
     pub observations: Option<PathBuf>,
     /// Accept a manifest built with `--boot direct`, whose kernel nothing measured before it ran: the host operator
@@ -47,7 +47,7 @@ pub struct VerifyArgs {
     pub trust_host: bool,
 }
 
-/// The observation store `--observations` names, or the one in the runner's cache.
+/// The observation store `--observations` names, or the one in cloister's cache.
 pub fn observation_store(path: Option<&Path>) -> Observations {
     match path {
         Some(path) => Observations::at(path.to_path_buf()),
@@ -55,7 +55,7 @@ pub fn observation_store(path: Option<&Path>) -> Observations {
     }
 }
 
-/// The EK CAs to trust: the bundle the `--ek-ca` files make, or else the runner's own CA in its cache (the one
+/// The EK CAs to trust: the bundle the `--ek-ca` files make, or else cloister's own CA in its cache (the one
 /// that provisioned swtpm).
 pub fn trust_anchors(ek_ca: &[PathBuf]) -> Result<TrustAnchors> {
     if ek_ca.is_empty() {
@@ -67,7 +67,7 @@ pub fn trust_anchors(ek_ca: &[PathBuf]) -> Result<TrustAnchors> {
     TrustAnchors::from_pem_bundle(&files)
 }
 
-/// Runs `runner verify`: prints the report on success; on failure prints the JSON failure with `--json` and
+/// Runs `cloister verify`: prints the report on success; on failure prints the JSON failure with `--json` and
 /// returns the error (whose message names the check).
 pub fn run(args: VerifyArgs) -> Result<()> {
     let endpoint = client::resolve_endpoint(&args.endpoint)?;

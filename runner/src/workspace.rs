@@ -20,7 +20,7 @@ pub fn cache_dir() -> PathBuf {
     }
 }
 
-/// Where `runner build` writes its output unless told otherwise.
+/// Where `cloister build` writes its output unless told otherwise.
 pub fn default_out_dir() -> PathBuf {
     root().join("target").join("cloister")
 }

@@ -1,4 +1,4 @@
-//! The `runner` binary as a person uses it: `up` prints the endpoint, attests the appliance and prints the
+//! The `cloister` binary as a person uses it: `up` prints the endpoint, attests the appliance and prints the
 //! `chat` command line; `info` prints the model's length and SHA-256 as JSON; that `chat` command verifies
 //! and streams an answer; and SIGTERM stops QEMU and swtpm without leaving a process behind.
 //!
@@ -96,10 +96,7 @@ fn up_then_info_then_sigterm_leaves_nothing_running() {
             .recv_timeout(left)
             .unwrap_or_else(|_| panic!("`up` printed no chat command in time: {printed:#?}"));
         printed.push(line.clone());
-        if line
-            .trim_start()
-            .starts_with("cargo run --release -- chat ")
-        {
+        if line.trim_start().starts_with("cloister chat ") {
             break line;
         }
     };
@@ -202,10 +199,7 @@ fn info_without_an_appliance_says_what_to_do() {
         .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("is `cargo run --release -- up` running?"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("is `cloister up` running?"), "{stderr}");
     assert!(!stderr.contains("Stack backtrace"), "{stderr}");
     assert!(output.stdout.is_empty());
 }

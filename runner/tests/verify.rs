@@ -1781,3 +1781,167 @@ fn remembered_clock_counters_must_not_go_back() {
         "{error:#}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// `cloister chat --json` against the simulated appliance: its lines, and the exit codes a script reads (README,
+// "Exit codes").
+
+/// Serves one connection from `appliance`, answering a generate request with `generate`.
+fn serve_chat(
+    mut appliance: SimAppliance,
+    generate: client::loopback::Reply,
+) -> (SocketAddr, std::thread::JoinHandle<()>) {
+    let server = client::loopback::Loopback::start(1, move |request, binding| {
+        appliance.binding = *binding;
+        match request {
+            Request::Generate(_) => generate.clone(),
+            other => client::loopback::Reply::Respond(appliance.answer(other)),
+        }
+    })
+    .unwrap();
+    let address = server.address();
+    let thread = std::thread::spawn(move || {
+        server.join().unwrap();
+    });
+    (address, thread)
+}
+
+/// Runs `cloister chat --json` against `address` with the home CA; returns exit code, stdout lines and stderr.
+fn chat_json(address: SocketAddr, manifest: &Path) -> (i32, Vec<serde_json::Value>, String) {
+    let scratch = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_cloister"))
+        .args(["chat", "--json", "--trust-host", "--max-tokens", "2"])
+        .args(["--endpoint", &address.to_string(), "--manifest"])
+        .arg(manifest)
+        .arg("--ca-root")
+        .arg(home().ca.root_certificate())
+        .arg("--ca-intermediate")
+        .arg(home().ca.issuer_certificate())
+        .arg("--observations")
+        .arg(scratch.path().join("observations.json"))
+        .env("CLOISTER_CACHE", scratch.path().join("cache"))
+        .arg("hello")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let lines = stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|error| panic!("{line:?}: {error}")))
+        .collect();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    (output.status.code().unwrap_or(-1), lines, stderr)
+}
+
+#[test]
+fn chat_json_prints_the_report_each_token_and_the_timings_one_object_per_line() {
+    let image = TestImage::standard();
+    let manifest_path = image.dir.path().join("manifest.json");
+    image.manifest().write(&manifest_path).unwrap();
+    let frames = vec![
+        Response::Token(net::proto::Token {
+            id: 17,
+            text: "Hel".into(),
+        }),
+        Response::Token(net::proto::Token {
+            id: 18,
+            text: "lo\n".into(),
+        }),
+        Response::Done(net::proto::Done {
+            reason: net::proto::FinishReason::Length,
+            prompt_tokens: 9,
+            generated_tokens: 2,
+            prefill_us: 1500,
+            decode_us: 700,
+        }),
+    ];
+    let reply = client::loopback::Reply::Stream {
+        frames,
+        interval: Duration::ZERO,
+    };
+    let (address, server) = serve_chat(SimAppliance::boot(home(), &image, true), reply);
+    let (code, lines, stderr) = chat_json(address, &manifest_path);
+    server.join().unwrap();
+    assert_eq!(code, 0, "{stderr}");
+    let events: Vec<&str> = lines
+        .iter()
+        .map(|line| line["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        events,
+        ["verification", "token", "token", "done"],
+        "{lines:?}"
+    );
+    assert_eq!(lines[0]["report"]["verified"], true);
+    assert_eq!(lines[0]["report"]["root_of_trust"]["host_trusted"], true);
+    assert_eq!(
+        (lines[1]["id"].as_u64(), lines[1]["text"].as_str()),
+        (Some(17), Some("Hel"))
+    );
+    assert_eq!(lines[2]["text"], "lo\n");
+    let done = &lines[3];
+    assert_eq!(done["finish"], "length");
+    assert_eq!(
+        (
+            done["prompt_tokens"].as_u64(),
+            done["generated_tokens"].as_u64()
+        ),
+        (Some(9), Some(2))
+    );
+    assert_eq!(
+        (done["prefill_us"].as_u64(), done["decode_us"].as_u64()),
+        (Some(1500), Some(700))
+    );
+    assert!(
+        done["client"]["elapsed_ms"].as_f64().unwrap() > 0.0,
+        "{done}"
+    );
+    assert_eq!(done["client"]["tokens"], 2);
+}
+
+#[test]
+fn chat_json_refused_verification_exits_3_naming_the_check() {
+    let image = TestImage::standard();
+    // The manifest of another model: the appliance measured this image's model, not that one.
+    let other = TestImage::new(0, b"GGUF another model", &image.cmdline);
+    let manifest_path = image.dir.path().join("other-manifest.json");
+    other.manifest().write(&manifest_path).unwrap();
+    let never = client::loopback::Reply::Respond(Response::Error(ErrorCode::BadRequest));
+    let (address, server) = serve_chat(SimAppliance::boot(home(), &image, true), never);
+    let (code, lines, stderr) = chat_json(address, &manifest_path);
+    server.join().unwrap();
+    assert_eq!(code, 3, "{stderr}");
+    assert!(
+        stderr.contains("verification failed [manifest]"),
+        "{stderr}"
+    );
+    assert_eq!(lines.len(), 1, "only the error line: {lines:?}");
+    assert_eq!(lines[0]["event"], "error");
+    assert_eq!(lines[0]["kind"], "verification_refused");
+    assert_eq!(lines[0]["check"], "manifest");
+    assert_eq!(lines[0]["exit_code"], 3);
+    for text in [&stderr, &lines[0]["error"].to_string()] {
+        assert!(!text.contains("Some("), "{text}");
+    }
+}
+
+#[test]
+fn chat_json_refused_request_exits_4_naming_the_code() {
+    let image = TestImage::standard();
+    let manifest_path = image.dir.path().join("manifest.json");
+    image.manifest().write(&manifest_path).unwrap();
+    let busy = client::loopback::Reply::Respond(Response::Error(ErrorCode::Busy));
+    let (address, server) = serve_chat(SimAppliance::boot(home(), &image, true), busy);
+    let (code, lines, stderr) = chat_json(address, &manifest_path);
+    server.join().unwrap();
+    assert_eq!(code, 4, "{stderr}");
+    assert!(stderr.contains("the appliance is busy"), "{stderr}");
+    assert!(stderr.contains("(appliance error: busy)"), "{stderr}");
+    let events: Vec<&str> = lines
+        .iter()
+        .map(|line| line["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(events, ["verification", "error"], "{lines:?}");
+    assert_eq!(lines[1]["kind"], "appliance_refused");
+    assert_eq!(lines[1]["code"], "busy");
+    assert_eq!(lines[1]["exit_code"], 4);
+}

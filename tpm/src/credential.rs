@@ -36,6 +36,19 @@ pub enum CredentialError {
     Encryption,
 }
 
+impl core::fmt::Display for CredentialError {
+    fn fmt(&self, out: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        out.write_str(match self {
+            Self::UnsupportedKey => {
+                "the EK is not an RSA key with a SHA-256 name algorithm and AES-128-CFB parameters"
+            }
+            Self::BadKey => "the EK's modulus or exponent is not a usable RSA public key",
+            Self::BadCredential => "the credential is empty or longer than 32 bytes",
+            Self::Encryption => "RSA-OAEP encryption of the seed failed",
+        })
+    }
+}
+
 /// What the verifier sends to the appliance, which passes both to TPM2_ActivateCredential.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MadeCredential {

@@ -88,6 +88,27 @@ pub enum TcgLogError {
     BufferTooSmall,
 }
 
+impl core::fmt::Display for TcgLogError {
+    fn fmt(&self, out: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Truncated => out.write_str("a record runs past the end of the log"),
+            Self::NotCryptoAgile => out.write_str("the log does not start with a crypto-agile Spec ID Event03 header"),
+            Self::BadAlgorithms => out.write_str("the log header's list of digest algorithms is unusable (no SHA-256 bank)"),
+            Self::UnknownAlgorithm(algorithm) => write!(
+                out,
+                "an event carries a digest of algorithm {algorithm:#06x}, which the header does not list once"
+            ),
+            Self::MissingSha256 => out.write_str("an event has no SHA-256 digest"),
+            Self::BadPcr(pcr) => write!(out, "an event names PCR {pcr}; the TPM has PCRs 0 to 23"),
+            Self::TooLarge => write!(
+                out,
+                "the log has more than {MAX_EVENTS} events or {MAX_LOG_BYTES} bytes"
+            ),
+            Self::BufferTooSmall => out.write_str("the buffer for the log is too small"),
+        }
+    }
+}
+
 /// The algorithms the header lists, each with its digest size.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Algorithms {

@@ -40,7 +40,7 @@ pub(super) fn verify_channel(
     let evidence = match response {
         Response::Evidence(evidence) => evidence,
         Response::Error(code) => bail!("the appliance refused to attest: {}", ApplianceError(code)),
-        other => bail!("the appliance answered Attest with {other:?}"),
+        other => bail!("the appliance answered Attest with {}", other.name()),
     };
     let mut framed = Vec::new();
     // Re-encoding what was just decoded cannot fail; the size is for the report.

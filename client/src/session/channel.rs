@@ -59,7 +59,7 @@ impl std::fmt::Display for ApplianceError {
             ErrorCode::BadRequest => "the appliance refused the request's arguments",
             ErrorCode::TpmFailure => "the appliance's TPM failed to carry out the request",
         };
-        write!(formatter, "{advice} (appliance error {:?})", self.0)
+        write!(formatter, "{advice} (appliance error: {})", self.0.name())
     }
 }
 
@@ -314,7 +314,7 @@ impl Channel {
         let mut bytes = Vec::new();
         request
             .emit(&mut bytes)
-            .map_err(|error| anyhow!("cannot frame the request: {error:?}"))?;
+            .map_err(|error| anyhow!("cannot frame the request: {error}"))?;
         self.stream
             .write_all(&bytes)
             .and_then(|()| self.stream.flush())
@@ -333,12 +333,12 @@ impl Channel {
             return Ok(None);
         };
         let length = frame::parse_header(*header)
-            .map_err(|error| anyhow!("the appliance sent a bad frame header: {error:?}"))?;
+            .map_err(|error| anyhow!("the appliance sent a bad frame header: {error}"))?;
         let Some(body) = self.inbound.get(HEADER_LEN..HEADER_LEN + length) else {
             return Ok(None);
         };
         let response = Response::parse(body)
-            .map_err(|error| anyhow!("the appliance sent a malformed response ({error:?})"))?;
+            .map_err(|error| anyhow!("the appliance sent a malformed response: {error}; do client and appliance come from the same build?"))?;
         self.inbound.drain(..HEADER_LEN + length);
         Ok(Some(response))
     }
@@ -412,7 +412,10 @@ impl Channel {
         match self.exchange(&Request::ModelInfo, "the model-info request")? {
             Response::ModelInfo(info) => Ok(info),
             Response::Error(code) => Err(ApplianceError(code).into()),
-            other => bail!("the appliance answered a model-info request with {other:?}"),
+            other => bail!(
+                "the appliance answered a model-info request with {}",
+                other.name()
+            ),
         }
     }
 }

@@ -364,7 +364,8 @@ impl<'a> Generation<'a> {
             other => {
                 self.channel.desynchronize();
                 Err(anyhow!(
-                    "the appliance answered a generate request with {other:?}"
+                    "the appliance answered a generate request with {}",
+                    other.name()
                 ))
             }
         };

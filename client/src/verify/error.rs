@@ -90,6 +90,16 @@ pub struct ClockCounters {
     pub restart_count: u32,
 }
 
+impl fmt::Display for ClockCounters {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            formatter,
+            "clock {} ms, resetCount {}, restartCount {}",
+            self.clock, self.reset_count, self.restart_count
+        )
+    }
+}
+
 /// Why evidence was refused: the check that failed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum VerifyError {
@@ -286,7 +296,8 @@ impl fmt::Display for VerifyError {
             Self::ClockNotSafe => write!(formatter, "the quote's clockInfo.safe is clear"),
             Self::ClockRollback { previous, quoted } => write!(
                 formatter,
-                "TPM clock went backwards: earlier {previous:?}, now {quoted:?}"
+                "TPM clock went backwards: an earlier quote had {previous}, this one has {quoted} (a rolled-back TPM \
+                 or a replayed quote)"
             ),
             Self::PcrSelectionMismatch { requested, quoted } => write!(
                 formatter,
@@ -314,7 +325,7 @@ impl fmt::Display for VerifyError {
                  commands to the TPM can produce this evidence; pass --trust-host to trust the host operator"
             ),
             Self::FirmwareLogMalformed(error) => {
-                write!(formatter, "the boot's TCG event log does not parse: {error:?}")
+                write!(formatter, "the boot's TCG event log does not parse: {error}")
             }
             Self::FirmwareLog(error) => match error {
                 tpm::tcg_log::FirmwareError::ReplayMismatch(pcr) => write!(
@@ -353,11 +364,12 @@ impl fmt::Display for VerifyError {
                 "the EK certificate certifies another key than the EK"
             ),
             Self::CredentialSetup(error) => {
-                write!(formatter, "MakeCredential against the EK failed: {error:?}")
+                write!(formatter, "MakeCredential against the EK failed: {error}")
             }
             Self::CredentialRefused(code) => write!(
                 formatter,
-                "the appliance could not activate the credential ({code:?}): the AK and the certified EK are not in one TPM"
+                "the appliance could not activate the credential (appliance error: {}): the AK and the certified EK are not in one TPM",
+                code.name()
             ),
             Self::CredentialMismatch => write!(
                 formatter,

@@ -1,4 +1,4 @@
-//! Host-native `runner generate` and `runner bench`: the `model` crate's engine on a GGUF file, with a std thread
+//! Host-native `cloister generate` and `cloister bench`: the `model` crate's engine on a GGUF file, with a std thread
 //! pool, streaming detokenised text or printing JSON, and measuring prefill/decode throughput.
 //!
 //! Prompt handling follows issue 4: raw prompts are tokenized with special tokens parsed and BOS as the vocabulary
@@ -19,6 +19,8 @@ use model::session::{Engine, Event, Session, SessionConfig, StartError};
 use model::tokenizer::Tokenizer;
 use model::transformer::{Model, State};
 use net::serving::PREFILL_CHUNK;
+
+use crate::json_output::BenchResult;
 
 /// Largest prompt chunk run as one batch (llama.cpp's default `n_batch`).
 const MAX_BATCH: usize = 512;
@@ -54,7 +56,7 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub json: bool,
     /// Use the engine's portable (scalar) kernels instead of AVX2, as the appliance does under QEMU's TCG (whose
-    /// CPU the runner gives no AVX); the two can differ in the last bits of a logit.
+    /// CPU cloister gives no AVX); the two can differ in the last bits of a logit.
     #[arg(long)]
     pub portable_kernels: bool,
     /// The prompt (raw text with special tokens parsed, unless --chat).
@@ -88,6 +90,10 @@ pub struct BenchArgs {
     /// Worker threads.
     #[arg(long, default_value_t = default_threads())]
     pub threads: usize,
+    /// Print the result as one JSON object on one line (model, threads, kernels, prefill_tokens, decode_tokens,
+    /// runs, prefill_tok_s, decode_tok_s).
+    #[arg(long)]
+    pub json: bool,
 }
 
 struct Loaded {
@@ -114,7 +120,7 @@ fn load(blob: &[u8]) -> Result<(Model<'_>, Tokenizer<'_>)> {
     Ok((model, tok))
 }
 
-/// The line `runner generate --json` prints, fields in this order; rates rounded to two decimals.
+/// The line `cloister generate --json` prints, fields in this order; rates rounded to two decimals.
 #[derive(serde::Serialize)]
 struct GeneratedJson<'a> {
     prompt_ids: &'a [u32],
@@ -127,7 +133,7 @@ struct GeneratedJson<'a> {
 }
 
 impl Generated {
-    /// What `runner generate --json` prints: one JSON object on one line.
+    /// What `cloister generate --json` prints: one JSON object on one line.
     pub fn to_json(&self) -> String {
         let two_decimals = |rate: f64| (rate * 100.0).round() / 100.0;
         let line = GeneratedJson {
@@ -144,7 +150,7 @@ impl Generated {
     }
 }
 
-/// `runner generate`: runs [`run_generation`], streaming text to stdout, or printing JSON at the end.
+/// `cloister generate`: runs [`run_generation`], streaming text to stdout, or printing JSON at the end.
 pub fn generate(args: GenerateArgs) -> Result<()> {
     let stdout = std::io::stdout();
     let mut print = |text: &str| -> Result<()> {
@@ -161,11 +167,11 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
     } else {
         println!();
         eprintln!(
-            "[{} prompt tokens, {:.1} tok/s prefill; {} generated ({:?}), {:.1} tok/s decode; {} threads]",
+            "[{} prompt tokens, {:.1} tok/s prefill; {} generated ({}), {:.1} tok/s decode; {} threads]",
             out.prompt_ids.len(),
             out.prefill_tok_s,
             out.generated_ids.len(),
-            out.finish,
+            finish_words(out.finish),
             out.decode_tok_s,
             args.threads
         );
@@ -173,7 +179,16 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
     Ok(())
 }
 
-/// The engine on the host exactly as `runner generate` runs it; `on_text` gets each token's text as it comes.
+/// Why a generation ended, for the human-readable summary.
+fn finish_words(finish: model::session::FinishReason) -> &'static str {
+    match finish {
+        model::session::FinishReason::Length => "reached --max-tokens",
+        model::session::FinishReason::EndOfText => "end of text",
+        model::session::FinishReason::Stop => "stop string",
+    }
+}
+
+/// The engine on the host exactly as `cloister generate` runs it; `on_text` gets each token's text as it comes.
 pub fn run_generation(
     args: &GenerateArgs,
     on_text: &mut dyn FnMut(&str) -> Result<()>,
@@ -223,7 +238,7 @@ pub fn run_generation(
             StartError::BadSampling => {
                 anyhow!("--temperature must be a finite number, 0 or more")
             }
-            other => anyhow!("cannot start generating: {other:?}"),
+            other => anyhow!("cannot start generating: {other}"),
         })?;
 
     let kv_cache_bytes = session.kv_cache_bytes();
@@ -234,7 +249,7 @@ pub fn run_generation(
     let finish = loop {
         let event = session
             .step(&engine, &pool)
-            .map_err(|e| anyhow!("generation failed: {e:?}"))?;
+            .map_err(|e| anyhow!("generation failed: {e}"))?;
         match event {
             Event::Pending => {}
             Event::Token { id, text } => {
@@ -304,14 +319,24 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         }
         decode.push(DECODE as f64 / t1.elapsed().as_secs_f64());
     }
-    println!(
-        "model {} threads {} kernels {:?}: prefill {:.1} tok/s, decode {:.1} tok/s (median of {RUNS}; {PREFILL} prefill, {DECODE} decode tokens)",
-        args.model,
-        args.threads,
-        model::simd::level(),
-        median(&mut prefill),
-        median(&mut decode)
-    );
+    let result = BenchResult {
+        model: args.model.clone(),
+        threads: args.threads,
+        kernels: match model::simd::level() {
+            model::simd::Level::Avx2 => "avx2",
+            model::simd::Level::Scalar => "scalar",
+        },
+        prefill_tokens: PREFILL,
+        decode_tokens: DECODE,
+        runs: RUNS,
+        prefill_tok_s: median(&mut prefill),
+        decode_tok_s: median(&mut decode),
+    };
+    if args.json {
+        println!("{}", result.to_json_line());
+    } else {
+        println!("{result}");
+    }
     Ok(())
 }
 
