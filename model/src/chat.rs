@@ -4,6 +4,8 @@
 //! The formats are the Jinja chat templates each GGUF carries (`tokenizer.chat_template`), written out by hand:
 //! - llama (SmolLM2): ChatML, `<|im_start|>{role}\n{content}<|im_end|>\n` per turn; when the first turn is not a
 //!   system turn, SmolLM2's default system prompt ([`SMOLLM2_SYSTEM`]) comes first.
+//! - qwen2 (Qwen2.5): the same ChatML, with Qwen2.5's default system prompt ([`QWEN2_SYSTEM`]).
+//! - qwen3: ChatML without a default system prompt (the template's non-thinking extras are not added).
 //! - gemma3: `<start_of_turn>{user|model}\n{content, trimmed}<end_of_turn>\n` per turn. Gemma has no system role:
 //!   a leading system turn's text and a blank line are put before the first user turn's content. Turns after it
 //!   must alternate user, model, user, ... (the template raises an error otherwise).
@@ -14,6 +16,10 @@
 use alloc::string::String;
 
 use crate::transformer::Arch;
+
+/// Qwen2.5's default system prompt (from its chat template).
+pub const QWEN2_SYSTEM: &str =
+    "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.";
 
 /// SmolLM2's default system prompt (from its chat template).
 pub const SMOLLM2_SYSTEM: &str =
@@ -75,7 +81,9 @@ pub fn format(arch: Arch, messages: &[Message<'_>]) -> Result<String, ChatError>
         return Err(ChatError::MisplacedSystem);
     }
     Ok(match arch {
-        Arch::Llama => chatml(messages),
+        Arch::Llama => chatml(messages, Some(SMOLLM2_SYSTEM)),
+        Arch::Qwen2 => chatml(messages, Some(QWEN2_SYSTEM)),
+        Arch::Qwen3 => chatml(messages, None),
         Arch::Gemma3 => gemma(messages)?,
     })
 }
@@ -93,7 +101,7 @@ pub fn user_prompt(arch: Arch, user: &str) -> String {
     .unwrap_or_default()
 }
 
-fn chatml(messages: &[Message<'_>]) -> String {
+fn chatml(messages: &[Message<'_>], default_system: Option<&str>) -> String {
     let mut out = String::new();
     let turn = |out: &mut String, role: &str, content: &str| {
         out.push_str("<|im_start|>");
@@ -102,8 +110,8 @@ fn chatml(messages: &[Message<'_>]) -> String {
         out.push_str(content);
         out.push_str("<|im_end|>\n");
     };
-    if messages[0].role != Role::System {
-        turn(&mut out, "system", SMOLLM2_SYSTEM);
+    if let (true, Some(system)) = (messages[0].role != Role::System, default_system) {
+        turn(&mut out, "system", system);
     }
     for message in messages {
         let role = match message.role {

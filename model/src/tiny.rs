@@ -1,4 +1,4 @@
-//! Deterministic tiny models (llama and gemma3 architectures, a few hundred KB to a few MB) written as GGUF, for
+//! Deterministic tiny models (llama, qwen2, qwen3 and gemma3 architectures, a few hundred KB to a few MB) written as GGUF, for
 //! tests that must run the real engine where everything is slow (the appliance under QEMU/TCG).
 //!
 //! The weights are seeded SplitMix64 noise quantized by simple round-to-nearest encoders written here (not
@@ -124,6 +124,24 @@ impl TinySpec {
         }
     }
 
+    /// Qwen2 shape: 2 layers, width 64, GQA 4/2, Q/K/V biases, NeoX RoPE, Q8_0 and Q4_1 weights.
+    pub fn qwen2() -> TinySpec {
+        TinySpec {
+            arch: Arch::Qwen2,
+            ..TinySpec::llama()
+        }
+    }
+
+    /// Qwen3 shape: 2 layers, width 64, 4 heads of 32 (wider than dim / heads, as Qwen3's are), 2 KV heads,
+    /// per-head Q/K norms.
+    pub fn qwen3() -> TinySpec {
+        TinySpec {
+            arch: Arch::Qwen3,
+            head_dim: 32,
+            ..TinySpec::llama()
+        }
+    }
+
     /// 6 layers (5 sliding-window, 1 global), width 64, 2 heads / 1 KV head of 32, Q5_0 and Q8_0 weights.
     pub fn gemma3() -> TinySpec {
         TinySpec {
@@ -153,10 +171,8 @@ fn gpt2_byte_char(b: u8) -> char {
 pub fn generate(spec: &TinySpec, seed: u64) -> Vec<u8> {
     let mut rng = Rng(seed);
     let mut w = GgufWriter::new();
-    let (arch, p) = match spec.arch {
-        Arch::Llama => (Arch::Llama, "llama"),
-        Arch::Gemma3 => (Arch::Gemma3, "gemma3"),
-    };
+    let arch = spec.arch;
+    let p = arch.gguf_name();
     w.string("general.architecture", p)
         .string("general.name", &format!("cloister tiny {p} seed {seed}"));
     w.u32(&format!("{p}.block_count"), spec.n_layers as u32)
@@ -177,9 +193,14 @@ pub fn generate(spec: &TinySpec, seed: u64) -> Vec<u8> {
     let mut scores: Vec<f32> = Vec::new();
     let mut merges: Vec<String> = Vec::new();
     match arch {
-        Arch::Llama => {
-            w.f32(&format!("{p}.rope.freq_base"), 10_000.0)
-                .f32(&format!("{p}.attention.layer_norm_rms_epsilon"), 1e-5);
+        Arch::Llama | Arch::Qwen2 | Arch::Qwen3 => {
+            if arch == Arch::Llama {
+                w.f32(&format!("{p}.rope.freq_base"), 10_000.0)
+                    .f32(&format!("{p}.attention.layer_norm_rms_epsilon"), 1e-5);
+            } else {
+                w.f32(&format!("{p}.rope.freq_base"), 1_000_000.0)
+                    .f32(&format!("{p}.attention.layer_norm_rms_epsilon"), 1e-6);
+            }
             for s in ["<|endoftext|>", "<|im_start|>", "<|im_end|>"] {
                 tokens.push(String::from(s));
                 types.push(3);
@@ -243,10 +264,15 @@ pub fn generate(spec: &TinySpec, seed: u64) -> Vec<u8> {
     w.strings("tokenizer.ggml.tokens", &token_refs)
         .i32s("tokenizer.ggml.token_type", &types);
     match arch {
-        Arch::Llama => {
+        Arch::Llama | Arch::Qwen2 | Arch::Qwen3 => {
             let merge_refs: Vec<&str> = merges.iter().map(String::as_str).collect();
+            let pre = if arch == Arch::Llama {
+                "smollm"
+            } else {
+                "qwen2"
+            };
             w.string("tokenizer.ggml.model", "gpt2")
-                .string("tokenizer.ggml.pre", "smollm")
+                .string("tokenizer.ggml.pre", pre)
                 .strings("tokenizer.ggml.merges", &merge_refs)
                 .u32("tokenizer.ggml.bos_token_id", 1)
                 .u32("tokenizer.ggml.eos_token_id", 2)
@@ -271,7 +297,8 @@ pub fn generate(spec: &TinySpec, seed: u64) -> Vec<u8> {
         spec.n_kv_heads * spec.head_dim,
     );
     let (proj, vt, ffn_t) = match arch {
-        Arch::Llama => (GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4_1),
+        Arch::Llama | Arch::Qwen3 => (GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4_1),
+        Arch::Qwen2 => (GgmlType::Q8_0, GgmlType::Q8_0, GgmlType::Q4_1),
         Arch::Gemma3 => (GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::Q5_0),
     };
     let mat =
@@ -308,6 +335,25 @@ pub fn generate(spec: &TinySpec, seed: u64) -> Vec<u8> {
         mat(&mut w, &mut rng, &n("ffn_gate.weight"), ffn, dim, ffn_t);
         mat(&mut w, &mut rng, &n("ffn_up.weight"), ffn, dim, ffn_t);
         mat(&mut w, &mut rng, &n("ffn_down.weight"), dim, ffn, ffn_t);
+        if arch == Arch::Qwen2 {
+            for (name, len) in [
+                ("attn_q.bias", q_dim),
+                ("attn_k.bias", kv_dim),
+                ("attn_v.bias", kv_dim),
+            ] {
+                let bias = rng.vec(len, 0.5);
+                w.tensor(
+                    &n(name),
+                    &[len as u64],
+                    GgmlType::F32,
+                    encode(GgmlType::F32, &bias),
+                );
+            }
+        }
+        if arch == Arch::Qwen3 {
+            norm(&mut w, &mut rng, &n("attn_q_norm.weight"), spec.head_dim);
+            norm(&mut w, &mut rng, &n("attn_k_norm.weight"), spec.head_dim);
+        }
         if arch == Arch::Gemma3 {
             norm(&mut w, &mut rng, &n("attn_q_norm.weight"), spec.head_dim);
             norm(&mut w, &mut rng, &n("attn_k_norm.weight"), spec.head_dim);

@@ -24,6 +24,28 @@ use crate::simd;
 pub enum Arch {
     Llama,
     Gemma3,
+    /// Qwen2 / Qwen2.5: biases on the Q, K and V projections, NeoX RoPE.
+    Qwen2,
+    /// Qwen3: per-head RMSNorm on Q and K before RoPE, no projection biases, NeoX RoPE.
+    Qwen3,
+}
+
+impl Arch {
+    /// The name llama.cpp's GGUF metadata gives the family (`general.architecture`, and the key prefix).
+    pub fn gguf_name(self) -> &'static str {
+        match self {
+            Arch::Llama => "llama",
+            Arch::Gemma3 => "gemma3",
+            Arch::Qwen2 => "qwen2",
+            Arch::Qwen3 => "qwen3",
+        }
+    }
+
+    /// RoPE rotates pairs (i, i + head_dim/2) (NeoX) rather than adjacent pairs (llama.cpp's
+    /// `LLAMA_ROPE_TYPE_NEOX` for gemma3, qwen2 and qwen3).
+    fn neox_rope(self) -> bool {
+        !matches!(self, Arch::Llama)
+    }
 }
 
 /// Why a model could not be loaded or run.
@@ -133,12 +155,11 @@ impl Config {
         let arch = match g.get("general.architecture").and_then(|v| v.as_str()) {
             Some("llama") => Arch::Llama,
             Some("gemma3") => Arch::Gemma3,
+            Some("qwen2") => Arch::Qwen2,
+            Some("qwen3") => Arch::Qwen3,
             _ => return Err(ModelError::UnsupportedArchitecture),
         };
-        let p = match arch {
-            Arch::Llama => "llama",
-            Arch::Gemma3 => "gemma3",
-        };
+        let p = arch.gguf_name();
         let int = |suffix: &str, name: &'static str| -> Result<usize, ModelError> {
             g.get(&format!("{p}.{suffix}"))
                 .and_then(|v| v.as_u64())
@@ -166,13 +187,13 @@ impl Config {
             .ok_or(ModelError::BadMetadata("tokenizer.ggml.tokens"))?;
         let (rope_default, eps_default) = match arch {
             Arch::Llama => (10_000.0, 1e-5),
-            Arch::Gemma3 => (1_000_000.0, 1e-6),
+            Arch::Gemma3 | Arch::Qwen2 | Arch::Qwen3 => (1_000_000.0, 1e-6),
         };
         let rms_eps = float("attention.layer_norm_rms_epsilon").unwrap_or(eps_default);
         let rope_base = float("rope.freq_base").unwrap_or(rope_default);
         let sliding_window = match arch {
             Arch::Gemma3 => Some(int("attention.sliding_window", "attention.sliding_window")?),
-            Arch::Llama => None,
+            Arch::Llama | Arch::Qwen2 | Arch::Qwen3 => None,
         };
         Ok(Config {
             arch,
@@ -217,7 +238,11 @@ pub struct Layer<'a> {
     pub wv: QTensor<'a>,
     /// `[dim × q_dim]`
     pub wo: QTensor<'a>,
-    /// gemma3: `[head_dim]` each.
+    /// qwen2: `[q_dim]`, `[kv_dim]`, `[kv_dim]`, added to the projections.
+    pub q_bias: Option<Vec<f32>>,
+    pub k_bias: Option<Vec<f32>>,
+    pub v_bias: Option<Vec<f32>>,
+    /// gemma3 and qwen3: `[head_dim]` each, per-head RMSNorm before RoPE.
     pub q_norm: Option<Vec<f32>>,
     pub k_norm: Option<Vec<f32>>,
     /// gemma3: `[dim]`, applied to the attention output before the residual add.
@@ -311,24 +336,33 @@ impl<'a> Model<'a> {
         let c = Config::from_gguf(g)?;
         let (dim, q_dim, kv_dim, ffn) = (c.dim, c.q_dim(), c.kv_dim(), c.ffn_dim);
         let gemma = c.arch == Arch::Gemma3;
+        let qk_norm = matches!(c.arch, Arch::Gemma3 | Arch::Qwen3);
+        let biases = c.arch == Arch::Qwen2;
         let mut layers = Vec::with_capacity(c.n_layers.min(g.tensors.len()));
         for l in 0..c.n_layers {
             let l32 = Some(l as u32);
-            let opt = |role: &'static str, len: usize| -> Result<Option<Vec<f32>>, ModelError> {
-                if gemma {
+            let when = |present: bool,
+                        role: &'static str,
+                        len: usize|
+             -> Result<Option<Vec<f32>>, ModelError> {
+                if present {
                     vector(g, role, l32, len).map(Some)
                 } else {
                     Ok(None)
                 }
             };
+            let opt = |role: &'static str, len: usize| when(gemma, role, len);
             layers.push(Layer {
                 attn_norm: vector(g, "attn_norm.weight", l32, dim)?,
                 wq: matrix(g, "attn_q.weight", l32, q_dim, dim)?,
                 wk: matrix(g, "attn_k.weight", l32, kv_dim, dim)?,
                 wv: matrix(g, "attn_v.weight", l32, kv_dim, dim)?,
                 wo: matrix(g, "attn_output.weight", l32, dim, q_dim)?,
-                q_norm: opt("attn_q_norm.weight", c.head_dim)?,
-                k_norm: opt("attn_k_norm.weight", c.head_dim)?,
+                q_bias: when(biases, "attn_q.bias", q_dim)?,
+                k_bias: when(biases, "attn_k.bias", kv_dim)?,
+                v_bias: when(biases, "attn_v.bias", kv_dim)?,
+                q_norm: when(qk_norm, "attn_q_norm.weight", c.head_dim)?,
+                k_norm: when(qk_norm, "attn_k_norm.weight", c.head_dim)?,
                 post_attn_norm: opt("post_attention_norm.weight", dim)?,
                 ffn_norm: vector(g, "ffn_norm.weight", l32, dim)?,
                 w_gate: matrix(g, "ffn_gate.weight", l32, ffn, dim)?,
@@ -625,7 +659,7 @@ impl Model<'_> {
             }
         }
 
-        let style = if gemma {
+        let style = if c.arch.neox_rope() {
             RopeStyle::Neox
         } else {
             RopeStyle::Normal
@@ -652,6 +686,17 @@ impl Model<'_> {
             matmul(&layer.wq, xb, n, &mut s.q[..n * q_dim], &mut s.acts, par);
             matmul(&layer.wk, xb, n, &mut s.k[..n * kv_dim], &mut s.acts, par);
             matmul(&layer.wv, xb, n, &mut s.v[..n * kv_dim], &mut s.acts, par);
+            for (out, width, bias) in [
+                (&mut s.q[..n * q_dim], q_dim, &layer.q_bias),
+                (&mut s.k[..n * kv_dim], kv_dim, &layer.k_bias),
+                (&mut s.v[..n * kv_dim], kv_dim, &layer.v_bias),
+            ] {
+                if let Some(bias) = bias {
+                    par.for_each_chunk(out, width, &|_, row| {
+                        row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
+                    });
+                }
+            }
 
             let local = c.is_local_layer(l);
             let base = if local {

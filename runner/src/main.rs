@@ -113,7 +113,7 @@ fn completions(args: &CompletionsArgs) -> Result<()> {
 
 #[derive(Args, Debug, Clone)]
 struct ImageArgs {
-    /// A model name (smollm2, gemma3, tiny-llama, tiny-gemma3) or the path of a model file.
+    /// A model name (smollm2, gemma3, tiny-llama, tiny-gemma3, tiny-qwen2, tiny-qwen3) or the path of a model file.
     #[arg(long, default_value = models::DEFAULT_MODEL)]
     model: String,
     /// Build the kernel with a COM1 console and log output (never for release).

@@ -5,6 +5,11 @@
 //! `'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+` by hand (core's Unicode
 //! `is_alphabetic`/`is_numeric`/`is_whitespace` stand in for the regex classes); llama.cpp's `smollm` pre-type first
 //! isolates each `\p{N}` character. Merging repeatedly joins the adjacent pair of lowest merge rank, leftmost first.
+//!
+//! Llama 3 (`llama-bpe`) and Qwen2 (`qwen2`, also Qwen3's files) use another pattern, written out by hand in
+//! [`llama3_split`]:
+//! `(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`
+//! with `\p{N}` alone (one digit per pre-token) for `qwen2`.
 
 use alloc::collections::{BTreeMap, BinaryHeap};
 use alloc::string::String;
@@ -39,6 +44,10 @@ enum Pre {
     Gpt2,
     /// GPT-2 after isolating every numeric character (llama.cpp `LLAMA_VOCAB_PRE_TYPE_SMOLLM`).
     SmolLm,
+    /// Llama 3's pattern, numbers in runs of up to three digits (`LLAMA_VOCAB_PRE_TYPE_LLAMA3`).
+    Llama3,
+    /// Llama 3's pattern with one digit per pre-token (`LLAMA_VOCAB_PRE_TYPE_QWEN2`).
+    Qwen2,
 }
 
 pub struct Bpe<'a> {
@@ -52,6 +61,8 @@ impl<'a> Bpe<'a> {
         let pre = match g.get("tokenizer.ggml.pre").and_then(Value::as_str) {
             None | Some("default") | Some("gpt2") => Pre::Gpt2,
             Some("smollm") => Pre::SmolLm,
+            Some("llama-bpe" | "llama3") => Pre::Llama3,
+            Some("qwen2") => Pre::Qwen2,
             Some(_) => return Err(TokenizerError::BadMetadata("tokenizer.ggml.pre")),
         };
         let merges = g
@@ -93,6 +104,8 @@ impl<'a> Bpe<'a> {
         };
         match self.pre {
             Pre::Gpt2 => gpt2_split(text, &mut each_word),
+            Pre::Llama3 => llama3_split(text, 3, &mut each_word),
+            Pre::Qwen2 => llama3_split(text, 1, &mut each_word),
             Pre::SmolLm => {
                 let mut start = 0;
                 for (i, c) in text.char_indices() {
@@ -287,6 +300,68 @@ pub fn gpt2_split(s: &str, f: &mut dyn FnMut(&str)) {
     }
 }
 
+/// Calls `f` on each pre-token of `s` under Llama 3's pattern (see the module comment), numbers split into runs of
+/// at most `max_digits`; the pieces concatenate to `s`. The alternatives are tried in the pattern's order.
+pub fn llama3_split(s: &str, max_digits: usize, f: &mut dyn FnMut(&str)) {
+    let chars: Vec<(usize, char)> = s.char_indices().collect();
+    let n = chars.len();
+    let at = |i: usize| if i < n { chars[i].0 } else { s.len() };
+    let letter = |c: char| c.is_alphabetic();
+    let number = |c: char| c.is_numeric();
+    let newline = |c: char| c == '\r' || c == '\n';
+    let other = |c: char| !c.is_whitespace() && !letter(c) && !number(c);
+    let run = |from: usize, pred: &dyn Fn(char) -> bool| {
+        let mut k = from;
+        while k < n && pred(chars[k].1) {
+            k += 1;
+        }
+        k
+    };
+    let mut i = 0;
+    while i < n {
+        let c = chars[i].1;
+        let next = chars.get(i + 1).map(|&(_, c)| c);
+        // (?i:'s|'t|'re|'ve|'m|'ll|'d)
+        if c == '\'' {
+            let lower = |k: usize| chars.get(k).map(|&(_, c)| c.to_ascii_lowercase());
+            let len = match (lower(i + 1), lower(i + 2)) {
+                (Some('s' | 't' | 'm' | 'd'), _) => 2,
+                (Some('r'), Some('e')) | (Some('v'), Some('e')) | (Some('l'), Some('l')) => 3,
+                _ => 0,
+            };
+            if len > 0 {
+                f(&s[at(i)..at(i + len)]);
+                i += len;
+                continue;
+            }
+        }
+        let end = if letter(c) {
+            // [^\r\n\p{L}\p{N}]?\p{L}+ without the optional character.
+            run(i, &letter)
+        } else if !newline(c) && !number(c) && next.is_some_and(letter) {
+            // ... with it.
+            run(i + 1, &letter)
+        } else if number(c) {
+            // \p{N}{1,max_digits}
+            run(i, &number).min(i + max_digits)
+        } else if other(c) || (c == ' ' && next.is_some_and(other)) {
+            // ' ?[^\s\p{L}\p{N}]+[\r\n]*'
+            let start = if c == ' ' { i + 1 } else { i };
+            run(run(start, &other), &newline)
+        } else {
+            // Whitespace: \s*[\r\n]+ (up to the run's last newline), else \s+(?!\S), else \s+.
+            let k = run(i, &|c| c.is_whitespace());
+            match (i..k).rev().find(|&j| newline(chars[j].1)) {
+                Some(last) => last + 1,
+                None if k == n || k - i < 2 => k,
+                None => k - 1,
+            }
+        };
+        f(&s[at(i)..at(end)]);
+        i = end;
+    }
+}
+
 /// Appends the bytes a BPE token text stands for.
 pub fn decode(text: &str, out: &mut Vec<u8>) {
     for c in text.chars() {
@@ -308,6 +383,45 @@ mod tests {
         let mut v = Vec::new();
         gpt2_split(s, &mut |p| v.push(String::from(p)));
         v
+    }
+
+    fn split3(s: &str, digits: usize) -> Vec<String> {
+        let mut v = Vec::new();
+        llama3_split(s, digits, &mut |p| v.push(String::from(p)));
+        v
+    }
+
+    #[test]
+    fn llama3_pretokenizer_matches_regex_semantics() {
+        assert_eq!(split3("Hello world", 3), ["Hello", " world"]);
+        assert_eq!(
+            split3("I'M here, they'LL go", 3),
+            ["I", "'M", " here", ",", " they", "'LL", " go"]
+        );
+        assert_eq!(split3("12345 apples", 3), ["123", "45", " apples"]);
+        assert_eq!(
+            split3("12345 apples", 1),
+            ["1", "2", "3", "4", "5", " apples"]
+        );
+        assert_eq!(split3(" 42", 3), [" ", "42"]);
+        assert_eq!(split3("\tword", 3), ["\tword"]);
+        assert_eq!(split3("'hello", 3), ["'hello"]);
+        assert_eq!(split3("ok!!\n\nnext", 3), ["ok", "!!\n\n", "next"]);
+        assert_eq!(split3("a  \n  b", 3), ["a", "  \n", " ", " b"]);
+        assert_eq!(split3("a   b", 3), ["a", "  ", " b"]);
+        assert_eq!(split3("end   ", 3), ["end", "   "]);
+        assert_eq!(split3(" !?", 3), [" !?"]);
+        assert_eq!(split3("x\n", 3), ["x", "\n"]);
+        for text in [
+            "",
+            "a",
+            " ",
+            "\n\n",
+            "mixed 中文 and 123,456.7 'tis",
+            "x \r\n y",
+        ] {
+            assert_eq!(split3(text, 3).concat(), text);
+        }
     }
 
     #[test]
