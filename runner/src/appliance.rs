@@ -356,11 +356,28 @@ fn wait_ready(
 
 fn exit_report(status: &std::process::ExitStatus, qemu_log: &Path, serial_log: &Path) -> String {
     format!(
-        "QEMU exited ({status}).\nQEMU's output:\n{}\nserial output:\n{}",
+        "{}\nQEMU's output:\n{}\nserial output:\n{}",
+        exit_reason(status),
         process::tail_of_file(qemu_log, TAIL_BYTES),
         process::tail_of_file(serial_log, TAIL_BYTES)
     )
 }
+
+/// What QEMU's exit means. The kernel never powers off: it resets the machine on a panic or a fatal exception
+/// (docs/ARCHITECTURE.md §2), and `-no-reboot` turns that reset into QEMU exiting with status 0.
+pub fn exit_reason(status: &std::process::ExitStatus) -> String {
+    if status.success() {
+        format!(
+            "{RESET_REPORT} (QEMU exited with {status} under -no-reboot); boot a --debug-console image to see the \
+             panic message or the exception"
+        )
+    } else {
+        format!("QEMU exited ({status}).")
+    }
+}
+
+/// The words a report uses when the guest reset itself.
+pub const RESET_REPORT: &str = "the appliance reset itself after a kernel panic or fatal exception";
 
 /// A port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> Result<u16> {
@@ -429,6 +446,17 @@ fn copy_new_bytes(path: &Path, offset: u64, out: &mut impl Write) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_clean_qemu_exit_is_reported_as_a_reset() {
+        use std::os::unix::process::ExitStatusExt as _;
+        let reset = exit_reason(&std::process::ExitStatus::from_raw(0));
+        assert!(reset.starts_with(RESET_REPORT), "{reset}");
+        // wait(2) status 1 << 8: QEMU exited with 1, its own failure (a bad option, a port taken).
+        let failed = exit_reason(&std::process::ExitStatus::from_raw(1 << 8));
+        assert!(!failed.contains(RESET_REPORT), "{failed}");
+        assert!(failed.contains("QEMU exited"), "{failed}");
+    }
 
     #[test]
     fn serial_echo_copies_only_new_bytes() {
