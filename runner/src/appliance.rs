@@ -250,7 +250,7 @@ impl Appliance {
         if let Some(status) = self.qemu.try_wait()? {
             bail!(exit_report(&status, self.qemu.log_path(), &self.serial_log));
         }
-        self.swtpm.ensure_running()
+        ensure_swtpm_running(&mut self.qemu, &mut self.swtpm, &self.serial_log)
     }
 
     /// Stops QEMU, then swtpm, and removes the state directory.
@@ -336,7 +336,7 @@ fn wait_ready(
             }
             return Err(BootFailure::Other(anyhow!(report)));
         }
-        swtpm.ensure_running()?;
+        ensure_swtpm_running(qemu, swtpm, serial_log)?;
         let now = Instant::now();
         if now >= deadline {
             return Err(BootFailure::Other(anyhow!(
@@ -351,6 +351,27 @@ fn wait_ready(
             Err(error) => last_error = error,
         }
         std::thread::sleep(PROBE_INTERVAL.min(deadline.saturating_duration_since(Instant::now())));
+    }
+}
+
+/// How long to wait for QEMU to exit once swtpm has: swtpm ends when QEMU closes its socket, so a QEMU on its way
+/// out (a guest reset under `-no-reboot`) is the cause worth reporting.
+const QEMU_EXIT_GRACE: Duration = Duration::from_secs(2);
+
+/// Fails if swtpm has exited, with QEMU's exit report when QEMU exits too within [`QEMU_EXIT_GRACE`].
+fn ensure_swtpm_running(qemu: &mut ChildGuard, swtpm: &mut Swtpm, serial_log: &Path) -> Result<()> {
+    let Err(error) = swtpm.ensure_running() else {
+        return Ok(());
+    };
+    let deadline = Instant::now() + QEMU_EXIT_GRACE;
+    loop {
+        if let Some(status) = qemu.try_wait()? {
+            bail!(exit_report(&status, qemu.log_path(), serial_log));
+        }
+        if Instant::now() >= deadline {
+            return Err(error);
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use client::manifest;
 use runner::appliance::{Appliance, BootOptions};
-use runner::image;
+use runner::image::{self, KernelFlavor};
 use runner::qemu::AccelChoice;
 use sha2::{Digest, Sha256};
 use support::*;
@@ -177,7 +177,7 @@ const DEPENDENCY_LOG_TEXT: [&str; 9] = [
 
 /// Source paths (registry, toolchain, workspace) and the standard library's panic messages, which a panic
 /// location or a formatted panic would carry.
-const SOURCE_PATHS_AND_PANIC_TEXT: [&str; 12] = [
+const SOURCE_PATHS_AND_PANIC_TEXT: [&str; 13] = [
     ".cargo/registry",
     "/cargo/registry",
     "index.crates.io",
@@ -190,6 +190,7 @@ const SOURCE_PATHS_AND_PANIC_TEXT: [&str; 12] = [
     "index out of bounds",
     "called `Option::unwrap()`",
     "attempt to",
+    "panic-test",
 ];
 
 /// (p_flags, p_offset, p_filesz) of every PT_LOAD segment that holds file bytes (System V gABI ch. 5).
@@ -237,37 +238,53 @@ fn the_release_kernel_holds_no_log_text_no_source_paths_and_no_unmeasured_bytes(
     assert!(writable <= tpm::measurement::MAX_DATA_FILE_BYTES as u64);
 }
 
-#[test]
-fn a_panic_resets_the_machine_and_the_runner_says_so() {
-    // The panic-test kernel panics once its tables are live; the panic handler resets the machine, and under
-    // -no-reboot QEMU exits, which the runner must report as a reset rather than wait for an answer.
+/// Boots `flavor` (a panic-test kernel) and returns the runner's error and how long it took to come.
+fn boot_until_the_reset(flavor: KernelFlavor) -> (String, Duration) {
     let dir = tempfile::tempdir().expect("temp dir");
     let model = tiny_llama(dir.path());
-    let kernel = kernel(PANIC_TEST);
     let image = image::assemble(
-        &kernel,
+        &kernel(flavor),
         &model,
         "ip=dhcp port=7000",
         &dir.path().join("image"),
-        PANIC_TEST,
+        flavor,
     )
     .expect("assemble image");
     let mut options = BootOptions::new(image);
     options.accel = AccelChoice::Tcg;
     options.mem_mib = 256;
+    options.echo_serial = false;
     options.ready_timeout = Some(Duration::from_secs(240));
     let (outcome, took) = timed(|| Appliance::boot(&options));
-    let error = match outcome {
-        Ok(_) => panic!("the panic-test kernel answered instead of resetting"),
-        Err(error) => format!("{error:#}"),
-    };
-    eprintln!("the runner saw the reset after {took:.1?}");
-    assert!(
-        error.contains(runner::appliance::RESET_REPORT),
-        "the runner did not report a reset: {error}"
-    );
-    assert!(
-        took < Duration::from_secs(200),
-        "the reset came only after {took:?}"
-    );
+    match outcome {
+        Ok(_) => panic!("the {flavor:?} kernel answered instead of resetting"),
+        Err(error) => (format!("{error:#}"), took),
+    }
+}
+
+#[test]
+fn a_panic_resets_the_machine_and_the_runner_says_so() {
+    // The panic-test kernel panics once its tables are live; the panic handler resets the machine, and under
+    // -no-reboot QEMU exits, which the runner must report as a reset rather than wait for an answer. The release
+    // flavour is the one that matters; the debug console's copy prints the panic first, which shows that the
+    // reset the runner reports is that panic's.
+    for flavor in [PANIC_TEST, DEBUG_PANIC_TEST] {
+        let (error, took) = boot_until_the_reset(flavor);
+        eprintln!("{flavor:?}: the runner saw the reset after {took:.1?}");
+        assert!(
+            error.contains(runner::appliance::RESET_REPORT),
+            "the runner did not report a reset: {error}"
+        );
+        assert!(
+            took < Duration::from_secs(200),
+            "the reset came only after {took:?}"
+        );
+        if flavor.debug_console {
+            assert!(
+                error.contains("kernel panic: panicked at")
+                    || error.contains("panic-test: panicking on purpose"),
+                "the serial output does not show the panic: {error}"
+            );
+        }
+    }
 }

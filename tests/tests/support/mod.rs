@@ -43,6 +43,11 @@ pub const PANIC_TEST: KernelFlavor = KernelFlavor {
     debug_console: false,
     panic_test: true,
 };
+/// [`PANIC_TEST`] with the debug console, which prints the panic before the reset.
+pub const DEBUG_PANIC_TEST: KernelFlavor = KernelFlavor {
+    debug_console: true,
+    panic_test: true,
+};
 
 /// How long a test waits for one answer from a healthy appliance under TCG before calling it a hang.
 pub const PATIENCE: Duration = Duration::from_secs(60);
@@ -52,6 +57,7 @@ pub fn kernel(flavor: KernelFlavor) -> PathBuf {
     static RELEASE_ELF: OnceLock<PathBuf> = OnceLock::new();
     static DEBUG_ELF: OnceLock<PathBuf> = OnceLock::new();
     static PANIC_TEST_ELF: OnceLock<PathBuf> = OnceLock::new();
+    static DEBUG_PANIC_TEST_ELF: OnceLock<PathBuf> = OnceLock::new();
     // Cargo builds of the two flavours use separate target dirs, but serialise them anyway so two
     // tests do not run two nested cargo invocations on the same directory at once.
     static BUILD: Mutex<()> = Mutex::new(());
@@ -59,7 +65,7 @@ pub fn kernel(flavor: KernelFlavor) -> PathBuf {
         RELEASE => &RELEASE_ELF,
         DEBUG => &DEBUG_ELF,
         PANIC_TEST => &PANIC_TEST_ELF,
-        other => panic!("no test builds the {other:?} kernel"),
+        DEBUG_PANIC_TEST => &DEBUG_PANIC_TEST_ELF,
     };
     cell.get_or_init(|| {
         let _guard = BUILD
