@@ -1,9 +1,10 @@
 //! The image manifest (`manifest.json`, written by `runner build`): the digests a verifier expects the appliance
 //! to have measured, and the PCR values they replay to.
 //!
-//! Contract (docs/ARCHITECTURE.md §4): at boot the kernel extends, in this order, PCR 12 with SHA-256 over its read-only
-//! loadable segments (the ELF's PT_LOAD program headers without PF_W, in program-header order, each segment's
-//! file bytes `[p_offset, p_offset + p_filesz)` concatenated: text, then rodata), PCR 13 with SHA-256 of the model
+//! Contract (docs/ARCHITECTURE.md §4): at boot the kernel extends, in this order, PCR 12 with SHA-256 over its
+//! loadable segments' file bytes (the ELF's PT_LOAD program headers that hold file bytes, in program-header order,
+//! each segment's `[p_offset, p_offset + p_filesz)` concatenated: text, rodata, then the writable segment's initial
+//! bytes, which the kernel copies before its first write to them), PCR 13 with SHA-256 of the model
 //! blob and then with SHA-256 of the serving parameters' canonical text, and PCR 14 with SHA-256 of the effective
 //! configuration's canonical text and then with SHA-256 of the kernel command line bytes (no NUL). Both canonical
 //! texts come from `net::serving::ApplianceConfig`, the one definition the kernel uses too. Each PCR starts at 32 zero bytes and
@@ -25,7 +26,7 @@ use net::serving::ApplianceConfig;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::{Digest as _, Sha256};
 
-use tpm::measurement::{BootDigests, BOOT_EVENT_COUNT};
+use tpm::measurement::{BootDigests, BOOT_EVENT_COUNT, MAX_DATA_FILE_BYTES};
 
 use crate::digest::{hex, sha256_file};
 
@@ -70,8 +71,9 @@ impl std::str::FromStr for BootMode {
     }
 }
 
-/// The manifest format this code writes and reads.
-pub const MANIFEST_FORMAT: u32 = 2;
+/// The manifest format this code writes and reads. Format 3 measures the writable segment's file bytes into PCR 12
+/// and says whether the image has a debug console; format 2 manifests are refused (rebuild the image).
+pub const MANIFEST_FORMAT: u32 = 3;
 /// The manifest's file name in an image directory.
 pub const MANIFEST_FILE: &str = "manifest.json";
 // cloister's own PCRs, from the measurement contract.
@@ -137,7 +139,7 @@ pub struct MeasuredSegment {
     pub offset: u64,
     /// p_filesz.
     pub file_size: u64,
-    /// p_flags as `R`, `W`, `X` letters or `-` (never with `W`).
+    /// p_flags as `R`, `W`, `X` letters or `-` (`RW-` for the initial data, measured as loaded).
     pub flags: String,
 }
 
@@ -149,7 +151,7 @@ pub struct KernelMeasurement {
     pub file_sha256: Sha256Digest,
     /// Length of the ELF file in bytes.
     pub file_length: u64,
-    /// SHA-256 over the read-only PT_LOAD segments' file bytes: the digest extended into PCR 12.
+    /// SHA-256 over the PT_LOAD segments' file bytes (text, rodata, initial data): the digest extended into PCR 12.
     pub measured_sha256: Sha256Digest,
     /// The segments that digest covers, in the order hashed.
     pub segments: Vec<MeasuredSegment>,
@@ -267,6 +269,10 @@ pub struct Manifest {
     /// For `uefi`: the boot application the firmware must have measured into PCR 4.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot_application: Option<BootApplication>,
+    /// Whether the kernel was built with the debug console (`runner build --debug-console`): it prints its boot
+    /// and errors on COM1 for whoever holds the serial port. A verifier refuses such an image unless told
+    /// `--allow-debug-image`, and its report names it. Required: a manifest that does not say is refused.
+    pub console: bool,
 }
 
 /// The PE32+ boot application of a UEFI image (docs/ARCHITECTURE.md, "UEFI boot").
@@ -284,8 +290,9 @@ pub type ExpectedEvent = tpm::measurement::Measurement;
 
 impl Manifest {
     /// Measures an image the way the appliance will: reads the kernel ELF's program headers (untrusted input:
-    /// every offset is bounds-checked), hashes its read-only PT_LOAD segments, the model file and the command
-    /// line, and replays PCRs 12-14. Firmware PCRs are recorded as [`FirmwarePcrs::NonZero`].
+    /// every offset is bounds-checked), hashes its PT_LOAD segments' file bytes, the model file and the command
+    /// line, and replays PCRs 12-14. Firmware PCRs are recorded as [`FirmwarePcrs::NonZero`]; the image is
+    /// recorded as a release image (no console) until [`Manifest::with_console`] says otherwise.
     pub fn for_image(kernel_elf: &Path, model: &Path, cmdline: &str) -> Result<Self> {
         let length = std::fs::metadata(kernel_elf)
             .with_context(|| format!("cannot read {}", kernel_elf.display()))?
@@ -298,11 +305,11 @@ impl Manifest {
         }
         let elf = std::fs::read(kernel_elf)
             .with_context(|| format!("cannot read {}", kernel_elf.display()))?;
-        let segments = read_only_segments(&elf)
+        let segments = measured_segments(&elf)
             .with_context(|| format!("{} is not a usable kernel ELF", kernel_elf.display()))?;
         let mut hasher = Sha256::new();
         for segment in &segments {
-            // read_only_segments checked every range against the file.
+            // measured_segments checked every range against the file.
             hasher.update(&elf[segment.range()]);
         }
         let kernel = KernelMeasurement {
@@ -353,6 +360,7 @@ impl Manifest {
             firmware: FirmwarePcrs::NonZero,
             boot: BootMode::Direct,
             boot_application: None,
+            console: false,
         };
         manifest.pcrs = manifest.replay();
         Ok(manifest)
@@ -379,6 +387,12 @@ impl Manifest {
             authenticode_sha256: Sha256Digest(authenticode_sha256),
             length,
         });
+        self
+    }
+
+    /// The same manifest for a kernel built with (`true`) or without the debug console.
+    pub fn with_console(mut self, console: bool) -> Self {
+        self.console = console;
         self
     }
 
@@ -535,10 +549,13 @@ pub enum ElfError {
     TooManyProgramHeaders(u16),
     /// The program header table does not lie inside the file.
     ProgramHeadersOutsideFile,
-    /// A read-only PT_LOAD segment's file bytes do not lie inside the file.
+    /// A PT_LOAD segment's file bytes do not lie inside the file.
     SegmentOutsideFile(u16),
     /// No PT_LOAD segment without PF_W holds any file bytes.
     NoReadOnlySegment,
+    /// The writable PT_LOAD segments hold more file bytes (this many) than the kernel can copy and measure
+    /// ([`tpm::measurement::MAX_DATA_FILE_BYTES`]).
+    DataTooLarge(u64),
 }
 
 impl fmt::Display for ElfError {
@@ -563,13 +580,18 @@ impl fmt::Display for ElfError {
                 "program header {index} names file bytes outside the file"
             ),
             Self::NoReadOnlySegment => write!(formatter, "no read-only loadable segment"),
+            Self::DataTooLarge(bytes) => write!(
+                formatter,
+                "the writable segment holds {bytes} initial bytes, more than the {MAX_DATA_FILE_BYTES} the kernel \
+                 measures"
+            ),
         }
     }
 }
 
 impl std::error::Error for ElfError {}
 
-/// A read-only loadable segment of an ELF file.
+/// A loadable segment of an ELF file that holds file bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ElfSegment {
     /// p_offset.
@@ -620,13 +642,15 @@ fn le_u64(bytes: &[u8], at: usize) -> Option<u64> {
     Some(u64::from_le_bytes(bytes.get(at..at + 8)?.try_into().ok()?))
 }
 
-/// The PT_LOAD segments without PF_W that hold file bytes, in program-header order: exactly what the kernel
-/// hashes into PCR 12. Every offset is checked against `elf`'s length before use.
+/// The PT_LOAD segments that hold file bytes, in program-header order: exactly what the kernel hashes into PCR 12
+/// (text, rodata, then the initial data it copied before its first write). Every offset is checked against
+/// `elf`'s length before use; at least one segment must be read-only, and the writable ones together may hold at
+/// most [`MAX_DATA_FILE_BYTES`].
 ///
 /// # Errors
 ///
 /// [`ElfError`].
-pub fn read_only_segments(elf: &[u8]) -> Result<Vec<ElfSegment>, ElfError> {
+pub fn measured_segments(elf: &[u8]) -> Result<Vec<ElfSegment>, ElfError> {
     if elf.len() < EHDR_LEN {
         return Err(ElfError::TooShort);
     }
@@ -662,7 +686,7 @@ pub fn read_only_segments(elf: &[u8]) -> Result<Vec<ElfSegment>, ElfError> {
         let p_flags = le_u32(header, 4).ok_or(outside)?;
         let p_offset = le_u64(header, 8).ok_or(outside)?;
         let p_filesz = le_u64(header, 32).ok_or(outside)?;
-        if p_type != PT_LOAD || p_flags & PF_W != 0 || p_filesz == 0 {
+        if p_type != PT_LOAD || p_filesz == 0 {
             continue;
         }
         p_offset
@@ -675,8 +699,16 @@ pub fn read_only_segments(elf: &[u8]) -> Result<Vec<ElfSegment>, ElfError> {
             flags: p_flags,
         });
     }
-    if segments.is_empty() {
+    if segments.iter().all(|segment| segment.flags & PF_W != 0) {
         return Err(ElfError::NoReadOnlySegment);
+    }
+    let data_bytes: u64 = segments
+        .iter()
+        .filter(|segment| segment.flags & PF_W != 0)
+        .map(|segment| segment.file_size)
+        .sum();
+    if data_bytes > MAX_DATA_FILE_BYTES as u64 {
+        return Err(ElfError::DataTooLarge(data_bytes));
     }
     Ok(segments)
 }
@@ -716,13 +748,14 @@ mod tests {
         let mut hasher = Sha256::new();
         hasher.update(&elf[0x400..0x500]);
         hasher.update(&elf[0x600..0x680]);
+        hasher.update(&elf[0x800..0x840]);
         (elf, hasher.finalize().into())
     }
 
     #[test]
-    fn read_only_segments_in_header_order() {
+    fn loadable_segments_with_file_bytes_in_header_order() {
         let (elf, _) = fixture();
-        let segments = read_only_segments(&elf).unwrap();
+        let segments = measured_segments(&elf).unwrap();
         assert_eq!(
             segments,
             [
@@ -736,10 +769,16 @@ mod tests {
                     file_size: 0x80,
                     flags: PF_R
                 },
+                ElfSegment {
+                    offset: 0x800,
+                    file_size: 0x40,
+                    flags: PF_R | PF_W
+                },
             ]
         );
         assert_eq!(segments[0].describe().flags, "R-X");
         assert_eq!(segments[1].describe().flags, "R--");
+        assert_eq!(segments[2].describe().flags, "RW-");
     }
 
     #[test]
@@ -924,7 +963,8 @@ mod tests {
             "sessions=0"
         )
         .is_err());
-        let future = text.replace("\"format\": 2", "\"format\": 3");
+        let future = text.replace("\"format\": 3", "\"format\": 4");
+        assert_ne!(future, text);
         assert!(Manifest::from_json(future.as_bytes()).is_err());
         let unknown = text.replacen('{', "{\n  \"extra\": 1,", 1);
         assert!(Manifest::from_json(unknown.as_bytes()).is_err());
@@ -937,54 +977,54 @@ mod tests {
     #[test]
     fn hostile_elf_files_give_typed_errors() {
         let (good, _) = fixture();
-        assert_eq!(read_only_segments(&good[..10]), Err(ElfError::TooShort));
+        assert_eq!(measured_segments(&good[..10]), Err(ElfError::TooShort));
         let mut bad = good.clone();
         bad[0] = 0;
-        assert_eq!(read_only_segments(&bad), Err(ElfError::NotElf));
+        assert_eq!(measured_segments(&bad), Err(ElfError::NotElf));
         let mut bad = good.clone();
         bad[4] = 1;
-        assert_eq!(read_only_segments(&bad), Err(ElfError::Not64Bit));
+        assert_eq!(measured_segments(&bad), Err(ElfError::Not64Bit));
         let mut bad = good.clone();
         bad[5] = 2;
-        assert_eq!(read_only_segments(&bad), Err(ElfError::NotLittleEndian));
+        assert_eq!(measured_segments(&bad), Err(ElfError::NotLittleEndian));
         let mut bad = good.clone();
         bad[0x36] = 55;
         assert_eq!(
-            read_only_segments(&bad),
+            measured_segments(&bad),
             Err(ElfError::BadProgramHeaderSize(55))
         );
         let mut bad = good.clone();
         bad[0x38..0x3a].copy_from_slice(&65u16.to_le_bytes());
         assert_eq!(
-            read_only_segments(&bad),
+            measured_segments(&bad),
             Err(ElfError::TooManyProgramHeaders(65))
         );
         let mut bad = good.clone();
         bad[0x20..0x28].copy_from_slice(&u64::MAX.to_le_bytes());
         assert_eq!(
-            read_only_segments(&bad),
+            measured_segments(&bad),
             Err(ElfError::ProgramHeadersOutsideFile)
         );
         // p_offset + p_filesz overflowing, and past the end of the file.
         let mut bad = good.clone();
         bad[64 + 8..64 + 16].copy_from_slice(&u64::MAX.to_le_bytes());
         assert_eq!(
-            read_only_segments(&bad),
+            measured_segments(&bad),
             Err(ElfError::SegmentOutsideFile(0))
         );
         let mut bad = good.clone();
         bad[64 + 56 + 32..64 + 56 + 40].copy_from_slice(&0x1000u64.to_le_bytes());
         assert_eq!(
-            read_only_segments(&bad),
+            measured_segments(&bad),
             Err(ElfError::SegmentOutsideFile(1))
         );
         // Every segment writable: nothing to measure.
         let mut bad = good.clone();
         bad[64 + 4] |= PF_W as u8;
         bad[64 + 56 + 4] |= PF_W as u8;
-        assert_eq!(read_only_segments(&bad), Err(ElfError::NoReadOnlySegment));
+        assert_eq!(measured_segments(&bad), Err(ElfError::NoReadOnlySegment));
         for cut in 0..200 {
-            assert!(read_only_segments(&good[..cut]).is_err(), "cut {cut}");
+            assert!(measured_segments(&good[..cut]).is_err(), "cut {cut}");
         }
         // Random corruption: an error or segments inside the file, never a panic.
         let mut state = 0x2545_f491_4f6c_dd1du64;
@@ -996,12 +1036,67 @@ mod tests {
             let at = (state % 300) as usize;
             bytes[at] = (state >> 32) as u8;
             let cut = ((state >> 16) % bytes.len() as u64) as usize;
-            if let Ok(segments) = read_only_segments(&bytes[..cut]) {
+            if let Ok(segments) = measured_segments(&bytes[..cut]) {
                 for segment in segments {
                     assert!(segment.range().end <= cut);
                 }
             }
         }
+    }
+
+    #[test]
+    fn writable_file_bytes_are_measured_up_to_the_kernels_copy() {
+        let (good, measured) = fixture();
+        // Changing a byte of the initial data changes the PCR 12 digest, as it changes what the kernel runs with.
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("model.gguf");
+        std::fs::write(&model, b"GGUF").unwrap();
+        let mut changed = good.clone();
+        changed[0x820] ^= 1;
+        let kernel = dir.path().join("kernel.elf");
+        std::fs::write(&kernel, &changed).unwrap();
+        let manifest = Manifest::for_image(&kernel, &model, "port=7000").unwrap();
+        assert_ne!(manifest.kernel.measured_sha256.0, measured);
+        // More initial data than the kernel's copy holds: no manifest, so no image that could not verify.
+        let mut large = good.clone();
+        large.resize(0x800 + MAX_DATA_FILE_BYTES + 1, 0);
+        let size = (MAX_DATA_FILE_BYTES + 1) as u64;
+        large[64 + 2 * 56 + 32..64 + 2 * 56 + 40].copy_from_slice(&size.to_le_bytes());
+        assert_eq!(measured_segments(&large), Err(ElfError::DataTooLarge(size)));
+        std::fs::write(&kernel, &large).unwrap();
+        let error = Manifest::for_image(&kernel, &model, "port=7000").unwrap_err();
+        assert!(format!("{error:#}").contains("initial bytes"), "{error:#}");
+    }
+
+    #[test]
+    fn the_console_is_recorded_and_required() {
+        let manifest = Manifest::from_digests(
+            KernelMeasurement {
+                file_sha256: Sha256Digest([1; 32]),
+                file_length: 1,
+                measured_sha256: Sha256Digest([3; 32]),
+                segments: Vec::new(),
+            },
+            ModelMeasurement {
+                sha256: Sha256Digest([2; 32]),
+                length: 2,
+            },
+            "port=7000",
+        )
+        .unwrap();
+        assert!(!manifest.console);
+        let text = String::from_utf8(manifest.to_json()).unwrap();
+        assert!(text.contains("\"console\": false"), "{text}");
+        let debug = manifest.with_console(true);
+        let text = String::from_utf8(debug.to_json()).unwrap();
+        assert!(text.contains("\"console\": true"), "{text}");
+        assert_eq!(Manifest::from_json(text.as_bytes()).unwrap(), debug);
+        // A manifest that does not say whether the image has a console is refused, as is the older format.
+        let silent = text.replace(",\n  \"console\": true", "");
+        assert_ne!(silent, text);
+        assert!(Manifest::from_json(silent.as_bytes()).is_err());
+        let old = text.replace("\"format\": 3", "\"format\": 2");
+        assert!(Manifest::from_json(old.as_bytes()).is_err());
     }
 
     #[test]

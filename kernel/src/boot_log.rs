@@ -85,7 +85,7 @@ mod tests {
         assert!(replayed[..12].iter().all(|pcr| *pcr == [0; 32]));
         let first = log.events().next().unwrap();
         assert_eq!(first.event_type, EV_EVENT_TAG);
-        assert_eq!(first.data, b"kernel text and rodata");
+        assert_eq!(first.data, b"kernel text, rodata and data");
     }
 
     #[test]

@@ -3,8 +3,8 @@
 //! host tests run them over swtpm.
 //!
 //! Measurements, each extended into the SHA-256 bank and appended to the event log before any
-//! port opens: PCR 12 the kernel's read-only loadable segments (text, then rodata, exactly the
-//! bytes of the ELF's non-writable PT_LOAD segments), PCR 13 the model blob and the serving
+//! port opens: PCR 12 the kernel's loadable segments (text, rodata, then the initial data as it was
+//! before the kernel's first write: exactly the file bytes of the ELF's PT_LOAD segments), PCR 13 the model blob and the serving
 //! parameters, PCR 14 the effective configuration and the kernel command line.
 
 use alloc::vec::Vec;
@@ -42,8 +42,9 @@ pub fn random_seed<T: Transport>(tpm: &mut T) -> Result<[u8; 32], TpmError> {
 
 /// Extends PCRs 12-14 and records each event, exactly as the measurement contract
 /// (`tpm::measurement`) lists them: kernel (12), model and serving parameters (13), effective
-/// configuration and command line (14). `kernel_digest` is SHA-256 over the kernel's text and then
-/// its rodata, as loaded (the binary hashes them between its linker symbols). The two texts are
+/// configuration and command line (14). `kernel_digest` is SHA-256 over the kernel's text, rodata
+/// and initial data, as loaded (the binary hashes them between its linker symbols, the data from a copy made at
+/// entry). The two texts are
 /// `net::serving`'s canonical ones, which the verifier hashes the same way.
 pub fn measure_boot<T: Transport>(
     tpm: &mut T,

@@ -12,6 +12,7 @@ extern crate alloc;
 pub mod appliance;
 pub mod boot_log;
 pub mod boot_tpm;
+pub mod entropy;
 pub mod generations;
 pub mod memory_map;
 pub mod paging;

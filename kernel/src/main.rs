@@ -48,6 +48,8 @@ impl<T, E: core::fmt::Debug> OrHalt<T> for Result<T, E> {
 #[unsafe(no_mangle)]
 extern "C" fn kernel_main(start_info: u64) -> ! {
     let entry_tsc = cpu::rdtsc();
+    // First, before anything writes the data segment: its initial bytes are measured as loaded.
+    let kernel_digest = tpm_device::kernel_image_digest().or_halt("kernel data segment");
     #[cfg(feature = "debug-console")]
     console::init();
     crate::debug!("cloister kernel entered");
@@ -60,6 +62,9 @@ extern "C" fn kernel_main(start_info: u64) -> ! {
         memory.boot.cmdline.as_str()
     );
     firmware_log::show(memory.firmware_event_log());
+    if cfg!(feature = "panic-test") {
+        panic!("panic-test: panicking on purpose");
+    }
     let clock = clock::Clock::calibrate().or_halt("clock calibration");
     crate::debug!("clock: TSC at {} kHz", clock.tsc_hz() / 1000);
     let cmdline = memory.boot.cmdline.as_str();
@@ -75,14 +80,9 @@ extern "C" fn kernel_main(start_info: u64) -> ! {
     let digest: [u8; 32] = Sha256::digest(model).into();
     crate::debug!("model: sha256 computed in {} ms", clock.now_us() / 1000);
     // Everything is measured before any port opens (docs/ARCHITECTURE.md §4).
-    let event_log = kernel::boot_tpm::measure_boot(
-        &mut tpm,
-        tpm_device::kernel_image_digest(),
-        digest,
-        &config,
-        cmdline,
-    )
-    .or_halt("measurement");
+    let event_log =
+        kernel::boot_tpm::measure_boot(&mut tpm, kernel_digest, digest, &config, cmdline)
+            .or_halt("measurement");
     crate::debug!("measured kernel, model, serving parameters and configuration into PCRs 12-14");
     let boot_log =
         kernel::boot_log::whole_boot(memory.firmware_event_log(), &event_log).or_halt("boot log");

@@ -1,13 +1,16 @@
 //! The kernel's random numbers: a ChaCha20 DRBG seeded from RDSEED/RDRAND and the TSC.
 //!
 //! Intel's DRNG guide recommends RDSEED for seeding other generators and RDRAND otherwise; both
-//! are mixed when present. The TPM's GetRandom joins the seed once the TPM driver is up (issue 3).
-//! An appliance without a hardware entropy instruction refuses to run.
+//! are mixed when present, each after the health checks of `kernel::entropy` (many samples, none missing,
+//! degenerate or repeated). The TPM's GetRandom joins the seed once the TPM driver is up (issue 3).
+//! An appliance without a hardware entropy instruction, or with one that fails a check, refuses to run: it never
+//! opens its port.
 //!
 //! Once seeded, the generator is installed in [`DRBG`], behind a spin lock, so that `'static` users (rustls'
 //! `SecureRandom`, through [`TLS_RANDOM`]) and the appliance share one stream. The kernel runs on one CPU and takes
 //! interrupts only inside `sti; hlt; cli`, whose handlers never draw randomness, so the lock is never contended.
 
+use kernel::entropy::{self, EntropyError, Instruction};
 use net::tls::RandomFn;
 use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
@@ -44,13 +47,6 @@ pub fn next_u64() -> u64 {
     u64::from_le_bytes(bytes)
 }
 
-/// Why no generator could be made.
-#[derive(Clone, Copy, Debug)]
-pub enum RngError {
-    /// Neither RDSEED nor RDRAND is available or working.
-    NoHardwareEntropy,
-}
-
 /// The DRBG.
 pub struct Random {
     generator: ChaCha20Rng,
@@ -64,31 +60,33 @@ fn has_rdseed() -> bool {
     cpu::max_leaf() >= 7 && cpu::cpuid(7, 0).ebx & (1 << 18) != 0
 }
 
+/// RDSEED, as `cpu::rdseed` retries it.
+struct Rdseed;
+
+impl Instruction for Rdseed {
+    fn sample(&mut self) -> Option<u64> {
+        cpu::rdseed()
+    }
+}
+
+/// RDRAND, as `cpu::rdrand` retries it.
+struct Rdrand;
+
+impl Instruction for Rdrand {
+    fn sample(&mut self) -> Option<u64> {
+        cpu::rdrand()
+    }
+}
+
 impl Random {
-    /// Seeds a generator from the CPU's entropy instructions.
-    pub fn from_hardware() -> Result<Self, RngError> {
-        let (seed_ok, rand_ok) = (has_rdseed(), has_rdrand());
-        let mut seed = [0u8; 32];
-        let mut sources = 0;
-        for chunk in seed.chunks_exact_mut(8) {
-            let mut word = cpu::rdtsc();
-            if seed_ok {
-                if let Some(value) = cpu::rdseed() {
-                    word ^= value;
-                    sources |= 1;
-                }
-            }
-            if rand_ok {
-                if let Some(value) = cpu::rdrand() {
-                    word = word.rotate_left(17) ^ value;
-                    sources |= 2;
-                }
-            }
-            chunk.copy_from_slice(&word.to_le_bytes());
-        }
-        if sources == 0 {
-            return Err(RngError::NoHardwareEntropy);
-        }
+    /// Seeds a generator from the CPU's entropy instructions, each health-checked (`kernel::entropy`).
+    pub fn from_hardware() -> Result<Self, EntropyError> {
+        let (mut rdseed, mut rdrand) = (Rdseed, Rdrand);
+        let seed = entropy::seed(
+            has_rdseed().then_some(&mut rdseed as &mut dyn Instruction),
+            has_rdrand().then_some(&mut rdrand as &mut dyn Instruction),
+            cpu::rdtsc(),
+        )?;
         Ok(Self {
             generator: ChaCha20Rng::from_seed(seed),
         })

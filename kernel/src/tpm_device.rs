@@ -1,5 +1,5 @@
-//! The TPM inside the appliance: TIS registers over MMIO, and the kernel image digest that the
-//! measured boot (`kernel::boot_tpm`, docs/ARCHITECTURE.md §4) extends into PCR 12.
+//! The TPM inside the appliance: TIS registers over MMIO, and the kernel image digest (text, rodata and the
+//! initial data) that the measured boot (`kernel::boot_tpm`, docs/ARCHITECTURE.md §4) extends into PCR 12.
 //!
 //! Registers: TCG PC Client Platform TPM Profile, "TPM Register Space" — locality 0 at
 //! 0xFED40000, mapped uncached and non-executable by `memory::init`. The FIFO protocol itself
@@ -86,21 +86,50 @@ unsafe extern "C" {
     static __text_end: u8;
     static __rodata_start: u8;
     static __rodata_file_end: u8;
+    static __data_start: u8;
+    static __data_file_end: u8;
 }
 
-/// SHA-256 over the kernel's text and then its rodata, as loaded: the same bytes as the ELF's
-/// read-only PT_LOAD segments (the runner hashes those from the file for the manifest).
-pub fn kernel_image_digest() -> [u8; 32] {
-    let segments = [
+/// The writable segment holds more initial bytes than the kernel can copy and measure
+/// ([`tpm::measurement::MAX_DATA_FILE_BYTES`]); the runner refuses to build a manifest for such a kernel, and the
+/// kernel refuses to run it.
+#[derive(Clone, Copy, Debug)]
+#[allow(
+    dead_code,
+    reason = "read only through Debug, which the debug console prints and dead-code analysis ignores"
+)]
+pub struct DataTooLarge(pub usize);
+
+/// SHA-256 over the kernel's text, its rodata and its initial data, as loaded: the same bytes as the ELF's
+/// PT_LOAD segments' file bytes (the runner hashes those from the file for the manifest).
+///
+/// Must run first thing at entry, before anything writes the data segment: it copies `.data` onto the stack
+/// before hashing, because the hash itself writes it (sha2's CPU-feature cache lives there), and so does every
+/// other dependency's first dispatch (docs/ARCHITECTURE.md §4, "What is measured, and by whom").
+#[inline(never)]
+pub fn kernel_image_digest() -> Result<[u8; 32], DataTooLarge> {
+    let data_start = &raw const __data_start;
+    let data_len = &raw const __data_file_end as usize - data_start as usize;
+    if data_len > tpm::measurement::MAX_DATA_FILE_BYTES {
+        return Err(DataTooLarge(data_len));
+    }
+    let mut data = [0u8; tpm::measurement::MAX_DATA_FILE_BYTES];
+    for (offset, byte) in data[..data_len].iter_mut().enumerate() {
+        // SAFETY: [__data_start, __data_file_end) is the loaded .data, mapped and readable; volatile reads keep
+        // the copy here, ahead of every write that follows this call.
+        *byte = unsafe { data_start.add(offset).read_volatile() };
+    }
+    let read_only = [
         (&raw const __text_start, &raw const __text_end),
         (&raw const __rodata_start, &raw const __rodata_file_end),
     ];
     let mut hasher = Sha256::new();
-    for (start, end) in segments {
+    for (start, end) in read_only {
         let len = end as usize - start as usize;
         // SAFETY: linker symbols bound the kernel's text and rodata, which are mapped read-only
         // (text RX) for the kernel's whole life and never written.
         hasher.update(unsafe { core::slice::from_raw_parts(start, len) });
     }
-    hasher.finalize().into()
+    hasher.update(&data[..data_len]);
+    Ok(hasher.finalize().into())
 }

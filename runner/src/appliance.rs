@@ -258,7 +258,7 @@ impl Appliance {
         if let Some(status) = self.qemu.try_wait()? {
             bail!(exit_report(&status, self.qemu.log_path(), &self.serial_log));
         }
-        self.swtpm.ensure_running()
+        ensure_swtpm_running(&mut self.qemu, &mut self.swtpm, &self.serial_log)
     }
 
     /// Stops QEMU, then swtpm, and removes the state directory.
@@ -344,7 +344,7 @@ fn wait_ready(
             }
             return Err(BootFailure::Other(anyhow!(report)));
         }
-        swtpm.ensure_running()?;
+        ensure_swtpm_running(qemu, swtpm, serial_log)?;
         let now = Instant::now();
         if now >= deadline {
             return Err(BootFailure::Other(anyhow!(
@@ -362,13 +362,51 @@ fn wait_ready(
     }
 }
 
+/// How long to wait for QEMU to exit once swtpm has: swtpm ends when QEMU closes its socket, so a QEMU on its way
+/// out (a guest reset under `-no-reboot`) is the cause worth reporting.
+const QEMU_EXIT_GRACE: Duration = Duration::from_secs(2);
+
+/// Fails if swtpm has exited, with QEMU's exit report when QEMU exits too within [`QEMU_EXIT_GRACE`].
+fn ensure_swtpm_running(qemu: &mut ChildGuard, swtpm: &mut Swtpm, serial_log: &Path) -> Result<()> {
+    let Err(error) = swtpm.ensure_running() else {
+        return Ok(());
+    };
+    let deadline = Instant::now() + QEMU_EXIT_GRACE;
+    loop {
+        if let Some(status) = qemu.try_wait()? {
+            bail!(exit_report(&status, qemu.log_path(), serial_log));
+        }
+        if Instant::now() >= deadline {
+            return Err(error);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn exit_report(status: &std::process::ExitStatus, qemu_log: &Path, serial_log: &Path) -> String {
     format!(
-        "QEMU exited ({status}).\nQEMU's output:\n{}\nserial output:\n{}",
+        "{}\nQEMU's output:\n{}\nserial output:\n{}",
+        exit_reason(status),
         process::tail_of_file(qemu_log, TAIL_BYTES),
         process::tail_of_file(serial_log, TAIL_BYTES)
     )
 }
+
+/// What QEMU's exit means. The kernel never powers off: it resets the machine on a panic or a fatal exception
+/// (docs/ARCHITECTURE.md §2), and `-no-reboot` turns that reset into QEMU exiting with status 0.
+pub fn exit_reason(status: &std::process::ExitStatus) -> String {
+    if status.success() {
+        format!(
+            "{RESET_REPORT} (QEMU exited with {status} under -no-reboot); boot a --debug-console image to see the \
+             panic message or the exception"
+        )
+    } else {
+        format!("QEMU exited ({status}).")
+    }
+}
+
+/// The words a report uses when the guest reset itself.
+pub const RESET_REPORT: &str = "the appliance reset itself after a kernel panic or fatal exception";
 
 /// A port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> Result<u16> {
@@ -437,6 +475,17 @@ fn copy_new_bytes(path: &Path, offset: u64, out: &mut impl Write) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_clean_qemu_exit_is_reported_as_a_reset() {
+        use std::os::unix::process::ExitStatusExt as _;
+        let reset = exit_reason(&std::process::ExitStatus::from_raw(0));
+        assert!(reset.starts_with(RESET_REPORT), "{reset}");
+        // wait(2) status 1 << 8: QEMU exited with 1, its own failure (a bad option, a port taken).
+        let failed = exit_reason(&std::process::ExitStatus::from_raw(1 << 8));
+        assert!(!failed.contains(RESET_REPORT), "{failed}");
+        assert!(failed.contains("QEMU exited"), "{failed}");
+    }
 
     #[test]
     fn serial_echo_copies_only_new_bytes() {

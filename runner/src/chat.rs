@@ -60,6 +60,10 @@ pub struct ChatArgs {
     /// is then trusted, and the report says so.
     #[arg(long)]
     pub trust_host: bool,
+    /// Accept a manifest of a debug-console image (`runner build --debug-console`, `"console": true`): its kernel
+    /// prints its boot and errors on the serial port, and the report says so.
+    #[arg(long)]
+    pub allow_debug_image: bool,
     /// The file that remembers each accepted quote's TPM clock counters, so a rolled-back TPM or an old quote is
     /// refused next time [default: observations.json in cloister's cache]
     #[arg(long, value_name = "PATH")]
@@ -133,6 +137,7 @@ fn verify_and_chat(args: &ChatArgs, cancel: &AtomicBool) -> Result<()> {
         timeout: Duration::from_secs(args.timeout),
         observations: Some(observation_store(args.observations.as_deref())),
         trust_host: args.trust_host,
+        allow_debug_image: args.allow_debug_image,
         ..VerifyOptions::default()
     };
     eprintln!(

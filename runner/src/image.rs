@@ -33,15 +33,19 @@ pub const CMDLINE_FILE: &str = "cmdline";
 pub struct KernelFlavor {
     /// Build with the `debug-console` feature (COM1 console and log output). Never for release.
     pub debug_console: bool,
+    /// Build with the `panic-test` feature: the kernel panics on purpose early in its boot, so a test can see that
+    /// a panic resets the machine. Only for tests; never for an image anyone serves from.
+    pub panic_test: bool,
 }
 
 impl KernelFlavor {
     /// The kernel's own target directory.
     pub fn target_dir(self, workspace: &Path) -> PathBuf {
-        let name = if self.debug_console {
-            "kernel-debug"
-        } else {
-            "kernel"
+        let name = match (self.debug_console, self.panic_test) {
+            (false, false) => "kernel",
+            (true, false) => "kernel-debug",
+            (false, true) => "kernel-panic-test",
+            (true, true) => "kernel-debug-panic-test",
         };
         workspace.join("target").join(name)
     }
@@ -96,10 +100,21 @@ pub fn kernel_build_command(workspace: &Path, cargo_home: &Path, flavor: KernelF
             "--target-dir",
         ])
         .arg(flavor.target_dir(workspace));
-    if flavor.debug_console {
-        command.args(["--features", "debug-console"]);
+    let features: Vec<&str> = [
+        (flavor.debug_console, "debug-console"),
+        (flavor.panic_test, "panic-test"),
+    ]
+    .into_iter()
+    .filter_map(|(on, feature)| on.then_some(feature))
+    .collect();
+    if !features.is_empty() {
+        command.args(["--features", &features.join(",")]);
     }
     set_freestanding_env(&mut command, &kernel_rustflags(workspace, cargo_home));
+    // Whole-program LTO, not the workspace's thin LTO: the release panic handler never reads its argument, and only
+    // across the whole program can LLVM see that no panic location, message or source path is ever read, and drop
+    // them all from the image (docs/ARCHITECTURE.md §2; stable Rust has no `-Zlocation-detail=none`).
+    command.env("CARGO_PROFILE_RELEASE_LTO", "fat");
     command
 }
 
@@ -125,10 +140,11 @@ pub fn set_freestanding_env(command: &mut Command, rustflags: &[String]) {
 /// Builds the kernel (cargo's output forwarded to stderr) and returns the ELF's path.
 pub fn build_kernel(flavor: KernelFlavor) -> Result<PathBuf> {
     let workspace = workspace::root();
-    let label = if flavor.debug_console {
-        " (debug-console)"
-    } else {
-        ""
+    let label = match (flavor.debug_console, flavor.panic_test) {
+        (false, false) => "",
+        (true, false) => " (debug-console)",
+        (false, true) => " (panic-test)",
+        (true, true) => " (debug-console, panic-test)",
     };
     let command = kernel_build_command(&workspace, &cargo_home(), flavor);
     let status = progress::run_build(command, &format!("building kernel image{label}..."))
@@ -225,7 +241,8 @@ pub fn build(options: &BuildOptions) -> Result<Image> {
 /// does after assembling the image); returns its path.
 pub fn write_manifest(image: &Image) -> Result<PathBuf> {
     let path = image.dir.join(MANIFEST_FILE);
-    let mut manifest = Manifest::for_image(&image.kernel, &image.model, &image.cmdline)?;
+    let mut manifest = Manifest::for_image(&image.kernel, &image.model, &image.cmdline)?
+        .with_console(image.flavor.debug_console);
     if let Some(uefi) = &image.uefi {
         let length = std::fs::metadata(&uefi.application)
             .with_context(|| format!("cannot read {}", uefi.application.display()))?
@@ -311,6 +328,7 @@ mod tests {
     fn kernel_build_is_its_own_reproducible_invocation() {
         let flavor = KernelFlavor {
             debug_console: false,
+            panic_test: false,
         };
         let command = kernel_build_command(Path::new("/ws"), Path::new("/home/me/.cargo"), flavor);
         let args: Vec<_> = command
@@ -345,6 +363,10 @@ mod tests {
             env[std::ffi::OsStr::new("SOURCE_DATE_EPOCH")],
             Some(std::ffi::OsStr::new("0"))
         );
+        assert_eq!(
+            env[std::ffi::OsStr::new("CARGO_PROFILE_RELEASE_LTO")],
+            Some(std::ffi::OsStr::new("fat"))
+        );
         // Inherited flags and target directories are removed, not passed on.
         for removed in ["RUSTFLAGS", "CARGO_BUILD_RUSTFLAGS", "CARGO_TARGET_DIR"] {
             assert_eq!(env[std::ffi::OsStr::new(removed)], None, "{removed}");
@@ -359,6 +381,7 @@ mod tests {
     fn debug_console_build_uses_its_own_target_dir() {
         let flavor = KernelFlavor {
             debug_console: true,
+            panic_test: false,
         };
         let command = kernel_build_command(Path::new("/ws"), Path::new("/c"), flavor);
         let args: Vec<_> = command
@@ -367,6 +390,20 @@ mod tests {
             .collect();
         assert!(
             args.ends_with(&["/ws/target/kernel-debug", "--features", "debug-console"]),
+            "{args:?}"
+        );
+        // The panic-test kernel gets a directory of its own too, so it never overwrites a release kernel.
+        let flavor = KernelFlavor {
+            debug_console: false,
+            panic_test: true,
+        };
+        let command = kernel_build_command(Path::new("/ws"), Path::new("/c"), flavor);
+        let args: Vec<_> = command
+            .get_args()
+            .map(|arg| arg.to_str().unwrap())
+            .collect();
+        assert!(
+            args.ends_with(&["/ws/target/kernel-panic-test", "--features", "panic-test"]),
             "{args:?}"
         );
     }

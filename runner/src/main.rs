@@ -221,6 +221,7 @@ fn build_options(image: &ImageArgs, out: Option<PathBuf>) -> BuildOptions {
         out: out.unwrap_or(defaults.out),
         flavor: KernelFlavor {
             debug_console: image.debug_console,
+            panic_test: false,
         },
         cmdline: defaults.cmdline,
         boot: image.boot,
@@ -281,18 +282,21 @@ fn up(args: UpArgs) -> Result<()> {
         "chat with it from another terminal (each run verifies the appliance before it sends the prompt; from the \
          checkout, `cargo run --release --` stands for `cloister`):"
     );
-    let trust_host = if boot_mode(&manifest_path) == Some(BootMode::Direct) {
-        " --trust-host"
-    } else {
-        ""
-    };
+    let written = Manifest::read(&manifest_path).ok();
+    let mut flags = String::new();
+    if written.as_ref().map(|manifest| manifest.boot) == Some(BootMode::Direct) {
+        flags.push_str(" --trust-host");
+    }
+    if written.is_some_and(|manifest| manifest.console) {
+        flags.push_str(" --allow-debug-image");
+    }
     println!(
-        "  cloister chat --endpoint {} --manifest {}{trust_host} \"Why is the sky blue?\"",
+        "  cloister chat --endpoint {} --manifest {}{flags} \"Why is the sky blue?\"",
         appliance.endpoint(),
         manifest_path.display()
     );
     println!(
-        "  cloister verify --endpoint {} --manifest {}{trust_host}",
+        "  cloister verify --endpoint {} --manifest {}{flags}",
         appliance.endpoint(),
         manifest_path.display()
     );
@@ -304,11 +308,6 @@ fn up(args: UpArgs) -> Result<()> {
     }
     eprintln!("stopping QEMU and swtpm...");
     appliance.shutdown()
-}
-
-/// The boot mode the manifest at `path` names, if it reads.
-fn boot_mode(path: &Path) -> Option<BootMode> {
-    Manifest::read(path).ok().map(|manifest| manifest.boot)
 }
 
 /// `up`'s first client: verifies the fresh appliance against its manifest over TLS, prints a short report, then
@@ -338,8 +337,14 @@ fn attest_and_demo(
             "direct boot: nothing measured the kernel before it ran; this demo trusts the host operator (--trust-host)"
         );
     }
+    // Likewise a debug-console image it built on request (`up --debug-console`).
+    let allow_debug_image = manifest.console;
+    if allow_debug_image {
+        eprintln!("debug-console image: this demo accepts it (--allow-debug-image)");
+    }
     let options = VerifyOptions {
         trust_host,
+        allow_debug_image,
         ..VerifyOptions::default()
     };
     let session = UnverifiedSession::connect(appliance.endpoint(), timeout)?;

@@ -45,6 +45,10 @@ pub struct VerifyArgs {
     /// is then trusted, and the report says so.
     #[arg(long)]
     pub trust_host: bool,
+    /// Accept a manifest of a debug-console image (`runner build --debug-console`, `"console": true`): its kernel
+    /// prints its boot and errors on the serial port, and the report says so.
+    #[arg(long)]
+    pub allow_debug_image: bool,
 }
 
 /// The observation store `--observations` names, or the one in cloister's cache.
@@ -79,6 +83,7 @@ pub fn run(args: VerifyArgs) -> Result<()> {
         previous_clock: None,
         observations: Some(observation_store(args.observations.as_deref())),
         trust_host: args.trust_host,
+        allow_debug_image: args.allow_debug_image,
     };
     match verify_appliance(endpoint, &manifest, &trust, &options) {
         Ok(report) => {

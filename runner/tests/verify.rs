@@ -40,12 +40,12 @@ struct TestImage {
     kernel: PathBuf,
     model: PathBuf,
     cmdline: String,
-    /// SHA-256 over the read-only segments, computed here from how the ELF was laid out.
+    /// SHA-256 over the loadable segments' file bytes, computed here from how the ELF was laid out.
     kernel_segments_digest: [u8; 32],
 }
 
 /// An ELF64 with PT_LOAD segments RX (0x400, 0x300 bytes), R (0x800, 0x120) and RW (0xa00, 0x80): the kernel
-/// hashes the first two.
+/// hashes all three, the initial data as it was before its first write.
 fn synthetic_kernel(seed: u8) -> (Vec<u8>, [u8; 32]) {
     let mut elf = vec![0u8; 0xc00];
     elf[..4].copy_from_slice(b"\x7fELF");
@@ -75,6 +75,7 @@ fn synthetic_kernel(seed: u8) -> (Vec<u8>, [u8; 32]) {
     let mut hasher = Sha256::new();
     hasher.update(&elf[0x400..0x700]);
     hasher.update(&elf[0x800..0x920]);
+    hasher.update(&elf[0xa00..0xa80]);
     (elf, hasher.finalize().into())
 }
 
@@ -299,7 +300,7 @@ impl SimAppliance {
                 12,
                 EventKind::KernelImage,
                 image.kernel_segments_digest,
-                "kernel text and rodata",
+                "kernel text, rodata and data",
             ),
             (13, EventKind::Model, model_digest, "model blob (initrd)"),
             (
@@ -440,6 +441,7 @@ fn expectation<'a>(manifest: &'a Manifest, trust: &'a TrustAnchors) -> Expectati
         previous_clock: None,
         // The simulated appliance boots directly: its manifests need the host trusted.
         trust_host: true,
+        allow_debug_image: false,
     }
 }
 
@@ -1132,8 +1134,9 @@ fn wrong_activation_secret_is_refused() {
 
 #[test]
 fn event_log_not_matching_the_pcrs_is_refused() {
-    // The model event's digest (event 2 starts at 8 + 35 + 22 bytes; its digest 2 bytes further).
-    let evidence = tampered(|evidence| evidence.event_log[8 + 35 + 22 + 2] ^= 1);
+    // The model event's digest (event 2 starts at 8 + 35 bytes plus the first event's description, "kernel
+    // text, rodata and data"; its digest 2 bytes further).
+    let evidence = tampered(|evidence| evidence.event_log[8 + 35 + 28 + 2] ^= 1);
     assert_eq!(
         check(&evidence).unwrap_err(),
         VerifyError::EventLogReplayMismatch { pcr: 13 }
@@ -1673,6 +1676,55 @@ fn a_direct_manifest_is_refused_without_trust_host() {
 }
 
 #[test]
+fn a_debug_console_manifest_is_refused_without_allow_debug_image() {
+    // A debug-console image prints its boot and errors on the serial port: without --allow-debug-image the client
+    // refuses its manifest, naming the check; with it, the report names the image.
+    let image = TestImage::standard();
+    let manifest = image.manifest().with_console(true);
+    let options = VerifyOptions {
+        trust_host: true,
+        ..VerifyOptions::default()
+    };
+    let (address, server) = serve(SimAppliance::boot(home(), &image, true), |r| r);
+    let error = verify_appliance(address, &manifest, home_trust(), &options).unwrap_err();
+    drop(server);
+    assert_eq!(
+        error.downcast_ref::<VerifyError>(),
+        Some(&VerifyError::DebugImage)
+    );
+    assert!(
+        error.to_string().contains("[image kind]")
+            && error.to_string().contains("--allow-debug-image"),
+        "{error}"
+    );
+
+    let allowed = VerifyOptions {
+        allow_debug_image: true,
+        ..options.clone()
+    };
+    let (address, server) = serve(SimAppliance::boot(home(), &image, true), |r| r);
+    let report = verify_appliance(address, &manifest, home_trust(), &allowed).unwrap();
+    server.join().unwrap();
+    assert!(report.image.debug_console);
+    assert!(report.checks.contains(&"image kind"));
+    for text in [
+        report.to_string(),
+        report.short(),
+        report.summary(),
+        report.to_json(),
+    ] {
+        assert!(text.contains("DEBUG IMAGE"), "{text}");
+    }
+
+    // The release manifest of the same image needs no flag, and its report says it is a release image.
+    let (address, server) = serve(SimAppliance::boot(home(), &image, true), |r| r);
+    let report = verify_appliance(address, &image.manifest(), home_trust(), &options).unwrap();
+    server.join().unwrap();
+    assert!(!report.image.debug_console);
+    assert!(!report.to_string().contains("DEBUG IMAGE"));
+}
+
+#[test]
 fn the_cli_entry_verifies_and_names_the_failed_check() {
     let image = TestImage::standard();
     let manifest_path = image.dir.path().join("manifest.json");
@@ -1693,6 +1745,7 @@ fn the_cli_entry_verifies_and_names_the_failed_check() {
                 .join(format!("observations-{endpoint}.json")),
         ),
         trust_host: true,
+        allow_debug_image: false,
     };
     let (address, server) = serve(SimAppliance::boot(home(), &image, true), |r| r);
     runner::verify::run(args(address)).unwrap();

@@ -132,6 +132,7 @@ fn assert_genuine_for(
         previous_clock: None,
         // The shared appliance boots directly.
         trust_host: true,
+        allow_debug_image: false,
     };
     if let Err(error) = verify_evidence(evidence, &expectation) {
         panic!("the appliance's own evidence fails for its own session: {error}");
@@ -232,7 +233,7 @@ fn manifest_for_another_kernel_is_refused_before_any_prompt() {
     let booted = shared_appliance();
     // Another kernel: the same ELF with one byte of its measured (read-only) text changed.
     let mut elf = std::fs::read(&booted.image.kernel).expect("read the kernel");
-    let segments = manifest::read_only_segments(&elf).expect("the kernel's read-only segments");
+    let segments = manifest::measured_segments(&elf).expect("the kernel's measured segments");
     let range = segments
         .iter()
         .map(|segment| segment.range())

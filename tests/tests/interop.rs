@@ -165,6 +165,7 @@ fn tpm2_checkquote_verifies_exported_evidence(fixture: &Fixture) {
         timeout: 60,
         observations: Some(scratch.path().join("observations.json")),
         trust_host: true,
+        allow_debug_image: false,
     };
     let ((), took) = timed(|| {
         runner::verify::run(args).unwrap_or_else(|error| panic!("runner verify: {error:#}"))

@@ -33,6 +33,7 @@ fn clone_into(destination: &Path) {
 fn build_release_kernel(checkout: &Path, model: &Path) -> (Vec<u8>, Vec<u8>) {
     let flavor = KernelFlavor {
         debug_console: false,
+        panic_test: false,
     };
     let status = kernel_build_command(checkout, &cargo_home(), flavor)
         .status()

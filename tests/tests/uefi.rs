@@ -295,6 +295,7 @@ fn uefi_image_boots_under_ovmf_and_verifies() {
         now: SystemTime::now(),
         previous_clock: None,
         trust_host: false,
+        allow_debug_image: false,
     };
     verify_evidence(&evidence, &expected).expect("the captured evidence verifies offline");
     let log = TcgLog::parse(&evidence.firmware_log).expect("the whole boot's log parses");
@@ -503,6 +504,7 @@ fn the_kernel_receives_the_whole_firmware_event_log() {
         out: dir.path().join("image"),
         flavor: KernelFlavor {
             debug_console: true,
+            panic_test: false,
         },
         cmdline: CMDLINE.into(),
         boot: BootMode::Uefi,

@@ -9,7 +9,7 @@
 
 use crate::eventlog::{self, EventKind};
 
-/// The PCR holding the kernel's read-only loadable segments (text, then rodata).
+/// The PCR holding the file bytes of the kernel's loadable segments (text, rodata, then the initial data).
 pub const KERNEL_PCR: u8 = 12;
 /// The PCR holding the model blob and then the serving parameters.
 pub const MODEL_PCR: u8 = 13;
@@ -19,12 +19,17 @@ pub const CONFIGURATION_PCR: u8 = 14;
 pub const PCRS: [u8; 3] = [KERNEL_PCR, MODEL_PCR, CONFIGURATION_PCR];
 /// How many events the kernel logs at boot.
 pub const BOOT_EVENT_COUNT: usize = 5;
+/// Most file bytes the kernel's writable loadable segment may hold. The kernel copies them at entry, before
+/// anything writes them, into a buffer of this size on its stack, and measures the copy; the runner refuses to
+/// describe a kernel whose ELF holds more (docs/ARCHITECTURE.md §4, "What is measured, and by whom").
+pub const MAX_DATA_FILE_BYTES: usize = 4096;
 
 /// The five SHA-256 digests the kernel measures before it opens a port. Each text is hashed as
 /// `net::serving` writes it, so the kernel and the verifier hash the same bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BootDigests {
-    /// The bytes of the kernel ELF's read-only PT_LOAD segments, text then rodata.
+    /// The file bytes of the kernel ELF's PT_LOAD segments in program-header order: text, rodata, then the
+    /// writable segment's initial bytes (`.data`) as they were before the kernel's first write.
     pub kernel: [u8; 32],
     /// The model blob (the GGUF file).
     pub model: [u8; 32],
@@ -59,7 +64,7 @@ impl BootDigests {
                 pcr: KERNEL_PCR,
                 kind: EventKind::KernelImage,
                 digest: self.kernel,
-                description: "kernel text and rodata",
+                description: "kernel text, rodata and data",
             },
             Measurement {
                 pcr: MODEL_PCR,

@@ -69,6 +69,7 @@ pub(super) fn verify_channel(
         now: SystemTime::now(),
         previous_clock: options.previous_clock.or(remembered),
         trust_host: options.trust_host,
+        allow_debug_image: options.allow_debug_image,
     };
     let checked = verify_evidence(&evidence, &expectation)?;
 

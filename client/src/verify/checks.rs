@@ -317,6 +317,19 @@ pub fn check_firmware_pcrs(
     Ok(())
 }
 
+/// A manifest of a debug-console image (`"console": true`) is accepted only when the user allows it
+/// (`--allow-debug-image`): such a kernel prints its boot and errors on the serial port, to whoever holds it.
+///
+/// # Errors
+///
+/// [`VerifyError::DebugImage`].
+pub fn check_image_kind(manifest: &Manifest, allow_debug_image: bool) -> Result<(), VerifyError> {
+    if manifest.console && !allow_debug_image {
+        return Err(VerifyError::DebugImage);
+    }
+    Ok(())
+}
+
 /// Parses the event log (`tpm::eventlog` format).
 pub fn parse_event_log(bytes: &[u8]) -> Result<EventLog, VerifyError> {
     EventLog::parse(bytes).map_err(|error| match error {

@@ -181,6 +181,9 @@ pub enum VerifyError {
     /// The manifest is for a direct boot (nothing measured the kernel before it ran) and the user did not say
     /// `--trust-host`.
     HostNotTrusted,
+    /// The manifest describes a debug-console image (`"console": true`) and the user did not say
+    /// `--allow-debug-image`.
+    DebugImage,
     /// The whole boot's log (`firmware_log`) is not a well-formed crypto-agile TCG log.
     FirmwareLogMalformed(tpm::tcg_log::TcgLogError),
     /// The firmware's log does not show that exactly the manifest's boot application was measured, or does not
@@ -231,6 +234,7 @@ impl VerifyError {
             Self::PcrCountMismatch { .. } | Self::PcrDigestMismatch => "PCR digest",
             Self::FirmwarePcrZero(_) | Self::FirmwarePcrMismatch(_) => "firmware PCRs",
             Self::HostNotTrusted => "root of trust",
+            Self::DebugImage => "image kind",
             Self::FirmwareLogMalformed(_) | Self::FirmwareLog(_) => "firmware event log",
             Self::EventLogReplayMismatch { .. } => "event log replay",
             Self::ManifestMismatch { .. } => "manifest",
@@ -323,6 +327,11 @@ impl fmt::Display for VerifyError {
                 formatter,
                 "the manifest boots directly: nothing measured the kernel before it ran, so anyone who can send \
                  commands to the TPM can produce this evidence; pass --trust-host to trust the host operator"
+            ),
+            Self::DebugImage => write!(
+                formatter,
+                "the manifest describes a debug-console image: it prints its boot and errors on the serial port \
+                 for whoever holds it, and is not built for serving; pass --allow-debug-image to accept it"
             ),
             Self::FirmwareLogMalformed(error) => {
                 write!(formatter, "the boot's TCG event log does not parse: {error}")

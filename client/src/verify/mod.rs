@@ -6,7 +6,8 @@
 //! attributes; the signature's scheme and its ECDSA P-256 validity; qualifiedSigner; extraData against this
 //! verifier's nonce and TLS channel binding; clock safety; the PCR selection; pcrDigest over the reported values; firmware PCRs; the root of trust (a
 //! `direct` manifest only with `trust_host`; for `uefi`, the whole boot's TCG log replayed against PCRs 0-7 and
-//! 12-14 with exactly the manifest's boot application in PCR 4, [`firmware`]); event log
+//! 12-14 with exactly the manifest's boot application in PCR 4, [`firmware`]); the image kind (a debug-console
+//! manifest only with `allow_debug_image`); event log
 //! replay against PCRs 12-14; the events and PCRs against the manifest; the EK template, certificate chain and
 //! certified key. Credential activation (TPM2_MakeCredential in software, TCG Part 1 §24, then the appliance's
 //! TPM2_ActivateCredential) comes last, over the same connection.
@@ -77,6 +78,8 @@ pub struct VerifyOptions {
     /// and every report says so (docs/ARCHITECTURE.md §4, "Roots of trust: what each path proves and what it does
     /// not"). Never needed for a `uefi` manifest.
     pub trust_host: bool,
+    /// Accept a manifest of a debug-console image (`"console": true`); every report then names it.
+    pub allow_debug_image: bool,
 }
 
 impl Default for VerifyOptions {
@@ -87,6 +90,7 @@ impl Default for VerifyOptions {
             previous_clock: None,
             observations: None,
             trust_host: false,
+            allow_debug_image: false,
         }
     }
 }
@@ -108,6 +112,8 @@ pub struct Expectation<'a> {
     pub previous_clock: Option<ClockCounters>,
     /// Whether a `direct` manifest is accepted (`VerifyOptions::trust_host`).
     pub trust_host: bool,
+    /// Whether a debug-console manifest is accepted (`VerifyOptions::allow_debug_image`).
+    pub allow_debug_image: bool,
 }
 
 /// What a piece of evidence says about the appliance, as read by the checks. On its own it proves nothing: it is
@@ -189,6 +195,7 @@ pub fn verify_evidence(
     checks::check_firmware_pcrs(&pcrs, expected.manifest)?;
     let root_of_trust =
         firmware::check_boot(evidence, &pcrs, expected.manifest, expected.trust_host)?;
+    checks::check_image_kind(expected.manifest, expected.allow_debug_image)?;
     let log = checks::parse_event_log(&evidence.event_log)?;
     checks::check_event_log_replay(&log, &pcrs)?;
     checks::check_manifest(&log, &pcrs, expected.manifest)?;

@@ -14,7 +14,7 @@ use crate::manifest::{FirmwarePcrs, Manifest, FIRMWARE_PCRS};
 
 /// The checks a passing verification ran, in order (the names [`super::VerifyError::check`] uses); a `uefi`
 /// manifest adds [`FIRMWARE_LOG_CHECK`] after "root of trust".
-pub const CHECKS: [&str; 20] = [
+pub const CHECKS: [&str; 21] = [
     "structure sizes",
     "magic TPM_GENERATED_VALUE",
     "type TPM_ST_ATTEST_QUOTE",
@@ -29,6 +29,7 @@ pub const CHECKS: [&str; 20] = [
     "PCR digest",
     "firmware PCRs",
     "root of trust",
+    "image kind",
     "event log replay",
     "manifest",
     "EK template",
@@ -147,6 +148,22 @@ const BINDING_MEANING: &str = "the quote's extraData covers this TLS session's e
     ended at, so the session terminates inside the attested image (a quote from another session or relayed from \
     another appliance fails)";
 
+/// The line every report on a debug-console image carries.
+pub const DEBUG_IMAGE: &str =
+    "DEBUG IMAGE: the kernel was built with the debug console (--allow-debug-image); \
+    it prints its boot and errors on the serial port to whoever holds it";
+/// The line of a report on a release image.
+pub const RELEASE_IMAGE: &str = "release image: no console";
+
+/// The kind of image the manifest describes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ImageReport {
+    /// Whether the kernel has the debug console (accepted only with `--allow-debug-image`).
+    pub debug_console: bool,
+    /// [`DEBUG_IMAGE`] or [`RELEASE_IMAGE`].
+    pub statement: &'static str,
+}
+
 /// What a passing verification established.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Report {
@@ -175,6 +192,8 @@ pub struct Report {
     /// What measured the kernel before it ran (PCR 7's Secure Boot state on the UEFI path), or that the host
     /// operator is trusted.
     pub root_of_trust: RootOfTrustReport,
+    /// Release or debug-console image.
+    pub image: ImageReport,
     /// The checks that passed, in order.
     pub checks: Vec<&'static str>,
     /// Round trips.
@@ -301,6 +320,14 @@ impl Report {
                 firmware,
             },
             root_of_trust: verified.root_of_trust.report(manifest),
+            image: ImageReport {
+                debug_console: manifest.console,
+                statement: if manifest.console {
+                    DEBUG_IMAGE
+                } else {
+                    RELEASE_IMAGE
+                },
+            },
             checks,
             timing,
             evidence_bytes,
@@ -328,6 +355,7 @@ impl Report {
             "  root of trust: {}\n",
             self.root_of_trust.statement
         ));
+        out.push_str(&format!("  image: {}\n", self.image.statement));
         out.push_str(&format!(
             "  checks passed ({}): {}\n",
             self.checks.len(),
@@ -347,7 +375,7 @@ impl Report {
             "Verified {}: kernel {}.., model {}.. ({} bytes) and command line {:?} as the manifest says; the \
              quote is fresh and signed by an attestation key that credential activation tied to an EK certified \
              by {}; it is bound to this TLS session (server key SPKI SHA-256 {}.., exporter {}..). {} checks \
-             passed (TLS handshake {:.0} ms, attestation {:.0} ms). Root of trust: {}",
+             passed (TLS handshake {:.0} ms, attestation {:.0} ms). Root of trust: {}. Image: {}",
             self.endpoint,
             short(&self.manifest.kernel_measured_sha256),
             short(&self.manifest.model_sha256),
@@ -364,6 +392,7 @@ impl Report {
             self.timing.tls_handshake_ms,
             self.timing.attest_round_trip_ms + self.timing.activation_round_trip_ms,
             self.root_of_trust.statement,
+            self.image.statement,
         )
     }
 
@@ -380,6 +409,7 @@ impl fmt::Display for Report {
     fn fmt(&self, out: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(out, "VERIFIED: appliance at {}", self.endpoint)?;
         writeln!(out, "Root of trust: {}", self.root_of_trust.statement)?;
+        writeln!(out, "Image: {}", self.image.statement)?;
         writeln!(out)?;
         writeln!(
             out,

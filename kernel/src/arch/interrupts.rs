@@ -2,7 +2,7 @@
 //!
 //! Every IDT gate runs on an IST stack with a guard page below it, so even a stack overflow in the
 //! kernel lands on a good stack. Exceptions are fatal: the handler reports (debug console only) and
-//! halts. The only interrupt enabled is the local APIC timer, used to wake the main loop from HLT;
+//! resets the machine (`cpu::reset`). The only interrupt enabled is the local APIC timer, used to wake the main loop from HLT;
 //! it is taken only inside `cpu::wait_for_interrupt` and its handler touches nothing but RAX and
 //! the APIC, so no SIMD state needs saving (docs/ARCHITECTURE.md §2). The legacy PIC is remapped and masked.
 
@@ -115,7 +115,7 @@ fatal_interrupt_entry:
 extern "C" fn fatal_interrupt(vector: u64, error: u64, rip: u64, cr2: u64) -> ! {
     crate::debug!("fatal interrupt: vector {vector} error {error:#x} rip {rip:#x} cr2 {cr2:#x}");
     let _ = (vector, error, rip, cr2);
-    cpu::halt_forever()
+    cpu::reset()
 }
 
 fn gate(handler: u64, ist: u8) -> [u64; 2] {

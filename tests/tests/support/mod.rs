@@ -31,10 +31,22 @@ use rustls::{ClientConfig, ClientConnection, StreamOwned};
 /// The release kernel (no console).
 pub const RELEASE: KernelFlavor = KernelFlavor {
     debug_console: false,
+    panic_test: false,
 };
 /// The kernel with a COM1 debug console.
 pub const DEBUG: KernelFlavor = KernelFlavor {
     debug_console: true,
+    panic_test: false,
+};
+/// The release kernel built to panic early in its boot (the `panic-test` feature).
+pub const PANIC_TEST: KernelFlavor = KernelFlavor {
+    debug_console: false,
+    panic_test: true,
+};
+/// [`PANIC_TEST`] with the debug console, which prints the panic before the reset.
+pub const DEBUG_PANIC_TEST: KernelFlavor = KernelFlavor {
+    debug_console: true,
+    panic_test: true,
 };
 
 /// How long a test waits for one answer from a healthy appliance under TCG before calling it a hang.
@@ -44,13 +56,16 @@ pub const PATIENCE: Duration = Duration::from_secs(60);
 pub fn kernel(flavor: KernelFlavor) -> PathBuf {
     static RELEASE_ELF: OnceLock<PathBuf> = OnceLock::new();
     static DEBUG_ELF: OnceLock<PathBuf> = OnceLock::new();
+    static PANIC_TEST_ELF: OnceLock<PathBuf> = OnceLock::new();
+    static DEBUG_PANIC_TEST_ELF: OnceLock<PathBuf> = OnceLock::new();
     // Cargo builds of the two flavours use separate target dirs, but serialise them anyway so two
     // tests do not run two nested cargo invocations on the same directory at once.
     static BUILD: Mutex<()> = Mutex::new(());
-    let cell = if flavor.debug_console {
-        &DEBUG_ELF
-    } else {
-        &RELEASE_ELF
+    let cell = match flavor {
+        RELEASE => &RELEASE_ELF,
+        DEBUG => &DEBUG_ELF,
+        PANIC_TEST => &PANIC_TEST_ELF,
+        DEBUG_PANIC_TEST => &DEBUG_PANIC_TEST_ELF,
     };
     cell.get_or_init(|| {
         let _guard = BUILD
