@@ -180,7 +180,7 @@ fn a_full_pool_of_idle_connections_makes_room_for_a_new_client() {
 fn storm_while_a_client_works(bench: &mut Bench) -> Duration {
     let mut syn_port = 50000;
     let mut attacker = |bench: &mut Bench, index: usize| {
-        if index % 2 == 0 {
+        if index.is_multiple_of(2) {
             bench.inject_syn(syn_port);
             syn_port += 1;
         } else {
