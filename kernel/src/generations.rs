@@ -11,8 +11,8 @@
 //!
 //! Work per step is bounded (issue 12, item 1; docs/ARCHITECTURE.md §5): a generation is a state machine that the
 //! server advances one step per poll, and the server moves packets between steps. A started generation is
-//! `Tokenizing` (a text or chat prompt over [`TOKENIZE_INLINE_BYTES`] bytes: tokenized by the first step, on
-//! its own), then `Prefill` (one chunk of `serving.prefill_chunk` = 32 prompt tokens per step, as the session
+//! `Tokenizing` (a text or chat prompt over [`TOKENIZE_INLINE_BYTES`] bytes: a first step that only yields, so
+//! the server moves packets, then one that tokenizes), then `Prefill` (one chunk of `serving.prefill_chunk` = 32 prompt tokens per step, as the session
 //! runs it), then decode (one token per step). A shorter text is tokenized when the request arrives, as
 //! before. Tokenizing is a single step because the frame limit bounds it: a 64 KiB single-word prompt
 //! tokenizes in 28.5 ms natively with SmolLM2 (the BPE merge is O(n log n)), and a text too long for the
@@ -40,8 +40,9 @@ struct Worker {
     session: Session,
     /// The connection slot streaming from this session; `None` when free.
     owner: Option<usize>,
-    /// A request accepted but not tokenized yet: the next step tokenizes it and starts the session.
-    tokenizing: Option<GenerateRequest>,
+    /// A request accepted but not tokenized yet, and whether its first step (which only yields) is done:
+    /// the step after it tokenizes the prompt and starts the session.
+    tokenizing: Option<(GenerateRequest, bool)>,
     /// Microseconds spent on the prompt (steps until the first token).
     prefill_us: u64,
     /// Clock reading when the first token was produced.
@@ -178,7 +179,7 @@ impl<'a> Generations<'a> {
         if text_bytes(&request.prompt) > self.tokenize_inline_bytes {
             let worker = &mut self.workers[index];
             worker.owner = Some(slot);
-            worker.tokenizing = Some(request.clone());
+            worker.tokenizing = Some((request.clone(), false));
             worker.prefill_us = 0;
             worker.first_token_us = None;
             return Reply::Streaming;
@@ -273,11 +274,20 @@ impl<'a> Generations<'a> {
         }
     }
 
-    /// The `Tokenizing` step of worker `index`: tokenizes its prompt and starts its session; the prompt's
-    /// first chunk runs on the next step.
+    /// The `Tokenizing` steps of worker `index`. The first only yields: the server steps a generation in the
+    /// same poll that accepted it, and this way it moves packets (answers other clients) before the
+    /// tokenizing. The second tokenizes the prompt and starts the session; the prompt's first chunk runs
+    /// on the step after.
     fn tokenize_step(&mut self, index: usize, now_us: &dyn Fn() -> u64) -> Step {
         let started = now_us();
-        let Some(request) = self.workers[index].tokenizing.take() else {
+        match &mut self.workers[index].tokenizing {
+            Some((_, yielded)) if !*yielded => {
+                *yielded = true;
+                return Step::Pending;
+            }
+            _ => {}
+        }
+        let Some((request, _)) = self.workers[index].tokenizing.take() else {
             return Step::Pending;
         };
         let result = self.start_on(index, &request);

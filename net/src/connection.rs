@@ -19,8 +19,9 @@
 //! aborted (RST). Every path ends with the socket listening again.
 //!
 //! What a client may hold (docs/ARCHITECTURE.md §5): with `Limits::lifetime` a connection is closed with
-//! `Error(Timeout)` at its first request boundary after that long; with `Limits::request_caps` each of
-//! `ModelInfo`, `Attest` and `ActivateCredential` is answered once per connection; with
+//! `Error(Timeout)` at its first request boundary after that long; with `Limits::request_caps`
+//! `Attest` and `ActivateCredential` are answered once per connection and `ModelInfo` once before the
+//! connection's first generation; with
 //! `Limits::evict_idle` the server may reset a connection that has had no request answered
 //! ([`Connection::eviction_rank`]). A request the handler defers ([`Reply::Defer`]) stays in the frame
 //! decoder and is offered again on the next poll.
@@ -116,12 +117,15 @@ struct CappedRequests {
     model_info: bool,
     attest: bool,
     activate: bool,
+    /// A generation has started on the connection: model info is no longer capped.
+    generated: bool,
 }
 
 impl CappedRequests {
-    /// The flag of `request`'s kind, if that kind is capped.
+    /// The flag of `request`'s kind, if that kind is capped (model info only until a generation started).
     fn flag(&mut self, request: &Request) -> Option<&mut bool> {
         match request {
+            Request::ModelInfo if self.generated => None,
             Request::ModelInfo => Some(&mut self.model_info),
             Request::Attest { .. } => Some(&mut self.attest),
             Request::ActivateCredential { .. } => Some(&mut self.activate),
@@ -446,6 +450,7 @@ impl Connection {
                 }
                 Reply::Streaming => {
                     self.take_request(&request, counters);
+                    self.capped.generated = true;
                     counters.streams += 1;
                     self.phase = Phase::Streaming;
                     self.send_deadline = None;

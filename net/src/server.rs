@@ -110,10 +110,11 @@ pub struct Limits {
     /// request (or the end of its running generation) is answered `Error(Timeout)` and the connection
     /// closed. `None`: no cap.
     pub lifetime: Option<Duration>,
-    /// Each of `ModelInfo`, `Attest` and `ActivateCredential` is answered at most once per connection; a
-    /// second one is answered `Error(BadRequest)` and the connection closed. A verifying client needs one
-    /// attest and one activation; a client cannot hold its slot by asking again and again, and TPM work
-    /// per connection is bounded.
+    /// `Attest` and `ActivateCredential` are answered at most once per connection, and `ModelInfo` at most
+    /// once before the connection's first generation started; one more is answered `Error(BadRequest)`
+    /// and the connection closed. A verifying client needs one attest and one activation; a client that
+    /// never generates cannot hold its slot by asking again and again, and TPM work per connection is
+    /// bounded.
     pub request_caps: bool,
     /// When every slot is taken, the connection least far along that has had no request answered yet
     /// (the oldest half-open or silent one first, then the oldest that sent bytes without an answer yet)

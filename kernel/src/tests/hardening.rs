@@ -90,7 +90,10 @@ fn a_long_prompt_is_tokenized_by_a_step_of_its_own() {
         answer(appliance.handle(1, &Request::ModelInfo, None)),
         Response::ModelInfo(_)
     ));
-    // The first step tokenizes and does nothing else; then the same prefill chunks and tokens follow.
+    // The first step only yields (the server moves packets), the second tokenizes and does nothing else;
+    // then the same prefill chunks and tokens follow.
+    assert_eq!(appliance.step(0), Step::Pending);
+    assert!(appliance.generations().is_tokenizing(0));
     assert_eq!(appliance.step(0), Step::Pending);
     assert!(!appliance.generations().is_tokenizing(0));
     let (tokens, done, steps) = drain(&mut appliance, 0);
@@ -116,6 +119,7 @@ fn a_long_prompt_over_the_context_ends_its_stream_at_the_tokenizing_step() {
         appliance.handle(0, &generate(Prompt::Text(text), 1), None),
         Reply::Streaming
     );
+    assert_eq!(appliance.step(0), Step::Pending);
     assert_eq!(
         appliance.step(0),
         Step::Final(Response::Error(ErrorCode::ContextExceeded))
