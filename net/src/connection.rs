@@ -19,11 +19,10 @@
 //! aborted (RST). Every path ends with the socket listening again.
 //!
 //! What a client may hold (docs/ARCHITECTURE.md §5): with `Limits::lifetime` a connection is closed with
-//! `Error(Timeout)` at its first request boundary after that long; with `Limits::request_caps`
-//! `Attest` and `ActivateCredential` are answered once per connection and `ModelInfo` once before the
-//! connection's first generation; with
-//! `Limits::evict_idle` the server may reset a connection that has had no request answered
-//! ([`Connection::eviction_rank`]). A request the handler defers ([`Reply::Defer`]) stays in the frame
+//! `Error(Timeout)` at its first request boundary after that long; with `Limits::request_caps` `Attest` and
+//! `ActivateCredential` are answered once per connection and `ModelInfo` once before the connection's first
+//! generation; with `Limits::evict_idle` the server may reset a connection that has had no request answered
+//! ([`Connection::eviction_rank`]; an ignored `Cancel` is no answer). A request the handler defers ([`Reply::Defer`]) stays in the frame
 //! decoder and is offered again on the next poll.
 
 use alloc::vec::Vec;
@@ -103,7 +102,7 @@ pub(crate) struct Connection {
     arrival: u64,
     /// Whether the client has sent any byte on the connection.
     received: bool,
-    /// Requests answered on this connection (cancels included).
+    /// Requests answered on this connection (an ignored `Cancel` is not answered).
     answered: u64,
     /// The capped requests already answered (`Limits::request_caps`).
     capped: CappedRequests,
@@ -671,7 +670,9 @@ impl Connection {
     fn take_request(&mut self, request: &Request, counters: &mut Counters) {
         self.decoder.consume();
         self.deferred = false;
-        self.answered += 1;
+        if *request != Request::Cancel {
+            self.answered += 1;
+        }
         counters.requests += 1;
         if let Some(used) = self.capped.flag(request) {
             *used = true;

@@ -298,3 +298,23 @@ fn a_deferred_request_is_answered_later_without_timing_out() {
         [Response::ModelInfo(INFO)]
     );
 }
+
+#[test]
+fn a_client_sending_only_cancels_is_still_idle() {
+    let mut bench = Bench::with_limits(hardened());
+    // A cancel with nothing running is ignored (no answer): it does not protect its connection from eviction.
+    let canceller = bench.connect();
+    bench.send(canceller, &frame_of(&Request::Cancel));
+    bench.run_for(Duration::from_millis(50));
+    // Two clients with answers (not evictable), then a fourth that fills the pool.
+    for _ in 0..2 {
+        let client = bench.connect();
+        bench.send_request(client);
+        bench.await_responses(client, 1, SECOND);
+    }
+    bench.connect();
+    bench.run_for(Duration::from_millis(50));
+    assert_eq!(bench.state(canceller), State::Closed);
+    assert_eq!(bench.server.counters().evicted, 1);
+    bench.assert_serves_a_new_client();
+}
