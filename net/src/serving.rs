@@ -14,6 +14,11 @@
 //!   KV caches are reserved at boot. The pool has [`CONNECTIONS_PER_SESSION`] connection slots per session, so
 //!   a client can attest or ask for model info while every session generates; a generate request beyond the
 //!   sessions is answered `Busy`.
+//!
+//! The connection pool's limits are fixed, not keys (issue 12; docs/ARCHITECTURE.md §5): [`FRAME_TIMEOUT`],
+//! [`CLOSE_TIMEOUT`], a lifetime of [`CONNECTION_LIFETIME`], request caps (one attest, one activation, one
+//! model info before the first generation) and eviction of idle connections from a full pool; all of them are
+//! in the configuration text, so PCR 14 says which limits the appliance enforces.
 
 use alloc::format;
 use alloc::string::String;
