@@ -8,8 +8,9 @@
 //! milliseconds on a cloud vTPM and nothing else runs meanwhile. Per connection, the server answers one attest
 //! and one activation (`net::Limits::request_caps`). Globally, a TPM request (attest or activation) starts
 //! at most once per [`TPM_MIN_GAP_US`], and never sooner after the previous one ended than that one took (the
-//! TPM is busy at most half the time); while a generation runs, at most one TPM request runs between two
-//! generation steps, so a generation is never stalled by more than one. A request that may not run yet is
+//! TPM is busy at most half the time); while a generation runs, at most one TPM request runs per server poll,
+//! and a poll steps each generation once, so a generation is never stalled by more than one TPM request
+//! between two of its steps (and one whose client reads slowly, stepping rarely, does not hold the TPM back). A request that may not run yet is
 //! answered [`Reply::Defer`]: the server keeps it and offers it again on a later poll.
 
 use alloc::vec::Vec;
@@ -41,8 +42,10 @@ pub struct Appliance<'e, T, R, C> {
     now_us: C,
     /// The clock reading before which no TPM request may start (the global rate limit).
     tpm_ready_us: u64,
-    /// A TPM request ran since the last generation step.
-    tpm_since_step: bool,
+    /// Server polls so far ([`Handler::poll_started`]).
+    polls: u64,
+    /// The poll in which the last TPM request ran.
+    tpm_poll: Option<u64>,
 }
 
 /// The shortest time from the start of one TPM request (attest or activation) to the start of the next.
@@ -80,13 +83,14 @@ where
             random,
             now_us,
             tpm_ready_us: 0,
-            tpm_since_step: false,
+            polls: 0,
+            tpm_poll: None,
         }
     }
 
     /// Whether a TPM request may start now (see the module's rate limits).
     fn tpm_may_run(&self) -> bool {
-        let stalls_generation = self.tpm_since_step && self.generations.any_running();
+        let stalls_generation = self.tpm_poll == Some(self.polls) && self.generations.any_running();
         (self.now_us)() >= self.tpm_ready_us && !stalls_generation
     }
 
@@ -97,7 +101,7 @@ where
         let ended = (self.now_us)();
         let took = ended.saturating_sub(started);
         self.tpm_ready_us = (started + TPM_MIN_GAP_US).max(ended.saturating_add(took));
-        self.tpm_since_step = true;
+        self.tpm_poll = Some(self.polls);
         response
     }
 
@@ -220,8 +224,11 @@ where
         Reply::Response(response)
     }
 
+    fn poll_started(&mut self) {
+        self.polls += 1;
+    }
+
     fn step(&mut self, slot: usize) -> Step {
-        self.tpm_since_step = false;
         self.generations.step(slot, &Serial, &self.now_us)
     }
 

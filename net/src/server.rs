@@ -62,6 +62,11 @@ pub trait Handler {
     /// stopped reading, or broke the protocol. Called at most once per started generation, never after
     /// `step` returned [`Step::Final`].
     fn stop(&mut self, slot: usize);
+
+    /// Called at the start of every [`Server::poll`], before any request or step of that poll. Each poll steps
+    /// each streaming slot at most once, so a handler that does at most one unit of other work per poll
+    /// (one TPM request, say) delays no generation by more than that between two of its steps.
+    fn poll_started(&mut self) {}
 }
 
 /// What [`Handler::handle`] does with a request.
@@ -375,6 +380,7 @@ impl Server {
         device: &mut D,
         handler: &mut H,
     ) -> PollOutcome {
+        handler.poll_started();
         let mut activity =
             self.iface.poll(now, device, &mut self.sockets) == PollResult::SocketStateChanged;
         activity |= self.poll_dhcp();

@@ -1,7 +1,7 @@
 //! Bounded work per step and the TPM's rate limits (issue 12, items 1 and 4; docs/ARCHITECTURE.md §5), on the
 //! appliance's handler over a real swtpm and the tiny model: a long prompt is tokenized by a step of its own
-//! (the server polls the network before it), TPM requests are spaced globally, and a TPM request never runs
-//! twice between two steps of a running generation. The per-connection caps are the server's
+//! (the server polls the network before it), TPM requests are spaced globally, and at most one TPM request
+//! runs per server poll while a generation runs (so never two between two of its steps). The per-connection caps are the server's
 //! (`net/tests/hardening.rs`).
 
 use std::cell::Cell;
@@ -181,12 +181,13 @@ fn tpm_requests_are_spaced_globally_and_keep_the_tpm_at_most_half_busy() {
 }
 
 #[test]
-fn tpm_work_runs_at_most_once_between_two_steps_of_a_generation() {
+fn tpm_work_runs_at_most_once_per_poll_while_a_generation_runs() {
     let swtpm = Swtpm::start();
     let clock = TestClock::default();
     // A second a reading: the global spacing never holds these requests back.
     clock.auto.set(1_000_000);
     let (mut appliance, _) = boot_with_clock(&swtpm, clock.reader());
+    appliance.poll_started();
     assert_eq!(
         appliance.handle(0, &generate(Prompt::Tokens(vec![1, 2, 3]), 20), None),
         Reply::Streaming
@@ -195,18 +196,27 @@ fn tpm_work_runs_at_most_once_between_two_steps_of_a_generation() {
         answer(appliance.handle(1, &attest(), Some(&BINDING))),
         Response::Evidence(_)
     ));
-    // A second TPM request before the generation's next step would stall it twice: deferred.
+    // A second TPM request in the same poll would stall the generation's next step twice: deferred.
     assert_eq!(appliance.handle(2, &attest(), Some(&BINDING)), Reply::Defer);
     appliance.step(0);
+    appliance.poll_started();
     assert!(matches!(
         answer(appliance.handle(2, &attest(), Some(&BINDING))),
         Response::Evidence(_)
     ));
     assert_eq!(appliance.handle(3, &attest(), Some(&BINDING)), Reply::Defer);
+    // A poll without a step (the generation's client has not taken its last frame): the TPM is not held
+    // back by a generation that is not computing.
+    appliance.poll_started();
+    assert!(matches!(
+        answer(appliance.handle(3, &attest(), Some(&BINDING))),
+        Response::Evidence(_)
+    ));
+    assert_eq!(appliance.handle(4, &attest(), Some(&BINDING)), Reply::Defer);
     // Once nothing generates, only the global spacing applies.
     appliance.stop(0);
     assert!(matches!(
-        answer(appliance.handle(3, &attest(), Some(&BINDING))),
+        answer(appliance.handle(4, &attest(), Some(&BINDING))),
         Response::Evidence(_)
     ));
 }
