@@ -3,6 +3,15 @@
 //! (docs/ARCHITECTURE.md §5, issue 5). It is plain logic over a TPM transport, a source of randomness and a clock,
 //! so the host tests it against swtpm and a tiny model; the kernel binary gives it the MMIO TPM,
 //! its DRBG and the TSC.
+//!
+//! TPM work is rate-limited (issue 12; docs/ARCHITECTURE.md §5), because each command can take hundreds of
+//! milliseconds on a cloud vTPM and nothing else runs meanwhile. Per connection, the server answers one attest
+//! and one activation (`net::Limits::request_caps`). Globally, a TPM request (attest or activation) starts
+//! at most once per [`TPM_MIN_GAP_US`], and never sooner after the previous one ended than that one took (the
+//! TPM is busy at most half the time); while a generation runs, at most one TPM request runs per server poll,
+//! and a poll steps each generation once, so a generation is never stalled by more than one TPM request
+//! between two of its steps (and one whose client reads slowly, stepping rarely, does not hold the TPM back). A request that may not run yet is
+//! answered [`Reply::Defer`]: the server keeps it and offers it again on a later poll.
 
 use alloc::vec::Vec;
 
@@ -31,7 +40,16 @@ pub struct Appliance<'e, T, R, C> {
     generations: Generations<'e>,
     random: R,
     now_us: C,
+    /// The clock reading before which no TPM request may start (the global rate limit).
+    tpm_ready_us: u64,
+    /// Server polls so far ([`Handler::poll_started`]).
+    polls: u64,
+    /// The poll in which the last TPM request ran.
+    tpm_poll: Option<u64>,
 }
+
+/// The shortest time from the start of one TPM request (attest or activation) to the start of the next.
+pub const TPM_MIN_GAP_US: u64 = 100_000;
 
 impl<'e, T, R, C> Appliance<'e, T, R, C>
 where
@@ -64,12 +82,38 @@ where
             generations,
             random,
             now_us,
+            tpm_ready_us: 0,
+            polls: 0,
+            tpm_poll: None,
         }
+    }
+
+    /// Whether a TPM request may start now (see the module's rate limits).
+    fn tpm_may_run(&self) -> bool {
+        let stalls_generation = self.tpm_poll == Some(self.polls) && self.generations.any_running();
+        (self.now_us)() >= self.tpm_ready_us && !stalls_generation
+    }
+
+    /// Runs `work` (one TPM request) and sets when the next may start.
+    fn with_tpm(&mut self, work: impl FnOnce(&mut Self) -> Response) -> Response {
+        let started = (self.now_us)();
+        let response = work(self);
+        let ended = (self.now_us)();
+        let took = ended.saturating_sub(started);
+        self.tpm_ready_us = (started + TPM_MIN_GAP_US).max(ended.saturating_add(took));
+        self.tpm_poll = Some(self.polls);
+        response
     }
 
     /// The generation pool.
     pub fn generations(&self) -> &Generations<'e> {
         &self.generations
+    }
+
+    /// The generation pool, for tests that change its settings.
+    #[cfg(test)]
+    pub(crate) fn generations_mut(&mut self) -> &mut Generations<'e> {
+        &mut self.generations
     }
 
     /// The TPM, for tests that read what the handler left there.
@@ -153,13 +197,22 @@ where
         request: &Request,
         binding: Option<&ChannelBinding>,
     ) -> Reply {
+        let needs_tpm = matches!(
+            request,
+            Request::Attest { .. } | Request::ActivateCredential { .. }
+        );
+        if needs_tpm && !self.tpm_may_run() {
+            return Reply::Defer;
+        }
         let response = match request {
             Request::ModelInfo => Response::ModelInfo(self.info),
-            Request::Attest { nonce, pcr_mask } => self.attest(nonce, *pcr_mask, binding),
+            Request::Attest { nonce, pcr_mask } => {
+                self.with_tpm(|appliance| appliance.attest(nonce, *pcr_mask, binding))
+            }
             Request::ActivateCredential {
                 credential_blob,
                 secret,
-            } => self.activate(credential_blob, secret),
+            } => self.with_tpm(|appliance| appliance.activate(credential_blob, secret)),
             Request::Generate(generate) => return self.generations.start(slot, generate),
             // The server keeps cancels to itself (a running generation becomes `stop`, the answer `Cancelled`);
             // should one arrive anyway, it frees whatever this slot runs and says so.
@@ -169,6 +222,10 @@ where
             }
         };
         Reply::Response(response)
+    }
+
+    fn poll_started(&mut self) {
+        self.polls += 1;
     }
 
     fn step(&mut self, slot: usize) -> Step {

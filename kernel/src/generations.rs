@@ -9,6 +9,15 @@
 //! model, which stays in the initrd; QEMU's default 1024 MiB guest holds this with room to spare. The kernel's
 //! debug console prints the figure it measured on its heap.
 //!
+//! Work per step is bounded (issue 12, item 1; docs/ARCHITECTURE.md §5): a generation is a state machine that the
+//! server advances one step per poll, and the server moves packets between steps. A started generation is
+//! `Tokenizing` (a text or chat prompt over [`TOKENIZE_INLINE_BYTES`] bytes: a first step that only yields, so
+//! the server moves packets, then one that tokenizes), then `Prefill` (one chunk of `serving.prefill_chunk` = 32 prompt tokens per step, as the session
+//! runs it), then decode (one token per step). A shorter text is tokenized when the request arrives, as
+//! before. Tokenizing is a single step because the frame limit bounds it: a 64 KiB single-word prompt
+//! tokenizes in 28.5 ms natively with SmolLM2 (the BPE merge is O(n log n)), and a text too long for the
+//! context whatever its tokens is refused before any tokenizing (`Tokenizer::fewest_tokens`).
+//!
 //! Nothing here reads a clock: the caller passes one in (STYLE 3), so the pool is tested on the host.
 
 use alloc::vec::Vec;
@@ -21,11 +30,19 @@ use net::proto::{Done, ErrorCode, GenerateRequest, Prompt, Response, Role, Token
 use net::serving::ServingParams;
 use net::{Reply, Step};
 
+/// Text (or chat content) bytes up to which a prompt is tokenized when its request arrives; a longer one
+/// is tokenized by the generation's first step, after the server has moved packets (under 0.5 ms of
+/// SmolLM2 tokenizing natively, at the measured 28.5 ms per 64 KiB).
+pub const TOKENIZE_INLINE_BYTES: usize = 1024;
+
 /// One engine session and the connection slot whose generation it runs.
 struct Worker {
     session: Session,
     /// The connection slot streaming from this session; `None` when free.
     owner: Option<usize>,
+    /// A request accepted but not tokenized yet, and whether its first step (which only yields) is done:
+    /// the step after it tokenizes the prompt and starts the session.
+    tokenizing: Option<(GenerateRequest, bool)>,
     /// Microseconds spent on the prompt (steps until the first token).
     prefill_us: u64,
     /// Clock reading when the first token was produced.
@@ -36,6 +53,8 @@ struct Worker {
 pub struct Generations<'a> {
     engine: Engine<'a>,
     workers: Vec<Worker>,
+    /// [`TOKENIZE_INLINE_BYTES`], lowered by tests to reach the `Tokenizing` state with the tiny model.
+    tokenize_inline_bytes: usize,
 }
 
 /// The error code a client gets for a refused generation.
@@ -60,11 +79,23 @@ impl<'a> Generations<'a> {
             .map(|_| Worker {
                 session: Session::new(&engine, session_config),
                 owner: None,
+                tokenizing: None,
                 prefill_us: 0,
                 first_token_us: None,
             })
             .collect();
-        Self { engine, workers }
+        Self {
+            engine,
+            workers,
+            tokenize_inline_bytes: TOKENIZE_INLINE_BYTES,
+        }
+    }
+
+    /// Sets the prompt bytes up to which a text is tokenized when its request arrives (tests only: the tiny
+    /// model's context holds no prompt of [`TOKENIZE_INLINE_BYTES`]).
+    #[cfg(test)]
+    pub(crate) fn set_tokenize_inline_bytes(&mut self, bytes: usize) {
+        self.tokenize_inline_bytes = bytes;
     }
 
     /// Sessions in the pool.
@@ -93,18 +124,18 @@ impl<'a> Generations<'a> {
             .find(|worker| worker.owner == Some(slot))
     }
 
-    /// The prompt's token ids, or the error the client gets.
-    fn prompt_ids(&self, prompt: &Prompt) -> Result<Vec<u32>, ErrorCode> {
-        // Work per request is bounded before it starts: a text too long to fit the context whatever its
-        // tokens is refused without tokenizing it (a 64 KiB frame would otherwise cost a full tokenization).
-        let text_bytes = match prompt {
-            Prompt::Text(text) => text.len(),
-            Prompt::Chat(turns) => turns.iter().map(|turn| turn.content.len()).sum(),
-            Prompt::Tokens(_) => 0,
-        };
-        if self.engine.tokenizer.fewest_tokens(text_bytes) > self.context() {
+    /// Work per request is bounded before it starts: a text too long to fit the context whatever its
+    /// tokens is refused without tokenizing it (a 64 KiB frame would otherwise cost a full tokenization).
+    fn check_text_bytes(&self, prompt: &Prompt) -> Result<(), ErrorCode> {
+        if self.engine.tokenizer.fewest_tokens(text_bytes(prompt)) > self.context() {
             return Err(ErrorCode::ContextExceeded);
         }
+        Ok(())
+    }
+
+    /// The prompt's token ids, or the error the client gets.
+    fn prompt_ids(&self, prompt: &Prompt) -> Result<Vec<u32>, ErrorCode> {
+        self.check_text_bytes(prompt)?;
         let mut ids = Vec::new();
         match prompt {
             Prompt::Text(text) => self.engine.encode_text(text, &mut ids),
@@ -142,36 +173,59 @@ impl<'a> Generations<'a> {
         else {
             return Reply::Response(Response::Error(ErrorCode::Busy));
         };
-        let ids = match self.prompt_ids(&request.prompt) {
-            Ok(ids) => ids,
-            Err(code) => return Reply::Response(Response::Error(code)),
-        };
+        if let Err(code) = self.check_text_bytes(&request.prompt) {
+            return Reply::Response(Response::Error(code));
+        }
+        if text_bytes(&request.prompt) > self.tokenize_inline_bytes {
+            let worker = &mut self.workers[index];
+            worker.owner = Some(slot);
+            worker.tokenizing = Some((request.clone(), false));
+            worker.prefill_us = 0;
+            worker.first_token_us = None;
+            return Reply::Streaming;
+        }
+        match self.start_on(index, request) {
+            Ok(()) => {
+                let worker = &mut self.workers[index];
+                worker.owner = Some(slot);
+                worker.prefill_us = 0;
+                worker.first_token_us = None;
+                Reply::Streaming
+            }
+            Err(code) => Reply::Response(Response::Error(code)),
+        }
+    }
+
+    /// Tokenizes `request`'s prompt and starts it on session `index`, or says why not.
+    fn start_on(&mut self, index: usize, request: &GenerateRequest) -> Result<(), ErrorCode> {
+        let ids = self.prompt_ids(&request.prompt)?;
         let sampling = SamplerConfig {
             temperature: request.sampling.temperature,
             top_k: request.sampling.top_k as usize,
             top_p: request.sampling.top_p,
             seed: request.sampling.seed,
         };
-        let worker = &mut self.workers[index];
-        match worker.session.start(
-            &self.engine,
-            &ids,
-            request.max_tokens as usize,
-            sampling,
-            &request.stop,
-        ) {
-            Ok(()) => {
-                worker.owner = Some(slot);
-                worker.prefill_us = 0;
-                worker.first_token_us = None;
-                Reply::Streaming
-            }
-            Err(error) => Reply::Response(Response::Error(start_error_code(error))),
-        }
+        self.workers[index]
+            .session
+            .start(
+                &self.engine,
+                &ids,
+                request.max_tokens as usize,
+                sampling,
+                &request.stop,
+            )
+            .map_err(start_error_code)
     }
 
     /// One prefill chunk or decode step of `slot`'s generation, on `par`, timed with `now_us` (microseconds).
     pub fn step(&mut self, slot: usize, par: &dyn ParallelFor, now_us: &dyn Fn() -> u64) -> Step {
+        if let Some(index) = self
+            .workers
+            .iter()
+            .position(|worker| worker.owner == Some(slot) && worker.tokenizing.is_some())
+        {
+            return self.tokenize_step(index, now_us);
+        }
         let engine = &self.engine;
         let Some(worker) = self
             .workers
@@ -220,10 +274,46 @@ impl<'a> Generations<'a> {
         }
     }
 
+    /// The `Tokenizing` steps of worker `index`. The first only yields: the server steps a generation in the
+    /// same poll that accepted it, and this way it moves packets (answers other clients) before the
+    /// tokenizing. The second tokenizes the prompt and starts the session; the prompt's first chunk runs
+    /// on the step after.
+    fn tokenize_step(&mut self, index: usize, now_us: &dyn Fn() -> u64) -> Step {
+        let started = now_us();
+        match &mut self.workers[index].tokenizing {
+            Some((_, yielded)) if !*yielded => {
+                *yielded = true;
+                return Step::Pending;
+            }
+            _ => {}
+        }
+        let Some((request, _)) = self.workers[index].tokenizing.take() else {
+            return Step::Pending;
+        };
+        let result = self.start_on(index, &request);
+        let worker = &mut self.workers[index];
+        worker.prefill_us += now_us().saturating_sub(started);
+        match result {
+            Ok(()) => Step::Pending,
+            Err(code) => {
+                worker.owner = None;
+                Step::Final(Response::Error(code))
+            }
+        }
+    }
+
+    /// Whether `slot`'s generation has not been tokenized yet.
+    pub fn is_tokenizing(&self, slot: usize) -> bool {
+        self.workers
+            .iter()
+            .any(|worker| worker.owner == Some(slot) && worker.tokenizing.is_some())
+    }
+
     /// Frees `slot`'s session at once.
     pub fn stop(&mut self, slot: usize) {
         if let Some(worker) = self.worker_of(slot) {
             worker.session.cancel();
+            worker.tokenizing = None;
             worker.owner = None;
         }
     }
@@ -231,6 +321,15 @@ impl<'a> Generations<'a> {
     /// Whether any generation is running (the main loop must not sleep then).
     pub fn any_running(&self) -> bool {
         self.workers.iter().any(|worker| worker.owner.is_some())
+    }
+}
+
+/// Bytes of text a prompt carries (0 for token ids).
+fn text_bytes(prompt: &Prompt) -> usize {
+    match prompt {
+        Prompt::Text(text) => text.len(),
+        Prompt::Chat(turns) => turns.iter().map(|turn| turn.content.len()).sum(),
+        Prompt::Tokens(_) => 0,
     }
 }
 

@@ -1,7 +1,8 @@
 //! The appliance's main loop over the real NIC: TLS 1.3 on the one port, requests answered by the
 //! host-tested handler `kernel::appliance::Appliance` over the MMIO TPM, the DRBG and the TSC.
 //! The loop polls the network server, and sleeps on HLT until the next timer tick only while no
-//! generation is running. The sessions and what each costs in memory: `kernel::generations`.
+//! generation is running; a request the handler deferred (the TPM's rate limit) is offered again on the
+//! poll after the next tick. The sessions and what each costs in memory: `kernel::generations`.
 
 use alloc::vec::Vec;
 

@@ -17,6 +17,13 @@
 //!
 //! Closing is bounded too: after our FIN the peer has `close_timeout` to finish, after which the socket is
 //! aborted (RST). Every path ends with the socket listening again.
+//!
+//! What a client may hold (docs/ARCHITECTURE.md §5): with `Limits::lifetime` a connection is closed with
+//! `Error(Timeout)` at its first request boundary after that long; with `Limits::request_caps` `Attest` and
+//! `ActivateCredential` are answered once per connection and `ModelInfo` once before the connection's first
+//! generation; with `Limits::evict_idle` the server may reset a connection that has had no request answered
+//! ([`Connection::eviction_rank`]; an ignored `Cancel` is no answer). A request the handler defers ([`Reply::Defer`]) stays in the frame
+//! decoder and is offered again on the next poll.
 
 use alloc::vec::Vec;
 
@@ -89,6 +96,41 @@ pub(crate) struct Connection {
     tls: Option<TlsSession>,
     /// One encoded response frame on its way into the TLS session (reused across responses).
     frame: Vec<u8>,
+    /// When the client's SYN (or its completed handshake, if we saw no SYN) arrived.
+    since: Instant,
+    /// The server's `Counters::arrivals` when this connection arrived: orders arrivals within one poll.
+    arrival: u64,
+    /// Whether the client has sent any byte on the connection.
+    received: bool,
+    /// Requests answered on this connection (an ignored `Cancel` is not answered).
+    answered: u64,
+    /// The capped requests already answered (`Limits::request_caps`).
+    capped: CappedRequests,
+    /// The decoder holds a complete request that the handler deferred.
+    deferred: bool,
+}
+
+/// Which of the requests `Limits::request_caps` allows once per connection have been answered.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct CappedRequests {
+    model_info: bool,
+    attest: bool,
+    activate: bool,
+    /// A generation has started on the connection: model info is no longer capped.
+    generated: bool,
+}
+
+impl CappedRequests {
+    /// The flag of `request`'s kind, if that kind is capped (model info only until a generation started).
+    fn flag(&mut self, request: &Request) -> Option<&mut bool> {
+        match request {
+            Request::ModelInfo if self.generated => None,
+            Request::ModelInfo => Some(&mut self.model_info),
+            Request::Attest { .. } => Some(&mut self.attest),
+            Request::ActivateCredential { .. } => Some(&mut self.activate),
+            Request::Generate(_) | Request::Cancel => None,
+        }
+    }
 }
 
 /// Why reading from a client stopped.
@@ -110,13 +152,23 @@ impl Connection {
             send_deadline: None,
             tls: None,
             frame: Vec::new(),
+            since: Instant::ZERO,
+            arrival: 0,
+            received: false,
+            answered: 0,
+            capped: CappedRequests::default(),
+            deferred: false,
         }
     }
 
     /// The instant at which this slot needs a poll even if no packet arrives.
-    pub(crate) fn deadline(&self) -> Option<Instant> {
+    pub(crate) fn deadline(&self, limits: &Limits) -> Option<Instant> {
         match self.phase {
-            Phase::Handshake | Phase::Serving | Phase::Closing { .. } => Some(self.deadline),
+            Phase::Serving => Some(match limits.lifetime {
+                Some(lifetime) => self.deadline.min(self.since + lifetime),
+                None => self.deadline,
+            }),
+            Phase::Handshake | Phase::Closing { .. } => Some(self.deadline),
             Phase::Streaming => match (self.frame_deadline, self.send_deadline) {
                 (Some(frame), Some(send)) => Some(frame.min(send)),
                 (frame, send) => frame.or(send),
@@ -140,6 +192,37 @@ impl Connection {
     /// True while a client occupies this slot (from its SYN until the slot listens again).
     pub(crate) fn is_busy(&self) -> bool {
         self.phase != Phase::Listening
+    }
+
+    /// The order of the client's arrival among all connections (meaningless while listening).
+    pub(crate) fn arrival(&self) -> u64 {
+        self.arrival
+    }
+
+    /// True while the decoder holds a request the handler deferred ([`Reply::Defer`]).
+    pub(crate) fn is_deferred(&self) -> bool {
+        self.deferred
+    }
+
+    /// How readily this connection is reset to make room (`Limits::evict_idle`): lower goes first, and
+    /// `None` for a connection that may not be evicted (listening, closing, generating, or one that has had
+    /// a request answered or deferred). Silent connections (a half-open handshake, or an established one
+    /// that sent nothing) rank 0, connections that sent bytes (a TLS handshake under way, a partial frame)
+    /// but have no answer yet rank 1; within a rank the oldest goes first, so a client that has just
+    /// connected has the most time to send its first bytes.
+    pub(crate) fn eviction_rank(&self) -> Option<(u8, Instant, u64)> {
+        let rank = match self.phase {
+            Phase::Handshake => 0,
+            Phase::Serving if self.answered == 0 && !self.deferred => u8::from(self.received),
+            _ => return None,
+        };
+        Some((rank, self.since, self.arrival))
+    }
+
+    /// Resets the connection to make room for another (`Limits::evict_idle`); the slot listens again
+    /// after the next interface poll, as after any abort.
+    pub(crate) fn evict(&mut self, socket: &mut Socket<'_>) {
+        self.abort(socket);
     }
 
     /// Advances the slot as far as the socket allows. Returns whether anything happened.
@@ -198,6 +281,7 @@ impl Connection {
             State::SynReceived if self.phase == Phase::Listening => {
                 self.phase = Phase::Handshake;
                 self.deadline = now + limits.frame_timeout;
+                self.arrive(now, counters);
                 true
             }
             State::SynReceived if now >= self.deadline => {
@@ -220,6 +304,10 @@ impl Connection {
                     }
                 }
                 counters.accepted += 1;
+                if self.phase == Phase::Listening {
+                    // The whole handshake happened between two polls.
+                    self.arrive(now, counters);
+                }
                 self.phase = Phase::Serving;
                 self.deadline = now + limits.frame_timeout;
                 true
@@ -252,6 +340,17 @@ impl Connection {
             self.relisten(socket, port);
             return true;
         }
+        if self.has_expired(now, limits) {
+            // What is queued goes out first; a deferred request is dropped unanswered.
+            counters.expired += 1;
+            self.close_with(
+                socket,
+                Some(Response::Error(ErrorCode::Timeout)),
+                now,
+                limits,
+            );
+            return true;
+        }
         let mut progress = false;
         loop {
             let had_outgoing = self.has_outgoing();
@@ -273,7 +372,10 @@ impl Connection {
                     if self.has_outgoing() {
                         continue;
                     }
-                    break;
+                    // A deferred request is still in the decoder: offer it again.
+                    if self.decoder.frame().is_none() {
+                        break;
+                    }
                 }
                 Ok(_) => progress = true,
                 Err(ReceiveError::Tls) => {
@@ -292,11 +394,11 @@ impl Connection {
                 continue;
             };
             let request = Request::parse(body);
-            self.decoder.consume();
             self.deadline = now + limits.frame_timeout;
             let request = match request {
                 Ok(request) => request,
                 Err(_) => {
+                    self.decoder.consume();
                     counters.bad_frames += 1;
                     self.close_with(
                         socket,
@@ -307,14 +409,36 @@ impl Connection {
                     return true;
                 }
             };
-            counters.requests += 1;
             if matches!(request, Request::Cancel) {
                 // Nothing is generating: a cancel that raced the stream's last frame (proto: no answer).
+                self.take_request(&request, counters);
                 continue;
+            }
+            if limits.request_caps && self.capped.flag(&request).is_some_and(|used| *used) {
+                // The second of a kind answered once per connection: the client is holding its slot.
+                self.take_request(&request, counters);
+                counters.over_cap += 1;
+                self.close_with(
+                    socket,
+                    Some(Response::Error(ErrorCode::BadRequest)),
+                    now,
+                    limits,
+                );
+                return true;
             }
             let binding = self.channel_binding(tls);
             match handler.handle(slot, &request, binding.as_ref()) {
+                Reply::Defer => {
+                    // The frame stays in the decoder; the next poll offers it again. Nothing behind it is
+                    // read meanwhile (the decoder holds one frame), so TCP flow control holds the client.
+                    if !self.deferred {
+                        counters.deferrals += 1;
+                    }
+                    self.deferred = true;
+                    break;
+                }
                 Reply::Response(response) => {
+                    self.take_request(&request, counters);
                     if self.queue(&response).is_err() {
                         // The handler produced a response too large for one frame; the client cannot be
                         // answered correctly, so end the connection instead of sending something else.
@@ -324,6 +448,8 @@ impl Connection {
                     }
                 }
                 Reply::Streaming => {
+                    self.take_request(&request, counters);
+                    self.capped.generated = true;
                     counters.streams += 1;
                     self.phase = Phase::Streaming;
                     self.send_deadline = None;
@@ -533,6 +659,33 @@ impl Connection {
         }
     }
 
+    /// Notes a new client's arrival.
+    fn arrive(&mut self, now: Instant, counters: &mut Counters) {
+        counters.arrivals += 1;
+        self.since = now;
+        self.arrival = counters.arrivals;
+    }
+
+    /// Marks the decoder's request as taken: consumed, counted, and (when capped) used up.
+    fn take_request(&mut self, request: &Request, counters: &mut Counters) {
+        self.decoder.consume();
+        self.deferred = false;
+        if *request != Request::Cancel {
+            self.answered += 1;
+        }
+        counters.requests += 1;
+        if let Some(used) = self.capped.flag(request) {
+            *used = true;
+        }
+    }
+
+    /// Whether the connection has reached `Limits::lifetime`.
+    fn has_expired(&self, now: Instant, limits: &Limits) -> bool {
+        limits
+            .lifetime
+            .is_some_and(|lifetime| now >= self.since + lifetime)
+    }
+
     /// Ends the running generation, if any: [`Handler::stop`] once, and the slot is no longer streaming.
     /// Returns whether a generation was running.
     fn stop_generation<H: Handler + ?Sized>(&mut self, slot: usize, handler: &mut H) -> bool {
@@ -651,19 +804,26 @@ impl Connection {
     /// Returns how many bytes moved (0: nothing more until the client sends).
     fn receive(&mut self, socket: &mut Socket<'_>) -> Result<usize, ReceiveError> {
         let decoder = &mut self.decoder;
+        let received = &mut self.received;
         let Some(tls) = &mut self.tls else {
-            return match socket.recv(|bytes| match decoder.push(bytes) {
-                Ok(taken) => (taken, Ok(taken)),
-                Err(error) => (0, Err(error)),
+            return match socket.recv(|bytes| {
+                *received |= !bytes.is_empty();
+                match decoder.push(bytes) {
+                    Ok(taken) => (taken, Ok(taken)),
+                    Err(error) => (0, Err(error)),
+                }
             }) {
                 Ok(result) => result.map_err(ReceiveError::Frame),
                 Err(_) => Ok(0),
             };
         };
-        let fed = match socket.recv(|bytes| match tls.feed_incoming(bytes) {
-            Ok(taken) => (taken, Ok(taken)),
-            // The session failed and takes nothing more; drop what it was offered.
-            Err(error) => (bytes.len(), Err(error)),
+        let fed = match socket.recv(|bytes| {
+            *received |= !bytes.is_empty();
+            match tls.feed_incoming(bytes) {
+                Ok(taken) => (taken, Ok(taken)),
+                // The session failed and takes nothing more; drop what it was offered.
+                Err(error) => (bytes.len(), Err(error)),
+            }
         }) {
             Ok(result) => result,
             Err(_) => Ok(0),

@@ -16,7 +16,10 @@
 //! business (it answers `Generate` with `Error(Busy)` when its sessions are all taken). Connections beyond
 //! the pool are refused at once by smoltcp with RST (no socket listens for them), never left hanging; a
 //! slot returns to listening as soon as its client is done, times out or is aborted (see
-//! [`crate::connection`]).
+//! [`crate::connection`]). With [`Limits::evict_idle`] a full pool resets its least advanced idle
+//! connection so that one slot listens again, and a storm of half-open or silent connections cannot keep
+//! a working client out; [`Limits::request_caps`] and [`Limits::lifetime`] bound what a connection that
+//! does talk may hold (docs/ARCHITECTURE.md §5).
 
 use alloc::vec;
 use alloc::vec::Vec;
@@ -59,6 +62,11 @@ pub trait Handler {
     /// stopped reading, or broke the protocol. Called at most once per started generation, never after
     /// `step` returned [`Step::Final`].
     fn stop(&mut self, slot: usize);
+
+    /// Called at the start of every [`Server::poll`], before any request or step of that poll. Each poll steps
+    /// each streaming slot at most once, so a handler that does at most one unit of other work per poll
+    /// (one TPM request, say) delays no generation by more than that between two of its steps.
+    fn poll_started(&mut self) {}
 }
 
 /// What [`Handler::handle`] does with a request.
@@ -68,7 +76,14 @@ pub enum Reply {
     Response(Response),
     /// A generation started; its frames come from [`Handler::step`].
     Streaming,
+    /// Not now: the handler will not do this work yet (the TPM's rate limit, docs/ARCHITECTURE.md §5). The
+    /// server keeps the request and offers it again on a later poll, at most [`DEFER_RETRY`] later; the
+    /// client's frame deadline does not run meanwhile (the wait is ours, not the client's).
+    Defer,
 }
+
+/// How long a deferred request waits at most before the server offers it to the handler again.
+pub const DEFER_RETRY: Duration = Duration::from_millis(1);
 
 /// The outcome of one [`Handler::step`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -96,9 +111,26 @@ pub struct Limits {
     pub frame_timeout: Duration,
     /// Time a closing connection has to finish its FIN exchange before it is aborted.
     pub close_timeout: Duration,
+    /// The longest a connection may stay, counted from its SYN: once it has passed, the client's next
+    /// request (or the end of its running generation) is answered `Error(Timeout)` and the connection
+    /// closed. `None`: no cap.
+    pub lifetime: Option<Duration>,
+    /// `Attest` and `ActivateCredential` are answered at most once per connection, and `ModelInfo` at most
+    /// once before the connection's first generation started; one more is answered `Error(BadRequest)`
+    /// and the connection closed. A verifying client needs one attest and one activation; a client that
+    /// never generates cannot hold its slot by asking again and again, and TPM work per connection is
+    /// bounded.
+    pub request_caps: bool,
+    /// When every slot is taken, the connection least far along that has had no request answered yet
+    /// (the oldest half-open or silent one first, then the oldest that sent bytes without an answer yet)
+    /// is reset so that a slot listens again: a storm of idle connections cannot keep a working client
+    /// out.
+    pub evict_idle: bool,
 }
 
 impl Default for Limits {
+    /// The plain pool the layer's own tests start from: no lifetime, no request caps, no eviction. The
+    /// appliance's limits come from `crate::serving::ApplianceConfig`, which turns all three on.
     fn default() -> Self {
         Self {
             connections: 4,
@@ -106,6 +138,9 @@ impl Default for Limits {
             tx_buffer: 8 * 1024,
             frame_timeout: Duration::from_secs(10),
             close_timeout: Duration::from_secs(5),
+            lifetime: None,
+            request_caps: false,
+            evict_idle: false,
         }
     }
 }
@@ -151,6 +186,8 @@ pub struct PollOutcome {
 pub struct Counters {
     /// Connections that completed the handshake and got a slot.
     pub accepted: u64,
+    /// Connections that took a slot (a SYN answered, or a handshake found complete).
+    pub arrivals: u64,
     /// Requests decoded: passed to the handler, or cancels (which the server carries out itself).
     pub requests: u64,
     /// Frames whose body was not a request, or that announced an empty body (answered `BadFrame`).
@@ -185,6 +222,14 @@ pub struct Counters {
     pub stream_frames: u64,
     /// Requests other than `Cancel` while a generation ran (answered `BadRequest`, then closed).
     pub violations: u64,
+    /// Requests over the connection's caps (`Limits::request_caps`; answered `BadRequest`, then closed).
+    pub over_cap: u64,
+    /// Connections closed because they reached `Limits::lifetime` (answered `Timeout`).
+    pub expired: u64,
+    /// Idle connections reset to make room for a new one (`Limits::evict_idle`).
+    pub evicted: u64,
+    /// Times a request was deferred by the handler ([`Reply::Defer`]) and kept for a later poll.
+    pub deferrals: u64,
 }
 
 /// The network side of the appliance.
@@ -279,6 +324,9 @@ impl Server {
             || limits.tx_buffer == 0
             || limits.frame_timeout > MAX_TIMEOUT
             || limits.close_timeout > MAX_TIMEOUT
+            || limits
+                .lifetime
+                .is_some_and(|lifetime| lifetime > MAX_TIMEOUT)
         {
             return Err(ServerError::BadLimits);
         }
@@ -332,6 +380,7 @@ impl Server {
         device: &mut D,
         handler: &mut H,
     ) -> PollOutcome {
+        handler.poll_started();
         let mut activity =
             self.iface.poll(now, device, &mut self.sockets) == PollResult::SocketStateChanged;
         activity |= self.poll_dhcp();
@@ -357,6 +406,7 @@ impl Server {
                 },
             );
         }
+        serviced |= self.evict_if_full();
         serviced |= self.step_generations(now, handler);
         if serviced {
             // Send the answers (and any RST from an abort) now rather than on the next call.
@@ -368,13 +418,20 @@ impl Server {
         activity |= serviced;
 
         let mut poll_delay = self.iface.poll_delay(now, &self.sockets);
-        for deadline in self.connections.iter().filter_map(Connection::deadline) {
+        for deadline in self
+            .connections
+            .iter()
+            .filter_map(|connection| connection.deadline(&self.limits))
+        {
             let until = if deadline > now {
                 deadline - now
             } else {
                 Duration::ZERO
             };
             poll_delay = Some(poll_delay.map_or(until, |delay| delay.min(until)));
+        }
+        if self.connections.iter().any(Connection::is_deferred) {
+            poll_delay = Some(poll_delay.map_or(DEFER_RETRY, |delay| delay.min(DEFER_RETRY)));
         }
         if self.connections.iter().any(Connection::wants_step) {
             // Compute is waiting; sleeping until a packet or timer would stall the stream.
@@ -386,6 +443,37 @@ impl Server {
             poll_delay,
             streaming: self.streaming(),
         }
+    }
+
+    /// With `Limits::evict_idle`, keeps a slot listening while any slot holds a connection that has had no
+    /// request answered: when none listens, the least advanced such connection is reset (see
+    /// [`Limits::evict_idle`]). Returns whether a connection was evicted.
+    fn evict_if_full(&mut self) -> bool {
+        if !self.limits.evict_idle || self.connections.iter().any(|c| !c.is_busy()) {
+            return false;
+        }
+        // The newest connection is never evicted: there is no newer arrival it would make room for (and a
+        // pool whose other connections are all protected keeps it, refusing the next SYN instead).
+        let newest = self
+            .connections
+            .iter()
+            .map(Connection::arrival)
+            .max()
+            .unwrap_or(0);
+        let Some(slot) = (0..self.connections.len())
+            .filter_map(|slot| {
+                let rank = self.connections[slot].eviction_rank()?;
+                (rank.2 < newest).then_some((rank, slot))
+            })
+            .min()
+            .map(|(_, slot)| slot)
+        else {
+            return false;
+        };
+        self.counters.evicted += 1;
+        let socket = self.sockets.get_mut::<tcp::Socket>(self.tcp_handles[slot]);
+        self.connections[slot].evict(socket);
+        true
     }
 
     /// One round of generation steps: each streaming slot whose client has taken its previous frame gets

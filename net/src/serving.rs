@@ -14,6 +14,11 @@
 //!   KV caches are reserved at boot. The pool has [`CONNECTIONS_PER_SESSION`] connection slots per session, so
 //!   a client can attest or ask for model info while every session generates; a generate request beyond the
 //!   sessions is answered `Busy`.
+//!
+//! The connection pool's limits are fixed, not keys (issue 12; docs/ARCHITECTURE.md §5): [`FRAME_TIMEOUT`],
+//! [`CLOSE_TIMEOUT`], a lifetime of [`CONNECTION_LIFETIME`], request caps (one attest, one activation, one
+//! model info before the first generation) and eviction of idle connections from a full pool; all of them are
+//! in the configuration text, so PCR 14 says which limits the appliance enforces.
 
 use alloc::format;
 use alloc::string::String;
@@ -47,6 +52,9 @@ pub const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bytes of each connection's TCP receive and send buffers.
 pub const SOCKET_BUFFER: usize = 16 * 1024;
+/// The longest a connection may stay (`Limits::lifetime`): long enough for a chat of many generations, short
+/// enough that a client answered `Busy` again and again frees its slot.
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(600);
 
 /// How the engine serves: part of what the model does for a client, so measured with the model (PCR 13).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -144,6 +152,9 @@ impl ApplianceConfig {
                 tx_buffer: SOCKET_BUFFER,
                 frame_timeout: FRAME_TIMEOUT,
                 close_timeout: CLOSE_TIMEOUT,
+                lifetime: Some(CONNECTION_LIFETIME),
+                request_caps: true,
+                evict_idle: true,
             },
         })
     }
@@ -176,14 +187,18 @@ impl ApplianceConfig {
         let l = &self.limits;
         let _ = write!(
             text,
-            "port={}\nconnections={}\nrx_buffer={}\ntx_buffer={}\nframe_timeout_ms={}\nclose_timeout_ms={}\nmax_frame={}\n",
+            "port={}\nconnections={}\nrx_buffer={}\ntx_buffer={}\nframe_timeout_ms={}\nclose_timeout_ms={}\nmax_frame={}\n\
+             lifetime_ms={}\nrequest_caps={}\nevict_idle={}\n",
             self.net.port,
             l.connections,
             l.rx_buffer,
             l.tx_buffer,
             l.frame_timeout.total_millis(),
             l.close_timeout.total_millis(),
-            MAX_FRAME_LEN
+            MAX_FRAME_LEN,
+            l.lifetime.map_or(0, |lifetime| lifetime.total_millis()),
+            u8::from(l.request_caps),
+            u8::from(l.evict_idle)
         );
         text
     }
@@ -214,7 +229,8 @@ mod tests {
         assert_eq!(
             config.configuration_text(),
             "cloister configuration v1\nip=dhcp\nport=7000\nconnections=8\nrx_buffer=16384\n\
-             tx_buffer=16384\nframe_timeout_ms=10000\nclose_timeout_ms=5000\nmax_frame=65536\n"
+             tx_buffer=16384\nframe_timeout_ms=10000\nclose_timeout_ms=5000\nmax_frame=65536\n\
+             lifetime_ms=600000\nrequest_caps=1\nevict_idle=1\n"
         );
     }
 

@@ -9,7 +9,8 @@
 //! kernel/src/generations.rs document it: a frame error gets its error frame, close_notify and FIN; a
 //! frame cut short by EOF gets no answer; a request frame must be complete within `FRAME_TIMEOUT` of the
 //! connection (or of the previous answer); `sessions` generations run at once and one more is answered
-//! `Busy`; the pool has `2 × sessions` connection slots and smoltcp answers a connection beyond them with RST;
+//! `Busy`; the pool has `2 × sessions` connection slots, a full pool resets its oldest silent connection to make room,
+//! and smoltcp answers a connection beyond a pool of answered ones with RST;
 //! `prompt + max_tokens` over the context is refused with `ContextExceeded` (never clamped); cancel ends the
 //! stream with `Error(Cancelled)` and frees the session.
 
@@ -349,34 +350,34 @@ fn generate_beyond_the_sessions_is_busy(fixture: &Fixture) {
 
 fn connections_beyond_the_pool_are_refused(fixture: &Fixture) {
     let pool = fixture.connections();
-    // Slots of earlier tests' connections may still be closing: try again after they are done.
+    // A pool of connections that each had a request answered cannot make room (`net::Limits::evict_idle`
+    // resets only connections with no answer yet): one more is refused with RST. Slots of earlier tests'
+    // connections may still be closing: try again after they are done.
     for attempt in 1..=3 {
-        let held: Vec<TcpStream> = (0..pool).map(|_| connect(fixture.endpoint())).collect();
-        // Let the guest accept them (QEMU's user network accepts on the host side at once).
-        std::thread::sleep(Duration::from_millis(500));
+        let mut held: Vec<TlsClient> = Vec::new();
+        for _ in 0..pool {
+            let Ok(mut client) = TlsClient::try_connect(fixture.endpoint()) else {
+                break;
+            };
+            client.send(&Request::ModelInfo);
+            assert_eq!(
+                client.expect_frame(PROMPT_ANSWER),
+                Response::ModelInfo(fixture.appliance.model_info())
+            );
+            held.push(client);
+        }
         let mut beyond = connect(fixture.endpoint());
         let (_, closed) = read_until_closed(&mut beyond, Duration::from_secs(3));
-        let open = held.iter().filter(|stream| still_open(stream)).count();
         match closed {
-            Some(took) if open == pool => {
+            Some(took) if held.len() == pool => {
                 eprintln!(
-                    "  connection {} beyond a pool of {pool}: refused after {took:.2?} (attempt {attempt})",
+                    "  connection {} beyond a pool of {pool} answered ones: refused after {took:.2?} \
+                     (attempt {attempt})",
                     pool + 1
                 );
-                // The held connections never sent a ClientHello: the appliance closes each by the frame
-                // timeout.
-                for mut stream in held {
-                    let (_, closed) =
-                        read_until_closed(&mut stream, fixture.frame_timeout() + MARGIN);
-                    assert!(
-                        closed.is_some(),
-                        "an idle connection was held past its timeout"
-                    );
-                }
-                fixture.assert_serves_correct_client();
-                return;
+                break;
             }
-            None if open == pool => {
+            None if held.len() == pool => {
                 panic!(
                     "connection {} beyond a pool of {pool} was left hanging",
                     pool + 1
@@ -384,16 +385,39 @@ fn connections_beyond_the_pool_are_refused(fixture: &Fixture) {
             }
             _ => {
                 eprintln!(
-                    "  attempt {attempt}: {open} of {pool} held connections open, the extra one {}",
+                    "  attempt {attempt}: {} of {pool} connections held, the extra one {}",
+                    held.len(),
                     if closed.is_some() { "closed" } else { "open" }
+                );
+                assert!(
+                    attempt < 3,
+                    "the pool never held exactly {pool} connections"
                 );
                 drop(held);
                 drop(beyond);
-                std::thread::sleep(fixture.close_timeout() + Duration::from_secs(1));
+                std::thread::sleep(fixture.frame_timeout() + fixture.close_timeout());
             }
         }
     }
-    panic!("the pool never held exactly {pool} connections");
+    // A pool of silent connections (no ClientHello) makes room: the oldest is reset whenever the pool is full,
+    // and a new client is served.
+    std::thread::sleep(fixture.close_timeout());
+    let mut silent: Vec<TcpStream> = (0..pool).map(|_| connect(fixture.endpoint())).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let (_, took) = timed(|| {
+        let mut client = TlsClient::connect(fixture.endpoint());
+        client.send(&Request::ModelInfo);
+        client.expect_frame(PROMPT_ANSWER)
+    });
+    let reset = silent
+        .iter_mut()
+        .filter(|stream| !still_open(stream))
+        .count();
+    eprintln!(
+        "  a client beside {pool} silent connections: served in {took:.2?}, {reset} of them reset"
+    );
+    assert!(reset >= 1, "no silent connection made room");
+    fixture.assert_serves_correct_client();
 }
 
 /// True when the peer has neither closed nor reset `stream` (nothing to read right now).

@@ -26,7 +26,7 @@ const SLOTS: usize = net::serving::DEFAULT_SESSIONS as usize;
 /// Tokens each concurrent stream generates: enough that the streams run for a while side by side under TCG.
 const CONCURRENT_TOKENS: u32 = 160;
 
-/// How often a verified session waiting for the others sends a model-info request, so the appliance's
+/// How often a verified session waiting for the others sends a one-token generation, so the appliance's
 /// per-request deadline (`net::serving::FRAME_TIMEOUT`, 10 s) never closes it as idle.
 const KEEP_ALIVE: Duration = Duration::from_secs(2);
 
@@ -174,13 +174,22 @@ fn long_prompts(count: usize) -> Vec<(TestPrompt, HostOutput)> {
     );
 }
 
-/// Keeps `session` open (a model-info request every [`KEEP_ALIVE`]) until `count` sessions are verified.
+/// Keeps `session` open (a one-token generation every [`KEEP_ALIVE`]) until `count` sessions are verified.
+/// Not model info: the appliance answers that once before a connection's first generation
+/// (`net::Limits::request_caps`). `Busy`, while other keep-alives hold every session, keeps it open too.
 fn keep_alive_until(session: &mut VerifiedSession, verified: &AtomicUsize, count: usize) {
     let mut last = Instant::now();
     while verified.load(Ordering::Acquire) < count {
         std::thread::sleep(Duration::from_millis(50));
         if last.elapsed() >= KEEP_ALIVE {
-            session.model_info().expect("keep-alive model info");
+            let keep_alive = TestPrompt::Raw("keep".into()).request(1);
+            if let Err(error) = session.complete(keep_alive, None, |_| {}) {
+                assert_eq!(
+                    error.downcast_ref::<ApplianceError>(),
+                    Some(&ApplianceError(ErrorCode::Busy)),
+                    "keep-alive generation: {error:#}"
+                );
+            }
             last = Instant::now();
         }
     }

@@ -23,15 +23,15 @@ use tpm::commands::PcrSelection;
 use tpm::eventlog::EventLog;
 use tpm::measurement::BootDigests;
 
-const CMDLINE: &str = "ip=10.0.2.15/24 gw=10.0.2.2 port=7001 ctx=64 sessions=1";
+pub(super) const CMDLINE: &str = "ip=10.0.2.15/24 gw=10.0.2.2 port=7001 ctx=64 sessions=1";
 const KERNEL_DIGEST: [u8; 32] = [0x4b; 32];
 const MODEL_DIGEST: [u8; 32] = [0x6d; 32];
-const BINDING: ChannelBinding = ChannelBinding {
+pub(super) const BINDING: ChannelBinding = ChannelBinding {
     spki_sha256: [1; 32],
     exporter: [2; 32],
 };
 /// PCRs 12-14.
-const BOOT_PCRS: u32 = 0x7000;
+pub(super) const BOOT_PCRS: u32 = 0x7000;
 
 fn sha256(bytes: &[u8]) -> [u8; 32] {
     use sha2::Digest;
@@ -39,20 +39,40 @@ fn sha256(bytes: &[u8]) -> [u8; 32] {
 }
 
 /// A fixed nonce source standing in for the kernel's DRBG.
-fn random(buffer: &mut [u8]) -> bool {
+pub(super) fn random(buffer: &mut [u8]) -> bool {
     buffer.fill(0x5a);
     true
 }
 
+/// A clock that advances a second on every reading, so the TPM's rate limit (at most one request per
+/// `TPM_MIN_GAP_US`) never holds these tests back; `tpm_rate_limits` uses a clock of its own.
 fn now_us() -> u64 {
-    0
+    thread_local! {
+        // Per test (each runs on a thread of its own), so other tests' readings do not stretch the gaps.
+        static NOW: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    }
+    NOW.with(|now| {
+        now.set(now.get() + 1_000_000);
+        now.get()
+    })
 }
 
-type TestAppliance = Appliance<'static, Socket, fn(&mut [u8]) -> bool, fn() -> u64>;
+type TestAppliance = ClockedAppliance<fn() -> u64>;
+
+/// The handler over swtpm with the test's nonce source and the clock `C`.
+pub(super) type ClockedAppliance<C> = Appliance<'static, Socket, fn(&mut [u8]) -> bool, C>;
 
 /// Boots the appliance's logic as `kernel_main` does, over a fresh swtpm: measure, create the
 /// identity, reserve the generation pool. Returns the handler and the event log it serves.
 fn boot(swtpm: &Swtpm) -> (TestAppliance, EventLog) {
+    boot_with_clock(swtpm, now_us as fn() -> u64)
+}
+
+/// [`boot`] with the clock `now_us`.
+pub(super) fn boot_with_clock<C: Fn() -> u64>(
+    swtpm: &Swtpm,
+    now_us: C,
+) -> (ClockedAppliance<C>, EventLog) {
     let mut tpm = swtpm.connect();
     boot_tpm::startup(&mut tpm).unwrap();
     let config = ApplianceConfig::from_cmdline(CMDLINE).unwrap();
@@ -78,14 +98,14 @@ fn boot(swtpm: &Swtpm) -> (TestAppliance, EventLog) {
         boot_log,
         generations,
         random as fn(&mut [u8]) -> bool,
-        now_us as fn() -> u64,
+        now_us,
     );
     (appliance, log)
 }
 
 /// TPM2_MakeCredential in software, by `tpm2_makecredential --tcti none` (tpm2-tools): the
 /// credential blob and the encrypted seed for the EK whose public area is `ek_public`.
-fn make_credential(ek_public: &[u8], name: &[u8], secret: &[u8]) -> (Vec<u8>, Vec<u8>) {
+pub(super) fn make_credential(ek_public: &[u8], name: &[u8], secret: &[u8]) -> (Vec<u8>, Vec<u8>) {
     let dir = TempDir::new("credential");
     let mut sized = (ek_public.len() as u16).to_be_bytes().to_vec();
     sized.extend_from_slice(ek_public);
@@ -117,7 +137,7 @@ fn make_credential(ek_public: &[u8], name: &[u8], secret: &[u8]) -> (Vec<u8>, Ve
     (blob, seed)
 }
 
-fn answer(reply: Reply) -> Response {
+pub(super) fn answer(reply: Reply) -> Response {
     match reply {
         Reply::Response(response) => response,
         other => panic!("expected a response, got {other:?}"),

@@ -157,6 +157,8 @@ pub struct TestHandler {
     pub finished: usize,
     /// The channel binding of each request, in order.
     pub bindings: Vec<Option<ChannelBinding>>,
+    /// Requests still to answer with `Reply::Defer` (each offer counts one) before answering again.
+    pub defer: usize,
 }
 
 impl Default for TestHandler {
@@ -169,6 +171,7 @@ impl Default for TestHandler {
             stops: Vec::new(),
             finished: 0,
             bindings: Vec::new(),
+            defer: 0,
         }
     }
 }
@@ -220,6 +223,10 @@ impl Handler for TestHandler {
         request: &Request,
         binding: Option<&ChannelBinding>,
     ) -> Reply {
+        if self.defer > 0 {
+            self.defer -= 1;
+            return Reply::Defer;
+        }
         self.calls += 1;
         self.bindings.push(binding.copied());
         assert!(

@@ -120,12 +120,24 @@ pub fn boot_with(
     cmdline: &str,
     echo_serial: bool,
 ) -> (Image, Appliance) {
+    boot_sized(dir, flavor, model, cmdline, echo_serial, 256)
+}
+
+/// [`boot_with`] with `mem_mib` MiB of guest memory.
+pub fn boot_sized(
+    dir: &Path,
+    flavor: KernelFlavor,
+    model: &Path,
+    cmdline: &str,
+    echo_serial: bool,
+    mem_mib: u32,
+) -> (Image, Appliance) {
     let kernel = kernel(flavor);
     let image = image::assemble(&kernel, model, cmdline, &dir.join("image"), flavor)
         .expect("assemble image");
     let mut options = BootOptions::new(image.clone());
     options.accel = AccelChoice::Tcg;
-    options.mem_mib = 256;
+    options.mem_mib = mem_mib;
     options.echo_serial = echo_serial;
     options.ready_timeout = Some(Duration::from_secs(240));
     let appliance = Appliance::boot(&options).expect("appliance boots and answers");
@@ -173,18 +185,30 @@ pub struct Fixture {
 impl Fixture {
     /// Boots the release image with the tiny llama model and `cmdline`.
     pub fn boot(cmdline: &str) -> Fixture {
+        Self::boot_model(cmdline, None)
+    }
+
+    /// Boots the release image with `model` (a name `runner::models::resolve` knows, from the cache;
+    /// `None`: the tiny llama model) and `cmdline`. A real model gets 1024 MiB of guest memory.
+    pub fn boot_model(cmdline: &str, model: Option<&str>) -> Fixture {
         let config = ApplianceConfig::from_cmdline(cmdline).expect("test command line is valid");
         let dir = tempfile::tempdir().expect("temp dir");
-        let model = tiny_llama(dir.path());
+        let (model, mem_mib) = match model {
+            Some(name) => (
+                runner::models::resolve(name).expect("the model is cached or can be fetched"),
+                1024,
+            ),
+            None => (tiny_llama(dir.path()), 256),
+        };
         let vocab_size = vocab_size(&model);
         // To see what the kernel does while a suite runs, set CLOISTER_E2E_DEBUG_CONSOLE=1: the suite then
         // boots the debug-console kernel and copies its serial output to stderr.
         let debug =
             std::env::var_os("CLOISTER_E2E_DEBUG_CONSOLE").is_some_and(|value| value == "1");
         let (image, appliance) = if debug {
-            boot_with(dir.path(), DEBUG, &model, cmdline, true)
+            boot_sized(dir.path(), DEBUG, &model, cmdline, true, mem_mib)
         } else {
-            boot(dir.path(), RELEASE, &model, cmdline)
+            boot_sized(dir.path(), RELEASE, &model, cmdline, false, mem_mib)
         };
         let manifest =
             Manifest::for_image(&image.kernel, &image.model, &image.cmdline).expect("manifest");
@@ -322,6 +346,15 @@ pub type SuiteTest = (&'static str, fn(&Fixture));
 /// appliance booted with `cmdline` on first use and shut down after the last test. The tests run one at a
 /// time: several of them fill every session or connection slot on purpose.
 pub fn run_suite(cmdline: &'static str, tests: &[SuiteTest]) -> std::process::ExitCode {
+    run_suite_with_model(cmdline, None, tests)
+}
+
+/// [`run_suite`] on an appliance booted with `model` ([`Fixture::boot_model`]).
+pub fn run_suite_with_model(
+    cmdline: &'static str,
+    model: Option<&'static str>,
+    tests: &[SuiteTest],
+) -> std::process::ExitCode {
     let mut arguments = libtest_mimic::Arguments::from_args();
     arguments.test_threads = Some(1);
     type Shared = Mutex<Option<Result<Arc<Fixture>, String>>>;
@@ -334,15 +367,14 @@ pub fn run_suite(cmdline: &'static str, tests: &[SuiteTest]) -> std::process::Ex
                 let fixture = {
                     let mut slot = shared.lock().unwrap_or_else(|poison| poison.into_inner());
                     let booted = slot.get_or_insert_with(|| {
-                        std::panic::catch_unwind(|| Arc::new(Fixture::boot(cmdline))).map_err(
-                            |panic| {
+                        std::panic::catch_unwind(|| Arc::new(Fixture::boot_model(cmdline, model)))
+                            .map_err(|panic| {
                                 panic
                                     .downcast_ref::<String>()
                                     .cloned()
                                     .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                                     .unwrap_or_else(|| "boot panicked".into())
-                            },
-                        )
+                            })
                     });
                     booted.clone().map_err(|error| {
                         libtest_mimic::Failed::from(format!("the appliance did not boot: {error}"))
