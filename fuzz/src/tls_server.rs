@@ -12,13 +12,17 @@ use smoltcp::time::Duration;
 
 use support::Bench;
 
-/// The bench's limits, with short timeouts so that each input costs little virtual time.
+/// The appliance's protections (lifetime, request caps, eviction of idle connections), with short timeouts so that
+/// each input costs little virtual time.
 const LIMITS: Limits = Limits {
     connections: 2,
     rx_buffer: 8 * 1024,
     tx_buffer: 8 * 1024,
     frame_timeout: Duration::from_millis(300),
     close_timeout: Duration::from_millis(200),
+    lifetime: Some(Duration::from_secs(600)),
+    request_caps: true,
+    evict_idle: true,
 };
 
 /// Sends `data` in pieces (the first byte picks how many milliseconds pass between 512-byte pieces), closes,
