@@ -4,7 +4,8 @@
 # Callers set: cache (the cache directory), jobs (parallel build jobs), llama_cpp_python_version, and define
 # progress and fail (one-line messages to stderr; fail exits). build_llama_cpp sets LLAMA_BENCH (the llama-bench
 # binary) and LLAMA_CPP_ROOT (unpacked sources in src/vendor/llama.cpp, static libraries under build/), reusing
-# an earlier build with the same version and cmake flags.
+# an earlier build with the same version and cmake flags. build_probe (after build_llama_cpp) compiles
+# scripts/differential/probe.c against that build's static libraries and sets PROBE.
 
 # The llama-cpp-python source release whose vendored llama.cpp we build. Pinned so that numbers from different days
 # compare; the sha256 is the one of the sdist we measured with (checked when the default version is used).
@@ -98,3 +99,23 @@ build_llama_cpp() {
     LLAMA_CPP_ROOT="$root"
 }
 
+
+# The differential harness's llama.cpp side (scripts/differential/probe.c), linked against the static libraries of
+# the build above; rebuilt when probe.c is newer than the binary.
+build_probe() {
+    local probe_source
+    probe_source="$(dirname "${BASH_SOURCE[0]}")/differential/probe.c"
+    local source_dir="$LLAMA_CPP_ROOT/src/vendor/llama.cpp"
+    PROBE="$LLAMA_CPP_ROOT/build/differential-probe"
+    if [ -x "$PROBE" ] && [ ! "$probe_source" -nt "$PROBE" ]; then
+        return
+    fi
+    progress "llama.cpp: building the differential probe"
+    local -a libraries
+    mapfile -t libraries < <(find "$LLAMA_CPP_ROOT/build" -name 'lib*.a' | sort)
+    [ ${#libraries[@]} -gt 0 ] || fail "no static libraries under $LLAMA_CPP_ROOT/build"
+    cc -O2 -c "$probe_source" -I "$source_dir/include" -I "$source_dir/ggml/include" \
+        -o "$LLAMA_CPP_ROOT/build/differential-probe.o" || fail "the probe does not compile"
+    c++ -o "$PROBE" "$LLAMA_CPP_ROOT/build/differential-probe.o" -Wl,--start-group "${libraries[@]}" \
+        -Wl,--end-group -fopenmp -lpthread -ldl -lm || fail "the probe does not link"
+}

@@ -181,7 +181,7 @@ struct InfoArgs {
 
 #[derive(Args, Debug)]
 struct FetchModelArgs {
-    /// Model names (smollm2, gemma3).
+    /// Model names: smollm2, gemma3 (downloaded), or tiny-llama, tiny-gemma3, tiny-qwen2, tiny-qwen3 (generated).
     #[arg(required = true)]
     names: Vec<String>,
 }
@@ -404,6 +404,10 @@ fn model_info_json(info: &ModelInfo) -> String {
 fn fetch_model(args: FetchModelArgs) -> Result<()> {
     let cache = runner::workspace::cache_dir();
     for name in &args.names {
+        if models::GENERATED_MODELS.iter().any(|(generated, _)| generated == name) {
+            println!("{}", models::resolve_in(name, &cache)?.display());
+            continue;
+        }
         let model = models::known(name).with_context(|| {
             let names: Vec<&str> = models::KNOWN_MODELS
                 .iter()

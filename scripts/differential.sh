@@ -1,0 +1,155 @@
+#!/usr/bin/env bash
+# scripts/differential.sh: holds the engine to llama.cpp on the project's prompt library (issue 15).
+#
+# For each model and prompt, llama.cpp (built from the pinned llama-cpp-python sdist, scripts/llamacpp.sh; probe in
+# scripts/differential/probe.c) tokenizes the prompt, prefills it in one batch and generates --steps tokens
+# greedily on one thread, writing every step's full logits. The engine (model/examples/differential) then runs the
+# same ids under each configuration asked for (kernel set x threads x prefill chunk), feeding llama.cpp's chosen
+# token at every step, and reports per prompt: whether the prompt ids are identical, the first step where its greedy
+# choice differs and llama.cpp's top-2 margin there (below 0.05 is a near-tie, the only tolerated divergence), and
+# the largest logit difference per step. The summary table goes to stdout, every result line to OUT/results.jsonl.
+#
+# Exit status: 0 when every prompt tokenizes identically and every divergence is a near-tie; 1 otherwise; 2 on
+# bad usage.
+set -euo pipefail
+
+usage() {
+    cat <<'USAGE'
+Usage: scripts/differential.sh [options]
+
+  --models LIST     models known to `cloister fetch-model` (default: smollm2,gemma3)
+  --prompts N       run every (200/N)-th prompt of the 200 in the library, N of them (default: all 200)
+  --steps N         generated steps per prompt (default: 64)
+  --configs LIST    engine configurations, KERNELS:THREADS:CHUNK each, KERNELS native (the CPU's best set) or
+                    portable, CHUNK 32 (as the appliance prefills) or 0 (one batch)
+                    (default: native:1:32,native:1:0,native:2:32,portable:1:32,portable:2:0)
+  --out DIR         where results.jsonl and the prompts go (default: a new directory under /tmp)
+  --allow-divergences   report, but exit 0, when divergences that are not near-ties remain
+USAGE
+}
+
+progress() { printf '%s\n' "$*" >&2; }
+fail() {
+    printf 'differential: %s\n' "$*" >&2
+    exit 1
+}
+
+models_list=smollm2,gemma3
+prompt_count=all
+steps=64
+configs_list=native:1:32,native:1:0,native:2:32,portable:1:32,portable:2:0
+out=""
+allow=0
+while [ $# -gt 0 ]; do
+    case "$1" in
+    --models) models_list="$2"; shift 2 ;;
+    --prompts) prompt_count="$2"; shift 2 ;;
+    --steps) steps="$2"; shift 2 ;;
+    --configs) configs_list="$2"; shift 2 ;;
+    --out) out="$2"; shift 2 ;;
+    --allow-divergences) allow=1; shift ;;
+    -h | --help) usage; exit 0 ;;
+    *) usage >&2; exit 2 ;;
+    esac
+done
+[[ "$steps" =~ ^[1-9][0-9]*$ ]] || { echo "bad --steps '$steps'" >&2; exit 2; }
+[[ "$prompt_count" = all || "$prompt_count" =~ ^[1-9][0-9]*$ ]] || { echo "bad --prompts '$prompt_count'" >&2; exit 2; }
+IFS=',' read -r -a models <<<"$models_list"
+IFS=',' read -r -a configs <<<"$configs_list"
+for config in "${configs[@]}"; do
+    [[ "$config" =~ ^(native|portable):[1-9][0-9]*:[0-9]+$ ]] || { echo "bad configuration '$config'" >&2; exit 2; }
+done
+
+script_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+workspace="$(cd "$script_dir/.." && pwd)"
+cache="${CLOISTER_CACHE:-$workspace/.cache}"
+mkdir -p "$cache"
+jobs="$(nproc 2>/dev/null || echo 2)"
+[ -n "$out" ] || out="$(mktemp -d /tmp/differential.XXXXXX)"
+mkdir -p "$out"
+
+# ---- llama.cpp and its probe -------------------------------------------------------------------------------------
+# shellcheck source=scripts/llamacpp.sh
+source "$script_dir/llamacpp.sh"
+llama_cpp_python_version="$LLAMA_CPP_PYTHON_VERSION_DEFAULT"
+build_llama_cpp
+build_probe
+probe="$PROBE"
+
+# ---- the engine's side -------------------------------------------------------------------------------------------
+progress "engine: cargo build --release -p model --features std --example differential"
+(cd "$workspace" && cargo build --quiet --release -p model --features std --example differential) ||
+    fail "the differential example does not build"
+engine="$workspace/target/release/examples/differential"
+mapfile -t model_paths < <(cd "$workspace" && cargo run --quiet --release -p runner -- fetch-model "${models[@]}")
+[ ${#model_paths[@]} -eq ${#models[@]} ] || fail "fetch-model did not resolve ${models[*]}"
+
+results="$out/results.jsonl"
+: >"$results"
+cpu="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
+progress "CPU: $cpu; results in $results"
+for index in "${!models[@]}"; do
+    name="${models[$index]}"
+    path="${model_paths[$index]}"
+    prompts="$out/$name/prompts"
+    rm -rf "$prompts"
+    "$engine" prompts "$path" "$prompts"
+    mapfile -t files < <(find "$prompts" -name '*.txt' | sort)
+    if [ "$prompt_count" != all ]; then
+        stride=$(( ${#files[@]} / prompt_count ))
+        [ "$stride" -ge 1 ] || stride=1
+        selected=()
+        for ((i = 0; i < ${#files[@]} && ${#selected[@]} < prompt_count; i += stride)); do
+            selected+=("${files[$i]}")
+        done
+        files=("${selected[@]}")
+    fi
+    count=0
+    for prompt in "${files[@]}"; do
+        count=$((count + 1))
+        progress "$name: [$count/${#files[@]}] $(basename "$prompt" .txt)"
+        reference="$out/$name/llama.bin"
+        "$probe" "$path" "$prompt" "$steps" 1 "$reference" || fail "llama.cpp's probe failed on $prompt"
+        for config in "${configs[@]}"; do
+            IFS=':' read -r kernels threads chunk <<<"$config"
+            flags=(--threads "$threads" --chunk "$chunk")
+            [ "$kernels" = portable ] && flags+=(--scalar)
+            line="$("$engine" compare "$path" "$prompt" "$reference" "${flags[@]}")" ||
+                fail "the engine failed on $prompt ($config)"
+            printf '{"model":"%s",%s\n' "$name" "${line#\{}" >>"$results"
+        done
+        rm -f "$reference"
+    done
+done
+
+# ---- summary -----------------------------------------------------------------------------------------------------
+python3 - "$results" "$cpu" "$allow" <<'PY'
+import json, sys
+from collections import defaultdict
+path, cpu, allow = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+rows = [json.loads(line) for line in open(path)]
+groups = defaultdict(list)
+for row in rows:
+    groups[(row["model"], row["kernels"], row["threads"], row["chunk"])].append(row)
+print(f"CPU: {cpu}")
+print("| model | kernels | threads | chunk | prompts | ids differ | divergences | near-ties | max logit diff | median of per-prompt max |")
+print("|---|---|---|---|---|---|---|---|---|---|")
+bad = []
+for key in sorted(groups):
+    group = groups[key]
+    differ = [r for r in group if not r["ids_equal"]]
+    real = [r for r in group if r["divergence"] and not r["divergence"]["near_tie"]]
+    ties = [r for r in group if r["divergence"] and r["divergence"]["near_tie"]]
+    maxima = sorted(r["max_logit_difference"] for r in group)
+    chunk = "one batch" if key[3] == 0 else key[3]
+    print(f"| {key[0]} | {key[1]} | {key[2]} | {chunk} | {len(group)} | {len(differ)} | {len(real)} | {len(ties)} | "
+          f"{maxima[-1]:.4f} | {maxima[len(maxima) // 2]:.4f} |")
+    bad += differ + real
+for row in bad:
+    d = row["divergence"]
+    what = (f"prompt ids differ at {row['first_id_difference']}" if not row["ids_equal"]
+            else f"step {d['step']}: engine {d['engine']}, llama.cpp {d['llama_cpp']}, margin {d['margin']:.3f}")
+    print(f"  {row['model']} {row['prompt']} ({row['kernels']}, {row['threads']} threads, chunk {row['chunk']}): {what}")
+if bad and not allow:
+    sys.exit(1)
+PY
