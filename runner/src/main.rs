@@ -46,6 +46,9 @@ enum Command {
     /// Verify the appliance as `verify` does, then send PROMPT on that verified TLS session and stream
     /// the answer. Ctrl-C cancels the generation.
     Chat(runner::chat::ChatArgs),
+    /// Serve the OpenAI API on 127.0.0.1:8080, forwarding each request only on a TLS session whose appliance
+    /// passed verification against the manifest (README, "Using the OpenAI API"). Runs until Ctrl-C or SIGTERM.
+    Gateway(gateway::GatewayArgs),
     /// Fetch named models into the cache (sha256-checked).
     FetchModel(FetchModelArgs),
     /// Generate text on the host with the inference engine (no VM).
@@ -212,6 +215,14 @@ fn main() -> ExitCode {
         Command::Info(args) => info(args),
         Command::Verify(args) => runner::verify::run(args),
         Command::Chat(args) => chat(&args),
+        Command::Gateway(args) => runner::verify::trust_anchors(
+            args.ca_root.as_deref(),
+            &args.ca_intermediate,
+        )
+        .and_then(|trust| {
+            let observations = runner::verify::observation_store(args.observations.as_deref());
+            gateway::run(&args, trust, observations)
+        }),
         Command::FetchModel(args) => fetch_model(args),
         Command::Generate(args) => engine::generate(args),
         Command::Bench(args) => engine::bench(args),
