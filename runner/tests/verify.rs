@@ -24,15 +24,12 @@ use tpm::eventlog::{EventKind, EventLog};
 
 #[path = "support/sim_appliance.rs"]
 mod sim_appliance;
-use sim_appliance::{
-    foreign, home, SimAppliance, TestImage, BINDING,
-};
+use sim_appliance::{foreign, home, SimAppliance, TestImage, BINDING};
 
 // ---------------------------------------------------------------------------------------------------------
 // Shared fixtures and helpers.
 
 const NONCE: [u8; 32] = [0x4e; 32];
-
 
 /// Honest evidence from the home TPM for NONCE over the standard manifest's selection, made once.
 fn honest() -> &'static Evidence {
