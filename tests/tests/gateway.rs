@@ -1,0 +1,182 @@
+//! The OpenAI-compatible gateway against the real appliance (issue 14, "Tests"; docs/ARCHITECTURE.md, "The
+//! OpenAI-compatible gateway"): the release image under QEMU TCG + swtpm with the tiny generated model. The official
+//! `openai` Python package streams a chat completion and gets a non-streamed one through the gateway, and both texts
+//! equal the host's greedy generation (`runner generate --chat`'s code path) token for token; `curl -N` sees the SSE
+//! framing; a manifest for another model gets 502 naming the check, and a recording proxy between gateway and
+//! appliance shows that nothing but the `Attest` request left the gateway. It also measures what the gateway adds
+//! against the client library `runner chat` uses, and how long verifying a new upstream session takes.
+//!
+//! The request, stream-format, concurrency, disconnect and error checks run on the host against a simulated
+//! appliance on swtpm (`gateway/tests/gateway.rs`). Needs qemu-system-x86, swtpm, swtpm-tools, curl and python3 with
+//! venv (or `CLOISTER_OPENAI_PYTHON`); a missing tool fails the test, nothing is skipped.
+
+mod attest_support;
+#[path = "../../gateway/tests/support/openai_python.rs"]
+mod openai_python;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use attest_support::*;
+use client::manifest::Manifest;
+use client::session::{Ending, UnverifiedSession};
+use gateway::{Running, UpstreamConfig};
+use net::proto::Request;
+
+/// Tokens each generation makes at most (TCG is slow; the tiny model is quick).
+const MAX_TOKENS: u32 = 12;
+
+const PROMPT: &str = "What is the capital of France?";
+
+fn upstream(booted: &Booted, endpoint: std::net::SocketAddr, manifest: Manifest) -> UpstreamConfig {
+    UpstreamConfig {
+        endpoint,
+        manifest,
+        trust: booted.trust.clone(),
+        options: verify_options(),
+    }
+}
+
+fn curl(args: &[&str]) -> (String, String) {
+    let output = Command::new("curl")
+        .args(["-sN", "-D", "-", "-H", "content-type: application/json"])
+        .args(args)
+        .output()
+        .expect("curl is needed for this test (apt-get install curl)");
+    let text = String::from_utf8(output.stdout).expect("UTF-8 answer");
+    let (head, body) = text.split_once("\r\n\r\n").expect("headers, then a body");
+    (head.to_string(), body.to_string())
+}
+
+#[test]
+fn openai_clients_through_the_gateway_get_the_appliance_answer_and_a_wrong_manifest_gets_502() {
+    let booted = boot_tiny("gateway");
+    let reference = host_generate(
+        tiny_model(),
+        &TestPrompt::Chat(PROMPT.to_string()),
+        MAX_TOKENS as usize,
+    );
+
+    let gateway = Running::start(
+        "127.0.0.1:0".parse().unwrap(),
+        upstream(&booted, booted.endpoint(), booted.manifest.clone()),
+    )
+    .expect("the gateway starts");
+    let verification = gateway.pool().verify_one().expect("the appliance verifies");
+    let verify_ms = verification.duration.as_secs_f64() * 1000.0;
+    let base = format!("http://{}/v1", gateway.address());
+
+    // The official openai package: streamed and whole, greedy; both equal the host's greedy tokens.
+    let result = openai_python::run_client(&base, PROMPT, MAX_TOKENS);
+    eprintln!("openai client: {result}");
+    assert_eq!(result["streamed"], reference.text.as_str(), "{result}");
+    assert_eq!(result["whole"], reference.text.as_str(), "{result}");
+    let generated = reference.generated_ids.len() as u64;
+    assert_eq!(result["whole_usage"][1], generated);
+    assert_eq!(result["stream_usage"][1], generated);
+    assert_eq!(result["bad_request"][0], 400);
+    assert!(result["attestation"]
+        .as_str()
+        .unwrap()
+        .contains(&format!("model={}", booted.manifest.model.sha256)));
+
+    // curl -N: the SSE framing as README documents it.
+    let body = format!(
+        r#"{{"model":"m","messages":[{{"role":"user","content":"{PROMPT}"}}],"max_tokens":{MAX_TOKENS},"temperature":0,"stream":true}}"#
+    );
+    let (head, events) = curl(&["-d", &body, &format!("{base}/chat/completions")]);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("content-type: text/event-stream"), "{head}");
+    assert!(head.contains("cloister-attestation: kernel="), "{head}");
+    assert!(events.ends_with("data: [DONE]\n\n"), "{events}");
+    let chunks: Vec<serde_json::Value> = events
+        .split("\n\n")
+        .filter(|event| !event.is_empty() && *event != "data: [DONE]")
+        .map(|event| serde_json::from_str(event.strip_prefix("data: ").unwrap()).unwrap())
+        .collect();
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let text: String = chunks
+        .iter()
+        .filter_map(|chunk| chunk["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text, reference.text);
+    assert!(chunks.last().unwrap()["choices"][0]["finish_reason"].is_string());
+
+    // What the gateway adds: the same greedy request through the client library (`runner chat`'s path) and through
+    // the gateway on a warm pooled session.
+    let mut direct = UnverifiedSession::connect(booted.endpoint(), CLIENT_TIMEOUT)
+        .unwrap()
+        .verify(&booted.manifest, &booted.trust, &verify_options())
+        .unwrap()
+        .0;
+    let request = TestPrompt::Chat(PROMPT.to_string()).request(MAX_TOKENS);
+    let completion = direct.complete(request, None, |_| {}).unwrap();
+    assert!(matches!(completion.ending, Ending::Done(_)));
+    drop(direct);
+    let whole = format!(
+        r#"{{"model":"m","messages":[{{"role":"user","content":"{PROMPT}"}}],"max_tokens":{MAX_TOKENS},"temperature":0}}"#
+    );
+    let started = Instant::now();
+    let (head, _) = curl(&["-d", &whole, &format!("{base}/chat/completions")]);
+    let through_gateway = started.elapsed();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let added = through_gateway.as_secs_f64() - completion.elapsed.as_secs_f64();
+    eprintln!(
+        "gateway latency: client library {:.1} ms, through the gateway (curl, warm session) {:.1} ms: {:.1} ms \
+         added per request, {:.2} ms per token ({} tokens); verifying a new upstream session {verify_ms:.1} ms",
+        completion.elapsed.as_secs_f64() * 1000.0,
+        through_gateway.as_secs_f64() * 1000.0,
+        added * 1000.0,
+        added * 1000.0 / completion.tokens.len().max(1) as f64,
+        completion.tokens.len()
+    );
+    drop(gateway);
+
+    // A manifest for another model: 502 naming the check, and the proxy saw only the Attest request.
+    let other_model = scratch().join("tiny-llama-other-seed.gguf");
+    std::fs::write(
+        &other_model,
+        model::tiny::generate(
+            &model::tiny::TinySpec::llama(),
+            runner::engine::TINY_SEED + 1,
+        ),
+    )
+    .unwrap();
+    let wrong = Manifest::for_image(&booted.image.kernel, &other_model, &booted.image.cmdline)
+        .expect("manifest for another model");
+    let proxy = RecordingProxy::start(booted.endpoint());
+    let refusing = Running::start(
+        "127.0.0.1:0".parse().unwrap(),
+        upstream(&booted, proxy.address(), wrong.clone()),
+    )
+    .unwrap();
+    let (head, body) = curl(&[
+        "-d",
+        r#"{"messages":[{"role":"user","content":"a secret prompt"}],"stream":true}"#,
+        &format!("http://{}/v1/chat/completions", refusing.address()),
+    ]);
+    assert!(head.starts_with("HTTP/1.1 502"), "{head}\n{body}");
+    let error: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(error["error"]["type"], "verification_error", "{body}");
+    assert_eq!(error["error"]["code"], "manifest", "{body}");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("model"),
+        "{body}"
+    );
+    let traffic = proxy.finish(Duration::from_secs(10));
+    traffic.assert_well_formed();
+    let attest = record_len_of(&Request::Attest {
+        nonce: [0; 32],
+        pcr_mask: wrong.pcr_mask(),
+    });
+    let records = traffic.records_after_handshake();
+    assert_eq!(records.first(), Some(&attest), "{records:?}");
+    assert!(
+        records[1..].iter().all(|&len| len == ENCRYPTED_ALERT_LEN),
+        "after the Attest the gateway sent more than a close_notify: {records:?}"
+    );
+    drop(refusing);
+}
