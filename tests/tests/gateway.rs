@@ -3,7 +3,8 @@
 //! `openai` Python package streams a chat completion and gets a non-streamed one through the gateway, and both texts
 //! equal the host's greedy generation (`runner generate --chat`'s code path) token for token; `curl -N` sees the SSE
 //! framing; a manifest for another model gets 502 naming the check, and a recording proxy between gateway and
-//! appliance shows that nothing but the `Attest` request left the gateway. It also measures what the gateway adds
+//! appliance shows that nothing but the `Attest` request left the gateway; four concurrent streams complete while a
+//! fifth request gets 429; a client closing mid-stream frees its session at once. It also measures what the gateway adds
 //! against the client library `runner chat` uses, and how long verifying a new upstream session takes.
 //!
 //! The request, stream-format, concurrency, disconnect and error checks run on the host against a simulated
@@ -25,6 +26,9 @@ use net::proto::Request;
 
 /// Tokens each generation makes at most (TCG is slow; the tiny model is quick).
 const MAX_TOKENS: u32 = 12;
+
+/// Tokens of the concurrent streams: long enough that four of them are still running when the fifth request comes.
+const LONG_TOKENS: u32 = 300;
 
 /// Runs of each path for the latency medians.
 const RUNS: usize = 5;
@@ -49,6 +53,62 @@ fn curl(args: &[&str]) -> (String, String) {
     let text = String::from_utf8(output.stdout).expect("UTF-8 answer");
     let (head, body) = text.split_once("\r\n\r\n").expect("headers, then a body");
     (head.to_string(), body.to_string())
+}
+
+/// A non-streamed greedy chat request of PROMPT.
+fn whole_body() -> String {
+    format!(
+        r#"{{"messages":[{{"role":"user","content":"{PROMPT}"}}],"max_tokens":{MAX_TOKENS},"temperature":0}}"#
+    )
+}
+
+/// POSTs `body` to the chat route; the status and body.
+fn post_status(base: &str, body: &str) -> (u16, String) {
+    let (head, body) = curl(&["-d", body, &format!("{base}/chat/completions")]);
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|status| status.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {head}"));
+    (status, body)
+}
+
+/// A streamed chat request in a `curl -N` child, started once its first chunk arrived.
+struct Stream {
+    child: std::process::Child,
+    output: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl Stream {
+    fn start(base: &str, body: &str) -> Self {
+        use std::io::BufRead as _;
+        let mut child = Command::new("curl")
+            .args(["-sN", "-H", "content-type: application/json", "-d", body])
+            .arg(format!("{base}/chat/completions"))
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("curl is needed for this test");
+        let mut output = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut first = String::new();
+        output.read_line(&mut first).unwrap();
+        assert!(first.contains(r#""role":"assistant""#), "{first}");
+        Self { child, output }
+    }
+
+    /// Reads the stream to its end.
+    fn rest(&mut self) -> String {
+        use std::io::Read as _;
+        let mut rest = String::new();
+        self.output.read_to_string(&mut rest).unwrap();
+        let _ = self.child.wait();
+        rest
+    }
+
+    /// Closes the connection mid-stream (ends curl).
+    fn close(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 #[test]
@@ -163,6 +223,43 @@ fn openai_clients_through_the_gateway_get_the_appliance_answer_and_a_wrong_manif
         median(&library, |run| run.2),
         median(&gateway_runs, |run| run.2),
     );
+    // Four concurrent streams (the appliance's four sessions) all complete; a fifth request meanwhile gets 429.
+    let long = format!(
+        r#"{{"messages":[{{"role":"user","content":"{PROMPT}"}}],"max_tokens":{LONG_TOKENS},"temperature":0,"stream":true}}"#
+    );
+    let mut streams: Vec<Stream> = (0..4).map(|_| Stream::start(&base, &long)).collect();
+    let (status, text) = post_status(&base, &whole_body());
+    assert_eq!(status, 429, "{text}");
+    for stream in &mut streams {
+        let rest = stream.rest();
+        assert!(rest.ends_with("data: [DONE]\n\n"), "{rest}");
+    }
+
+    // A client that closes its connection mid-stream frees its session at once: with three streams still running,
+    // a new request succeeds as soon as the gateway has sent Cancel and the appliance confirmed it.
+    let mut streams: Vec<Stream> = (0..4).map(|_| Stream::start(&base, &long)).collect();
+    streams.remove(0).close();
+    let closed = std::time::Instant::now();
+    loop {
+        let (status, text) = post_status(&base, &whole_body());
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 429, "{text}");
+        assert!(
+            closed.elapsed() < Duration::from_secs(5),
+            "the closed stream's session did not come back within 5 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!(
+        "after a client closed mid-stream, a new request got its session within {:.0} ms (the others still streaming)",
+        closed.elapsed().as_secs_f64() * 1000.0
+    );
+    for stream in &mut streams {
+        let rest = stream.rest();
+        assert!(rest.ends_with("data: [DONE]\n\n"), "{rest}");
+    }
     drop(gateway);
 
     // A manifest for another model: 502 naming the check, and the proxy saw only the Attest request.
