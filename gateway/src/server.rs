@@ -10,7 +10,6 @@
 //! ([`crate::pool::Pool::generate`]).
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -543,9 +542,4 @@ impl Answer {
             .body(Body::from_stream(stream))
             .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
     }
-}
-
-/// The address a bound listener reports, for printing.
-pub fn describe(address: SocketAddr) -> String {
-    format!("http://{address}/v1")
 }
