@@ -55,6 +55,9 @@ enum Command {
     /// Verify the appliance as `verify` does, then send PROMPT on that verified TLS session and stream
     /// the answer. Ctrl-C cancels the generation.
     Chat(runner::chat::ChatArgs),
+    /// Serve the OpenAI API on 127.0.0.1:8080, forwarding each request only on a TLS session whose appliance
+    /// passed verification against the manifest (README, "Using the OpenAI API"). Runs until Ctrl-C or SIGTERM.
+    Gateway(gateway::GatewayArgs),
     /// Fetch named models into the cache (sha256-checked).
     FetchModel(FetchModelArgs),
     /// Generate text on the host with the inference engine (no VM).
@@ -195,6 +198,10 @@ fn main() -> ExitCode {
         Command::Info(args) => info(args),
         Command::Verify(args) => runner::verify::run(args),
         Command::Chat(args) => chat(&args),
+        Command::Gateway(args) => runner::verify::trust_anchors(&args.ek_ca).and_then(|trust| {
+            let observations = runner::verify::observation_store(args.observations.as_deref());
+            gateway::run(&args, trust, observations)
+        }),
         Command::FetchModel(args) => fetch_model(args),
         Command::Generate(args) => engine::generate(args),
         Command::Bench(args) => engine::bench(args),
@@ -404,7 +411,10 @@ fn model_info_json(info: &ModelInfo) -> String {
 fn fetch_model(args: FetchModelArgs) -> Result<()> {
     let cache = runner::workspace::cache_dir();
     for name in &args.names {
-        if models::GENERATED_MODELS.iter().any(|(generated, _)| generated == name) {
+        if models::GENERATED_MODELS
+            .iter()
+            .any(|(generated, _)| generated == name)
+        {
             println!("{}", models::resolve_in(name, &cache)?.display());
             continue;
         }

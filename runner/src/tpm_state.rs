@@ -91,7 +91,7 @@ impl CertificateAuthority {
         let issuer = self.issuer_certificate();
         if !root.is_file() {
             bail!(
-                "{} does not exist: cloister's CA is created when swtpm is first provisioned: run `cloister up` once, or pass --ca-root and --ca-intermediate",
+                "{} does not exist: cloister's CA is created when swtpm is first provisioned: run `cloister up` once, or pass the EK CA's certificates with --ek-ca",
                 root.display()
             );
         }
