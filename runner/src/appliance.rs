@@ -69,6 +69,12 @@ impl BootOptions {
     }
 }
 
+/// The vCPUs an image's command line asks for (its measured `cpus=` key; 1 when absent or unreadable, which
+/// the kernel then refuses or runs on one CPU anyway).
+pub fn image_cpus(cmdline: &str) -> u32 {
+    net::serving::ApplianceConfig::from_cmdline(cmdline).map_or(1, |config| config.serving.cpus)
+}
+
 /// The default readiness deadline: TCG is 50-80x slower than native (docs/ARCHITECTURE.md §3), and the guest
 /// hashes the whole model before it listens.
 pub fn default_ready_timeout(accel: Accel) -> Duration {
@@ -149,6 +155,7 @@ impl Appliance {
             initrd: options.image.model.clone(),
             cmdline: options.image.cmdline.clone(),
             mem_mib: options.mem_mib,
+            cpus: image_cpus(&options.image.cmdline),
             accel,
             host_port,
             swtpm_socket: swtpm.socket().to_path_buf(),
