@@ -342,8 +342,6 @@ fn wait_us(clock: &Clock, us: u64) {
 #[derive(Clone, Copy, Debug)]
 #[allow(dead_code, reason = "the details are shown only on the debug console")]
 pub enum SmpError {
-    /// The MADT could not be read.
-    Acpi(kernel::acpi::AcpiError),
     /// The local APIC is not at the address the interrupt stubs and this module use.
     ApicRelocated(u64),
     /// The page-table root is above 4 GiB, out of reach of the 32-bit code that loads it.
@@ -357,7 +355,7 @@ pub enum SmpError {
 /// What bring-up found.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Report {
-    /// Processors in the MADT, the bootstrap processor included.
+    /// Processors in the MADT, the bootstrap processor included (0 when it was unreadable and IDs were probed).
     pub listed: usize,
     /// Application processors that are online and taking jobs.
     pub online: usize,
@@ -393,18 +391,43 @@ pub fn start(
     space: &mut AddressSpace<KernelTables>,
     clock: &Clock,
 ) -> Result<Report, SmpError> {
-    let madt = madt.map_err(SmpError::Acpi)?;
-    let mut report = Report {
-        listed: madt.cpus.len(),
-        ..Report::default()
-    };
-    if wanted <= 1 || madt.cpus.len() <= 1 {
-        return Ok(report);
+    if wanted <= 1 {
+        return Ok(Report::default());
     }
     // SAFETY: IA32_APIC_BASE (0x1B) exists on every x86_64 processor; reading it has no side effects.
     let apic_base = unsafe { cpu::rdmsr(0x1B) } & !0xFFF;
-    if apic_base != LOCAL_APIC_BASE || madt.local_apic_address != LOCAL_APIC_BASE {
-        return Err(SmpError::ApicRelocated(madt.local_apic_address));
+    let me = apic_id();
+    let mut targets: heapless::Vec<u32, MAX_CPUS> = heapless::Vec::new();
+    let mut report = Report::default();
+    match madt {
+        Ok(madt) => {
+            if apic_base != LOCAL_APIC_BASE || madt.local_apic_address != LOCAL_APIC_BASE {
+                return Err(SmpError::ApicRelocated(madt.local_apic_address));
+            }
+            report.listed = madt.cpus.len();
+            for cpu in madt.cpus.iter().filter(|cpu| cpu.apic_id != me) {
+                let _ = targets.push(cpu.apic_id);
+            }
+        }
+        // QEMU's direct (PVH) path with a TPM places the initrd over the top of the firmware's ACPI tables
+        // (it reserves less room for them than SeaBIOS uses), so the MADT may be unreadable there. QEMU numbers
+        // the processors of `-smp N` 0 to N-1: probe those. An ID with no processor behind it drops the IPIs and
+        // never checks in, which the bounded wait turns into "left out".
+        Err(_error) => {
+            crate::debug!(
+                "smp: no usable MADT ({_error:?}); probing APIC IDs 0 to {}",
+                wanted - 1
+            );
+            if apic_base != LOCAL_APIC_BASE {
+                return Err(SmpError::ApicRelocated(apic_base));
+            }
+            for id in (0..wanted as u32).filter(|id| *id != me) {
+                let _ = targets.push(id);
+            }
+        }
+    }
+    if targets.is_empty() {
+        return Ok(report);
     }
     let root = cpu::read_cr3();
     if root >= 1 << 32 {
@@ -432,17 +455,13 @@ pub fn start(
         (PARAM_CR3 as *mut u64).write_volatile(root);
     }
 
-    let me = apic_id();
     let mut slot = 0;
-    for target in madt.cpus.iter().filter(|cpu| cpu.apic_id != me) {
+    for &target in &targets {
         if slot == MAX_WORKERS || slot + 1 >= wanted {
             break;
         }
-        if target.apic_id > 0xFE {
-            crate::debug!(
-                "smp: CPU with APIC ID {} needs x2APIC; left out",
-                target.apic_id
-            );
+        if target > 0xFE {
+            crate::debug!("smp: CPU with APIC ID {} needs x2APIC; left out", target);
             report.failed += 1;
             continue;
         }
@@ -454,17 +473,17 @@ pub fn start(
             (PARAM_STACK as *mut u64).write_volatile(stack_top);
             (PARAM_SLOT as *mut u64).write_volatile(slot as u64);
         }
-        let state = start_one(target.apic_id, slot, clock);
+        let state = start_one(target, slot, clock);
         match state {
             SlotState::Online => {
-                WORKER_APIC[report.online].store(target.apic_id, Ordering::Release);
+                WORKER_APIC[report.online].store(target, Ordering::Release);
                 SLOT_WORKER[slot].store(report.online, Ordering::Release);
                 report.online += 1;
             }
             _ => {
                 crate::debug!(
                     "smp: CPU with APIC ID {} did not come up ({:?}); left out",
-                    target.apic_id,
+                    target,
                     state
                 );
                 report.failed += 1;
