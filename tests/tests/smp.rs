@@ -53,8 +53,8 @@ fn two_cpus_come_up_and_generate_what_one_does() {
         .expect("the debug console's log");
     let smp_line = serial
         .lines()
-        .find(|line| line.starts_with("smp: "))
-        .unwrap_or_else(|| panic!("no smp line on the debug console:\n{serial}"));
+        .find(|line| line.starts_with("smp: ") && line.contains("wanted online"))
+        .unwrap_or_else(|| panic!("no bring-up report on the debug console:\n{serial}"));
     eprintln!("{smp_line}");
     assert!(
         smp_line.contains("2 of 2 wanted online, 0 failed"),

@@ -392,7 +392,10 @@ pub fn start(
     clock: &Clock,
 ) -> Result<Report, SmpError> {
     if wanted <= 1 {
-        return Ok(Report::default());
+        return Ok(Report {
+            listed: madt.map_or(0, |madt| madt.cpus.len()),
+            ..Report::default()
+        });
     }
     // SAFETY: IA32_APIC_BASE (0x1B) exists on every x86_64 processor; reading it has no side effects.
     let apic_base = unsafe { cpu::rdmsr(0x1B) } & !0xFFF;
