@@ -42,6 +42,9 @@ pub struct BootOptions {
     pub port: u16,
     pub accel: AccelChoice,
     pub mem_mib: u32,
+    /// The vCPUs QEMU gets; `None` gives what the image's `cpus=` key asks for (a test sets fewer, to see a
+    /// processor that never starts left out).
+    pub cpus: Option<u32>,
     /// Copy the guest's serial output to stderr as it arrives (for a debug-console kernel).
     pub echo_serial: bool,
     /// How long to wait for the first answer; `None` for [`default_ready_timeout`].
@@ -62,6 +65,7 @@ impl BootOptions {
             port: 0,
             accel: AccelChoice::Auto,
             mem_mib: qemu::DEFAULT_MEM_MIB,
+            cpus: None,
             ready_timeout: None,
             cache_dir: workspace::cache_dir(),
             interrupt: None,
@@ -155,7 +159,9 @@ impl Appliance {
             initrd: options.image.model.clone(),
             cmdline: options.image.cmdline.clone(),
             mem_mib: options.mem_mib,
-            cpus: image_cpus(&options.image.cmdline),
+            cpus: options
+                .cpus
+                .unwrap_or_else(|| image_cpus(&options.image.cmdline)),
             accel,
             host_port,
             swtpm_socket: swtpm.socket().to_path_buf(),
