@@ -801,7 +801,7 @@ mod tests {
         // The texts are net::serving's canonical ones for this command line.
         assert_eq!(
             manifest.serving.text,
-            "cloister serving v1\ncontext=1024\nsessions=4\nprefill_chunk=32\n"
+            "cloister serving v2\ncontext=1024\nsessions=4\nprefill_chunk=32\ncpus=1\n"
         );
         assert!(manifest
             .configuration

@@ -15,7 +15,7 @@
 
 use alloc::vec::Vec;
 
-use model::parallel::Serial;
+use model::parallel::{ParallelFor, Serial};
 use net::proto::{ChannelBinding, ErrorCode, Evidence, ModelInfo, Request, Response};
 use net::{Handler, Reply, Step};
 use tpm::commands::{self as tpm_commands, PcrSelection};
@@ -38,6 +38,8 @@ pub struct Appliance<'e, T, R, C> {
     /// kernel's own.
     boot_log: Vec<u8>,
     generations: Generations<'e>,
+    /// Where the engine's products run: [`Serial`] unless [`Appliance::with_parallel`] gives the kernel's pool.
+    par: &'e dyn ParallelFor,
     random: R,
     now_us: C,
     /// The clock reading before which no TPM request may start (the global rate limit).
@@ -80,6 +82,7 @@ where
             event_log,
             boot_log,
             generations,
+            par: &Serial,
             random,
             now_us,
             tpm_ready_us: 0,
@@ -103,6 +106,12 @@ where
         self.tpm_ready_us = (started + TPM_MIN_GAP_US).max(ended.saturating_add(took));
         self.tpm_poll = Some(self.polls);
         response
+    }
+
+    /// Runs the engine's products on `par` (the kernel's processors) instead of serially.
+    pub fn with_parallel(mut self, par: &'e dyn ParallelFor) -> Self {
+        self.par = par;
+        self
     }
 
     /// The generation pool.
@@ -229,7 +238,7 @@ where
     }
 
     fn step(&mut self, slot: usize) -> Step {
-        self.generations.step(slot, &Serial, &self.now_us)
+        self.generations.step(slot, self.par, &self.now_us)
     }
 
     fn stop(&mut self, slot: usize) {

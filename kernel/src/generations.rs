@@ -346,6 +346,7 @@ mod tests {
         context: 64,
         sessions: 2,
         prefill_chunk: 4,
+        cpus: 1,
     };
 
     fn request(prompt: Prompt, max_tokens: u32) -> GenerateRequest {

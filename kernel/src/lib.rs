@@ -9,6 +9,7 @@
 
 extern crate alloc;
 
+pub mod acpi;
 pub mod appliance;
 pub mod boot_log;
 pub mod boot_tpm;

@@ -17,6 +17,7 @@ mod pci;
 mod rng;
 mod rt;
 mod serve;
+mod smp;
 mod tpm_device;
 mod virtio;
 
@@ -70,6 +71,13 @@ extern "C" fn kernel_main(start_info: u64) -> ! {
     let cmdline = memory.boot.cmdline.as_str();
     let config = net::serving::ApplianceConfig::from_cmdline(cmdline).or_halt("configuration");
     let mut random = rng::Random::from_hardware().or_halt("hardware entropy");
+    smp::start_and_report(
+        &memory.madt,
+        &memory.boot,
+        &mut memory.space,
+        config.serving.cpus,
+        &clock,
+    );
 
     let mut tpm = tpm_device::open(&clock).or_halt("TPM");
     let seed = kernel::boot_tpm::random_seed(&mut tpm).or_halt("TPM GetRandom");

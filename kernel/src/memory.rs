@@ -6,6 +6,7 @@
 //! data, bss, heap and stacks RW+NX; MMIO uncached+NX; page 0 and one guard page under every
 //! stack unmapped. The early boot tables (all RWX) are abandoned once the new tables are live.
 
+use kernel::acpi::{AcpiError, Madt};
 use kernel::memory_map::{usable_ranges, FrameAllocator, FRAME_SIZE};
 use kernel::paging::{check_write_xor_execute, AddressSpace, MapError, Permissions, TableMemory};
 use kernel::start_info::{self, BootInfo, PhysRead, StartInfoError};
@@ -112,6 +113,8 @@ pub struct Memory {
     /// Heap size in bytes.
     #[allow(dead_code, reason = "reported only on the debug console")]
     pub heap_bytes: u64,
+    /// The processors the ACPI MADT lists, read while the early tables still map the firmware's tables.
+    pub madt: Result<Madt, AcpiError>,
 }
 
 fn map_kernel(space: &mut AddressSpace<KernelTables>) -> Result<(), MapError> {
@@ -144,20 +147,23 @@ fn map_kernel(space: &mut AddressSpace<KernelTables>) -> Result<(), MapError> {
 }
 
 /// Every stack as (its guard page, its size): the boot stack, then the interrupt stacks, laid out
-/// by `arch::boot` as [guard page][stack] blocks.
+/// by `arch::boot` as [guard page][stack] blocks, then the application processors' (`crate::smp`).
 fn stacks() -> impl Iterator<Item = (u64, u64)> {
     let first_interrupt = symbol(&raw const interrupt_stacks);
     let interrupt = (0..INTERRUPT_STACKS).map(move |index| {
         let guard = first_interrupt + index * (GUARD_SIZE + INTERRUPT_STACK_SIZE);
         (guard, INTERRUPT_STACK_SIZE)
     });
-    core::iter::once((symbol(&raw const boot_stack_guard), BOOT_STACK_SIZE)).chain(interrupt)
+    core::iter::once((symbol(&raw const boot_stack_guard), BOOT_STACK_SIZE))
+        .chain(interrupt)
+        .chain(crate::smp::stacks())
 }
 
 /// Sets up memory from the PVH start info at `start_info_address`.
 pub fn init(start_info_address: u64) -> Result<Memory, MemoryError> {
     let boot =
         start_info::parse(&EarlyPhysical, start_info_address).map_err(MemoryError::StartInfo)?;
+    let madt = kernel::acpi::find_cpus(&EarlyPhysical, boot.rsdp);
     let module = *boot.modules.first().ok_or(MemoryError::NoModel)?;
     let model = (module.start, module.start + module.len);
     let firmware_log = boot
@@ -247,11 +253,12 @@ pub fn init(start_info_address: u64) -> Result<Memory, MemoryError> {
         model,
         firmware_log,
         heap_bytes: free_end - heap_start,
+        madt,
     })
 }
 
 /// CR0.WP is set in the boot assembly; SMEP, SMAP and UMIP when CPUID has them (SDM Vol. 3A §4.6).
-fn enable_protection_features() {
+pub fn enable_protection_features() {
     if cpu::max_leaf() < 7 {
         return;
     }

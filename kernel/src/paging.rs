@@ -66,6 +66,8 @@ pub enum MapError {
     AlreadyMapped { virt: u64 },
     /// No memory for a table.
     OutOfMemory,
+    /// The page to unmap is not mapped by a 4 KiB leaf of its own.
+    NotMappedAlone { virt: u64 },
 }
 
 /// A leaf that breaks the W^X rule, found by [`check_write_xor_execute`].
@@ -156,6 +158,28 @@ impl<M: TableMemory> AddressSpace<M> {
             }
         }
         Ok(table)
+    }
+
+    /// Removes the 4 KiB page at `virt` (the caller flushes TLBs). Refuses a page that is not mapped on its own
+    /// (unmapped, or part of a 2 MiB page).
+    pub fn unmap_page(&mut self, virt: u64) -> Result<(), MapError> {
+        if !virt.is_multiple_of(SMALL) {
+            return Err(MapError::Misaligned);
+        }
+        let mut table = self.root;
+        for level in (1..=3).rev() {
+            let entry = self.memory.entries(table)[index(virt, level)];
+            if entry & PRESENT == 0 || entry & HUGE != 0 {
+                return Err(MapError::NotMappedAlone { virt });
+            }
+            table = entry & ADDRESS_MASK;
+        }
+        let entry = &mut self.memory.entries(table)[index(virt, 0)];
+        if *entry & PRESENT == 0 {
+            return Err(MapError::NotMappedAlone { virt });
+        }
+        *entry = 0;
+        Ok(())
     }
 
     /// Looks up `virt`: the physical address and leaf entry bits, or `None` when unmapped.
@@ -322,6 +346,34 @@ mod tests {
             space.map(!0xfff, 0, 0x2000, Permissions::ReadOnly),
             Err(MapError::Misaligned)
         );
+    }
+
+    #[test]
+    fn unmaps_a_small_page_and_refuses_others() {
+        let mut space = AddressSpace::new(HostTables::default()).unwrap();
+        space
+            .map(0x1000, 0x1000, 0x9f000, Permissions::ReadWrite)
+            .unwrap();
+        space
+            .map(0x200000, 0x200000, 0x200000, Permissions::ReadWrite)
+            .unwrap();
+        space.unmap_page(0x8000).unwrap();
+        assert_eq!(space.translate(0x8000), None);
+        assert!(space.translate(0x7000).is_some());
+        assert!(space.translate(0x9000).is_some());
+        assert_eq!(
+            space.unmap_page(0x8000),
+            Err(MapError::NotMappedAlone { virt: 0x8000 })
+        );
+        assert_eq!(
+            space.unmap_page(0x201000),
+            Err(MapError::NotMappedAlone { virt: 0x201000 })
+        );
+        assert_eq!(
+            space.unmap_page(0x4000_0000),
+            Err(MapError::NotMappedAlone { virt: 0x4000_0000 })
+        );
+        assert_eq!(space.unmap_page(0x8001), Err(MapError::Misaligned));
     }
 
     #[test]

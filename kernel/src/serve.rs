@@ -107,7 +107,8 @@ pub fn serve(setup: Setup) -> ! {
         generations,
         rng::fill,
         || clock.now_us(),
-    );
+    )
+    .with_parallel(&crate::smp::POOL);
     let mut listening = false;
     loop {
         let outcome = server.poll(now(&clock), &mut device, &mut appliance);

@@ -67,6 +67,8 @@ pub struct BootInfo {
     pub cmdline: String<MAX_CMDLINE>,
     /// Where the loader's structures lay, so they can be kept out of the frame allocator.
     pub loader_ranges: Vec<Region, 4>,
+    /// Physical address of the ACPI RSDP (`rsdp_paddr`), 0 when the loader gave none.
+    pub rsdp: u64,
 }
 
 fn u32_at(bytes: &[u8], offset: usize) -> u32 {
@@ -104,10 +106,14 @@ pub fn parse(memory: &impl PhysRead, addr: u64) -> Result<BootInfo, StartInfoErr
     let nr_modules = u32_at(&header, 12);
     let modlist_paddr = u64_at(&header, 16);
     let cmdline_paddr = u64_at(&header, 24);
+    let rsdp_paddr = u64_at(&header, 32);
     let memmap_paddr = u64_at(&header, 40);
     let memmap_entries = u32_at(&header, 48);
 
-    let mut info = BootInfo::default();
+    let mut info = BootInfo {
+        rsdp: rsdp_paddr,
+        ..BootInfo::default()
+    };
     // Four ranges at most: the header, the module list, the memory map and the command line.
     let _ = info
         .loader_ranges
@@ -217,7 +223,7 @@ mod tests {
         header.extend_from_slice(&1u32.to_le_bytes()); // nr_modules
         header.extend_from_slice(&0x6000u64.to_le_bytes()); // modlist_paddr
         header.extend_from_slice(&0x7000u64.to_le_bytes()); // cmdline_paddr
-        header.extend_from_slice(&0u64.to_le_bytes()); // rsdp_paddr
+        header.extend_from_slice(&0xf5000u64.to_le_bytes()); // rsdp_paddr
         header.extend_from_slice(&0x8000u64.to_le_bytes()); // memmap_paddr
         header.extend_from_slice(&3u32.to_le_bytes()); // memmap_entries
         header.extend_from_slice(&0u32.to_le_bytes()); // reserved
@@ -248,6 +254,7 @@ mod tests {
     fn parses_qemu_layout() {
         let info = parse(&fixture(), 0x5000).unwrap();
         assert_eq!(info.cmdline.as_str(), "ip=dhcp port=7000");
+        assert_eq!(info.rsdp, 0xf5000);
         assert_eq!(
             info.modules.as_slice(),
             &[Module {

@@ -14,6 +14,10 @@
 //!   KV caches are reserved at boot. The pool has [`CONNECTIONS_PER_SESSION`] connection slots per session, so
 //!   a client can attest or ask for model info while every session generates; a generate request beyond the
 //!   sessions is answered `Busy`.
+//! - `cpus=N`: processors the engine runs on, 1..=[`MAX_CPUS`], default 1: the bootstrap processor and up to
+//!   `N - 1` application processors (the runner sets it with `--cpus`, and QEMU's `-smp` to match). A processor
+//!   that does not start is left out, so this is the most the appliance uses; it is measured because it is
+//!   part of how the image was configured to serve.
 //!
 //! The connection pool's limits are fixed, not keys (issue 12; docs/ARCHITECTURE.md §5): [`FRAME_TIMEOUT`],
 //! [`CLOSE_TIMEOUT`], a lifetime of [`CONNECTION_LIFETIME`], request caps (one attest, one activation, one
@@ -41,6 +45,8 @@ pub const MAX_CONTEXT: u32 = 32_768;
 pub const DEFAULT_SESSIONS: u32 = 4;
 /// Most concurrent generations.
 pub const MAX_SESSIONS: u32 = 16;
+/// Most processors the kernel uses (its per-processor stacks and tables are sized for this many).
+pub const MAX_CPUS: u32 = 16;
 /// Connection slots per generation session.
 pub const CONNECTIONS_PER_SESSION: usize = 2;
 /// Prompt tokens the engine runs per scheduling step (one step of one session at a time), so a long prompt
@@ -65,6 +71,8 @@ pub struct ServingParams {
     pub sessions: u32,
     /// Prompt tokens per scheduling step.
     pub prefill_chunk: u32,
+    /// Processors the engine may run on.
+    pub cpus: u32,
 }
 
 /// Which serving key was refused.
@@ -72,6 +80,7 @@ pub struct ServingParams {
 pub enum ServingKey {
     Ctx,
     Sessions,
+    Cpus,
 }
 
 /// Why the command line does not describe one configuration.
@@ -90,6 +99,7 @@ impl core::fmt::Display for ApplianceConfigError {
         let key = |key: &ServingKey| match key {
             ServingKey::Ctx => "ctx=",
             ServingKey::Sessions => "sessions=",
+            ServingKey::Cpus => "cpus=",
         };
         match self {
             Self::Net(error) => write!(out, "{error}"),
@@ -100,6 +110,9 @@ impl core::fmt::Display for ApplianceConfigError {
             ),
             Self::OutOfRange(ServingKey::Sessions) => {
                 write!(out, "sessions= is not a number from 1 to {MAX_SESSIONS}")
+            }
+            Self::OutOfRange(ServingKey::Cpus) => {
+                write!(out, "cpus= is not a number from 1 to {MAX_CPUS}")
             }
         }
     }
@@ -122,6 +135,7 @@ impl ApplianceConfig {
         let net = NetConfig::parse(cmdline).map_err(ApplianceConfigError::Net)?;
         let mut ctx = None;
         let mut sessions = None;
+        let mut cpus = None;
         for word in cmdline.split_ascii_whitespace() {
             let Some((key, value)) = word.split_once('=') else {
                 continue;
@@ -129,6 +143,7 @@ impl ApplianceConfig {
             let (slot, key) = match key {
                 "ctx" => (&mut ctx, ServingKey::Ctx),
                 "sessions" => (&mut sessions, ServingKey::Sessions),
+                "cpus" => (&mut cpus, ServingKey::Cpus),
                 _ => continue,
             };
             if slot.replace(value).is_some() {
@@ -139,12 +154,15 @@ impl ApplianceConfig {
             .ok_or(ApplianceConfigError::OutOfRange(ServingKey::Ctx))?;
         let sessions = number(sessions, DEFAULT_SESSIONS, 1..=MAX_SESSIONS)
             .ok_or(ApplianceConfigError::OutOfRange(ServingKey::Sessions))?;
+        let cpus = number(cpus, 1, 1..=MAX_CPUS)
+            .ok_or(ApplianceConfigError::OutOfRange(ServingKey::Cpus))?;
         Ok(Self {
             net,
             serving: ServingParams {
                 context,
                 sessions,
                 prefill_chunk: PREFILL_CHUNK,
+                cpus,
             },
             limits: Limits {
                 connections: sessions as usize * CONNECTIONS_PER_SESSION,
@@ -159,12 +177,13 @@ impl ApplianceConfig {
         })
     }
 
-    /// The canonical text of the serving parameters, measured into PCR 13 after the model.
+    /// The canonical text of the serving parameters, measured into PCR 13 after the model. Version 2 added
+    /// `cpus`.
     pub fn serving_text(&self) -> String {
         let s = &self.serving;
         format!(
-            "cloister serving v1\ncontext={}\nsessions={}\nprefill_chunk={}\n",
-            s.context, s.sessions, s.prefill_chunk
+            "cloister serving v2\ncontext={}\nsessions={}\nprefill_chunk={}\ncpus={}\n",
+            s.context, s.sessions, s.prefill_chunk, s.cpus
         )
     }
 
@@ -224,7 +243,7 @@ mod tests {
         assert_eq!(config.limits.connections, 8);
         assert_eq!(
             config.serving_text(),
-            "cloister serving v1\ncontext=1024\nsessions=4\nprefill_chunk=32\n"
+            "cloister serving v2\ncontext=1024\nsessions=4\nprefill_chunk=32\ncpus=1\n"
         );
         assert_eq!(
             config.configuration_text(),
@@ -237,12 +256,12 @@ mod tests {
     #[test]
     fn explicit_values_change_the_texts() {
         let config = ApplianceConfig::from_cmdline(
-            "ip=10.0.2.15/24 gw=10.0.2.2 port=7001 ctx=256 sessions=2",
+            "ip=10.0.2.15/24 gw=10.0.2.2 port=7001 ctx=256 sessions=2 cpus=4",
         )
         .unwrap();
         assert_eq!(
             config.serving_text(),
-            "cloister serving v1\ncontext=256\nsessions=2\nprefill_chunk=32\n"
+            "cloister serving v2\ncontext=256\nsessions=2\nprefill_chunk=32\ncpus=4\n"
         );
         let text = config.configuration_text();
         assert!(text.starts_with(
@@ -250,7 +269,7 @@ mod tests {
         ));
         // Same meaning, other spelling: same measurement.
         let same = ApplianceConfig::from_cmdline(
-            "sessions=2 ctx=256 port=7001 gw=10.0.2.2 ip=10.0.2.15/24 x=y",
+            "cpus=4 sessions=2 ctx=256 port=7001 gw=10.0.2.2 ip=10.0.2.15/24 x=y",
         )
         .unwrap();
         assert_eq!(same.serving_text(), config.serving_text());
@@ -269,6 +288,9 @@ mod tests {
             ("sessions=x", OutOfRange(ServingKey::Sessions)),
             ("ctx=64 ctx=64", Duplicate(ServingKey::Ctx)),
             ("sessions=1 sessions=2", Duplicate(ServingKey::Sessions)),
+            ("cpus=0", OutOfRange(ServingKey::Cpus)),
+            ("cpus=17", OutOfRange(ServingKey::Cpus)),
+            ("cpus=2 cpus=2", Duplicate(ServingKey::Cpus)),
             ("port=0", Net(ConfigError::BadPort)),
         ] {
             assert_eq!(

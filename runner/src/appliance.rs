@@ -43,6 +43,9 @@ pub struct BootOptions {
     pub port: u16,
     pub accel: AccelChoice,
     pub mem_mib: u32,
+    /// The vCPUs QEMU gets; `None` gives what the image's `cpus=` key asks for (a test sets fewer, to see a
+    /// processor that never starts left out).
+    pub cpus: Option<u32>,
     /// Copy the guest's serial output to stderr as it arrives (for a debug-console kernel).
     pub echo_serial: bool,
     /// How long to wait for the first answer; `None` for [`default_ready_timeout`].
@@ -63,11 +66,18 @@ impl BootOptions {
             port: 0,
             accel: AccelChoice::Auto,
             mem_mib: qemu::DEFAULT_MEM_MIB,
+            cpus: None,
             ready_timeout: None,
             cache_dir: workspace::cache_dir(),
             interrupt: None,
         }
     }
+}
+
+/// The vCPUs an image's command line asks for (its measured `cpus=` key; 1 when absent or unreadable, which
+/// the kernel then refuses or runs on one CPU anyway).
+pub fn image_cpus(cmdline: &str) -> u32 {
+    net::serving::ApplianceConfig::from_cmdline(cmdline).map_or(1, |config| config.serving.cpus)
 }
 
 /// The default readiness deadline: TCG is 50-80x slower than native (docs/ARCHITECTURE.md §3), and the guest
@@ -150,6 +160,9 @@ impl Appliance {
             initrd: options.image.model.clone(),
             cmdline: options.image.cmdline.clone(),
             mem_mib: options.mem_mib,
+            cpus: options
+                .cpus
+                .unwrap_or_else(|| image_cpus(&options.image.cmdline)),
             accel,
             host_port,
             swtpm_socket: swtpm.socket().to_path_buf(),

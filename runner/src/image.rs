@@ -179,6 +179,11 @@ pub struct Image {
     pub uefi: Option<UefiImage>,
 }
 
+/// `cmdline` with the serving key `cpus=N` (how many processors the kernel uses; QEMU's `-smp` follows it).
+pub fn with_cpus(cmdline: &str, cpus: u32) -> String {
+    format!("{cmdline} cpus={cpus}")
+}
+
 /// What to build.
 #[derive(Clone, Debug)]
 pub struct BuildOptions {

@@ -126,6 +126,11 @@ struct ImageArgs {
     /// or direct (QEMU loads the kernel itself; nothing measures it first).
     #[arg(long, default_value_t = runner::uefi::BootMode::Uefi)]
     boot: runner::uefi::BootMode,
+    /// Processors the appliance runs the engine on: QEMU's -smp (multi-threaded under TCG), written into the
+    /// image's command line as cpus=N and so measured with the serving parameters [default: the host's cores,
+    /// at most 4]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(net::serving::MAX_CPUS)))]
+    cpus: Option<u32>,
 }
 
 #[derive(Args, Debug)]
@@ -230,7 +235,10 @@ fn build_options(image: &ImageArgs, out: Option<PathBuf>) -> BuildOptions {
             debug_console: image.debug_console,
             panic_test: false,
         },
-        cmdline: defaults.cmdline,
+        cmdline: image::with_cpus(
+            &defaults.cmdline,
+            image.cpus.unwrap_or_else(qemu::default_cpus),
+        ),
         boot: image.boot,
     }
 }
@@ -506,6 +514,18 @@ mod tests {
         };
         assert!(up.image.debug_console);
         assert_eq!(up.mem, 512);
+        assert_eq!(up.image.cpus, None);
+
+        let cli = Cli::try_parse_from(["runner", "up", "--cpus", "2"]).unwrap();
+        let Some(Command::Up(up)) = cli.command else {
+            panic!("not up")
+        };
+        assert_eq!(up.image.cpus, Some(2));
+        let options = build_options(&up.image, None);
+        assert_eq!(options.cmdline, "ip=dhcp port=7000 cpus=2");
+        assert_eq!(runner::appliance::image_cpus(&options.cmdline), 2);
+        assert!(Cli::try_parse_from(["runner", "up", "--cpus", "0"]).is_err());
+        assert!(Cli::try_parse_from(["runner", "up", "--cpus", "17"]).is_err());
 
         let cli = Cli::try_parse_from(["runner", "build", "--out", "/tmp/x"]).unwrap();
         let Some(Command::Build(build)) = cli.command else {

@@ -100,6 +100,8 @@ pub struct QemuConfig {
     /// The kernel command line.
     pub cmdline: String,
     pub mem_mib: u32,
+    /// Virtual CPUs (`-smp`); the image's `cpus=` key says how many the kernel uses.
+    pub cpus: u32,
     pub accel: Accel,
     /// The host port on 127.0.0.1 forwarded to [`GUEST_PORT`].
     pub host_port: u16,
@@ -120,6 +122,13 @@ pub struct Firmware {
     pub vars: PathBuf,
     /// The disk image, attached read-only.
     pub disk: PathBuf,
+}
+
+/// The vCPUs `runner up` and `runner build` give an image by default: the host's cores, at most 4 (beyond that
+/// the engine's per-product fork/join outweighs the gain for the small models this runs, and under TCG each
+/// vCPU is a host thread).
+pub fn default_cpus() -> u32 {
+    std::thread::available_parallelism().map_or(1, |cores| cores.get().min(4) as u32)
 }
 
 impl QemuConfig {
@@ -162,11 +171,16 @@ impl QemuConfig {
                 ("-device", "virtio-blk-pci,drive=disk0,bootindex=1".into()),
             ],
         };
+        // Several vCPUs under TCG run on as many host threads only with multi-threaded TCG.
+        let accel = match (self.accel, self.cpus) {
+            (Accel::Tcg, cpus) if cpus > 1 => "tcg,thread=multi".into(),
+            (accel, _) => accel.name().to_string(),
+        };
         let machine: [(&str, OsString); 6] = [
             ("-machine", "q35".into()),
-            ("-accel", self.accel.name().into()),
+            ("-accel", accel.into()),
             ("-cpu", cpu.into()),
-            ("-smp", "1".into()),
+            ("-smp", self.cpus.max(1).to_string().into()),
             ("-m", self.mem_mib.to_string().into()),
             ("-display", "none".into()),
         ];
@@ -218,6 +232,7 @@ mod tests {
             initrd: "/out/model.gguf".into(),
             cmdline: "ip=dhcp port=7000".into(),
             mem_mib: 1024,
+            cpus: 1,
             accel,
             host_port: 7123,
             swtpm_socket: "/run/state/swtpm.sock".into(),
@@ -257,6 +272,23 @@ mod tests {
             config(Accel::Tcg).command().get_program(),
             "qemu-system-x86_64"
         );
+    }
+
+    #[test]
+    fn several_cpus_use_multi_threaded_tcg() {
+        let mut config = config(Accel::Tcg);
+        config.cpus = 4;
+        let args = config.args();
+        let value = |flag: &str| {
+            let position = args.iter().position(|arg| arg == flag).unwrap();
+            args[position + 1].clone()
+        };
+        assert_eq!(value("-smp"), "4");
+        assert_eq!(value("-accel"), "tcg,thread=multi");
+        config.accel = Accel::Kvm;
+        let args = config.args();
+        let position = args.iter().position(|arg| arg == "-accel").unwrap();
+        assert_eq!(args[position + 1], "kvm");
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! kernel lands on a good stack. Exceptions are fatal: the handler reports (debug console only) and
 //! resets the machine (`cpu::reset`). The only interrupt enabled is the local APIC timer, used to wake the main loop from HLT;
 //! it is taken only inside `cpu::wait_for_interrupt` and its handler touches nothing but RAX and
-//! the APIC, so no SIMD state needs saving (docs/ARCHITECTURE.md §2). The legacy PIC is remapped and masked.
+//! the APIC, so no SIMD state needs saving (docs/ARCHITECTURE.md §2). Application processors share the IDT and
+//! take the same vector as the IPI that wakes them (`crate::smp`). The legacy PIC is remapped and masked.
 
 use core::arch::{asm, global_asm};
 use core::cell::UnsafeCell;
@@ -21,9 +22,10 @@ const KERNEL_CODE: u16 = 0x08;
 const KERNEL_DATA: u16 = 0x10;
 const TSS_SELECTOR: u16 = 0x18;
 
-/// A boot-time global: written once by the single CPU before interrupts or other users exist.
+/// A boot-time global: written once by the bootstrap processor in `init`, before interrupts, application
+/// processors or other users exist; afterwards only read (by the processor, through the loaded tables).
 struct BootCell<T>(UnsafeCell<T>);
-// SAFETY: the kernel runs on one CPU, and these cells are written only during `init`.
+// SAFETY: these cells are written only during `init`, on the bootstrap processor alone.
 unsafe impl<T> Sync for BootCell<T> {}
 
 #[repr(C, packed(4))]
@@ -48,18 +50,6 @@ struct DescriptorPointer {
     limit: u16,
     base: u64,
 }
-
-static TSS: BootCell<TaskStateSegment> = BootCell(UnsafeCell::new(TaskStateSegment {
-    reserved0: 0,
-    privilege_stacks: [0; 3],
-    reserved1: 0,
-    interrupt_stacks: [0; 7],
-    reserved2: 0,
-    reserved3: 0,
-    io_map_base: 104, // no I/O permission bitmap
-}));
-static GDT: BootCell<Gdt> = BootCell(UnsafeCell::new(Gdt([0; 5])));
-static IDT: BootCell<Idt> = BootCell(UnsafeCell::new(Idt([[0; 2]; 256])));
 
 unsafe extern "C" {
     static isr_stubs: u8;
@@ -136,37 +126,72 @@ fn ist_for(vector: usize) -> u8 {
     }
 }
 
-/// Loads the GDT (with the TSS), the IDT, and masks the legacy PIC.
-pub fn init() {
-    let stacks = core::ptr::addr_of!(interrupt_stacks) as u64;
-    let tss_address = TSS.0.get() as u64;
-    // SAFETY: single CPU, boot time: nothing else references these tables yet.
-    unsafe {
-        let tss = &mut *TSS.0.get();
-        for index in 0..INTERRUPT_STACKS {
-            let top = stacks + (index + 1) * (GUARD_SIZE + INTERRUPT_STACK_SIZE);
-            tss.interrupt_stacks[index as usize] = top;
-        }
-        let gdt = &mut *GDT.0.get();
-        gdt.0[1] = 0x00AF_9A00_0000_FFFF; // 64-bit code
-        gdt.0[2] = 0x00CF_9200_0000_FFFF; // data
-        let limit = (core::mem::size_of::<TaskStateSegment>() - 1) as u64;
-        gdt.0[3] = (limit & 0xFFFF)
-            | ((tss_address & 0xFF_FFFF) << 16)
-            | (0x89 << 40) // present, 64-bit TSS (available)
-            | (((limit >> 16) & 0xF) << 48)
-            | (((tss_address >> 24) & 0xFF) << 56);
-        gdt.0[4] = tss_address >> 32;
+/// One processor's GDT and TSS. Every processor needs its own TSS (the IST stack pointers and the descriptor's
+/// busy bit are per processor); the IDT is shared.
+pub struct CpuTables {
+    gdt: Gdt,
+    tss: TaskStateSegment,
+}
 
-        let stubs = core::ptr::addr_of!(isr_stubs) as u64;
-        let idt = &mut *IDT.0.get();
-        for (vector, entry) in idt.0.iter_mut().enumerate() {
-            *entry = gate(stubs + vector as u64 * 16, ist_for(vector));
+impl CpuTables {
+    /// Empty tables, filled by [`load`].
+    pub const fn new() -> Self {
+        Self {
+            gdt: Gdt([0; 5]),
+            tss: TaskStateSegment {
+                reserved0: 0,
+                privilege_stacks: [0; 3],
+                reserved1: 0,
+                interrupt_stacks: [0; 7],
+                reserved2: 0,
+                reserved3: 0,
+                io_map_base: 104, // no I/O permission bitmap
+            },
         }
     }
+}
+
+static BOOT_TABLES: BootCell<CpuTables> = BootCell(UnsafeCell::new(CpuTables::new()));
+static IDT: BootCell<Idt> = BootCell(UnsafeCell::new(Idt([[0; 2]; 256])));
+
+/// Fills the IDT, loads the bootstrap processor's GDT (with its TSS) and the IDT, and masks the legacy PIC.
+pub fn init() {
+    let stacks = core::ptr::addr_of!(interrupt_stacks) as u64;
+    let mut tops = [0u64; INTERRUPT_STACKS as usize];
+    for (index, top) in tops.iter_mut().enumerate() {
+        *top = stacks + (index as u64 + 1) * (GUARD_SIZE + INTERRUPT_STACK_SIZE);
+    }
+    let stubs = core::ptr::addr_of!(isr_stubs) as u64;
+    // SAFETY: single CPU, boot time: nothing else references the IDT yet.
+    let idt = unsafe { &mut *IDT.0.get() };
+    for (vector, entry) in idt.0.iter_mut().enumerate() {
+        *entry = gate(stubs + vector as u64 * 16, ist_for(vector));
+    }
+    // SAFETY: as above; the boot tables are taken once, here.
+    load(unsafe { &mut *BOOT_TABLES.0.get() }, tops);
+    mask_legacy_pic();
+}
+
+/// Loads `tables`, with the TSS pointing at the interrupt stacks whose tops are `ist_tops` (IST 1 to 4), and
+/// the shared IDT on the calling processor. The IDT must be filled ([`init`] ran on the bootstrap processor).
+pub fn load(tables: &'static mut CpuTables, ist_tops: [u64; INTERRUPT_STACKS as usize]) {
+    for (index, top) in ist_tops.into_iter().enumerate() {
+        tables.tss.interrupt_stacks[index] = top;
+    }
+    let tss_address = core::ptr::addr_of!(tables.tss) as u64;
+    let gdt = &mut tables.gdt;
+    gdt.0[1] = 0x00AF_9A00_0000_FFFF; // 64-bit code
+    gdt.0[2] = 0x00CF_9200_0000_FFFF; // data
+    let limit = (core::mem::size_of::<TaskStateSegment>() - 1) as u64;
+    gdt.0[3] = (limit & 0xFFFF)
+        | ((tss_address & 0xFF_FFFF) << 16)
+        | (0x89 << 40) // present, 64-bit TSS (available)
+        | (((limit >> 16) & 0xF) << 48)
+        | (((tss_address >> 24) & 0xFF) << 56);
+    gdt.0[4] = tss_address >> 32;
     let gdt_pointer = DescriptorPointer {
         limit: (5 * 8 - 1) as u16,
-        base: GDT.0.get() as u64,
+        base: core::ptr::addr_of!(tables.gdt) as u64,
     };
     let idt_pointer = DescriptorPointer {
         limit: (256 * 16 - 1) as u16,
@@ -195,7 +220,6 @@ pub fn init() {
             scratch = out(reg) _,
         );
     }
-    mask_legacy_pic();
 }
 
 /// Remaps the 8259 PICs to vectors 0x20-0x2F (away from the exception vectors) and masks them.
