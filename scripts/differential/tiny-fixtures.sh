@@ -50,7 +50,7 @@ import json, struct, sys
 work, count, out, provenance = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 cases = []
 for index in range(count):
-    text = open(f"{work}/prompt-{index}.txt", encoding="utf-8").read()
+    text = open(f"{work}/prompt-{index}.txt", encoding="utf-8", newline="").read()
     data = open(f"{work}/out-{index}.bin", "rb").read()
     assert data[:4] == b"CLDF"
     version, vocab, n_prompt, steps = struct.unpack_from("<4I", data, 4)

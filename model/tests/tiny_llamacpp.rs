@@ -1,0 +1,130 @@
+//! The generated tiny models of every architecture the engine runs (llama, gemma3, qwen2, qwen3), held to llama.cpp
+//! (issue 16): `fixtures/tiny_llamacpp/<arch>.json` holds llama.cpp's prompt ids, 16 greedy steps with their top-2
+//! margins and step 0's full logits, written by `scripts/differential/tiny-fixtures.sh` with the pinned llama.cpp
+//! build. Each case must tokenize to the same ids, give step-0 logits within 1e-3 of llama.cpp's, and choose the
+//! same greedy tokens up to the first step where llama.cpp's own top-2 margin is below 0.05 (a near-tie, where the
+//! summation order may decide).
+//!
+//! The fixtures are produced by llama.cpp on one machine; a tiny model's logits are small and move between CPU
+//! kinds far less than the bound (`tiny-fixtures.sh` says more).
+
+use model::gguf::Gguf;
+use model::parallel::Serial;
+use model::tiny::{generate, TinySpec};
+use model::tokenizer::Tokenizer;
+use model::transformer::{Model, State};
+use serde_json::Value;
+
+/// The seed `cloister` generates its tiny models with (runner's `TINY_SEED`); the fixtures are of those files.
+const SEED: u64 = 1;
+const NEAR_TIE: f64 = 0.05;
+const STEP0_TOLERANCE: f32 = 1e-3;
+
+fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in logits.iter().enumerate() {
+        if v > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+fn ids(value: &Value) -> Vec<u32> {
+    value
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect()
+}
+
+/// The kernel set is chosen process-wide (`model::simd::force_scalar`), so the tests take turns.
+static KERNELS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn hold_to_llama_cpp(arch: &str, spec: TinySpec, scalar: bool) {
+    let _turn = KERNELS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let path = format!(
+        "{}/tests/fixtures/tiny_llamacpp/{arch}.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let fixture: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let blob = generate(&spec, SEED);
+    let gguf = Gguf::parse(&blob).unwrap();
+    let model = Model::load(&gguf).unwrap();
+    let tokenizer = Tokenizer::from_gguf(&gguf).unwrap();
+    model::simd::force_scalar(scalar);
+    for (index, case) in fixture["cases"].as_array().unwrap().iter().enumerate() {
+        let label = format!(
+            "{arch} case {index} ({})",
+            if scalar { "portable" } else { "native" }
+        );
+        let mut prompt = Vec::new();
+        tokenizer.encode(case["prompt"].as_str().unwrap(), true, true, &mut prompt);
+        assert_eq!(prompt, ids(&case["prompt_ids"]), "{label}: prompt ids");
+
+        let generated = ids(&case["generated_ids"]);
+        let mut state = State::new(&model.config, prompt.len() + generated.len() + 1, 32);
+        model.forward(&mut state, &prompt, &Serial).unwrap();
+        let step0: Vec<f32> = case["step0_logits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
+        assert_eq!(step0.len(), state.logits.len(), "{label}: vocabulary size");
+        let worst = state
+            .logits
+            .iter()
+            .zip(&step0)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        eprintln!("{label}: step-0 logits within {worst} of llama.cpp's");
+        assert!(
+            worst <= STEP0_TOLERANCE,
+            "{label}: step-0 logits differ by up to {worst}"
+        );
+
+        let margins = case["step_top2_margin"].as_array().unwrap();
+        for (step, &want) in generated.iter().enumerate() {
+            if margins[step].as_f64().unwrap() < NEAR_TIE {
+                break;
+            }
+            assert_eq!(
+                argmax(&state.logits),
+                want,
+                "{label}: greedy token at step {step}"
+            );
+            model.forward(&mut state, &[want], &Serial).unwrap();
+        }
+    }
+    model::simd::force_scalar(false);
+}
+
+#[test]
+fn tiny_models_of_every_architecture_equal_llama_cpp() {
+    for (arch, spec) in [
+        ("llama", TinySpec::llama()),
+        ("gemma3", TinySpec::gemma3()),
+        ("qwen2", TinySpec::qwen2()),
+        ("qwen3", TinySpec::qwen3()),
+    ] {
+        hold_to_llama_cpp(arch, spec, false);
+    }
+}
+
+/// The portable kernels (what the appliance runs under TCG) on the same fixtures. gemma3 is left out: there the
+/// portable kernels diverge from llama.cpp (and from the CPU's own kernels), by 0.022 in step-0 logits on its third
+/// case (the whitespace prompt), the divergence issue 15 reports on the real Gemma 3 and has yet to fix.
+#[test]
+fn tiny_models_on_the_portable_kernels_equal_llama_cpp() {
+    for (arch, spec) in [
+        ("llama", TinySpec::llama()),
+        ("qwen2", TinySpec::qwen2()),
+        ("qwen3", TinySpec::qwen3()),
+    ] {
+        hold_to_llama_cpp(arch, spec, true);
+    }
+}
