@@ -56,6 +56,8 @@ pub enum ModelError {
     UnsupportedArchitecture,
     /// A required metadata key is missing or has the wrong type or an out-of-range value.
     BadMetadata(&'static str),
+    /// The file needs a feature of its architecture that the engine does not implement (named).
+    UnsupportedFeature(&'static str),
     /// A required tensor is missing (`layer` is `None` for model-wide tensors).
     MissingTensor {
         role: &'static str,
@@ -87,9 +89,18 @@ impl core::fmt::Display for ModelError {
         match *self {
             ModelError::Gguf(e) => write!(f, "{e}"),
             ModelError::UnsupportedArchitecture => {
-                write!(f, "unsupported model architecture (llama and gemma3 are)")
+                write!(
+                    f,
+                    "unsupported model architecture (llama, gemma3, qwen2 and qwen3 are)"
+                )
             }
             ModelError::BadMetadata(k) => write!(f, "metadata key {k} is missing or invalid"),
+            ModelError::UnsupportedFeature(what) => {
+                write!(
+                    f,
+                    "this model needs {what}, which the engine does not run yet"
+                )
+            }
             ModelError::MissingTensor {
                 role,
                 layer: Some(l),
@@ -160,6 +171,15 @@ impl Config {
             _ => return Err(ModelError::UnsupportedArchitecture),
         };
         let p = arch.gguf_name();
+        // Llama 3.1+ files scale RoPE frequencies (a `rope_freqs` tensor, or `rope.scaling.*` keys); running them
+        // without it would give wrong answers silently, so they are refused until it is implemented.
+        if g.tensor("rope_freqs.weight").is_some()
+            || g.get(&format!("{p}.rope.scaling.type")).is_some()
+        {
+            return Err(ModelError::UnsupportedFeature(
+                "RoPE frequency scaling (Llama 3.1 and later)",
+            ));
+        }
         let int = |suffix: &str, name: &'static str| -> Result<usize, ModelError> {
             g.get(&format!("{p}.{suffix}"))
                 .and_then(|v| v.as_u64())

@@ -120,4 +120,20 @@ fn wrong_architecture_and_missing_tensor_are_refused() {
         })
     ));
     let _ = Arch::Llama;
+
+    // A Llama 3.1-style file (a `rope_freqs` tensor) is refused, naming what it needs, rather than run without
+    // its RoPE scaling: `token_embd.weight` renamed to the same-length `rope_freqs.weight`.
+    let mut blob = generate(&TinySpec::llama(), 1);
+    let needle = b"token_embd.weight";
+    let at = blob
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .unwrap();
+    blob[at..at + needle.len()].copy_from_slice(b"rope_freqs.weight");
+    let error = Model::load(&Gguf::parse(&blob).unwrap()).err().unwrap();
+    assert!(matches!(error, ModelError::UnsupportedFeature(_)));
+    assert!(
+        error.to_string().contains("RoPE frequency scaling"),
+        "{error}"
+    );
 }
