@@ -11,6 +11,7 @@
 //   per step: i32 chosen id (the argmax), f32 top-2 margin, f32 logits[n_vocab].
 #include "llama.h"
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,6 +31,12 @@ static void quiet_log(enum ggml_log_level level, const char * text, void * data)
     if (level >= GGML_LOG_LEVEL_ERROR) fputs(text, stderr);
 }
 
+static bool no_progress(float progress, void * data) {
+    (void) progress;
+    (void) data;
+    return true;
+}
+
 int main(int argc, char ** argv) {
     if (argc != 6) die("usage: probe MODEL.gguf PROMPT.txt STEPS THREADS OUT.bin");
     const int steps = atoi(argv[3]);
@@ -39,6 +46,7 @@ int main(int argc, char ** argv) {
     llama_log_set(quiet_log, NULL);
     llama_backend_init();
     struct llama_model_params model_params = llama_model_default_params();
+    model_params.progress_callback = no_progress;
     struct llama_model * model = llama_model_load_from_file(argv[1], model_params);
     if (!model) die("cannot load the model");
     const struct llama_vocab * vocab = llama_model_get_vocab(model);
