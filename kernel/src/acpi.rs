@@ -251,24 +251,7 @@ fn madt(memory: &impl PhysRead, table: &Table) -> Result<Madt, AcpiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::start_info::StartInfoError;
-
-    /// Guest memory as a sparse list of byte runs.
-    struct FakeMemory(std::vec::Vec<(u64, std::vec::Vec<u8>)>);
-
-    impl PhysRead for FakeMemory {
-        fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), StartInfoError> {
-            for (start, bytes) in &self.0 {
-                let end = start + bytes.len() as u64;
-                if addr >= *start && addr + buf.len() as u64 <= end {
-                    let offset = (addr - start) as usize;
-                    buf.copy_from_slice(&bytes[offset..offset + buf.len()]);
-                    return Ok(());
-                }
-            }
-            Err(StartInfoError::Unreadable { addr })
-        }
-    }
+    use crate::start_info::tests::FakeMemory;
 
     /// Sets byte `at` so that `bytes` sums to zero.
     fn fix_checksum(bytes: &mut [u8], at: usize) {

@@ -194,11 +194,11 @@ pub fn parse(memory: &impl PhysRead, addr: u64) -> Result<BootInfo, StartInfoErr
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    /// Guest memory as a sparse list of byte runs.
-    struct FakeMemory(std::vec::Vec<(u64, std::vec::Vec<u8>)>);
+    /// Guest memory as a sparse list of byte runs (also the ACPI parser's test memory).
+    pub(crate) struct FakeMemory(pub(crate) std::vec::Vec<(u64, std::vec::Vec<u8>)>);
 
     impl PhysRead for FakeMemory {
         fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), StartInfoError> {
