@@ -64,8 +64,8 @@ for t in "${targets[@]}"; do
     fi
     if [ "$merge" = "--merge" ]; then
         # Keep only inputs that add coverage to what fuzz/corpus/TARGET already holds.
-        (cd "$root" && cargo fuzz run --fuzz-dir "$fuzz_dir" -s "$sanitizer" "$t" \
-            "$root/fuzz/corpus/$t" "$fuzz_dir/corpus/$t" -- -merge=1 -max_len=16384 2>&1 | tail -2)
+        (cd "$root" && ASAN_OPTIONS=$asan_options cargo fuzz run --fuzz-dir "$fuzz_dir" -s "$sanitizer" "$t" \
+            "$root/fuzz/corpus/$t" "$fuzz_dir/corpus/$t" -- -merge=1 -max_len=16384 "${extra[@]}" 2>&1 | tail -2)
     fi
 done
 exit $status
