@@ -12,9 +12,13 @@
 //! Work per step is bounded (issue 12, item 1; docs/ARCHITECTURE.md §5): a generation is a state machine that the
 //! server advances one step per poll, and the server moves packets between steps. A started generation is
 //! `Tokenizing` (a text or chat prompt over [`TOKENIZE_INLINE_BYTES`] bytes: a first step that only yields, so
-//! the server moves packets, then one that tokenizes), then `Prefill` (one chunk of `serving.prefill_chunk` = 32 prompt tokens per step, as the session
-//! runs it), then decode (one token per step). A shorter text is tokenized when the request arrives, as
-//! before. Tokenizing is a single step because the frame limit bounds it: a 64 KiB single-word prompt
+//! the server moves packets, then one that tokenizes), then `Prefill`, then decode (one token per step). A prefill
+//! step runs one piece of a chunk of `serving.prefill_chunk` = 32 prompt tokens: one layer's attention block or
+//! its feed-forward block, or the output (`Session::set_prefill_in_pieces`), so the server moves packets 61 times
+//! per SmolLM2 chunk. Natively a whole chunk takes tens of milliseconds; under TCG it takes tens of seconds, and
+//! a piece about a sixtieth of that. The pieces are the same arithmetic as a whole chunk: the tokens do not change.
+//!
+//! A text up to [`TOKENIZE_INLINE_BYTES`] is tokenized when its request arrives. Tokenizing is a single step because the frame limit bounds it: a 64 KiB single-word prompt
 //! tokenizes in 28.5 ms natively with SmolLM2 (the BPE merge is O(n log n)), and a text too long for the
 //! context whatever its tokens is refused before any tokenizing (`Tokenizer::fewest_tokens`).
 //!
@@ -77,7 +81,11 @@ impl<'a> Generations<'a> {
         };
         let workers = (0..serving.sessions)
             .map(|_| Worker {
-                session: Session::new(&engine, session_config),
+                session: {
+                    let mut session = Session::new(&engine, session_config);
+                    session.set_prefill_in_pieces(true);
+                    session
+                },
                 owner: None,
                 tokenizing: None,
                 prefill_us: 0,
@@ -393,6 +401,7 @@ mod tests {
         let engine = Engine::load(&gguf).unwrap();
         let mut prompt_ids = Vec::new();
         engine.encode_text("hello there, sea", &mut prompt_ids);
+        let pieces = engine.model.pieces();
         let mut generations = Generations::reserve(engine, &SERVING);
         assert_eq!((generations.sessions(), generations.context()), (2, 64));
         assert_eq!(
@@ -407,8 +416,9 @@ mod tests {
         assert_eq!(done.prompt_tokens as usize, prompt_ids.len());
         assert_eq!(done.generated_tokens as usize, tokens.len());
         assert!(!tokens.is_empty() && tokens.len() <= 8);
-        // Prefill: one step per chunk, the last of them producing the first token.
-        let prefill_steps = prompt_ids.len().div_ceil(4);
+        // Prefill: one step per piece of each chunk (a layer's attention or feed-forward block, or the output),
+        // the last of them producing the first token.
+        let prefill_steps = prompt_ids.len().div_ceil(4) * pieces;
         assert_eq!(steps, prefill_steps + tokens.len());
         assert_eq!(done.prefill_us, 10 * prefill_steps as u64);
         assert!(done.decode_us > 0 || tokens.len() == 1);

@@ -238,6 +238,8 @@ pub struct Session {
     sampler: Sampler,
     stream: Utf8Stream,
     prefill_chunk: usize,
+    /// Whether a prefill step runs one piece of its chunk ([`Session::set_prefill_in_pieces`]).
+    prefill_in_pieces: bool,
     phase: Phase,
     prompt: Vec<u32>,
     prefilled: usize,
@@ -255,6 +257,7 @@ impl Session {
         let state = State::new(model, config.context, config.prefill_chunk.max(1));
         Self {
             prefill_chunk: state.max_batch,
+            prefill_in_pieces: false,
             prompt: Vec::with_capacity(state.context),
             state,
             sampler: Sampler::new(SamplerConfig::default(), model.vocab_size),
@@ -281,6 +284,15 @@ impl Session {
     /// Prompt tokens per prefill step.
     pub fn prefill_chunk(&self) -> usize {
         self.prefill_chunk
+    }
+
+    /// Makes each prefill [`Session::step`] run one piece of its chunk's forward pass (one layer's attention or
+    /// feed-forward block, [`Model::run_piece`](crate::transformer::Model::run_piece)) instead of the whole
+    /// chunk, so a caller that serves a network between steps never waits longer than one piece: the appliance
+    /// under TCG, where one 32-token SmolLM2 chunk takes tens of seconds (issue 12 item 1; docs/ARCHITECTURE.md
+    /// §5). The arithmetic, and so every logit and token, is the same either way.
+    pub fn set_prefill_in_pieces(&mut self, on: bool) {
+        self.prefill_in_pieces = on;
     }
 
     /// Whether a generation is running (started and its [`Event::Done`] not yet returned).
@@ -345,6 +357,7 @@ impl Session {
     /// Drops the running generation, if any; the buffers stay for the next one.
     pub fn cancel(&mut self) {
         self.phase = Phase::Idle;
+        self.state.reset();
     }
 
     /// Runs one prefill chunk or one decode step.
@@ -354,7 +367,20 @@ impl Session {
             Phase::Prefill => {
                 let end = (self.prefilled + self.prefill_chunk).min(self.prompt.len());
                 let chunk = &self.prompt[self.prefilled..end];
-                if let Err(e) = engine.model.forward(&mut self.state, chunk, par) {
+                if self.prefill_in_pieces {
+                    if !self.state.batch_in_flight() {
+                        if let Err(e) = engine.model.start_batch(&mut self.state, chunk) {
+                            self.phase = Phase::Idle;
+                            return Err(StepError::Model(e));
+                        }
+                    }
+                    let mut finished = false;
+                    let state = &mut self.state;
+                    par.run(&mut || finished = engine.model.run_piece(state, par));
+                    if !finished {
+                        return Ok(Event::Pending);
+                    }
+                } else if let Err(e) = engine.model.forward(&mut self.state, chunk, par) {
                     self.phase = Phase::Idle;
                     return Err(StepError::Model(e));
                 }
@@ -554,6 +580,89 @@ mod tests {
                         generated_tokens: 24
                     }
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn prefill_in_pieces_gives_the_same_logits_and_tokens() {
+        for spec in [
+            TinySpec::llama(),
+            TinySpec::gemma3(),
+            TinySpec::qwen2(),
+            TinySpec::qwen3(),
+        ] {
+            let blob = generate(&spec, 1);
+            let gguf = Gguf::parse(&blob).unwrap();
+            let mut engine = Engine::load(&gguf).unwrap();
+            engine.end_of_text.clear();
+            let model = &engine.model;
+            let mut prompt = Vec::new();
+            engine.encode_text("The sea rolls on and on, 42 times; é!", &mut prompt);
+            // The model's own pieces, one batch of the prompt then one decode token: the same bits as `forward`.
+            let mut whole = State::new(&model.config, 64, 64);
+            let mut pieces = State::new(&model.config, 64, 64);
+            for tokens in [&prompt[..], &[7][..]] {
+                model.forward(&mut whole, tokens, &Serial).unwrap();
+                model.start_batch(&mut pieces, tokens).unwrap();
+                let mut ran = 1;
+                while !model.run_piece(&mut pieces, &Serial) {
+                    assert!(pieces.batch_in_flight());
+                    ran += 1;
+                }
+                assert_eq!(ran, model.pieces(), "{:?}", spec.arch);
+                assert!(!pieces.batch_in_flight());
+                assert_eq!(pieces.pos, whole.pos);
+                let bits =
+                    |state: &State| state.logits.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&pieces), bits(&whole), "{:?}", spec.arch);
+            }
+            assert_eq!(
+                model.start_batch(&mut pieces, &[1; 65]),
+                Err(ModelError::BatchTooLarge {
+                    tokens: 65,
+                    max_batch: 64
+                })
+            );
+
+            // A session stepping piece by piece: one event per piece, the same tokens.
+            let want = reference_ids(&engine, &prompt, 12);
+            for chunk in [1, 7, 32] {
+                let config = SessionConfig {
+                    context: 128,
+                    prefill_chunk: chunk,
+                };
+                let mut session = Session::new(&engine, config);
+                session.set_prefill_in_pieces(true);
+                let events = run(&engine, &mut session, &prompt, 12, &[] as &[&str]);
+                let pending = events.iter().filter(|e| **e == Event::Pending).count();
+                assert_eq!(
+                    pending,
+                    prompt.len().div_ceil(chunk) * model.pieces() - 1,
+                    "chunk {chunk}"
+                );
+                assert_eq!(
+                    ids_and_text(&events).0,
+                    want,
+                    "{:?} chunk {chunk}",
+                    spec.arch
+                );
+                // Cancelled half-way through a chunk, the session starts clean.
+                session
+                    .start(
+                        &engine,
+                        &prompt,
+                        12,
+                        SamplerConfig::default(),
+                        &[] as &[&str],
+                    )
+                    .unwrap();
+                for _ in 0..model.pieces() / 2 {
+                    assert_eq!(session.step(&engine, &Serial), Ok(Event::Pending));
+                }
+                session.cancel();
+                let again = run(&engine, &mut session, &prompt, 12, &[] as &[&str]);
+                assert_eq!(again, events, "{:?} chunk {chunk}", spec.arch);
             }
         }
     }

@@ -76,6 +76,11 @@ pub enum ModelError {
     },
     /// A token id outside the vocabulary.
     BadTokenId(u32),
+    /// More tokens than the run state's batch holds were given to [`Model::start_batch`].
+    BatchTooLarge {
+        tokens: usize,
+        max_batch: usize,
+    },
 }
 
 impl From<GgufError> for ModelError {
@@ -135,6 +140,10 @@ impl core::fmt::Display for ModelError {
                 write!(f, "{needed} tokens do not fit in the context of {context}")
             }
             ModelError::BadTokenId(t) => write!(f, "token id {t} is outside the vocabulary"),
+            ModelError::BatchTooLarge { tokens, max_batch } => write!(
+                f,
+                "{tokens} tokens were given to one batch, which holds at most {max_batch}"
+            ),
         }
     }
 }
@@ -440,6 +449,9 @@ pub struct State {
     attn_scratch: Vec<f32>,
     /// `[vocab]`, for the last token of the latest `forward`.
     pub logits: Vec<f32>,
+    /// The batch whose forward pass is under way, between [`Model::start_batch`] and its last
+    /// [`Model::run_piece`].
+    batch: Option<Batch>,
 }
 
 impl State {
@@ -475,12 +487,19 @@ impl State {
                     .max(b * Attention::slot_len(c.q_dim(), c.head_dim, ctx_pad))
             ],
             logits: vec![0.0; c.vocab_size],
+            batch: None,
         }
     }
 
     /// Forgets the cached context (the buffers stay allocated).
     pub fn reset(&mut self) {
         self.pos = 0;
+        self.batch = None;
+    }
+
+    /// Whether a batch's forward pass is under way ([`Model::start_batch`]).
+    pub fn batch_in_flight(&self) -> bool {
+        self.batch.is_some()
     }
 
     /// Bytes of the KV cache (f16 keys and values of every layer and position), allocated by [`State::new`].
@@ -634,6 +653,29 @@ fn residual_add(
     });
 }
 
+/// A batch whose forward pass is under way: its tokens are embedded in `State::x`, and `next` is the piece
+/// [`Model::run_piece`] runs next (see [`Model::pieces`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Batch {
+    /// Tokens in the batch.
+    n: usize,
+    /// Position of its first token.
+    pos0: usize,
+    /// The next piece.
+    next: usize,
+}
+
+/// What one layer's pieces share: the scales and RoPE style of the architecture.
+struct LayerShape {
+    style: RopeStyle,
+    /// Scale of the attention scores (1/√head_dim, or 1 where the query carries it).
+    kq_scale: f32,
+    /// Scale applied to each query head after RoPE (Gemma 3's query_pre_attn_scalar form).
+    q_scale: f32,
+    /// Query heads per KV head.
+    group: usize,
+}
+
 impl Model<'_> {
     /// Runs `tokens` at positions `state.pos..` and leaves the last token's logits in `state.logits`.
     pub fn forward(
@@ -642,6 +684,69 @@ impl Model<'_> {
         tokens: &[u32],
         par: &dyn ParallelFor,
     ) -> Result<(), ModelError> {
+        self.check_tokens(state, tokens)?;
+        par.run(&mut || {
+            for chunk in tokens.chunks(state.max_batch) {
+                self.embed(state, chunk);
+                while !self.run_piece(state, par) {}
+            }
+        });
+        Ok(())
+    }
+
+    /// Starts a forward pass over `tokens` (at most `state.max_batch` of them) that [`Model::run_piece`] then runs
+    /// a piece at a time, so a caller that must stay responsive (the appliance's main loop, issue 12 item 1;
+    /// docs/ARCHITECTURE.md §5) can do other work between pieces. The pieces run exactly the arithmetic
+    /// [`Model::forward`] runs, in the same order: the logits are the same bits. A batch already under way is
+    /// dropped.
+    pub fn start_batch(&self, state: &mut State, tokens: &[u32]) -> Result<(), ModelError> {
+        if tokens.len() > state.max_batch {
+            return Err(ModelError::BatchTooLarge {
+                tokens: tokens.len(),
+                max_batch: state.max_batch,
+            });
+        }
+        self.check_tokens(state, tokens)?;
+        self.embed(state, tokens);
+        Ok(())
+    }
+
+    /// Pieces of one batch's forward pass: each layer's attention block and its feed-forward block, then the
+    /// output (the final norm and the logits).
+    pub fn pieces(&self) -> usize {
+        2 * self.weights.layers.len() + 1
+    }
+
+    /// Runs the next piece of the batch [`Model::start_batch`] started; true when that was the last piece (the
+    /// logits are ready and `state.pos` has moved past the batch). Does nothing, and says true, when no batch is
+    /// under way.
+    pub fn run_piece(&self, state: &mut State, par: &dyn ParallelFor) -> bool {
+        let Some(batch) = state.batch else {
+            return true;
+        };
+        let layers = self.weights.layers.len();
+        let piece = batch.next;
+        if piece == 2 * layers {
+            self.output(state, batch, par);
+            state.pos += batch.n;
+            state.batch = None;
+            return true;
+        }
+        let shape = self.layer_shape();
+        if piece % 2 == 0 {
+            self.attention_block(state, batch, piece / 2, &shape, par);
+        } else {
+            self.ffn_block(state, batch, piece / 2, par);
+        }
+        state.batch = Some(Batch {
+            next: piece + 1,
+            ..batch
+        });
+        false
+    }
+
+    /// Whether `state` has room for `tokens` and each is a token id of the vocabulary.
+    fn check_tokens(&self, state: &State, tokens: &[u32]) -> Result<(), ModelError> {
         let c = &self.config;
         let needed = state.pos + tokens.len();
         if needed > state.context {
@@ -653,208 +758,253 @@ impl Model<'_> {
         if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
             return Err(ModelError::BadTokenId(bad));
         }
-        par.run(&mut || {
-            for chunk in tokens.chunks(state.max_batch) {
-                self.forward_batch(state, chunk, par);
-            }
-        });
         Ok(())
     }
 
-    fn forward_batch(&self, s: &mut State, tokens: &[u32], par: &dyn ParallelFor) {
+    /// Writes `tokens`' embeddings (checked by [`Model::check_tokens`], at most `max_batch`) into `x` and starts
+    /// their batch at piece 0.
+    fn embed(&self, s: &mut State, tokens: &[u32]) {
         let c = &self.config;
         let w = &self.weights;
-        let n = tokens.len();
-        let (dim, q_dim, kv_dim, hd, ffn) = (c.dim, c.q_dim(), c.kv_dim(), c.head_dim, c.ffn_dim);
-        let pos0 = s.pos;
-        let gemma = c.arch == Arch::Gemma3;
-
+        let dim = c.dim;
         for (t, &tok) in tokens.iter().enumerate() {
             let x = &mut s.x[t * dim..(t + 1) * dim];
-            // Token ids were range-checked in `forward`.
+            // Token ids were range-checked in `check_tokens`.
             let _ = w.token_embd.dequantize_row(tok as usize, x);
-            if gemma {
+            if c.arch == Arch::Gemma3 {
                 let scale = libm::sqrtf(dim as f32);
                 x.iter_mut().for_each(|v| *v *= scale);
             }
         }
+        s.batch = Some(Batch {
+            n: tokens.len(),
+            pos0: s.pos,
+            next: 0,
+        });
+    }
 
-        let style = if c.arch.neox_rope() {
-            RopeStyle::Neox
-        } else {
-            RopeStyle::Normal
-        };
-        let kq_scale = if gemma {
-            1.0
-        } else {
-            1.0 / libm::sqrtf(hd as f32)
-        };
-        let q_scale = if gemma {
-            1.0 / libm::sqrtf(hd as f32)
-        } else {
-            1.0
-        };
-        let group = c.n_heads / c.n_kv_heads;
-
-        // Per-token element-wise steps run one token per parallel task (a single task, inline, for one token).
-        for (l, layer) in w.layers.iter().enumerate() {
-            let x = &s.x[..n * dim];
-            par.for_each_chunk(&mut s.xb[..n * dim], dim, &|t, xb| {
-                math::rmsnorm(xb, &x[t * dim..(t + 1) * dim], &layer.attn_norm, c.rms_eps);
-            });
-            let xb = &s.xb[..n * dim];
-            matmul(&layer.wq, xb, n, &mut s.q[..n * q_dim], &mut s.acts, par);
-            matmul(&layer.wk, xb, n, &mut s.k[..n * kv_dim], &mut s.acts, par);
-            matmul(&layer.wv, xb, n, &mut s.v[..n * kv_dim], &mut s.acts, par);
-            for (out, width, bias) in [
-                (&mut s.q[..n * q_dim], q_dim, &layer.q_bias),
-                (&mut s.k[..n * kv_dim], kv_dim, &layer.k_bias),
-                (&mut s.v[..n * kv_dim], kv_dim, &layer.v_bias),
-            ] {
-                if let Some(bias) = bias {
-                    par.for_each_chunk(out, width, &|_, row| {
-                        row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
-                    });
-                }
-            }
-
-            let local = c.is_local_layer(l);
-            let base = if local {
-                c.rope_base_local
+    fn layer_shape(&self) -> LayerShape {
+        let c = &self.config;
+        let gemma = c.arch == Arch::Gemma3;
+        let hd = c.head_dim;
+        LayerShape {
+            style: if c.arch.neox_rope() {
+                RopeStyle::Neox
             } else {
-                c.rope_base
-            };
-            par.for_each_chunk(&mut s.rope[..n * hd], hd, &|t, cache| {
-                math::rope_cache(cache, pos0 + t, base);
-            });
-            let rope = &s.rope[..n * hd];
-            par.for_each_chunk(&mut s.q[..n * q_dim], q_dim, &|t, q| {
-                for h in q.chunks_exact_mut(hd) {
-                    if let Some(qn) = &layer.q_norm {
-                        math::rmsnorm_inplace(h, qn, c.rms_eps);
-                    }
-                    math::rope_apply(h, &rope[t * hd..(t + 1) * hd], style);
-                    if q_scale != 1.0 {
-                        h.iter_mut().for_each(|v| *v *= q_scale);
-                    }
-                }
-            });
-            par.for_each_chunk(&mut s.k[..n * kv_dim], kv_dim, &|t, k| {
-                for h in k.chunks_exact_mut(hd) {
-                    if let Some(kn) = &layer.k_norm {
-                        math::rmsnorm_inplace(h, kn, c.rms_eps);
-                    }
-                    math::rope_apply(h, &rope[t * hd..(t + 1) * hd], style);
-                }
-            });
-            let layer_kv = l * s.context * kv_dim;
-            let layer_vt = l * kv_dim * s.ctx_pad;
-            for t in 0..n {
-                let p = pos0 + t;
-                let at = layer_kv + p * kv_dim;
-                for (dst, &v) in s.key_cache[at..at + kv_dim]
-                    .iter_mut()
-                    .zip(&s.k[t * kv_dim..(t + 1) * kv_dim])
-                {
-                    *dst = to_f16(v);
-                }
-                for (ch, &v) in s.v[t * kv_dim..(t + 1) * kv_dim].iter().enumerate() {
-                    s.value_cache[layer_vt + ch * s.ctx_pad + p] = to_f16(v);
-                }
-            }
-
-            // Attention, each task with its own slot of the run state's scratch: its outputs, then its buffers.
-            let attn = Attention {
-                keys: &s.key_cache[layer_kv..],
-                values: &s.value_cache[layer_vt..],
-                kv_dim,
-                ctx_pad: s.ctx_pad,
-                hd,
-                group,
-                kq_scale,
-                batched: n >= 2,
-                window: if local { c.sliding_window } else { None },
-            };
-            let q = &s.q[..n * q_dim];
-            let (tasks, out_len) = if n == 1 { (c.n_heads, hd) } else { (n, q_dim) };
-            let slot_len = Attention::slot_len(out_len, hd, s.ctx_pad);
-            let slots = &mut s.attn_scratch[..tasks * slot_len];
-            if n == 1 {
-                // One token: one head per task.
-                par.for_each_chunk(slots, slot_len, &|h, slot| {
-                    let (out, mut scratch) = attn.split(slot, hd, pos0);
-                    attn.head(&q[h * hd..(h + 1) * hd], pos0, h, out, &mut scratch);
-                });
+                RopeStyle::Normal
+            },
+            kq_scale: if gemma {
+                1.0
             } else {
-                par.for_each_chunk(slots, slot_len, &|t, slot| {
-                    attn.token(&q[t * q_dim..(t + 1) * q_dim], pos0 + t, slot);
+                1.0 / libm::sqrtf(hd as f32)
+            },
+            q_scale: if gemma {
+                1.0 / libm::sqrtf(hd as f32)
+            } else {
+                1.0
+            },
+            group: c.n_heads / c.n_kv_heads,
+        }
+    }
+
+    /// The first row whose values layer `l`'s second half still needs: after the last layer's attention only
+    /// the token whose logits are read goes on, as llama.cpp's graph selects its output rows there
+    /// (`inp_out_ids`): its FFN products then run as single-token products, which for repacked Q4_K weights is
+    /// another kernel with another summation order than the batch's.
+    fn rows_from(&self, l: usize, n: usize) -> usize {
+        if l + 1 == self.weights.layers.len() {
+            n - 1
+        } else {
+            0
+        }
+    }
+
+    /// Layer `l`'s attention block: `x += post_attn_norm(wo · attention(rope(q), rope(k), v))`, the batch's keys
+    /// and values written to the KV cache. Per-token element-wise steps run one token per parallel task (a
+    /// single task, inline, for one token).
+    fn attention_block(
+        &self,
+        s: &mut State,
+        batch: Batch,
+        l: usize,
+        shape: &LayerShape,
+        par: &dyn ParallelFor,
+    ) {
+        let c = &self.config;
+        let layer = &self.weights.layers[l];
+        let Batch { n, pos0, .. } = batch;
+        let (dim, q_dim, kv_dim, hd) = (c.dim, c.q_dim(), c.kv_dim(), c.head_dim);
+        let (style, q_scale) = (shape.style, shape.q_scale);
+
+        let x = &s.x[..n * dim];
+        par.for_each_chunk(&mut s.xb[..n * dim], dim, &|t, xb| {
+            math::rmsnorm(xb, &x[t * dim..(t + 1) * dim], &layer.attn_norm, c.rms_eps);
+        });
+        let xb = &s.xb[..n * dim];
+        matmul(&layer.wq, xb, n, &mut s.q[..n * q_dim], &mut s.acts, par);
+        matmul(&layer.wk, xb, n, &mut s.k[..n * kv_dim], &mut s.acts, par);
+        matmul(&layer.wv, xb, n, &mut s.v[..n * kv_dim], &mut s.acts, par);
+        for (out, width, bias) in [
+            (&mut s.q[..n * q_dim], q_dim, &layer.q_bias),
+            (&mut s.k[..n * kv_dim], kv_dim, &layer.k_bias),
+            (&mut s.v[..n * kv_dim], kv_dim, &layer.v_bias),
+        ] {
+            if let Some(bias) = bias {
+                par.for_each_chunk(out, width, &|_, row| {
+                    row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
                 });
             }
-            for (out, slot) in s.att_out[..n * q_dim]
-                .chunks_exact_mut(out_len)
-                .zip(slots.chunks_exact(slot_len))
-            {
-                out.copy_from_slice(&slot[..out_len]);
-            }
-
-            matmul(
-                &layer.wo,
-                &s.att_out[..n * q_dim],
-                n,
-                &mut s.xb2[..n * dim],
-                &mut s.acts,
-                par,
-            );
-            // After the last layer's attention only the token whose logits are read goes on, as llama.cpp's graph
-            // selects its output rows there (`inp_out_ids`): its FFN products then run as single-token products,
-            // which for repacked Q4_K weights is another kernel with another summation order than the batch's.
-            let t0 = if l + 1 == w.layers.len() { n - 1 } else { 0 };
-            let m = n - t0;
-            // x += post_attn_norm(attention output), then xb = ffn_norm(x).
-            residual_add(
-                &mut s.x[t0 * dim..n * dim],
-                &mut s.xb2[t0 * dim..n * dim],
-                layer.post_attn_norm.as_deref(),
-                dim,
-                c.rms_eps,
-                par,
-            );
-            let x = &s.x[t0 * dim..n * dim];
-            par.for_each_chunk(&mut s.xb[t0 * dim..n * dim], dim, &|i, xb| {
-                math::rmsnorm(xb, &x[i * dim..(i + 1) * dim], &layer.ffn_norm, c.rms_eps);
-            });
-            let xb = &s.xb[t0 * dim..n * dim];
-            matmul(&layer.w_gate, xb, m, &mut s.hb[..m * ffn], &mut s.acts, par);
-            matmul(&layer.w_up, xb, m, &mut s.hb2[..m * ffn], &mut s.acts, par);
-            // The gated activation, one token per parallel task.
-            let up = &s.hb2[..m * ffn];
-            par.for_each_chunk(&mut s.hb[..m * ffn], ffn, &|t, gate| {
-                let up = &up[t * ffn..(t + 1) * ffn];
-                match &self.gelu {
-                    Some(table) => table.geglu(gate, up),
-                    None => simd::swiglu(gate, up),
-                }
-            });
-            matmul(
-                &layer.w_down,
-                &s.hb[..m * ffn],
-                m,
-                &mut s.xb2[..m * dim],
-                &mut s.acts,
-                par,
-            );
-            // x += post_ffn_norm(FFN output).
-            residual_add(
-                &mut s.x[t0 * dim..n * dim],
-                &mut s.xb2[..m * dim],
-                layer.post_ffn_norm.as_deref(),
-                dim,
-                c.rms_eps,
-                par,
-            );
         }
 
-        let last = (n - 1) * dim;
+        let local = c.is_local_layer(l);
+        let base = if local {
+            c.rope_base_local
+        } else {
+            c.rope_base
+        };
+        par.for_each_chunk(&mut s.rope[..n * hd], hd, &|t, cache| {
+            math::rope_cache(cache, pos0 + t, base);
+        });
+        let rope = &s.rope[..n * hd];
+        par.for_each_chunk(&mut s.q[..n * q_dim], q_dim, &|t, q| {
+            for h in q.chunks_exact_mut(hd) {
+                if let Some(qn) = &layer.q_norm {
+                    math::rmsnorm_inplace(h, qn, c.rms_eps);
+                }
+                math::rope_apply(h, &rope[t * hd..(t + 1) * hd], style);
+                if q_scale != 1.0 {
+                    h.iter_mut().for_each(|v| *v *= q_scale);
+                }
+            }
+        });
+        par.for_each_chunk(&mut s.k[..n * kv_dim], kv_dim, &|t, k| {
+            for h in k.chunks_exact_mut(hd) {
+                if let Some(kn) = &layer.k_norm {
+                    math::rmsnorm_inplace(h, kn, c.rms_eps);
+                }
+                math::rope_apply(h, &rope[t * hd..(t + 1) * hd], style);
+            }
+        });
+        let layer_kv = l * s.context * kv_dim;
+        let layer_vt = l * kv_dim * s.ctx_pad;
+        for t in 0..n {
+            let p = pos0 + t;
+            let at = layer_kv + p * kv_dim;
+            for (dst, &v) in s.key_cache[at..at + kv_dim]
+                .iter_mut()
+                .zip(&s.k[t * kv_dim..(t + 1) * kv_dim])
+            {
+                *dst = to_f16(v);
+            }
+            for (ch, &v) in s.v[t * kv_dim..(t + 1) * kv_dim].iter().enumerate() {
+                s.value_cache[layer_vt + ch * s.ctx_pad + p] = to_f16(v);
+            }
+        }
+
+        // Attention, each task with its own slot of the run state's scratch: its outputs, then its buffers.
+        let attn = Attention {
+            keys: &s.key_cache[layer_kv..],
+            values: &s.value_cache[layer_vt..],
+            kv_dim,
+            ctx_pad: s.ctx_pad,
+            hd,
+            group: shape.group,
+            kq_scale: shape.kq_scale,
+            batched: n >= 2,
+            window: if local { c.sliding_window } else { None },
+        };
+        let q = &s.q[..n * q_dim];
+        let (tasks, out_len) = if n == 1 { (c.n_heads, hd) } else { (n, q_dim) };
+        let slot_len = Attention::slot_len(out_len, hd, s.ctx_pad);
+        let slots = &mut s.attn_scratch[..tasks * slot_len];
+        if n == 1 {
+            // One token: one head per task.
+            par.for_each_chunk(slots, slot_len, &|h, slot| {
+                let (out, mut scratch) = attn.split(slot, hd, pos0);
+                attn.head(&q[h * hd..(h + 1) * hd], pos0, h, out, &mut scratch);
+            });
+        } else {
+            par.for_each_chunk(slots, slot_len, &|t, slot| {
+                attn.token(&q[t * q_dim..(t + 1) * q_dim], pos0 + t, slot);
+            });
+        }
+        for (out, slot) in s.att_out[..n * q_dim]
+            .chunks_exact_mut(out_len)
+            .zip(slots.chunks_exact(slot_len))
+        {
+            out.copy_from_slice(&slot[..out_len]);
+        }
+
+        matmul(
+            &layer.wo,
+            &s.att_out[..n * q_dim],
+            n,
+            &mut s.xb2[..n * dim],
+            &mut s.acts,
+            par,
+        );
+        let t0 = self.rows_from(l, n);
+        // x += post_attn_norm(attention output).
+        residual_add(
+            &mut s.x[t0 * dim..n * dim],
+            &mut s.xb2[t0 * dim..n * dim],
+            layer.post_attn_norm.as_deref(),
+            dim,
+            c.rms_eps,
+            par,
+        );
+    }
+
+    /// Layer `l`'s feed-forward block: `x += post_ffn_norm(down(act(gate(ffn_norm(x))) * up(ffn_norm(x))))`, over
+    /// the rows [`Model::rows_from`] keeps.
+    fn ffn_block(&self, s: &mut State, batch: Batch, l: usize, par: &dyn ParallelFor) {
+        let c = &self.config;
+        let layer = &self.weights.layers[l];
+        let n = batch.n;
+        let (dim, ffn) = (c.dim, c.ffn_dim);
+        let t0 = self.rows_from(l, n);
+        let m = n - t0;
+        let x = &s.x[t0 * dim..n * dim];
+        par.for_each_chunk(&mut s.xb[t0 * dim..n * dim], dim, &|i, xb| {
+            math::rmsnorm(xb, &x[i * dim..(i + 1) * dim], &layer.ffn_norm, c.rms_eps);
+        });
+        let xb = &s.xb[t0 * dim..n * dim];
+        matmul(&layer.w_gate, xb, m, &mut s.hb[..m * ffn], &mut s.acts, par);
+        matmul(&layer.w_up, xb, m, &mut s.hb2[..m * ffn], &mut s.acts, par);
+        // The gated activation, one token per parallel task.
+        let up = &s.hb2[..m * ffn];
+        par.for_each_chunk(&mut s.hb[..m * ffn], ffn, &|t, gate| {
+            let up = &up[t * ffn..(t + 1) * ffn];
+            match &self.gelu {
+                Some(table) => table.geglu(gate, up),
+                None => simd::swiglu(gate, up),
+            }
+        });
+        matmul(
+            &layer.w_down,
+            &s.hb[..m * ffn],
+            m,
+            &mut s.xb2[..m * dim],
+            &mut s.acts,
+            par,
+        );
+        // x += post_ffn_norm(FFN output).
+        residual_add(
+            &mut s.x[t0 * dim..n * dim],
+            &mut s.xb2[..m * dim],
+            layer.post_ffn_norm.as_deref(),
+            dim,
+            c.rms_eps,
+            par,
+        );
+    }
+
+    /// The last token's logits: `output · output_norm(x)`.
+    fn output(&self, s: &mut State, batch: Batch, par: &dyn ParallelFor) {
+        let c = &self.config;
+        let w = &self.weights;
+        let dim = c.dim;
+        let last = (batch.n - 1) * dim;
         math::rmsnorm(
             &mut s.xb[..dim],
             &s.x[last..last + dim],
@@ -862,6 +1012,5 @@ impl Model<'_> {
             c.rms_eps,
         );
         matmul(&w.output, &s.xb[..dim], 1, &mut s.logits, &mut s.acts, par);
-        s.pos += n;
     }
 }

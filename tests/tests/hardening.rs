@@ -6,6 +6,9 @@
 //!
 //! - A 64 KiB one-word prompt is refused (`TooLarge` for a frame over the limit, `ContextExceeded` for the
 //!   longest word a frame holds) while another client's `ModelInfo` is answered within 2 s.
+//! - A maximal prompt (the whole context, as token ids, so no tokenizing limits it) is prefilled a piece at a
+//!   time (one layer's attention or feed-forward block): while it runs, new clients complete their TLS
+//!   handshakes and get model info within the stated bounds, and a cancel ends it at once.
 //! - A client asking for model info again and again is cut off at its second request (`net::Limits::
 //!   request_caps`), so it cannot hold its slot.
 //! - Attest requests from several connections at once are all answered, spaced by the TPM's rate limit
@@ -33,6 +36,10 @@ const CMDLINE: &str = "ip=dhcp port=7000 sessions=4";
 /// The bound the issue sets on another client's `ModelInfo` while a maximal prompt is processed (TCG).
 const MODEL_INFO_BOUND: Duration = Duration::from_secs(2);
 
+/// The most a new client's TLS handshake may take while another client's prompt is prefilled (TCG: the
+/// handshake's two flights each wait for at most one piece of the prefill; see the test's output).
+const HANDSHAKE_BOUND: Duration = Duration::from_secs(4);
+
 /// The most a refused maximal prompt may take to be answered under TCG (measured: see the test's output).
 const REFUSAL_BOUND: Duration = Duration::from_secs(30);
 
@@ -47,6 +54,10 @@ fn main() -> ExitCode {
             (
                 "a_64k_one_word_prompt_is_refused_while_another_client_is_answered",
                 a_64k_one_word_prompt_is_refused_while_another_client_is_answered,
+            ),
+            (
+                "a_long_prefill_leaves_other_clients_answered",
+                a_long_prefill_leaves_other_clients_answered,
             ),
             (
                 "a_client_repeating_model_info_loses_its_slot",
@@ -221,6 +232,57 @@ fn a_64k_one_word_prompt_is_refused_while_another_client_is_answered(fixture: &F
         "  the longest word a frame holds ({} byte frame): ContextExceeded after {refused:.2?}, slowest model \
          info beside it {model_info:.2?}",
         longest.len()
+    );
+    eprintln!("  a verified chat after it: {:.2?}", verified_chat(fixture));
+}
+
+fn a_long_prefill_leaves_other_clients_answered(fixture: &Fixture) {
+    // The whole context less the one generated token: 32 chunks of 32, many minutes of prefill under TCG (tens of
+    // seconds a chunk), so every probe below lands inside it.
+    let prompt: Vec<u32> = (0..fixture.context() - 1)
+        .map(|i| 1_000 + i % (fixture.vocab_size - 1_000))
+        .collect();
+    let mut client = TlsClient::connect(fixture.endpoint());
+    client.send(&Request::Generate(GenerateRequest {
+        prompt: Prompt::Tokens(prompt.clone()),
+        max_tokens: 1,
+        sampling: Sampling::GREEDY,
+        stop: Vec::new(),
+    }));
+    let sent = Instant::now();
+    let (mut handshakes, mut model_infos) = (Vec::new(), Vec::new());
+    for _ in 0..6 {
+        std::thread::sleep(Duration::from_millis(500));
+        let (mut other, handshake) = timed(|| TlsClient::connect(fixture.endpoint()));
+        let (answer, model_info) = timed(|| {
+            other.send(&Request::ModelInfo);
+            other.expect_frame(REFUSAL_BOUND)
+        });
+        assert_eq!(answer, Response::ModelInfo(fixture.appliance.model_info()));
+        assert!(
+            handshake <= HANDSHAKE_BOUND,
+            "a TLS handshake took {handshake:.2?} beside the prefill"
+        );
+        assert!(
+            model_info <= MODEL_INFO_BOUND,
+            "model info took {model_info:.2?} beside the prefill"
+        );
+        handshakes.push(handshake);
+        model_infos.push(model_info);
+    }
+    let probed = sent.elapsed();
+    // Still prefilling (no token has come), and a cancel is answered on the next poll.
+    client.send(&Request::Cancel);
+    let (answer, cancelled) = timed(|| client.expect_frame(REFUSAL_BOUND));
+    assert_eq!(
+        answer,
+        Response::Error(ErrorCode::Cancelled),
+        "the {}-token prefill must still run after {probed:.2?}",
+        prompt.len()
+    );
+    eprintln!(
+        "  beside a {}-token prefill, over {probed:.2?}: TLS handshakes {handshakes:.2?}, model info          {model_infos:.2?}; cancelled after {cancelled:.2?}",
+        prompt.len()
     );
     eprintln!("  a verified chat after it: {:.2?}", verified_chat(fixture));
 }

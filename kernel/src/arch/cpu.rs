@@ -185,35 +185,7 @@ pub fn halt_forever() -> ! {
     }
 }
 
-/// The chipset's Reset Control Register (Intel ICH9 and PIIX datasheets, "RST_CNT", I/O port 0xCF9).
-const RESET_CONTROL: u16 = 0xCF9;
-/// RST_CNT bits: SYS_RST (a full, not a CPU-only, reset) and RST_CPU (its 0-to-1 edge starts the reset).
-const SYSTEM_RESET: u8 = 0x02;
-const RESET_CPU: u8 = 0x04;
-
-/// Resets the machine, for a panic or a fatal exception (docs/ARCHITECTURE.md §2): a hypervisor restarts the
-/// VM with fresh keys, and QEMU under `-no-reboot` exits instead, which the runner reports. First the chipset's
-/// reset register; if that has no effect (a platform without one), a triple fault: an empty IDT, then an
-/// exception that cannot be delivered, which no CPU survives (Intel SDM Vol. 3A §6.15, "Double Fault Exception",
-/// "a triple fault ... causes the processor to enter shutdown", and the platform resets on shutdown).
-pub fn reset() -> ! {
-    // SAFETY: port 0xCF9 is the reset register nothing else in the kernel drives; the write starts a reset and
-    // touches no memory.
-    unsafe {
-        outb(RESET_CONTROL, SYSTEM_RESET);
-        outb(RESET_CONTROL, SYSTEM_RESET | RESET_CPU);
-    }
-    // Give the chipset time to act before falling back (a few microseconds at most on real hardware).
-    for _ in 0..1_000_000 {
-        core::hint::spin_loop();
-    }
-    let empty = [0u16; 5];
-    // SAFETY: loads an IDT of limit 0 from a local (LIDT reads 10 bytes, the local has 10), then raises #UD;
-    // with no gate the CPU shuts down and the machine resets: nothing after this runs.
-    unsafe {
-        asm!("cli", "lidt [{table}]", "ud2", table = in(reg) empty.as_ptr(), options(noreturn, nostack));
-    }
-}
+pub use super::reset::reset;
 
 /// Sleeps until the next interrupt: `sti; hlt` is atomic with respect to interrupt delivery
 /// (STI's one-instruction shadow), so a wake-up cannot be lost; interrupts are off again after.

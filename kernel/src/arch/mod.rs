@@ -3,3 +3,4 @@
 pub mod boot;
 pub mod cpu;
 pub mod interrupts;
+pub mod reset;

@@ -20,6 +20,9 @@ use uefi_stub::pe::{self, Section};
 use uefi_stub::start_info::{self, Contents, MAX_MEMMAP};
 
 mod rt;
+// The kernel's reset (chipset reset register, then a triple fault), one copy for both binaries.
+#[path = "../../src/arch/reset.rs"]
+mod reset;
 
 type Handle = *mut c_void;
 type Status = usize;
@@ -551,7 +554,8 @@ fn append_final_events(copy: u64, length: usize, seen: u64, table: Option<*const
     end
 }
 
-/// Stops after boot services are gone, when nothing can report an error any more.
+/// Stops after boot services are gone, when nothing can report an error any more: a failed boot step, which
+/// would fail the same way again after a reset (a panic resets instead, `rt`).
 fn halt() -> ! {
     loop {
         // SAFETY: halting with interrupts off only stops this CPU.

@@ -1,5 +1,6 @@
 //! What the precompiled `core` expects from a freestanding binary: the C memory functions (the kernel's own,
-//! `kernel/src/rt_mem.rs`) and the panic handler (docs/ARCHITECTURE.md §2).
+//! `kernel/src/rt_mem.rs`) and the panic handler, which resets the machine as the kernel's does (issue 12
+//! item 8; docs/ARCHITECTURE.md §2).
 
 // The kernel's memory functions, one copy for both binaries.
 #[path = "../../src/rt_mem.rs"]
@@ -16,5 +17,5 @@ extern "C" fn _Unwind_Resume() -> ! {
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {
-    crate::halt()
+    crate::reset::reset()
 }
