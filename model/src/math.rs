@@ -50,14 +50,17 @@ pub enum RopeStyle {
     Neox,
 }
 
-/// Fills `cache` with (cos, sin) pairs for position `pos` and `cache.len()` rotated dimensions.
-pub fn rope_cache(cache: &mut [f32], pos: usize, base: f32) {
+/// Fills `cache` with (cos, sin) pairs for position `pos` and `cache.len()` rotated dimensions. `factors`, when the
+/// model has them (Llama 3's `rope_freqs`, one per pair), divide each pair's angle, as ggml's `rope_cache_init`
+/// divides by its `freq_factors` (1 for every pair without them, which leaves the angle's bits unchanged).
+pub fn rope_cache(cache: &mut [f32], pos: usize, base: f32, factors: Option<&[f32]>) {
     let n_dims = cache.len();
     let theta_scale = libm::powf(base, -2.0 / n_dims as f32);
     let mut theta = pos as f32;
-    for pair in cache.chunks_exact_mut(2) {
-        pair[0] = libm::cosf(theta);
-        pair[1] = libm::sinf(theta);
+    for (i, pair) in cache.chunks_exact_mut(2).enumerate() {
+        let factor = factors.map_or(1.0, |f| f[i]);
+        pair[0] = libm::cosf(theta / factor);
+        pair[1] = libm::sinf(theta / factor);
         theta *= theta_scale;
     }
 }
@@ -164,12 +167,12 @@ mod tests {
     #[test]
     fn rope_position_zero_is_identity_and_rotation_preserves_norm() {
         let mut cache = [0.0f32; 8];
-        rope_cache(&mut cache, 0, 10000.0);
+        rope_cache(&mut cache, 0, 10000.0, None);
         let mut x = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0];
         let before = x;
         rope_apply(&mut x, &cache, RopeStyle::Normal);
         assert_eq!(x, before);
-        rope_cache(&mut cache, 7, 10000.0);
+        rope_cache(&mut cache, 7, 10000.0, None);
         rope_apply(&mut x, &cache, RopeStyle::Neox);
         let n0: f32 = before.iter().map(|v| v * v).sum();
         let n1: f32 = x.iter().map(|v| v * v).sum();

@@ -96,6 +96,9 @@ fn encode(t: GgmlType, w: &[f32]) -> Vec<u8> {
     out
 }
 
+/// RoPE base of the tiny Llama 3 model (Llama 3's).
+const LLAMA3_ROPE_BASE: f32 = 500_000.0;
+
 /// Shape of a generated model.
 #[derive(Clone, Copy, Debug)]
 pub struct TinySpec {
@@ -107,6 +110,9 @@ pub struct TinySpec {
     pub n_kv_heads: usize,
     pub head_dim: usize,
     pub context_length: usize,
+    /// Llama 3's conventions on a llama model: its special tokens and chat headers, the `llama-bpe`
+    /// pre-tokenizer, BOS added, RoPE base 500,000 and `rope_freqs` factors ([`llama3_rope_factors`]).
+    pub llama3: bool,
 }
 
 impl TinySpec {
@@ -121,6 +127,15 @@ impl TinySpec {
             n_kv_heads: 2,
             head_dim: 16,
             context_length: 512,
+            llama3: false,
+        }
+    }
+
+    /// Llama 3 shape: the tiny llama with Llama 3's vocabulary conventions and RoPE frequency factors.
+    pub fn llama3() -> TinySpec {
+        TinySpec {
+            llama3: true,
+            ..TinySpec::llama()
         }
     }
 
@@ -153,8 +168,32 @@ impl TinySpec {
             n_kv_heads: 1,
             head_dim: 32,
             context_length: 512,
+            llama3: false,
         }
     }
+}
+
+/// Llama 3.1's RoPE frequency factors for `head_dim` rotated dimensions at `base`, as llama.cpp's converter computes
+/// them into `rope_freqs` (factor 8, low- and high-frequency factors 1 and 4), with an original context of 64
+/// positions instead of 8,192 so that within the tiny model's 512 positions every kind of pair occurs: short
+/// wavelengths kept (factor 1), long ones divided by 8, and one in between smoothly interpolated.
+pub fn llama3_rope_factors(head_dim: usize, base: f32) -> Vec<f32> {
+    let (factor, low, high, original) = (8.0f32, 1.0f32, 4.0f32, 64.0f32);
+    let (low_wavelength, high_wavelength) = (original / low, original / high);
+    (0..head_dim / 2)
+        .map(|i| {
+            let frequency = 1.0 / libm::powf(base, (2 * i) as f32 / head_dim as f32);
+            let wavelength = 2.0 * core::f32::consts::PI / frequency;
+            if wavelength < high_wavelength {
+                1.0
+            } else if wavelength > low_wavelength {
+                factor
+            } else {
+                let smooth = (original / wavelength - low) / (high - low);
+                1.0 / ((1.0 - smooth) / factor + smooth)
+            }
+        })
+        .collect()
 }
 
 /// GPT-2 byte→char mapping (printable bytes map to themselves, the rest to U+0100 onwards).
@@ -194,15 +233,29 @@ pub fn generate(spec: &TinySpec, seed: u64) -> Vec<u8> {
     let mut merges: Vec<String> = Vec::new();
     match arch {
         Arch::Llama | Arch::Qwen2 | Arch::Qwen3 => {
-            if arch == Arch::Llama {
+            if spec.llama3 {
+                w.f32(&format!("{p}.rope.freq_base"), LLAMA3_ROPE_BASE)
+                    .f32(&format!("{p}.attention.layer_norm_rms_epsilon"), 1e-5);
+            } else if arch == Arch::Llama {
                 w.f32(&format!("{p}.rope.freq_base"), 10_000.0)
                     .f32(&format!("{p}.attention.layer_norm_rms_epsilon"), 1e-5);
             } else {
                 w.f32(&format!("{p}.rope.freq_base"), 1_000_000.0)
                     .f32(&format!("{p}.attention.layer_norm_rms_epsilon"), 1e-6);
             }
-            for s in ["<|endoftext|>", "<|im_start|>", "<|im_end|>"] {
-                tokens.push(String::from(s));
+            let specials: &[&str] = if spec.llama3 {
+                &[
+                    "<|begin_of_text|>",
+                    "<|end_of_text|>",
+                    "<|start_header_id|>",
+                    "<|end_header_id|>",
+                    "<|eot_id|>",
+                ]
+            } else {
+                &["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+            };
+            for s in specials {
+                tokens.push(String::from(*s));
                 types.push(3);
             }
             for b in 0..=255u8 {
@@ -266,17 +319,25 @@ pub fn generate(spec: &TinySpec, seed: u64) -> Vec<u8> {
     match arch {
         Arch::Llama | Arch::Qwen2 | Arch::Qwen3 => {
             let merge_refs: Vec<&str> = merges.iter().map(String::as_str).collect();
-            let pre = if arch == Arch::Llama {
+            let pre = if spec.llama3 {
+                "llama-bpe"
+            } else if arch == Arch::Llama {
                 "smollm"
             } else {
                 "qwen2"
             };
+            // Llama 3: BOS `<|begin_of_text|>` added, EOS `<|eot_id|>` (as its instruct files set it).
+            let (bos, eos, add_bos) = if spec.llama3 {
+                (0, 4, true)
+            } else {
+                (1, 2, false)
+            };
             w.string("tokenizer.ggml.model", "gpt2")
                 .string("tokenizer.ggml.pre", pre)
                 .strings("tokenizer.ggml.merges", &merge_refs)
-                .u32("tokenizer.ggml.bos_token_id", 1)
-                .u32("tokenizer.ggml.eos_token_id", 2)
-                .bool("tokenizer.ggml.add_bos_token", false);
+                .u32("tokenizer.ggml.bos_token_id", bos)
+                .u32("tokenizer.ggml.eos_token_id", eos)
+                .bool("tokenizer.ggml.add_bos_token", add_bos);
         }
         Arch::Gemma3 => {
             w.string("tokenizer.ggml.model", "llama")
@@ -324,6 +385,15 @@ pub fn generate(spec: &TinySpec, seed: u64) -> Vec<u8> {
         GgmlType::Q8_0,
     );
     norm(&mut w, &mut rng, "output_norm.weight", dim);
+    if spec.llama3 {
+        let factors = llama3_rope_factors(spec.head_dim, LLAMA3_ROPE_BASE);
+        w.tensor(
+            "rope_freqs.weight",
+            &[factors.len() as u64],
+            GgmlType::F32,
+            encode(GgmlType::F32, &factors),
+        );
+    }
     for l in 0..spec.n_layers {
         let n = |s: &str| format!("blk.{l}.{s}");
         norm(&mut w, &mut rng, &n("attn_norm.weight"), dim);

@@ -180,13 +180,21 @@ impl Config {
             _ => return Err(ModelError::UnsupportedArchitecture),
         };
         let p = arch.gguf_name();
-        // Llama 3.1+ files scale RoPE frequencies (a `rope_freqs` tensor, or `rope.scaling.*` keys); running them
-        // without it would give wrong answers silently, so they are refused until it is implemented.
-        if g.tensor("rope_freqs.weight").is_some()
-            || g.get(&format!("{p}.rope.scaling.type")).is_some()
-        {
+        // Llama 3.1+ files scale RoPE frequencies with a `rope_freqs` tensor (the converter computes Llama 3's
+        // scaling into it), which `Model::load` reads. Other scaling (linear, YaRN: `rope.scaling.type`) and
+        // `rope_freqs` in other architectures are not implemented; running such a file without them would give
+        // wrong answers silently, so it is refused.
+        let scaling = g
+            .get(&format!("{p}.rope.scaling.type"))
+            .map(|v| v.as_str().unwrap_or("?"));
+        if scaling.is_some_and(|kind| kind != "none") {
             return Err(ModelError::UnsupportedFeature(
-                "RoPE frequency scaling (Llama 3.1 and later)",
+                "RoPE frequency scaling other than Llama 3's rope_freqs (linear or YaRN)",
+            ));
+        }
+        if g.tensor("rope_freqs.weight").is_some() && arch != Arch::Llama {
+            return Err(ModelError::UnsupportedFeature(
+                "RoPE frequency factors outside the llama architecture",
             ));
         }
         let int = |suffix: &str, name: &'static str| -> Result<usize, ModelError> {
@@ -297,6 +305,8 @@ pub struct Weights<'a> {
     pub output_norm: Vec<f32>,
     /// `[vocab × dim]`; the embedding matrix when the file ties them.
     pub output: QTensor<'a>,
+    /// `[head_dim / 2]`: Llama 3's RoPE frequency factors (`rope_freqs`), each dividing one pair's angle.
+    pub rope_freqs: Option<Vec<f32>>,
 }
 
 /// A loaded model: configuration plus weights (and gemma3's GELU table).
@@ -410,6 +420,10 @@ impl<'a> Model<'a> {
             layers,
             output_norm: vector(g, "output_norm.weight", None, dim)?,
             output,
+            rope_freqs: match g.tensor("rope_freqs.weight") {
+                Some(_) => Some(vector(g, "rope_freqs.weight", None, c.head_dim / 2)?),
+                None => None,
+            },
         };
         let gelu = if gemma { Some(GeluTable::new()) } else { None };
         Ok(Model {
@@ -862,8 +876,9 @@ impl Model<'_> {
         } else {
             c.rope_base
         };
+        let factors = self.weights.rope_freqs.as_deref();
         par.for_each_chunk(&mut s.rope[..n * hd], hd, &|t, cache| {
-            math::rope_cache(cache, pos0 + t, base);
+            math::rope_cache(cache, pos0 + t, base, factors);
         });
         let rope = &s.rope[..n * hd];
         par.for_each_chunk(&mut s.q[..n * q_dim], q_dim, &|t, q| {

@@ -1,4 +1,5 @@
-//! The generated tiny models of every architecture the engine runs (llama, gemma3, qwen2, qwen3), held to llama.cpp
+//! The generated tiny models of every architecture the engine runs (llama, llama with Llama 3's vocabulary and RoPE
+//! frequency factors, gemma3, qwen2, qwen3), held to llama.cpp
 //! (issue 16): `fixtures/tiny_llamacpp/<arch>.json` holds llama.cpp's prompt ids, 16 greedy steps with their top-2
 //! margins and step 0's full logits, written by `scripts/differential/tiny-fixtures.sh` with the pinned llama.cpp
 //! build. Each case must tokenize to the same ids, give step-0 logits within 1e-3 of llama.cpp's, and choose the
@@ -107,6 +108,7 @@ fn hold_to_llama_cpp(arch: &str, spec: TinySpec, scalar: bool) {
 fn tiny_models_of_every_architecture_equal_llama_cpp() {
     for (arch, spec) in [
         ("llama", TinySpec::llama()),
+        ("llama3", TinySpec::llama3()),
         ("gemma3", TinySpec::gemma3()),
         ("qwen2", TinySpec::qwen2()),
         ("qwen3", TinySpec::qwen3()),
@@ -122,6 +124,7 @@ fn tiny_models_of_every_architecture_equal_llama_cpp() {
 fn tiny_models_on_the_portable_kernels_equal_llama_cpp() {
     for (arch, spec) in [
         ("llama", TinySpec::llama()),
+        ("llama3", TinySpec::llama3()),
         ("qwen2", TinySpec::qwen2()),
         ("qwen3", TinySpec::qwen3()),
     ] {

@@ -121,9 +121,10 @@ fn wrong_architecture_and_missing_tensor_are_refused() {
     ));
     let _ = Arch::Llama;
 
-    // A Llama 3.1-style file (a `rope_freqs` tensor) is refused, naming what it needs, rather than run without
-    // its RoPE scaling: `token_embd.weight` renamed to the same-length `rope_freqs.weight`.
-    let mut blob = generate(&TinySpec::llama(), 1);
+    // RoPE frequency factors (a `rope_freqs` tensor) outside the llama architecture are refused, naming what
+    // they need, rather than run without them: a qwen2 file's `token_embd.weight` renamed to the same-length
+    // `rope_freqs.weight`. (Llama 3's own are run: `tiny_llamacpp.rs` holds tiny-llama3 to llama.cpp.)
+    let mut blob = generate(&TinySpec::qwen2(), 1);
     let needle = b"token_embd.weight";
     let at = blob
         .windows(needle.len())
@@ -133,7 +134,7 @@ fn wrong_architecture_and_missing_tensor_are_refused() {
     let error = Model::load(&Gguf::parse(&blob).unwrap()).err().unwrap();
     assert!(matches!(error, ModelError::UnsupportedFeature(_)));
     assert!(
-        error.to_string().contains("RoPE frequency scaling"),
+        error.to_string().contains("RoPE frequency factors"),
         "{error}"
     );
 }

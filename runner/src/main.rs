@@ -116,7 +116,7 @@ fn completions(args: &CompletionsArgs) -> Result<()> {
 
 #[derive(Args, Debug, Clone)]
 struct ImageArgs {
-    /// A model name (smollm2, gemma3, tiny-llama, tiny-gemma3, tiny-qwen2, tiny-qwen3) or the path of a model file.
+    /// A model name (smollm2, gemma3, tiny-llama, tiny-llama3, tiny-gemma3, tiny-qwen2, tiny-qwen3) or the path of a model file.
     #[arg(long, default_value = models::DEFAULT_MODEL)]
     model: String,
     /// Build the kernel with a COM1 console and log output (never for release).
@@ -189,7 +189,7 @@ struct InfoArgs {
 
 #[derive(Args, Debug)]
 struct FetchModelArgs {
-    /// Model names: smollm2, gemma3 (downloaded), or tiny-llama, tiny-gemma3, tiny-qwen2, tiny-qwen3 (generated).
+    /// Model names: smollm2, gemma3 (downloaded), or tiny-llama, tiny-llama3, tiny-gemma3, tiny-qwen2, tiny-qwen3 (generated).
     #[arg(required = true)]
     names: Vec<String>,
 }

@@ -93,14 +93,16 @@ pub const KNOWN_MODELS: [KnownModel; 2] = [
 ];
 
 /// Test models the engine generates itself (tiny enough for TCG); see `cloister generate`.
-pub const GENERATED_MODELS: [(&str, &str); 4] = [
+pub const GENERATED_MODELS: [(&str, &str); 5] = [
     ("tiny-llama", "tiny-llama.gguf"),
+    ("tiny-llama3", "tiny-llama3.gguf"),
     ("tiny-gemma3", "tiny-gemma3.gguf"),
     ("tiny-qwen2", "tiny-qwen2.gguf"),
     ("tiny-qwen3", "tiny-qwen3.gguf"),
 ];
 
-/// Seed of the tiny models the engine generates for `tiny-llama`, `tiny-gemma3`, `tiny-qwen2` and `tiny-qwen3`.
+/// Seed of the tiny models the engine generates for `tiny-llama`, `tiny-llama3`, `tiny-gemma3`, `tiny-qwen2` and
+/// `tiny-qwen3`.
 pub const TINY_SEED: u64 = 1;
 
 /// The generated tiny model `name`, written into the cache on first use (so `build`, `up` and `generate` accept
@@ -115,6 +117,7 @@ fn generate_tiny(name: &str, file_name: &str, cache: &Path) -> Result<PathBuf> {
         "tiny-gemma3" => model::tiny::TinySpec::gemma3(),
         "tiny-qwen2" => model::tiny::TinySpec::qwen2(),
         "tiny-qwen3" => model::tiny::TinySpec::qwen3(),
+        "tiny-llama3" => model::tiny::TinySpec::llama3(),
         _ => model::tiny::TinySpec::llama(),
     };
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;

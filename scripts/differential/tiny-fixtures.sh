@@ -3,11 +3,12 @@
 # for the generated tiny models of every architecture the engine runs (issue 16: proof without downloading
 # gigabytes), which model/tests/tiny_llamacpp.rs holds the engine to.
 #
-# For each of tiny-llama, tiny-gemma3, tiny-qwen2 and tiny-qwen3 and each prompt below, llama.cpp's probe
+# For each of tiny-llama, tiny-llama3, tiny-gemma3, tiny-qwen2 and tiny-qwen3 and each prompt below, llama.cpp's probe
 # (scripts/differential/probe.c, one thread) records the prompt ids and 16 greedy steps; the fixture keeps the ids,
 # each step's chosen id and top-2 margin, and step 0's full logits. The tiny vocabularies are a few hundred tokens,
 # so a fixture is small. The tiny models' weights are random, their logits small: llama.cpp's CPU-dependent
 # summation order moves them far less than the test's 1e-3 bound, so the fixtures hold on other CPUs too.
+# TINY_ARCHS="llama3 qwen2" limits the run to those architectures (default: all five).
 set -euo pipefail
 
 progress() { printf '%s\n' "$*" >&2; }
@@ -29,10 +30,11 @@ out_dir="$workspace/model/tests/fixtures/tiny_llamacpp"
 mkdir -p "$out_dir"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
-for arch in llama gemma3 qwen2 qwen3; do
+for arch in ${TINY_ARCHS:-llama llama3 gemma3 qwen2 qwen3}; do
     model="$(cd "$workspace" && cargo run --quiet --release -p runner -- fetch-model "tiny-$arch")"
     case $arch in
     gemma3) chat=$'<start_of_turn>user\nthe sea<end_of_turn>\n<start_of_turn>model\n' ;;
+    llama3) chat=$'<|start_header_id|>user<|end_header_id|>\n\nthe sea<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n' ;;
     *) chat=$'<|im_start|>user\nthe sea<|im_end|>\n<|im_start|>assistant\n' ;;
     esac
     prompts=(

@@ -1,13 +1,20 @@
-//! The appliance on two vCPUs (issue 13, "Tests"; docs/ARCHITECTURE.md §2, "Processors"): a debug-console kernel whose
-//! image asks for `cpus=3` boots under multi-threaded TCG with only two vCPUs, so the third processor never checks
-//! in. It reports both real processors online and the third left out, its greedy output equals `runner generate`'s
-//! token for token (which `generation.rs` shows the one-CPU appliance does too), and a generation keeps streaming
-//! while another client attests.
+//! The appliance on several vCPUs (issue 13, "Tests"; docs/ARCHITECTURE.md §2, "Processors"), under multi-threaded
+//! TCG with the tiny model:
 //!
-//! One boot for the whole binary. Needs qemu-system-x86, swtpm and swtpm-tools: a missing tool fails the test.
+//! - a debug-console kernel whose image asks for `cpus=3` boots with only two vCPUs, so the third processor never
+//!   checks in: it reports both real processors online and the third left out (the path of an application
+//!   processor that fails to start), its greedy output equals `runner generate`'s token for token (which
+//!   `generation.rs` shows the one-CPU appliance does too), and a generation keeps streaming while another client
+//!   attests;
+//! - the same with `cpus=4` on four vCPUs, every processor online;
+//! - four sessions stream at once and interleave on two vCPUs as they do on one (`generation.rs`).
+//!
+//! One boot per test, one test at a time (they would share the host's two cores). Needs qemu-system-x86, swtpm and
+//! swtpm-tools: a missing tool fails the test.
 
 mod attest_support;
 
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use attest_support::*;
@@ -20,38 +27,64 @@ use runner::qemu::AccelChoice;
 /// Tokens generated per prompt.
 const MAX_TOKENS: u32 = 32;
 
+/// Held by each test while it runs its appliance.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
 #[test]
 fn two_cpus_come_up_a_missing_third_is_left_out_and_tokens_equal_one_cpus() {
+    cpus_come_up_and_tokens_equal_runner_generate(3, 2, "2 of 3 wanted online, 1 failed");
+}
+
+#[test]
+fn four_cpus_come_up_and_tokens_equal_runner_generate() {
+    cpus_come_up_and_tokens_equal_runner_generate(4, 4, "4 of 4 wanted online, 0 failed");
+}
+
+#[test]
+fn four_sessions_interleave_on_two_cpus_as_on_one() {
+    let _turn = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner());
+    let booted = boot_tiny_on("smp-streams", 2);
+    streams::four_sessions_stream_at_once_interleaved_and_a_fifth_is_busy(&booted, 2);
+}
+
+/// Boots a debug-console image that asks for `wanted` processors on `vcpus` vCPUs, checks the bring-up report
+/// for `report`, and that greedy output equals `runner generate`'s while another client attests.
+fn cpus_come_up_and_tokens_equal_runner_generate(wanted: u32, vcpus: u32, report: &str) {
+    let _turn = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner());
     runner::tools::require(&runner::tools::BOOT_TOOLS).expect("QEMU and swtpm are needed");
     let flavor = KernelFlavor {
         debug_console: true,
         panic_test: false,
     };
     let kernel = image::build_kernel(flavor).expect("the debug-console kernel builds");
-    let cmdline = image::with_cpus(CMDLINE, 3);
+    let cmdline = image::with_cpus(CMDLINE, wanted);
     let image = image::assemble(
         &kernel,
         tiny_model(),
         &cmdline,
-        &scratch().join("smp"),
+        &scratch().join(format!("smp-{wanted}-on-{vcpus}")),
         flavor,
     )
     .expect("assemble the image");
     let manifest = Manifest::for_image(&image.kernel, &image.model, &image.cmdline)
         .expect("the image's manifest");
     assert!(
-        manifest.serving.text.ends_with("cpus=3\n"),
+        manifest.serving.text.ends_with(&format!("cpus={wanted}\n")),
         "the CPU count is measured: {:?}",
         manifest.serving.text
     );
     let mut options = BootOptions::new(image.clone());
     options.accel = AccelChoice::Tcg;
     options.mem_mib = 512;
-    options.cpus = Some(2);
+    options.cpus = Some(vcpus);
     options.echo_serial = false;
     options.cache_dir = scratch().to_path_buf();
     options.ready_timeout = Some(Duration::from_secs(300));
-    let appliance = Appliance::boot(&options).expect("the appliance boots on two vCPUs");
+    let appliance = Appliance::boot(&options).expect("the appliance boots on several vCPUs");
     let serial = std::fs::read_to_string(appliance.state_dir().join("serial.log"))
         .expect("the debug console's log");
     let smp_line = serial
@@ -60,8 +93,8 @@ fn two_cpus_come_up_a_missing_third_is_left_out_and_tokens_equal_one_cpus() {
         .unwrap_or_else(|| panic!("no bring-up report on the debug console:\n{serial}"));
     eprintln!("{smp_line}");
     assert!(
-        smp_line.contains("2 of 3 wanted online, 1 failed"),
-        "both processors must be online and the missing third left out: {smp_line}"
+        smp_line.contains(report),
+        "the bring-up report must say {report:?}: {smp_line}"
     );
     if let Some(overhead) = serial.lines().find(|line| line.contains("fork/join")) {
         eprintln!("{overhead}");
@@ -99,14 +132,23 @@ fn two_cpus_come_up_a_missing_third_is_left_out_and_tokens_equal_one_cpus() {
             let ids: Vec<u32> = completion.tokens.iter().map(|token| token.id).collect();
             assert_eq!(
                 ids, host.generated_ids,
-                "{prompt:?}: the two-CPU appliance's greedy ids differ from runner generate's"
+                "{prompt:?}: the {vcpus}-vCPU appliance's greedy ids differ from runner generate's"
             );
-            assert!(matches!(completion.ending, Ending::Done(_)));
-            other.join().expect("the attesting client")
+            let Ending::Done(done) = completion.ending else {
+                panic!(
+                    "{prompt:?}: the stream did not end with Done: {:?}",
+                    completion.ending
+                )
+            };
+            (other.join().expect("the attesting client"), done)
         });
+        let (attested, done) = attested;
         eprintln!(
-            "{prompt:?}: {} ids equal on two CPUs; a second client attested in {:.1} s meanwhile",
+            "{prompt:?}: {} ids equal on {vcpus} vCPUs (in-image prefill {:.1} ms, decode {:.1} tok/s); a second \
+             client attested in {:.1} s meanwhile",
             host.generated_ids.len(),
+            done.prefill_us as f64 / 1e3,
+            streams::tokens_per_second(&done),
             attested.as_secs_f64()
         );
     }

@@ -3,7 +3,7 @@
 //! by the long kinds). The texts are the project's own; the long ones are built to a token count with the model's
 //! tokenizer, so each model gets prompts of the stated lengths.
 
-use model::chat::{self, Message, Role};
+use model::chat::{self, Message, Role, Template};
 use model::tokenizer::Tokenizer;
 use model::transformer::Arch;
 
@@ -227,16 +227,17 @@ fn long_text(tokenizer: &Tokenizer<'_>, tokens: usize, offset: usize) -> String 
     }
 }
 
-fn chat_text(arch: Arch, turns: &[(Role, &str)]) -> String {
+fn chat_text(template: Template, turns: &[(Role, &str)]) -> String {
     let messages: Vec<Message<'_>> = turns
         .iter()
         .map(|&(role, content)| Message { role, content })
         .collect();
-    chat::format(arch, &messages).expect("the library's chats are valid for every model")
+    chat::format(template, &messages).expect("the library's chats are valid for every model")
 }
 
 /// The 200 prompts for a model of `arch` whose tokenizer is `tokenizer`.
 pub fn library(arch: Arch, tokenizer: &Tokenizer<'_>) -> Vec<Prompt> {
+    let template = Template::of(arch, tokenizer);
     let mut prompts = Vec::new();
     let mut add = |kind: &str, text: String| {
         let name = format!("{:03}-{kind}", prompts.len());
@@ -278,9 +279,9 @@ pub fn library(arch: Arch, tokenizer: &Tokenizer<'_>) -> Vec<Prompt> {
     }
     for (index, question) in QUESTIONS.into_iter().enumerate() {
         let text = match index % 3 {
-            0 => chat_text(arch, &[(Role::User, question)]),
+            0 => chat_text(template, &[(Role::User, question)]),
             _ => chat_text(
-                arch,
+                template,
                 &[
                     (Role::System, SYSTEMS[index % SYSTEMS.len()]),
                     (Role::User, question),
@@ -308,10 +309,10 @@ pub fn library(arch: Arch, tokenizer: &Tokenizer<'_>) -> Vec<Prompt> {
         if index % 4 == 0 {
             turns.insert(0, (Role::System, SYSTEMS[index % SYSTEMS.len()]));
         }
-        add("multiturn", chat_text(arch, &turns));
+        add("multiturn", chat_text(template, &turns));
     }
     for text in MIXED_CHATS {
-        add("chat-mixed", chat_text(arch, &[(Role::User, text)]));
+        add("chat-mixed", chat_text(template, &[(Role::User, text)]));
     }
     prompts
 }

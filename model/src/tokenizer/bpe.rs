@@ -124,6 +124,15 @@ impl<'a> Bpe<'a> {
         if word.is_empty() {
             return;
         }
+        // Llama 3's tokenizer ignores the merges for a pre-token that is itself in the vocabulary (Hugging Face's
+        // `ignore_merges`, llama.cpp's `ignore_merges` for the `llama3` pre-tokenizer type): the merges may not
+        // rebuild that token (" the" is one token while the merge path stops at " t" + "he", say).
+        if self.pre == Pre::Llama3 {
+            if let Some(id) = tok.id(word) {
+                out.push(id);
+                return;
+            }
+        }
         let sym = self.merge(word);
         for (s, e) in sym {
             let piece = &word[s..e];

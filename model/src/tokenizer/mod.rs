@@ -3,7 +3,8 @@
 //!
 //! Follows llama.cpp's `llama-vocab.cpp`: with special parsing on, the text is first cut at every occurrence of a
 //! CONTROL, USER_DEFINED or UNKNOWN token (longest first); the remaining fragments go through the model's
-//! tokenizer. BOS is prepended iff `tokenizer.ggml.add_bos_token` (default true for `llama`, false for `gpt2`).
+//! tokenizer. BOS is prepended iff `tokenizer.ggml.add_bos_token` (default true for `llama` and for `gpt2` with Llama
+//! 3's pre-tokenizer, false for other `gpt2`).
 
 pub mod bpe;
 pub mod spm;
@@ -139,10 +140,15 @@ impl<'a> Tokenizer<'a> {
         let bos = check(key_u32(g, "tokenizer.ggml.bos_token_id"));
         let eos = check(key_u32(g, "tokenizer.ggml.eos_token_id"));
         let unk = check(key_u32(g, "tokenizer.ggml.unknown_token_id"));
+        // Without the key, llama.cpp adds BOS for SentencePiece vocabularies and for Llama 3's pre-tokenizer.
+        let llama3_pre = matches!(
+            g.get("tokenizer.ggml.pre").and_then(Value::as_str),
+            Some("llama-bpe" | "llama3")
+        );
         let add_bos = g
             .get("tokenizer.ggml.add_bos_token")
             .and_then(Value::as_bool)
-            .unwrap_or(kind == Kind::Spm);
+            .unwrap_or(kind == Kind::Spm || llama3_pre);
         let add_space_prefix = g
             .get("tokenizer.ggml.add_space_prefix")
             .and_then(Value::as_bool)

@@ -33,7 +33,7 @@ fn default_threads() -> usize {
 
 #[derive(clap::Args, Debug)]
 pub struct GenerateArgs {
-    /// A .gguf path or a model name: smollm2, gemma3, tiny-llama, tiny-gemma3, tiny-qwen2, tiny-qwen3.
+    /// A .gguf path or a model name: smollm2, gemma3, tiny-llama, tiny-llama3, tiny-gemma3, tiny-qwen2, tiny-qwen3.
     #[arg(long, default_value = "smollm2")]
     pub model: String,
     /// Worker threads.
@@ -84,7 +84,7 @@ pub struct Generated {
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// A .gguf path or a model name: smollm2, gemma3, tiny-llama, tiny-gemma3, tiny-qwen2, tiny-qwen3.
+    /// A .gguf path or a model name: smollm2, gemma3, tiny-llama, tiny-llama3, tiny-gemma3, tiny-qwen2, tiny-qwen3.
     #[arg(long, default_value = "smollm2")]
     pub model: String,
     /// Worker threads.

@@ -24,6 +24,8 @@ use runner::appliance::{Appliance, BootOptions};
 use runner::image::{self, Image, KernelFlavor};
 use runner::qemu::AccelChoice;
 
+pub mod streams;
+
 /// The kernel command line of every appliance these tests boot (four generation sessions, the default).
 pub const CMDLINE: &str = image::DEFAULT_CMDLINE;
 
@@ -84,11 +86,22 @@ impl Booted {
 /// `<scratch>/ca` (every appliance of this process shares that CA, like appliances provisioned by one runner).
 /// `name` names its image directory. The appliance's processes are killed when the test process exits.
 pub fn boot_tiny(name: &str) -> Booted {
+    boot_tiny_on(name, 1)
+}
+
+/// [`boot_tiny`] with an image that asks for `cpus` processors (`cpus=N`, measured) and QEMU giving it as many
+/// vCPUs (multi-threaded TCG when more than one).
+pub fn boot_tiny_on(name: &str, cpus: u32) -> Booted {
     let kernel = release_kernel();
+    let cmdline = if cpus > 1 {
+        image::with_cpus(CMDLINE, cpus)
+    } else {
+        CMDLINE.to_string()
+    };
     let image = image::assemble(
         kernel,
         tiny_model(),
-        CMDLINE,
+        &cmdline,
         &scratch().join(name),
         KernelFlavor::default(),
     )
@@ -104,7 +117,7 @@ pub fn boot_tiny(name: &str) -> Booted {
     let started = Instant::now();
     let appliance = Appliance::boot(&options).expect("the appliance boots and answers over TLS");
     eprintln!(
-        "[{name}] booted at {} in {:.1} s (QEMU start to first TLS answer {:.1} s)",
+        "[{name}] booted on {cpus} vCPU(s) at {} in {:.1} s (QEMU start to first TLS answer {:.1} s)",
         appliance.endpoint(),
         started.elapsed().as_secs_f64(),
         appliance.boot_duration().as_secs_f64()
