@@ -27,14 +27,18 @@ Steps:
      its vendor/llama.cpp, cmake Release, target llama-bench only) into <cache>/llama.cpp/<version>/, where
      <cache> is $CLOISTER_CACHE or <workspace>/.cache. A stamp file marks a finished build, which later runs reuse.
   2. Resolves the models through the runner's cache: cargo run --release -p runner -- fetch-model <models>.
-  3. For each model and thread count runs llama-bench (-p 128 -n 128 -t N -r R -o json) and
-     cargo run --release -p runner -- bench --json --model M --threads N, then prints the table.
+  3. For each model and thread count runs llama-bench (-p 128 -n 128 -t N -r R -fa 0,1 -o json: flash
+     attention off and on, and the better of the two is llama.cpp's figure) and
+     cargo run --release -p runner -- bench --json --model M --threads N, then prints the table with the CPU
+     model and the kernel set each engine ran.
+  4. Keeps every raw result (llama-bench's JSON, cloister bench's JSON line, the table) in --out.
 
 Options:
   --models LIST        comma-separated model names known to the runner (default: smollm2,gemma3)
   --threads LIST       comma-separated thread counts (default: 1,2)
   --repetitions R      llama-bench repetitions per test, median taken (default: 5; cloister bench takes
                        the median of 5)
+  --out DIR            where the raw results and the table go (default: <cache>/bench/<UTC time>)
   --measure-bandwidth  estimate memory bandwidth with a read test (scripts/membw.c, built with cc) instead of
                        using fallback figures from an Intel Xeon (14.9 GB/s at 1 thread, 29 GB/s at 2)
   --llama-cpp-python-version V
@@ -65,6 +69,7 @@ fail() {
 models_list="smollm2,gemma3"
 threads_list="1,2"
 repetitions=5
+out_dir=""
 measure_bandwidth=0
 llama_cpp_python_version="$LLAMA_CPP_PYTHON_VERSION_DEFAULT"
 
@@ -95,6 +100,15 @@ while [ $# -gt 0 ]; do
         ;;
     --repetitions=*)
         repetitions="${1#*=}"
+        shift
+        ;;
+    --out)
+        [ $# -ge 2 ] || fail "--out needs a directory"
+        out_dir="$2"
+        shift 2
+        ;;
+    --out=*)
+        out_dir="${1#*=}"
         shift
         ;;
     --measure-bandwidth)
@@ -157,6 +171,11 @@ done
 
 work_dir="$(mktemp -d)"
 trap 'rm -rf "$work_dir"' EXIT
+[ -n "$out_dir" ] || out_dir="$cache/bench/$(date -u +%Y%m%dT%H%M%SZ)"
+mkdir -p "$out_dir" || fail "cannot create the output directory $out_dir"
+out_dir="$(cd "$out_dir" && pwd)"
+cpu_model="$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)"
+cpu_flags="$(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -E '^(avx2|avx512f|avx512bw|avx512vl|avx512_vnni|avx512_bf16|amx_tile)$' | tr '\n' ' ')"
 
 # ---- 1. llama.cpp ----------------------------------------------------------------------------------------------
 
@@ -212,14 +231,15 @@ measure_or_assume_bandwidth() {
 
 # results["model/threads/phase/engine"] = tokens per second
 declare -A results=()
+ours_kernels="?"
 
 run_llama_bench() {
     local model="$1" count="$2"
-    local json="$work_dir/llama-bench-$model-$count.json"
-    progress "llama-bench: $model, $count thread(s), -p 128 -n 128 -r $repetitions"
-    "$LLAMA_BENCH" -m "${model_path[$model]}" -p 128 -n 128 -t "$count" -r "$repetitions" -o json \
-        >"$json" 2>"$work_dir/llama-bench-$model-$count.log" ||
-        fail "llama-bench failed on $model with $count threads: $(tail -n 5 "$work_dir/llama-bench-$model-$count.log")"
+    local json="$out_dir/llama-bench-$model-$count.json"
+    progress "llama-bench: $model, $count thread(s), -p 128 -n 128 -r $repetitions -fa 0,1"
+    "$LLAMA_BENCH" -m "${model_path[$model]}" -p 128 -n 128 -t "$count" -r "$repetitions" -fa 0,1 -o json \
+        >"$json" 2>"$out_dir/llama-bench-$model-$count.log" ||
+        fail "llama-bench failed on $model with $count threads: $(tail -n 5 "$out_dir/llama-bench-$model-$count.log")"
     local parsed
     parsed="$(python3 - "$json" <<'PY'
 import json, statistics, sys
@@ -229,20 +249,30 @@ def speed(row):
     # The median of the repetitions, the statistic cloister bench reports; the mean when samples are absent.
     samples = row.get("samples_ts") or []
     return statistics.median(samples) if samples else row["avg_ts"]
-prefill = decode = None
+# With flash attention off and on (-fa 0,1), llama.cpp's figure for a phase is the better of the two.
+best = {}
 for row in rows:
     if row.get("n_prompt") == 128 and row.get("n_gen") == 0:
-        prefill = speed(row)
+        phase = "prefill"
     elif row.get("n_prompt") == 0 and row.get("n_gen") == 128:
-        decode = speed(row)
-if prefill is None or decode is None:
+        phase = "decode"
+    else:
+        continue
+    fa = int(bool(row.get("flash_attn")))
+    if phase not in best or speed(row) > best[phase][0]:
+        best[phase] = (speed(row), fa)
+if "prefill" not in best or "decode" not in best:
     sys.exit("llama-bench JSON lacks the pp128 or tg128 row")
-print(f"{prefill:.3f} {decode:.3f}")
+print(f"{best['prefill'][0]:.3f} {best['decode'][0]:.3f} {best['prefill'][1]} {best['decode'][1]}")
 PY
 )" || fail "cannot parse llama-bench's JSON output ($json)"
-    results["$model/$count/prefill/llama"]="${parsed% *}"
-    results["$model/$count/decode/llama"]="${parsed#* }"
-    progress "    llama-bench: prefill ${parsed% *} tok/s, decode ${parsed#* } tok/s (median of $repetitions)"
+    local prefill decode prefill_fa decode_fa
+    read -r prefill decode prefill_fa decode_fa <<<"$parsed"
+    results["$model/$count/prefill/llama"]="$prefill"
+    results["$model/$count/decode/llama"]="$decode"
+    results["$model/$count/prefill/fa"]="$prefill_fa"
+    results["$model/$count/decode/fa"]="$decode_fa"
+    progress "    llama-bench: prefill $prefill tok/s (fa $prefill_fa), decode $decode tok/s (fa $decode_fa) (median of $repetitions, better of -fa 0/1)"
 }
 
 run_ours() {
@@ -254,14 +284,18 @@ run_ours() {
         cargo run --quiet --release -p runner -- bench --json --model "${model_path[$model]}" --threads "$count")" ||
         fail "cloister bench failed on $model with $count threads"
     printf '    %s\n' "$output" >&2
+    printf '%s\n' "$output" >"$out_dir/cloister-bench-$model-$count.json"
     local parsed
     parsed="$(python3 -c '
 import json, sys
 line = json.loads(sys.argv[1])
-print("%.3f %.3f" % (line["prefill_tok_s"], line["decode_tok_s"]))
+print("%.3f %.3f %s" % (line["prefill_tok_s"], line["decode_tok_s"], line.get("kernels", "?")))
 ' "$output")" || fail "cannot parse cloister bench --json output: $output"
-    results["$model/$count/prefill/ours"]="${parsed% *}"
-    results["$model/$count/decode/ours"]="${parsed#* }"
+    local prefill decode kernels
+    read -r prefill decode kernels <<<"$parsed"
+    results["$model/$count/prefill/ours"]="$prefill"
+    results["$model/$count/decode/ours"]="$decode"
+    ours_kernels="$kernels"
 }
 
 # ---- main ------------------------------------------------------------------------------------------------------
@@ -287,16 +321,20 @@ for model in "${models[@]}"; do
 done
 load_after="$(cut -d ' ' -f 1-3 /proc/loadavg)"
 
-printf '\n'
-printf '%-10s %7s %-8s %14s %14s %10s\n' model threads phase "llama.cpp t/s" "ours t/s" "ours/llama"
-printf '%-10s %7s %-8s %14s %14s %10s\n' ---------- ------- -------- -------------- -------------- ----------
+# The table goes to stdout and to $out_dir/table.txt.
+exec > >(tee "$out_dir/table.txt")
+printf '\nCPU: %s (%s); our kernel set: %s; llama.cpp built with GGML_NATIVE for this CPU.\n' \
+    "$cpu_model" "$cpu_flags" "$ours_kernels"
+printf '%-10s %7s %-8s %14s %4s %14s %10s\n' model threads phase "llama.cpp t/s" fa "ours t/s" "ours/llama"
+printf '%-10s %7s %-8s %14s %4s %14s %10s\n' ---------- ------- -------- -------------- ---- -------------- ----------
 for model in "${models[@]}"; do
     for count in "${threads[@]}"; do
         for phase in prefill decode; do
             theirs="${results["$model/$count/$phase/llama"]}"
             ours="${results["$model/$count/$phase/ours"]}"
             ratio="$(python3 -c 'import sys; print(f"{float(sys.argv[2]) / float(sys.argv[1]):.2f}")' "$theirs" "$ours")"
-            printf '%-10s %7s %-8s %14.1f %14.1f %10s\n' "$model" "$count" "$phase" "$theirs" "$ours" "$ratio"
+            printf '%-10s %7s %-8s %14.1f %4s %14.1f %10s\n' "$model" "$count" "$phase" "$theirs" \
+                "${results["$model/$count/$phase/fa"]}" "$ours" "$ratio"
         done
     done
 done
@@ -323,7 +361,8 @@ print(f"{model:<10} {count:>7} {size / 1e6:>12.1f} {gbs:>10.1f} {ceiling:>14.1f}
 PY
     done
 done
-printf '\nllama.cpp: %s (llama-bench -p 128 -n 128 -r %s, median); ours: cloister bench (median of 5).\n' \
+printf '\nllama.cpp: %s (llama-bench -p 128 -n 128 -r %s -fa 0,1, median, the better flash-attention setting: fa);\n' \
     "$(sed -n 2p "$cache/llama.cpp/$llama_cpp_python_version/build.stamp")" "$repetitions"
+printf 'ours: cloister bench (median of 5). Raw results: %s\n' "$out_dir"
 printf 'Load average before / after measuring: %s / %s on %s CPUs (numbers from a busy machine are low and noisy).\n' \
     "$load_before" "$load_after" "$(nproc)"
