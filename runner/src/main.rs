@@ -25,7 +25,6 @@ use runner::{
 #[command(
     name = "cloister",
     version,
-    args_conflicts_with_subcommands = true,
     after_help = runner::json_output::EXIT_CODES_HELP
 )]
 struct Cli {
@@ -194,8 +193,37 @@ struct FetchModelArgs {
     names: Vec<String>,
 }
 
+/// Parses the command line. `up`'s options also work without a subcommand (`cloister --cpus 2`), so they may not
+/// come before another one (`cloister --cpus 2 build` would ignore them); `--quiet` may go anywhere.
+fn parse_cli<I, T>(args: I) -> Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    use clap::{CommandFactory, FromArgMatches};
+    let mut command = Cli::command();
+    let matches = command.try_get_matches_from_mut(args)?;
+    if let Some((name, _)) = matches.subcommand() {
+        let before = matches.ids().find(|id| {
+            id.as_str() != "quiet"
+                && matches.value_source(id.as_str()) == Some(clap::parser::ValueSource::CommandLine)
+        });
+        if let Some(id) = before {
+            let option = id.as_str().replace('_', "-");
+            return Err(command.error(
+                clap::error::ErrorKind::ArgumentConflict,
+                format!("--{option} is an option of `up`: put it after `up`, not before `{name}`"),
+            ));
+        }
+    }
+    Cli::from_arg_matches(&matches).map_err(|error| error.format(&mut command))
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse_cli(std::env::args_os()) {
+        Ok(cli) => cli,
+        Err(error) => error.exit(),
+    };
     runner::progress::set_quiet(cli.quiet);
     let result = match cli.command.unwrap_or(Command::Up(cli.up)) {
         Command::Build(args) => build(args),
@@ -461,16 +489,41 @@ mod tests {
     use clap::CommandFactory;
 
     #[test]
-    fn quiet_goes_after_the_subcommand_or_alone() {
+    fn quiet_goes_anywhere_and_up_options_not_before_another_subcommand() {
         for args in [
             &["cloister", "doctor", "--quiet"][..],
             &["cloister", "--quiet"],
+            &["cloister", "--quiet", "build"],
+            &["cloister", "--quiet", "up", "--cpus", "2"],
             &["cloister", "bench", "--json", "--quiet"],
         ] {
-            let cli = Cli::try_parse_from(args).unwrap();
+            let cli = parse_cli(args).unwrap();
             assert!(cli.quiet, "{args:?}");
         }
-        assert!(!Cli::try_parse_from(["cloister", "doctor"]).unwrap().quiet);
+        assert!(!parse_cli(["cloister", "doctor"]).unwrap().quiet);
+        assert_eq!(
+            parse_cli(["cloister", "--cpus", "2"])
+                .unwrap()
+                .up
+                .image
+                .cpus,
+            Some(2)
+        );
+        for args in [
+            &["cloister", "--cpus", "2", "build"][..],
+            &["cloister", "--debug-console", "doctor"],
+        ] {
+            let error = parse_cli(args).err().expect("refused");
+            assert_eq!(
+                error.kind(),
+                clap::error::ErrorKind::ArgumentConflict,
+                "{args:?}"
+            );
+            assert!(
+                error.to_string().contains("is an option of `up`"),
+                "{error}"
+            );
+        }
     }
 
     #[test]

@@ -140,7 +140,7 @@ impl Generated {
             prompt_ids: &self.prompt_ids,
             generated_ids: &self.generated_ids,
             text: &self.text,
-            finish: format!("{:?}", self.finish),
+            finish: finish_name(self.finish).into(),
             prefill_tok_s: two_decimals(self.prefill_tok_s),
             decode_tok_s: two_decimals(self.decode_tok_s),
             kv_cache_bytes: self.kv_cache_bytes,
@@ -177,6 +177,15 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Why a generation ended, for `--json`: the names `chat --json` uses (`length`, `end_of_text`, `stop`).
+fn finish_name(finish: model::session::FinishReason) -> &'static str {
+    match finish {
+        model::session::FinishReason::Length => "length",
+        model::session::FinishReason::EndOfText => "end_of_text",
+        model::session::FinishReason::Stop => "stop",
+    }
 }
 
 /// Why a generation ended, for the human-readable summary.
@@ -357,7 +366,7 @@ mod tests {
         };
         assert_eq!(
             generated.to_json(),
-            r#"{"prompt_ids":[1,2],"generated_ids":[3],"text":"a \"quoted\"\nline\u0001","finish":"Length","prefill_tok_s":12.35,"decode_tok_s":3.0,"kv_cache_bytes":4096}"#
+            r#"{"prompt_ids":[1,2],"generated_ids":[3],"text":"a \"quoted\"\nline\u0001","finish":"length","prefill_tok_s":12.35,"decode_tok_s":3.0,"kv_cache_bytes":4096}"#
         );
     }
 }
