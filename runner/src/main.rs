@@ -513,7 +513,7 @@ mod tests {
             &["cloister", "--cpus", "2", "build"][..],
             &["cloister", "--debug-console", "doctor"],
         ] {
-            let error = parse_cli(args).err().expect("refused");
+            let error = parse_cli(args).expect_err("refused");
             assert_eq!(
                 error.kind(),
                 clap::error::ErrorKind::ArgumentConflict,
