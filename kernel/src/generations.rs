@@ -13,10 +13,11 @@
 //! server advances one step per poll, and the server moves packets between steps. A started generation is
 //! `Tokenizing` (a text or chat prompt over [`TOKENIZE_INLINE_BYTES`] bytes: a first step that only yields, so
 //! the server moves packets, then one that tokenizes), then `Prefill`, then decode (one token per step). A prefill
-//! step runs one piece of a chunk of `serving.prefill_chunk` = 32 prompt tokens: one layer's attention block or
-//! its feed-forward block, or the output (`Session::set_prefill_in_pieces`), so the server moves packets 61 times
-//! per SmolLM2 chunk. Natively a whole chunk takes tens of milliseconds; under TCG it takes tens of seconds, and
-//! a piece about a sixtieth of that. The pieces are the same arithmetic as a whole chunk: the tokens do not change.
+//! step runs one piece of a chunk of `serving.prefill_chunk` = 32 prompt tokens: a layer's Q/K/V projections, its
+//! attention, its feed-forward gate, up or down projection, or the output (`Session::set_prefill_in_pieces`), so
+//! the server moves packets 151 times per SmolLM2 chunk. Natively a whole chunk takes hundreds of milliseconds at
+//! most; under TCG it takes tens of seconds, and a piece about a hundredth of that. The pieces are the same
+//! arithmetic as a whole chunk: the tokens do not change.
 //!
 //! A text up to [`TOKENIZE_INLINE_BYTES`] is tokenized when its request arrives. Tokenizing is a single step because the frame limit bounds it: a 64 KiB single-word prompt
 //! tokenizes in 28.5 ms natively with SmolLM2 (the BPE merge is O(n log n)), and a text too long for the
@@ -416,7 +417,7 @@ mod tests {
         assert_eq!(done.prompt_tokens as usize, prompt_ids.len());
         assert_eq!(done.generated_tokens as usize, tokens.len());
         assert!(!tokens.is_empty() && tokens.len() <= 8);
-        // Prefill: one step per piece of each chunk (a layer's attention or feed-forward block, or the output),
+        // Prefill: one step per piece of each chunk (five per layer, then the output),
         // the last of them producing the first token.
         let prefill_steps = prompt_ids.len().div_ceil(4) * pieces;
         assert_eq!(steps, prefill_steps + tokens.len());

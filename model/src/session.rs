@@ -292,8 +292,8 @@ impl Session {
         self.prefill_chunk
     }
 
-    /// Makes each prefill [`Session::step`] run one piece of its chunk's forward pass (one layer's attention or
-    /// feed-forward block, [`Model::run_piece`](crate::transformer::Model::run_piece)) instead of the whole
+    /// Makes each prefill [`Session::step`] run one piece of its chunk's forward pass (one or two of a layer's matrix
+    /// products, or its attention, [`Model::run_piece`](crate::transformer::Model::run_piece)) instead of the whole
     /// chunk, so a caller that serves a network between steps never waits longer than one piece: the appliance
     /// under TCG, where one 32-token SmolLM2 chunk takes tens of seconds (issue 12 item 1; docs/ARCHITECTURE.md
     /// §5). The arithmetic, and so every logit and token, is the same either way.

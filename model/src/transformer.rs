@@ -679,6 +679,31 @@ struct Batch {
     next: usize,
 }
 
+/// One layer's pieces of a forward pass run a piece at a time ([`Model::run_piece`]), in this order: each holds at
+/// most one or two matrix products (or the attention over the cache), so that under TCG, where a 32-token SmolLM2
+/// chunk takes tens of seconds, no piece takes more than about a second.
+const LAYER_PIECES: [LayerPiece; 5] = [
+    LayerPiece::Projections,
+    LayerPiece::Attention,
+    LayerPiece::Gate,
+    LayerPiece::Up,
+    LayerPiece::Down,
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LayerPiece {
+    /// Q, K and V of the normed input, RoPE, the KV cache written.
+    Projections,
+    /// Attention over the cache, its output projection and residual.
+    Attention,
+    /// The feed-forward norm and gate projection.
+    Gate,
+    /// The up projection and the gated activation.
+    Up,
+    /// The down projection and residual.
+    Down,
+}
+
 /// What one layer's pieces share: the scales and RoPE style of the architecture.
 struct LayerShape {
     style: RopeStyle,
@@ -725,10 +750,10 @@ impl Model<'_> {
         Ok(())
     }
 
-    /// Pieces of one batch's forward pass: each layer's attention block and its feed-forward block, then the
-    /// output (the final norm and the logits).
+    /// Pieces of one batch's forward pass: each layer's [`LAYER_PIECES`], then the output (the final norm and
+    /// the logits).
     pub fn pieces(&self) -> usize {
-        2 * self.weights.layers.len() + 1
+        LAYER_PIECES.len() * self.weights.layers.len() + 1
     }
 
     /// Runs the next piece of the batch [`Model::start_batch`] started; true when that was the last piece (the
@@ -740,17 +765,19 @@ impl Model<'_> {
         };
         let layers = self.weights.layers.len();
         let piece = batch.next;
-        if piece == 2 * layers {
+        if piece == LAYER_PIECES.len() * layers {
             self.output(state, batch, par);
             state.pos += batch.n;
             state.batch = None;
             return true;
         }
-        let shape = self.layer_shape();
-        if piece % 2 == 0 {
-            self.attention_block(state, batch, piece / 2, &shape, par);
-        } else {
-            self.ffn_block(state, batch, piece / 2, par);
+        let l = piece / LAYER_PIECES.len();
+        match LAYER_PIECES[piece % LAYER_PIECES.len()] {
+            LayerPiece::Projections => self.projections(state, batch, l, par),
+            LayerPiece::Attention => self.attention(state, batch, l, par),
+            LayerPiece::Gate => self.ffn_gate(state, batch, l, par),
+            LayerPiece::Up => self.ffn_up(state, batch, l, par),
+            LayerPiece::Down => self.ffn_down(state, batch, l, par),
         }
         state.batch = Some(Batch {
             next: piece + 1,
@@ -833,21 +860,15 @@ impl Model<'_> {
         }
     }
 
-    /// Layer `l`'s attention block: `x += post_attn_norm(wo · attention(rope(q), rope(k), v))`, the batch's keys
-    /// and values written to the KV cache. Per-token element-wise steps run one token per parallel task (a
+    /// Layer `l`'s attention projections: `q`, `k`, `v` of `attn_norm(x)` (biases, Q/K norms, RoPE), the batch's
+    /// keys and values written to the KV cache. Per-token element-wise steps run one token per parallel task (a
     /// single task, inline, for one token).
-    fn attention_block(
-        &self,
-        s: &mut State,
-        batch: Batch,
-        l: usize,
-        shape: &LayerShape,
-        par: &dyn ParallelFor,
-    ) {
+    fn projections(&self, s: &mut State, batch: Batch, l: usize, par: &dyn ParallelFor) {
         let c = &self.config;
         let layer = &self.weights.layers[l];
         let Batch { n, pos0, .. } = batch;
         let (dim, q_dim, kv_dim, hd) = (c.dim, c.q_dim(), c.kv_dim(), c.head_dim);
+        let shape = self.layer_shape();
         let (style, q_scale) = (shape.style, shape.q_scale);
 
         let x = &s.x[..n * dim];
@@ -915,8 +936,19 @@ impl Model<'_> {
                 s.value_cache[layer_vt + ch * s.ctx_pad + p] = to_f16(v);
             }
         }
+    }
 
-        // Attention, each task with its own slot of the run state's scratch: its outputs, then its buffers.
+    /// Layer `l`'s attention over the KV cache and its output: `x += post_attn_norm(wo · attention)`.
+    fn attention(&self, s: &mut State, batch: Batch, l: usize, par: &dyn ParallelFor) {
+        let c = &self.config;
+        let layer = &self.weights.layers[l];
+        let Batch { n, pos0, .. } = batch;
+        let (dim, q_dim, kv_dim, hd) = (c.dim, c.q_dim(), c.kv_dim(), c.head_dim);
+        let shape = self.layer_shape();
+        let local = c.is_local_layer(l);
+        let layer_kv = l * s.context * kv_dim;
+        let layer_vt = l * kv_dim * s.ctx_pad;
+        // Each task with its own slot of the run state's scratch: its outputs, then its buffers.
         let attn = Attention {
             keys: &s.key_cache[layer_kv..],
             values: &s.value_cache[layer_vt..],
@@ -970,9 +1002,9 @@ impl Model<'_> {
         );
     }
 
-    /// Layer `l`'s feed-forward block: `x += post_ffn_norm(down(act(gate(ffn_norm(x))) * up(ffn_norm(x))))`, over
-    /// the rows [`Model::rows_from`] keeps.
-    fn ffn_block(&self, s: &mut State, batch: Batch, l: usize, par: &dyn ParallelFor) {
+    /// Layer `l`'s feed-forward gate: `xb = ffn_norm(x)`, `hb = gate(xb)`, over the rows [`Model::rows_from`]
+    /// keeps (as are the up and down pieces).
+    fn ffn_gate(&self, s: &mut State, batch: Batch, l: usize, par: &dyn ParallelFor) {
         let c = &self.config;
         let layer = &self.weights.layers[l];
         let n = batch.n;
@@ -985,6 +1017,17 @@ impl Model<'_> {
         });
         let xb = &s.xb[t0 * dim..n * dim];
         matmul(&layer.w_gate, xb, m, &mut s.hb[..m * ffn], &mut s.acts, par);
+    }
+
+    /// Layer `l`'s feed-forward up projection and the gated activation: `hb = act(hb) * up(xb)`.
+    fn ffn_up(&self, s: &mut State, batch: Batch, l: usize, par: &dyn ParallelFor) {
+        let c = &self.config;
+        let layer = &self.weights.layers[l];
+        let n = batch.n;
+        let (dim, ffn) = (c.dim, c.ffn_dim);
+        let t0 = self.rows_from(l, n);
+        let m = n - t0;
+        let xb = &s.xb[t0 * dim..n * dim];
         matmul(&layer.w_up, xb, m, &mut s.hb2[..m * ffn], &mut s.acts, par);
         // The gated activation, one token per parallel task.
         let up = &s.hb2[..m * ffn];
@@ -995,6 +1038,16 @@ impl Model<'_> {
                 None => simd::swiglu(gate, up),
             }
         });
+    }
+
+    /// Layer `l`'s feed-forward down projection: `x += post_ffn_norm(down(hb))`.
+    fn ffn_down(&self, s: &mut State, batch: Batch, l: usize, par: &dyn ParallelFor) {
+        let c = &self.config;
+        let layer = &self.weights.layers[l];
+        let n = batch.n;
+        let (dim, ffn) = (c.dim, c.ffn_dim);
+        let t0 = self.rows_from(l, n);
+        let m = n - t0;
         matmul(
             &layer.w_down,
             &s.hb[..m * ffn],

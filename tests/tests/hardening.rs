@@ -7,7 +7,7 @@
 //! - A 64 KiB one-word prompt is refused (`TooLarge` for a frame over the limit, `ContextExceeded` for the
 //!   longest word a frame holds) while another client's `ModelInfo` is answered within 2 s.
 //! - A maximal prompt (the whole context, as token ids, so no tokenizing limits it) is prefilled a piece at a
-//!   time (one layer's attention or feed-forward block): while it runs, new clients complete their TLS
+//!   time (one or two of a layer's matrix products, or its attention): while it runs, new clients complete their TLS
 //!   handshakes and get model info within the stated bounds, and a cancel ends it at once.
 //! - A client asking for model info again and again is cut off at its second request (`net::Limits::
 //!   request_caps`), so it cannot hold its slot.
@@ -281,7 +281,8 @@ fn a_long_prefill_leaves_other_clients_answered(fixture: &Fixture) {
         prompt.len()
     );
     eprintln!(
-        "  beside a {}-token prefill, over {probed:.2?}: TLS handshakes {handshakes:.2?}, model info          {model_infos:.2?}; cancelled after {cancelled:.2?}",
+        "  beside a {}-token prefill, over {probed:.2?}: TLS handshakes {handshakes:.2?}, model info \
+         {model_infos:.2?}; cancelled after {cancelled:.2?}",
         prompt.len()
     );
     eprintln!("  a verified chat after it: {:.2?}", verified_chat(fixture));
