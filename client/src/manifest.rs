@@ -1,4 +1,4 @@
-//! The image manifest (`manifest.json`, written by `runner build`): the digests a verifier expects the appliance
+//! The image manifest (`manifest.json`, written by `cloister build`): the digests a verifier expects the appliance
 //! to have measured, and the PCR values they replay to.
 //!
 //! Contract (docs/ARCHITECTURE.md §4): at boot the kernel extends, in this order, PCR 12 with SHA-256 over its
@@ -269,7 +269,7 @@ pub struct Manifest {
     /// For `uefi`: the boot application the firmware must have measured into PCR 4.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot_application: Option<BootApplication>,
-    /// Whether the kernel was built with the debug console (`runner build --debug-console`): it prints its boot
+    /// Whether the kernel was built with the debug console (`cloister build --debug-console`): it prints its boot
     /// and errors on COM1 for whoever holds the serial port. A verifier refuses such an image unless told
     /// `--allow-debug-image`, and its report names it. Required: a manifest that does not say is refused.
     pub console: bool,

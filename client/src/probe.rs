@@ -21,7 +21,7 @@ pub fn resolve_endpoint(endpoint: &str) -> Result<SocketAddr> {
 }
 
 /// Asks the appliance for the length and SHA-256 of the model it booted with, on a fresh TLS session. The answer
-/// is unverified (the quote is what proves the model); it serves as a readiness probe and for `runner info`.
+/// is unverified (the quote is what proves the model); it serves as a readiness probe and for `cloister info`.
 pub fn model_info(endpoint: SocketAddr, timeout: Duration) -> Result<ModelInfo> {
     UnverifiedSession::connect(endpoint, timeout)?.model_info()
 }

@@ -1,6 +1,6 @@
 //! cloister's OpenAI-compatible gateway (docs/ARCHITECTURE.md, "The OpenAI-compatible gateway"; issue 14): a local
 //! HTTP server that speaks the OpenAI API to the clients people already use and forwards each request only on a TLS
-//! session whose appliance passed every attestation check (the `client` crate's type-state). `runner gateway` is its
+//! session whose appliance passed every attestation check (the `client` crate's type-state). `cloister gateway` is its
 //! command line.
 //!
 //! - [`openai`]: the request, response, chunk and error JSON.
@@ -26,7 +26,7 @@ use tokio::sync::oneshot;
 
 pub use pool::{Pool, UpstreamConfig, Verification, ATTESTATION_HEADER};
 
-/// Where `runner gateway` listens unless told otherwise: loopback only, because the gateway holds every prompt and
+/// Where `cloister gateway` listens unless told otherwise: loopback only, because the gateway holds every prompt and
 /// answer in plaintext (README, "Using the OpenAI API").
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 
@@ -39,7 +39,7 @@ pub struct GatewayArgs {
     /// The appliance's address, HOST:PORT.
     #[arg(long, default_value = "127.0.0.1:7000")]
     pub endpoint: String,
-    /// The image's manifest.json, as `runner build` wrote it beside the image.
+    /// The image's manifest.json, as `cloister build` wrote it beside the image.
     #[arg(long, value_name = "PATH")]
     pub manifest: PathBuf,
     /// Where the OpenAI API listens. Anything but a loopback address exposes plaintext prompts and answers to the

@@ -5,7 +5,7 @@
 //! Requests are parsed the way OpenAI parses them: fields the gateway does not know are ignored, a known field of
 //! the wrong type is a 400. The mapping onto the appliance's [`GenerateRequest`] is here too, so the chat turns go
 //! to the appliance as [`Prompt::Chat`] and the appliance applies its model's chat template (the same path as
-//! `runner chat`; the template itself is the model crate's, `model::chat`).
+//! `cloister chat`; the template itself is the model crate's, `model::chat`).
 
 use net::proto::{ChatMessage, Done, FinishReason, GenerateRequest, Prompt, Role, Sampling};
 use serde::{Deserialize, Serialize};

@@ -41,7 +41,7 @@ pub struct UpstreamConfig {
 /// One passed verification: the report, what the gateway's response header says about it, and when it passed.
 #[derive(Debug)]
 pub struct Verification {
-    /// The report (`runner verify --json` prints the same).
+    /// The report (`cloister verify --json` prints the same).
     pub report: Report,
     /// When it passed.
     pub verified_at: SystemTime,

@@ -200,7 +200,7 @@ async fn models(State(gateway): State<Gateway>) -> Response {
     .into_response()
 }
 
-/// The last verification's report, as `runner verify --json` prints it; verifies a session first when none
+/// The last verification's report, as `cloister verify --json` prints it; verifies a session first when none
 /// passed yet.
 async fn attestation(State(gateway): State<Gateway>) -> Response {
     let verification = match gateway.pool.last_verification() {

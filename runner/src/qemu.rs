@@ -124,7 +124,7 @@ pub struct Firmware {
     pub disk: PathBuf,
 }
 
-/// The vCPUs `runner up` and `runner build` give an image by default: the host's cores, at most 4 (beyond that
+/// The vCPUs `cloister up` and `cloister build` give an image by default: the host's cores, at most 4 (beyond that
 /// the engine's per-product fork/join outweighs the gain for the small models this runs, and under TCG each
 /// vCPU is a host thread).
 pub fn default_cpus() -> u32 {

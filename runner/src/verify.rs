@@ -45,7 +45,7 @@ pub struct VerifyArgs {
     /// is then trusted, and the report says so.
     #[arg(long)]
     pub trust_host: bool,
-    /// Accept a manifest of a debug-console image (`runner build --debug-console`, `"console": true`): its kernel
+    /// Accept a manifest of a debug-console image (`cloister build --debug-console`, `"console": true`): its kernel
     /// prints its boot and errors on the serial port, and the report says so.
     #[arg(long)]
     pub allow_debug_image: bool,

@@ -1,10 +1,10 @@
-//! Peak memory of `runner generate` on the real models (issue 4: no more than the model file plus the KV cache plus
+//! Peak memory of `cloister generate` on the real models (issue 4: no more than the model file plus the KV cache plus
 //! 32 MiB). The peak is the kernel's own account of the child process (`ru_maxrss` of `getrusage(RUSAGE_CHILDREN)`,
 //! getrusage(2)), not a figure the runner reports about itself; the KV cache size comes from `--json`.
 //!
 //! This file holds one test on purpose: `RUSAGE_CHILDREN` covers every child the test process has waited for, so
 //! another test spawning processes here would blur the figure. The models come through the runner's cache (fetched
-//! by `.ci/run` with `runner fetch-model`, or on first use).
+//! by `.ci/run` with `cloister fetch-model`, or on first use).
 
 use std::process::Command;
 
@@ -47,7 +47,7 @@ fn generate_peak(name: &str) -> (u64, u64, u64) {
         .expect("run the runner binary");
     assert!(
         output.status.success(),
-        "runner generate --model {name} failed: {}",
+        "cloister generate --model {name} failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
     let stdout = String::from_utf8_lossy(&output.stdout);

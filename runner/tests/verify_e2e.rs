@@ -1,4 +1,4 @@
-//! `runner verify` end to end: the release kernel booted under QEMU (TCG) + swtpm by the runner's library,
+//! `cloister verify` end to end: the release kernel booted under QEMU (TCG) + swtpm by the runner's library,
 //! verified over TLS against the manifest of its image with the runner's CA; the exported evidence checked by
 //! tpm2_checkquote; a prompt answered on a verified session; and the same kernel booted with another model
 //! fails on the model measurement (issues 3 and 5).
@@ -53,7 +53,7 @@ fn booted_appliance_verifies_and_another_model_fails_on_the_model() {
     let scratch = tempfile::tempdir().unwrap();
     let kernel = image::build_kernel(KernelFlavor::default()).unwrap();
 
-    // The manifest `runner build` writes beside the image.
+    // The manifest `cloister build` writes beside the image.
     let image = image_with_model(&kernel, scratch.path(), "honest", 11);
     let manifest_path = image.dir.join(MANIFEST_FILE);
     Manifest::for_image(&image.kernel, &image.model, &image.cmdline)

@@ -1,4 +1,4 @@
-//! End-to-end: boot the image under QEMU TCG with swtpm and the tiny llama model, as `runner up` does, and
+//! End-to-end: boot the image under QEMU TCG with swtpm and the tiny llama model, as `cloister up` does, and
 //! talk to it over TLS 1.3 on the forwarded port as a client would (issues 2 and 5): model information, a
 //! static address, and no log text in the release image. Issue 12: the release ELF holds no dependency's log text,
 //! no source path and no unmeasured writable bytes, and a panic resets the machine, which the runner reports.

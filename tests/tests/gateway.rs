@@ -1,11 +1,11 @@
 //! The OpenAI-compatible gateway against the real appliance (issue 14, "Tests"; docs/ARCHITECTURE.md, "The
 //! OpenAI-compatible gateway"): the release image under QEMU TCG + swtpm with the tiny generated model. The official
 //! `openai` Python package streams a chat completion and gets a non-streamed one through the gateway, and both texts
-//! equal the host's greedy generation (`runner generate --chat`'s code path) token for token; `curl -N` sees the SSE
+//! equal the host's greedy generation (`cloister generate --chat`'s code path) token for token; `curl -N` sees the SSE
 //! framing; a manifest for another model gets 502 naming the check, and a recording proxy between gateway and
 //! appliance shows that nothing but the `Attest` request left the gateway; four concurrent streams complete while a
 //! fifth request gets 429; a client closing mid-stream frees its session at once. It also measures what the gateway adds
-//! against the client library `runner chat` uses, and how long verifying a new upstream session takes.
+//! against the client library `cloister chat` uses, and how long verifying a new upstream session takes.
 //!
 //! The request, stream-format, concurrency, disconnect and error checks run on the host against a simulated
 //! appliance on swtpm (`gateway/tests/gateway.rs`). Needs qemu-system-x86, swtpm, swtpm-tools, curl and python3 with
@@ -166,7 +166,7 @@ fn openai_clients_through_the_gateway_get_the_appliance_answer_and_a_wrong_manif
     assert!(chunks.last().unwrap()["choices"][0]["finish_reason"].is_string());
 
     // What the gateway adds: the same greedy request through the client library on a warm verified session
-    // (`runner chat`'s path) and streamed through the gateway on its warm pooled session, alternately, medians of
+    // (`cloister chat`'s path) and streamed through the gateway on its warm pooled session, alternately, medians of
     // RUNS. Through the gateway the first byte of the answer is the first token's chunk (the status waits for it).
     let mut direct = UnverifiedSession::connect(booted.endpoint(), CLIENT_TIMEOUT)
         .unwrap()

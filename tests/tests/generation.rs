@@ -1,6 +1,6 @@
 //! End to end, streamed generation over a verified session (issue 5, "Tests", first bullet; docs/ARCHITECTURE.md §5): the release
 //! appliance under QEMU TCG + swtpm with the tiny generated llama model, driven by the runner's verifying client
-//! (`client::session`). Greedy output equals `runner generate --temperature 0 --json` on the host token for token;
+//! (`client::session`). Greedy output equals `cloister generate --temperature 0 --json` on the host token for token;
 //! four sessions generate at once and interleave; a fifth generation is refused `Busy`; `Done` carries the usage.
 //!
 //! One appliance serves every test of this binary (`attest_support::shared_appliance`); tests take turns on it.
@@ -44,7 +44,7 @@ fn greedy_output_equals_runner_generate_token_for_token() {
         let ids: Vec<u32> = completion.tokens.iter().map(|token| token.id).collect();
         assert_eq!(
             ids, host.generated_ids,
-            "{prompt:?}: the appliance's greedy ids differ from runner generate's"
+            "{prompt:?}: the appliance's greedy ids differ from cloister generate's"
         );
         assert_eq!(completion.text, host.text, "{prompt:?}: text");
         let done = done_of(&completion);

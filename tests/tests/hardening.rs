@@ -16,7 +16,7 @@
 //! - A storm of ten times the pool in idle connections, kept up while a verified client connects, verifies and
 //!   streams: the full pool resets its oldest silent connection (`net::Limits::evict_idle`).
 //!
-//! Needs qemu-system-x86, swtpm and swtpm-tools, and SmolLM2 in the model cache (`runner fetch-model`, or
+//! Needs qemu-system-x86, swtpm and swtpm-tools, and SmolLM2 in the model cache (`cloister fetch-model`, or
 //! fetched on first use): nothing is skipped.
 
 mod support;

@@ -1,10 +1,10 @@
 //! Interop with tools nobody here wrote (issue 5 "Tests"; STYLE 8): `openssl s_client -tls1_3` completes a
-//! handshake with the appliance's port, and `tpm2_checkquote` verifies the evidence `runner verify
+//! handshake with the appliance's port, and `tpm2_checkquote` verifies the evidence `cloister verify
 //! --export-evidence DIR` exports, and rejects it once a byte of it is changed. One release appliance with the
 //! tiny llama model under QEMU TCG + swtpm serves both tests.
 //!
 //! runner/tests/verify_e2e.rs runs tpm2_checkquote too, through the library's `verify_appliance` on an image
-//! whose "model" is random bytes; this file does it through the `runner verify` command's entry point on an
+//! whose "model" is random bytes; this file does it through the `cloister verify` command's entry point on an
 //! appliance that serves a real model, and adds the tampered cases.
 //!
 //! Needs `openssl` (Debian package openssl) and `tpm2_checkquote` (tpm2-tools): a missing tool fails the test.
@@ -153,7 +153,7 @@ fn tpm2_checkquote_verifies_exported_evidence(fixture: &Fixture) {
         .write(&manifest_path)
         .expect("write manifest");
     let export = scratch.path().join("evidence");
-    // `runner verify --endpoint E --manifest M --export-evidence DIR`, through the command's own entry point
+    // `cloister verify --endpoint E --manifest M --export-evidence DIR`, through the command's own entry point
     // (the test crate cannot run the runner binary, which another package builds). With no --ek-ca it
     // trusts the runner's CA in its cache, the one that provisioned this appliance's swtpm.
     let args = VerifyArgs {
@@ -168,9 +168,9 @@ fn tpm2_checkquote_verifies_exported_evidence(fixture: &Fixture) {
         allow_debug_image: false,
     };
     let ((), took) = timed(|| {
-        runner::verify::run(args).unwrap_or_else(|error| panic!("runner verify: {error:#}"))
+        runner::verify::run(args).unwrap_or_else(|error| panic!("cloister verify: {error:#}"))
     });
-    eprintln!("  runner verify (handshake, attest, activate, checks, export) in {took:.2?}");
+    eprintln!("  cloister verify (handshake, attest, activate, checks, export) in {took:.2?}");
 
     let qualification = std::fs::read_to_string(export.join("qualification.hex"))
         .expect("qualification.hex")
@@ -182,7 +182,7 @@ fn tpm2_checkquote_verifies_exported_evidence(fixture: &Fixture) {
         success,
         "tpm2_checkquote rejected the appliance's quote:\n{output}"
     );
-    // The command line runner verify wrote for people runs too.
+    // The command line cloister verify wrote for people runs too.
     let line = std::fs::read_to_string(export.join("checkquote.txt")).expect("checkquote.txt");
     let (success, output, _) = run_bounded(
         {

@@ -3,7 +3,7 @@
 //!
 //! - a debug-console kernel whose image asks for `cpus=3` boots with only two vCPUs, so the third processor never
 //!   checks in: it reports both real processors online and the third left out (the path of an application
-//!   processor that fails to start), its greedy output equals `runner generate`'s token for token (which
+//!   processor that fails to start), its greedy output equals `cloister generate`'s token for token (which
 //!   `generation.rs` shows the one-CPU appliance does too), and a generation keeps streaming while another client
 //!   attests;
 //! - the same with `cpus=4` on four vCPUs, every processor online;
@@ -50,7 +50,7 @@ fn four_sessions_interleave_on_two_cpus_as_on_one() {
 }
 
 /// Boots a debug-console image that asks for `wanted` processors on `vcpus` vCPUs, checks the bring-up report
-/// for `report`, and that greedy output equals `runner generate`'s while another client attests.
+/// for `report`, and that greedy output equals `cloister generate`'s while another client attests.
 fn cpus_come_up_and_tokens_equal_runner_generate(wanted: u32, vcpus: u32, report: &str) {
     let _turn = ONE_AT_A_TIME
         .lock()
@@ -132,7 +132,7 @@ fn cpus_come_up_and_tokens_equal_runner_generate(wanted: u32, vcpus: u32, report
             let ids: Vec<u32> = completion.tokens.iter().map(|token| token.id).collect();
             assert_eq!(
                 ids, host.generated_ids,
-                "{prompt:?}: the {vcpus}-vCPU appliance's greedy ids differ from runner generate's"
+                "{prompt:?}: the {vcpus}-vCPU appliance's greedy ids differ from cloister generate's"
             );
             let Ending::Done(done) = completion.ending else {
                 panic!(

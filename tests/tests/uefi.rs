@@ -1,7 +1,7 @@
 //! The UEFI boot path end to end (docs/ARCHITECTURE.md, "UEFI boot"): the boot application's
 //! Authenticode digest as an independent tool computes it, byte-identical disk images from two
 //! clean checkouts, and the disk image booting under OVMF + swtpm into an appliance that passes
-//! verification against the manifest `runner build --boot uefi` writes.
+//! verification against the manifest `cloister build --boot uefi` writes.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -216,7 +216,7 @@ fn uefi_image_boots_under_ovmf_and_verifies() {
         cmdline: CMDLINE.into(),
         boot: BootMode::Uefi,
     };
-    let built = image::build(&options).expect("runner build --boot uefi");
+    let built = image::build(&options).expect("cloister build --boot uefi");
     let uefi_files = built.uefi.clone().expect("a UEFI image has its files");
     assert!(uefi_files.disk.is_file() && uefi_files.application.is_file());
     let manifest =
@@ -417,7 +417,7 @@ fn uefi_image_boots_under_ovmf_and_verifies() {
         boot: BootMode::Direct,
         ..options
     };
-    let direct = image::build(&direct_options).expect("runner build --boot direct");
+    let direct = image::build(&direct_options).expect("cloister build --boot direct");
     let direct_manifest =
         Manifest::read(&direct.dir.join(manifest::MANIFEST_FILE)).expect("manifest");
     assert_eq!(direct_manifest.boot, BootMode::Direct);
@@ -509,7 +509,7 @@ fn the_kernel_receives_the_whole_firmware_event_log() {
         cmdline: CMDLINE.into(),
         boot: BootMode::Uefi,
     };
-    let built = image::build(&options).expect("runner build --boot uefi --debug-console");
+    let built = image::build(&options).expect("cloister build --boot uefi --debug-console");
     let authenticode = built.uefi.as_ref().expect("UEFI files").authenticode;
     let mut boot = BootOptions::new(built);
     boot.accel = AccelChoice::Tcg;

@@ -1,4 +1,4 @@
-//! What a successful verification established, as readable text and as JSON (`runner verify [--json]`).
+//! What a successful verification established, as readable text and as JSON (`cloister verify [--json]`).
 
 use std::fmt;
 
@@ -334,7 +334,7 @@ impl Report {
         }
     }
 
-    /// A few lines for `runner up`: what was measured, which checks passed, the binding.
+    /// A few lines for `cloister up`: what was measured, which checks passed, the binding.
     pub fn short(&self) -> String {
         let mut out = format!(
             "VERIFIED {} (TLS handshake {:.0} ms, attest {:.0} ms, credential activation {:.0} ms)\n",
@@ -368,7 +368,7 @@ impl Report {
         out
     }
 
-    /// One paragraph saying what was verified (for `runner chat` and `runner up`).
+    /// One paragraph saying what was verified (for `cloister chat` and `cloister up`).
     pub fn summary(&self) -> String {
         let short = |hex: &str| hex.get(..16).unwrap_or(hex).to_string();
         format!(

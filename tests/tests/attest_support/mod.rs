@@ -1,6 +1,6 @@
 //! Helpers of the attested end-to-end tests (`generation.rs`, `attestation.rs`): the tiny generated model, one
 //! booted release appliance per test binary (cleaned up when the test process exits), the host reference for
-//! greedy generation (the code path of `runner generate --json`), and a TCP proxy that records the TLS records a
+//! greedy generation (the code path of `cloister generate --json`), and a TCP proxy that records the TLS records a
 //! client sends (RFC 8446 §5.1 record layer) so a test can show what left the client and when.
 
 #![allow(
@@ -70,7 +70,7 @@ pub fn release_kernel() -> &'static Path {
 pub struct Booted {
     pub appliance: Appliance,
     pub image: Image,
-    /// The manifest of `image` (`Manifest::for_image`, as `runner build` writes it).
+    /// The manifest of `image` (`Manifest::for_image`, as `cloister build` writes it).
     pub manifest: Manifest,
     /// The CA that issued the appliance's EK certificate.
     pub trust: TrustAnchors,
@@ -202,14 +202,14 @@ pub fn verify_options() -> VerifyOptions {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// The host reference: what `runner generate --model FILE --temperature 0 --json [--chat] PROMPT` computes.
+// The host reference: what `cloister generate --model FILE --temperature 0 --json [--chat] PROMPT` computes.
 
 /// A prompt as both the CLI and the protocol take it.
 #[derive(Clone, Debug)]
 pub enum TestPrompt {
-    /// `runner generate PROMPT`, `Prompt::Text`.
+    /// `cloister generate PROMPT`, `Prompt::Text`.
     Raw(String),
-    /// `runner generate --chat PROMPT`, `Prompt::Chat` with one user turn.
+    /// `cloister generate --chat PROMPT`, `Prompt::Chat` with one user turn.
     Chat(String),
 }
 
@@ -232,18 +232,18 @@ impl TestPrompt {
     }
 }
 
-/// The fields of `runner generate --json` that the tests compare, plus the host's decode rate.
+/// The fields of `cloister generate --json` that the tests compare, plus the host's decode rate.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HostOutput {
     pub prompt_ids: Vec<u32>,
     pub generated_ids: Vec<u32>,
     pub text: String,
     pub finish: FinishReason,
-    /// Generated tokens after the first per second of decoding (as `runner generate` reports `decode_tok_s`).
+    /// Generated tokens after the first per second of decoding (as `cloister generate` reports `decode_tok_s`).
     pub decode_tok_s: f64,
 }
 
-/// Greedy generation on the host through `runner generate`'s own code (`runner::engine::run_generation`, what the
+/// Greedy generation on the host through `cloister generate`'s own code (`runner::engine::run_generation`, what the
 /// CLI runs for `--json`): the engine's prompt encoding (a single user turn for `--chat`), prefill chunks of the
 /// appliance's size, temperature 0 and seed 0, the CLI's default thread count. `--portable-kernels` is on: under
 /// TCG the runner gives QEMU a CPU without AVX (TCG's AVX2 is several times slower than its SSE), so the appliance
@@ -264,7 +264,7 @@ pub fn host_generate(model_path: &Path, prompt: &TestPrompt, max_tokens: usize) 
         portable_kernels: true,
         prompt: text,
     };
-    let out = runner::engine::run_generation(&args, &mut |_| Ok(())).expect("runner generate");
+    let out = runner::engine::run_generation(&args, &mut |_| Ok(())).expect("cloister generate");
     HostOutput {
         prompt_ids: out.prompt_ids,
         generated_ids: out.generated_ids,

@@ -90,7 +90,7 @@ pub fn pseudo_random_bytes(seed: u64, len: usize) -> Vec<u8> {
     out
 }
 
-/// Writes the generated tiny llama model (`runner generate --model tiny-llama` uses the same spec and seed)
+/// Writes the generated tiny llama model (`cloister generate --model tiny-llama` uses the same spec and seed)
 /// into `dir` and returns its path.
 pub fn tiny_llama(dir: &Path) -> PathBuf {
     let path = dir.join("tiny-llama.gguf");
