@@ -704,6 +704,20 @@ enum LayerPiece {
     Down,
 }
 
+/// Where a piece of a layer runs: the layer, the batch, and the rows its second half keeps.
+#[derive(Clone, Copy)]
+struct PieceAt<'m, 'a> {
+    l: usize,
+    layer: &'m Layer<'a>,
+    /// Tokens in the batch.
+    n: usize,
+    /// Position of the batch's first token.
+    pos0: usize,
+    /// The first row the layer keeps after its attention ([`Model::rows_from`]), and the rows from there.
+    t0: usize,
+    m: usize,
+}
+
 /// What one layer's pieces share: the scales and RoPE style of the architecture.
 struct LayerShape {
     style: RopeStyle,
@@ -772,12 +786,21 @@ impl Model<'_> {
             return true;
         }
         let l = piece / LAYER_PIECES.len();
+        let t0 = self.rows_from(l, batch.n);
+        let at = PieceAt {
+            l,
+            layer: &self.weights.layers[l],
+            n: batch.n,
+            pos0: batch.pos0,
+            t0,
+            m: batch.n - t0,
+        };
         match LAYER_PIECES[piece % LAYER_PIECES.len()] {
-            LayerPiece::Projections => self.projections(state, batch, l, par),
-            LayerPiece::Attention => self.attention(state, batch, l, par),
-            LayerPiece::Gate => self.ffn_gate(state, batch, l, par),
-            LayerPiece::Up => self.ffn_up(state, batch, l, par),
-            LayerPiece::Down => self.ffn_down(state, batch, l, par),
+            LayerPiece::Projections => self.projections(state, &at, par),
+            LayerPiece::Attention => self.attention(state, &at, par),
+            LayerPiece::Gate => self.ffn_gate(state, &at, par),
+            LayerPiece::Up => self.ffn_up(state, &at, par),
+            LayerPiece::Down => self.ffn_down(state, &at, par),
         }
         state.batch = Some(Batch {
             next: piece + 1,
@@ -863,10 +886,11 @@ impl Model<'_> {
     /// Layer `l`'s attention projections: `q`, `k`, `v` of `attn_norm(x)` (biases, Q/K norms, RoPE), the batch's
     /// keys and values written to the KV cache. Per-token element-wise steps run one token per parallel task (a
     /// single task, inline, for one token).
-    fn projections(&self, s: &mut State, batch: Batch, l: usize, par: &dyn ParallelFor) {
+    fn projections(&self, s: &mut State, at: &PieceAt<'_, '_>, par: &dyn ParallelFor) {
         let c = &self.config;
-        let layer = &self.weights.layers[l];
-        let Batch { n, pos0, .. } = batch;
+        let PieceAt {
+            l, layer, n, pos0, ..
+        } = *at;
         let (dim, q_dim, kv_dim, hd) = (c.dim, c.q_dim(), c.kv_dim(), c.head_dim);
         let shape = self.layer_shape();
         let (style, q_scale) = (shape.style, shape.q_scale);
@@ -939,10 +963,16 @@ impl Model<'_> {
     }
 
     /// Layer `l`'s attention over the KV cache and its output: `x += post_attn_norm(wo · attention)`.
-    fn attention(&self, s: &mut State, batch: Batch, l: usize, par: &dyn ParallelFor) {
+    fn attention(&self, s: &mut State, at: &PieceAt<'_, '_>, par: &dyn ParallelFor) {
         let c = &self.config;
-        let layer = &self.weights.layers[l];
-        let Batch { n, pos0, .. } = batch;
+        let PieceAt {
+            l,
+            layer,
+            n,
+            pos0,
+            t0,
+            ..
+        } = *at;
         let (dim, q_dim, kv_dim, hd) = (c.dim, c.q_dim(), c.kv_dim(), c.head_dim);
         let shape = self.layer_shape();
         let local = c.is_local_layer(l);
@@ -990,7 +1020,6 @@ impl Model<'_> {
             &mut s.acts,
             par,
         );
-        let t0 = self.rows_from(l, n);
         // x += post_attn_norm(attention output).
         residual_add(
             &mut s.x[t0 * dim..n * dim],
@@ -1004,13 +1033,12 @@ impl Model<'_> {
 
     /// Layer `l`'s feed-forward gate: `xb = ffn_norm(x)`, `hb = gate(xb)`, over the rows [`Model::rows_from`]
     /// keeps (as are the up and down pieces).
-    fn ffn_gate(&self, s: &mut State, batch: Batch, l: usize, par: &dyn ParallelFor) {
+    fn ffn_gate(&self, s: &mut State, at: &PieceAt<'_, '_>, par: &dyn ParallelFor) {
         let c = &self.config;
-        let layer = &self.weights.layers[l];
-        let n = batch.n;
+        let PieceAt {
+            layer, n, t0, m, ..
+        } = *at;
         let (dim, ffn) = (c.dim, c.ffn_dim);
-        let t0 = self.rows_from(l, n);
-        let m = n - t0;
         let x = &s.x[t0 * dim..n * dim];
         par.for_each_chunk(&mut s.xb[t0 * dim..n * dim], dim, &|i, xb| {
             math::rmsnorm(xb, &x[i * dim..(i + 1) * dim], &layer.ffn_norm, c.rms_eps);
@@ -1020,13 +1048,12 @@ impl Model<'_> {
     }
 
     /// Layer `l`'s feed-forward up projection and the gated activation: `hb = act(hb) * up(xb)`.
-    fn ffn_up(&self, s: &mut State, batch: Batch, l: usize, par: &dyn ParallelFor) {
+    fn ffn_up(&self, s: &mut State, at: &PieceAt<'_, '_>, par: &dyn ParallelFor) {
         let c = &self.config;
-        let layer = &self.weights.layers[l];
-        let n = batch.n;
+        let PieceAt {
+            layer, n, t0, m, ..
+        } = *at;
         let (dim, ffn) = (c.dim, c.ffn_dim);
-        let t0 = self.rows_from(l, n);
-        let m = n - t0;
         let xb = &s.xb[t0 * dim..n * dim];
         matmul(&layer.w_up, xb, m, &mut s.hb2[..m * ffn], &mut s.acts, par);
         // The gated activation, one token per parallel task.
@@ -1041,13 +1068,12 @@ impl Model<'_> {
     }
 
     /// Layer `l`'s feed-forward down projection: `x += post_ffn_norm(down(hb))`.
-    fn ffn_down(&self, s: &mut State, batch: Batch, l: usize, par: &dyn ParallelFor) {
+    fn ffn_down(&self, s: &mut State, at: &PieceAt<'_, '_>, par: &dyn ParallelFor) {
         let c = &self.config;
-        let layer = &self.weights.layers[l];
-        let n = batch.n;
+        let PieceAt {
+            layer, n, t0, m, ..
+        } = *at;
         let (dim, ffn) = (c.dim, c.ffn_dim);
-        let t0 = self.rows_from(l, n);
-        let m = n - t0;
         matmul(
             &layer.w_down,
             &s.hb[..m * ffn],
