@@ -1,16 +1,17 @@
-//! Speed of the kernel sets where they differ most: under an emulator such as QEMU's TCG (`qemu-x86_64 -cpu
-//! max,avx=off,avx2=off,fma=off,f16c=off target/release/examples/tcg_speed ...`), which the appliance's development
-//! loop runs on. Diagnostic; one short run each, since an emulated run is slow:
+//! The engine's speed under an emulator such as QEMU's TCG, which the appliance's development loop runs on:
+//! `qemu-x86_64 -cpu max,avx=off,avx2=off,fma=off,f16c=off target/release/examples/tcg_speed ...` runs the engine
+//! as the TCG appliance does (portable kernels) in about a minute, without building or booting an image; only guest
+//! memory accesses cost less in user mode than in the appliance. Diagnostic; one short run each:
 //!
-//! `tcg_speed FILE PROMPT_TOKENS DECODE_TOKENS [scalar|ssse3|native]`: prefill and greedy decode of one GGUF file on
-//! one thread with the chosen kernels, in CPU-seconds of this thread.
+//! `tcg_speed FILE PROMPT_TOKENS DECODE_TOKENS [scalar|native]`: prefill and greedy decode of one GGUF file on one
+//! thread with the chosen kernels, in CPU-seconds of this thread.
 //!
-//! `tcg_speed kernels [scalar|ssse3|native]`: nanoseconds per 32-element block of the decode products SmolLM2 makes
+//! `tcg_speed kernels [scalar|native]`: nanoseconds per 32-element block of the decode products SmolLM2 makes
 //! (Q4_1 and Q8_0 weights against one token).
 use model::gguf::Gguf;
 use model::parallel::Serial;
 use model::quant::{BlockQ4_1, BlockQ8_0, BlockQ8_1};
-use model::simd::{self, Level};
+use model::simd;
 use model::tokenizer::Tokenizer;
 use model::transformer::{Model, State};
 
@@ -78,24 +79,19 @@ fn kernels() {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("kernels") {
-        simd::force(match args.get(1).map(String::as_str) {
-            Some("scalar") => Some(Level::Scalar),
-            Some("ssse3") => Some(Level::Ssse3),
-            _ => None,
-        });
+        simd::force_scalar(args.get(1).map(String::as_str) == Some("scalar"));
         return kernels();
     }
     let [path, prompt_tokens, decode_tokens, rest @ ..] = &args[..] else {
-        panic!("usage: tcg_speed FILE PROMPT_TOKENS DECODE_TOKENS [scalar|ssse3|native]");
+        panic!("usage: tcg_speed FILE PROMPT_TOKENS DECODE_TOKENS [scalar|native]");
     };
     let (prompt_tokens, decode_tokens): (usize, usize) = (
         prompt_tokens.parse().expect("PROMPT_TOKENS"),
         decode_tokens.parse().expect("DECODE_TOKENS"),
     );
-    simd::force(match rest.first().map(String::as_str) {
-        Some("scalar") => Some(Level::Scalar),
-        Some("ssse3") => Some(Level::Ssse3),
-        Some("native") | None => None,
+    simd::force_scalar(match rest.first().map(String::as_str) {
+        Some("scalar") => true,
+        Some("native") | None => false,
         Some(other) => panic!("unknown kernel set {other}"),
     });
     let blob = std::fs::read(path).expect("read model");

@@ -11,7 +11,7 @@ use crate::quant::{
     self, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1,
 };
 
-/// 0 = not yet probed, 1 = scalar, 2 = AVX2+FMA+F16C, 3 = SSSE3.
+/// 0 = not yet probed, 1 = scalar, 2 = AVX2+FMA+F16C.
 static LEVEL: AtomicU8 = AtomicU8::new(0);
 
 /// Which kernels run.
@@ -19,8 +19,6 @@ static LEVEL: AtomicU8 = AtomicU8::new(0);
 pub enum Level {
     Scalar,
     Avx2,
-    /// 128-bit integer kernels (no AVX2): bit-identical to the scalar ones, faster on old CPUs and under QEMU TCG.
-    Ssse3,
 }
 
 /// Probes the CPU (once) and returns the kernels in use.
@@ -28,16 +26,13 @@ pub fn level() -> Level {
     match LEVEL.load(Ordering::Relaxed) {
         1 => Level::Scalar,
         2 => Level::Avx2,
-        3 => Level::Ssse3,
         _ => {
             let l = if detect_avx2() {
                 Level::Avx2
-            } else if detect_ssse3() {
-                Level::Ssse3
             } else {
                 Level::Scalar
             };
-            force(Some(l));
+            LEVEL.store(if l == Level::Avx2 { 2 } else { 1 }, Ordering::Relaxed);
             l
         }
     }
@@ -45,30 +40,7 @@ pub fn level() -> Level {
 
 /// Forces the scalar kernels (for comparisons and for emulators whose AVX is slow); `false` re-probes.
 pub fn force_scalar(on: bool) {
-    force(on.then_some(Level::Scalar));
-}
-
-/// Forces a kernel set (`None` re-probes). The caller makes sure the CPU supports it: forcing AVX2 or SSSE3 on a
-/// CPU without it would execute instructions it lacks.
-pub fn force(level: Option<Level>) {
-    let code = match level {
-        None => 0,
-        Some(Level::Scalar) => 1,
-        Some(Level::Avx2) => 2,
-        Some(Level::Ssse3) => 3,
-    };
-    LEVEL.store(code, Ordering::Relaxed);
-}
-
-/// SSSE3 (CPUID leaf 1 ECX bit 9). SSE state needs no XGETBV check: x86_64 code already relies on SSE2.
-#[cfg(target_arch = "x86_64")]
-fn detect_ssse3() -> bool {
-    core::arch::x86_64::__cpuid(1).ecx & (1 << 9) != 0
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn detect_ssse3() -> bool {
-    false
+    LEVEL.store(if on { 1 } else { 0 }, Ordering::Relaxed);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -102,56 +74,34 @@ fn detect_avx2() -> bool {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
-#[cfg(target_arch = "x86_64")]
-mod ssse3;
 
 macro_rules! dispatch {
-    ($(#[$m:meta])* $name:ident ($($arg:ident : $ty:ty),*) -> $ret:ty, $scalar:path, ssse3 = $ssse3:ident) => {
-        $(#[$m])*
-        pub fn $name($($arg: $ty),*) -> $ret {
-            #[cfg(target_arch = "x86_64")]
-            if level() == Level::Ssse3 {
-                // SAFETY: `level()` returned Ssse3 only after CPUID confirmed SSSE3 (or a caller forced it on a CPU
-                // it knows has it); the kernel checks slice lengths itself.
-                return unsafe { ssse3::$ssse3($($arg),*) };
-            }
-            avx2_or_scalar!($name ($($arg),*), $scalar)
-        }
-    };
     ($(#[$m:meta])* $name:ident ($($arg:ident : $ty:ty),*) -> $ret:ty, $scalar:path) => {
         $(#[$m])*
         pub fn $name($($arg: $ty),*) -> $ret {
-            avx2_or_scalar!($name ($($arg),*), $scalar)
+            #[cfg(target_arch = "x86_64")]
+            if level() == Level::Avx2 {
+                // SAFETY: `level()` returned Avx2 only after CPUID/XGETBV confirmed AVX2, FMA and F16C with OS
+                // support; the kernel checks slice lengths itself.
+                return unsafe { avx2::$name($($arg),*) };
+            }
+            $scalar($($arg),*)
         }
     };
-}
-
-/// The body of a [`dispatch!`]ed function past its SSSE3 kernel: the AVX2 kernel where the CPU has it, else the
-/// scalar one.
-macro_rules! avx2_or_scalar {
-    ($name:ident ($($arg:ident),*), $scalar:path) => {{
-        #[cfg(target_arch = "x86_64")]
-        if level() == Level::Avx2 {
-            // SAFETY: `level()` returned Avx2 only after CPUID/XGETBV confirmed AVX2, FMA and F16C with OS
-            // support; the kernel checks slice lengths itself.
-            return unsafe { avx2::$name($($arg),*) };
-        }
-        $scalar($($arg),*)
-    }};
 }
 
 dispatch!(
     /// Q4_0 weights · Q8_0 activations.
-    dot_q4_0_q8_0(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32, quant::dot_q4_0_q8_0, ssse3 = dot_q4_0_q8_0);
+    dot_q4_0_q8_0(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32, quant::dot_q4_0_q8_0);
 dispatch!(
     /// Q4_1 weights · Q8_1 activations.
-    dot_q4_1_q8_1(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32, quant::dot_q4_1_q8_1, ssse3 = dot_q4_1_q8_1);
+    dot_q4_1_q8_1(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32, quant::dot_q4_1_q8_1);
 dispatch!(
     /// Q5_0 weights · Q8_0 activations.
-    dot_q5_0_q8_0(x: &[BlockQ5_0], y: &[BlockQ8_0]) -> f32, quant::dot_q5_0_q8_0, ssse3 = dot_q5_0_q8_0);
+    dot_q5_0_q8_0(x: &[BlockQ5_0], y: &[BlockQ8_0]) -> f32, quant::dot_q5_0_q8_0);
 dispatch!(
     /// Q8_0 weights · Q8_0 activations.
-    dot_q8_0_q8_0(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32, quant::dot_q8_0_q8_0, ssse3 = dot_q8_0_q8_0);
+    dot_q8_0_q8_0(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32, quant::dot_q8_0_q8_0);
 dispatch!(
     /// Q4_K weights · Q8_K activations.
     dot_q4_k_q8_k(x: &[BlockQ4K], y: &[BlockQ8K]) -> f32, quant::dot_q4_k_q8_k);
@@ -295,12 +245,6 @@ macro_rules! mat_dispatch {
                 // SAFETY: `level()` returned Avx2 only after CPUID/XGETBV confirmed AVX2, FMA and F16C with OS
                 // support; slices are indexed with bounds checks.
                 return unsafe { avx2::mat_q0::<$w>(w, nb, y, cols, out, ld, work) };
-            }
-            #[cfg(target_arch = "x86_64")]
-            if level() == Level::Ssse3 {
-                // SAFETY: `level()` returned Ssse3 only after CPUID confirmed SSSE3 (or a caller forced it on a CPU
-                // it knows has it); slices are indexed with bounds checks.
-                return unsafe { ssse3::mat_q0::<$w>(w, nb, y, cols, out, ld) };
             }
             let _ = work;
             let rows = w.len().checked_div(nb).unwrap_or(0);
