@@ -74,6 +74,7 @@ fn detect_avx2() -> bool {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+mod swar;
 
 macro_rules! dispatch {
     ($(#[$m:meta])* $name:ident ($($arg:ident : $ty:ty),*) -> $ret:ty, $scalar:path) => {
@@ -224,6 +225,9 @@ pub fn batch_work_len(max_cols: usize) -> usize {
 
 macro_rules! mat_dispatch {
     ($(#[$m:meta])* $name:ident, $w:ty, $a:ty, $scalar:path) => {
+        mat_dispatch!($(#[$m])* $name, $w, $a, $scalar, None::<ScalarMat<$w, $a>>);
+    };
+    ($(#[$m:meta])* $name:ident, $w:ty, $a:ty, $scalar:path, $batched:expr) => {
         $(#[$m])*
         ///
         /// `out[c * ld + r] = W[r] · y[col0 + c]` for every row of `w` (`w.len() / nb` rows of `nb` blocks) and the
@@ -247,6 +251,9 @@ macro_rules! mat_dispatch {
                 return unsafe { avx2::mat_q0::<$w>(w, nb, y, cols, out, ld, work) };
             }
             let _ = work;
+            if let Some(batched) = $batched {
+                return batched(w, nb, y, cols, out, ld);
+            }
             let rows = w.len().checked_div(nb).unwrap_or(0);
             for c in 0..cols {
                 for r in 0..rows {
@@ -261,8 +268,12 @@ mat_dispatch!(
     /// Q4_0 weights × Q8_0 activations.
     mat_q4_0, BlockQ4_0, BlockQ8_0, quant::dot_q4_0_q8_0);
 mat_dispatch!(
-    /// Q4_1 weights × Q8_1 activations.
-    mat_q4_1, BlockQ4_1, BlockQ8_1, quant::dot_q4_1_q8_1);
+    /// Q4_1 weights × Q8_1 activations. Without AVX2, batches of four or more tokens go through the packed portable
+    /// kernel of `simd/swar.rs`, four tokens per integer multiply (same results, faster under QEMU's TCG).
+    mat_q4_1, BlockQ4_1, BlockQ8_1, quant::dot_q4_1_q8_1, Some(swar::mat_q4_1 as ScalarMat<BlockQ4_1, BlockQ8_1>));
+
+/// A portable matrix product with [`mat_q4_1`]'s arguments, less the work buffer.
+type ScalarMat<W, A> = fn(&[W], usize, &ActTile<'_, A>, usize, &mut [f32], usize);
 mat_dispatch!(
     /// Q5_0 weights × Q8_0 activations.
     mat_q5_0, BlockQ5_0, BlockQ8_0, quant::dot_q5_0_q8_0);
