@@ -128,3 +128,16 @@ fn tiny_models_on_the_portable_kernels_equal_llama_cpp() {
         hold_to_llama_cpp(arch, spec, true);
     }
 }
+
+/// The tiny llama models whose attention and feed-forward matrices all have one of the tensor types Q5_K, Q5_1 and
+/// BF16 (`TinySpec::llama_typed`; fixtures `llama-<type>.json`), on the CPU's kernels and on the portable ones.
+#[test]
+fn tiny_models_of_every_new_tensor_type_equal_llama_cpp() {
+    use model::quant::GgmlType;
+    for t in [GgmlType::Q5K, GgmlType::Q5_1, GgmlType::BF16] {
+        let name = format!("llama-{}", t.name().to_lowercase());
+        for scalar in [false, true] {
+            hold_to_llama_cpp(&name, TinySpec::llama_typed(t), scalar);
+        }
+    }
+}
