@@ -7,7 +7,8 @@
 //! `ggml_vec_dot_*` / tinyBLAS for the 32-element formats; for Q4_K with a row count that is a multiple of 8 its
 //! repacked 8-row gemm (groups of 4 tokens) and gemv (the batch's last `batch % 4` tokens), the weights staying in
 //! the file's layout (a batch unpacks each 8-row group into a scratch buffer per product); other K-quant products
-//! its tiled kernels from 8 tokens on, `ggml_vec_dot_*` below. One worker writes the token-major output directly;
+//! its tiled kernels from 8 tokens on, `ggml_vec_dot_*` below; Q5_1 and BF16 `ggml_vec_dot_*` at every batch size
+//! (Q5_1 has no tinyBLAS kernel; for BF16 see `dot_row`). One worker writes the token-major output directly;
 //! several split the rows and gather.
 
 use alloc::vec;

@@ -2,10 +2,11 @@
 //! and the scalar reference dot products.
 //!
 //! Layouts and arithmetic follow ggml (`ggml-common.h` block definitions, `ggml-quants.c` reference code): weights
-//! of type Q4_0/Q5_0/Q8_0 are dotted with activations quantized to Q8_0, Q4_1 with Q8_1, the K-quants with Q8_K,
-//! F16 with F16 and F32 with F32, exactly as llama.cpp's CPU backend pairs them (`vec_dot_type`). The activation
-//! quantizers reproduce llama.cpp's x86 code (scale `amax/127`, multiplier `127/amax`, round half to even) so that
-//! near-tie logits resolve the same way. Weight blocks keep their `f16` fields as byte pairs, which gives them
+//! of type Q4_0/Q5_0/Q8_0 are dotted with activations quantized to Q8_0, Q4_1 and Q5_1 with Q8_1, the K-quants
+//! with Q8_K, F16 with F16, BF16 with BF16 and F32 with F32, exactly as llama.cpp's CPU backend pairs them
+//! (`vec_dot_type`); Q5_K, Q5_1, BF16, Q3_K and Q2_K are in `quant/more_types.rs`. The activation quantizers
+//! reproduce llama.cpp's x86 code (scale `amax/127`, multiplier `127/amax`, round half to even) so that near-tie
+//! logits resolve the same way. Weight blocks keep their `f16` fields as byte pairs, which gives them
 //! alignment 1 so they can be viewed in place inside any byte buffer.
 
 use bytemuck::{Pod, Zeroable};
