@@ -8,7 +8,7 @@
 //! repacked 8-row gemm (groups of 4 tokens) and gemv (the batch's last `batch % 4` tokens), the weights staying in
 //! the file's layout (a batch unpacks each 8-row group into a scratch buffer per product); other K-quant products
 //! its tiled kernels from 8 tokens on, `ggml_vec_dot_*` below; Q5_1 and BF16 `ggml_vec_dot_*` at every batch size
-//! (Q5_1 has no tinyBLAS kernel; for BF16 see `dot_row`). One worker writes the token-major output directly;
+//! (Q5_1 has no tinyBLAS kernel, and the 32-element tiles reproduce its order; for BF16 see `dot_row`). One worker writes the token-major output directly;
 //! several split the rows and gather.
 
 use alloc::vec;
@@ -135,9 +135,6 @@ fn dot_row(w: &QTensor<'_>, r: usize, acts: &Acts, x: &[f32], t: usize) -> f32 {
             quant::cast(row),
             &acts.q8_k[t * n / QK_K..(t + 1) * n / QK_K],
         ),
-        GgmlType::Q5_1 => {
-            simd::dot_q5_1_q8_1(quant::cast(row), &acts.q8_1[t * n / QK..(t + 1) * n / QK])
-        }
         GgmlType::F16 => {
             let w16: &[u16] = bytemuck::cast_slice::<[u8; 2], u16>(quant::cast::<[u8; 2]>(row));
             quant::dot_f16(w16, &acts.f16[t * n..(t + 1) * n])
@@ -246,11 +243,11 @@ fn batched<K>(
 fn is_q0(t: GgmlType) -> bool {
     matches!(
         t,
-        GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q8_0
+        GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q8_0
     )
 }
 
-/// Rows `r0..r0 + rows` of a Q4_0/Q4_1/Q5_0/Q8_0 product against the `batch` tokens, into `out[t * ld + r]`.
+/// Rows `r0..r0 + rows` of a Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 product against the `batch` tokens, into `out[t * ld + r]`.
 fn mat_q0_part(
     w: &QTensor<'_>,
     acts: &Acts,
@@ -274,6 +271,16 @@ fn mat_q0_part(
             };
             simd::mat_q4_1(quant::cast(bytes), nb, &y, batch, out, ld, work);
         }
+        GgmlType::Q5_1 => {
+            let y = simd::ActTile {
+                qs: &acts.q8_1[..batch * nb],
+                d,
+                s,
+                batch,
+                col0: 0,
+            };
+            simd::mat_q5_1(quant::cast(bytes), nb, &y, batch, out, ld, work);
+        }
         t => {
             let y = simd::ActTile {
                 qs: &acts.q8_0[..batch * nb],
@@ -293,7 +300,7 @@ fn mat_q0_part(
     }
 }
 
-/// The product for Q4_0/Q4_1/Q5_0/Q8_0 weights through the tiled kernels.
+/// The product for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 weights through the tiled kernels.
 fn mat_q0(
     w: &QTensor<'_>,
     batch: usize,
@@ -501,7 +508,7 @@ pub fn matmul(
         });
         return;
     }
-    // Other formats (f16, bf16, f32, Q5_1): whole tokens per chunk, a few chunks per worker.
+    // Other formats (f16, bf16, f32): whole tokens per chunk, a few chunks per worker.
     let rows = w.rows;
     let tokens = batch.div_ceil(par.threads() * 4);
     par.for_each_chunk(out, tokens * rows, &|ci, chunk| {

@@ -308,6 +308,9 @@ mat_dispatch!(
     /// Q4_1 weights × Q8_1 activations.
     mat_q4_1, BlockQ4_1, BlockQ8_1, quant::dot_q4_1_q8_1);
 mat_dispatch!(
+    /// Q5_1 weights × Q8_1 activations.
+    mat_q5_1, BlockQ5_1, BlockQ8_1, quant::dot_q5_1_q8_1);
+mat_dispatch!(
     /// Q5_0 weights × Q8_0 activations.
     mat_q5_0, BlockQ5_0, BlockQ8_0, quant::dot_q5_0_q8_0);
 mat_dispatch!(

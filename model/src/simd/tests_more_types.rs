@@ -233,3 +233,50 @@ fn dequantizers_follow_ggml_reference_order() {
     assert_eq!(quant::q3_k_scales(&s)[13], 3);
     assert_eq!(quant::q3_k_scales(&s)[0], -32);
 }
+
+/// Q5_1 through the 32-element formats' tiles (decode rows and prefill tiles) equals the single-row dot product bit
+/// for bit, for every shape of rows and tokens the tiles split.
+#[test]
+fn q5_1_tiles_equal_row_dots_bitwise() {
+    if !have_avx2() {
+        return;
+    }
+    let (cols, nb) = (128, 4);
+    for rows in [1usize, 2, 3, 5, 8, 9] {
+        for batch in [1usize, 2, 3, 4, 5, 9] {
+            let x = data(cols * batch, 11 + batch as u64);
+            let mut q = vec![BlockQ8_1::zeroed(); nb * batch];
+            quant::quantize_q8_1(&x, &mut q);
+            let (mut d, mut s) = (vec![0.0; nb * batch], vec![0.0; nb * batch]);
+            for t in 0..batch {
+                for k in 0..nb {
+                    d[k * batch + t] = f16_to_f32(q[t * nb + k].d);
+                    s[k * batch + t] = f16_to_f32(q[t * nb + k].s);
+                }
+            }
+            let y = super::ActTile {
+                qs: &q[..],
+                d: &d,
+                s: &s,
+                batch,
+                col0: 0,
+            };
+            let wb = random_blocks(GgmlType::Q5_1, cols * rows, 5 + rows as u64);
+            let w: &[BlockQ5_1] = quant::cast(&wb);
+            let mut got = vec![0.0f32; rows * batch];
+            let mut work = vec![0.0; super::batch_work_len(cols)];
+            super::mat_q5_1(w, nb, &y, batch, &mut got, rows, &mut work);
+            for r in 0..rows {
+                for c in 0..batch {
+                    let (wr, yc) = (&w[r * nb..(r + 1) * nb], &q[c * nb..(c + 1) * nb]);
+                    let want = quant::dot_q5_1_q8_1(wr, yc);
+                    assert_eq!(
+                        got[c * rows + r].to_bits(),
+                        want.to_bits(),
+                        "rows {rows} batch {batch}: row {r} token {c}"
+                    );
+                }
+            }
+        }
+    }
+}

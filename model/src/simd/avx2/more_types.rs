@@ -143,16 +143,39 @@ pub unsafe fn dot_q5_1_q8_1(x: &[BlockQ5_1], y: &[BlockQ8_1]) -> f32 {
     for (a, b) in x.iter().zip(y) {
         summs = fma1(f16(a.m), f16(b.s), summs);
         let d = _mm256_set1_ps(f16(a.d) * f16(b.d));
-        let hi = _mm256_and_si256(
-            bits_to_bytes(u32::from_le_bytes(a.qh)),
-            _mm256_set1_epi8(0x10),
-        );
-        let qx = _mm256_or_si256(nibbles(&a.qs), hi);
+        // SAFETY: the caller guarantees AVX2, FMA and F16C.
+        let qx = unsafe { a.values() };
         // Unsigned q ≤ 31 × signed activations: within `mul_sum_us8`'s range.
         let p = _mm256_cvtepi32_ps(mul_sum_us8(qx, load_256_i8(&b.qs)));
         acc = _mm256_fmadd_ps(p, d, acc);
     }
     hsum_ps(acc) + summs
+}
+
+/// Q5_1 in the 32-element formats' tiles ([`mat_q0`]): llama.cpp multiplies Q5_1 by `ggml_vec_dot_q5_1_q8_1` at
+/// every batch size, whose operations are Q4_1's with 5-bit values (`acc = fma(d·y.d, Σ q·y, acc)` per block,
+/// `summs = fma(m, y.s, summs)`), so the tiles reproduce [`dot_q5_1_q8_1`] bit for bit.
+impl Q0Weight for BlockQ5_1 {
+    const DECODE_ROWS: usize = 4;
+    type Act = BlockQ8_1;
+    const SIGNED: bool = false;
+    const HAS_MIN: bool = true;
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn values(&self) -> __m256i {
+        let hi = _mm256_and_si256(
+            bits_to_bytes(u32::from_le_bytes(self.qh)),
+            _mm256_set1_epi8(0x10),
+        );
+        _mm256_or_si256(nibbles(&self.qs), hi)
+    }
+    #[inline]
+    fn head(&self) -> i32 {
+        i32::from_le_bytes([self.d[0], self.d[1], self.m[0], self.m[1]])
+    }
+    fn act_qs(a: &BlockQ8_1) -> &[i8; 32] {
+        &a.qs
+    }
 }
 
 /// One Q3_K block against one Q8_K block: the 8 lanes of `Σ sc·(q - 4)·y`.
