@@ -508,13 +508,15 @@ pub fn matmul(
         });
         return;
     }
-    // Other formats (f16, bf16, f32): whole tokens per chunk, a few chunks per worker.
+    // Other formats (f16, bf16, f32): whole tokens per chunk, a few chunks per worker; each weight row is read once
+    // per chunk, for all of its tokens.
     let rows = w.rows;
     let tokens = batch.div_ceil(par.threads() * 4);
     par.for_each_chunk(out, tokens * rows, &|ci, chunk| {
-        for (c, o) in chunk.chunks_exact_mut(rows).enumerate() {
-            for (r, v) in o.iter_mut().enumerate() {
-                *v = dot_row(w, r, acts, x, ci * tokens + c);
+        let n = chunk.len() / rows;
+        for r in 0..rows {
+            for c in 0..n {
+                chunk[c * rows + r] = dot_row(w, r, acts, x, ci * tokens + c);
             }
         }
     });
