@@ -142,8 +142,8 @@ fn dot_row(w: &QTensor<'_>, r: usize, acts: &Acts, x: &[f32], t: usize) -> f32 {
         GgmlType::BF16 => {
             // `ggml_vec_dot_bf16`'s order for every batch size: llama.cpp's prefill equals it on the tiny BF16
             // fixtures, where tinyBLAS's AVX2 order (one 8-lane FMA chain) does not (model/tests/tiny_llamacpp.rs).
-            let w16: &[u16] = bytemuck::cast_slice::<[u8; 2], u16>(quant::cast::<[u8; 2]>(row));
-            simd::dot_bf16(w16, &acts.f16[t * n..(t + 1) * n])
+            let y: &[[u8; 2]] = bytemuck::cast_slice(&acts.f16[t * n..(t + 1) * n]);
+            simd::dot_bf16(quant::cast(row), y)
         }
         GgmlType::F32 => {
             let mut sum = 0.0f32;

@@ -334,8 +334,9 @@ pub fn dot_q5_1_q8_1(x: &[BlockQ5_1], y: &[BlockQ8_1]) -> f32 {
 
 /// BF16 · BF16 as `ggml_vec_dot_bf16` (AVX2) computes it: four 8-lane chains `c = x·y + c` over steps of 32
 /// (the product rounded, then added), reduced `(c1 + c3) + (c2 + c4)` and by [`hsum8`], plus an f64 tail for the
-/// last `len % 32` elements.
-pub fn dot_bf16(x: &[u16], y: &[u16]) -> f32 {
+/// last `len % 32` elements. Operands are little-endian byte pairs, so a row is read in place at any alignment.
+pub fn dot_bf16(x: &[[u8; 2]], y: &[[u8; 2]]) -> f32 {
+    let h = |v: [u8; 2]| bf16_to_f32(u16::from_le_bytes(v));
     let n = x.len().min(y.len());
     let np = n / 32 * 32;
     let mut c = [[0.0f32; 8]; 4];
@@ -343,14 +344,14 @@ pub fn dot_bf16(x: &[u16], y: &[u16]) -> f32 {
         for (j, c) in c.iter_mut().enumerate() {
             for (l, c) in c.iter_mut().enumerate() {
                 let at = i + 8 * j + l;
-                *c += bf16_to_f32(x[at]) * bf16_to_f32(y[at]);
+                *c += h(x[at]) * h(y[at]);
             }
         }
     }
     let s: [f32; 8] = core::array::from_fn(|l| (c[0][l] + c[2][l]) + (c[1][l] + c[3][l]));
     let mut sum = hsum8(&s) as f64;
     for i in np..n {
-        sum += (bf16_to_f32(x[i]) * bf16_to_f32(y[i])) as f64;
+        sum += (h(x[i]) * h(y[i])) as f64;
     }
     sum as f32
 }

@@ -191,8 +191,8 @@ dispatch!(
     /// One Q2_K row against `out.len()` tokens in llama.cpp's tiled order ([`quant::dot_q2_k_q8_k_tiled`]).
     mat_q2_k_tiled(w: &[BlockQ2K], nb: usize, y: &[BlockQ8K], out: &mut [f32]) -> (), scalar_q2_k_tiled);
 dispatch!(
-    /// bf16 · bf16 as `ggml_vec_dot_bf16` orders it.
-    dot_bf16(x: &[u16], y: &[u16]) -> f32, quant::dot_bf16);
+    /// bf16 · bf16 (little-endian byte pairs) as `ggml_vec_dot_bf16` orders it.
+    dot_bf16(x: &[[u8; 2]], y: &[[u8; 2]]) -> f32, quant::dot_bf16);
 
 fn scalar_q5_k_tiled(w: &[BlockQ5K], nb: usize, y: &[BlockQ8K], out: &mut [f32]) {
     for (t, o) in out.iter_mut().enumerate() {

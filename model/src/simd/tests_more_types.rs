@@ -184,15 +184,23 @@ fn bf16_dots_match_scalar_bitwise_and_f64() {
             .zip(&y)
             .map(|(&a, &b)| quant::bf16_to_f32(a) as f64 * quant::bf16_to_f32(b) as f64)
             .sum();
-        let scalar = quant::dot_bf16(&x, &y);
+        let (xb, yb): (&[[u8; 2]], &[[u8; 2]]) =
+            (bytemuck::cast_slice(&x), bytemuck::cast_slice(&y));
+        let scalar = quant::dot_bf16(xb, yb);
         assert!(
             (scalar as f64 - exact).abs() < 1e-3,
             "{n}: {scalar} vs {exact}"
         );
         if have_avx2() {
             // SAFETY: AVX2, FMA and F16C were detected.
-            let simd = unsafe { avx2::dot_bf16(&x, &y) };
+            let simd = unsafe { avx2::dot_bf16(xb, yb) };
             assert_eq!(simd.to_bits(), scalar.to_bits(), "{n}: {simd} vs {scalar}");
+            // A row at an odd address (a GGUF file with `general.alignment` 1) is read in place all the same.
+            let mut odd = vec![0u8];
+            odd.extend_from_slice(bytemuck::cast_slice(&x));
+            // SAFETY: as above.
+            let shifted = unsafe { avx2::dot_bf16(quant::cast(&odd[1..]), yb) };
+            assert_eq!(shifted.to_bits(), scalar.to_bits(), "{n}: odd address");
         }
     }
 }

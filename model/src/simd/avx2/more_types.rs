@@ -293,7 +293,7 @@ pub unsafe fn mat_q2_k_tiled(w: &[BlockQ2K], nb: usize, y: &[BlockQ8K], out: &mu
 /// 8 bf16 at `p[at..]` as f32 lanes (ggml's AVX2 `LOAD`: zero-extend, shift into the upper half).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn bf16x8(p: &[u16], at: usize) -> __m256 {
+fn bf16x8(p: &[[u8; 2]], at: usize) -> __m256 {
     let s = &p[at..at + 8];
     // SAFETY: reads exactly the 16 bytes of `s`.
     let v = unsafe { _mm_loadu_si128(s.as_ptr().cast()) };
@@ -305,7 +305,8 @@ fn bf16x8(p: &[u16], at: usize) -> __m256 {
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot_bf16(x: &[u16], y: &[u16]) -> f32 {
+pub unsafe fn dot_bf16(x: &[[u8; 2]], y: &[[u8; 2]]) -> f32 {
+    let h = |v: [u8; 2]| crate::quant::bf16_to_f32(u16::from_le_bytes(v));
     let n = x.len().min(y.len());
     let np = n / 32 * 32;
     let mut c = [_mm256_setzero_ps(); 4];
@@ -318,7 +319,7 @@ pub unsafe fn dot_bf16(x: &[u16], y: &[u16]) -> f32 {
     let s = _mm256_add_ps(_mm256_add_ps(c[0], c[2]), _mm256_add_ps(c[1], c[3]));
     let mut sum = hsum_ps(s) as f64;
     for i in np..n {
-        sum += (crate::quant::bf16_to_f32(x[i]) * crate::quant::bf16_to_f32(y[i])) as f64;
+        sum += (h(x[i]) * h(y[i])) as f64;
     }
     sum as f32
 }
