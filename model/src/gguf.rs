@@ -53,6 +53,32 @@ pub enum GgufError {
     DuplicateTensor { tensor: usize },
 }
 
+/// ggml's name for a tensor type code [`GgmlType`] does not represent (the i-quants, integer and ternary types and
+/// the newer float formats of `enum ggml_type`), so that a file holding one is refused by name.
+fn ggml_type_name(code: u32) -> Option<&'static str> {
+    Some(match code {
+        16 => "IQ2_XXS",
+        17 => "IQ2_XS",
+        18 => "IQ3_XXS",
+        19 => "IQ1_S",
+        21 => "IQ3_S",
+        22 => "IQ2_S",
+        24 => "I8",
+        25 => "I16",
+        26 => "I32",
+        27 => "I64",
+        28 => "F64",
+        29 => "IQ1_M",
+        34 => "TQ1_0",
+        35 => "TQ2_0",
+        39 => "MXFP4",
+        40 => "NVFP4",
+        41 => "Q1_0",
+        42 => "Q2_0",
+        _ => return None,
+    })
+}
+
 impl core::fmt::Display for GgufError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match *self {
@@ -87,9 +113,13 @@ impl core::fmt::Display for GgufError {
             GgufError::BadAlignment => {
                 write!(f, "GGUF general.alignment is not a power-of-two u32")
             }
-            GgufError::UnknownTensorType { tensor, ggml_type } => {
-                write!(f, "tensor #{tensor} has unknown ggml type {ggml_type}")
-            }
+            GgufError::UnknownTensorType { tensor, ggml_type } => match ggml_type_name(ggml_type) {
+                Some(name) => write!(
+                    f,
+                    "tensor #{tensor} has ggml type {name} ({ggml_type}), which this engine does not support"
+                ),
+                None => write!(f, "tensor #{tensor} has unknown ggml type {ggml_type}"),
+            },
             GgufError::TooManyDims { tensor, n_dims } => {
                 write!(f, "tensor #{tensor} has {n_dims} dimensions")
             }

@@ -7,7 +7,8 @@
 //! `ggml_vec_dot_*` / tinyBLAS for the 32-element formats; for Q4_K with a row count that is a multiple of 8 its
 //! repacked 8-row gemm (groups of 4 tokens) and gemv (the batch's last `batch % 4` tokens), the weights staying in
 //! the file's layout (a batch unpacks each 8-row group into a scratch buffer per product); other K-quant products
-//! its tiled kernels from 8 tokens on, `ggml_vec_dot_*` below. One worker writes the token-major output directly;
+//! its tiled kernels from 8 tokens on, `ggml_vec_dot_*` below; Q5_1 and BF16 `ggml_vec_dot_*` at every batch size
+//! (Q5_1 has no tinyBLAS kernel, and the 32-element tiles reproduce its order; for BF16 see `dot_row`). One worker writes the token-major output directly;
 //! several split the rows and gather.
 
 use alloc::vec;
@@ -138,6 +139,12 @@ fn dot_row(w: &QTensor<'_>, r: usize, acts: &Acts, x: &[f32], t: usize) -> f32 {
             let w16: &[u16] = bytemuck::cast_slice::<[u8; 2], u16>(quant::cast::<[u8; 2]>(row));
             quant::dot_f16(w16, &acts.f16[t * n..(t + 1) * n])
         }
+        GgmlType::BF16 => {
+            // `ggml_vec_dot_bf16`'s order for every batch size: llama.cpp's prefill equals it on the tiny BF16
+            // fixtures, where tinyBLAS's AVX2 order (one 8-lane FMA chain) does not (model/tests/tiny_llamacpp.rs).
+            let y: &[[u8; 2]] = bytemuck::cast_slice(&acts.f16[t * n..(t + 1) * n]);
+            simd::dot_bf16(quant::cast(row), y)
+        }
         GgmlType::F32 => {
             let mut sum = 0.0f32;
             for (c, &v) in row.chunks_exact(4).zip(&x[t * n..(t + 1) * n]) {
@@ -173,6 +180,12 @@ fn quantize_input(w: &QTensor<'_>, x: &[f32], batch: usize, acts: &mut Acts) {
         Some(ActType::F16) => {
             for (o, &v) in acts.f16.iter_mut().zip(x) {
                 *o = u16::from_le_bytes(quant::f32_to_f16(v));
+            }
+        }
+        Some(ActType::BF16) => {
+            // The f16 buffer holds the bf16 bits: a product has one activation type.
+            for (o, &v) in acts.f16.iter_mut().zip(x) {
+                *o = quant::f32_to_bf16(v);
             }
         }
         Some(ActType::F32) | None => {}
@@ -230,11 +243,11 @@ fn batched<K>(
 fn is_q0(t: GgmlType) -> bool {
     matches!(
         t,
-        GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q8_0
+        GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q8_0
     )
 }
 
-/// Rows `r0..r0 + rows` of a Q4_0/Q4_1/Q5_0/Q8_0 product against the `batch` tokens, into `out[t * ld + r]`.
+/// Rows `r0..r0 + rows` of a Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 product against the `batch` tokens, into `out[t * ld + r]`.
 fn mat_q0_part(
     w: &QTensor<'_>,
     acts: &Acts,
@@ -258,6 +271,16 @@ fn mat_q0_part(
             };
             simd::mat_q4_1(quant::cast(bytes), nb, &y, batch, out, ld, work);
         }
+        GgmlType::Q5_1 => {
+            let y = simd::ActTile {
+                qs: &acts.q8_1[..batch * nb],
+                d,
+                s,
+                batch,
+                col0: 0,
+            };
+            simd::mat_q5_1(quant::cast(bytes), nb, &y, batch, out, ld, work);
+        }
         t => {
             let y = simd::ActTile {
                 qs: &acts.q8_0[..batch * nb],
@@ -277,7 +300,7 @@ fn mat_q0_part(
     }
 }
 
-/// The product for Q4_0/Q4_1/Q5_0/Q8_0 weights through the tiled kernels.
+/// The product for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 weights through the tiled kernels.
 fn mat_q0(
     w: &QTensor<'_>,
     batch: usize,
@@ -329,7 +352,7 @@ fn q4_k_repacked(w: &QTensor<'_>) -> bool {
     w.ggml_type == GgmlType::Q4K && w.rows.is_multiple_of(8)
 }
 
-/// Rows `r0..r0 + rows` of a Q4_K or Q6_K product against the `batch` tokens, in llama.cpp's order for that batch
+/// Rows `r0..r0 + rows` of a K-quant product against the `batch` tokens, in llama.cpp's order for that batch
 /// size, into `out[t * ld + r]`. For repacked Q4_K, `r0` and `rows` are multiples of 8.
 fn mat_k_part(
     w: &QTensor<'_>,
@@ -360,6 +383,9 @@ fn mat_k_part(
             let q = &q8k[c0 * nb..(c0 + n) * nb];
             match (w.ggml_type, tiled) {
                 (GgmlType::Q6K, true) => simd::mat_q6_k_tiled(quant::cast(row), nb, q, &mut o[..n]),
+                (GgmlType::Q5K | GgmlType::Q3K | GgmlType::Q2K, _) => {
+                    low_k_row(w.ggml_type, tiled, row, nb, q, &mut o[..n]);
+                }
                 (GgmlType::Q4K, true) => {
                     for (t, o) in o[..n].iter_mut().enumerate() {
                         *o = quant::dot_q4_k_q8_k_tiled(quant::cast(row), &q[t * nb..(t + 1) * nb]);
@@ -383,7 +409,35 @@ fn mat_k_part(
     }
 }
 
-/// The product for Q4_K/Q6_K weights (rows in groups of 8 for repacked Q4_K).
+/// One Q5_K, Q3_K or Q2_K row of `nb` blocks against `out.len()` tokens (`q[t * nb..]`): llama.cpp's tiled order
+/// when `tiled`, `ggml_vec_dot_*`'s otherwise.
+fn low_k_row(t: GgmlType, tiled: bool, row: &[u8], nb: usize, q: &[BlockQ8K], out: &mut [f32]) {
+    let y = |i: usize| &q[i * nb..(i + 1) * nb];
+    match (t, tiled) {
+        (GgmlType::Q5K, true) => simd::mat_q5_k_tiled(quant::cast(row), nb, q, out),
+        (GgmlType::Q3K, true) => simd::mat_q3_k_tiled(quant::cast(row), nb, q, out),
+        (GgmlType::Q2K, true) => simd::mat_q2_k_tiled(quant::cast(row), nb, q, out),
+        (GgmlType::Q5K, false) => {
+            for (i, o) in out.iter_mut().enumerate() {
+                *o = simd::dot_q5_k_q8_k(quant::cast(row), y(i));
+            }
+        }
+        (GgmlType::Q3K, false) => {
+            for (i, o) in out.iter_mut().enumerate() {
+                *o = simd::dot_q3_k_q8_k(quant::cast(row), y(i));
+            }
+        }
+        (GgmlType::Q2K, false) => {
+            for (i, o) in out.iter_mut().enumerate() {
+                *o = simd::dot_q2_k_q8_k(quant::cast(row), y(i));
+            }
+        }
+        // The caller passes only the three types above.
+        _ => {}
+    }
+}
+
+/// The product for K-quant weights (rows in groups of 8 for repacked Q4_K).
 fn mat_k(
     w: &QTensor<'_>,
     batch: usize,
@@ -437,7 +491,10 @@ pub fn matmul(
         mat_q0(w, batch, rows_per_chunk, out, acts, par);
         return;
     }
-    if matches!(w.ggml_type, GgmlType::Q4K | GgmlType::Q6K) {
+    if matches!(
+        w.ggml_type,
+        GgmlType::Q2K | GgmlType::Q3K | GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K
+    ) {
         mat_k(w, batch, rows_per_chunk, out, acts, par);
         return;
     }
@@ -451,13 +508,15 @@ pub fn matmul(
         });
         return;
     }
-    // Other formats (f16, f32): whole tokens per chunk, a few chunks per worker.
+    // Other formats (f16, bf16, f32): whole tokens per chunk, a few chunks per worker; each weight row is read once
+    // per chunk, for all of its tokens.
     let rows = w.rows;
     let tokens = batch.div_ceil(par.threads() * 4);
     par.for_each_chunk(out, tokens * rows, &|ci, chunk| {
-        for (c, o) in chunk.chunks_exact_mut(rows).enumerate() {
-            for (r, v) in o.iter_mut().enumerate() {
-                *v = dot_row(w, r, acts, x, ci * tokens + c);
+        let n = chunk.len() / rows;
+        for r in 0..rows {
+            for c in 0..n {
+                chunk[c * rows + r] = dot_row(w, r, acts, x, ci * tokens + c);
             }
         }
     });

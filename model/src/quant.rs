@@ -2,20 +2,25 @@
 //! and the scalar reference dot products.
 //!
 //! Layouts and arithmetic follow ggml (`ggml-common.h` block definitions, `ggml-quants.c` reference code): weights
-//! of type Q4_0/Q5_0/Q8_0 are dotted with activations quantized to Q8_0, Q4_1 with Q8_1, the K-quants with Q8_K,
-//! F16 with F16 and F32 with F32, exactly as llama.cpp's CPU backend pairs them (`vec_dot_type`). The activation
-//! quantizers reproduce llama.cpp's x86 code (scale `amax/127`, multiplier `127/amax`, round half to even) so that
-//! near-tie logits resolve the same way. Weight blocks keep their `f16` fields as byte pairs, which gives them
+//! of type Q4_0/Q5_0/Q8_0 are dotted with activations quantized to Q8_0, Q4_1 and Q5_1 with Q8_1, the K-quants
+//! with Q8_K, F16 with F16, BF16 with BF16 and F32 with F32, exactly as llama.cpp's CPU backend pairs them
+//! (`vec_dot_type`); Q5_K, Q5_1, BF16, Q3_K and Q2_K are in `quant/more_types.rs`. The activation quantizers
+//! reproduce llama.cpp's x86 code (scale `amax/127`, multiplier `127/amax`, round half to even) so that near-tie
+//! logits resolve the same way. Weight blocks keep their `f16` fields as byte pairs, which gives them
 //! alignment 1 so they can be viewed in place inside any byte buffer.
 
 use bytemuck::{Pod, Zeroable};
+
+mod more_types;
+pub use more_types::*;
 
 /// Elements per block of the simple formats.
 pub const QK: usize = 32;
 /// Elements per super-block of the K-quants.
 pub const QK_K: usize = 256;
 
-/// ggml tensor type codes (`enum ggml_type`). Only types whose block layout is known are representable.
+/// ggml tensor type codes (`enum ggml_type`). Only types whose block layout is known are representable; IQ4_NL and
+/// IQ4_XS are known (so a file holding them parses and is refused by name) but not computable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum GgmlType {
     F32 = 0,
@@ -32,6 +37,8 @@ pub enum GgmlType {
     Q5K = 13,
     Q6K = 14,
     Q8K = 15,
+    IQ4NL = 20,
+    IQ4XS = 23,
     BF16 = 30,
 }
 
@@ -58,6 +65,8 @@ impl GgmlType {
             13 => GgmlType::Q5K,
             14 => GgmlType::Q6K,
             15 => GgmlType::Q8K,
+            20 => GgmlType::IQ4NL,
+            23 => GgmlType::IQ4XS,
             30 => GgmlType::BF16,
             _ => return None,
         })
@@ -80,6 +89,8 @@ impl GgmlType {
             GgmlType::Q5K => "Q5_K",
             GgmlType::Q6K => "Q6_K",
             GgmlType::Q8K => "Q8_K",
+            GgmlType::IQ4NL => "IQ4_NL",
+            GgmlType::IQ4XS => "IQ4_XS",
             GgmlType::BF16 => "BF16",
         }
     }
@@ -93,7 +104,8 @@ impl GgmlType {
             | GgmlType::Q5_0
             | GgmlType::Q5_1
             | GgmlType::Q8_0
-            | GgmlType::Q8_1 => QK,
+            | GgmlType::Q8_1
+            | GgmlType::IQ4NL => QK,
             _ => QK_K,
         }
     }
@@ -115,6 +127,8 @@ impl GgmlType {
             GgmlType::Q5K => 176,
             GgmlType::Q6K => 210,
             GgmlType::Q8K => 292,
+            GgmlType::IQ4NL => 18,
+            GgmlType::IQ4XS => 136,
         }
     }
 
@@ -127,9 +141,14 @@ impl GgmlType {
                 | GgmlType::Q4_0
                 | GgmlType::Q4_1
                 | GgmlType::Q5_0
+                | GgmlType::Q5_1
                 | GgmlType::Q8_0
+                | GgmlType::Q2K
+                | GgmlType::Q3K
                 | GgmlType::Q4K
+                | GgmlType::Q5K
                 | GgmlType::Q6K
+                | GgmlType::BF16
         )
     }
 
@@ -139,8 +158,11 @@ impl GgmlType {
             GgmlType::F32 => ActType::F32,
             GgmlType::F16 => ActType::F16,
             GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => ActType::Q8_0,
-            GgmlType::Q4_1 => ActType::Q8_1,
-            GgmlType::Q4K | GgmlType::Q6K => ActType::Q8K,
+            GgmlType::Q4_1 | GgmlType::Q5_1 => ActType::Q8_1,
+            GgmlType::Q2K | GgmlType::Q3K | GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K => {
+                ActType::Q8K
+            }
+            GgmlType::BF16 => ActType::BF16,
             _ => return None,
         })
     }
@@ -154,6 +176,7 @@ pub enum ActType {
     Q8_0,
     Q8_1,
     Q8K,
+    BF16,
 }
 
 /// Q4_0: `d * (q - 8)`, 4-bit q; element j in the low nibble of `qs[j]`, element j+16 in its high nibble.
@@ -480,6 +503,11 @@ pub fn dequantize(t: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<(), Quan
                 }
             }
         }
+        GgmlType::Q5K => dequantize_q5_k(cast(bytes), out),
+        GgmlType::Q5_1 => dequantize_q5_1(cast(bytes), out),
+        GgmlType::BF16 => dequantize_bf16(bytes, out),
+        GgmlType::Q3K => dequantize_q3_k(cast(bytes), out),
+        GgmlType::Q2K => dequantize_q2_k(cast(bytes), out),
         other => return Err(QuantError::Unsupported(other)),
     }
     Ok(())

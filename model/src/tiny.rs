@@ -15,6 +15,8 @@ use crate::gguf_write::GgufWriter;
 use crate::quant::{f32_to_f16, GgmlType, QK};
 use crate::transformer::Arch;
 
+mod more_types;
+
 struct Rng(u64);
 
 impl Rng {
@@ -36,7 +38,8 @@ impl Rng {
     }
 }
 
-/// Encodes `w` (length a multiple of 32) as `t` (F32, Q8_0, Q4_1 or Q5_0) by rounding to nearest.
+/// Encodes `w` (length a multiple of the block size) as `t` (F32, Q8_0, Q4_1, Q5_0, or one of [`more_types`]) by
+/// rounding to nearest.
 fn encode(t: GgmlType, w: &[f32]) -> Vec<u8> {
     let mut out = Vec::new();
     match t {
@@ -90,8 +93,8 @@ fn encode(t: GgmlType, w: &[f32]) -> Vec<u8> {
                 );
             }
         }
-        // Only the four encoders above are used by the generator below.
-        _ => {}
+        // Q5_K, Q5_1, BF16, Q3_K and Q2_K (what `TinySpec::weights` may name).
+        t => out = more_types::encode(t, w).unwrap_or_default(),
     }
     out
 }
@@ -113,6 +116,8 @@ pub struct TinySpec {
     /// Llama 3's conventions on a llama model: its special tokens and chat headers, the `llama-bpe`
     /// pre-tokenizer, BOS added, RoPE base 500,000 and `rope_freqs` factors ([`llama3_rope_factors`]).
     pub llama3: bool,
+    /// The type of every attention and feed-forward matrix; `None` for the architecture's own mix (below).
+    pub weights: Option<GgmlType>,
 }
 
 impl TinySpec {
@@ -128,6 +133,7 @@ impl TinySpec {
             head_dim: 16,
             context_length: 512,
             llama3: false,
+            weights: None,
         }
     }
 
@@ -135,6 +141,19 @@ impl TinySpec {
     pub fn llama3() -> TinySpec {
         TinySpec {
             llama3: true,
+            ..TinySpec::llama()
+        }
+    }
+
+    /// The llama shape widened to 256 (a whole K-quant super-block per row: 4 heads of 64, 2 KV heads, FFN 512)
+    /// with every attention and feed-forward matrix of type `t`: the tiny models that hold each tensor type to
+    /// llama.cpp.
+    pub fn llama_typed(t: GgmlType) -> TinySpec {
+        TinySpec {
+            dim: 256,
+            ffn_dim: 512,
+            head_dim: 64,
+            weights: Some(t),
             ..TinySpec::llama()
         }
     }
@@ -169,6 +188,7 @@ impl TinySpec {
             head_dim: 32,
             context_length: 512,
             llama3: false,
+            weights: None,
         }
     }
 }
@@ -361,6 +381,10 @@ pub fn generate(spec: &TinySpec, seed: u64) -> Vec<u8> {
         Arch::Llama | Arch::Qwen3 => (GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4_1),
         Arch::Qwen2 => (GgmlType::Q8_0, GgmlType::Q8_0, GgmlType::Q4_1),
         Arch::Gemma3 => (GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::Q5_0),
+    };
+    let (proj, vt, ffn_t) = match spec.weights {
+        Some(t) => (t, t, t),
+        None => (proj, vt, ffn_t),
     };
     let mat =
         |w: &mut GgufWriter, rng: &mut Rng, name: &str, rows: usize, cols: usize, t: GgmlType| {

@@ -132,7 +132,7 @@ impl core::fmt::Display for ModelError {
                     write!(
                         f,
                         " has type {ggml_type}, which this engine cannot multiply: use a model quantized to F32, \
-                         F16, Q4_0, Q4_1, Q5_0, Q8_0, Q4_K or Q6_K"
+                         F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K or Q6_K"
                     )
                 }
             }

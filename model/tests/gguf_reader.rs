@@ -206,6 +206,12 @@ fn tensor_errors_are_named() {
             ggml_type: 77
         }
     );
+    // A type ggml defines but this engine does not is refused by its name.
+    let iq3_s = Gguf::parse(&one_tensor(1, &[256], 21, 0, 110)).unwrap_err();
+    assert_eq!(
+        iq3_s.to_string(),
+        "tensor #0 has ggml type IQ3_S (21), which this engine does not support"
+    );
     assert_eq!(
         Gguf::parse(&one_tensor(5, &[1, 1, 1, 1, 1], 0, 0, 4)).unwrap_err(),
         GgufError::TooManyDims {

@@ -14,10 +14,11 @@ use net::proto::ErrorCode;
 const CLOISTER: &str = env!("CARGO_BIN_EXE_cloister");
 
 /// Debug forms that must never reach a user.
-const DEBUG_FORMS: [&str; 12] = [
+const DEBUG_FORMS: [&str; 13] = [
     "Some(",
     "None",
     "Q2K",
+    "IQ4XS",
     "ContextExceeded",
     "TpmFailure",
     "BadPort",
@@ -52,16 +53,16 @@ fn type_field_offset(blob: &[u8], name: &str) -> usize {
 #[test]
 fn a_tensor_of_a_type_the_engine_cannot_run_is_named_with_its_ggml_type() {
     let mut blob = model::tiny::generate(&model::tiny::TinySpec::llama(), 1);
-    // blk.0.attn_v.weight is Q8_0; Q5_1 has the same block length and fewer bytes, so the file still parses, but
+    // blk.0.attn_v.weight is Q8_0; IQ4_NL has the same block length and fewer bytes, so the file still parses, but
     // the engine has no dot product for it.
     let at = type_field_offset(&blob, "blk.0.attn_v.weight");
     assert_eq!(
         u32::from_le_bytes(blob[at..at + 4].try_into().unwrap()),
         GgmlType::Q8_0 as u32
     );
-    blob[at..at + 4].copy_from_slice(&(GgmlType::Q5_1 as u32).to_le_bytes());
+    blob[at..at + 4].copy_from_slice(&(GgmlType::IQ4NL as u32).to_le_bytes());
     let scratch = tempfile::tempdir().unwrap();
-    let path = scratch.path().join("q5_1.gguf");
+    let path = scratch.path().join("iq4_nl.gguf");
     std::fs::write(&path, &blob).unwrap();
     let output = Command::new(CLOISTER)
         .args(["generate", "--max-tokens", "1", "--model"])
@@ -73,7 +74,7 @@ fn a_tensor_of_a_type_the_engine_cannot_run_is_named_with_its_ggml_type() {
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains(
-            "tensor blk.0.attn_v.weight has type Q5_1, which this engine cannot multiply"
+            "tensor blk.0.attn_v.weight has type IQ4_NL, which this engine cannot multiply"
         ),
         "{stderr}"
     );
@@ -108,11 +109,11 @@ fn error_values_read_as_sentences() {
     let bad_tensor = ModelError::BadTensor {
         role: "attn_q.weight",
         layer: Some(0),
-        ggml_type: GgmlType::Q2K,
+        ggml_type: GgmlType::IQ4XS,
     }
     .to_string();
     assert!(
-        bad_tensor.starts_with("tensor blk.0.attn_q.weight has type Q2_K"),
+        bad_tensor.starts_with("tensor blk.0.attn_q.weight has type IQ4_XS"),
         "{bad_tensor}"
     );
     let wrong_shape = ModelError::BadTensor {

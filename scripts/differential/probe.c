@@ -5,7 +5,9 @@
 // Tokenizes the prompt file's text as llama.cpp's tools do for a raw prompt (BOS added as the vocabulary says,
 // control-token text parsed), evaluates it in one batch, then generates STEPS tokens greedily, one decode each,
 // with flash attention off. For each step it writes the full logits it chose from, so the engine can be held to
-// every one of them. OUT.bin, all little-endian:
+// every one of them. With CLOISTER_PROBE_NO_REPACK set in the environment, llama.cpp keeps the weights in the file's
+// layout (no extra buffer types): what it runs on a CPU for which it has no repacked kernel of the type. OUT.bin, all
+// little-endian:
 //   "CLDF", u32 version (1), u32 n_vocab, u32 n_prompt, u32 n_steps,
 //   i32 prompt ids[n_prompt],
 //   per step: i32 chosen id (the argmax), f32 top-2 margin, f32 logits[n_vocab].
@@ -47,6 +49,7 @@ int main(int argc, char ** argv) {
     llama_backend_init();
     struct llama_model_params model_params = llama_model_default_params();
     model_params.progress_callback = no_progress;
+    if (getenv("CLOISTER_PROBE_NO_REPACK")) model_params.use_extra_bufts = false;
     struct llama_model * model = llama_model_load_from_file(argv[1], model_params);
     if (!model) die("cannot load the model");
     const struct llama_vocab * vocab = llama_model_get_vocab(model);

@@ -3,12 +3,14 @@
 # for the generated tiny models of every architecture the engine runs (issue 16: proof without downloading
 # gigabytes), which model/tests/tiny_llamacpp.rs holds the engine to.
 #
-# For each of tiny-llama, tiny-llama3, tiny-gemma3, tiny-qwen2 and tiny-qwen3 and each prompt below, llama.cpp's probe
+# For each of tiny-llama, tiny-llama3, tiny-gemma3, tiny-qwen2 and tiny-qwen3, and for the tiny llama models whose matrices all
+# have one of the tensor types Q5_K, Q5_1, BF16, Q3_K and Q2_K (`TinySpec::llama_typed`, written by model's
+# `tiny_typed` example; fixtures llama-q5_k.json and so on), and each prompt below, llama.cpp's probe
 # (scripts/differential/probe.c, one thread) records the prompt ids and 16 greedy steps; the fixture keeps the ids,
-# each step's chosen id and top-2 margin, and step 0's full logits. The tiny vocabularies are a few hundred tokens,
+# each step's chosen id and top-2 margin, and step 0's full logits. Arguments, if any, name the fixtures to write
+# (`llama`, `llama-q5_k`, ...); by default all are written. The tiny vocabularies are a few hundred tokens,
 # so a fixture is small. The tiny models' weights are random, their logits small: llama.cpp's CPU-dependent
 # summation order moves them far less than the test's 1e-3 bound, so the fixtures hold on other CPUs too.
-# TINY_ARCHS="llama3 qwen2" limits the run to those architectures (default: all five).
 set -euo pipefail
 
 progress() { printf '%s\n' "$*" >&2; }
@@ -30,14 +32,10 @@ out_dir="$workspace/model/tests/fixtures/tiny_llamacpp"
 mkdir -p "$out_dir"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
-for arch in ${TINY_ARCHS:-llama llama3 gemma3 qwen2 qwen3}; do
-    model="$(cd "$workspace" && cargo run --quiet --release -p runner -- fetch-model "tiny-$arch")"
-    case $arch in
-    gemma3) chat=$'<start_of_turn>user\nthe sea<end_of_turn>\n<start_of_turn>model\n' ;;
-    llama3) chat=$'<|start_header_id|>user<|end_header_id|>\n\nthe sea<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n' ;;
-    *) chat=$'<|im_start|>user\nthe sea<|im_end|>\n<|im_start|>assistant\n' ;;
-    esac
-    prompts=(
+# record NAME MODEL CHAT: runs the probe on MODEL for each prompt and writes $out_dir/NAME.json.
+record() {
+    local name=$1 model=$2 chat=$3
+    local prompts=(
         "the theme of the sea is 12345 and 67!"
         "$chat"
         $' leading space, \'tis OK  \t tabs\r\n\n end'
@@ -45,9 +43,9 @@ for arch in ${TINY_ARCHS:-llama llama3 gemma3 qwen2 qwen3}; do
     for index in "${!prompts[@]}"; do
         printf '%s' "${prompts[$index]}" >"$work/prompt-$index.txt"
         "$PROBE" "$model" "$work/prompt-$index.txt" 16 1 "$work/out-$index.bin" ||
-            fail "the probe failed on tiny-$arch prompt $index"
+            fail "the probe failed on $name prompt $index"
     done
-    python3 - "$work" "${#prompts[@]}" "$out_dir/$arch.json" "$(sed -n 2p "$LLAMA_CPP_ROOT/build.stamp")" <<'PY'
+    python3 - "$work" "${#prompts[@]}" "$out_dir/$name.json" "$(sed -n 2p "$LLAMA_CPP_ROOT/build.stamp")" <<'PY'
 import json, struct, sys
 work, count, out, provenance = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 cases = []
@@ -73,5 +71,29 @@ for index in range(count):
                   "step0_logits": step0})
 json.dump({"llama_cpp": provenance, "cases": cases}, open(out, "w"), indent=1)
 PY
-    progress "wrote $out_dir/$arch.json"
+    progress "wrote $out_dir/$name.json"
+}
+
+wanted() { [ ${#selected[@]} -eq 0 ] || printf '%s\n' "${selected[@]}" | grep -qx -- "$1"; }
+selected=("$@")
+chatml=$'<|im_start|>user\nthe sea<|im_end|>\n<|im_start|>assistant\n'
+for arch in llama llama3 gemma3 qwen2 qwen3; do
+    wanted "$arch" || continue
+    model="$(cd "$workspace" && cargo run --quiet --release -p runner -- fetch-model "tiny-$arch")"
+    case $arch in
+    gemma3) chat=$'<start_of_turn>user\nthe sea<end_of_turn>\n<start_of_turn>model\n' ;;
+    llama3) chat=$'<|start_header_id|>user<|end_header_id|>\n\nthe sea<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n' ;;
+    *) chat=$chatml ;;
+    esac
+    record "$arch" "$model" "$chat"
+done
+for type in Q5_K Q5_1 BF16 Q3_K Q2_K; do
+    name="llama-$(printf '%s' "$type" | tr '[:upper:]' '[:lower:]')"
+    wanted "$name" || continue
+    (cd "$workspace" && cargo run --quiet --release -p model --example tiny_typed -- "$type" "$work/$name.gguf") ||
+        fail "cannot write the tiny $type model"
+    # llama.cpp repacks Q2_K weights only on AVX-512 CPUs (q2_K_8x8); the engine follows its AVX2 kernels, so that
+    # fixture is recorded as llama.cpp runs on an AVX2 CPU: weights in the file's layout (probe.c).
+    if [ "$type" = Q2_K ]; then export CLOISTER_PROBE_NO_REPACK=1; else unset CLOISTER_PROBE_NO_REPACK; fi
+    record "$name" "$work/$name.gguf" "$chatml"
 done

@@ -8,7 +8,8 @@
 use core::sync::atomic::{AtomicU8, Ordering};
 
 use crate::quant::{
-    self, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1,
+    self, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1,
+    BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1,
 };
 
 /// 0 = not yet probed, 1 = scalar, 2 = AVX2+FMA+F16C.
@@ -169,6 +170,49 @@ dispatch!(
     /// Q6_K weights · Q8_K activations.
     dot_q6_k_q8_k(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32, quant::dot_q6_k_q8_k);
 dispatch!(
+    /// Q5_K weights · Q8_K activations.
+    dot_q5_k_q8_k(x: &[BlockQ5K], y: &[BlockQ8K]) -> f32, quant::dot_q5_k_q8_k);
+dispatch!(
+    /// One Q5_K row of `nb` blocks against `out.len()` tokens (`y[t * nb..]`) in the order of llama.cpp's tiled
+    /// kernel (each equal to [`quant::dot_q5_k_q8_k_tiled`]).
+    mat_q5_k_tiled(w: &[BlockQ5K], nb: usize, y: &[BlockQ8K], out: &mut [f32]) -> (), scalar_q5_k_tiled);
+dispatch!(
+    /// Q5_1 weights · Q8_1 activations.
+    dot_q5_1_q8_1(x: &[BlockQ5_1], y: &[BlockQ8_1]) -> f32, quant::dot_q5_1_q8_1);
+dispatch!(
+    /// Q3_K weights · Q8_K activations.
+    dot_q3_k_q8_k(x: &[BlockQ3K], y: &[BlockQ8K]) -> f32, quant::dot_q3_k_q8_k);
+dispatch!(
+    /// One Q3_K row against `out.len()` tokens in llama.cpp's tiled order ([`quant::dot_q3_k_q8_k_tiled`]).
+    mat_q3_k_tiled(w: &[BlockQ3K], nb: usize, y: &[BlockQ8K], out: &mut [f32]) -> (), scalar_q3_k_tiled);
+dispatch!(
+    /// Q2_K weights · Q8_K activations.
+    dot_q2_k_q8_k(x: &[BlockQ2K], y: &[BlockQ8K]) -> f32, quant::dot_q2_k_q8_k);
+dispatch!(
+    /// One Q2_K row against `out.len()` tokens in llama.cpp's tiled order ([`quant::dot_q2_k_q8_k_tiled`]).
+    mat_q2_k_tiled(w: &[BlockQ2K], nb: usize, y: &[BlockQ8K], out: &mut [f32]) -> (), scalar_q2_k_tiled);
+dispatch!(
+    /// bf16 · bf16 (little-endian byte pairs) as `ggml_vec_dot_bf16` orders it.
+    dot_bf16(x: &[[u8; 2]], y: &[[u8; 2]]) -> f32, quant::dot_bf16);
+
+fn scalar_q5_k_tiled(w: &[BlockQ5K], nb: usize, y: &[BlockQ8K], out: &mut [f32]) {
+    for (t, o) in out.iter_mut().enumerate() {
+        *o = quant::dot_q5_k_q8_k_tiled(&w[..nb], &y[t * nb..(t + 1) * nb]);
+    }
+}
+
+fn scalar_q3_k_tiled(w: &[BlockQ3K], nb: usize, y: &[BlockQ8K], out: &mut [f32]) {
+    for (t, o) in out.iter_mut().enumerate() {
+        *o = quant::dot_q3_k_q8_k_tiled(&w[..nb], &y[t * nb..(t + 1) * nb]);
+    }
+}
+
+fn scalar_q2_k_tiled(w: &[BlockQ2K], nb: usize, y: &[BlockQ8K], out: &mut [f32]) {
+    for (t, o) in out.iter_mut().enumerate() {
+        *o = quant::dot_q2_k_q8_k_tiled(&w[..nb], &y[t * nb..(t + 1) * nb]);
+    }
+}
+dispatch!(
     /// f16 · f16 as tinyBLAS orders it (one 8-lane FMA chain); lengths a multiple of 8.
     dot_f16(x: &[u16], y: &[u16]) -> f32, quant::dot_f16_chain);
 dispatch!(
@@ -275,6 +319,9 @@ mat_dispatch!(
 /// A portable matrix product with [`mat_q4_1`]'s arguments, less the work buffer.
 type ScalarMat<W, A> = fn(&[W], usize, &ActTile<'_, A>, usize, &mut [f32], usize);
 mat_dispatch!(
+    /// Q5_1 weights × Q8_1 activations.
+    mat_q5_1, BlockQ5_1, BlockQ8_1, quant::dot_q5_1_q8_1);
+mat_dispatch!(
     /// Q5_0 weights × Q8_0 activations.
     mat_q5_0, BlockQ5_0, BlockQ8_0, quant::dot_q5_0_q8_0);
 mat_dispatch!(
@@ -283,3 +330,5 @@ mat_dispatch!(
 
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests;
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests_more_types;

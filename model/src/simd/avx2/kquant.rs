@@ -177,7 +177,7 @@ pub unsafe fn dot_q6_k_q8_k(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32 {
 /// The 8 six-bit scales and 8 mins of a Q4_K block, as the i16 lanes of two 128-bit vectors.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn q4_k_scales_mins(s: &[u8; 12]) -> (__m128i, __m128i) {
+pub(super) fn q4_k_scales_mins(s: &[u8; 12]) -> (__m128i, __m128i) {
     // Little-endian words of the 12 packed bytes; layout per `scale_min_k4`: bytes 0-3 low 6 bits = sc0-3,
     // bytes 4-7 low 6 bits = m0-3, bytes 8-11 = low nibbles sc4-7 / high nibbles m4-7, whose top 2 bits are the
     // top 2 bits of bytes 0-3 (sc) and 4-7 (m).
@@ -196,7 +196,7 @@ fn q4_k_scales_mins(s: &[u8; 12]) -> (__m128i, __m128i) {
 /// Lane `j` (an i16) of the 8 lanes `v` (duplicated in both 128-bit halves) in all 16 lanes.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn bcast16(v: __m256i, j: usize) -> __m256i {
+pub(super) fn bcast16(v: __m256i, j: usize) -> __m256i {
     // Byte pair (2j, 2j+1) selected into every i16 lane of each half.
     let pick = (((2 * j + 1) << 8) | (2 * j)) as i16;
     _mm256_shuffle_epi8(v, _mm256_set1_epi16(pick))
@@ -242,7 +242,7 @@ fn hsum8x8(v: &[__m256i; 8]) -> __m256i {
 /// The Q8_K block's 16 group sums added in pairs: i16 lane j = Σ y over sub-block j (|·| ≤ 32·127).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn bsum_pairs(y: &BlockQ8K) -> __m128i {
+pub(super) fn bsum_pairs(y: &BlockQ8K) -> __m128i {
     // SAFETY: reads exactly the 32 bytes of `bsums`.
     let b = unsafe { _mm256_loadu_si256(y.bsums.as_ptr().cast()) };
     _mm_hadd_epi16(_mm256_castsi256_si128(b), _mm256_extracti128_si256(b, 1))

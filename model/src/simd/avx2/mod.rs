@@ -17,12 +17,14 @@ use crate::quant::{
 mod activation;
 mod f16_dots;
 mod kquant;
+mod more_types;
 mod q0;
 mod quantize;
 
 pub use activation::*;
 pub use f16_dots::*;
 pub use kquant::*;
+pub use more_types::*;
 pub use q0::*;
 pub use quantize::*;
 

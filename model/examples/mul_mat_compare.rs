@@ -1,0 +1,90 @@
+//! The engine's kernels for Q5_K, Q5_1, Q3_K and Q2_K against one ggml matrix product, bit for bit
+//! (scripts/differential/kernels.sh runs it on scripts/differential/mul_mat.c's output):
+//!
+//!   mul_mat_compare TYPE OUT.bin [--scalar]
+//!
+//! TYPE is the ggml type code `mul_mat` was given. Each output is computed as the engine computes it for a product
+//! of that many tokens: llama.cpp's tiled order from 8 tokens on for the K-quants, `ggml_vec_dot_*`'s below (and
+//! for Q5_1 at every size), with the CPU's best kernels or, with `--scalar`, the portable ones. Prints one line
+//! with the count of bit-equal outputs; exits 1 if any differs.
+use std::process::ExitCode;
+
+use model::quant::{self, BlockQ8K, BlockQ8_1, GgmlType};
+use model::simd;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (Some(code), Some(path)) = (args.first(), args.get(1)) else {
+        eprintln!("usage: mul_mat_compare TYPE OUT.bin [--scalar]");
+        return ExitCode::from(2);
+    };
+    let Some(t) = code.parse().ok().and_then(GgmlType::from_u32) else {
+        eprintln!("mul_mat_compare: {code} is not a ggml type code");
+        return ExitCode::from(2);
+    };
+    simd::force_scalar(args.iter().any(|a| a == "--scalar"));
+    let bytes = std::fs::read(path).expect("read the ggml output");
+    let word = |i: usize| u32::from_le_bytes(bytes[4 * i..4 * i + 4].try_into().unwrap()) as usize;
+    let (rows, cols, tokens) = (word(0), word(1), word(2));
+    let row_bytes = cols / t.block_len() * t.block_bytes();
+    let floats = |from: usize, n: usize| -> Vec<f32> {
+        bytes[from..from + 4 * n]
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    };
+    let weights = &bytes[12..12 + rows * row_bytes];
+    let x = floats(12 + rows * row_bytes, cols * tokens);
+    let want = floats(12 + rows * row_bytes + 4 * cols * tokens, rows * tokens);
+
+    let (nk, n1) = (cols / quant::QK_K, cols / quant::QK);
+    let mut q8k = vec![bytemuck::Zeroable::zeroed(); tokens * nk];
+    if cols.is_multiple_of(quant::QK_K) {
+        quant::quantize_q8_k(&x, &mut q8k);
+    }
+    let q8k: Vec<BlockQ8K> = q8k;
+    let mut q81 = vec![bytemuck::Zeroable::zeroed(); tokens * n1];
+    simd::quantize_q8_1(&x, &mut q81);
+    let q81: Vec<BlockQ8_1> = q81;
+    let tiled = tokens >= 8;
+    let mut equal = 0;
+    for r in 0..rows {
+        let w = &weights[r * row_bytes..(r + 1) * row_bytes];
+        let mut got = vec![0.0f32; tokens];
+        match (t, tiled) {
+            (GgmlType::Q5K, true) => simd::mat_q5_k_tiled(quant::cast(w), nk, &q8k, &mut got),
+            (GgmlType::Q3K, true) => simd::mat_q3_k_tiled(quant::cast(w), nk, &q8k, &mut got),
+            (GgmlType::Q2K, true) => simd::mat_q2_k_tiled(quant::cast(w), nk, &q8k, &mut got),
+            _ => {
+                for (c, g) in got.iter_mut().enumerate() {
+                    let (yk, y1) = (&q8k[c * nk..(c + 1) * nk], &q81[c * n1..(c + 1) * n1]);
+                    *g = match t {
+                        GgmlType::Q5K => simd::dot_q5_k_q8_k(quant::cast(w), yk),
+                        GgmlType::Q3K => simd::dot_q3_k_q8_k(quant::cast(w), yk),
+                        GgmlType::Q2K => simd::dot_q2_k_q8_k(quant::cast(w), yk),
+                        GgmlType::Q5_1 => simd::dot_q5_1_q8_1(quant::cast(w), y1),
+                        _ => {
+                            eprintln!("mul_mat_compare: {t} is not a type this check covers");
+                            return ExitCode::from(2);
+                        }
+                    };
+                }
+            }
+        }
+        for (c, g) in got.iter().enumerate() {
+            if g.to_bits() == want[c * rows + r].to_bits() {
+                equal += 1;
+            }
+        }
+    }
+    let kernels = format!("{:?}", simd::level()).to_lowercase();
+    println!(
+        "{t} {rows}x{cols}, {tokens} tokens, {kernels}: {equal}/{} outputs bit-equal",
+        rows * tokens
+    );
+    if equal == rows * tokens {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}

@@ -1,0 +1,70 @@
+// scripts/differential/mul_mat.c: one ggml matrix product on the CPU backend, for scripts/differential/kernels.sh.
+//
+//   mul_mat TYPE ROWS COLS TOKENS SEED OUT.bin
+//
+// Fills a ROWS x COLS weight matrix of ggml type TYPE (its numeric code) with seeded random bytes, sets each
+// block's f16 scales to small finite values (Q5_1, Q2_K, Q3_K, Q5_K), fills TOKENS x COLS f32 activations (a few
+// large outliers, as real activations have), and multiplies them with ggml_mul_mat on one thread, weights in the
+// file's layout (no repacking). OUT.bin, all little-endian: u32 rows, cols, tokens; the weight bytes; the f32
+// activations; the f32 result, token-major. model/examples/mul_mat_compare.rs holds the engine's kernels to it.
+#include "ggml.h"
+#include "ggml-cpu.h"
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+static uint64_t state;
+
+static uint64_t next(void) {
+    state ^= state << 13;
+    state ^= state >> 7;
+    state ^= state << 17;
+    return state;
+}
+
+int main(int argc, char ** argv) {
+    if (argc != 7) {
+        fprintf(stderr, "usage: mul_mat TYPE ROWS COLS TOKENS SEED OUT.bin\n");
+        return 2;
+    }
+    const int type = atoi(argv[1]), rows = atoi(argv[2]), cols = atoi(argv[3]), tokens = atoi(argv[4]);
+    state = strtoull(argv[5], NULL, 10) * 0x9E3779B97F4A7C15ull | 1;
+    struct ggml_init_params params = { (size_t) 256 << 20, NULL, false };
+    struct ggml_context * ctx = ggml_init(params);
+    struct ggml_tensor * a = ggml_new_tensor_2d(ctx, (enum ggml_type) type, cols, rows);
+    struct ggml_tensor * b = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, cols, tokens);
+    uint8_t * w = a->data;
+    const size_t bytes = ggml_nbytes(a), block = ggml_type_size((enum ggml_type) type);
+    for (size_t i = 0; i < bytes; i++) w[i] = (uint8_t) (next() >> 33);
+    // f16 0.01 (0x211f) for d, 0.005 (0x1d1f) for dmin, -0.01 (0xa11f) for Q5_1's m.
+    for (uint8_t * p = w; p < w + bytes; p += block) {
+        switch (type) {
+        case GGML_TYPE_Q5_1: p[0] = 0x1f; p[1] = 0x21; p[2] = 0x1f; p[3] = 0xa1; break;
+        case GGML_TYPE_Q2_K: p[block - 4] = 0x1f; p[block - 3] = 0x21; p[block - 2] = 0x1f; p[block - 1] = 0x1d; break;
+        case GGML_TYPE_Q3_K: p[block - 2] = 0x1f; p[block - 1] = 0x21; break;
+        case GGML_TYPE_Q5_K: p[0] = 0x1f; p[1] = 0x21; p[2] = 0x1f; p[3] = 0x1d; break;
+        default: fprintf(stderr, "mul_mat: type %d is not one this check fills\n", type); return 2;
+        }
+    }
+    float * x = b->data;
+    for (int i = 0; i < cols * tokens; i++) {
+        const float v = (float) ((double) (next() >> 40) / (double) (1 << 24)) * 2.0f - 1.0f;
+        x[i] = i % 97 == 0 ? v * 40.0f : v;
+    }
+    struct ggml_tensor * c = ggml_mul_mat(ctx, a, b);
+    struct ggml_cgraph * graph = ggml_new_graph(ctx);
+    ggml_build_forward_expand(graph, c);
+    if (ggml_graph_compute_with_ctx(ctx, graph, 1) != GGML_STATUS_SUCCESS) {
+        fprintf(stderr, "mul_mat: the graph did not compute\n");
+        return 1;
+    }
+    FILE * out = fopen(argv[6], "wb");
+    if (!out) return 1;
+    const uint32_t header[3] = { (uint32_t) rows, (uint32_t) cols, (uint32_t) tokens };
+    fwrite(header, 4, 3, out);
+    fwrite(w, 1, bytes, out);
+    fwrite(x, 4, (size_t) cols * tokens, out);
+    fwrite(c->data, 4, (size_t) rows * tokens, out);
+    return fclose(out) != 0;
+}
