@@ -135,10 +135,8 @@ fn dot_row(w: &QTensor<'_>, r: usize, acts: &Acts, x: &[f32], t: usize) -> f32 {
             quant::cast(row),
             &acts.q8_k[t * n / QK_K..(t + 1) * n / QK_K],
         ),
-        GgmlType::F16 => {
-            let w16: &[u16] = bytemuck::cast_slice::<[u8; 2], u16>(quant::cast::<[u8; 2]>(row));
-            quant::dot_f16(w16, &acts.f16[t * n..(t + 1) * n])
-        }
+        // As bytes: the row may start at an odd offset.
+        GgmlType::F16 => quant::dot_f16_bytes(row, &acts.f16[t * n..(t + 1) * n]),
         GgmlType::BF16 => {
             // `ggml_vec_dot_bf16`'s order for every batch size: llama.cpp's prefill equals it on the tiny BF16
             // fixtures, where tinyBLAS's AVX2 order (one 8-lane FMA chain) does not (model/tests/tiny_llamacpp.rs).

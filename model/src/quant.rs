@@ -617,9 +617,21 @@ pub fn dot_q6_k_q8_k(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32 {
 
 /// f16 · f16 with f32 accumulation (llama.cpp's `ggml_vec_dot_f16`).
 pub fn dot_f16(x: &[u16], y: &[u16]) -> f32 {
-    x.iter()
-        .zip(y)
-        .map(|(&a, &b)| half::f16::from_bits(a).to_f32() * half::f16::from_bits(b).to_f32())
+    dot_f16_bits(x.iter().copied(), y)
+}
+
+/// [`dot_f16`] with `x` as the file's little-endian bytes, which may start at any offset (a GGUF file with
+/// `general.alignment` 1 places rows at odd offsets, where a `&[u16]` view cannot exist).
+pub fn dot_f16_bytes(x: &[u8], y: &[u16]) -> f32 {
+    dot_f16_bits(
+        x.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])),
+        y,
+    )
+}
+
+fn dot_f16_bits(x: impl Iterator<Item = u16>, y: &[u16]) -> f32 {
+    x.zip(y)
+        .map(|(a, &b)| half::f16::from_bits(a).to_f32() * half::f16::from_bits(b).to_f32())
         .sum()
 }
 

@@ -244,6 +244,10 @@ fn f16_dot_matches_scalar() {
         let v = unsafe { avx2::dot_f16(&a, &b) };
         assert!((s - v).abs() < 1e-3, "{s} vs {v}");
     }
+    // The same row as file bytes at an odd offset (a GGUF file with `general.alignment` 1): the same bits.
+    let mut bytes = vec![0u8];
+    bytes.extend(a.iter().flat_map(|v| v.to_le_bytes()));
+    assert_eq!(quant::dot_f16_bytes(&bytes[1..], &b).to_bits(), s.to_bits());
 }
 
 fn f16s(v: &[f32]) -> Vec<u16> {
