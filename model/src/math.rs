@@ -56,8 +56,10 @@ pub fn rope_cache(cache: &mut [f32], pos: usize, base: f32) {
     let theta_scale = libm::powf(base, -2.0 / n_dims as f32);
     let mut theta = pos as f32;
     for pair in cache.chunks_exact_mut(2) {
-        pair[0] = libm::cosf(theta);
-        pair[1] = libm::sinf(theta);
+        // The C library's sincosf, as llama.cpp's `rope_yarn` gets it (GCC merges its cosf and sinf calls).
+        let (sin, cos) = crate::trig::sincosf(theta);
+        pair[0] = cos;
+        pair[1] = sin;
         theta *= theta_scale;
     }
 }

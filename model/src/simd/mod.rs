@@ -1,9 +1,14 @@
 //! The engine's SIMD kernels and their run-time dispatch: the only module of `model` allowed to use `unsafe`.
 //!
-//! Each public function here picks, once per process, between an AVX2+FMA+F16C kernel (when CPUID and XGETBV say
-//! the CPU and OS support it) and its scalar twin in [`crate::quant`]; tests assert both give the same result.
-//! Detection follows the Intel SDM vol. 2A (CPUID leaf 1 ECX bits 12 FMA, 27 OSXSAVE, 28 AVX, 29 F16C; leaf 7
-//! EBX bit 5 AVX2; XCR0 bits 1-2 for XMM/YMM state).
+//! Each public function here picks, once per process, between an AVX-512 kernel (where it has one), an
+//! AVX2+FMA+F16C kernel (when CPUID and XGETBV say the CPU and OS support it) and its scalar twin in
+//! [`crate::quant`] (the AVX-512 ones' twins in [`crate::wide`]); tests assert each equals its twin. Detection
+//! follows the Intel SDM vol. 2A (CPUID leaf 1 ECX bits 12 FMA, 27 OSXSAVE, 28 AVX, 29 F16C; leaf 7 EBX bits 5 AVX2,
+//! 16 AVX512F, 17 AVX512DQ, 30 AVX512BW, 31 AVX512VL; XCR0 bits 1-2 for XMM/YMM state, 5-7 for opmask and ZMM state).
+//!
+//! The AVX-512 level exists because llama.cpp built for such a CPU sums f16 dot products, softmax and SwiGLU in
+//! 16-lane orders (see [`crate::wide`]); the engine mirrors the set llama.cpp would use on the CPU at hand, and the
+//! portable kernels mirror the AVX2 set.
 
 use core::sync::atomic::{AtomicU8, Ordering};
 
@@ -11,14 +16,28 @@ use crate::quant::{
     self, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1,
 };
 
-/// 0 = not yet probed, 1 = scalar, 2 = AVX2+FMA+F16C.
+/// 0 = not yet probed, 1 = scalar, 2 = AVX2+FMA+F16C, 3 = AVX-512 (F, DQ, BW, VL) as well.
 static LEVEL: AtomicU8 = AtomicU8::new(0);
+/// The highest level [`force`] allows (same encoding; 0 = no limit).
+static LIMIT: AtomicU8 = AtomicU8::new(0);
 
 /// Which kernels run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Level {
     Scalar,
     Avx2,
+    /// AVX2 kernels, and the AVX-512 ones where llama.cpp's AVX-512 build sums in another order.
+    Avx512,
+}
+
+impl Level {
+    fn code(self) -> u8 {
+        match self {
+            Level::Scalar => 1,
+            Level::Avx2 => 2,
+            Level::Avx512 => 3,
+        }
+    }
 }
 
 /// Probes the CPU (once) and returns the kernels in use.
@@ -26,13 +45,21 @@ pub fn level() -> Level {
     match LEVEL.load(Ordering::Relaxed) {
         1 => Level::Scalar,
         2 => Level::Avx2,
+        3 => Level::Avx512,
         _ => {
-            let l = if detect_avx2() {
-                Level::Avx2
-            } else {
+            let detected = if !detect_avx2() {
                 Level::Scalar
+            } else if detect_avx512() {
+                Level::Avx512
+            } else {
+                Level::Avx2
             };
-            LEVEL.store(if l == Level::Avx2 { 2 } else { 1 }, Ordering::Relaxed);
+            let l = match LIMIT.load(Ordering::Relaxed) {
+                1 => Level::Scalar,
+                2 => detected.min(Level::Avx2),
+                _ => detected,
+            };
+            LEVEL.store(l.code(), Ordering::Relaxed);
             l
         }
     }
@@ -40,7 +67,18 @@ pub fn level() -> Level {
 
 /// Forces the scalar kernels (for comparisons and for emulators whose AVX is slow); `false` re-probes.
 pub fn force_scalar(on: bool) {
-    LEVEL.store(if on { 1 } else { 0 }, Ordering::Relaxed);
+    force(on.then_some(Level::Scalar));
+}
+
+/// Caps the kernels at `max` (the CPU's best set at most), or lifts the cap (`None`); the CPU is probed again.
+pub fn force(max: Option<Level>) {
+    LIMIT.store(max.map_or(0, Level::code), Ordering::Relaxed);
+    LEVEL.store(0, Ordering::Relaxed);
+}
+
+/// Whether the AVX2 kernels may run (at the AVX2 and AVX-512 levels).
+fn avx2() -> bool {
+    level() >= Level::Avx2
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -67,22 +105,41 @@ fn detect_avx2() -> bool {
     avx2 && (xcr0 & 0b110) == 0b110
 }
 
+/// AVX-512 F, DQ, BW and VL with the OS saving opmask and ZMM state; called only after [`detect_avx2`] said yes
+/// (so CPUID leaf 7 exists and OSXSAVE is set).
+#[cfg(target_arch = "x86_64")]
+fn detect_avx512() -> bool {
+    use core::arch::x86_64::{__cpuid_count, _xgetbv};
+    let ebx = __cpuid_count(7, 0).ebx;
+    let features = [16, 17, 30, 31].iter().all(|bit| ebx & (1 << bit) != 0);
+    // SAFETY: `detect_avx2` returned true only with OSXSAVE set, so XGETBV is enabled and XCR0 readable.
+    let xcr0 = unsafe { _xgetbv(0) };
+    features && (xcr0 & 0xE6) == 0xE6
+}
+
 #[cfg(not(target_arch = "x86_64"))]
 fn detect_avx2() -> bool {
     false
 }
 
+#[cfg(not(target_arch = "x86_64"))]
+fn detect_avx512() -> bool {
+    false
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 
 macro_rules! dispatch {
     ($(#[$m:meta])* $name:ident ($($arg:ident : $ty:ty),*) -> $ret:ty, $scalar:path) => {
         $(#[$m])*
         pub fn $name($($arg: $ty),*) -> $ret {
             #[cfg(target_arch = "x86_64")]
-            if level() == Level::Avx2 {
-                // SAFETY: `level()` returned Avx2 only after CPUID/XGETBV confirmed AVX2, FMA and F16C with OS
-                // support; the kernel checks slice lengths itself.
+            if avx2() {
+                // SAFETY: `level()` returned Avx2 or Avx512 only after CPUID/XGETBV confirmed AVX2, FMA and F16C
+                // with OS support; the kernel checks slice lengths itself.
                 return unsafe { avx2::$name($($arg),*) };
             }
             $scalar($($arg),*)
@@ -167,10 +224,51 @@ fn scalar_q6_k_tiled(w: &[BlockQ6K], nb: usize, y: &[BlockQ8K], out: &mut [f32])
 dispatch!(
     /// Q6_K weights · Q8_K activations.
     dot_q6_k_q8_k(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32, quant::dot_q6_k_q8_k);
-dispatch!(
-    /// f16 · f16 as tinyBLAS orders it (one 8-lane FMA chain); lengths a multiple of 8.
+/// Like `dispatch!`, with an AVX-512 kernel first: for the functions llama.cpp's AVX-512 build computes in another
+/// order than its AVX2 one (the AVX-512 kernel equals its twin in [`crate::wide`], the others theirs).
+macro_rules! dispatch_wide {
+    ($(#[$m:meta])* $name:ident ($($arg:ident : $ty:ty),*) -> $ret:ty, $scalar:path) => {
+        $(#[$m])*
+        pub fn $name($($arg: $ty),*) -> $ret {
+            #[cfg(target_arch = "x86_64")]
+            match level() {
+                // SAFETY: `level()` returned Avx512 only after CPUID/XGETBV confirmed AVX-512 F, DQ, BW and VL,
+                // AVX2, FMA and F16C with OS support for ZMM state; the kernel checks slice lengths itself.
+                Level::Avx512 => return unsafe { avx512::$name($($arg),*) },
+                // SAFETY: `level()` returned Avx2 only after CPUID/XGETBV confirmed AVX2, FMA and F16C with OS
+                // support; the kernel checks slice lengths itself.
+                Level::Avx2 => return unsafe { avx2::$name($($arg),*) },
+                Level::Scalar => {}
+            }
+            $scalar($($arg),*)
+        }
+    };
+}
+
+/// Lanes of the f16 FMA chain [`dot_f16`] and [`dots_f16`] use (tinyBLAS's `KN`): 16 at the AVX-512 level, 8
+/// otherwise. Lengths given to them must be multiples of it.
+pub fn f16_chain_lanes() -> usize {
+    if level() == Level::Avx512 {
+        16
+    } else {
+        8
+    }
+}
+
+/// Elements per step of [`dot_f16_ggml`] (`GGML_F16_STEP`): 64 at the AVX-512 level, 32 otherwise; the rest of a
+/// length goes through its f64 tail.
+pub fn f16_ggml_step() -> usize {
+    if level() == Level::Avx512 {
+        64
+    } else {
+        32
+    }
+}
+
+dispatch_wide!(
+    /// f16 · f16 as tinyBLAS orders it (one FMA chain of [`f16_chain_lanes`] lanes); lengths a multiple of that.
     dot_f16(x: &[u16], y: &[u16]) -> f32, quant::dot_f16_chain);
-dispatch!(
+dispatch_wide!(
     /// `out[i] = dot_f16(x[i * stride..][..y.len()], y)` for each output: several rows' chains advance together.
     dots_f16(x: &[u16], stride: usize, y: &[u16], out: &mut [f32]) -> (), scalar_dots_f16);
 
@@ -180,13 +278,13 @@ fn scalar_dots_f16(x: &[u16], stride: usize, y: &[u16], out: &mut [f32]) {
         *o = quant::dot_f16_chain(&x[i * stride..i * stride + n], y);
     }
 }
-dispatch!(
-    /// f16 · f16 as `ggml_vec_dot_f16` orders it (four chains of 8 lanes, f64 tail).
+dispatch_wide!(
+    /// f16 · f16 as `ggml_vec_dot_f16` orders it (four chains of 8 lanes, or 16 at the AVX-512 level; f64 tail).
     dot_f16_ggml(x: &[u16], y: &[u16]) -> f32, quant::dot_f16_ggml);
-dispatch!(
+dispatch_wide!(
     /// `x[i] = exp(x[i] - max)` with ggml's vector expf; returns the f64 sum.
     softmax_exp(x: &mut [f32], max: f32) -> f64, quant::softmax_exp);
-dispatch!(
+dispatch_wide!(
     /// `gate = silu(gate) * up` with ggml's vector expf.
     swiglu(gate: &mut [f32], up: &[f32]) -> (), quant::swiglu);
 dispatch!(
@@ -241,9 +339,9 @@ macro_rules! mat_dispatch {
             work: &mut [f32],
         ) {
             #[cfg(target_arch = "x86_64")]
-            if level() == Level::Avx2 {
-                // SAFETY: `level()` returned Avx2 only after CPUID/XGETBV confirmed AVX2, FMA and F16C with OS
-                // support; slices are indexed with bounds checks.
+            if avx2() {
+                // SAFETY: `level()` returned Avx2 or Avx512 only after CPUID/XGETBV confirmed AVX2, FMA and F16C
+                // with OS support; slices are indexed with bounds checks.
                 return unsafe { avx2::mat_q0::<$w>(w, nb, y, cols, out, ld, work) };
             }
             let _ = work;
@@ -272,3 +370,5 @@ mat_dispatch!(
 
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests;
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests_avx512;
