@@ -15,11 +15,14 @@ use core::sync::atomic::{AtomicU8, Ordering};
 use crate::quant::{
     self, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1,
 };
+use crate::wide;
 
 /// 0 = not yet probed, 1 = scalar, 2 = AVX2+FMA+F16C, 3 = AVX-512 (F, DQ, BW, VL) as well.
 static LEVEL: AtomicU8 = AtomicU8::new(0);
 /// The highest level [`force`] allows (same encoding; 0 = no limit).
 static LIMIT: AtomicU8 = AtomicU8::new(0);
+/// Whether the 16-lane orders are mirrored ([`wide_orders`]): 0 = not yet probed, 1 = no, 2 = yes.
+static WIDE: AtomicU8 = AtomicU8::new(0);
 
 /// Which kernels run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -54,15 +57,26 @@ pub fn level() -> Level {
             } else {
                 Level::Avx2
             };
-            let l = match LIMIT.load(Ordering::Relaxed) {
+            let limit = LIMIT.load(Ordering::Relaxed);
+            let l = match limit {
                 1 => Level::Scalar,
                 2 => detected.min(Level::Avx2),
                 _ => detected,
             };
+            let wide = detected == Level::Avx512 && limit != Level::Avx2.code();
+            WIDE.store(if wide { 2 } else { 1 }, Ordering::Relaxed);
             LEVEL.store(l.code(), Ordering::Relaxed);
             l
         }
     }
+}
+
+/// Whether the engine mirrors the summation orders of llama.cpp's AVX-512 build (16 lanes) rather than its AVX2
+/// build's (8): at the AVX-512 level, and with the portable kernels on a CPU with AVX-512 (so that they equal the
+/// CPU's own kernels and the llama.cpp built for it) unless the kernels are capped at AVX2.
+pub fn wide_orders() -> bool {
+    level();
+    WIDE.load(Ordering::Relaxed) == 2
 }
 
 /// Forces the scalar kernels (for comparisons and for emulators whose AVX is slow); `false` re-probes.
@@ -73,6 +87,7 @@ pub fn force_scalar(on: bool) {
 /// Caps the kernels at `max` (the CPU's best set at most), or lifts the cap (`None`); the CPU is probed again.
 pub fn force(max: Option<Level>) {
     LIMIT.store(max.map_or(0, Level::code), Ordering::Relaxed);
+    WIDE.store(0, Ordering::Relaxed);
     LEVEL.store(0, Ordering::Relaxed);
 }
 
@@ -225,9 +240,10 @@ dispatch!(
     /// Q6_K weights · Q8_K activations.
     dot_q6_k_q8_k(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32, quant::dot_q6_k_q8_k);
 /// Like `dispatch!`, with an AVX-512 kernel first: for the functions llama.cpp's AVX-512 build computes in another
-/// order than its AVX2 one (the AVX-512 kernel equals its twin in [`crate::wide`], the others theirs).
+/// order than its AVX2 one. The AVX-512 kernel equals its twin in [`crate::wide`] (which the portable kernels use
+/// under [`wide_orders`]), the AVX2 one its twin in [`crate::quant`].
 macro_rules! dispatch_wide {
-    ($(#[$m:meta])* $name:ident ($($arg:ident : $ty:ty),*) -> $ret:ty, $scalar:path) => {
+    ($(#[$m:meta])* $name:ident ($($arg:ident : $ty:ty),*) -> $ret:ty, $scalar:path, $scalar_wide:path) => {
         $(#[$m])*
         pub fn $name($($arg: $ty),*) -> $ret {
             #[cfg(target_arch = "x86_64")]
@@ -240,25 +256,28 @@ macro_rules! dispatch_wide {
                 Level::Avx2 => return unsafe { avx2::$name($($arg),*) },
                 Level::Scalar => {}
             }
+            if wide_orders() {
+                return $scalar_wide($($arg),*);
+            }
             $scalar($($arg),*)
         }
     };
 }
 
-/// Lanes of the f16 FMA chain [`dot_f16`] and [`dots_f16`] use (tinyBLAS's `KN`): 16 at the AVX-512 level, 8
+/// Lanes of the f16 FMA chain [`dot_f16`] and [`dots_f16`] use (tinyBLAS's `KN`): 16 under [`wide_orders`], 8
 /// otherwise. Lengths given to them must be multiples of it.
 pub fn f16_chain_lanes() -> usize {
-    if level() == Level::Avx512 {
+    if wide_orders() {
         16
     } else {
         8
     }
 }
 
-/// Elements per step of [`dot_f16_ggml`] (`GGML_F16_STEP`): 64 at the AVX-512 level, 32 otherwise; the rest of a
+/// Elements per step of [`dot_f16_ggml`] (`GGML_F16_STEP`): 64 under [`wide_orders`], 32 otherwise; the rest of a
 /// length goes through its f64 tail.
 pub fn f16_ggml_step() -> usize {
-    if level() == Level::Avx512 {
+    if wide_orders() {
         64
     } else {
         32
@@ -267,10 +286,10 @@ pub fn f16_ggml_step() -> usize {
 
 dispatch_wide!(
     /// f16 · f16 as tinyBLAS orders it (one FMA chain of [`f16_chain_lanes`] lanes); lengths a multiple of that.
-    dot_f16(x: &[u16], y: &[u16]) -> f32, quant::dot_f16_chain);
+    dot_f16(x: &[u16], y: &[u16]) -> f32, quant::dot_f16_chain, wide::dot_f16_chain16);
 dispatch_wide!(
     /// `out[i] = dot_f16(x[i * stride..][..y.len()], y)` for each output: several rows' chains advance together.
-    dots_f16(x: &[u16], stride: usize, y: &[u16], out: &mut [f32]) -> (), scalar_dots_f16);
+    dots_f16(x: &[u16], stride: usize, y: &[u16], out: &mut [f32]) -> (), scalar_dots_f16, scalar_dots_f16_wide);
 
 fn scalar_dots_f16(x: &[u16], stride: usize, y: &[u16], out: &mut [f32]) {
     let n = y.len();
@@ -278,15 +297,22 @@ fn scalar_dots_f16(x: &[u16], stride: usize, y: &[u16], out: &mut [f32]) {
         *o = quant::dot_f16_chain(&x[i * stride..i * stride + n], y);
     }
 }
+
+fn scalar_dots_f16_wide(x: &[u16], stride: usize, y: &[u16], out: &mut [f32]) {
+    let n = y.len();
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = wide::dot_f16_chain16(&x[i * stride..i * stride + n], y);
+    }
+}
 dispatch_wide!(
     /// f16 · f16 as `ggml_vec_dot_f16` orders it (four chains of 8 lanes, or 16 at the AVX-512 level; f64 tail).
-    dot_f16_ggml(x: &[u16], y: &[u16]) -> f32, quant::dot_f16_ggml);
+    dot_f16_ggml(x: &[u16], y: &[u16]) -> f32, quant::dot_f16_ggml, wide::dot_f16_ggml16);
 dispatch_wide!(
     /// `x[i] = exp(x[i] - max)` with ggml's vector expf; returns the f64 sum.
-    softmax_exp(x: &mut [f32], max: f32) -> f64, quant::softmax_exp);
+    softmax_exp(x: &mut [f32], max: f32) -> f64, quant::softmax_exp, wide::softmax_exp16);
 dispatch_wide!(
     /// `gate = silu(gate) * up` with ggml's vector expf.
-    swiglu(gate: &mut [f32], up: &[f32]) -> (), quant::swiglu);
+    swiglu(gate: &mut [f32], up: &[f32]) -> (), quant::swiglu, wide::swiglu16);
 dispatch!(
     /// `gate = gelu(gate) * up` through ggml's f16 GELU table (see [`crate::math::GeluTable`]).
     geglu_lookup(table: &[u16], gate: &mut [f32], up: &[f32]) -> (), crate::math::geglu_lookup);
