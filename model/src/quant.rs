@@ -588,13 +588,32 @@ fn q6_k_block_isum(a: &BlockQ6K, b: &BlockQ8K) -> i32 {
     isum
 }
 
+/// Q6_K · Q8_K as llama.cpp's AVX2 `ggml_vec_dot_q6_K_q8_K` sums it, so the portable kernel equals the AVX2 one
+/// bit for bit: per block, i32 lane j holds Σ sc·q·y over elements 4j..4j+3 of each 32-element slice (q unsigned,
+/// the slice's first or second 16-element scale) minus 32·(sc·bsum) of groups 2j and 2j+1; the 8 lanes are fused
+/// with the block scale into an 8-lane accumulator, reduced by [`hsum8`] at the end.
 pub fn dot_q6_k_q8_k(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32 {
-    let mut sum = 0.0f32;
+    let mut acc = [0.0f32; 8];
     for (a, b) in x.iter().zip(y) {
-        let isum = q6_k_block_isum(a, b);
-        sum += b.d * f16_to_f32(a.d) * isum as f32;
+        let q = q6_k_values(a);
+        let sc = |g: usize| a.scales[g] as i32;
+        let mut lanes: [i32; 8] = core::array::from_fn(|j| {
+            -32 * (b.bsums[2 * j] as i32 * sc(2 * j) + b.bsums[2 * j + 1] as i32 * sc(2 * j + 1))
+        });
+        for off in (0..QK_K).step_by(32) {
+            for (j, lane) in lanes.iter_mut().enumerate() {
+                let s: i32 = (off + 4 * j..off + 4 * j + 4)
+                    .map(|e| q[e] as i32 * b.qs[e] as i32)
+                    .sum();
+                *lane += sc(off / 16 + j / 4) * s;
+            }
+        }
+        let d = b.d * f16_to_f32(a.d);
+        for (a, &l) in acc.iter_mut().zip(&lanes) {
+            *a = libm::fmaf(d, l as f32, *a);
+        }
     }
-    sum
+    hsum8(&acc)
 }
 
 /// f16 · f16 with f32 accumulation (llama.cpp's `ggml_vec_dot_f16`).
