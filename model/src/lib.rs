@@ -27,3 +27,5 @@ pub mod simd;
 pub mod tiny;
 pub mod tokenizer;
 pub mod transformer;
+pub mod trig;
+pub mod wide;

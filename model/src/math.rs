@@ -59,8 +59,10 @@ pub fn rope_cache(cache: &mut [f32], pos: usize, base: f32, factors: Option<&[f3
     let mut theta = pos as f32;
     for (i, pair) in cache.chunks_exact_mut(2).enumerate() {
         let factor = factors.map_or(1.0, |f| f[i]);
-        pair[0] = libm::cosf(theta / factor);
-        pair[1] = libm::sinf(theta / factor);
+        // The C library's sincosf, as llama.cpp's `rope_yarn` gets it (GCC merges its cosf and sinf calls).
+        let (sin, cos) = crate::trig::sincosf(theta / factor);
+        pair[0] = cos;
+        pair[1] = sin;
         theta *= theta_scale;
     }
 }

@@ -521,58 +521,68 @@ pub fn cast<T: Pod>(bytes: &[u8]) -> &[T] {
 
 // ---- scalar reference dot products (weights · quantized activations), one per weight type ----
 
-pub fn dot_q4_0_q8_0(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
-    let mut sum = 0.0f32;
-    for (a, b) in x.iter().zip(y) {
-        let mut isum = 0i32;
-        for j in 0..QK / 2 {
-            isum += ((a.qs[j] & 0xF) as i32 - 8) * b.qs[j] as i32;
-            isum += ((a.qs[j] >> 4) as i32 - 8) * b.qs[j + QK / 2] as i32;
-        }
-        sum += isum as f32 * (f16_to_f32(a.d) * f16_to_f32(b.d));
+/// One 32-element block's product folded into llama.cpp's AVX2 accumulator: the exact integer sums of each group
+/// of 4 elements (the 8 i32 lanes `vpmaddubsw` + `vpmaddwd` leave) times `d`, fused into `acc`'s lanes.
+#[inline]
+fn q0_block_fma(acc: &mut [f32; 8], values: &[i32; QK], qs: &[i8; QK], d: f32) {
+    for (j, lane) in acc.iter_mut().enumerate() {
+        let s: i32 = (4 * j..4 * j + 4).map(|e| values[e] * qs[e] as i32).sum();
+        *lane = libm::fmaf(d, s as f32, *lane);
     }
-    sum
 }
 
-pub fn dot_q4_1_q8_1(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32 {
-    let mut sum = 0.0f32;
+/// The 32 nibbles of a Q4 block in element order (low nibbles, then high), offset by `bias`.
+#[inline]
+fn q4_values(qs: &[u8; QK / 2], bias: i32) -> [i32; QK] {
+    core::array::from_fn(|e| {
+        let byte = qs[e % (QK / 2)];
+        (if e < QK / 2 { byte & 0xF } else { byte >> 4 }) as i32 - bias
+    })
+}
+
+// The 32-element formats' dot products sum as llama.cpp's AVX2 `ggml_vec_dot_*` do (ggml-cpu/arch/x86/quants.c):
+// per block, 8 lanes of exact 4-element integer sums fused with the block's scale into an 8-lane accumulator,
+// reduced by [`hsum8`] at the end; so the portable kernels equal the AVX2 ones bit for bit.
+
+pub fn dot_q4_0_q8_0(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
+    let mut acc = [0.0f32; 8];
     for (a, b) in x.iter().zip(y) {
-        let mut isum = 0i32;
-        for j in 0..QK / 2 {
-            isum += (a.qs[j] & 0xF) as i32 * b.qs[j] as i32;
-            isum += (a.qs[j] >> 4) as i32 * b.qs[j + QK / 2] as i32;
-        }
-        sum +=
-            isum as f32 * (f16_to_f32(a.d) * f16_to_f32(b.d)) + f16_to_f32(a.m) * f16_to_f32(b.s);
+        let d = f16_to_f32(a.d) * f16_to_f32(b.d);
+        q0_block_fma(&mut acc, &q4_values(&a.qs, 8), &b.qs, d);
     }
-    sum
+    hsum8(&acc)
+}
+
+/// As [`dot_q4_0_q8_0`], plus the mins: `summs = fma(m, s, summs)` per block (GCC contracts llama.cpp's
+/// `summs += m * s`), added after the reduction.
+pub fn dot_q4_1_q8_1(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let mut summs = 0.0f32;
+    for (a, b) in x.iter().zip(y) {
+        summs = libm::fmaf(f16_to_f32(a.m), f16_to_f32(b.s), summs);
+        let d = f16_to_f32(a.d) * f16_to_f32(b.d);
+        q0_block_fma(&mut acc, &q4_values(&a.qs, 0), &b.qs, d);
+    }
+    hsum8(&acc) + summs
 }
 
 pub fn dot_q5_0_q8_0(x: &[BlockQ5_0], y: &[BlockQ8_0]) -> f32 {
-    let mut sum = 0.0f32;
+    let mut acc = [0.0f32; 8];
     for (a, b) in x.iter().zip(y) {
         let v = q5_0_values(a);
-        let isum: i32 = v
-            .iter()
-            .zip(&b.qs)
-            .map(|(&v, &q)| (v - 16) * q as i32)
-            .sum();
-        sum += isum as f32 * (f16_to_f32(a.d) * f16_to_f32(b.d));
+        let d = f16_to_f32(a.d) * f16_to_f32(b.d);
+        q0_block_fma(&mut acc, &core::array::from_fn(|e| v[e] - 16), &b.qs, d);
     }
-    sum
+    hsum8(&acc)
 }
 
 pub fn dot_q8_0_q8_0(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
-    let mut sum = 0.0f32;
+    let mut acc = [0.0f32; 8];
     for (a, b) in x.iter().zip(y) {
-        let isum: i32 =
-            a.qs.iter()
-                .zip(&b.qs)
-                .map(|(&p, &q)| p as i32 * q as i32)
-                .sum();
-        sum += isum as f32 * (f16_to_f32(a.d) * f16_to_f32(b.d));
+        let d = f16_to_f32(a.d) * f16_to_f32(b.d);
+        q0_block_fma(&mut acc, &a.qs.map(|q| q as i32), &b.qs, d);
     }
-    sum
+    hsum8(&acc)
 }
 
 pub fn dot_q4_k_q8_k(x: &[BlockQ4K], y: &[BlockQ8K]) -> f32 {
@@ -606,13 +616,32 @@ fn q6_k_block_isum(a: &BlockQ6K, b: &BlockQ8K) -> i32 {
     isum
 }
 
+/// Q6_K · Q8_K as llama.cpp's AVX2 `ggml_vec_dot_q6_K_q8_K` sums it, so the portable kernel equals the AVX2 one
+/// bit for bit: per block, i32 lane j holds Σ sc·q·y over elements 4j..4j+3 of each 32-element slice (q unsigned,
+/// the slice's first or second 16-element scale) minus 32·(sc·bsum) of groups 2j and 2j+1; the 8 lanes are fused
+/// with the block scale into an 8-lane accumulator, reduced by [`hsum8`] at the end.
 pub fn dot_q6_k_q8_k(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32 {
-    let mut sum = 0.0f32;
+    let mut acc = [0.0f32; 8];
     for (a, b) in x.iter().zip(y) {
-        let isum = q6_k_block_isum(a, b);
-        sum += b.d * f16_to_f32(a.d) * isum as f32;
+        let q = q6_k_values(a);
+        let sc = |g: usize| a.scales[g] as i32;
+        let mut lanes: [i32; 8] = core::array::from_fn(|j| {
+            -32 * (b.bsums[2 * j] as i32 * sc(2 * j) + b.bsums[2 * j + 1] as i32 * sc(2 * j + 1))
+        });
+        for off in (0..QK_K).step_by(32) {
+            for (j, lane) in lanes.iter_mut().enumerate() {
+                let s: i32 = (off + 4 * j..off + 4 * j + 4)
+                    .map(|e| q[e] as i32 * b.qs[e] as i32)
+                    .sum();
+                *lane += sc(off / 16 + j / 4) * s;
+            }
+        }
+        let d = b.d * f16_to_f32(a.d);
+        for (a, &l) in acc.iter_mut().zip(&lanes) {
+            *a = libm::fmaf(d, l as f32, *a);
+        }
     }
-    sum
+    hsum8(&acc)
 }
 
 /// f16 · f16 with f32 accumulation (llama.cpp's `ggml_vec_dot_f16`).

@@ -455,7 +455,7 @@ pub struct State {
     key_cache: Vec<u16>,
     /// `[layer][kv_dim][ctx_pad]` (transposed, as llama.cpp's non-flash V cache), f16 bits.
     value_cache: Vec<u16>,
-    /// `context` rounded up to 32 positions (the V rows' stride; padding stays zero).
+    /// `context` rounded up to 64 positions (the V rows' stride, room for [`Attention::len`]; padding stays zero).
     ctx_pad: usize,
     acts: Acts,
     /// Attention's per-task working buffers: one [`Attention::slot_len`] slot per head (one token) or per token (a
@@ -476,7 +476,7 @@ impl State {
         let max_cols = c.dim.max(c.q_dim()).max(c.ffn_dim);
         let max_rows = max_cols.max(c.kv_dim());
         let kv = c.n_layers * context * c.kv_dim();
-        let ctx_pad = context.div_ceil(32) * 32;
+        let ctx_pad = context.div_ceil(64) * 64;
         State {
             context,
             max_batch: b,
@@ -580,14 +580,17 @@ impl Attention<'_> {
         (out, scratch)
     }
 
-    /// Positions the score and probability rows span for a query at `p` (llama.cpp pads the KQ row to its
-    /// kernels' step: 8 for a batch, 32 for one token).
+    /// Positions the score and probability rows span for a query at `p`. llama.cpp's KQ rows are 256-padded (its
+    /// `get_n_kv`), so every position is inside its kernels' vector steps; the zeros past `p` add nothing, and
+    /// padding to one step (tinyBLAS's lanes for a batch, `ggml_vec_dot_f16`'s step for one token) keeps the
+    /// engine's rows inside them too.
     fn len(&self, p: usize) -> usize {
-        if self.batched {
-            (p + 1).div_ceil(8) * 8
+        let step = if self.batched {
+            simd::f16_chain_lanes()
         } else {
-            (p + 1).div_ceil(32) * 32
-        }
+            simd::f16_ggml_step()
+        };
+        (p + 1).div_ceil(step) * step
     }
 
     /// All heads of the token at position `p` with queries `q` (`n_heads × hd`), into the start of `slot` (same
@@ -615,7 +618,8 @@ impl Attention<'_> {
         scores.fill(f32::NEG_INFINITY);
         let live = &mut scores[first..=p];
         let k0 = first * self.kv_dim + kvh * hd;
-        if self.batched {
+        // tinyBLAS takes a batch's KQ only when the head size is a multiple of its lanes; ggml's dot otherwise.
+        if self.batched && hd.is_multiple_of(simd::f16_chain_lanes()) {
             simd::dots_f16(&self.keys[k0..], self.kv_dim, s.q16, live);
         } else {
             for (key, sc) in live.iter_mut().enumerate() {

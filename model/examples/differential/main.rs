@@ -2,13 +2,14 @@
 //!
 //!   differential prompts MODEL.gguf DIR
 //!       writes the prompt library for MODEL into DIR (one NNN-kind.txt per prompt)
-//!   differential compare MODEL.gguf PROMPT.txt LLAMA.bin [--scalar] [--threads N] [--chunk N]
+//!   differential compare MODEL.gguf PROMPT.txt LLAMA.bin [--scalar | --kernels SET] [--threads N] [--chunk N]
 //!       prints one JSON line: the prompt's ids against llama.cpp's, then, feeding llama.cpp's chosen token at
 //!       each step (so every step compares like with like), the largest logit difference per step and the first
 //!       step where the engine's greedy choice differs, with llama.cpp's top-2 margin there.
 //!
 //! `--chunk 32` prefills in 32-token chunks as the appliance serves a prompt; `--chunk 0` runs it as one batch.
-//! `--scalar` forces the portable kernels (what the appliance runs under TCG); otherwise the CPU's best set.
+//! `--scalar` forces the portable kernels (what the appliance runs under TCG), `--kernels portable|avx2|avx512` any
+//! set the CPU can run; otherwise the CPU's best set.
 
 mod prompts;
 
@@ -84,9 +85,10 @@ fn argmax(logits: &[f32]) -> u32 {
 
 fn compare(args: &[String]) -> Result<(), String> {
     let [model_path, prompt_path, reference_path, options @ ..] = args else {
-        return Err("usage: differential compare MODEL.gguf PROMPT.txt LLAMA.bin [--scalar] [--threads N] [--chunk N]".into());
+        return Err("usage: differential compare MODEL.gguf PROMPT.txt LLAMA.bin [--scalar | --kernels SET] [--threads N] [--chunk N]".into());
     };
     let (mut scalar, mut threads, mut chunk) = (false, 1usize, 0usize);
+    let mut kernels = None;
     let mut options = options.iter();
     while let Some(option) = options.next() {
         let mut value = || -> Result<usize, String> {
@@ -97,12 +99,27 @@ fn compare(args: &[String]) -> Result<(), String> {
         };
         match option.as_str() {
             "--scalar" => scalar = true,
+            "--kernels" => {
+                kernels = Some(match options.next().map(String::as_str) {
+                    Some("portable") => model::simd::Level::Scalar,
+                    Some("avx2") => model::simd::Level::Avx2,
+                    Some("avx512") => model::simd::Level::Avx512,
+                    _ => return Err("--kernels needs portable, avx2 or avx512".into()),
+                })
+            }
             "--threads" => threads = value()?,
             "--chunk" => chunk = value()?,
             other => return Err(format!("unknown option {other}")),
         }
     }
     model::simd::force_scalar(scalar);
+    if let Some(level) = kernels {
+        model::simd::force(Some(level));
+        if model::simd::level() != level {
+            return Err(format!("this CPU cannot run the {level:?} kernels"));
+        }
+        scalar = level == model::simd::Level::Scalar;
+    }
     let blob = std::fs::read(model_path).map_err(|e| format!("{model_path}: {e}"))?;
     let gguf = Gguf::parse(&blob).map_err(|e| format!("{model_path}: {e}"))?;
     let model = Model::load(&gguf).map_err(|e| format!("{model_path}: {e}"))?;
@@ -211,7 +228,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("prompts") => write_prompts(&args[1..]),
         Some("compare") => compare(&args[1..]),
-        _ => Err("usage: differential prompts MODEL.gguf DIR | differential compare MODEL.gguf PROMPT.txt LLAMA.bin [--scalar] [--threads N] [--chunk N]".into()),
+        _ => Err("usage: differential prompts MODEL.gguf DIR | differential compare MODEL.gguf PROMPT.txt LLAMA.bin [--scalar | --kernels SET] [--threads N] [--chunk N]".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,9 +1,14 @@
 //! The engine's SIMD kernels and their run-time dispatch: the only module of `model` allowed to use `unsafe`.
 //!
-//! Each public function here picks, once per process, between an AVX2+FMA+F16C kernel (when CPUID and XGETBV say
-//! the CPU and OS support it) and its scalar twin in [`crate::quant`]; tests assert both give the same result.
-//! Detection follows the Intel SDM vol. 2A (CPUID leaf 1 ECX bits 12 FMA, 27 OSXSAVE, 28 AVX, 29 F16C; leaf 7
-//! EBX bit 5 AVX2; XCR0 bits 1-2 for XMM/YMM state).
+//! Each public function here picks, once per process, between an AVX-512 kernel (where it has one), an
+//! AVX2+FMA+F16C kernel (when CPUID and XGETBV say the CPU and OS support it) and its scalar twin in
+//! [`crate::quant`] (the AVX-512 ones' twins in [`crate::wide`]); tests assert each equals its twin. Detection
+//! follows the Intel SDM vol. 2A (CPUID leaf 1 ECX bits 12 FMA, 27 OSXSAVE, 28 AVX, 29 F16C; leaf 7 EBX bits 5 AVX2,
+//! 16 AVX512F, 17 AVX512DQ, 30 AVX512BW, 31 AVX512VL; XCR0 bits 1-2 for XMM/YMM state, 5-7 for opmask and ZMM state).
+//!
+//! The AVX-512 level exists because llama.cpp built for such a CPU sums f16 dot products, softmax and SwiGLU in
+//! 16-lane orders (see [`crate::wide`]); the engine mirrors the set llama.cpp would use on the CPU at hand, and the
+//! portable kernels mirror the AVX2 set.
 
 use core::sync::atomic::{AtomicU8, Ordering};
 
@@ -11,15 +16,32 @@ use crate::quant::{
     self, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1,
     BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1,
 };
+use crate::wide;
 
-/// 0 = not yet probed, 1 = scalar, 2 = AVX2+FMA+F16C.
+/// 0 = not yet probed, 1 = scalar, 2 = AVX2+FMA+F16C, 3 = AVX-512 (F, DQ, BW, VL) as well.
 static LEVEL: AtomicU8 = AtomicU8::new(0);
+/// The highest level [`force`] allows (same encoding; 0 = no limit).
+static LIMIT: AtomicU8 = AtomicU8::new(0);
+/// Whether the 16-lane orders are mirrored ([`wide_orders`]): 0 = not yet probed, 1 = no, 2 = yes.
+static WIDE: AtomicU8 = AtomicU8::new(0);
 
 /// Which kernels run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Level {
     Scalar,
     Avx2,
+    /// AVX2 kernels, and the AVX-512 ones where llama.cpp's AVX-512 build sums in another order.
+    Avx512,
+}
+
+impl Level {
+    fn code(self) -> u8 {
+        match self {
+            Level::Scalar => 1,
+            Level::Avx2 => 2,
+            Level::Avx512 => 3,
+        }
+    }
 }
 
 /// Probes the CPU (once) and returns the kernels in use.
@@ -27,21 +49,52 @@ pub fn level() -> Level {
     match LEVEL.load(Ordering::Relaxed) {
         1 => Level::Scalar,
         2 => Level::Avx2,
+        3 => Level::Avx512,
         _ => {
-            let l = if detect_avx2() {
-                Level::Avx2
-            } else {
+            let detected = if !detect_avx2() {
                 Level::Scalar
+            } else if detect_avx512() {
+                Level::Avx512
+            } else {
+                Level::Avx2
             };
-            LEVEL.store(if l == Level::Avx2 { 2 } else { 1 }, Ordering::Relaxed);
+            let limit = LIMIT.load(Ordering::Relaxed);
+            let l = match limit {
+                1 => Level::Scalar,
+                2 => detected.min(Level::Avx2),
+                _ => detected,
+            };
+            let wide = detected == Level::Avx512 && limit != Level::Avx2.code();
+            WIDE.store(if wide { 2 } else { 1 }, Ordering::Relaxed);
+            LEVEL.store(l.code(), Ordering::Relaxed);
             l
         }
     }
 }
 
+/// Whether the engine mirrors the summation orders of llama.cpp's AVX-512 build (16 lanes) rather than its AVX2
+/// build's (8): at the AVX-512 level, and with the portable kernels on a CPU with AVX-512 (so that they equal the
+/// CPU's own kernels and the llama.cpp built for it) unless the kernels are capped at AVX2.
+pub fn wide_orders() -> bool {
+    level();
+    WIDE.load(Ordering::Relaxed) == 2
+}
+
 /// Forces the scalar kernels (for comparisons and for emulators whose AVX is slow); `false` re-probes.
 pub fn force_scalar(on: bool) {
-    LEVEL.store(if on { 1 } else { 0 }, Ordering::Relaxed);
+    force(on.then_some(Level::Scalar));
+}
+
+/// Caps the kernels at `max` (the CPU's best set at most), or lifts the cap (`None`); the CPU is probed again.
+pub fn force(max: Option<Level>) {
+    LIMIT.store(max.map_or(0, Level::code), Ordering::Relaxed);
+    WIDE.store(0, Ordering::Relaxed);
+    LEVEL.store(0, Ordering::Relaxed);
+}
+
+/// Whether the AVX2 kernels may run (at the AVX2 and AVX-512 levels).
+fn avx2() -> bool {
+    level() >= Level::Avx2
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -68,13 +121,32 @@ fn detect_avx2() -> bool {
     avx2 && (xcr0 & 0b110) == 0b110
 }
 
+/// AVX-512 F, DQ, BW and VL with the OS saving opmask and ZMM state; called only after [`detect_avx2`] said yes
+/// (so CPUID leaf 7 exists and OSXSAVE is set).
+#[cfg(target_arch = "x86_64")]
+fn detect_avx512() -> bool {
+    use core::arch::x86_64::{__cpuid_count, _xgetbv};
+    let ebx = __cpuid_count(7, 0).ebx;
+    let features = [16, 17, 30, 31].iter().all(|bit| ebx & (1 << bit) != 0);
+    // SAFETY: `detect_avx2` returned true only with OSXSAVE set, so XGETBV is enabled and XCR0 readable.
+    let xcr0 = unsafe { _xgetbv(0) };
+    features && (xcr0 & 0xE6) == 0xE6
+}
+
 #[cfg(not(target_arch = "x86_64"))]
 fn detect_avx2() -> bool {
     false
 }
 
+#[cfg(not(target_arch = "x86_64"))]
+fn detect_avx512() -> bool {
+    false
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 mod swar;
 
 macro_rules! dispatch {
@@ -82,9 +154,9 @@ macro_rules! dispatch {
         $(#[$m])*
         pub fn $name($($arg: $ty),*) -> $ret {
             #[cfg(target_arch = "x86_64")]
-            if level() == Level::Avx2 {
-                // SAFETY: `level()` returned Avx2 only after CPUID/XGETBV confirmed AVX2, FMA and F16C with OS
-                // support; the kernel checks slice lengths itself.
+            if avx2() {
+                // SAFETY: `level()` returned Avx2 or Avx512 only after CPUID/XGETBV confirmed AVX2, FMA and F16C
+                // with OS support; the kernel checks slice lengths itself.
                 return unsafe { avx2::$name($($arg),*) };
             }
             $scalar($($arg),*)
@@ -212,12 +284,57 @@ fn scalar_q2_k_tiled(w: &[BlockQ2K], nb: usize, y: &[BlockQ8K], out: &mut [f32])
         *o = quant::dot_q2_k_q8_k_tiled(&w[..nb], &y[t * nb..(t + 1) * nb]);
     }
 }
-dispatch!(
-    /// f16 · f16 as tinyBLAS orders it (one 8-lane FMA chain); lengths a multiple of 8.
-    dot_f16(x: &[u16], y: &[u16]) -> f32, quant::dot_f16_chain);
-dispatch!(
+/// Like `dispatch!`, with an AVX-512 kernel first: for the functions llama.cpp's AVX-512 build computes in another
+/// order than its AVX2 one. The AVX-512 kernel equals its twin in [`crate::wide`] (which the portable kernels use
+/// under [`wide_orders`]), the AVX2 one its twin in [`crate::quant`].
+macro_rules! dispatch_wide {
+    ($(#[$m:meta])* $name:ident ($($arg:ident : $ty:ty),*) -> $ret:ty, $scalar:path, $scalar_wide:path) => {
+        $(#[$m])*
+        pub fn $name($($arg: $ty),*) -> $ret {
+            #[cfg(target_arch = "x86_64")]
+            match level() {
+                // SAFETY: `level()` returned Avx512 only after CPUID/XGETBV confirmed AVX-512 F, DQ, BW and VL,
+                // AVX2, FMA and F16C with OS support for ZMM state; the kernel checks slice lengths itself.
+                Level::Avx512 => return unsafe { avx512::$name($($arg),*) },
+                // SAFETY: `level()` returned Avx2 only after CPUID/XGETBV confirmed AVX2, FMA and F16C with OS
+                // support; the kernel checks slice lengths itself.
+                Level::Avx2 => return unsafe { avx2::$name($($arg),*) },
+                Level::Scalar => {}
+            }
+            if wide_orders() {
+                return $scalar_wide($($arg),*);
+            }
+            $scalar($($arg),*)
+        }
+    };
+}
+
+/// Lanes of the f16 FMA chain [`dot_f16`] and [`dots_f16`] use (tinyBLAS's `KN`): 16 under [`wide_orders`], 8
+/// otherwise. Lengths given to them must be multiples of it.
+pub fn f16_chain_lanes() -> usize {
+    if wide_orders() {
+        16
+    } else {
+        8
+    }
+}
+
+/// Elements per step of [`dot_f16_ggml`] (`GGML_F16_STEP`): 64 under [`wide_orders`], 32 otherwise; the rest of a
+/// length goes through its f64 tail.
+pub fn f16_ggml_step() -> usize {
+    if wide_orders() {
+        64
+    } else {
+        32
+    }
+}
+
+dispatch_wide!(
+    /// f16 · f16 as tinyBLAS orders it (one FMA chain of [`f16_chain_lanes`] lanes); lengths a multiple of that.
+    dot_f16(x: &[u16], y: &[u16]) -> f32, quant::dot_f16_chain, wide::dot_f16_chain16);
+dispatch_wide!(
     /// `out[i] = dot_f16(x[i * stride..][..y.len()], y)` for each output: several rows' chains advance together.
-    dots_f16(x: &[u16], stride: usize, y: &[u16], out: &mut [f32]) -> (), scalar_dots_f16);
+    dots_f16(x: &[u16], stride: usize, y: &[u16], out: &mut [f32]) -> (), scalar_dots_f16, scalar_dots_f16_wide);
 
 fn scalar_dots_f16(x: &[u16], stride: usize, y: &[u16], out: &mut [f32]) {
     let n = y.len();
@@ -225,15 +342,22 @@ fn scalar_dots_f16(x: &[u16], stride: usize, y: &[u16], out: &mut [f32]) {
         *o = quant::dot_f16_chain(&x[i * stride..i * stride + n], y);
     }
 }
-dispatch!(
-    /// f16 · f16 as `ggml_vec_dot_f16` orders it (four chains of 8 lanes, f64 tail).
-    dot_f16_ggml(x: &[u16], y: &[u16]) -> f32, quant::dot_f16_ggml);
-dispatch!(
+
+fn scalar_dots_f16_wide(x: &[u16], stride: usize, y: &[u16], out: &mut [f32]) {
+    let n = y.len();
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = wide::dot_f16_chain16(&x[i * stride..i * stride + n], y);
+    }
+}
+dispatch_wide!(
+    /// f16 · f16 as `ggml_vec_dot_f16` orders it (four chains of 8 lanes, or 16 at the AVX-512 level; f64 tail).
+    dot_f16_ggml(x: &[u16], y: &[u16]) -> f32, quant::dot_f16_ggml, wide::dot_f16_ggml16);
+dispatch_wide!(
     /// `x[i] = exp(x[i] - max)` with ggml's vector expf; returns the f64 sum.
-    softmax_exp(x: &mut [f32], max: f32) -> f64, quant::softmax_exp);
-dispatch!(
+    softmax_exp(x: &mut [f32], max: f32) -> f64, quant::softmax_exp, wide::softmax_exp16);
+dispatch_wide!(
     /// `gate = silu(gate) * up` with ggml's vector expf.
-    swiglu(gate: &mut [f32], up: &[f32]) -> (), quant::swiglu);
+    swiglu(gate: &mut [f32], up: &[f32]) -> (), quant::swiglu, wide::swiglu16);
 dispatch!(
     /// `gate = gelu(gate) * up` through ggml's f16 GELU table (see [`crate::math::GeluTable`]).
     geglu_lookup(table: &[u16], gate: &mut [f32], up: &[f32]) -> (), crate::math::geglu_lookup);
@@ -289,9 +413,9 @@ macro_rules! mat_dispatch {
             work: &mut [f32],
         ) {
             #[cfg(target_arch = "x86_64")]
-            if level() == Level::Avx2 {
-                // SAFETY: `level()` returned Avx2 only after CPUID/XGETBV confirmed AVX2, FMA and F16C with OS
-                // support; slices are indexed with bounds checks.
+            if avx2() {
+                // SAFETY: `level()` returned Avx2 or Avx512 only after CPUID/XGETBV confirmed AVX2, FMA and F16C
+                // with OS support; slices are indexed with bounds checks.
                 return unsafe { avx2::mat_q0::<$w>(w, nb, y, cols, out, ld, work) };
             }
             let _ = work;
@@ -330,5 +454,7 @@ mat_dispatch!(
 
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests;
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests_avx512;
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests_more_types;

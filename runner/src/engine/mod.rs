@@ -332,6 +332,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         model: args.model.clone(),
         threads: args.threads,
         kernels: match model::simd::level() {
+            model::simd::Level::Avx512 => "avx512",
             model::simd::Level::Avx2 => "avx2",
             model::simd::Level::Scalar => "scalar",
         },

@@ -1,0 +1,200 @@
+//! AVX-512 kernels (F, DQ, BW, VL): the f16 dot products, softmax exponentials and SwiGLU in the 16-lane forms that
+//! llama.cpp's AVX-512 build computes; their scalar twins, and the llama.cpp sources each mirrors, are in
+//! [`crate::wide`].
+//!
+//! Intel intrinsics per the Intel Intrinsics Guide. The quantized products need no AVX-512 forms to match llama.cpp:
+//! its AVX-512 build runs the same AVX2 code for them (`ggml-cpu/arch/x86/quants.c`), whose integer sums are exact.
+
+use core::arch::x86_64::*;
+
+/// `_mm512_reduce_add_ps` as GCC expands it ([`crate::wide::hsum16`]).
+#[inline]
+#[target_feature(enable = "avx512f,avx512dq,avx512bw,avx512vl,avx2,fma,f16c")]
+fn hsum16(v: __m512) -> f32 {
+    let lo = _mm512_castps512_ps256(v);
+    let hi = _mm512_extractf32x8_ps::<1>(v);
+    let t = _mm256_add_ps(hi, lo);
+    let u = _mm_add_ps(_mm256_extractf128_ps::<1>(t), _mm256_castps256_ps128(t));
+    let w = _mm_add_ps(u, _mm_permute_ps::<0b01_00_11_10>(u));
+    _mm_cvtss_f32(w) + _mm_cvtss_f32(_mm_movehdup_ps(w))
+}
+
+/// 16 f16 values from `x[i..i + 16]` as f32 lanes.
+///
+/// # Safety
+/// `i + 16 ≤ x.len()`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512dq,avx512bw,avx512vl,avx2,fma,f16c")]
+unsafe fn load_f16x16(x: &[u16], i: usize) -> __m512 {
+    debug_assert!(i + 16 <= x.len());
+    // SAFETY: the caller guarantees 16 u16 (32 bytes) from `i` are in bounds; `loadu` needs no alignment.
+    _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(x.as_ptr().add(i).cast()) })
+}
+
+/// f16 · f16 as tinyBLAS with 16 lanes ([`crate::wide::dot_f16_chain16`]); lengths a multiple of 16.
+///
+/// # Safety
+/// The CPU must support AVX-512 F, DQ, BW and VL, AVX2, FMA and F16C.
+#[target_feature(enable = "avx512f,avx512dq,avx512bw,avx512vl,avx2,fma,f16c")]
+pub unsafe fn dot_f16(x: &[u16], y: &[u16]) -> f32 {
+    let n = x.len().min(y.len()) / 16 * 16;
+    let mut acc = _mm512_setzero_ps();
+    for i in (0..n).step_by(16) {
+        // SAFETY: i + 16 ≤ n ≤ both lengths.
+        let (a, b) = unsafe { (load_f16x16(x, i), load_f16x16(y, i)) };
+        acc = _mm512_fmadd_ps(a, b, acc);
+    }
+    hsum16(acc)
+}
+
+/// Rows per pass of [`dots_f16`]: enough independent FMA chains to cover the FMA latency.
+const DOTS_ROWS: usize = 8;
+
+/// `out[i] = dot_f16(x[i * stride..][..y.len()], y)` for every `i < out.len()`, bit for bit: each row keeps its own
+/// 16-lane chain, [`DOTS_ROWS`] rows advance together and share each converted block of `y`. `y.len()` must be a
+/// multiple of 16.
+///
+/// # Safety
+/// The CPU must support AVX-512 F, DQ, BW and VL, AVX2, FMA and F16C.
+#[target_feature(enable = "avx512f,avx512dq,avx512bw,avx512vl,avx2,fma,f16c")]
+pub unsafe fn dots_f16(x: &[u16], stride: usize, y: &[u16], out: &mut [f32]) {
+    let n = y.len() / 16 * 16;
+    let rows = out.len();
+    assert!(rows == 0 || x.len() >= (rows - 1) * stride + n);
+    let full = rows / DOTS_ROWS * DOTS_ROWS;
+    for r in (0..full).step_by(DOTS_ROWS) {
+        let mut acc = [_mm512_setzero_ps(); DOTS_ROWS];
+        for i in (0..n).step_by(16) {
+            // SAFETY: i + 16 ≤ n ≤ y.len().
+            let b = unsafe { load_f16x16(y, i) };
+            for (j, a) in acc.iter_mut().enumerate() {
+                // SAFETY: (r + j) * stride + i + 16 ≤ (rows - 1) * stride + n ≤ x.len() (asserted above).
+                let xa = unsafe { load_f16x16(x, (r + j) * stride + i) };
+                *a = _mm512_fmadd_ps(xa, b, *a);
+            }
+        }
+        for (j, a) in acc.iter().enumerate() {
+            out[r + j] = hsum16(*a);
+        }
+    }
+    for (i, o) in out.iter_mut().enumerate().skip(full) {
+        // SAFETY: the caller guarantees the CPU features.
+        *o = unsafe { dot_f16(&x[i * stride..i * stride + n], &y[..n]) };
+    }
+}
+
+/// f16 · f16 as AVX-512 `ggml_vec_dot_f16` ([`crate::wide::dot_f16_ggml16`]): four 16-lane chains over steps of
+/// 64, an f64 tail.
+///
+/// # Safety
+/// The CPU must support AVX-512 F, DQ, BW and VL, AVX2, FMA and F16C.
+#[target_feature(enable = "avx512f,avx512dq,avx512bw,avx512vl,avx2,fma,f16c")]
+pub unsafe fn dot_f16_ggml(x: &[u16], y: &[u16]) -> f32 {
+    let n = x.len().min(y.len());
+    let np = n / 64 * 64;
+    let mut acc = [_mm512_setzero_ps(); 4];
+    for i in (0..np).step_by(64) {
+        for (j, a) in acc.iter_mut().enumerate() {
+            // SAFETY: i + 16j + 16 ≤ np ≤ both lengths.
+            let (p, q) = unsafe { (load_f16x16(x, i + 16 * j), load_f16x16(y, i + 16 * j)) };
+            *a = _mm512_fmadd_ps(p, q, *a);
+        }
+    }
+    let s = _mm512_add_ps(_mm512_add_ps(acc[0], acc[2]), _mm512_add_ps(acc[1], acc[3]));
+    let h = |v: u16| half::f16::from_bits(v).to_f32();
+    let mut sum = hsum16(s) as f64;
+    for j in np..n {
+        sum += (h(x[j]) * h(y[j])) as f64;
+    }
+    sum as f32
+}
+
+/// ggml's `ggml_v_expf` on 16 lanes ([`crate::wide::expf_ggml16`]).
+#[inline]
+#[target_feature(enable = "avx512f,avx512dq,avx512bw,avx512vl,avx2,fma,f16c")]
+fn expf16(x: __m512) -> __m512 {
+    let set = |bits: u32| _mm512_set1_ps(f32::from_bits(bits));
+    let r = set(0x4b40_0000);
+    let z = _mm512_fmadd_ps(x, set(0x3fb8_aa3b), r);
+    let n = _mm512_sub_ps(z, r);
+    let b = _mm512_fnmadd_ps(
+        n,
+        set(0x35bf_be8e),
+        _mm512_fnmadd_ps(n, set(0x3f31_7200), x),
+    );
+    let d = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(_mm512_abs_ps(n), _mm512_set1_ps(192.0));
+    let u = _mm512_mul_ps(b, b);
+    let j = _mm512_fmadd_ps(
+        _mm512_fmadd_ps(
+            _mm512_fmadd_ps(set(0x3c07_2010), b, set(0x3d2b_9f17)),
+            u,
+            _mm512_fmadd_ps(set(0x3e2a_af33), b, set(0x3eff_fedb)),
+        ),
+        u,
+        _mm512_fmadd_ps(set(0x3f7f_fff6), b, _mm512_set1_ps(1.0)),
+    );
+    let res = _mm512_scalef_ps(j, n);
+    if d == 0 {
+        return res;
+    }
+    let zero = _mm512_setzero_ps();
+    let alt = _mm512_mask_blend_ps(
+        _mm512_cmp_ps_mask::<_CMP_LE_OQ>(n, zero),
+        _mm512_set1_ps(f32::INFINITY),
+        zero,
+    );
+    _mm512_mask_blend_ps(d, res, alt)
+}
+
+/// `x[i] = exp(x[i] - max)` in blocks of 16, returning the f64 sum of the blocks' [`hsum16`]s
+/// ([`crate::wide::softmax_exp16`]).
+///
+/// # Safety
+/// The CPU must support AVX-512 F, DQ, BW and VL, AVX2, FMA and F16C.
+#[target_feature(enable = "avx512f,avx512dq,avx512bw,avx512vl,avx2,fma,f16c")]
+pub unsafe fn softmax_exp(x: &mut [f32], max: f32) -> f64 {
+    let mut sum = 0.0f64;
+    let m = _mm512_set1_ps(max);
+    let mut chunks = x.chunks_exact_mut(16);
+    for c in &mut chunks {
+        // SAFETY: `c` is exactly 16 floats.
+        let v = expf16(_mm512_sub_ps(unsafe { _mm512_loadu_ps(c.as_ptr()) }, m));
+        // SAFETY: as above.
+        unsafe { _mm512_storeu_ps(c.as_mut_ptr(), v) };
+        sum += hsum16(v) as f64;
+    }
+    for v in chunks.into_remainder() {
+        *v = libm::expf(*v - max);
+        sum += *v as f64;
+    }
+    sum
+}
+
+/// `gate = silu(gate) * up` in blocks of 16 ([`crate::wide::swiglu16`]).
+///
+/// # Safety
+/// The CPU must support AVX-512 F, DQ, BW and VL, AVX2, FMA and F16C.
+#[target_feature(enable = "avx512f,avx512dq,avx512bw,avx512vl,avx2,fma,f16c")]
+pub unsafe fn swiglu(gate: &mut [f32], up: &[f32]) {
+    let n16 = gate.len().min(up.len()) / 16 * 16;
+    let one = _mm512_set1_ps(1.0);
+    for i in (0..n16).step_by(16) {
+        // SAFETY: i + 16 ≤ n16 ≤ both lengths.
+        let (x, u) = unsafe {
+            (
+                _mm512_loadu_ps(gate.as_ptr().add(i)),
+                _mm512_loadu_ps(up.as_ptr().add(i)),
+            )
+        };
+        let s = _mm512_div_ps(
+            x,
+            _mm512_add_ps(one, expf16(_mm512_sub_ps(_mm512_setzero_ps(), x))),
+        );
+        // SAFETY: as above.
+        unsafe { _mm512_storeu_ps(gate.as_mut_ptr().add(i), _mm512_mul_ps(s, u)) };
+    }
+    for (g, &u) in gate[n16..].iter_mut().zip(&up[n16..]) {
+        let x = *g;
+        *g = x / (1.0 + libm::expf(-x)) * u;
+    }
+}
