@@ -64,7 +64,7 @@ pub fn level() -> Level {
                 2 => detected.min(Level::Avx2),
                 _ => detected,
             };
-            let wide = detected == Level::Avx512 && limit != Level::Avx2.code();
+            let wide = l == Level::Avx512;
             WIDE.store(if wide { 2 } else { 1 }, Ordering::Relaxed);
             LEVEL.store(l.code(), Ordering::Relaxed);
             l
@@ -73,8 +73,9 @@ pub fn level() -> Level {
 }
 
 /// Whether the engine mirrors the summation orders of llama.cpp's AVX-512 build (16 lanes) rather than its AVX2
-/// build's (8): at the AVX-512 level, and with the portable kernels on a CPU with AVX-512 (so that they equal the
-/// CPU's own kernels and the llama.cpp built for it) unless the kernels are capped at AVX2.
+/// build's (8): at the AVX-512 level only. The portable kernels are what a CPU without AVX2 runs, the appliance's
+/// vCPU under TCG among them, so they keep the 8-lane orders on any CPU: `generate --portable-kernels` on an AVX-512
+/// host then computes what that appliance computes.
 pub fn wide_orders() -> bool {
     level();
     WIDE.load(Ordering::Relaxed) == 2
@@ -166,16 +167,16 @@ macro_rules! dispatch {
 
 dispatch!(
     /// Q4_0 weights · Q8_0 activations.
-    dot_q4_0_q8_0(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32, quant::dot_q4_0_q8_0);
+    dot_q4_0_q8_0(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32, quant::dot_q4_0_q8_0_generic);
 dispatch!(
     /// Q4_1 weights · Q8_1 activations.
-    dot_q4_1_q8_1(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32, quant::dot_q4_1_q8_1);
+    dot_q4_1_q8_1(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32, quant::dot_q4_1_q8_1_generic);
 dispatch!(
     /// Q5_0 weights · Q8_0 activations.
-    dot_q5_0_q8_0(x: &[BlockQ5_0], y: &[BlockQ8_0]) -> f32, quant::dot_q5_0_q8_0);
+    dot_q5_0_q8_0(x: &[BlockQ5_0], y: &[BlockQ8_0]) -> f32, quant::dot_q5_0_q8_0_generic);
 dispatch!(
     /// Q8_0 weights · Q8_0 activations.
-    dot_q8_0_q8_0(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32, quant::dot_q8_0_q8_0);
+    dot_q8_0_q8_0(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32, quant::dot_q8_0_q8_0_generic);
 dispatch!(
     /// Q4_K weights · Q8_K activations.
     dot_q4_k_q8_k(x: &[BlockQ4K], y: &[BlockQ8K]) -> f32, quant::dot_q4_k_q8_k);
@@ -434,11 +435,11 @@ macro_rules! mat_dispatch {
 
 mat_dispatch!(
     /// Q4_0 weights × Q8_0 activations.
-    mat_q4_0, BlockQ4_0, BlockQ8_0, quant::dot_q4_0_q8_0);
+    mat_q4_0, BlockQ4_0, BlockQ8_0, quant::dot_q4_0_q8_0_generic);
 mat_dispatch!(
     /// Q4_1 weights × Q8_1 activations. Without AVX2, batches of four or more tokens go through the packed portable
     /// kernel of `simd/swar.rs`, four tokens per integer multiply (same results, faster under QEMU's TCG).
-    mat_q4_1, BlockQ4_1, BlockQ8_1, quant::dot_q4_1_q8_1, Some(swar::mat_q4_1 as ScalarMat<BlockQ4_1, BlockQ8_1>));
+    mat_q4_1, BlockQ4_1, BlockQ8_1, quant::dot_q4_1_q8_1_generic, Some(swar::mat_q4_1 as ScalarMat<BlockQ4_1, BlockQ8_1>));
 
 /// A portable matrix product with [`mat_q4_1`]'s arguments, less the work buffer.
 type ScalarMat<W, A> = fn(&[W], usize, &ActTile<'_, A>, usize, &mut [f32], usize);
@@ -447,10 +448,10 @@ mat_dispatch!(
     mat_q5_1, BlockQ5_1, BlockQ8_1, quant::dot_q5_1_q8_1);
 mat_dispatch!(
     /// Q5_0 weights × Q8_0 activations.
-    mat_q5_0, BlockQ5_0, BlockQ8_0, quant::dot_q5_0_q8_0);
+    mat_q5_0, BlockQ5_0, BlockQ8_0, quant::dot_q5_0_q8_0_generic);
 mat_dispatch!(
     /// Q8_0 weights × Q8_0 activations.
-    mat_q8_0, BlockQ8_0, BlockQ8_0, quant::dot_q8_0_q8_0);
+    mat_q8_0, BlockQ8_0, BlockQ8_0, quant::dot_q8_0_q8_0_generic);
 
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests;

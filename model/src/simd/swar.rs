@@ -6,11 +6,10 @@
 //! there than scalar code. Packing four tokens' activations into the 16-bit lanes of one `u64` instead makes each
 //! multiply-add of a weight nibble serve four tokens (docs/ARCHITECTURE.md §6).
 //!
-//! Per block, the portable kernel (as llama.cpp's AVX2 one) sums four elements at a time exactly, into eight lanes:
-//! here each 16-bit field accumulates `w·(y + 128)` over one lane's four elements (≤ 4·15·255 = 15,300 < 2^16, so
-//! no field carries into the next) and `128·Σw` is taken off. The f32 steps then run the portable kernel's
-//! statements per token and block in the same order, so every output equals [`crate::quant::dot_q4_1_q8_1`] bit for
-//! bit.
+//! Per block, `Σ w·y` is exact in both kernels: here each lane accumulates `w·(y + 128)` (≤ 15·255 per element,
+//! sixteen elements per accumulator: ≤ 61,200 < 2^16, so no lane carries into the next) and `128·Σw` is taken off.
+//! The f32 fold then runs the portable kernel's statement per token and block in the same order, so every output
+//! equals [`crate::quant::dot_q4_1_q8_1_generic`] bit for bit.
 
 use crate::quant::{self, f16_to_f32, BlockQ4_1, BlockQ8_1, QK};
 
@@ -22,12 +21,9 @@ const TOKENS: usize = 4;
 /// Blocks whose packed activations are kept at once (on the stack: 32 · 8 · 16 = 4 KiB).
 const CHUNK: usize = 16;
 
-/// Rows whose f32 state is kept at once (on the stack: 16 · 4 · 9 · 4 = 2.3 KiB).
-const ROWS: usize = 16;
-
 /// `out[c * ld + r] = W[r] · y[c]` for the rows of `w` (`w.len() / nb` rows of `nb` blocks) and `cols` tokens of
 /// `y.qs`, as the portable matrix product computes it: groups of four tokens go through the packed kernel, the
-/// rest through [`quant::dot_q4_1_q8_1`].
+/// rest through [`quant::dot_q4_1_q8_1_generic`].
 pub fn mat_q4_1(
     w: &[BlockQ4_1],
     nb: usize,
@@ -44,14 +40,13 @@ pub fn mat_q4_1(
     for c in grouped..cols {
         let yc = &y.qs[c * nb..(c + 1) * nb];
         for r in 0..rows {
-            out[c * ld + r] = quant::dot_q4_1_q8_1(&w[r * nb..(r + 1) * nb], yc);
+            out[c * ld + r] = quant::dot_q4_1_q8_1_generic(&w[r * nb..(r + 1) * nb], yc);
         }
     }
 }
 
-/// Four tokens (`y[t * nb..]`) against every row, into `out[(c0 + t) * ld + r]`. Rows are taken [`ROWS`] at a
-/// time with their f32 state (eight lanes and the `m·s` sum per token) on the stack, and for each group of rows
-/// the blocks [`CHUNK`] at a time, packed once per group.
+/// Four tokens (`y[t * nb..]`) against every row, into `out[(c0 + t) * ld + r]`. Blocks are taken `CHUNK` at a
+/// time; each output's running sum waits in `out` between chunks, which leaves its f32 operations unchanged.
 fn group(
     w: &[BlockQ4_1],
     nb: usize,
@@ -64,66 +59,59 @@ fn group(
     let mut packed = [[0u64; QK]; CHUNK];
     let mut dy = [[0.0f32; TOKENS]; CHUNK];
     let mut sy = [[0.0f32; TOKENS]; CHUNK];
-    for r0 in (0..rows).step_by(ROWS) {
-        let nr = ROWS.min(rows - r0);
-        let mut lanes = [[[0.0f32; 8]; TOKENS]; ROWS];
-        let mut summs = [[0.0f32; TOKENS]; ROWS];
-        for b0 in (0..nb).step_by(CHUNK) {
-            let n = CHUNK.min(nb - b0);
-            for k in 0..n {
-                for (i, p) in packed[k].iter_mut().enumerate() {
-                    *p = (0..TOKENS).fold(0u64, |v, t| {
-                        v | (((y[t * nb + b0 + k].qs[i] as i32 + 128) as u64) << (16 * t))
-                    });
-                }
-                for t in 0..TOKENS {
-                    let b = &y[t * nb + b0 + k];
-                    dy[k][t] = f16_to_f32(b.d);
-                    sy[k][t] = f16_to_f32(b.s);
-                }
+    for b0 in (0..nb).step_by(CHUNK) {
+        let n = CHUNK.min(nb - b0);
+        for k in 0..n {
+            for (i, p) in packed[k].iter_mut().enumerate() {
+                *p = (0..TOKENS).fold(0u64, |v, t| {
+                    v | (((y[t * nb + b0 + k].qs[i] as i32 + 128) as u64) << (16 * t))
+                });
             }
-            for (i, (lanes, summs)) in lanes.iter_mut().zip(&mut summs).take(nr).enumerate() {
-                let r = r0 + i;
-                for (k, a) in w[r * nb + b0..r * nb + b0 + n].iter().enumerate() {
-                    let sums = block_lane_sums(a, &packed[k]);
-                    let (da, ma) = (f16_to_f32(a.d), f16_to_f32(a.m));
-                    for t in 0..TOKENS {
-                        // The portable kernel's statements for this block and token.
-                        summs[t] = libm::fmaf(ma, sy[k][t], summs[t]);
-                        let d = da * dy[k][t];
-                        for (lane, &sum) in lanes[t].iter_mut().zip(&sums[t]) {
-                            *lane = libm::fmaf(d, sum as f32, *lane);
-                        }
-                    }
-                }
+            for t in 0..TOKENS {
+                let b = &y[t * nb + b0 + k];
+                dy[k][t] = f16_to_f32(b.d);
+                sy[k][t] = f16_to_f32(b.s);
             }
         }
-        for i in 0..nr {
-            for t in 0..TOKENS {
-                out[(c0 + t) * ld + r0 + i] = quant::hsum8(&lanes[i][t]) + summs[i][t];
+        for r in 0..rows {
+            let mut sum = [0.0f32; TOKENS];
+            if b0 > 0 {
+                for (t, s) in sum.iter_mut().enumerate() {
+                    *s = out[(c0 + t) * ld + r];
+                }
+            }
+            for (k, a) in w[r * nb + b0..r * nb + b0 + n].iter().enumerate() {
+                let isum = block_isums(a, &packed[k]);
+                let (da, ma) = (f16_to_f32(a.d), f16_to_f32(a.m));
+                for t in 0..TOKENS {
+                    // The portable kernel's statement for this block and token.
+                    sum[t] += isum[t] as f32 * (da * dy[k][t]) + ma * sy[k][t];
+                }
+            }
+            for (t, s) in sum.iter().enumerate() {
+                out[(c0 + t) * ld + r] = *s;
             }
         }
     }
 }
 
-/// The exact 4-element sums `Σ w·y` of one Q4_1 block's eight lanes (elements `4j..4j + 4`, as the portable and
-/// AVX2 kernels group them) against four tokens' packed activations (`packed[i]` holds `y + 128` of element `i`
-/// for token `t` in bits `16t..16t + 16`).
+/// The exact `Σ w·y` of one Q4_1 block against four tokens' packed activations (`packed[i]` holds `y + 128` of
+/// element `i` for token `t` in bits `16t..16t + 16`).
 #[inline]
-fn block_lane_sums(a: &BlockQ4_1, packed: &[u64; QK]) -> [[i32; 8]; TOKENS] {
-    let mut acc = [0u64; 8];
-    let mut wsum = [0u64; 8];
-    for (byte_index, &byte) in a.qs.iter().enumerate() {
-        // Byte b holds element b (low nibble, lane b / 4) and element 16 + b (high nibble, lane 4 + b / 4).
-        let (x, z) = (u64::from(byte & 15), u64::from(byte >> 4));
-        let lane = byte_index / 4;
-        acc[lane] += x * packed[byte_index];
-        acc[4 + lane] += z * packed[QK / 2 + byte_index];
-        wsum[lane] += x;
-        wsum[4 + lane] += z;
+fn block_isums(a: &BlockQ4_1, packed: &[u64; QK]) -> [i32; TOKENS] {
+    let (mut lo, mut hi, mut wsum) = (0u64, 0u64, 0u64);
+    for (half, bytes) in a.qs.chunks_exact(8).enumerate() {
+        let q = u64::from_le_bytes(bytes.try_into().expect("8 bytes"));
+        for j in 0..8 {
+            // Byte j of this half holds element 8·half + j (low nibble) and element 16 + 8·half + j (high nibble).
+            let (x, z) = ((q >> (8 * j)) & 15, (q >> (8 * j + 4)) & 15);
+            lo += x * packed[8 * half + j];
+            hi += z * packed[16 + 8 * half + j];
+            wsum += x + z;
+        }
     }
     core::array::from_fn(|t| {
-        core::array::from_fn(|j| ((acc[j] >> (16 * t)) & 0xFFFF) as i32 - 128 * wsum[j] as i32)
+        ((lo >> (16 * t)) & 0xFFFF) as i32 + ((hi >> (16 * t)) & 0xFFFF) as i32 - 128 * wsum as i32
     })
 }
 
@@ -183,8 +171,10 @@ mod tests {
             mat_q4_1(&w, nb, &tile, cols, &mut out, ld);
             for c in 0..cols {
                 for r in 0..rows {
-                    let want =
-                        quant::dot_q4_1_q8_1(&w[r * nb..(r + 1) * nb], &y[c * nb..(c + 1) * nb]);
+                    let want = quant::dot_q4_1_q8_1_generic(
+                        &w[r * nb..(r + 1) * nb],
+                        &y[c * nb..(c + 1) * nb],
+                    );
                     assert_eq!(
                         out[c * ld + r].to_bits(),
                         want.to_bits(),
