@@ -131,9 +131,9 @@ fn tiny_models_of_every_architecture_equal_llama_cpp() {
 }
 
 /// The portable kernels (what the appliance runs under TCG) on the same fixtures. gemma3 is left out: the portable
-/// 32-element dot products sum in llama.cpp's generic order (what its build for a CPU without AVX2 runs, and four
-/// times cheaper under TCG), not the AVX2 build's that made the fixtures; on gemma3's whitespace case that is 0.022
-/// apart in step-0 logits (`quant::dot_q5_0_q8_0` and its `_generic` form).
+/// 32-element dot products sum in llama.cpp's generic order (seven times cheaper under TCG), not the AVX2 build's
+/// that made the fixtures; on gemma3's whitespace case that is 0.022 apart in step-0 logits
+/// (`quant::dot_q5_0_q8_0` and its `_generic` form).
 #[test]
 fn tiny_models_on_the_portable_kernels_equal_llama_cpp() {
     for (arch, spec) in [

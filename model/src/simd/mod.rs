@@ -73,9 +73,8 @@ pub fn level() -> Level {
 }
 
 /// Whether the engine mirrors the summation orders of llama.cpp's AVX-512 build (16 lanes) rather than its AVX2
-/// build's (8): at the AVX-512 level only. The portable kernels are what a CPU without AVX2 runs, the appliance's
-/// vCPU under TCG among them, so they keep the 8-lane orders on any CPU: `generate --portable-kernels` on an AVX-512
-/// host then computes what that appliance computes.
+/// build's (8): at the AVX-512 level only. The portable kernels keep the 8-lane orders on any CPU, so that
+/// `generate --portable-kernels` on an AVX-512 host computes what the appliance computes under TCG (no AVX-512).
 pub fn wide_orders() -> bool {
     level();
     WIDE.load(Ordering::Relaxed) == 2
