@@ -10,7 +10,7 @@ use bytemuck::Zeroable;
 use super::avx2;
 
 /// Deterministic pseudo-random floats with a few large outliers (as real activations have).
-fn data(n: usize, seed: u64) -> Vec<f32> {
+pub(super) fn data(n: usize, seed: u64) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     (0..n)
         .map(|i| {
@@ -27,7 +27,7 @@ fn data(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-fn have_avx2() -> bool {
+pub(super) fn have_avx2() -> bool {
     super::detect_avx2()
 }
 

@@ -4,28 +4,11 @@
 use alloc::vec::Vec;
 
 use super::avx512;
+use super::tests::data;
 use crate::wide;
 
 fn have_avx512() -> bool {
     super::detect_avx2() && super::detect_avx512()
-}
-
-/// Deterministic pseudo-random floats in [-1, 1) with a few large outliers.
-fn data(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|i| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            let v = (s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0;
-            if i % 97 == 0 {
-                v * 40.0
-            } else {
-                v
-            }
-        })
-        .collect()
 }
 
 fn f16s(v: &[f32]) -> Vec<u16> {

@@ -8,29 +8,8 @@ use alloc::vec::Vec;
 use bytemuck::Zeroable;
 
 use super::avx2;
+use super::tests::{data, have_avx2};
 use crate::quant::{self, *};
-
-/// Deterministic pseudo-random floats in [-1, 1) with a few large outliers (as real activations have).
-fn data(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|i| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            let v = (s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0;
-            if i % 97 == 0 {
-                v * 40.0
-            } else {
-                v
-            }
-        })
-        .collect()
-}
-
-fn have_avx2() -> bool {
-    super::detect_avx2()
-}
 
 /// `n` elements of weight type `t` as random bit patterns (valid blocks for every format here) with small, finite
 /// f16 scales.
