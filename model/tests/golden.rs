@@ -12,6 +12,9 @@ use model::simd::Level;
 use model::tokenizer::Tokenizer;
 use model::transformer::{Model, State};
 use serde_json::Value;
+use support::Kernels;
+
+mod support;
 
 fn model_bytes(file: &str) -> Vec<u8> {
     let dir = std::env::var_os("CLOISTER_MODEL_DIR")
@@ -98,30 +101,6 @@ const EXACT_AVX512: Bar = Bar {
     local_decides: true,
     ..EXACT
 };
-
-/// The kernel set is chosen process-wide (`model::simd::force`), so the tests take turns.
-static KERNELS: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-/// Holds the turn and forces the engine's kernels to `kernels` (at most the CPU's best set) until dropped.
-struct Kernels(
-    #[allow(dead_code, reason = "held for its drop")] std::sync::MutexGuard<'static, ()>,
-);
-
-impl Kernels {
-    fn force(kernels: Option<Level>) -> Kernels {
-        let turn = KERNELS
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        model::simd::force(kernels);
-        Kernels(turn)
-    }
-}
-
-impl Drop for Kernels {
-    fn drop(&mut self) {
-        model::simd::force(None);
-    }
-}
 
 fn run_reference(model_file: &str, name: &str, bar: Bar) {
     let _kernels = Kernels::force(Some(bar.kernels));

@@ -14,30 +14,9 @@ use model::sampler::SamplerConfig;
 use model::session::{Engine, Event, FinishReason, Session, SessionConfig};
 use model::simd::Level;
 use serde_json::Value;
+use support::Kernels;
 
-/// The kernel set is chosen process-wide (`model::simd::force`), so the tests take turns.
-static KERNELS: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-/// Holds the turn and forces the engine's kernels to `kernels` (at most the CPU's best set) until dropped.
-struct Kernels(
-    #[allow(dead_code, reason = "held for its drop")] std::sync::MutexGuard<'static, ()>,
-);
-
-impl Kernels {
-    fn force(kernels: Option<Level>) -> Kernels {
-        let turn = KERNELS
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        model::simd::force(kernels);
-        Kernels(turn)
-    }
-}
-
-impl Drop for Kernels {
-    fn drop(&mut self) {
-        model::simd::force(None);
-    }
-}
+mod support;
 
 /// The appliance's prefill chunk (`net::serving::PREFILL_CHUNK`).
 const SERVING_CHUNK: usize = 32;

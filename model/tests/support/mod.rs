@@ -1,0 +1,27 @@
+//! What the golden tests share: turns at the process-wide kernel choice (`model::simd::force`).
+
+use model::simd::Level;
+
+/// The kernel set is chosen process-wide (`model::simd::force`), so the tests take turns.
+static KERNELS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Holds the turn and forces the engine's kernels to `kernels` (at most the CPU's best set) until dropped.
+pub struct Kernels(
+    #[allow(dead_code, reason = "held for its drop")] std::sync::MutexGuard<'static, ()>,
+);
+
+impl Kernels {
+    pub fn force(kernels: Option<Level>) -> Kernels {
+        let turn = KERNELS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        model::simd::force(kernels);
+        Kernels(turn)
+    }
+}
+
+impl Drop for Kernels {
+    fn drop(&mut self) {
+        model::simd::force(None);
+    }
+}
