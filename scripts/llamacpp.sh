@@ -105,17 +105,24 @@ build_llama_cpp() {
 build_probe() {
     local probe_source
     probe_source="$(dirname "${BASH_SOURCE[0]}")/differential/probe.c"
-    local source_dir="$LLAMA_CPP_ROOT/src/vendor/llama.cpp"
     PROBE="$LLAMA_CPP_ROOT/build/differential-probe"
     if [ -x "$PROBE" ] && [ ! "$probe_source" -nt "$PROBE" ]; then
         return
     fi
     progress "llama.cpp: building the differential probe"
+    link_against_llama_cpp "$probe_source" "$PROBE"
+}
+
+# link_against_llama_cpp SOURCE.c OUTPUT: compiles a C program with llama.cpp's and ggml's headers and links it
+# against the static libraries of the build above (after build_llama_cpp).
+link_against_llama_cpp() {
+    local source_file="$1" output="$2"
+    local source_dir="$LLAMA_CPP_ROOT/src/vendor/llama.cpp"
     local -a libraries
     mapfile -t libraries < <(find "$LLAMA_CPP_ROOT/build" -name 'lib*.a' | sort)
     [ ${#libraries[@]} -gt 0 ] || fail "no static libraries under $LLAMA_CPP_ROOT/build"
-    cc -O2 -c "$probe_source" -I "$source_dir/include" -I "$source_dir/ggml/include" \
-        -o "$LLAMA_CPP_ROOT/build/differential-probe.o" || fail "the probe does not compile"
-    c++ -o "$PROBE" "$LLAMA_CPP_ROOT/build/differential-probe.o" -Wl,--start-group "${libraries[@]}" \
-        -Wl,--end-group -fopenmp -lpthread -ldl -lm || fail "the probe does not link"
+    cc -O2 -c "$source_file" -I "$source_dir/include" -I "$source_dir/ggml/include" -o "$output.o" ||
+        fail "$(basename "$source_file") does not compile"
+    c++ -o "$output" "$output.o" -Wl,--start-group "${libraries[@]}" -Wl,--end-group -fopenmp -lpthread -ldl -lm ||
+        fail "$(basename "$output") does not link"
 }

@@ -24,12 +24,7 @@ build_llama_cpp
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
-source_dir="$LLAMA_CPP_ROOT/src/vendor/llama.cpp"
-mapfile -t libraries < <(find "$LLAMA_CPP_ROOT/build" -name 'lib*.a' | sort)
-cc -O2 -c "$script_dir/differential/mul_mat.c" -I "$source_dir/ggml/include" -o "$work/mul_mat.o" ||
-    fail "mul_mat.c does not compile"
-c++ -o "$work/mul_mat" "$work/mul_mat.o" -Wl,--start-group "${libraries[@]}" -Wl,--end-group -fopenmp -lpthread \
-    -ldl -lm || fail "mul_mat does not link"
+link_against_llama_cpp "$script_dir/differential/mul_mat.c" "$work/mul_mat"
 (cd "$workspace" && cargo build --quiet --release -p model --example mul_mat_compare) ||
     fail "cannot build the mul_mat_compare example"
 compare="$workspace/target/release/examples/mul_mat_compare"

@@ -35,12 +35,7 @@ build_llama_cpp
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
-source_dir="$LLAMA_CPP_ROOT/src/vendor/llama.cpp"
-mapfile -t libraries < <(find "$LLAMA_CPP_ROOT/build" -name 'lib*.a' | sort)
-cc -O2 -c "$script_dir/differential/requantize.c" -I "$source_dir/include" -I "$source_dir/ggml/include" \
-    -o "$work/requantize.o" || fail "requantize.c does not compile"
-c++ -o "$work/requantize" "$work/requantize.o" -Wl,--start-group "${libraries[@]}" -Wl,--end-group -fopenmp \
-    -lpthread -ldl -lm || fail "requantize does not link"
+link_against_llama_cpp "$script_dir/differential/requantize.c" "$work/requantize"
 progress "requantize: $1 -> $2 ($3)"
 "$work/requantize" "$1" "$2" "$ftype" 2>"$work/log" || { tail -n 20 "$work/log" >&2; fail "llama.cpp failed"; }
 grep -E 'quant size|fallback' "$work/log" >&2 || true
