@@ -6,6 +6,9 @@
 //! `tcg_speed FILE PROMPT_TOKENS DECODE_TOKENS [scalar|native]`: prefill and greedy decode of one GGUF file on one
 //! thread with the chosen kernels, in CPU-seconds of this thread.
 //!
+//! `tcg_speed pieces FILE PROMPT_TOKENS [scalar|native]`: the prefill as the appliance runs it (32-token chunks,
+//! one piece of the forward pass at a time), with the CPU-seconds spent in each kind of piece.
+//!
 //! `tcg_speed kernels [scalar|native]`: nanoseconds per 32-element block of the decode products SmolLM2 makes
 //! (Q4_1 and Q8_0 weights against one token).
 use model::gguf::Gguf;
@@ -82,6 +85,13 @@ fn main() {
         simd::force_scalar(args.get(1).map(String::as_str) == Some("scalar"));
         return kernels();
     }
+    if args.first().map(String::as_str) == Some("pieces") {
+        let [_, path, prompt_tokens, rest @ ..] = &args[..] else {
+            panic!("usage: tcg_speed pieces FILE PROMPT_TOKENS [scalar|native]");
+        };
+        force(rest.first());
+        return pieces(path, prompt_tokens.parse().expect("PROMPT_TOKENS"));
+    }
     let [path, prompt_tokens, decode_tokens, rest @ ..] = &args[..] else {
         panic!("usage: tcg_speed FILE PROMPT_TOKENS DECODE_TOKENS [scalar|native]");
     };
@@ -89,25 +99,11 @@ fn main() {
         prompt_tokens.parse().expect("PROMPT_TOKENS"),
         decode_tokens.parse().expect("DECODE_TOKENS"),
     );
-    simd::force_scalar(match rest.first().map(String::as_str) {
-        Some("scalar") => true,
-        Some("native") | None => false,
-        Some(other) => panic!("unknown kernel set {other}"),
-    });
+    force(rest.first());
     let blob = std::fs::read(path).expect("read model");
     let g = Gguf::parse(&blob).expect("parse");
     let model = Model::load(&g).expect("load");
-    let tok = Tokenizer::from_gguf(&g).expect("tokenizer");
-    let mut prompt = Vec::new();
-    while prompt.len() < prompt_tokens {
-        tok.encode(
-            "The quick brown fox jumps over the lazy dog while the sea rolls on. ",
-            true,
-            false,
-            &mut prompt,
-        );
-    }
-    prompt.truncate(prompt_tokens);
+    let prompt = prompt_of(&g, prompt_tokens);
     let mut state = State::new(&model.config, prompt_tokens + decode_tokens + 1, 64);
     let c = cpu_s();
     model
@@ -129,4 +125,66 @@ fn main() {
         prompt_tokens as f64 / prefill,
         decode_tokens as f64 / decode
     );
+}
+
+/// Forces the kernel set the command line names.
+fn force(kernels: Option<&String>) {
+    simd::force_scalar(match kernels.map(String::as_str) {
+        Some("scalar") => true,
+        Some("native") | None => false,
+        Some(other) => panic!("unknown kernel set {other}"),
+    });
+}
+
+/// A prompt of exactly `tokens` ids: one sentence, repeated.
+fn prompt_of(g: &Gguf, tokens: usize) -> Vec<u32> {
+    let tok = Tokenizer::from_gguf(g).expect("tokenizer");
+    let mut prompt = Vec::new();
+    while prompt.len() < tokens {
+        tok.encode(
+            "The quick brown fox jumps over the lazy dog while the sea rolls on. ",
+            true,
+            false,
+            &mut prompt,
+        );
+    }
+    prompt.truncate(tokens);
+    prompt
+}
+
+/// The appliance's prefill (32-token chunks, piece by piece), timed per kind of piece.
+fn pieces(path: &str, prompt_tokens: usize) {
+    let blob = std::fs::read(path).expect("read model");
+    let g = Gguf::parse(&blob).expect("parse");
+    let model = Model::load(&g).expect("load");
+    let prompt = prompt_of(&g, prompt_tokens);
+    let mut state = State::new(&model.config, prompt_tokens + 1, 32);
+    let mut spent: Vec<(&str, f64)> = Vec::new();
+    let whole = cpu_s();
+    for chunk in prompt.chunks(32) {
+        let c = cpu_s();
+        model.start_batch(&mut state, chunk).expect("a chunk");
+        let mut add =
+            |name: &'static str, seconds: f64| match spent.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, total)) => *total += seconds,
+                None => spent.push((name, seconds)),
+            };
+        add("embedding", cpu_s() - c);
+        for piece in 0..model.pieces() {
+            let c = cpu_s();
+            model.run_piece(&mut state, &Serial);
+            add(model.piece_name(piece), cpu_s() - c);
+        }
+    }
+    let whole = cpu_s() - whole;
+    println!(
+        "{path} kernels {:?}: prefill of {prompt_tokens} tokens in 32-token chunks, {whole:.2} CPU-s",
+        simd::level()
+    );
+    for (name, seconds) in spent {
+        println!(
+            "  {name:<12} {seconds:7.2} s  {:5.1}%",
+            seconds / whole * 100.0
+        );
+    }
 }

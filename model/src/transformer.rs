@@ -774,6 +774,21 @@ impl Model<'_> {
         LAYER_PIECES.len() * self.weights.layers.len() + 1
     }
 
+    /// What piece `piece` (counted from 0 to [`Model::pieces`]) of a batch computes, for diagnostics:
+    /// "projections", "attention", "gate", "up", "down" or "output".
+    pub fn piece_name(&self, piece: usize) -> &'static str {
+        if piece >= LAYER_PIECES.len() * self.weights.layers.len() {
+            return "output";
+        }
+        match LAYER_PIECES[piece % LAYER_PIECES.len()] {
+            LayerPiece::Projections => "projections",
+            LayerPiece::Attention => "attention",
+            LayerPiece::Gate => "gate",
+            LayerPiece::Up => "up",
+            LayerPiece::Down => "down",
+        }
+    }
+
     /// Runs the next piece of the batch [`Model::start_batch`] started; true when that was the last piece (the
     /// logits are ready and `state.pos` has moved past the batch). Does nothing, and says true, when no batch is
     /// under way.

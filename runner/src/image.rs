@@ -33,21 +33,54 @@ pub const CMDLINE_FILE: &str = "cmdline";
 pub struct KernelFlavor {
     /// Build with the `debug-console` feature (COM1 console and log output). Never for release.
     pub debug_console: bool,
-    /// Build with the `panic-test` feature: the kernel panics on purpose early in its boot, so a test can see that
-    /// a panic resets the machine. Only for tests; never for an image anyone serves from.
-    pub panic_test: bool,
+    /// A fault built in on purpose, for a test to watch the appliance handle it. Only for tests; never for an
+    /// image anyone serves from.
+    pub sabotage: Sabotage,
+}
+
+/// A fault a test kernel carries on purpose (a kernel cargo feature each).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Sabotage {
+    /// None: the kernel as released.
+    #[default]
+    None,
+    /// `panic-test`: the kernel panics early in its boot, so a test sees a panic reset the machine.
+    Panic,
+    /// `ap-fail-test`: the first application processor started stops before it checks in, so a test sees the boot
+    /// leave it out and serve on the rest.
+    ApFails,
+}
+
+impl Sabotage {
+    /// The kernel feature that builds it in.
+    pub fn feature(self) -> Option<&'static str> {
+        match self {
+            Sabotage::None => None,
+            Sabotage::Panic => Some("panic-test"),
+            Sabotage::ApFails => Some("ap-fail-test"),
+        }
+    }
 }
 
 impl KernelFlavor {
     /// The kernel's own target directory.
     pub fn target_dir(self, workspace: &Path) -> PathBuf {
-        let name = match (self.debug_console, self.panic_test) {
-            (false, false) => "kernel",
-            (true, false) => "kernel-debug",
-            (false, true) => "kernel-panic-test",
-            (true, true) => "kernel-debug-panic-test",
-        };
+        let mut name = String::from("kernel");
+        for part in self.features() {
+            // `debug-console` is `-debug` in the directory's name.
+            name.push('-');
+            name.push_str(part.strip_suffix("-console").unwrap_or(part));
+        }
         workspace.join("target").join(name)
+    }
+
+    /// The kernel features this flavour is built with.
+    pub fn features(self) -> Vec<&'static str> {
+        self.debug_console
+            .then_some("debug-console")
+            .into_iter()
+            .chain(self.sabotage.feature())
+            .collect()
     }
 
     /// Where cargo leaves the kernel ELF.
@@ -100,13 +133,7 @@ pub fn kernel_build_command(workspace: &Path, cargo_home: &Path, flavor: KernelF
             "--target-dir",
         ])
         .arg(flavor.target_dir(workspace));
-    let features: Vec<&str> = [
-        (flavor.debug_console, "debug-console"),
-        (flavor.panic_test, "panic-test"),
-    ]
-    .into_iter()
-    .filter_map(|(on, feature)| on.then_some(feature))
-    .collect();
+    let features = flavor.features();
     if !features.is_empty() {
         command.args(["--features", &features.join(",")]);
     }
@@ -140,11 +167,11 @@ pub fn set_freestanding_env(command: &mut Command, rustflags: &[String]) {
 /// Builds the kernel (cargo's output forwarded to stderr) and returns the ELF's path.
 pub fn build_kernel(flavor: KernelFlavor) -> Result<PathBuf> {
     let workspace = workspace::root();
-    let label = match (flavor.debug_console, flavor.panic_test) {
-        (false, false) => "",
-        (true, false) => " (debug-console)",
-        (false, true) => " (panic-test)",
-        (true, true) => " (debug-console, panic-test)",
+    let features = flavor.features();
+    let label = if features.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", features.join(", "))
     };
     let command = kernel_build_command(&workspace, &cargo_home(), flavor);
     let status = progress::run_build(command, &format!("building kernel image{label}..."))
@@ -333,7 +360,7 @@ mod tests {
     fn kernel_build_is_its_own_reproducible_invocation() {
         let flavor = KernelFlavor {
             debug_console: false,
-            panic_test: false,
+            sabotage: Sabotage::None,
         };
         let command = kernel_build_command(Path::new("/ws"), Path::new("/home/me/.cargo"), flavor);
         let args: Vec<_> = command
@@ -386,7 +413,7 @@ mod tests {
     fn debug_console_build_uses_its_own_target_dir() {
         let flavor = KernelFlavor {
             debug_console: true,
-            panic_test: false,
+            sabotage: Sabotage::None,
         };
         let command = kernel_build_command(Path::new("/ws"), Path::new("/c"), flavor);
         let args: Vec<_> = command
@@ -400,7 +427,7 @@ mod tests {
         // The panic-test kernel gets a directory of its own too, so it never overwrites a release kernel.
         let flavor = KernelFlavor {
             debug_console: false,
-            panic_test: true,
+            sabotage: Sabotage::Panic,
         };
         let command = kernel_build_command(Path::new("/ws"), Path::new("/c"), flavor);
         let args: Vec<_> = command
@@ -409,6 +436,23 @@ mod tests {
             .collect();
         assert!(
             args.ends_with(&["/ws/target/kernel-panic-test", "--features", "panic-test"]),
+            "{args:?}"
+        );
+        let flavor = KernelFlavor {
+            debug_console: true,
+            sabotage: Sabotage::ApFails,
+        };
+        let command = kernel_build_command(Path::new("/ws"), Path::new("/c"), flavor);
+        let args: Vec<_> = command
+            .get_args()
+            .map(|arg| arg.to_str().unwrap())
+            .collect();
+        assert!(
+            args.ends_with(&[
+                "/ws/target/kernel-debug-ap-fail-test",
+                "--features",
+                "debug-console,ap-fail-test"
+            ]),
             "{args:?}"
         );
     }

@@ -261,7 +261,7 @@ fn build_options(image: &ImageArgs, out: Option<PathBuf>) -> BuildOptions {
         out: out.unwrap_or(defaults.out),
         flavor: KernelFlavor {
             debug_console: image.debug_console,
-            panic_test: false,
+            sabotage: image::Sabotage::None,
         },
         cmdline: image::with_cpus(
             &defaults.cmdline,

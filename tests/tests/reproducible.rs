@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use client::manifest::Manifest;
-use runner::image::{cargo_home, kernel_build_command, KernelFlavor};
+use runner::image::{cargo_home, kernel_build_command, KernelFlavor, Sabotage};
 
 /// The workspace this test crate lives in.
 fn workspace() -> PathBuf {
@@ -33,7 +33,7 @@ fn clone_into(destination: &Path) {
 fn build_release_kernel(checkout: &Path, model: &Path) -> (Vec<u8>, Vec<u8>) {
     let flavor = KernelFlavor {
         debug_console: false,
-        panic_test: false,
+        sabotage: Sabotage::None,
     };
     let status = kernel_build_command(checkout, &cargo_home(), flavor)
         .status()

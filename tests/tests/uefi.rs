@@ -13,7 +13,7 @@ use client::verify::{verify_evidence, Expectation, VerifyError, VerifyOptions};
 use client::verify_appliance;
 use net::proto::{ChannelBinding, Evidence, Response};
 use runner::appliance::{Appliance, BootOptions};
-use runner::image::{self, cargo_home, KernelFlavor};
+use runner::image::{self, cargo_home, KernelFlavor, Sabotage};
 use runner::qemu::AccelChoice;
 use runner::uefi;
 use tpm::tcg_log::{self, FirmwareError, TcgLog, EV_EFI_BOOT_SERVICES_APPLICATION};
@@ -504,7 +504,7 @@ fn the_kernel_receives_the_whole_firmware_event_log() {
         out: dir.path().join("image"),
         flavor: KernelFlavor {
             debug_console: true,
-            panic_test: false,
+            sabotage: Sabotage::None,
         },
         cmdline: CMDLINE.into(),
         boot: BootMode::Uefi,

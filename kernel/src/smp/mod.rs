@@ -12,6 +12,7 @@
 //! it), reported on the debug console and left out; a processor whose control registers or page-table root
 //! differ from the bootstrap processor's leaves itself out the same way.
 
+mod vector_registers;
 pub mod work;
 
 use core::arch::{asm, global_asm};
@@ -28,6 +29,7 @@ use crate::arch::cpu;
 use crate::arch::interrupts::{self, CpuTables, LOCAL_APIC_BASE, TIMER_VECTOR};
 use crate::clock::Clock;
 use crate::memory::KernelTables;
+use vector_registers::VectorState;
 use work::{Idle, WorkPool, MAX_WORKERS};
 
 /// The trampoline's page: start-up IPI vector 8.
@@ -206,8 +208,9 @@ static EXPECTED_CR3: AtomicU64 = AtomicU64::new(0);
 static EXPECTED_CR4: AtomicU64 = AtomicU64::new(0);
 /// Set once the trampoline is gone: workers flush their TLB, then start taking jobs.
 static BRING_UP_DONE: AtomicBool = AtomicBool::new(false);
-/// Whether AVX state is enabled (then `vzeroall` also clears the upper halves of the vector registers).
-static AVX: AtomicBool = AtomicBool::new(false);
+/// The vector registers XCR0 enables (the same on every processor: each runs the same XSETBV at start-up),
+/// which [`Halt::after_job`] zeroes: 1 SSE, 2 AVX, 3 AVX-512; 0 (taken as SSE) until bring-up reads it.
+static VECTORS: AtomicU8 = AtomicU8::new(0);
 
 /// Per-slot GDT and TSS, each written only by its own processor.
 struct SlotTables(core::cell::UnsafeCell<[CpuTables; MAX_WORKERS]>);
@@ -238,47 +241,16 @@ impl Idle for Halt {
     }
 
     fn after_job(&self) {
-        clear_vector_registers();
+        vector_registers::clear(match VECTORS.load(Ordering::Relaxed) {
+            2 => VectorState::Avx,
+            3 => VectorState::Avx512,
+            _ => VectorState::Sse,
+        });
     }
 }
 
 /// The engine's parallel-for: the bootstrap processor and every online application processor.
 pub static POOL: WorkPool<Halt> = WorkPool::new(Halt, SPIN_ROUNDS);
-
-/// Zeroes the vector registers so that no data of one job stays in a worker's registers into the next.
-fn clear_vector_registers() {
-    if AVX.load(Ordering::Relaxed) {
-        // SAFETY: AVX is set only when CPUID and XCR0 show the AVX state enabled.
-        unsafe { clear_avx_registers() };
-    } else {
-        // SAFETY: XORPS only writes the XMM registers, which are declared clobbered; SSE is always enabled.
-        unsafe {
-            asm!("xorps xmm0, xmm0", "xorps xmm1, xmm1", "xorps xmm2, xmm2", "xorps xmm3, xmm3",
-                "xorps xmm4, xmm4", "xorps xmm5, xmm5", "xorps xmm6, xmm6", "xorps xmm7, xmm7",
-                "xorps xmm8, xmm8", "xorps xmm9, xmm9", "xorps xmm10, xmm10", "xorps xmm11, xmm11",
-                "xorps xmm12, xmm12", "xorps xmm13, xmm13", "xorps xmm14, xmm14", "xorps xmm15, xmm15",
-                out("xmm0") _, out("xmm1") _, out("xmm2") _, out("xmm3") _, out("xmm4") _, out("xmm5") _,
-                out("xmm6") _, out("xmm7") _, out("xmm8") _, out("xmm9") _, out("xmm10") _, out("xmm11") _,
-                out("xmm12") _, out("xmm13") _, out("xmm14") _, out("xmm15") _,
-                options(nomem, nostack, preserves_flags))
-        };
-    }
-}
-
-/// VZEROALL: zeroes all 16 YMM registers.
-///
-/// # Safety
-/// The AVX state must be enabled (CR4.OSXSAVE and XCR0 bit 2).
-#[target_feature(enable = "avx")]
-unsafe fn clear_avx_registers() {
-    // SAFETY: VZEROALL only writes the vector registers, which are declared clobbered; the caller guarantees AVX.
-    unsafe {
-        asm!("vzeroall", out("ymm0") _, out("ymm1") _, out("ymm2") _, out("ymm3") _, out("ymm4") _,
-            out("ymm5") _, out("ymm6") _, out("ymm7") _, out("ymm8") _, out("ymm9") _, out("ymm10") _,
-            out("ymm11") _, out("ymm12") _, out("ymm13") _, out("ymm14") _, out("ymm15") _,
-            options(nomem, nostack, preserves_flags))
-    };
-}
 
 fn symbol(address: *const u8) -> u64 {
     address as u64
@@ -441,8 +413,12 @@ pub fn start(
     }
     EXPECTED_CR3.store(root, Ordering::Release);
     EXPECTED_CR4.store(cpu::read_cr4(), Ordering::Release);
-    AVX.store(
-        cpu::read_cr4() & (1 << 18) != 0 && avx_enabled(),
+    VECTORS.store(
+        match VectorState::of_this_processor() {
+            VectorState::Sse => 1,
+            VectorState::Avx => 2,
+            VectorState::Avx512 => 3,
+        },
         Ordering::Release,
     );
     // The local APIC must be software-enabled to send IPIs (SDM Vol. 3A §10.4.3).
@@ -509,16 +485,6 @@ pub fn start(
     POOL.set_workers(report.online);
     BRING_UP_DONE.store(true, Ordering::Release);
     Ok(report)
-}
-
-/// Whether XCR0 enables the AVX state (bit 2), so `vzeroall` is allowed.
-fn avx_enabled() -> bool {
-    let xcr0_low: u32;
-    // SAFETY: XGETBV with ECX=0 reads XCR0; CR4.OSXSAVE was checked by the caller.
-    unsafe {
-        asm!("xgetbv", in("ecx") 0, out("eax") xcr0_low, out("edx") _, options(nomem, nostack, preserves_flags))
-    };
-    xcr0_low & (1 << 2) != 0
 }
 
 /// INIT, start-up, start-up (SDM Vol. 3A §9.4.4.1); then waits a bounded time for the processor to check in.
@@ -588,6 +554,11 @@ extern "C" fn smp_ap_main(slot: u64) -> ! {
     let tables = unsafe { &mut (*TABLES.0.get())[slot] };
     interrupts::load(tables, tops);
     crate::memory::enable_protection_features();
+    if cfg!(feature = "ap-fail-test") && slot == 0 {
+        // A test build's stand-in for a processor that dies during bring-up: it ran the trampoline and loaded its
+        // own tables, then never checks in. The bootstrap processor must time out, park it and go on.
+        cpu::halt_forever();
+    }
     let refused = !same_view_as_bootstrap();
     // Software-enable the local APIC (spurious vector 0xFF) so the wake-up IPI is accepted.
     apic_write(0xF0, 0x1FF);

@@ -23,7 +23,7 @@ use client::verify::{TrustAnchors, VerifyOptions};
 use net::proto::{ErrorCode, GenerateRequest, Prompt, Request, Response, Sampling, Token};
 use net::serving::ApplianceConfig;
 use runner::appliance::{Appliance, BootOptions};
-use runner::image::{self, Image, KernelFlavor};
+use runner::image::{self, Image, KernelFlavor, Sabotage};
 use runner::qemu::AccelChoice;
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, StreamOwned};
@@ -31,22 +31,22 @@ use rustls::{ClientConfig, ClientConnection, StreamOwned};
 /// The release kernel (no console).
 pub const RELEASE: KernelFlavor = KernelFlavor {
     debug_console: false,
-    panic_test: false,
+    sabotage: Sabotage::None,
 };
 /// The kernel with a COM1 debug console.
 pub const DEBUG: KernelFlavor = KernelFlavor {
     debug_console: true,
-    panic_test: false,
+    sabotage: Sabotage::None,
 };
 /// The release kernel built to panic early in its boot (the `panic-test` feature).
 pub const PANIC_TEST: KernelFlavor = KernelFlavor {
     debug_console: false,
-    panic_test: true,
+    sabotage: Sabotage::Panic,
 };
 /// [`PANIC_TEST`] with the debug console, which prints the panic before the reset.
 pub const DEBUG_PANIC_TEST: KernelFlavor = KernelFlavor {
     debug_console: true,
-    panic_test: true,
+    sabotage: Sabotage::Panic,
 };
 
 /// How long a test waits for one answer from a healthy appliance under TCG before calling it a hang.
@@ -54,26 +54,18 @@ pub const PATIENCE: Duration = Duration::from_secs(60);
 
 /// Builds (once per test binary) the kernel of the given flavour and returns its ELF path.
 pub fn kernel(flavor: KernelFlavor) -> PathBuf {
-    static RELEASE_ELF: OnceLock<PathBuf> = OnceLock::new();
-    static DEBUG_ELF: OnceLock<PathBuf> = OnceLock::new();
-    static PANIC_TEST_ELF: OnceLock<PathBuf> = OnceLock::new();
-    static DEBUG_PANIC_TEST_ELF: OnceLock<PathBuf> = OnceLock::new();
-    // Cargo builds of the two flavours use separate target dirs, but serialise them anyway so two
-    // tests do not run two nested cargo invocations on the same directory at once.
-    static BUILD: Mutex<()> = Mutex::new(());
-    let cell = match flavor {
-        RELEASE => &RELEASE_ELF,
-        DEBUG => &DEBUG_ELF,
-        PANIC_TEST => &PANIC_TEST_ELF,
-        DEBUG_PANIC_TEST => &DEBUG_PANIC_TEST_ELF,
-    };
-    cell.get_or_init(|| {
-        let _guard = BUILD
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        image::build_kernel(flavor).expect("kernel build failed")
-    })
-    .clone()
+    // Each flavour has its own target directory, but builds are serialised anyway (the lock is held while one
+    // runs), so two tests never run two nested cargo invocations at once.
+    static BUILT: Mutex<Vec<(KernelFlavor, PathBuf)>> = Mutex::new(Vec::new());
+    let mut built = BUILT
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some((_, elf)) = built.iter().find(|(built, _)| *built == flavor) {
+        return elf.clone();
+    }
+    let elf = image::build_kernel(flavor).expect("kernel build failed");
+    built.push((flavor, elf.clone()));
+    elf
 }
 
 /// Deterministic pseudo-random bytes (xorshift64*), so a failing run can be reproduced.
