@@ -9,6 +9,8 @@
 //! `tcg_speed pieces FILE PROMPT_TOKENS [scalar|native]`: the prefill as the appliance runs it (32-token chunks,
 //! one piece of the forward pass at a time), with the CPU-seconds spent in each kind of piece.
 //!
+//! `tcg_speed fma`: nanoseconds per `libm::fmaf` and per `model::fma::fmaf` (the portable kernels' FMA).
+//!
 //! `tcg_speed kernels [scalar|native]`: nanoseconds per 32-element block of the decode products SmolLM2 makes
 //! (Q4_1 and Q8_0 weights against one token).
 use model::gguf::Gguf;
@@ -84,6 +86,9 @@ fn main() {
     if args.first().map(String::as_str) == Some("kernels") {
         simd::force_scalar(args.get(1).map(String::as_str) == Some("scalar"));
         return kernels();
+    }
+    if args.first().map(String::as_str) == Some("fma") {
+        return fma();
     }
     if args.first().map(String::as_str) == Some("pieces") {
         let [_, path, prompt_tokens, rest @ ..] = &args[..] else {
@@ -187,4 +192,28 @@ fn pieces(path: &str, prompt_tokens: usize) {
             seconds / whole * 100.0
         );
     }
+}
+
+/// Nanoseconds per fused multiply-add: libm's (f64 arithmetic) and the engine's (integer arithmetic).
+fn fma() {
+    let xs: Vec<f32> = (0..1024).map(|i| (i as f32 * 0.37).sin()).collect();
+    let chain = |f: fn(f32, f32, f32) -> f32| {
+        let mut acc = 0.0f32;
+        for (i, &x) in xs.iter().enumerate() {
+            acc = f(x, xs[(i * 7) & 1023], acc);
+        }
+        acc
+    };
+    let per = |f: fn(f32, f32, f32) -> f32| {
+        timing::best(3, 3000, || {
+            std::hint::black_box(chain(f));
+        }) / xs.len() as f64
+            * 1e9
+    };
+    println!(
+        "fmaf: libm {:.1} ns, model::fma {:.1} ns (chains equal: {})",
+        per(libm::fmaf),
+        per(model::fma::fmaf),
+        chain(libm::fmaf).to_bits() == chain(model::fma::fmaf).to_bits()
+    );
 }

@@ -9,6 +9,7 @@
 extern crate alloc;
 
 pub mod chat;
+pub mod fma;
 pub mod gguf;
 #[cfg(any(test, feature = "testkit"))]
 pub mod gguf_write;

@@ -740,14 +740,22 @@ pub fn hsum8(l: &[f32; 8]) -> f32 {
     u[0] + u[1]
 }
 
+/// `fma(a, b, acc)` for two f16 values `a` and `b`, without an FMA instruction: their product has at most 22
+/// significant bits (11 each) and a magnitude between 2^-48 and 2^32, so it is exact in f32, and the add's one
+/// rounding is the FMA's. Bit for bit what llama.cpp's FMA chains compute, at the cost of a multiply and an add:
+/// under QEMU's TCG a software `fmaf` costs several times that (`model/examples/tcg_speed.rs fma`).
+#[inline]
+pub fn fma_f16(a: u16, b: u16, acc: f32) -> f32 {
+    half::f16::from_bits(a).to_f32() * half::f16::from_bits(b).to_f32() + acc
+}
+
 /// f16 dot product as tinyBLAS computes it: one 8-lane FMA chain over chunks of 8, then [`hsum8`].
 /// `x.len()` must be a multiple of 8.
 pub fn dot_f16_chain(x: &[u16], y: &[u16]) -> f32 {
-    let h = |v: u16| half::f16::from_bits(v).to_f32();
     let mut acc = [0.0f32; 8];
     for (a, b) in x.chunks_exact(8).zip(y.chunks_exact(8)) {
         for l in 0..8 {
-            acc[l] = libm::fmaf(h(a[l]), h(b[l]), acc[l]);
+            acc[l] = fma_f16(a[l], b[l], acc[l]);
         }
     }
     hsum8(&acc)
@@ -763,7 +771,7 @@ pub fn dot_f16_ggml(x: &[u16], y: &[u16]) -> f32 {
     for i in (0..np).step_by(32) {
         for (j, a) in acc.iter_mut().enumerate() {
             for l in 0..8 {
-                a[l] = libm::fmaf(h(x[i + 8 * j + l]), h(y[i + 8 * j + l]), a[l]);
+                a[l] = fma_f16(x[i + 8 * j + l], y[i + 8 * j + l], a[l]);
             }
         }
     }
@@ -784,7 +792,7 @@ pub fn dot_f16_ggml(x: &[u16], y: &[u16]) -> f32 {
 
 /// ggml's vectorised `expf` (`ggml_v_expf`, after ARM's optimized-routines), one lane, with the same FMAs.
 pub fn expf_ggml(x: f32) -> f32 {
-    let fma = libm::fmaf;
+    let fma = crate::fma::fmaf;
     let r = f32::from_bits(0x4b40_0000); // 0x1.8p23
     let z = fma(x, f32::from_bits(0x3fb8_aa3b), r); // log2(e)
     let n = z - r;

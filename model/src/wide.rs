@@ -14,6 +14,8 @@
 //! The horizontal sum is GCC's `_mm512_reduce_add_ps` (what the pinned build was compiled with): the two 256-bit
 //! halves added, then the 128-bit halves, then lanes {0,1} + {2,3}, then lane 0 + lane 1.
 
+use crate::quant;
+
 fn f16(v: u16) -> f32 {
     half::f16::from_bits(v).to_f32()
 }
@@ -32,7 +34,7 @@ pub fn dot_f16_chain16(x: &[u16], y: &[u16]) -> f32 {
     let mut acc = [0.0f32; 16];
     for (a, b) in x.chunks_exact(16).zip(y.chunks_exact(16)) {
         for ((lane, &p), &q) in acc.iter_mut().zip(a).zip(b) {
-            *lane = libm::fmaf(f16(p), f16(q), *lane);
+            *lane = quant::fma_f16(p, q, *lane);
         }
     }
     hsum16(&acc)
@@ -48,7 +50,7 @@ pub fn dot_f16_ggml16(x: &[u16], y: &[u16]) -> f32 {
         for (j, a) in acc.iter_mut().enumerate() {
             for (l, lane) in a.iter_mut().enumerate() {
                 let k = i + 16 * j + l;
-                *lane = libm::fmaf(f16(x[k]), f16(y[k]), *lane);
+                *lane = quant::fma_f16(x[k], y[k], *lane);
             }
         }
     }
@@ -64,7 +66,7 @@ pub fn dot_f16_ggml16(x: &[u16], y: &[u16]) -> f32 {
 /// FMA and the result scaled by 2^n as `_mm512_scalef_ps` does (one rounding, gradual underflow); `|n| > 192` gives
 /// 0 or +∞.
 pub fn expf_ggml16(x: f32) -> f32 {
-    let fma = libm::fmaf;
+    let fma = crate::fma::fmaf;
     let r = f32::from_bits(0x4b40_0000); // 0x1.8p23
     let z = fma(x, f32::from_bits(0x3fb8_aa3b), r); // log2(e)
     let n = z - r;
