@@ -410,51 +410,33 @@ mod tests {
     }
 
     #[test]
-    fn debug_console_build_uses_its_own_target_dir() {
-        let flavor = KernelFlavor {
-            debug_console: true,
-            sabotage: Sabotage::None,
-        };
-        let command = kernel_build_command(Path::new("/ws"), Path::new("/c"), flavor);
-        let args: Vec<_> = command
-            .get_args()
-            .map(|arg| arg.to_str().unwrap())
-            .collect();
-        assert!(
-            args.ends_with(&["/ws/target/kernel-debug", "--features", "debug-console"]),
-            "{args:?}"
-        );
-        // The panic-test kernel gets a directory of its own too, so it never overwrites a release kernel.
-        let flavor = KernelFlavor {
-            debug_console: false,
-            sabotage: Sabotage::Panic,
-        };
-        let command = kernel_build_command(Path::new("/ws"), Path::new("/c"), flavor);
-        let args: Vec<_> = command
-            .get_args()
-            .map(|arg| arg.to_str().unwrap())
-            .collect();
-        assert!(
-            args.ends_with(&["/ws/target/kernel-panic-test", "--features", "panic-test"]),
-            "{args:?}"
-        );
-        let flavor = KernelFlavor {
-            debug_console: true,
-            sabotage: Sabotage::ApFails,
-        };
-        let command = kernel_build_command(Path::new("/ws"), Path::new("/c"), flavor);
-        let args: Vec<_> = command
-            .get_args()
-            .map(|arg| arg.to_str().unwrap())
-            .collect();
-        assert!(
-            args.ends_with(&[
-                "/ws/target/kernel-debug-ap-fail-test",
-                "--features",
-                "debug-console,ap-fail-test"
-            ]),
-            "{args:?}"
-        );
+    fn each_flavour_builds_into_its_own_target_dir() {
+        // Every flavour gets a directory of its own, so a test kernel never overwrites a release kernel.
+        for (debug_console, sabotage, dir, features) in [
+            (true, Sabotage::None, "kernel-debug", "debug-console"),
+            (false, Sabotage::Panic, "kernel-panic-test", "panic-test"),
+            (
+                true,
+                Sabotage::ApFails,
+                "kernel-debug-ap-fail-test",
+                "debug-console,ap-fail-test",
+            ),
+        ] {
+            let flavor = KernelFlavor {
+                debug_console,
+                sabotage,
+            };
+            let command = kernel_build_command(Path::new("/ws"), Path::new("/c"), flavor);
+            let args: Vec<_> = command
+                .get_args()
+                .map(|arg| arg.to_str().unwrap())
+                .collect();
+            let dir = format!("/ws/target/{dir}");
+            assert!(
+                args.ends_with(&[dir.as_str(), "--features", features]),
+                "{args:?}"
+            );
+        }
     }
 
     #[test]
