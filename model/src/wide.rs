@@ -14,6 +14,9 @@
 //! The horizontal sum is GCC's `_mm512_reduce_add_ps` (what the pinned build was compiled with): the two 256-bit
 //! halves added, then the 128-bit halves, then lanes {0,1} + {2,3}, then lane 0 + lane 1.
 
+mod more_types;
+pub use more_types::*;
+
 fn f16(v: u16) -> f32 {
     half::f16::from_bits(v).to_f32()
 }

@@ -147,6 +147,8 @@ fn detect_avx512() -> bool {
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+#[cfg(target_arch = "x86_64")]
+mod avx512_more_types;
 mod swar;
 
 macro_rules! dispatch {
@@ -263,9 +265,87 @@ dispatch!(
 dispatch!(
     /// One Q2_K row against `out.len()` tokens in llama.cpp's tiled order ([`quant::dot_q2_k_q8_k_tiled`]).
     mat_q2_k_tiled(w: &[BlockQ2K], nb: usize, y: &[BlockQ8K], out: &mut [f32]) -> (), scalar_q2_k_tiled);
-dispatch!(
-    /// bf16 · bf16 (little-endian byte pairs) as `ggml_vec_dot_bf16` orders it.
-    dot_bf16(x: &[[u8; 2]], y: &[[u8; 2]]) -> f32, quant::dot_bf16);
+/// bf16 · bf16 (little-endian byte pairs) for one token, as `ggml_vec_dot_bf16` orders it for the kernel set: at
+/// the AVX-512 level its AVX512-BF16 form (AVX-512F where the CPU lacks BF16), below it the AVX2 form.
+pub fn dot_bf16(x: &[[u8; 2]], y: &[[u8; 2]]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if level() == Level::Avx512 {
+        // SAFETY: `level()` returned Avx512 only after CPUID/XGETBV confirmed AVX-512 F, DQ, BW and VL, AVX2, FMA
+        // and F16C with OS support for ZMM state; `has_bf16` checked AVX512-BF16.
+        return unsafe {
+            if avx512_more_types::has_bf16() {
+                avx512_more_types::dot_bf16_dp(x, y)
+            } else {
+                avx512_more_types::dot_bf16_f(x, y)
+            }
+        };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if avx2() {
+        // SAFETY: `level()` returned Avx2 or Avx512 only after CPUID/XGETBV confirmed AVX2, FMA and F16C with OS
+        // support.
+        return unsafe { avx2::dot_bf16(x, y) };
+    }
+    quant::dot_bf16(x, y)
+}
+
+/// bf16 · bf16 for a batch of 2 or more tokens of a matrix with `rows` rows: at the AVX-512 level tinyBLAS's
+/// 16-lane chain (AVX512-BF16 or AVX-512F, `crate::wide::dot_bf16_chain_dp` / `_f`) where llama.cpp takes it
+/// (row count a multiple of 4, length a multiple of the chain's step), otherwise [`dot_bf16`].
+pub fn dot_bf16_batched(x: &[[u8; 2]], y: &[[u8; 2]], rows: usize) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if level() == Level::Avx512 && rows.is_multiple_of(4) {
+        let n = x.len().min(y.len());
+        // SAFETY: as in `dot_bf16`.
+        unsafe {
+            if avx512_more_types::has_bf16() {
+                if n.is_multiple_of(32) {
+                    return avx512_more_types::dot_bf16_chain_dp(x, y);
+                }
+            } else if n.is_multiple_of(16) {
+                return avx512_more_types::dot_bf16_chain_f(x, y);
+            }
+        }
+    }
+    dot_bf16(x, y)
+}
+
+/// Whether Q2_K matrices of 8k rows are multiplied in llama.cpp's repacked order ([`mat_q2_k_repacked`]): at the
+/// AVX-512 level, where llama.cpp repacks them.
+pub fn q2_k_repacks() -> bool {
+    level() == Level::Avx512
+}
+
+/// `cols` tokens (`y[t * nb..]`) against Q2_K rows of `nb` blocks (a multiple of 8 rows) in llama.cpp's repacked
+/// orders, `out[t * ld + r] = W[r] · y[t]`: the first `gemm` tokens through its gemm
+/// ([`crate::wide::dot_q2_k_q8_k_gemm`]), the rest through its gemv ([`crate::wide::dot_q2_k_q8_k_gemv`]).
+pub fn mat_q2_k_repacked(
+    w: &[BlockQ2K],
+    nb: usize,
+    y: &[BlockQ8K],
+    cols: usize,
+    gemm: usize,
+    out: &mut [f32],
+    ld: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if level() == Level::Avx512 {
+        // SAFETY: as in `dot_bf16`; the kernel checks slice lengths itself.
+        return unsafe { avx512_more_types::mat_q2_k_repacked(w, nb, y, cols, gemm, out, ld) };
+    }
+    let rows = w.len().checked_div(nb).unwrap_or(0);
+    for t in 0..cols {
+        let yt = &y[t * nb..(t + 1) * nb];
+        for r in 0..rows {
+            let wr = &w[r * nb..(r + 1) * nb];
+            out[t * ld + r] = if t < gemm {
+                wide::dot_q2_k_q8_k_gemm(wr, yt)
+            } else {
+                wide::dot_q2_k_q8_k_gemv(wr, yt)
+            };
+        }
+    }
+}
 
 fn scalar_q5_k_tiled(w: &[BlockQ5K], nb: usize, y: &[BlockQ8K], out: &mut [f32]) {
     for (t, o) in out.iter_mut().enumerate() {
@@ -456,5 +536,7 @@ mat_dispatch!(
 mod tests;
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests_avx512;
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests_avx512_more_types;
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests_more_types;
