@@ -166,6 +166,27 @@ macro_rules! dispatch {
     };
 }
 
+/// Like `dispatch!`, with an AVX-512 kernel first that is bit-identical to the AVX2 one (llama.cpp's AVX-512 build
+/// computes these as its AVX2 build; the AVX-512 kernel only shares more work between tokens).
+macro_rules! dispatch_512 {
+    ($(#[$m:meta])* $name:ident ($($arg:ident : $ty:ty),*) -> $ret:ty, $scalar:path) => {
+        $(#[$m])*
+        pub fn $name($($arg: $ty),*) -> $ret {
+            #[cfg(target_arch = "x86_64")]
+            match level() {
+                // SAFETY: `level()` returned Avx512 only after CPUID/XGETBV confirmed AVX-512 F, DQ, BW and VL,
+                // AVX2, FMA and F16C with OS support for ZMM state; the kernel checks slice lengths itself.
+                Level::Avx512 => return unsafe { avx512_more_types::$name($($arg),*) },
+                // SAFETY: `level()` returned Avx2 only after CPUID/XGETBV confirmed AVX2, FMA and F16C with OS
+                // support; the kernel checks slice lengths itself.
+                Level::Avx2 => return unsafe { avx2::$name($($arg),*) },
+                Level::Scalar => {}
+            }
+            $scalar($($arg),*)
+        }
+    };
+}
+
 dispatch!(
     /// Q4_0 weights · Q8_0 activations.
     dot_q4_0_q8_0(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32, quant::dot_q4_0_q8_0_generic);
@@ -246,7 +267,7 @@ dispatch!(
 dispatch!(
     /// Q5_K weights · Q8_K activations.
     dot_q5_k_q8_k(x: &[BlockQ5K], y: &[BlockQ8K]) -> f32, quant::dot_q5_k_q8_k);
-dispatch!(
+dispatch_512!(
     /// One Q5_K row of `nb` blocks against `out.len()` tokens (`y[t * nb..]`) in the order of llama.cpp's tiled
     /// kernel (each equal to [`quant::dot_q5_k_q8_k_tiled`]).
     mat_q5_k_tiled(w: &[BlockQ5K], nb: usize, y: &[BlockQ8K], out: &mut [f32]) -> (), scalar_q5_k_tiled);
@@ -256,13 +277,13 @@ dispatch!(
 dispatch!(
     /// Q3_K weights · Q8_K activations.
     dot_q3_k_q8_k(x: &[BlockQ3K], y: &[BlockQ8K]) -> f32, quant::dot_q3_k_q8_k);
-dispatch!(
+dispatch_512!(
     /// One Q3_K row against `out.len()` tokens in llama.cpp's tiled order ([`quant::dot_q3_k_q8_k_tiled`]).
     mat_q3_k_tiled(w: &[BlockQ3K], nb: usize, y: &[BlockQ8K], out: &mut [f32]) -> (), scalar_q3_k_tiled);
 dispatch!(
     /// Q2_K weights · Q8_K activations.
     dot_q2_k_q8_k(x: &[BlockQ2K], y: &[BlockQ8K]) -> f32, quant::dot_q2_k_q8_k);
-dispatch!(
+dispatch_512!(
     /// One Q2_K row against `out.len()` tokens in llama.cpp's tiled order ([`quant::dot_q2_k_q8_k_tiled`]).
     mat_q2_k_tiled(w: &[BlockQ2K], nb: usize, y: &[BlockQ8K], out: &mut [f32]) -> (), scalar_q2_k_tiled);
 /// bf16 · bf16 (little-endian byte pairs) for one token, as `ggml_vec_dot_bf16` orders it for the kernel set: at

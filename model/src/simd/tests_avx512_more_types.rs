@@ -138,11 +138,12 @@ fn repacked_q2_k_matches_twins_bitwise() {
     if !have_avx512() {
         return;
     }
-    for gemm in [0, 4, 7] {
+    // Batches of 4 or more take the kernel's batch path, 1 to 3 tokens its per-token one.
+    for (cols, gemm) in [(7, 0), (7, 4), (7, 7), (3, 0), (1, 0)] {
         let ld = rows + 3;
         let mut out = vec![0.0f32; cols * ld];
         // SAFETY: AVX-512 F, DQ, BW and VL (and AVX2, FMA, F16C) were detected above.
-        unsafe { k::mat_q2_k_repacked(&w, nb, &y, cols, gemm, &mut out, ld) };
+        unsafe { k::mat_q2_k_repacked(&w, nb, &y[..cols * nb], cols, gemm, &mut out, ld) };
         for t in 0..cols {
             for r in 0..rows {
                 let (wr, yt) = (&w[r * nb..(r + 1) * nb], &y[t * nb..(t + 1) * nb]);
@@ -156,6 +157,57 @@ fn repacked_q2_k_matches_twins_bitwise() {
                     want.to_bits(),
                     "gemm {gemm} row {r} token {t}"
                 );
+            }
+        }
+    }
+}
+
+/// The AVX-512 tiled Q5_K, Q3_K and Q2_K kernels (each block decoded once for all tokens) equal the scalar twins
+/// of the tiled order, which the AVX2 kernels equal, bit for bit.
+#[test]
+fn tiled_k_quants_match_twins_bitwise() {
+    if !have_avx512() {
+        return;
+    }
+    let nb = 3;
+    for t in [GgmlType::Q5K, GgmlType::Q3K, GgmlType::Q2K] {
+        for seed in 0..3u64 {
+            let w = super::tests_more_types::random_blocks(t, nb * QK_K, 20 + seed);
+            for tokens in [1usize, 8, 17, 32] {
+                let mut x = data(tokens * nb * QK_K, 30 + seed);
+                // An outlier per token, as real activations have: some Q8_K values reach ±127.
+                for (i, v) in x.iter_mut().enumerate() {
+                    if i % 97 == 5 {
+                        *v *= -40.0;
+                    }
+                }
+                let y = q8k(&x);
+                let mut got = vec![0.0f32; tokens];
+                let want: Vec<f32> = (0..tokens)
+                    .map(|c| {
+                        let yc = &y[c * nb..(c + 1) * nb];
+                        match t {
+                            GgmlType::Q5K => quant::dot_q5_k_q8_k_tiled(quant::cast(&w), yc),
+                            GgmlType::Q3K => quant::dot_q3_k_q8_k_tiled(quant::cast(&w), yc),
+                            _ => quant::dot_q2_k_q8_k_tiled(quant::cast(&w), yc),
+                        }
+                    })
+                    .collect();
+                // SAFETY: AVX-512 F, DQ, BW and VL (and AVX2, FMA, F16C) were detected above.
+                unsafe {
+                    match t {
+                        GgmlType::Q5K => k::mat_q5_k_tiled(quant::cast(&w), nb, &y, &mut got),
+                        GgmlType::Q3K => k::mat_q3_k_tiled(quant::cast(&w), nb, &y, &mut got),
+                        _ => k::mat_q2_k_tiled(quant::cast(&w), nb, &y, &mut got),
+                    }
+                }
+                for (c, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert_eq!(
+                        g.to_bits(),
+                        w.to_bits(),
+                        "{t} seed {seed}, {tokens} tokens, token {c}"
+                    );
+                }
             }
         }
     }
