@@ -530,17 +530,27 @@ pub fn matmul(
     let tokens = batch.div_ceil(par.threads() * 4);
     par.for_each_chunk(out, tokens * rows, &|ci, chunk| {
         let n = chunk.len() / rows;
+        if w.ggml_type == GgmlType::BF16 {
+            // tinyBLAS's order for a batch where the kernel set has one (`simd::dots_bf16_batched`), the chunk's
+            // tokens sharing each weight row's loads.
+            let t0 = ci * tokens;
+            let y: &[[u8; 2]] = bytemuck::cast_slice(&acts.f16[t0 * w.cols..(t0 + n) * w.cols]);
+            let mut o = [0.0f32; 4];
+            for r in 0..rows {
+                for c0 in (0..n).step_by(4) {
+                    let m = 4.min(n - c0);
+                    let yc = &y[c0 * w.cols..];
+                    simd::dots_bf16_batched(quant::cast(w.row(r)), yc, w.cols, rows, &mut o[..m]);
+                    for (c, &v) in o[..m].iter().enumerate() {
+                        chunk[(c0 + c) * rows + r] = v;
+                    }
+                }
+            }
+            return;
+        }
         for r in 0..rows {
             for c in 0..n {
-                let t = ci * tokens + c;
-                chunk[c * rows + r] = if w.ggml_type == GgmlType::BF16 {
-                    // tinyBLAS's order for a batch where the kernel set has one (`simd::dot_bf16_batched`).
-                    let y: &[[u8; 2]] =
-                        bytemuck::cast_slice(&acts.f16[t * w.cols..(t + 1) * w.cols]);
-                    simd::dot_bf16_batched(quant::cast(w.row(r)), y, rows)
-                } else {
-                    dot_row(w, r, acts, x, t)
-                };
+                chunk[c * rows + r] = dot_row(w, r, acts, x, ci * tokens + c);
             }
         }
     });

@@ -539,3 +539,54 @@ unsafe fn q2_k_repacked_batch(
         }
     }
 }
+
+/// `out[j] = dot_bf16_chain_dp(x, y[j * stride..][..x.len()])` for every `j < out.len()`, bit for bit: each token
+/// keeps its own chain; up to 4 advance together and share each load of `x`.
+///
+/// # Safety
+/// The CPU must support AVX-512 F, DQ, BW and VL, AVX512-BF16, AVX2, FMA and F16C.
+#[target_feature(enable = "avx512f,avx512dq,avx512bw,avx512vl,avx512bf16,avx2,fma,f16c")]
+pub unsafe fn dots_bf16_chain_dp(x: &[[u8; 2]], y: &[[u8; 2]], stride: usize, out: &mut [f32]) {
+    let n = x.len() / 32 * 32;
+    assert!(out.is_empty() || y.len() >= (out.len() - 1) * stride + n);
+    for (j0, o) in (0..out.len()).step_by(4).zip(out.chunks_mut(4)) {
+        let mut acc = [_mm512_setzero_ps(); 4];
+        for i in (0..n).step_by(32) {
+            // SAFETY: i + 32 ≤ n ≤ x.len(), and (j0 + j) * stride + i + 32 ≤ y.len() (asserted above).
+            unsafe {
+                let a = load_bh(x, i);
+                for (j, acc) in acc.iter_mut().enumerate().take(o.len()) {
+                    *acc = _mm512_dpbf16_ps(*acc, a, load_bh(y, (j0 + j) * stride + i));
+                }
+            }
+        }
+        for (o, acc) in o.iter_mut().zip(acc) {
+            *o = hsum16(acc);
+        }
+    }
+}
+
+/// As [`dots_bf16_chain_dp`] for tinyBLAS's AVX-512F form ([`dot_bf16_chain_f`]).
+///
+/// # Safety
+/// The CPU must support AVX-512 F, DQ, BW and VL, AVX2, FMA and F16C.
+#[target_feature(enable = "avx512f,avx512dq,avx512bw,avx512vl,avx2,fma,f16c")]
+pub unsafe fn dots_bf16_chain_f(x: &[[u8; 2]], y: &[[u8; 2]], stride: usize, out: &mut [f32]) {
+    let n = x.len() / 16 * 16;
+    assert!(out.is_empty() || y.len() >= (out.len() - 1) * stride + n);
+    for (j0, o) in (0..out.len()).step_by(4).zip(out.chunks_mut(4)) {
+        let mut acc = [_mm512_setzero_ps(); 4];
+        for i in (0..n).step_by(16) {
+            // SAFETY: as in `dots_bf16_chain_dp`.
+            unsafe {
+                let a = load_bf16x16(x, i);
+                for (j, acc) in acc.iter_mut().enumerate().take(o.len()) {
+                    *acc = _mm512_fmadd_ps(a, load_bf16x16(y, (j0 + j) * stride + i), *acc);
+                }
+            }
+        }
+        for (o, acc) in o.iter_mut().zip(acc) {
+            *o = hsum16(acc);
+        }
+    }
+}

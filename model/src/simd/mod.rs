@@ -331,6 +331,34 @@ pub fn dot_bf16_batched(x: &[[u8; 2]], y: &[[u8; 2]], rows: usize) -> f32 {
     dot_bf16(x, y)
 }
 
+/// `out[j] = dot_bf16_batched(x, y[j * stride..][..x.len()], rows)` for every `j < out.len()`, bit for bit; at the
+/// AVX-512 level the tokens share each load of the weight row.
+pub fn dots_bf16_batched(
+    x: &[[u8; 2]],
+    y: &[[u8; 2]],
+    stride: usize,
+    rows: usize,
+    out: &mut [f32],
+) {
+    let n = x.len();
+    #[cfg(target_arch = "x86_64")]
+    if level() == Level::Avx512 && rows.is_multiple_of(4) {
+        // SAFETY: as in `dot_bf16`; the kernels check slice lengths themselves.
+        unsafe {
+            if avx512_more_types::has_bf16() {
+                if n.is_multiple_of(32) {
+                    return avx512_more_types::dots_bf16_chain_dp(x, y, stride, out);
+                }
+            } else if n.is_multiple_of(16) {
+                return avx512_more_types::dots_bf16_chain_f(x, y, stride, out);
+            }
+        }
+    }
+    for (j, o) in out.iter_mut().enumerate() {
+        *o = dot_bf16_batched(x, &y[j * stride..j * stride + n], rows);
+    }
+}
+
 /// Whether Q2_K matrices of 8k rows are multiplied in llama.cpp's repacked order ([`mat_q2_k_repacked`]): at the
 /// AVX-512 level, where llama.cpp repacks them.
 pub fn q2_k_repacks() -> bool {

@@ -79,6 +79,47 @@ fn bf16_dots_match_twins_bitwise() {
     }
 }
 
+/// The multi-token tinyBLAS chains equal one chain per token, bit for bit (1 to 6 tokens, strided).
+#[test]
+fn bf16_token_chains_match_single_chains() {
+    if !have_avx512() {
+        return;
+    }
+    let n = 576;
+    let x = bf16s(&data(n, 3));
+    for tokens in 1..=6usize {
+        let stride = n + 32;
+        let y = bf16s(&data(tokens * stride, 4 + tokens as u64));
+        let mut got = vec![0.0f32; tokens];
+        for dp in [false, true] {
+            if dp && !k::has_bf16() {
+                continue;
+            }
+            // SAFETY: AVX-512 F, DQ, BW and VL (and AVX2, FMA, F16C) were detected above, AVX512-BF16 for `dp`.
+            unsafe {
+                if dp {
+                    k::dots_bf16_chain_dp(&x, &y, stride, &mut got);
+                } else {
+                    k::dots_bf16_chain_f(&x, &y, stride, &mut got);
+                }
+            }
+            for (j, g) in got.iter().enumerate() {
+                let yj = &y[j * stride..j * stride + n];
+                let want = if dp {
+                    wide::dot_bf16_chain_dp(&x, yj)
+                } else {
+                    wide::dot_bf16_chain_f(&x, yj)
+                };
+                assert_eq!(
+                    g.to_bits(),
+                    want.to_bits(),
+                    "dp {dp}, {tokens} tokens, token {j}"
+                );
+            }
+        }
+    }
+}
+
 /// `n` elements of Q2_K as random bit patterns with small, finite f16 scales.
 fn random_q2_k(n: usize, seed: u64) -> Vec<BlockQ2K> {
     let t = GgmlType::Q2K;
