@@ -5,7 +5,9 @@
 //!
 //! TYPE is the ggml type code `mul_mat` was given. Each output is computed as the engine computes it for a product
 //! of that many tokens: llama.cpp's tiled order from 8 tokens on for the K-quants, `ggml_vec_dot_*`'s below (and
-//! for Q5_1 at every size), with the CPU's best kernels or, with `--scalar`, the portable ones. Prints one line
+//! for Q5_1 at every size), with the CPU's best kernels or, with `--scalar`, the portable ones; at the AVX-512
+//! level Q2_K with rows in groups of 8 in the repacked gemm/gemv order (what llama.cpp runs there once it has
+//! repacked the weights, which `mul_mat.c` does not: hold it to a dump of llama.cpp's own product instead). Prints one line
 //! with the count of bit-equal outputs; exits 1 if any differs.
 use std::process::ExitCode;
 
@@ -48,6 +50,26 @@ fn main() -> ExitCode {
     let q81: Vec<BlockQ8_1> = q81;
     let tiled = tokens >= 8;
     let mut equal = 0;
+    // Q2_K with rows in groups of 8 at the AVX-512 level: llama.cpp's repacked gemm (groups of 4 tokens) and gemv.
+    if t == GgmlType::Q2K && simd::q2_k_repacks() && rows.is_multiple_of(8) {
+        let mut got = vec![0.0f32; rows * tokens];
+        let gemm = tokens - tokens % 4;
+        simd::mat_q2_k_repacked(quant::cast(weights), nk, &q8k, tokens, gemm, &mut got, rows);
+        let equal = got
+            .iter()
+            .zip(&want)
+            .filter(|(g, w)| g.to_bits() == w.to_bits())
+            .count();
+        println!(
+            "{t} {rows}x{cols}, {tokens} tokens, avx512 repacked: {equal}/{} outputs bit-equal",
+            rows * tokens
+        );
+        return if equal == rows * tokens {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
+    }
     for r in 0..rows {
         let w = &weights[r * row_bytes..(r + 1) * row_bytes];
         let mut got = vec![0.0f32; tokens];
