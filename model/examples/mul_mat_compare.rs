@@ -1,11 +1,13 @@
 //! The engine's kernels for Q5_K, Q5_1, Q3_K and Q2_K against one ggml matrix product, bit for bit
 //! (scripts/differential/kernels.sh runs it on scripts/differential/mul_mat.c's output):
 //!
-//!   mul_mat_compare TYPE OUT.bin [--scalar]
+//!   mul_mat_compare TYPE OUT.bin [--scalar] [--no-repack]
 //!
 //! TYPE is the ggml type code `mul_mat` was given. Each output is computed as the engine computes it for a product
 //! of that many tokens: llama.cpp's tiled order from 8 tokens on for the K-quants, `ggml_vec_dot_*`'s below (and
-//! for Q5_1 at every size), with the CPU's best kernels or, with `--scalar`, the portable ones. Prints one line
+//! for Q5_1 at every size), with the CPU's best kernels or, with `--scalar`, the portable ones; at the AVX-512
+//! level Q2_K with rows in groups of 8 in the repacked gemm/gemv order (what llama.cpp runs there once it has
+//! repacked the weights; `--no-repack` leaves that out, as `mul_mat.c`'s product keeps the file's layout). Prints one line
 //! with the count of bit-equal outputs; exits 1 if any differs.
 use std::process::ExitCode;
 
@@ -15,7 +17,7 @@ use model::simd;
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (Some(code), Some(path)) = (args.first(), args.get(1)) else {
-        eprintln!("usage: mul_mat_compare TYPE OUT.bin [--scalar]");
+        eprintln!("usage: mul_mat_compare TYPE OUT.bin [--scalar] [--no-repack]");
         return ExitCode::from(2);
     };
     let Some(t) = code.parse().ok().and_then(GgmlType::from_u32) else {
@@ -48,6 +50,27 @@ fn main() -> ExitCode {
     let q81: Vec<BlockQ8_1> = q81;
     let tiled = tokens >= 8;
     let mut equal = 0;
+    // Q2_K with rows in groups of 8 at the AVX-512 level: llama.cpp's repacked gemm (groups of 4 tokens) and gemv.
+    let repack = !args.iter().any(|a| a == "--no-repack");
+    if repack && t == GgmlType::Q2K && simd::q2_k_repacks() && rows.is_multiple_of(8) {
+        let mut got = vec![0.0f32; rows * tokens];
+        let gemm = tokens - tokens % 4;
+        simd::mat_q2_k_repacked(quant::cast(weights), nk, &q8k, tokens, gemm, &mut got, rows);
+        let equal = got
+            .iter()
+            .zip(&want)
+            .filter(|(g, w)| g.to_bits() == w.to_bits())
+            .count();
+        println!(
+            "{t} {rows}x{cols}, {tokens} tokens, avx512 repacked: {equal}/{} outputs bit-equal",
+            rows * tokens
+        );
+        return if equal == rows * tokens {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
+    }
     for r in 0..rows {
         let w = &weights[r * row_bytes..(r + 1) * row_bytes];
         let mut got = vec![0.0f32; tokens];

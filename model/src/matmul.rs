@@ -9,7 +9,9 @@
 //! the file's layout (a batch unpacks each 8-row group into a scratch buffer per product); other K-quant products
 //! its tiled kernels from 8 tokens on, `ggml_vec_dot_*` below; Q5_1 and BF16 `ggml_vec_dot_*` at every batch size
 //! (Q5_1 has no tinyBLAS kernel, and the 32-element tiles reproduce its order; for BF16 see `dot_row`). One worker writes the token-major output directly;
-//! several split the rows and gather.
+//! several split the rows and gather. At the AVX-512 level two types take the AVX-512 build's orders instead
+//! (`crate::wide`'s `more_types`): Q2_K with a row count that is a multiple of 8 its repacked gemm/gemv at every
+//! batch size, BF16 `vdpbf16ps` (tinyBLAS's chain for a batch, `ggml_vec_dot_bf16` for one token).
 
 use alloc::vec;
 use alloc::vec::Vec;
@@ -350,6 +352,12 @@ fn q4_k_repacked(w: &QTensor<'_>) -> bool {
     w.ggml_type == GgmlType::Q4K && w.rows.is_multiple_of(8)
 }
 
+/// Whether llama.cpp repacks this Q2_K matrix into 8-row interleaved blocks (`q2_K_8x8_q8_K`: on AVX-512 CPUs
+/// only, row count a multiple of 8), so that every batch takes its gemm/gemv order ([`simd::q2_k_repacks`]).
+fn q2_k_repacked(w: &QTensor<'_>) -> bool {
+    w.ggml_type == GgmlType::Q2K && w.rows.is_multiple_of(8) && simd::q2_k_repacks()
+}
+
 /// Rows `r0..r0 + rows` of a K-quant product against the `batch` tokens, in llama.cpp's order for that batch
 /// size, into `out[t * ld + r]`. For repacked Q4_K, `r0` and `rows` are multiples of 8.
 fn mat_k_part(
@@ -368,6 +376,12 @@ fn mat_k_part(
         // llama.cpp's gemm takes the batch's tokens in groups of 4; the last `batch % 4` go through its gemv.
         let gemm = batch - batch % GEMM_TOKENS;
         simd::mat_q4_k_repacked(blocks, nb, &q8k[..batch * nb], batch, gemm, out, ld, work);
+        return;
+    }
+    if q2_k_repacked(w) {
+        let blocks: &[quant::BlockQ2K] = quant::cast(bytes);
+        let gemm = batch - batch % GEMM_TOKENS;
+        simd::mat_q2_k_repacked(blocks, nb, &q8k[..batch * nb], batch, gemm, out, ld);
         return;
     }
     // Tokens per pass of the one-row kernels below.
@@ -444,7 +458,11 @@ fn mat_k(
     acts: &mut Acts,
     par: &dyn ParallelFor,
 ) {
-    let align = if q4_k_repacked(w) { 8 } else { 1 };
+    let align = if q4_k_repacked(w) || q2_k_repacked(w) {
+        8
+    } else {
+        1
+    };
     let q8k = &acts.q8_k[..batch * w.cols / QK_K];
     if batch == 1 {
         let rpc = rows_per_chunk.div_ceil(align) * align;
@@ -512,6 +530,24 @@ pub fn matmul(
     let tokens = batch.div_ceil(par.threads() * 4);
     par.for_each_chunk(out, tokens * rows, &|ci, chunk| {
         let n = chunk.len() / rows;
+        if w.ggml_type == GgmlType::BF16 {
+            // tinyBLAS's order for a batch where the kernel set has one (`simd::dots_bf16_batched`), the chunk's
+            // tokens sharing each weight row's loads.
+            let t0 = ci * tokens;
+            let y: &[[u8; 2]] = bytemuck::cast_slice(&acts.f16[t0 * w.cols..(t0 + n) * w.cols]);
+            let mut o = [0.0f32; 4];
+            for r in 0..rows {
+                for c0 in (0..n).step_by(4) {
+                    let m = 4.min(n - c0);
+                    let yc = &y[c0 * w.cols..];
+                    simd::dots_bf16_batched(quant::cast(w.row(r)), yc, w.cols, rows, &mut o[..m]);
+                    for (c, &v) in o[..m].iter().enumerate() {
+                        chunk[(c0 + c) * rows + r] = v;
+                    }
+                }
+            }
+            return;
+        }
         for r in 0..rows {
             for c in 0..n {
                 chunk[c * rows + r] = dot_row(w, r, acts, x, ci * tokens + c);

@@ -16,6 +16,9 @@
 
 use crate::quant;
 
+mod more_types;
+pub use more_types::*;
+
 fn f16(v: u16) -> f32 {
     half::f16::from_bits(v).to_f32()
 }

@@ -11,10 +11,14 @@
 
 use model::gguf::Gguf;
 use model::parallel::Serial;
+use model::simd::Level;
 use model::tiny::{generate, TinySpec};
 use model::tokenizer::Tokenizer;
 use model::transformer::{Model, State};
 use serde_json::Value;
+use support::Kernels;
+
+mod support;
 
 /// The seed `cloister` generates its tiny models with (runner's `TINY_SEED`); the fixtures are of those files.
 const SEED: u64 = 1;
@@ -40,25 +44,16 @@ fn ids(value: &Value) -> Vec<u32> {
         .collect()
 }
 
-/// Fixture cases the engine is known not to reproduce, each with its reason:
-///
-/// - `llama-q3_k` case 2 (the whitespace prompt, 34 tokens): step-0 logits differ by 0.049 on both kernel sets.
-///   The engine equals llama.cpp exactly on the other two prompts and in every decode step, and on this prompt too
-///   when llama.cpp's tiled kernels are off (`GGML_CPU_TILED_MM=0`) and the engine uses its single-row order for the
-///   batch as well. Its model of the tiled Q3_K product equals ggml's `mul_mat` bit for bit on random matrices of
-///   these shapes (a harness linked against the same build), so the difference is triggered by these activations
-///   somewhere the tiled order leads them; it is not found yet.
-const KNOWN_DIVERGENCES: &[(&str, usize)] = &[("llama-q3_k", 2)];
-
-/// The kernel set is chosen process-wide (`model::simd::force_scalar`), so the tests take turns.
-static KERNELS: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn hold_to_llama_cpp(arch: &str, spec: TinySpec, scalar: bool) {
-    let _turn = KERNELS
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+/// Holds `arch`'s tiny model, run with `kernels` (the CPU's best set for `None`), to the fixture in
+/// `fixtures/<dir>/`. A fixture of the AVX-512 level is skipped on a CPU without AVX-512.
+fn hold_to_llama_cpp(arch: &str, spec: TinySpec, kernels: Option<Level>, dir: &str) {
+    let _kernels = Kernels::force(kernels);
+    if kernels == Some(Level::Avx512) && model::simd::level() != Level::Avx512 {
+        eprintln!("{arch}: this CPU has no AVX-512; the AVX-512 fixture is not checked");
+        return;
+    }
     let path = format!(
-        "{}/tests/fixtures/tiny_llamacpp/{arch}.json",
+        "{}/tests/fixtures/{dir}/{arch}.json",
         env!("CARGO_MANIFEST_DIR")
     );
     let fixture: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
@@ -66,21 +61,23 @@ fn hold_to_llama_cpp(arch: &str, spec: TinySpec, scalar: bool) {
     let gguf = Gguf::parse(&blob).unwrap();
     let model = Model::load(&gguf).unwrap();
     let tokenizer = Tokenizer::from_gguf(&gguf).unwrap();
-    model::simd::force_scalar(scalar);
     for (index, case) in fixture["cases"].as_array().unwrap().iter().enumerate() {
-        if KNOWN_DIVERGENCES.contains(&(arch, index)) {
-            continue;
-        }
         let label = format!(
-            "{arch} case {index} ({})",
-            if scalar { "portable" } else { "native" }
+            "{arch} case {index} ({:?} kernels, {dir})",
+            model::simd::level()
         );
         let mut prompt = Vec::new();
         tokenizer.encode(case["prompt"].as_str().unwrap(), true, true, &mut prompt);
         assert_eq!(prompt, ids(&case["prompt_ids"]), "{label}: prompt ids");
 
         let generated = ids(&case["generated_ids"]);
-        let mut state = State::new(&model.config, prompt.len() + generated.len() + 1, 32);
+        // One batch for the whole prompt, as the probe evaluates it (`n_ubatch` = the prompt's length): a batch
+        // split in two would take the K-quants' single-token order where llama.cpp takes its tiled one (8+ tokens).
+        let mut state = State::new(
+            &model.config,
+            prompt.len() + generated.len() + 1,
+            prompt.len(),
+        );
         model.forward(&mut state, &prompt, &Serial).unwrap();
         let step0: Vec<f32> = case["step0_logits"]
             .as_array()
@@ -114,7 +111,6 @@ fn hold_to_llama_cpp(arch: &str, spec: TinySpec, scalar: bool) {
             model.forward(&mut state, &[want], &Serial).unwrap();
         }
     }
-    model::simd::force_scalar(false);
 }
 
 #[test]
@@ -126,7 +122,7 @@ fn tiny_models_of_every_architecture_equal_llama_cpp() {
         ("qwen2", TinySpec::qwen2()),
         ("qwen3", TinySpec::qwen3()),
     ] {
-        hold_to_llama_cpp(arch, spec, false);
+        hold_to_llama_cpp(arch, spec, None, "tiny_llamacpp");
     }
 }
 
@@ -142,15 +138,15 @@ fn tiny_models_on_the_portable_kernels_equal_llama_cpp() {
         ("qwen2", TinySpec::qwen2()),
         ("qwen3", TinySpec::qwen3()),
     ] {
-        hold_to_llama_cpp(arch, spec, true);
+        hold_to_llama_cpp(arch, spec, Some(Level::Scalar), "tiny_llamacpp");
     }
 }
 
 /// The tiny llama models whose attention and feed-forward matrices all have one of the tensor types Q5_K, Q5_1, BF16,
-/// Q3_K and Q2_K (`TinySpec::llama_typed`; fixtures `llama-<type>.json`), on the CPU's kernels and on the portable
-/// ones (less [`KNOWN_DIVERGENCES`]).
-/// The Q2_K fixture is llama.cpp without its AVX-512-only Q2_K repacking (`tiny-fixtures.sh`), which the engine's
-/// AVX2 order follows.
+/// Q3_K and Q2_K (`TinySpec::llama_typed`; fixtures `llama-<type>.json`), on each kernel set, each held to the
+/// llama.cpp build whose arithmetic it mirrors: the AVX-512 level to llama.cpp's default build on an AVX-512 CPU
+/// (`tiny_llamacpp_avx512/`: Q2_K repacked, BF16 through AVX512-BF16), the AVX2 and portable kernels to llama.cpp
+/// as it runs on an AVX2 CPU (`tiny_llamacpp/`: Q2_K without its AVX-512-only repacking, `tiny-fixtures.sh`).
 #[test]
 fn tiny_models_of_every_new_tensor_type_equal_llama_cpp() {
     use model::quant::GgmlType;
@@ -162,8 +158,12 @@ fn tiny_models_of_every_new_tensor_type_equal_llama_cpp() {
         GgmlType::Q2K,
     ] {
         let name = format!("llama-{}", t.name().to_lowercase());
-        for scalar in [false, true] {
-            hold_to_llama_cpp(&name, TinySpec::llama_typed(t), scalar);
+        for (kernels, dir) in [
+            (Level::Avx512, "tiny_llamacpp_avx512"),
+            (Level::Avx2, "tiny_llamacpp"),
+            (Level::Scalar, "tiny_llamacpp"),
+        ] {
+            hold_to_llama_cpp(&name, TinySpec::llama_typed(t), Some(kernels), dir);
         }
     }
 }

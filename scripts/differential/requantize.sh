@@ -7,7 +7,9 @@
 # The differential probe and model's differential example (`differential compare`, as scripts/differential.sh runs
 # them) then hold the engine to llama.cpp on it. Row lengths that are not a multiple of 256 (SmolLM2's 576, Gemma 3 270M's 640) cannot be K-quants: llama.cpp
 # falls back to Q5_0/Q5_1/Q8_0 for those tensors, so a K-quant mix of such a model holds the K-quant types only in
-# its wider matrices (ffn_down).
+# its wider matrices (ffn_down). A mix can leave its named type out altogether (SmolLM2's Q2_K mix is Q3_K in
+# ffn_down, Q4_0 elsewhere); with CLOISTER_REQUANTIZE_PURE=1 in the environment every tensor whose rows allow it
+# gets the base type (`llama-quantize --pure`: Q2_K for Q2_K, Q3_K for Q3_K_M).
 set -euo pipefail
 
 progress() { printf '%s\n' "$*" >&2; }

@@ -7,7 +7,9 @@
 # have one of the tensor types Q5_K, Q5_1, BF16, Q3_K and Q2_K (`TinySpec::llama_typed`, written by model's
 # `tiny_typed` example; fixtures llama-q5_k.json and so on), and each prompt below, llama.cpp's probe
 # (scripts/differential/probe.c, one thread) records the prompt ids and 16 greedy steps; the fixture keeps the ids,
-# each step's chosen id and top-2 margin, and step 0's full logits. Arguments, if any, name the fixtures to write
+# each step's chosen id and top-2 margin, and step 0's full logits. On an AVX-512 CPU the typed models are recorded
+# a second time as llama.cpp's default build runs them there, into model/tests/fixtures/tiny_llamacpp_avx512/ (the
+# engine's AVX-512 level is held to those). Arguments, if any, name the fixtures to write
 # (`llama`, `llama-q5_k`, ...); by default all are written. The tiny vocabularies are a few hundred tokens,
 # so a fixture is small. The tiny models' weights are random, their logits small: llama.cpp's CPU-dependent
 # summation order moves them far less than the test's 1e-3 bound, so the fixtures hold on other CPUs too.
@@ -35,6 +37,7 @@ trap 'rm -rf "$work"' EXIT
 # record NAME MODEL CHAT: runs the probe on MODEL for each prompt and writes $out_dir/NAME.json.
 record() {
     local name=$1 model=$2 chat=$3
+    mkdir -p "$out_dir"
     local prompts=(
         "the theme of the sea is 12345 and 67!"
         "$chat"
@@ -92,8 +95,16 @@ for type in Q5_K Q5_1 BF16 Q3_K Q2_K; do
     wanted "$name" || continue
     (cd "$workspace" && cargo run --quiet --release -p model --example tiny_typed -- "$type" "$work/$name.gguf") ||
         fail "cannot write the tiny $type model"
-    # llama.cpp repacks Q2_K weights only on AVX-512 CPUs (q2_K_8x8); the engine follows its AVX2 kernels, so that
-    # fixture is recorded as llama.cpp runs on an AVX2 CPU: weights in the file's layout (probe.c).
+    # llama.cpp repacks Q2_K weights only on AVX-512 CPUs (q2_K_8x8); the engine's AVX2 level follows its AVX2
+    # kernels, so that fixture is recorded as llama.cpp runs on an AVX2 CPU: weights in the file's layout (probe.c).
     if [ "$type" = Q2_K ]; then export CLOISTER_PROBE_NO_REPACK=1; else unset CLOISTER_PROBE_NO_REPACK; fi
     record "$name" "$work/$name.gguf" "$chatml"
+    unset CLOISTER_PROBE_NO_REPACK
+    # The same model as llama.cpp's default build runs it on an AVX-512 CPU (Q2_K repacked, BF16 through
+    # AVX512-BF16 where the CPU has it), for the engine's AVX-512 level: fixtures in tiny_llamacpp_avx512/.
+    if grep -qw avx512f /proc/cpuinfo 2>/dev/null; then
+        out_dir="$workspace/model/tests/fixtures/tiny_llamacpp_avx512" record "$name" "$work/$name.gguf" "$chatml"
+    else
+        progress "this CPU has no AVX-512: $name's AVX-512 fixture is not recorded"
+    fi
 done

@@ -147,6 +147,8 @@ fn detect_avx512() -> bool {
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+#[cfg(target_arch = "x86_64")]
+mod avx512_more_types;
 mod swar;
 
 macro_rules! dispatch {
@@ -158,6 +160,27 @@ macro_rules! dispatch {
                 // SAFETY: `level()` returned Avx2 or Avx512 only after CPUID/XGETBV confirmed AVX2, FMA and F16C
                 // with OS support; the kernel checks slice lengths itself.
                 return unsafe { avx2::$name($($arg),*) };
+            }
+            $scalar($($arg),*)
+        }
+    };
+}
+
+/// Like `dispatch!`, with an AVX-512 kernel first that is bit-identical to the AVX2 one (llama.cpp's AVX-512 build
+/// computes these as its AVX2 build; the AVX-512 kernel only shares more work between tokens).
+macro_rules! dispatch_512 {
+    ($(#[$m:meta])* $name:ident ($($arg:ident : $ty:ty),*) -> $ret:ty, $scalar:path) => {
+        $(#[$m])*
+        pub fn $name($($arg: $ty),*) -> $ret {
+            #[cfg(target_arch = "x86_64")]
+            match level() {
+                // SAFETY: `level()` returned Avx512 only after CPUID/XGETBV confirmed AVX-512 F, DQ, BW and VL,
+                // AVX2, FMA and F16C with OS support for ZMM state; the kernel checks slice lengths itself.
+                Level::Avx512 => return unsafe { avx512_more_types::$name($($arg),*) },
+                // SAFETY: `level()` returned Avx2 only after CPUID/XGETBV confirmed AVX2, FMA and F16C with OS
+                // support; the kernel checks slice lengths itself.
+                Level::Avx2 => return unsafe { avx2::$name($($arg),*) },
+                Level::Scalar => {}
             }
             $scalar($($arg),*)
         }
@@ -244,7 +267,7 @@ dispatch!(
 dispatch!(
     /// Q5_K weights · Q8_K activations.
     dot_q5_k_q8_k(x: &[BlockQ5K], y: &[BlockQ8K]) -> f32, quant::dot_q5_k_q8_k);
-dispatch!(
+dispatch_512!(
     /// One Q5_K row of `nb` blocks against `out.len()` tokens (`y[t * nb..]`) in the order of llama.cpp's tiled
     /// kernel (each equal to [`quant::dot_q5_k_q8_k_tiled`]).
     mat_q5_k_tiled(w: &[BlockQ5K], nb: usize, y: &[BlockQ8K], out: &mut [f32]) -> (), scalar_q5_k_tiled);
@@ -254,18 +277,124 @@ dispatch!(
 dispatch!(
     /// Q3_K weights · Q8_K activations.
     dot_q3_k_q8_k(x: &[BlockQ3K], y: &[BlockQ8K]) -> f32, quant::dot_q3_k_q8_k);
-dispatch!(
+dispatch_512!(
     /// One Q3_K row against `out.len()` tokens in llama.cpp's tiled order ([`quant::dot_q3_k_q8_k_tiled`]).
     mat_q3_k_tiled(w: &[BlockQ3K], nb: usize, y: &[BlockQ8K], out: &mut [f32]) -> (), scalar_q3_k_tiled);
 dispatch!(
     /// Q2_K weights · Q8_K activations.
     dot_q2_k_q8_k(x: &[BlockQ2K], y: &[BlockQ8K]) -> f32, quant::dot_q2_k_q8_k);
-dispatch!(
+dispatch_512!(
     /// One Q2_K row against `out.len()` tokens in llama.cpp's tiled order ([`quant::dot_q2_k_q8_k_tiled`]).
     mat_q2_k_tiled(w: &[BlockQ2K], nb: usize, y: &[BlockQ8K], out: &mut [f32]) -> (), scalar_q2_k_tiled);
-dispatch!(
-    /// bf16 · bf16 (little-endian byte pairs) as `ggml_vec_dot_bf16` orders it.
-    dot_bf16(x: &[[u8; 2]], y: &[[u8; 2]]) -> f32, quant::dot_bf16);
+/// bf16 · bf16 (little-endian byte pairs) for one token, as `ggml_vec_dot_bf16` orders it for the kernel set: at
+/// the AVX-512 level its AVX512-BF16 form (AVX-512F where the CPU lacks BF16), below it the AVX2 form.
+pub fn dot_bf16(x: &[[u8; 2]], y: &[[u8; 2]]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if level() == Level::Avx512 {
+        // SAFETY: `level()` returned Avx512 only after CPUID/XGETBV confirmed AVX-512 F, DQ, BW and VL, AVX2, FMA
+        // and F16C with OS support for ZMM state; `has_bf16` checked AVX512-BF16.
+        return unsafe {
+            if avx512_more_types::has_bf16() {
+                avx512_more_types::dot_bf16_dp(x, y)
+            } else {
+                avx512_more_types::dot_bf16_f(x, y)
+            }
+        };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if avx2() {
+        // SAFETY: `level()` returned Avx2 or Avx512 only after CPUID/XGETBV confirmed AVX2, FMA and F16C with OS
+        // support.
+        return unsafe { avx2::dot_bf16(x, y) };
+    }
+    quant::dot_bf16(x, y)
+}
+
+/// bf16 · bf16 for a batch of 2 or more tokens of a matrix with `rows` rows: at the AVX-512 level tinyBLAS's
+/// 16-lane chain (AVX512-BF16 or AVX-512F, `crate::wide::dot_bf16_chain_dp` / `_f`) where llama.cpp takes it
+/// (row count a multiple of 4, length a multiple of the chain's step), otherwise [`dot_bf16`].
+pub fn dot_bf16_batched(x: &[[u8; 2]], y: &[[u8; 2]], rows: usize) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if level() == Level::Avx512 && rows.is_multiple_of(4) {
+        let n = x.len().min(y.len());
+        // SAFETY: as in `dot_bf16`.
+        unsafe {
+            if avx512_more_types::has_bf16() {
+                if n.is_multiple_of(32) {
+                    return avx512_more_types::dot_bf16_chain_dp(x, y);
+                }
+            } else if n.is_multiple_of(16) {
+                return avx512_more_types::dot_bf16_chain_f(x, y);
+            }
+        }
+    }
+    dot_bf16(x, y)
+}
+
+/// `out[j] = dot_bf16_batched(x, y[j * stride..][..x.len()], rows)` for every `j < out.len()`, bit for bit; at the
+/// AVX-512 level the tokens share each load of the weight row.
+pub fn dots_bf16_batched(
+    x: &[[u8; 2]],
+    y: &[[u8; 2]],
+    stride: usize,
+    rows: usize,
+    out: &mut [f32],
+) {
+    let n = x.len();
+    #[cfg(target_arch = "x86_64")]
+    if level() == Level::Avx512 && rows.is_multiple_of(4) {
+        // SAFETY: as in `dot_bf16`; the kernels check slice lengths themselves.
+        unsafe {
+            if avx512_more_types::has_bf16() {
+                if n.is_multiple_of(32) {
+                    return avx512_more_types::dots_bf16_chain_dp(x, y, stride, out);
+                }
+            } else if n.is_multiple_of(16) {
+                return avx512_more_types::dots_bf16_chain_f(x, y, stride, out);
+            }
+        }
+    }
+    for (j, o) in out.iter_mut().enumerate() {
+        *o = dot_bf16_batched(x, &y[j * stride..j * stride + n], rows);
+    }
+}
+
+/// Whether Q2_K matrices of 8k rows are multiplied in llama.cpp's repacked order ([`mat_q2_k_repacked`]): at the
+/// AVX-512 level, where llama.cpp repacks them.
+pub fn q2_k_repacks() -> bool {
+    level() == Level::Avx512
+}
+
+/// `cols` tokens (`y[t * nb..]`) against Q2_K rows of `nb` blocks (a multiple of 8 rows) in llama.cpp's repacked
+/// orders, `out[t * ld + r] = W[r] · y[t]`: the first `gemm` tokens through its gemm
+/// ([`crate::wide::dot_q2_k_q8_k_gemm`]), the rest through its gemv ([`crate::wide::dot_q2_k_q8_k_gemv`]).
+pub fn mat_q2_k_repacked(
+    w: &[BlockQ2K],
+    nb: usize,
+    y: &[BlockQ8K],
+    cols: usize,
+    gemm: usize,
+    out: &mut [f32],
+    ld: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if level() == Level::Avx512 {
+        // SAFETY: as in `dot_bf16`; the kernel checks slice lengths itself.
+        return unsafe { avx512_more_types::mat_q2_k_repacked(w, nb, y, cols, gemm, out, ld) };
+    }
+    let rows = w.len().checked_div(nb).unwrap_or(0);
+    for t in 0..cols {
+        let yt = &y[t * nb..(t + 1) * nb];
+        for r in 0..rows {
+            let wr = &w[r * nb..(r + 1) * nb];
+            out[t * ld + r] = if t < gemm {
+                wide::dot_q2_k_q8_k_gemm(wr, yt)
+            } else {
+                wide::dot_q2_k_q8_k_gemv(wr, yt)
+            };
+        }
+    }
+}
 
 fn scalar_q5_k_tiled(w: &[BlockQ5K], nb: usize, y: &[BlockQ8K], out: &mut [f32]) {
     for (t, o) in out.iter_mut().enumerate() {
@@ -456,5 +585,7 @@ mat_dispatch!(
 mod tests;
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests_avx512;
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests_avx512_more_types;
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests_more_types;

@@ -13,7 +13,7 @@ use crate::quant::{self, *};
 
 /// `n` elements of weight type `t` as random bit patterns (valid blocks for every format here) with small, finite
 /// f16 scales.
-fn random_blocks(t: GgmlType, n: usize, seed: u64) -> Vec<u8> {
+pub(super) fn random_blocks(t: GgmlType, n: usize, seed: u64) -> Vec<u8> {
     let mut out: Vec<u8> = data(n / t.block_len() * t.block_bytes(), seed)
         .iter()
         .map(|v| (v.to_bits() >> 3) as u8)
