@@ -2,7 +2,7 @@
 //! batches, bit for bit equal to the AVX2 tiles of `simd/avx2/q0.rs` (and so to llama.cpp and the scalar twins).
 //!
 //! Intel intrinsics per the Intel Intrinsics Guide. Why the results cannot differ from the AVX2 kernels
-//! (docs/ARCHITECTURE.md, "SIMD kernels and summation orders"):
+//! (docs/ARCHITECTURE.md §6: each SIMD kernel equals its scalar twin):
 //! - **Float part.** Each output keeps the AVX2 kernel's 8-lane accumulator, fed the same products in the same
 //!   block order, and is reduced by the same `hsum_ps`. Two rows (decode) or two rows of one token (batches) sit
 //!   in the two 256-bit halves of a zmm; no row's block sequence is split differently across lanes.

@@ -30,7 +30,8 @@ static WIDE: AtomicU8 = AtomicU8::new(0);
 pub enum Level {
     Scalar,
     Avx2,
-    /// AVX2 kernels, and the AVX-512 ones where llama.cpp's AVX-512 build sums in another order.
+    /// AVX2 kernels, and the AVX-512 ones where llama.cpp's AVX-512 build sums in another order; with VNNI as
+    /// well, the 32-element formats' matrix products of `simd/avx512_quant.rs` (the AVX2 results, faster).
     Avx512,
 }
 
