@@ -1,8 +1,10 @@
 //! Micro-benchmark of the quantized matrix kernels (diagnostic): single-row dot products against the tiled
 //! matrix kernels, in cache (64 rows) and streaming from memory (200,000 rows). Times are this thread's CPU time
-//! (`/proc/thread-self/schedstat`), best of several short runs, so that a busy machine disturbs them less.
-use model::quant::{BlockQ4_1, BlockQ8_0, BlockQ8_1};
-use model::simd::{self, ActTile};
+//! (`/proc/thread-self/schedstat`), best of several short runs, so that a busy machine disturbs them less. Then the
+//! matrix kernels of the four 32-element formats at each kernel level the CPU has (AVX2, AVX-512), one token and
+//! batches of 8 and 32, streaming.
+use model::quant::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ8_0, BlockQ8_1};
+use model::simd::{self, ActTile, Level};
 
 mod timing;
 
@@ -12,6 +14,7 @@ use timing::best;
 const SAMPLES: usize = 5;
 
 fn main() {
+    by_level();
     let cols = 576;
     let nb = cols / 32;
     for (rows, reps) in [(64usize, 20_000usize), (200_000, 3)] {
@@ -96,4 +99,92 @@ fn main() {
             );
         }
     }
+}
+
+/// Deterministic bytes.
+fn bytes(n: usize, seed: u32) -> Vec<u8> {
+    let mut s = seed | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            (s >> 8) as u8
+        })
+        .collect()
+}
+
+/// Random blocks of `bs` bytes with f16 1.0 as scale (and min).
+fn blocks<W: bytemuck::Pod>(n: usize, bs: usize, seed: u32) -> Vec<W> {
+    let mut b = bytes(n * bs, seed);
+    for blk in b.chunks_exact_mut(bs) {
+        blk[..2].copy_from_slice(&[0x00, 0x3c]);
+    }
+    bytemuck::cast_slice(&b).to_vec()
+}
+
+/// `mat_q4_0`, `mat_q4_1`, `mat_q5_0` and `mat_q8_0` (576 columns, 400,000 rows: 100-250 MB each, streaming from memory past the L3 cache) at the
+/// AVX2 level and, where the CPU has it, the AVX-512 one: ns per row and weight GB/s.
+fn by_level() {
+    let (cols, rows) = (576usize, 400_000usize);
+    let nb = cols / 32;
+    let w40: Vec<BlockQ4_0> = blocks(rows * nb, 18, 1);
+    let w41: Vec<BlockQ4_1> = blocks(rows * nb, 20, 2);
+    let w50: Vec<BlockQ5_0> = blocks(rows * nb, 22, 3);
+    let w80: Vec<BlockQ8_0> = blocks(rows * nb, 34, 4);
+    let mut levels = vec![Level::Avx2];
+    simd::force(None);
+    if simd::level() == Level::Avx512 {
+        levels.push(Level::Avx512);
+    }
+    for batch in [1usize, 8, 32] {
+        let y0: Vec<BlockQ8_0> = blocks(nb * batch, 34, 5);
+        let y1: Vec<BlockQ8_1> = blocks(nb * batch, 36, 6);
+        let d = vec![1.0f32; nb * batch];
+        let t0 = ActTile {
+            qs: &y0[..],
+            d: &d,
+            s: &d,
+            batch,
+            col0: 0,
+        };
+        let t1 = ActTile {
+            qs: &y1[..],
+            d: &d,
+            s: &d,
+            batch,
+            col0: 0,
+        };
+        let mut work = vec![0.0f32; simd::batch_work_len(cols)];
+        let mut out = vec![0.0f32; rows * batch];
+        for &level in &levels {
+            simd::force(Some(level));
+            let mut line = format!("{level:?} batch {batch}:");
+            let mut time = |name: &str, bytes: usize, f: &mut dyn FnMut(&mut [f32], &mut [f32])| {
+                // Samples of about 0.25 s: the thread's CPU time advances in scheduler ticks.
+                let el = best(SAMPLES, if batch == 1 { 30 } else { 40 / batch }, || {
+                    f(&mut out, &mut work)
+                });
+                line += &format!(
+                    " {name} {:.1} ns/row ({:.1} GB/s);",
+                    el / rows as f64 * 1e9,
+                    (rows * nb * bytes) as f64 / el / 1e9
+                );
+            };
+            time("q4_0", 18, &mut |o, wk| {
+                simd::mat_q4_0(&w40, nb, &t0, batch, o, rows, wk)
+            });
+            time("q4_1", 20, &mut |o, wk| {
+                simd::mat_q4_1(&w41, nb, &t1, batch, o, rows, wk)
+            });
+            time("q5_0", 22, &mut |o, wk| {
+                simd::mat_q5_0(&w50, nb, &t0, batch, o, rows, wk)
+            });
+            time("q8_0", 34, &mut |o, wk| {
+                simd::mat_q8_0(&w80, nb, &t0, batch, o, rows, wk)
+            });
+            println!("{line}");
+        }
+    }
+    simd::force(None);
 }

@@ -30,7 +30,8 @@ static WIDE: AtomicU8 = AtomicU8::new(0);
 pub enum Level {
     Scalar,
     Avx2,
-    /// AVX2 kernels, and the AVX-512 ones where llama.cpp's AVX-512 build sums in another order.
+    /// AVX2 kernels, and the AVX-512 ones where llama.cpp's AVX-512 build sums in another order; with VNNI as
+    /// well, the 32-element formats' matrix products of `simd/avx512_quant.rs` (the AVX2 results, faster).
     Avx512,
 }
 
@@ -149,6 +150,8 @@ mod avx2;
 mod avx512;
 #[cfg(target_arch = "x86_64")]
 mod avx512_more_types;
+#[cfg(target_arch = "x86_64")]
+mod avx512_quant;
 mod swar;
 
 macro_rules! dispatch {
@@ -512,7 +515,7 @@ pub struct ActTile<'a, A> {
 /// `max_cols` elements: room for the weight blocks it unpacks once per product.
 pub fn batch_work_len(max_cols: usize) -> usize {
     #[cfg(target_arch = "x86_64")]
-    return avx2::work_len(max_cols);
+    return avx2::work_len(max_cols).max(avx512_quant::work_len(max_cols));
     #[cfg(not(target_arch = "x86_64"))]
     {
         let _ = max_cols;
@@ -524,7 +527,8 @@ macro_rules! mat_dispatch {
     ($(#[$m:meta])* $name:ident, $w:ty, $a:ty, $scalar:path) => {
         mat_dispatch!($(#[$m])* $name, $w, $a, $scalar, None::<ScalarMat<$w, $a>>);
     };
-    ($(#[$m:meta])* $name:ident, $w:ty, $a:ty, $scalar:path, $batched:expr) => {
+    // `Avx512` last: the type has a kernel in `avx512_quant`, run at the AVX-512 level when the CPU has VNNI.
+    ($(#[$m:meta])* $name:ident, $w:ty, $a:ty, $scalar:path, $batched:expr $(, $wide:ident)?) => {
         $(#[$m])*
         ///
         /// `out[c * ld + r] = W[r] · y[col0 + c]` for every row of `w` (`w.len() / nb` rows of `nb` blocks) and the
@@ -541,6 +545,13 @@ macro_rules! mat_dispatch {
             ld: usize,
             work: &mut [f32],
         ) {
+            #[cfg(target_arch = "x86_64")]
+            $(if level() == Level::$wide && avx512_quant::vnni() {
+                // SAFETY: `level()` returned Avx512 only after CPUID/XGETBV confirmed AVX-512 F, DQ, BW and VL,
+                // AVX2, FMA and F16C with OS support for ZMM state, and CPUID reported AVX512_VNNI; slices are
+                // indexed with bounds checks.
+                return unsafe { avx512_quant::mat_q0::<$w>(w, nb, y, cols, out, ld, work) };
+            })?
             #[cfg(target_arch = "x86_64")]
             if avx2() {
                 // SAFETY: `level()` returned Avx2 or Avx512 only after CPUID/XGETBV confirmed AVX2, FMA and F16C
@@ -563,11 +574,12 @@ macro_rules! mat_dispatch {
 
 mat_dispatch!(
     /// Q4_0 weights × Q8_0 activations.
-    mat_q4_0, BlockQ4_0, BlockQ8_0, quant::dot_q4_0_q8_0_generic);
+    mat_q4_0, BlockQ4_0, BlockQ8_0, quant::dot_q4_0_q8_0_generic, None::<ScalarMat<BlockQ4_0, BlockQ8_0>>, Avx512);
 mat_dispatch!(
     /// Q4_1 weights × Q8_1 activations. Without AVX2, batches of four or more tokens go through the packed portable
     /// kernel of `simd/swar.rs`, four tokens per integer multiply (same results, faster under QEMU's TCG).
-    mat_q4_1, BlockQ4_1, BlockQ8_1, quant::dot_q4_1_q8_1_generic, Some(swar::mat_q4_1 as ScalarMat<BlockQ4_1, BlockQ8_1>));
+    mat_q4_1, BlockQ4_1, BlockQ8_1, quant::dot_q4_1_q8_1_generic, Some(swar::mat_q4_1 as ScalarMat<BlockQ4_1, BlockQ8_1>),
+    Avx512);
 
 /// A portable matrix product with [`mat_q4_1`]'s arguments, less the work buffer.
 type ScalarMat<W, A> = fn(&[W], usize, &ActTile<'_, A>, usize, &mut [f32], usize);
@@ -576,10 +588,10 @@ mat_dispatch!(
     mat_q5_1, BlockQ5_1, BlockQ8_1, quant::dot_q5_1_q8_1);
 mat_dispatch!(
     /// Q5_0 weights × Q8_0 activations.
-    mat_q5_0, BlockQ5_0, BlockQ8_0, quant::dot_q5_0_q8_0_generic);
+    mat_q5_0, BlockQ5_0, BlockQ8_0, quant::dot_q5_0_q8_0_generic, None::<ScalarMat<BlockQ5_0, BlockQ8_0>>, Avx512);
 mat_dispatch!(
     /// Q8_0 weights × Q8_0 activations.
-    mat_q8_0, BlockQ8_0, BlockQ8_0, quant::dot_q8_0_q8_0_generic);
+    mat_q8_0, BlockQ8_0, BlockQ8_0, quant::dot_q8_0_q8_0_generic, None::<ScalarMat<BlockQ8_0, BlockQ8_0>>, Avx512);
 
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests;
@@ -587,5 +599,7 @@ mod tests;
 mod tests_avx512;
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests_avx512_more_types;
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests_avx512_quant;
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests_more_types;
