@@ -2,10 +2,13 @@
 # for the scripts that hold the engine to llama.cpp (bench-vs-llamacpp.sh, differential.sh). Sourced, not run.
 #
 # Callers set: cache (the cache directory), jobs (parallel build jobs), llama_cpp_python_version, and define
-# progress and fail (one-line messages to stderr; fail exits). build_llama_cpp sets LLAMA_BENCH (the llama-bench
-# binary) and LLAMA_CPP_ROOT (unpacked sources in src/vendor/llama.cpp, static libraries under build/), reusing
-# an earlier build with the same version and cmake flags. build_probe (after build_llama_cpp) compiles
-# scripts/differential/probe.c against that build's static libraries and sets PROBE.
+# progress and fail (one-line messages to stderr; fail exits). build_llama_cpp [TARGET...] builds the given cmake
+# targets (default: llama-bench, which bench-vs-llamacpp.sh runs; the probe and the other C programs need only the
+# `llama` library target and the ggml libraries it pulls in, about half the compile) and sets LLAMA_CPP_ROOT
+# (unpacked sources in src/vendor/llama.cpp, static libraries under build/) and LLAMA_BENCH (the llama-bench binary,
+# when built). It reuses an earlier build with the same version and cmake flags, building only targets that build
+# has not built yet. build_probe (after build_llama_cpp) compiles scripts/differential/probe.c against that build's
+# static libraries and sets PROBE.
 
 # The llama-cpp-python source release whose vendored llama.cpp we build. Pinned so that numbers from different days
 # compare; the sha256 is the one of the sdist we measured with (checked when the default version is used).
@@ -25,19 +28,48 @@ cmake_flags=(
 )
 
 build_llama_cpp() {
+    local -a targets=("$@")
+    [ ${#targets[@]} -gt 0 ] || targets=(llama-bench)
     local root="$cache/llama.cpp/$llama_cpp_python_version"
     local stamp="$root/build.stamp"
-    local bench_binary="$root/build/bin/llama-bench"
-    local expected_stamp
-    expected_stamp="llama-cpp-python $llama_cpp_python_version; cmake ${cmake_flags[*]}; target llama-bench"
+    # The stamp's first line: the configuration, then "; target NAME" for each target built so far (an earlier
+    # version of this script wrote the same line with llama-bench as its one target).
+    local configuration
+    configuration="llama-cpp-python $llama_cpp_python_version; cmake ${cmake_flags[*]}"
 
-    if [ -f "$stamp" ] && [ -x "$bench_binary" ] && [ "$(head -n 1 "$stamp")" = "$expected_stamp" ]; then
-        progress "llama.cpp: reusing the build in $root ($(sed -n 2p "$stamp"))"
-        LLAMA_BENCH="$bench_binary"
-        LLAMA_CPP_ROOT="$root"
-        return
+    local -a missing=()
+    local target first_line=""
+    [ -f "$stamp" ] && first_line="$(head -n 1 "$stamp")"
+    if [ -d "$root/build" ] && [[ "$first_line" == "$configuration" || "$first_line" == "$configuration; target "* ]]; then
+        for target in "${targets[@]}"; do
+            [[ "$first_line; " == *"; target $target; "* ]] || missing+=("$target")
+        done
+        if [ ${#missing[@]} -eq 0 ]; then
+            progress "llama.cpp: reusing the build in $root ($(sed -n 2p "$stamp"))"
+        else
+            progress "llama.cpp: reusing the build in $root, adding ${missing[*]}"
+            build_llama_cpp_targets "$root" "${missing[@]}"
+            sed -i "1s/\$/$(printf '; target %s' "${missing[@]}")/" "$stamp"
+        fi
+    else
+        fetch_and_configure_llama_cpp "$root"
+        build_llama_cpp_targets "$root" "${targets[@]}"
+        {
+            printf '%s%s\n' "$configuration" "$(printf '; target %s' "${targets[@]}")"
+            printf 'sdist %s sha256 %s, built %s\n' "$LLAMA_CPP_SDIST" "$LLAMA_CPP_SDIST_SHA256" \
+                "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+        } >"$stamp"
     fi
+    LLAMA_CPP_ROOT="$root"
+    if [ -x "$root/build/bin/llama-bench" ]; then
+        LLAMA_BENCH="$root/build/bin/llama-bench"
+    fi
+}
 
+# fetch_and_configure_llama_cpp ROOT: downloads the pinned sdist into ROOT (emptied first), checks its sha256,
+# unpacks it and runs cmake's configure step; sets LLAMA_CPP_SDIST and LLAMA_CPP_SDIST_SHA256.
+fetch_and_configure_llama_cpp() {
+    local root="$1"
     command -v pip >/dev/null 2>&1 || command -v pip3 >/dev/null 2>&1 ||
         fail "pip is not installed; it is needed to download the llama-cpp-python source release"
     local pip_command
@@ -69,6 +101,8 @@ build_llama_cpp() {
         fail "$(basename "$sdist") has sha256 $digest, expected $LLAMA_CPP_PYTHON_SHA256_DEFAULT"
     fi
     progress "llama.cpp: $(basename "$sdist"), sha256 $digest"
+    LLAMA_CPP_SDIST="$(basename "$sdist")"
+    LLAMA_CPP_SDIST_SHA256="$digest"
 
     progress "llama.cpp: unpacking"
     mkdir -p "$root/src"
@@ -79,24 +113,28 @@ build_llama_cpp() {
     progress "llama.cpp: configuring (cmake ${cmake_flags[*]})"
     cmake -S "$source" -B "$root/build" "${cmake_flags[@]}" >"$root/configure.log" 2>&1 ||
         fail "cmake configure failed; see $root/configure.log"
-    progress "llama.cpp: building llama-bench with $jobs jobs (about 6 minutes on 2 idle cores; log: $root/build.log)"
-    # Progress: one line each time cmake's percentage moves, plus each finished target; the full log is kept.
-    if ! cmake --build "$root/build" --target llama-bench --parallel "$jobs" 2>&1 |
-        tee "$root/build.log" |
+}
+
+# build_llama_cpp_targets ROOT TARGET...: builds the targets in ROOT/build (configured), keeping the log.
+build_llama_cpp_targets() {
+    local root="$1"
+    shift
+    # The llama library alone took 3 minutes on 2 cores with other builds running; llama-bench adds its common library.
+    progress "llama.cpp: building $* with $jobs jobs (minutes; log: $root/build.log)"
+    # Progress: one line each time cmake's percentage moves by 10 or more, plus each finished target; the full log
+    # is kept.
+    if ! cmake --build "$root/build" --parallel "$jobs" --target "$@" 2>&1 |
+        tee -a "$root/build.log" |
         awk 'match($0, /^\[ *[0-9]+%\]/) {
                  percent = substr($0, RSTART + 1, RLENGTH - 3) + 0
-                 if (percent != last || $0 ~ /Built target/) { print "    " $0; fflush(); last = percent }
+                 if (percent >= last + 10 || $0 ~ /Built target/) { print "    " $0; fflush(); last = percent }
              }' >&2; then
         fail "llama.cpp build failed; see $root/build.log"
     fi
-    [ -x "$bench_binary" ] || fail "the build finished but $bench_binary is missing; see $root/build.log"
-    {
-        printf '%s\n' "$expected_stamp"
-        printf 'sdist %s sha256 %s, built %s\n' "$(basename "$sdist")" "$digest" "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
-    } >"$stamp"
-    progress "llama.cpp: built $bench_binary"
-    LLAMA_BENCH="$bench_binary"
-    LLAMA_CPP_ROOT="$root"
+    if [[ " $* " == *" llama-bench "* ]] && [ ! -x "$root/build/bin/llama-bench" ]; then
+        fail "the build finished but $root/build/bin/llama-bench is missing; see $root/build.log"
+    fi
+    progress "llama.cpp: built $*"
 }
 
 
