@@ -4,7 +4,7 @@
 # Callers set: cache (the cache directory), jobs (parallel build jobs), llama_cpp_python_version, and define
 # progress and fail (one-line messages to stderr; fail exits). build_llama_cpp [TARGET...] builds the given cmake
 # targets (default: llama-bench, which bench-vs-llamacpp.sh runs; the probe and the other C programs need only the
-# `llama` library target and the ggml libraries it pulls in, about half the compile) and sets LLAMA_CPP_ROOT
+# `llama` library target and the ggml libraries it pulls in, 44% of the compile) and sets LLAMA_CPP_ROOT
 # (unpacked sources in src/vendor/llama.cpp, static libraries under build/) and LLAMA_BENCH (the llama-bench binary,
 # when built). It reuses an earlier build with the same version and cmake flags, building only targets that build
 # has not built yet. build_probe (after build_llama_cpp) compiles scripts/differential/probe.c against that build's
@@ -119,16 +119,22 @@ fetch_and_configure_llama_cpp() {
 build_llama_cpp_targets() {
     local root="$1"
     shift
-    # The llama library alone took 3 minutes on 2 cores with other builds running; llama-bench adds its common library.
+    # On 2 cores with other builds running, the llama library took 3 minutes from scratch; llama-bench then took 4 more.
     progress "llama.cpp: building $* with $jobs jobs (minutes; log: $root/build.log)"
     # Progress: one line each time cmake's percentage moves by 10 or more, plus each finished target; the full log
-    # is kept.
+    # is kept. A shell loop, not awk: Debian's mawk reads its input in blocks, which held the lines back for minutes.
     if ! cmake --build "$root/build" --parallel "$jobs" --target "$@" 2>&1 |
         tee -a "$root/build.log" |
-        awk 'match($0, /^\[ *[0-9]+%\]/) {
-                 percent = substr($0, RSTART + 1, RLENGTH - 3) + 0
-                 if (percent >= last + 10 || $0 ~ /Built target/) { print "    " $0; fflush(); last = percent }
-             }' >&2; then
+        {
+            local line last=-10
+            while IFS= read -r line; do
+                [[ "$line" =~ ^\[\ *([0-9]+)%\] ]] || continue
+                if ((BASH_REMATCH[1] >= last + 10)) || [[ "$line" == *"Built target"* ]]; then
+                    printf '    %s\n' "$line" >&2
+                    last=${BASH_REMATCH[1]}
+                fi
+            done
+        }; then
         fail "llama.cpp build failed; see $root/build.log"
     fi
     if [[ " $* " == *" llama-bench "* ]] && [ ! -x "$root/build/bin/llama-bench" ]; then
