@@ -42,7 +42,11 @@ build_llama_cpp() {
     [ -f "$stamp" ] && first_line="$(head -n 1 "$stamp")"
     if [ -d "$root/build" ] && [[ "$first_line" == "$configuration" || "$first_line" == "$configuration; target "* ]]; then
         for target in "${targets[@]}"; do
-            [[ "$first_line; " == *"; target $target; "* ]] || missing+=("$target")
+            # llama-bench links the llama library, so a build with llama-bench has it (and its stamp stays as it is,
+            # readable by the earlier version of this script).
+            [[ "$first_line; " == *"; target $target; "* ]] ||
+                [[ "$target" == llama && "$first_line; " == *"; target llama-bench; "* ]] ||
+                missing+=("$target")
         done
         if [ ${#missing[@]} -eq 0 ]; then
             progress "llama.cpp: reusing the build in $root ($(sed -n 2p "$stamp"))"
