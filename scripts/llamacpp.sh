@@ -87,14 +87,16 @@ fetch_and_configure_llama_cpp() {
     rm -rf "$root"
     mkdir -p "$root/download"
     progress "llama.cpp: downloading the llama-cpp-python $llama_cpp_python_version source release with pip"
-    "$pip_command" download --no-binary :all: --no-deps --no-build-isolation --disable-pip-version-check \
+    # --no-binary names only llama-cpp-python: pip prepares the sdist's metadata, and with `:all:` it would also build
+    # the build backend's own dependencies from source (on a Debian 12 without scikit-build-core that ran for ten
+    # minutes without finishing; with wheels for them it takes seconds). If that fails, a build backend that is
+    # already installed is used instead.
+    "$pip_command" download --no-binary llama-cpp-python --no-deps --disable-pip-version-check \
         --dest "$root/download" "llama-cpp-python==$llama_cpp_python_version" >"$root/download.log" 2>&1 ||
-        {
-            # --no-build-isolation needs nothing here (pip only fetches), but older pips may refuse it; retry plain.
-            "$pip_command" download --no-binary :all: --no-deps --disable-pip-version-check \
-                --dest "$root/download" "llama-cpp-python==$llama_cpp_python_version" >"$root/download.log" 2>&1 ||
-                fail "pip download of llama-cpp-python==$llama_cpp_python_version failed; see $root/download.log"
-        }
+        "$pip_command" download --no-binary llama-cpp-python --no-deps --no-build-isolation \
+            --disable-pip-version-check --dest "$root/download" "llama-cpp-python==$llama_cpp_python_version" \
+            >>"$root/download.log" 2>&1 ||
+        fail "pip download of llama-cpp-python==$llama_cpp_python_version failed; see $root/download.log"
     local sdist
     sdist="$(find "$root/download" -maxdepth 1 -name 'llama_cpp_python-*.tar.gz' | head -n 1)"
     [ -n "$sdist" ] || fail "pip downloaded no llama_cpp_python-*.tar.gz into $root/download (see $root/download.log)"
