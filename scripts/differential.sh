@@ -20,15 +20,17 @@ Usage: scripts/differential.sh [options]
   --models LIST     models known to `cloister fetch-model` (default: smollm2,gemma3)
   --prompts N       run every (200/N)-th prompt of the 200 in the library, N of them (default: all 200)
   --steps N         generated steps per prompt (default: 64)
-  --configs LIST    engine configurations, KERNELS:THREADS:CHUNK each, KERNELS native (the CPU's best set) or
-                    portable, CHUNK 32 (as the appliance prefills) or 0 (one batch)
+  --configs LIST    engine configurations, KERNELS:THREADS:CHUNK each, KERNELS native (the CPU's best set),
+                    portable, avx2 or avx512 (forced; the CPU must have it), CHUNK 32 (as the appliance
+                    prefills) or 0 (one batch)
                     (default: native:1:32,native:1:0,native:2:32,portable:1:32,portable:2:0)
   --out DIR         where results.jsonl and the prompts go (default: a new directory under /tmp)
   --allow-divergences   report, but exit 0, when divergences that are not near-ties remain
 USAGE
 }
 
-progress() { printf '%s\n' "$*" >&2; }
+# Progress lines carry the seconds since the script started, so a log shows what each stage cost.
+progress() { printf '[%4ds] %s\n' "$SECONDS" "$*" >&2; }
 fail() {
     printf 'differential: %s\n' "$*" >&2
     exit 1
@@ -57,7 +59,7 @@ done
 IFS=',' read -r -a models <<<"$models_list"
 IFS=',' read -r -a configs <<<"$configs_list"
 for config in "${configs[@]}"; do
-    [[ "$config" =~ ^(native|portable):[1-9][0-9]*:[0-9]+$ ]] || { echo "bad configuration '$config'" >&2; exit 2; }
+    [[ "$config" =~ ^(native|portable|avx2|avx512):[1-9][0-9]*:[0-9]+$ ]] || { echo "bad configuration '$config'" >&2; exit 2; }
 done
 
 script_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -72,7 +74,8 @@ mkdir -p "$out"
 # shellcheck source=scripts/llamacpp.sh
 source "$script_dir/llamacpp.sh"
 llama_cpp_python_version="$LLAMA_CPP_PYTHON_VERSION_DEFAULT"
-build_llama_cpp
+# The probe needs only the llama library (and the ggml libraries it links), not llama-bench and its common library.
+build_llama_cpp llama
 build_probe
 probe="$PROBE"
 
@@ -81,7 +84,10 @@ progress "engine: cargo build --release -p model --features std --example differ
 (cd "$workspace" && cargo build --quiet --release -p model --features std --example differential) ||
     fail "the differential example does not build"
 engine="$workspace/target/release/examples/differential"
-mapfile -t model_paths < <(cd "$workspace" && cargo run --quiet --release -p runner -- fetch-model "${models[@]}")
+# fetch-model with the dev profile, which `cargo test` and .ci/run have built already (the release profile's thin LTO
+# would recompile the runner for minutes).
+progress "models: cloister fetch-model ${models[*]}"
+mapfile -t model_paths < <(cd "$workspace" && cargo run --quiet -p runner -- fetch-model "${models[@]}")
 [ ${#model_paths[@]} -eq ${#models[@]} ] || fail "fetch-model did not resolve ${models[*]}"
 
 results="$out/results.jsonl"
@@ -113,7 +119,10 @@ for index in "${!models[@]}"; do
         for config in "${configs[@]}"; do
             IFS=':' read -r kernels threads chunk <<<"$config"
             flags=(--threads "$threads" --chunk "$chunk")
-            [ "$kernels" = portable ] && flags+=(--scalar)
+            case "$kernels" in
+            portable) flags+=(--scalar) ;;
+            avx2 | avx512) flags+=(--kernels "$kernels") ;;
+            esac
             line="$("$engine" compare "$path" "$prompt" "$reference" "${flags[@]}")" ||
                 fail "the engine failed on $prompt ($config)"
             printf '{"model":"%s",%s\n' "$name" "${line#\{}" >>"$results"

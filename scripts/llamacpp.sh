@@ -2,10 +2,13 @@
 # for the scripts that hold the engine to llama.cpp (bench-vs-llamacpp.sh, differential.sh). Sourced, not run.
 #
 # Callers set: cache (the cache directory), jobs (parallel build jobs), llama_cpp_python_version, and define
-# progress and fail (one-line messages to stderr; fail exits). build_llama_cpp sets LLAMA_BENCH (the llama-bench
-# binary) and LLAMA_CPP_ROOT (unpacked sources in src/vendor/llama.cpp, static libraries under build/), reusing
-# an earlier build with the same version and cmake flags. build_probe (after build_llama_cpp) compiles
-# scripts/differential/probe.c against that build's static libraries and sets PROBE.
+# progress and fail (one-line messages to stderr; fail exits). build_llama_cpp [TARGET...] builds the given cmake
+# targets (default: llama-bench, which bench-vs-llamacpp.sh runs; the probe and the other C programs need only the
+# `llama` library target and the ggml libraries it pulls in, 44% of the compile) and sets LLAMA_CPP_ROOT
+# (unpacked sources in src/vendor/llama.cpp, static libraries under build/) and LLAMA_BENCH (the llama-bench binary,
+# when built). It reuses an earlier build with the same version and cmake flags, building only targets that build
+# has not built yet. build_probe (after build_llama_cpp) compiles scripts/differential/probe.c against that build's
+# static libraries and sets PROBE.
 
 # The llama-cpp-python source release whose vendored llama.cpp we build. Pinned so that numbers from different days
 # compare; the sha256 is the one of the sdist we measured with (checked when the default version is used).
@@ -25,19 +28,52 @@ cmake_flags=(
 )
 
 build_llama_cpp() {
+    local -a targets=("$@")
+    [ ${#targets[@]} -gt 0 ] || targets=(llama-bench)
     local root="$cache/llama.cpp/$llama_cpp_python_version"
     local stamp="$root/build.stamp"
-    local bench_binary="$root/build/bin/llama-bench"
-    local expected_stamp
-    expected_stamp="llama-cpp-python $llama_cpp_python_version; cmake ${cmake_flags[*]}; target llama-bench"
+    # The stamp's first line: the configuration, then "; target NAME" for each target built so far (an earlier
+    # version of this script wrote the same line with llama-bench as its one target).
+    local configuration
+    configuration="llama-cpp-python $llama_cpp_python_version; cmake ${cmake_flags[*]}"
 
-    if [ -f "$stamp" ] && [ -x "$bench_binary" ] && [ "$(head -n 1 "$stamp")" = "$expected_stamp" ]; then
-        progress "llama.cpp: reusing the build in $root ($(sed -n 2p "$stamp"))"
-        LLAMA_BENCH="$bench_binary"
-        LLAMA_CPP_ROOT="$root"
-        return
+    local -a missing=()
+    local target first_line=""
+    [ -f "$stamp" ] && first_line="$(head -n 1 "$stamp")"
+    if [ -d "$root/build" ] && [[ "$first_line" == "$configuration" || "$first_line" == "$configuration; target "* ]]; then
+        for target in "${targets[@]}"; do
+            # llama-bench links the llama library, so a build with llama-bench has it (and its stamp stays as it is,
+            # readable by the earlier version of this script).
+            [[ "$first_line; " == *"; target $target; "* ]] ||
+                [[ "$target" == llama && "$first_line; " == *"; target llama-bench; "* ]] ||
+                missing+=("$target")
+        done
+        if [ ${#missing[@]} -eq 0 ]; then
+            progress "llama.cpp: reusing the build in $root ($(sed -n 2p "$stamp"))"
+        else
+            progress "llama.cpp: reusing the build in $root, adding ${missing[*]}"
+            build_llama_cpp_targets "$root" "${missing[@]}"
+            sed -i "1s/\$/$(printf '; target %s' "${missing[@]}")/" "$stamp"
+        fi
+    else
+        fetch_and_configure_llama_cpp "$root"
+        build_llama_cpp_targets "$root" "${targets[@]}"
+        {
+            printf '%s%s\n' "$configuration" "$(printf '; target %s' "${targets[@]}")"
+            printf 'sdist %s sha256 %s, built %s\n' "$LLAMA_CPP_SDIST" "$LLAMA_CPP_SDIST_SHA256" \
+                "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+        } >"$stamp"
     fi
+    LLAMA_CPP_ROOT="$root"
+    if [ -x "$root/build/bin/llama-bench" ]; then
+        LLAMA_BENCH="$root/build/bin/llama-bench"
+    fi
+}
 
+# fetch_and_configure_llama_cpp ROOT: downloads the pinned sdist into ROOT (emptied first), checks its sha256,
+# unpacks it and runs cmake's configure step; sets LLAMA_CPP_SDIST and LLAMA_CPP_SDIST_SHA256.
+fetch_and_configure_llama_cpp() {
+    local root="$1"
     command -v pip >/dev/null 2>&1 || command -v pip3 >/dev/null 2>&1 ||
         fail "pip is not installed; it is needed to download the llama-cpp-python source release"
     local pip_command
@@ -51,14 +87,16 @@ build_llama_cpp() {
     rm -rf "$root"
     mkdir -p "$root/download"
     progress "llama.cpp: downloading the llama-cpp-python $llama_cpp_python_version source release with pip"
-    "$pip_command" download --no-binary :all: --no-deps --no-build-isolation --disable-pip-version-check \
+    # --no-binary names only llama-cpp-python: pip prepares the sdist's metadata, and with `:all:` it would also build
+    # the build backend's own dependencies from source (on a Debian 12 without scikit-build-core that ran for ten
+    # minutes without finishing; with wheels for them it takes seconds). If that fails, a build backend that is
+    # already installed is used instead.
+    "$pip_command" download --no-binary llama-cpp-python --no-deps --disable-pip-version-check \
         --dest "$root/download" "llama-cpp-python==$llama_cpp_python_version" >"$root/download.log" 2>&1 ||
-        {
-            # --no-build-isolation needs nothing here (pip only fetches), but older pips may refuse it; retry plain.
-            "$pip_command" download --no-binary :all: --no-deps --disable-pip-version-check \
-                --dest "$root/download" "llama-cpp-python==$llama_cpp_python_version" >"$root/download.log" 2>&1 ||
-                fail "pip download of llama-cpp-python==$llama_cpp_python_version failed; see $root/download.log"
-        }
+        "$pip_command" download --no-binary llama-cpp-python --no-deps --no-build-isolation \
+            --disable-pip-version-check --dest "$root/download" "llama-cpp-python==$llama_cpp_python_version" \
+            >>"$root/download.log" 2>&1 ||
+        fail "pip download of llama-cpp-python==$llama_cpp_python_version failed; see $root/download.log"
     local sdist
     sdist="$(find "$root/download" -maxdepth 1 -name 'llama_cpp_python-*.tar.gz' | head -n 1)"
     [ -n "$sdist" ] || fail "pip downloaded no llama_cpp_python-*.tar.gz into $root/download (see $root/download.log)"
@@ -69,6 +107,8 @@ build_llama_cpp() {
         fail "$(basename "$sdist") has sha256 $digest, expected $LLAMA_CPP_PYTHON_SHA256_DEFAULT"
     fi
     progress "llama.cpp: $(basename "$sdist"), sha256 $digest"
+    LLAMA_CPP_SDIST="$(basename "$sdist")"
+    LLAMA_CPP_SDIST_SHA256="$digest"
 
     progress "llama.cpp: unpacking"
     mkdir -p "$root/src"
@@ -79,24 +119,34 @@ build_llama_cpp() {
     progress "llama.cpp: configuring (cmake ${cmake_flags[*]})"
     cmake -S "$source" -B "$root/build" "${cmake_flags[@]}" >"$root/configure.log" 2>&1 ||
         fail "cmake configure failed; see $root/configure.log"
-    progress "llama.cpp: building llama-bench with $jobs jobs (about 6 minutes on 2 idle cores; log: $root/build.log)"
-    # Progress: one line each time cmake's percentage moves, plus each finished target; the full log is kept.
-    if ! cmake --build "$root/build" --target llama-bench --parallel "$jobs" 2>&1 |
-        tee "$root/build.log" |
-        awk 'match($0, /^\[ *[0-9]+%\]/) {
-                 percent = substr($0, RSTART + 1, RLENGTH - 3) + 0
-                 if (percent != last || $0 ~ /Built target/) { print "    " $0; fflush(); last = percent }
-             }' >&2; then
+}
+
+# build_llama_cpp_targets ROOT TARGET...: builds the targets in ROOT/build (configured), keeping the log.
+build_llama_cpp_targets() {
+    local root="$1"
+    shift
+    # On 2 cores with other builds running, the llama library took 3 minutes from scratch; llama-bench then took 4 more.
+    progress "llama.cpp: building $* with $jobs jobs (minutes; log: $root/build.log)"
+    # Progress: one line each time cmake's percentage moves by 10 or more, plus each finished target; the full log
+    # is kept. A shell loop, not awk: Debian's mawk reads its input in blocks, which held the lines back for minutes.
+    if ! cmake --build "$root/build" --parallel "$jobs" --target "$@" 2>&1 |
+        tee -a "$root/build.log" |
+        {
+            local line last=-10
+            while IFS= read -r line; do
+                [[ "$line" =~ ^\[\ *([0-9]+)%\] ]] || continue
+                if ((BASH_REMATCH[1] >= last + 10)) || [[ "$line" == *"Built target"* ]]; then
+                    printf '    %s\n' "$line" >&2
+                    last=${BASH_REMATCH[1]}
+                fi
+            done
+        }; then
         fail "llama.cpp build failed; see $root/build.log"
     fi
-    [ -x "$bench_binary" ] || fail "the build finished but $bench_binary is missing; see $root/build.log"
-    {
-        printf '%s\n' "$expected_stamp"
-        printf 'sdist %s sha256 %s, built %s\n' "$(basename "$sdist")" "$digest" "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
-    } >"$stamp"
-    progress "llama.cpp: built $bench_binary"
-    LLAMA_BENCH="$bench_binary"
-    LLAMA_CPP_ROOT="$root"
+    if [[ " $* " == *" llama-bench "* ]] && [ ! -x "$root/build/bin/llama-bench" ]; then
+        fail "the build finished but $root/build/bin/llama-bench is missing; see $root/build.log"
+    fi
+    progress "llama.cpp: built $*"
 }
 
 
