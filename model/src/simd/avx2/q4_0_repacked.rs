@@ -8,13 +8,12 @@
 
 use super::*;
 
-/// Block k of 8 Q4_0 rows unpacked once for every token of a batched product: row r's values (q - 8) as signed
-/// bytes in `sx[r]` and their magnitudes in `ax[r]` (`vpmaddubsw`'s unsigned operand), the rows' scales in `d`.
+/// Block k of 8 Q4_0 rows unpacked once for every token of a batched product: row r's 4-bit values q (unsigned,
+/// before the bias of 8) as bytes in `q[r]`, the rows' scales in `d`.
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 #[repr(C, align(32))]
 struct Q4_0Rows {
-    ax: [[u8; 32]; 8],
-    sx: [[u8; 32]; 8],
+    q: [[u8; 32]; 8],
     d: [f32; 8],
 }
 
@@ -25,46 +24,61 @@ pub(super) fn work_len(max_cols: usize) -> usize {
     max_cols / QK * unpacked + core::mem::align_of::<Q4_0Rows>() / 4
 }
 
-/// The eight f16 scales `d` as f32 lanes.
+/// `8 · Σ y` over the activation block, in every lane: what the bias of 8 takes off each row's `Σ q·y`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn f16_lanes(d: &[u16; 8]) -> __m256 {
-    // SAFETY: reads exactly the 16 bytes of `d`.
-    _mm256_cvtph_ps(unsafe { _mm_loadu_si128(d.as_ptr().cast()) })
+fn bias_sum(qy: __m256i) -> __m256i {
+    // 8 × |y| ≤ 127: within `mul_sum_us8`'s range.
+    _mm256_set1_epi32(hsum_epi32(mul_sum_us8(_mm256_set1_epi8(8), qy)))
+}
+
+/// `isum` of 8 rows in lane r: `Σ (q - 8)·y = Σ q·y - 8·Σ y` from the rows' `Σ q·y` lanes, exactly (integers).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn row_sums(sums: &[__m256i; 8], qy: __m256i) -> __m256i {
+    _mm256_sub_epi32(hsum8x8(sums), bias_sum(qy))
 }
 
 /// One token `y` (`nb` blocks) against the 8 rows `w[r * nb..]` in llama.cpp's repacked gemv order: `W[r] · y` in
-/// lane r. Each row's block is unpacked as it is read.
+/// lane r. Each row's block is unpacked as it is read; the next group of rows (`w[8 * nb..]`, what the next call
+/// reads, contiguous after this one) is prefetched meanwhile.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-#[allow(
-    clippy::needless_range_loop,
-    reason = "row r indexes the weight rows and the per-row sums at once"
-)]
 fn gemv8(w: &[BlockQ4_0], nb: usize, y: &[BlockQ8_0]) -> __m256 {
+    // Makes every unchecked index below in bounds: row r block k is w[r * nb + k] with r < 8, k < nb.
     assert!(w.len() >= 8 * nb && y.len() >= nb);
+    const BYTES: usize = core::mem::size_of::<BlockQ4_0>();
+    let ahead = w.as_ptr().cast::<i8>().wrapping_add(8 * nb * BYTES);
     let mut acc = _mm256_setzero_ps();
-    for k in 0..nb {
-        let yb = &y[k];
+    for (k, yb) in y[..nb].iter().enumerate() {
+        // This group's 8 · 18 bytes per block, the same stretch of the next group.
+        let p = ahead.wrapping_add(8 * BYTES * k);
+        // Prefetching never faults, whatever the address; past the end of the matrix it is only wasted.
+        _mm_prefetch::<_MM_HINT_T0>(p);
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(64));
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(128));
         let qy = load_256_i8(&yb.qs);
-        let mut d = [0u16; 8];
         let mut sums = [_mm256_setzero_si256(); 8];
-        for r in 0..8 {
-            let a = &w[r * nb + k];
-            // The next group of 8 rows (the stream the next call reads): 18 bytes per (row, block).
-            let ahead = (a as *const BlockQ4_0)
-                .cast::<i8>()
-                .wrapping_add(8 * nb * core::mem::size_of::<BlockQ4_0>());
-            // Prefetching never faults, whatever the address; past the end of the matrix it is only wasted.
-            _mm_prefetch::<_MM_HINT_T0>(ahead);
-            d[r] = u16::from_le_bytes(a.d);
-            let x = _mm256_sub_epi8(nibbles(&a.qs), _mm256_set1_epi8(8));
-            // |q - 8| ≤ 8 against |y| ≤ 127: within `mul_sum_us8`'s range, so the sum is exact.
-            sums[r] = mul_sum_i8(x, qy);
+        let mut d = [0u16; 8];
+        for (r, (s, d)) in sums.iter_mut().zip(&mut d).enumerate() {
+            // SAFETY: r * nb + k < 8 * nb ≤ w.len() (asserted above).
+            let a = unsafe { w.get_unchecked(r * nb + k) };
+            *d = u16::from_le_bytes(a.d);
+            // Unsigned q ≤ 15 against |y| ≤ 127: within `mul_sum_us8`'s range, so the sum is exact.
+            *s = mul_sum_us8(nibbles(&a.qs), qy);
         }
-        let isum = hsum8x8(&sums);
-        let dd = _mm256_mul_ps(f16_lanes(&d), _mm256_set1_ps(f16(yb.d)));
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), dd, acc);
+        let d = _mm_set_epi16(
+            d[7] as i16,
+            d[6] as i16,
+            d[5] as i16,
+            d[4] as i16,
+            d[3] as i16,
+            d[2] as i16,
+            d[1] as i16,
+            d[0] as i16,
+        );
+        let dd = _mm256_mul_ps(_mm256_cvtph_ps(d), _mm256_set1_ps(f16(yb.d)));
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(row_sums(&sums, qy)), dd, acc);
     }
     acc
 }
@@ -76,12 +90,8 @@ fn unpack_rows(w: &[BlockQ4_0], nb: usize, u: &mut [Q4_0Rows]) {
     for (k, uk) in u.iter_mut().enumerate().take(nb) {
         for r in 0..8 {
             let a = &w[r * nb + k];
-            let x = _mm256_sub_epi8(nibbles(&a.qs), _mm256_set1_epi8(8));
-            // SAFETY: each store writes exactly the 32 bytes of its array.
-            unsafe {
-                _mm256_storeu_si256(uk.ax[r].as_mut_ptr().cast(), _mm256_sign_epi8(x, x));
-                _mm256_storeu_si256(uk.sx[r].as_mut_ptr().cast(), x);
-            }
+            // SAFETY: writes exactly the 32 bytes of `q[r]`.
+            unsafe { _mm256_storeu_si256(uk.q[r].as_mut_ptr().cast(), nibbles(&a.qs)) };
             uk.d[r] = f16(a.d);
         }
     }
@@ -95,16 +105,12 @@ fn gemm8(u: &[Q4_0Rows], y: &[BlockQ8_0]) -> __m256 {
     for (uk, yb) in u.iter().zip(y) {
         let qy = load_256_i8(&yb.qs);
         let mut sums = [_mm256_setzero_si256(); 8];
-        for (r, s) in sums.iter_mut().enumerate() {
-            // The sign of the weight moved onto the activation: |q - 8| ≤ 8 × |y| ≤ 127, exact (`mul_sum_us8`).
-            *s = mul_sum_us8(
-                load_256(&uk.ax[r]),
-                _mm256_sign_epi8(qy, load_256(&uk.sx[r])),
-            );
+        for (s, q) in sums.iter_mut().zip(&uk.q) {
+            // Unsigned q ≤ 15 against |y| ≤ 127, exact (`mul_sum_us8`).
+            *s = mul_sum_us8(load_256(q), qy);
         }
-        let isum = hsum8x8(&sums);
         let dd = _mm256_mul_ps(load_ps(&uk.d), _mm256_set1_ps(f16(yb.d)));
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), dd, acc);
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(row_sums(&sums, qy)), dd, acc);
     }
     acc
 }
