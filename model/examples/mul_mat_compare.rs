@@ -1,17 +1,18 @@
-//! The engine's kernels for Q5_K, Q5_1, Q3_K and Q2_K against one ggml matrix product, bit for bit
+//! The engine's kernels for Q4_0, Q5_K, Q5_1, Q3_K and Q2_K against one ggml matrix product, bit for bit
 //! (scripts/differential/kernels.sh runs it on scripts/differential/mul_mat.c's output):
 //!
 //!   mul_mat_compare TYPE OUT.bin [--scalar] [--no-repack]
 //!
 //! TYPE is the ggml type code `mul_mat` was given. Each output is computed as the engine computes it for a product
 //! of that many tokens: llama.cpp's tiled order from 8 tokens on for the K-quants, `ggml_vec_dot_*`'s below (and
-//! for Q5_1 at every size), with the CPU's best kernels or, with `--scalar`, the portable ones; at the AVX-512
-//! level Q2_K with rows in groups of 8 in the repacked gemm/gemv order (what llama.cpp runs there once it has
-//! repacked the weights; `--no-repack` leaves that out, as `mul_mat.c`'s product keeps the file's layout). Prints one line
+//! for Q5_1 at every size), Q4_0 through the engine's 32-element tiles, with the CPU's best kernels or, with
+//! `--scalar`, the portable ones; where llama.cpp repacks a matrix whose rows come in groups of 8 (Q2_K at the
+//! AVX-512 level, Q4_0 at the AVX2 and AVX-512 levels) in the repacked gemm/gemv order (`mul_mat --repack`'s
+//! product; `--no-repack` leaves that out, for `mul_mat`'s plain product in the file's layout). Prints one line
 //! with the count of bit-equal outputs; exits 1 if any differs.
 use std::process::ExitCode;
 
-use model::quant::{self, BlockQ8K, BlockQ8_1, GgmlType};
+use model::quant::{self, BlockQ8K, BlockQ8_0, BlockQ8_1, GgmlType};
 use model::simd;
 
 fn main() -> ExitCode {
@@ -48,21 +49,44 @@ fn main() -> ExitCode {
     let mut q81 = vec![bytemuck::Zeroable::zeroed(); tokens * n1];
     simd::quantize_q8_1(&x, &mut q81);
     let q81: Vec<BlockQ8_1> = q81;
+    let mut q80 = vec![bytemuck::Zeroable::zeroed(); tokens * n1];
+    simd::quantize_q8_0(&x, &mut q80);
+    let q80: Vec<BlockQ8_0> = q80;
     let tiled = tokens >= 8;
     let mut equal = 0;
     // Q2_K with rows in groups of 8 at the AVX-512 level: llama.cpp's repacked gemm (groups of 4 tokens) and gemv.
     let repack = !args.iter().any(|a| a == "--no-repack");
-    if repack && t == GgmlType::Q2K && simd::q2_k_repacks() && rows.is_multiple_of(8) {
+    let repacked = rows.is_multiple_of(8)
+        && match t {
+            GgmlType::Q2K => simd::q2_k_repacks(),
+            GgmlType::Q4_0 => simd::q4_0_repacks(),
+            _ => false,
+        };
+    if repack && repacked {
         let mut got = vec![0.0f32; rows * tokens];
-        let gemm = tokens - tokens % 4;
-        simd::mat_q2_k_repacked(quant::cast(weights), nk, &q8k, tokens, gemm, &mut got, rows);
+        if t == GgmlType::Q2K {
+            let gemm = tokens - tokens % 4;
+            simd::mat_q2_k_repacked(quant::cast(weights), nk, &q8k, tokens, gemm, &mut got, rows);
+        } else {
+            let mut work = vec![0.0f32; simd::batch_work_len(cols)];
+            simd::mat_q4_0_repacked(
+                quant::cast(weights),
+                n1,
+                &q80,
+                tokens,
+                &mut got,
+                rows,
+                &mut work,
+            );
+        }
         let equal = got
             .iter()
             .zip(&want)
             .filter(|(g, w)| g.to_bits() == w.to_bits())
             .count();
+        let kernels = format!("{:?}", simd::level()).to_lowercase();
         println!(
-            "{t} {rows}x{cols}, {tokens} tokens, avx512 repacked: {equal}/{} outputs bit-equal",
+            "{t} {rows}x{cols}, {tokens} tokens, {kernels} repacked: {equal}/{} outputs bit-equal",
             rows * tokens
         );
         return if equal == rows * tokens {
@@ -71,10 +95,25 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         };
     }
+    // Q4_0's scales of the activations as the 32-element tiles read them, block-major (`[block][token]`).
+    let d: Vec<f32> = (0..n1 * tokens)
+        .map(|i| quant::f16_to_f32(q80[(i % tokens) * n1 + i / tokens].d))
+        .collect();
     for r in 0..rows {
         let w = &weights[r * row_bytes..(r + 1) * row_bytes];
         let mut got = vec![0.0f32; tokens];
         match (t, tiled) {
+            (GgmlType::Q4_0, _) => {
+                let y = simd::ActTile {
+                    qs: &q80,
+                    d: &d,
+                    s: &[],
+                    batch: tokens,
+                    col0: 0,
+                };
+                let mut work = vec![0.0f32; simd::batch_work_len(cols)];
+                simd::mat_q4_0(quant::cast(w), n1, &y, tokens, &mut got, 1, &mut work);
+            }
             (GgmlType::Q5K, true) => simd::mat_q5_k_tiled(quant::cast(w), nk, &q8k, &mut got),
             (GgmlType::Q3K, true) => simd::mat_q3_k_tiled(quant::cast(w), nk, &q8k, &mut got),
             (GgmlType::Q2K, true) => simd::mat_q2_k_tiled(quant::cast(w), nk, &q8k, &mut got),

@@ -11,7 +11,9 @@
 //! (Q5_1 has no tinyBLAS kernel, and the 32-element tiles reproduce its order; for BF16 see `dot_row`). One worker writes the token-major output directly;
 //! several split the rows and gather. At the AVX-512 level two types take the AVX-512 build's orders instead
 //! (`crate::wide`'s `more_types`): Q2_K with a row count that is a multiple of 8 its repacked gemm/gemv at every
-//! batch size, BF16 `vdpbf16ps` (tinyBLAS's chain for a batch, `ggml_vec_dot_bf16` for one token).
+//! batch size, BF16 `vdpbf16ps` (tinyBLAS's chain for a batch, `ggml_vec_dot_bf16` for one token). Q4_0 with a row
+//! count that is a multiple of 8 takes its repacked gemm/gemv order (one FMA per block, the same for every token) at
+//! the AVX2 and AVX-512 levels, where llama.cpp repacks it; the portable kernels keep `ggml_vec_dot_q4_0_q8_0`'s.
 
 use alloc::vec;
 use alloc::vec::Vec;
@@ -248,6 +250,7 @@ fn is_q0(t: GgmlType) -> bool {
 }
 
 /// Rows `r0..r0 + rows` of a Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 product against the `batch` tokens, into `out[t * ld + r]`.
+/// For repacked Q4_0, `r0` and `rows` are multiples of 8.
 fn mat_q0_part(
     w: &QTensor<'_>,
     acts: &Acts,
@@ -290,6 +293,10 @@ fn mat_q0_part(
                 col0: 0,
             };
             match t {
+                GgmlType::Q4_0 if q4_0_repacked(w) => {
+                    let y = &acts.q8_0[..batch * nb];
+                    simd::mat_q4_0_repacked(quant::cast(bytes), nb, y, batch, out, ld, work);
+                }
                 GgmlType::Q4_0 => simd::mat_q4_0(quant::cast(bytes), nb, &y, batch, out, ld, work),
                 GgmlType::Q5_0 => simd::mat_q5_0(quant::cast(bytes), nb, &y, batch, out, ld, work),
                 GgmlType::Q8_0 => simd::mat_q8_0(quant::cast(bytes), nb, &y, batch, out, ld, work),
@@ -300,7 +307,14 @@ fn mat_q0_part(
     }
 }
 
-/// The product for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 weights through the tiled kernels.
+/// Whether llama.cpp repacks this Q4_0 matrix into 8-row interleaved blocks (`q4_0_8x8_q8_0`: on CPUs with AVX2,
+/// row count a multiple of 8), so that every batch takes its repacked order ([`simd::q4_0_repacks`]).
+fn q4_0_repacked(w: &QTensor<'_>) -> bool {
+    w.ggml_type == GgmlType::Q4_0 && w.rows.is_multiple_of(8) && simd::q4_0_repacks()
+}
+
+/// The product for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 weights through the tiled kernels (rows in groups of 8 for repacked
+/// Q4_0).
 fn mat_q0(
     w: &QTensor<'_>,
     batch: usize,
@@ -311,12 +325,14 @@ fn mat_q0(
 ) {
     let mut scratch = core::mem::take(&mut acts.scratch);
     let mut work = core::mem::take(&mut acts.work);
+    let align = if q4_0_repacked(w) { 8 } else { 1 };
     {
         let acts = &*acts;
         if batch == 1 {
-            par.for_each_chunk(out, rows_per_chunk, &|ci, chunk| {
+            let rpc = rows_per_chunk.div_ceil(align) * align;
+            par.for_each_chunk(out, rpc, &|ci, chunk| {
                 let n = chunk.len();
-                mat_q0_part(w, acts, 1, (ci * rows_per_chunk, n), chunk, n, &mut []);
+                mat_q0_part(w, acts, 1, (ci * rpc, n), chunk, n, &mut []);
             });
         } else {
             let kernel = |r0, rows, o: &mut [f32], ld, work: &mut [f32]| {
@@ -326,7 +342,7 @@ fn mat_q0(
                 w,
                 batch,
                 rows_per_chunk,
-                1,
+                align,
                 out,
                 &mut scratch,
                 &mut work,

@@ -12,7 +12,9 @@
 use bytemuck::{Pod, Zeroable};
 
 mod more_types;
+mod q4_0_repacked;
 pub use more_types::*;
+pub use q4_0_repacked::*;
 
 /// Elements per block of the simple formats.
 pub const QK: usize = 32;

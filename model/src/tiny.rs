@@ -38,7 +38,7 @@ impl Rng {
     }
 }
 
-/// Encodes `w` (length a multiple of the block size) as `t` (F32, Q8_0, Q4_1, Q5_0, or one of [`more_types`]) by
+/// Encodes `w` (length a multiple of the block size) as `t` (F32, Q8_0, Q4_0, Q4_1, Q5_0, or one of [`more_types`]) by
 /// rounding to nearest.
 fn encode(t: GgmlType, w: &[f32]) -> Vec<u8> {
     let mut out = Vec::new();
@@ -53,6 +53,19 @@ fn encode(t: GgmlType, w: &[f32]) -> Vec<u8> {
                 let id = if d != 0.0 { 1.0 / d } else { 0.0 };
                 out.extend_from_slice(&f32_to_f16(d));
                 out.extend(b.iter().map(|v| libm::roundf(v * id) as i8 as u8));
+            }
+        }
+        GgmlType::Q4_0 => {
+            for b in w.chunks_exact(QK) {
+                // The element of largest magnitude, with its sign, maps to -8 (as ggml's reference quantizer).
+                let max = b
+                    .iter()
+                    .fold(0.0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+                let d = max / -8.0;
+                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                out.extend_from_slice(&f32_to_f16(d));
+                let q = |v: f32| (libm::roundf(v * id + 8.0) as i32).clamp(0, 15) as u8;
+                out.extend((0..QK / 2).map(|j| q(b[j]) | (q(b[j + QK / 2]) << 4)));
             }
         }
         GgmlType::Q4_1 => {
@@ -93,7 +106,7 @@ fn encode(t: GgmlType, w: &[f32]) -> Vec<u8> {
                 );
             }
         }
-        // Q5_K, Q5_1, BF16, Q3_K and Q2_K (what `TinySpec::weights` may name).
+        // Q5_K, Q5_1, BF16, Q3_K and Q2_K (with Q4_0 above, what `TinySpec::weights` may name).
         t => out = more_types::encode(t, w).unwrap_or_default(),
     }
     out

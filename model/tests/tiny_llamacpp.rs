@@ -143,10 +143,13 @@ fn tiny_models_on_the_portable_kernels_equal_llama_cpp() {
 }
 
 /// The tiny llama models whose attention and feed-forward matrices all have one of the tensor types Q5_K, Q5_1, BF16,
-/// Q3_K and Q2_K (`TinySpec::llama_typed`; fixtures `llama-<type>.json`), on each kernel set, each held to the
+/// Q3_K, Q2_K and Q4_0 (`TinySpec::llama_typed`; fixtures `llama-<type>.json`), on each kernel set, each held to the
 /// llama.cpp build whose arithmetic it mirrors: the AVX-512 level to llama.cpp's default build on an AVX-512 CPU
-/// (`tiny_llamacpp_avx512/`: Q2_K repacked, BF16 through AVX512-BF16), the AVX2 and portable kernels to llama.cpp
-/// as it runs on an AVX2 CPU (`tiny_llamacpp/`: Q2_K without its AVX-512-only repacking, `tiny-fixtures.sh`).
+/// (`tiny_llamacpp_avx512/`: Q2_K and Q4_0 repacked, BF16 through AVX512-BF16), the AVX2 and portable kernels to
+/// llama.cpp as it runs on an AVX2 CPU (`tiny_llamacpp/`: Q2_K without its AVX-512-only repacking, Q4_0 repacked
+/// as on any AVX2 CPU, `tiny-fixtures.sh`). Q4_0 is not held on the portable kernels: they sum it in ggml's generic
+/// order, cheap under TCG, which no llama.cpp build with AVX2 takes (it repacks Q4_0); on this model that is 0.035
+/// apart in step-0 logits, where the repacked order's twin (`quant::dot_q4_0_q8_0_repacked`) is within 1e-6.
 #[test]
 fn tiny_models_of_every_new_tensor_type_equal_llama_cpp() {
     use model::quant::GgmlType;
@@ -156,6 +159,7 @@ fn tiny_models_of_every_new_tensor_type_equal_llama_cpp() {
         GgmlType::BF16,
         GgmlType::Q3K,
         GgmlType::Q2K,
+        GgmlType::Q4_0,
     ] {
         let name = format!("llama-{}", t.name().to_lowercase());
         for (kernels, dir) in [
@@ -163,6 +167,9 @@ fn tiny_models_of_every_new_tensor_type_equal_llama_cpp() {
             (Level::Avx2, "tiny_llamacpp"),
             (Level::Scalar, "tiny_llamacpp"),
         ] {
+            if t == GgmlType::Q4_0 && kernels == Level::Scalar {
+                continue;
+            }
             hold_to_llama_cpp(&name, TinySpec::llama_typed(t), Some(kernels), dir);
         }
     }

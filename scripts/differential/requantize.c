@@ -3,7 +3,7 @@
 //
 //   requantize IN.gguf OUT.gguf FTYPE
 //
-// FTYPE is llama.cpp's `enum llama_ftype` code (17 = Q5_K_M, 12 = Q3_K_M, 10 = Q2_K, 9 = Q5_1, 32 = BF16). With
+// FTYPE is llama.cpp's `enum llama_ftype` code (17 = Q5_K_M, 12 = Q3_K_M, 10 = Q2_K, 9 = Q5_1, 2 = Q4_0, 32 = BF16). With
 // CLOISTER_REQUANTIZE_PURE set in the environment every tensor gets the type's base type where its rows allow
 // (`llama-quantize --pure`), no mix.
 #include "llama.h"

@@ -2,7 +2,7 @@
 # scripts/differential/requantize.sh: rewrites a GGUF model in another llama.cpp quantization mix with the pinned
 # llama.cpp build, for real-weight checks of tensor types no downloaded model has (issue 16):
 #
-#   requantize.sh IN.gguf OUT.gguf TYPE      TYPE: Q5_K_M, Q3_K_M, Q2_K, Q5_1 or BF16
+#   requantize.sh IN.gguf OUT.gguf TYPE      TYPE: Q5_K_M, Q3_K_M, Q2_K, Q5_1, Q4_0 or BF16
 #
 # The differential probe and model's differential example (`differential compare`, as scripts/differential.sh runs
 # them) then hold the engine to llama.cpp on it. Row lengths that are not a multiple of 256 (SmolLM2's 576, Gemma 3 270M's 640) cannot be K-quants: llama.cpp
@@ -17,12 +17,13 @@ fail() {
     printf 'requantize: %s\n' "$*" >&2
     exit 1
 }
-[ $# -eq 3 ] || fail "usage: requantize.sh IN.gguf OUT.gguf TYPE (Q5_K_M, Q3_K_M, Q2_K, Q5_1 or BF16)"
+[ $# -eq 3 ] || fail "usage: requantize.sh IN.gguf OUT.gguf TYPE (Q5_K_M, Q3_K_M, Q2_K, Q5_1, Q4_0 or BF16)"
 case $3 in
 Q5_K_M) ftype=17 ;;
 Q3_K_M) ftype=12 ;;
 Q2_K) ftype=10 ;;
 Q5_1) ftype=9 ;;
+Q4_0) ftype=2 ;;
 BF16) ftype=32 ;;
 *) fail "unknown TYPE $3" ;;
 esac

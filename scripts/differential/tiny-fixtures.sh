@@ -4,7 +4,7 @@
 # gigabytes), which model/tests/tiny_llamacpp.rs holds the engine to.
 #
 # For each of tiny-llama, tiny-llama3, tiny-gemma3, tiny-qwen2 and tiny-qwen3, and for the tiny llama models whose matrices all
-# have one of the tensor types Q5_K, Q5_1, BF16, Q3_K and Q2_K (`TinySpec::llama_typed`, written by model's
+# have one of the tensor types Q5_K, Q5_1, BF16, Q3_K, Q2_K and Q4_0 (`TinySpec::llama_typed`, written by model's
 # `tiny_typed` example; fixtures llama-q5_k.json and so on), and each prompt below, llama.cpp's probe
 # (scripts/differential/probe.c, one thread) records the prompt ids and 16 greedy steps; the fixture keeps the ids,
 # each step's chosen id and top-2 margin, and step 0's full logits. On an AVX-512 CPU the typed models are recorded
@@ -90,17 +90,18 @@ for arch in llama llama3 gemma3 qwen2 qwen3; do
     esac
     record "$arch" "$model" "$chat"
 done
-for type in Q5_K Q5_1 BF16 Q3_K Q2_K; do
+for type in Q5_K Q5_1 BF16 Q3_K Q2_K Q4_0; do
     name="llama-$(printf '%s' "$type" | tr '[:upper:]' '[:lower:]')"
     wanted "$name" || continue
     (cd "$workspace" && cargo run --quiet --release -p model --example tiny_typed -- "$type" "$work/$name.gguf") ||
         fail "cannot write the tiny $type model"
     # llama.cpp repacks Q2_K weights only on AVX-512 CPUs (q2_K_8x8); the engine's AVX2 level follows its AVX2
     # kernels, so that fixture is recorded as llama.cpp runs on an AVX2 CPU: weights in the file's layout (probe.c).
+    # Q4_0 is repacked (q4_0_8x8) on AVX2 and AVX-512 CPUs alike, so both of its fixtures are.
     if [ "$type" = Q2_K ]; then export CLOISTER_PROBE_NO_REPACK=1; else unset CLOISTER_PROBE_NO_REPACK; fi
     record "$name" "$work/$name.gguf" "$chatml"
     unset CLOISTER_PROBE_NO_REPACK
-    # The same model as llama.cpp's default build runs it on an AVX-512 CPU (Q2_K repacked, BF16 through
+    # The same model as llama.cpp's default build runs it on an AVX-512 CPU (Q2_K and Q4_0 repacked, BF16 through
     # AVX512-BF16 where the CPU has it), for the engine's AVX-512 level: fixtures in tiny_llamacpp_avx512/.
     if grep -qw avx512f /proc/cpuinfo 2>/dev/null; then
         out_dir="$workspace/model/tests/fixtures/tiny_llamacpp_avx512" record "$name" "$work/$name.gguf" "$chatml"

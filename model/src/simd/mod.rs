@@ -593,6 +593,9 @@ mat_dispatch!(
     /// Q8_0 weights × Q8_0 activations.
     mat_q8_0, BlockQ8_0, BlockQ8_0, quant::dot_q8_0_q8_0_generic, None::<ScalarMat<BlockQ8_0, BlockQ8_0>>, Avx512);
 
+mod q4_0_repacked;
+pub use q4_0_repacked::{mat_q4_0_repacked, q4_0_repacks};
+
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests;
 #[cfg(all(test, target_arch = "x86_64"))]

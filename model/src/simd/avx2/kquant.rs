@@ -226,7 +226,7 @@ fn q4_k_pair(a: &BlockQ4K, y: &BlockQ8K, p: usize, sc0: __m256i, sc1: __m256i) -
 /// Lane r of the result = the sum of the 8 lanes of `v[r]`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn hsum8x8(v: &[__m256i; 8]) -> __m256i {
+pub(super) fn hsum8x8(v: &[__m256i; 8]) -> __m256i {
     let h01 = _mm256_hadd_epi32(v[0], v[1]);
     let h23 = _mm256_hadd_epi32(v[2], v[3]);
     let h45 = _mm256_hadd_epi32(v[4], v[5]);

@@ -19,6 +19,7 @@ mod f16_dots;
 mod kquant;
 mod more_types;
 mod q0;
+mod q4_0_repacked;
 mod quantize;
 
 pub use activation::*;
@@ -26,11 +27,14 @@ pub use f16_dots::*;
 pub use kquant::*;
 pub use more_types::*;
 pub use q0::*;
+pub use q4_0_repacked::*;
 pub use quantize::*;
 
 /// f32s of work buffer the batched products need for rows of up to `max_cols` elements.
 pub fn work_len(max_cols: usize) -> usize {
-    q0::work_len(max_cols).max(kquant::work_len(max_cols))
+    q0::work_len(max_cols)
+        .max(kquant::work_len(max_cols))
+        .max(q4_0_repacked::work_len(max_cols))
 }
 
 #[inline]
