@@ -1,4 +1,4 @@
-//! AVX-512 (F, BW, VL, VNNI) matrix products of the 32-element formats (Q4_0, Q4_1, Q5_0, Q8_0), one token and
+//! AVX-512 (F, BW, VL, VNNI) matrix products of the 32-element formats (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0), one token and
 //! batches, bit for bit equal to the AVX2 tiles of `simd/avx2/q0.rs` (and so to llama.cpp and the scalar twins).
 //!
 //! Intel intrinsics per the Intel Intrinsics Guide. Why the results cannot differ from the AVX2 kernels
@@ -11,19 +11,23 @@
 //!   unsigned bytes u_i = q_i + OFFSET (0 ≤ u_i ≤ 255) and the lane starts at -OFFSET·Σ y_i, so it ends at
 //!   Σ u_i·y_i - OFFSET·Σ y_i = Σ q_i·y_i: the same integer, in i32 without overflow (|lane| ≤ 4·255·127 +
 //!   128·4·127). `vpdpbusd` forms each u8 × i8 product and the 4-product sum in full i32 precision.
+//!   Q4_1 and Q5_1 values are already unsigned (0..=15, 0..=31: OFFSET 0, lanes start at 0); their AVX2 kernels'
+//!   `vpmaddubsw` pair sums stay within ±2·31·128, far from i16 saturation, so those integers are exact too.
 //!
 //! llama.cpp's AVX-512 build computes these products with the same 8-lane float code as its AVX2 build
-//! (`ggml_vec_dot_q4_0_q8_0`, `_q4_1_q8_1`, `_q5_0_q8_0`, `_q8_0_q8_0` in `ggml-cpu/arch/x86/quants.c` take their
-//! `__AVX2__` branch, `mul_sum_us8_pairs_float` only switching to `_mm256_dpbusd_epi32` under AVX512VNNI+VL; the
-//! batched Q8_0/Q4_0/Q5_0 products go through tinyBLAS's `tinyBLAS_Q0_AVX`, whose accumulators are `__m256` on
-//! AVX-512 too), which is why these kernels must keep that order rather than sum in 16 lanes.
+//! (`ggml_vec_dot_q4_0_q8_0`, `_q4_1_q8_1`, `_q5_0_q8_0`, `_q5_1_q8_1`, `_q8_0_q8_0` in
+//! `ggml-cpu/arch/x86/quants.c` take their `__AVX2__` branch, `mul_sum_us8_pairs_float` only switching to
+//! `_mm256_dpbusd_epi32` under AVX512VNNI+VL; the batched Q8_0/Q4_0/Q5_0 products go through tinyBLAS's
+//! `tinyBLAS_Q0_AVX`, whose accumulators are `__m256` on AVX-512 too, and Q5_1 batches through
+//! `ggml_vec_dot_q5_1_q8_1` row by row), which is why these kernels must keep that order rather than sum in 16
+//! lanes. Q5_1's AVX2 tiles are those of `simd/avx2/q0.rs` with the block type of `simd/avx2/more_types.rs`.
 
 use core::arch::x86_64::*;
 use core::sync::atomic::{AtomicU8, Ordering};
 
 use super::avx2::Q0Weight;
 use super::ActTile;
-use crate::quant::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ8_0, QK};
+use crate::quant::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, QK};
 
 /// Whether the CPU has AVX512_VNNI (CPUID leaf 7 ECX bit 11): 0 = not yet probed, 1 = no, 2 = yes.
 static VNNI: AtomicU8 = AtomicU8::new(0);
@@ -104,6 +108,20 @@ impl Q0Wide for BlockQ4_1 {
 impl Q0Wide for BlockQ5_0 {
     // Values q - 16 for the 5-bit q = nibble + 16·(bit of qh).
     const OFFSET: u8 = 16;
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    unsafe fn wide2(a: &Self, b: &Self) -> __m512i {
+        // Bit j of qh is element j's fifth bit: bits 0..32 for block a (bytes 0..32), 32..64 for b.
+        let high =
+            u64::from(u32::from_le_bytes(a.qh)) | (u64::from(u32::from_le_bytes(b.qh)) << 32);
+        let n = nibbles2(&a.qs, &b.qs);
+        _mm512_mask_add_epi8(n, high, n, _mm512_set1_epi8(16))
+    }
+}
+
+impl Q0Wide for BlockQ5_1 {
+    // Values are the 5-bit q = nibble + 16·(bit of qh), 0..=31 (the min is applied through `m·s`).
+    const OFFSET: u8 = 0;
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     unsafe fn wide2(a: &Self, b: &Self) -> __m512i {

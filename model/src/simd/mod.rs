@@ -585,7 +585,7 @@ mat_dispatch!(
 type ScalarMat<W, A> = fn(&[W], usize, &ActTile<'_, A>, usize, &mut [f32], usize);
 mat_dispatch!(
     /// Q5_1 weights × Q8_1 activations.
-    mat_q5_1, BlockQ5_1, BlockQ8_1, quant::dot_q5_1_q8_1);
+    mat_q5_1, BlockQ5_1, BlockQ8_1, quant::dot_q5_1_q8_1, None::<ScalarMat<BlockQ5_1, BlockQ8_1>>, Avx512);
 mat_dispatch!(
     /// Q5_0 weights × Q8_0 activations.
     mat_q5_0, BlockQ5_0, BlockQ8_0, quant::dot_q5_0_q8_0_generic, None::<ScalarMat<BlockQ5_0, BlockQ8_0>>, Avx512);

@@ -20,7 +20,7 @@ fn have_avx512_vnni() -> bool {
 }
 
 /// Random bytes: every bit pattern is a valid block of these formats (Q8_0 weights include -128); each block's
-/// f16 scale (and Q4_1's min) is then set to a small finite value.
+/// f16 scale (and Q4_1's or Q5_1's min) is then set to a small finite value.
 fn random_blocks(block_bytes: usize, blocks: usize, seed: u64, min: bool) -> Vec<u8> {
     let mut out: Vec<u8> = data(blocks * block_bytes, seed)
         .iter()
@@ -194,6 +194,22 @@ fn q5_0_tiles_equal_avx2_and_scalar_bitwise() {
         avx512_quant::mat_q0::<BlockQ5_0>,
         avx2::mat_q0::<BlockQ5_0>,
         quant::dot_q5_0_q8_0,
+    );
+}
+
+#[test]
+fn q5_1_tiles_equal_avx2_and_scalar_bitwise() {
+    if !have_avx512_vnni() {
+        return;
+    }
+    check::<BlockQ5_1, _>(
+        "Q5_1",
+        |n, seed| bytemuck::cast_slice(&random_blocks(24, n, seed, true)).to_vec(),
+        q8_1,
+        q8_1_scales,
+        avx512_quant::mat_q0::<BlockQ5_1>,
+        avx2::mat_q0::<BlockQ5_1>,
+        quant::dot_q5_1_q8_1,
     );
 }
 
