@@ -1,9 +1,9 @@
 //! Micro-benchmark of the quantized matrix kernels (diagnostic): single-row dot products against the tiled
 //! matrix kernels, in cache (64 rows) and streaming from memory (200,000 rows). Times are this thread's CPU time
 //! (`/proc/thread-self/schedstat`), best of several short runs, so that a busy machine disturbs them less. Then the
-//! matrix kernels of the four 32-element formats at each kernel level the CPU has (AVX2, AVX-512), one token and
+//! matrix kernels of the five 32-element formats at each kernel level the CPU has (AVX2, AVX-512), one token and
 //! batches of 8 and 32, streaming.
-use model::quant::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ8_0, BlockQ8_1};
+use model::quant::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1};
 use model::simd::{self, ActTile, Level};
 
 mod timing;
@@ -123,14 +123,16 @@ fn blocks<W: bytemuck::Pod>(n: usize, bs: usize, seed: u32) -> Vec<W> {
     bytemuck::cast_slice(&b).to_vec()
 }
 
-/// `mat_q4_0`, `mat_q4_1`, `mat_q5_0` and `mat_q8_0` (576 columns, 400,000 rows: 100-250 MB each, streaming from memory past the L3 cache) at the
-/// AVX2 level and, where the CPU has it, the AVX-512 one: ns per row and weight GB/s.
+/// `mat_q4_0`, `mat_q4_1`, `mat_q5_0`, `mat_q5_1` and `mat_q8_0` (576 columns, 400,000 rows: 100-250 MB each,
+/// streaming from memory past the L3 cache) at the AVX2 level and, where the CPU has it, the AVX-512 one: ns per row
+/// and weight GB/s.
 fn by_level() {
     let (cols, rows) = (576usize, 400_000usize);
     let nb = cols / 32;
     let w40: Vec<BlockQ4_0> = blocks(rows * nb, 18, 1);
     let w41: Vec<BlockQ4_1> = blocks(rows * nb, 20, 2);
     let w50: Vec<BlockQ5_0> = blocks(rows * nb, 22, 3);
+    let w51: Vec<BlockQ5_1> = blocks(rows * nb, 24, 7);
     let w80: Vec<BlockQ8_0> = blocks(rows * nb, 34, 4);
     let mut levels = vec![Level::Avx2];
     simd::force(None);
@@ -179,6 +181,9 @@ fn by_level() {
             });
             time("q5_0", 22, &mut |o, wk| {
                 simd::mat_q5_0(&w50, nb, &t0, batch, o, rows, wk)
+            });
+            time("q5_1", 24, &mut |o, wk| {
+                simd::mat_q5_1(&w51, nb, &t1, batch, o, rows, wk)
             });
             time("q8_0", 34, &mut |o, wk| {
                 simd::mat_q8_0(&w80, nb, &t0, batch, o, rows, wk)
