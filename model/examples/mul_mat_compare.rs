@@ -5,7 +5,7 @@
 //!
 //! TYPE is the ggml type code `mul_mat` was given. Each output is computed as the engine computes it for a product
 //! of that many tokens: llama.cpp's tiled order from 8 tokens on for the K-quants, `ggml_vec_dot_*`'s below (and
-//! for Q5_1 at every size), Q4_0 through the engine's 32-element tiles, with the CPU's best kernels or, with
+//! for Q5_1 at every size), Q4_0 and Q5_1 through the engine's 32-element tiles, with the CPU's best kernels or, with
 //! `--scalar`, the portable ones; where llama.cpp repacks a matrix whose rows come in groups of 8 (Q2_K at the
 //! AVX-512 level, Q4_0 at the AVX2 and AVX-512 levels) in the repacked gemm/gemv order (`mul_mat --repack`'s
 //! product; `--no-repack` leaves that out, for `mul_mat`'s plain product in the file's layout). Prints one line
@@ -99,6 +99,35 @@ fn main() -> ExitCode {
     let d: Vec<f32> = (0..n1 * tokens)
         .map(|i| quant::f16_to_f32(q80[(i % tokens) * n1 + i / tokens].d))
         .collect();
+    // Q5_1 through `simd::mat_q5_1` as `matmul` calls it (scales block-major), the whole matrix in one call so that
+    // the tiles' row groups and pairs are exercised; `q5_1[c * rows + r]` is row r × token c.
+    let mut q5_1 = Vec::new();
+    if t == GgmlType::Q5_1 {
+        let (d1, s1): (Vec<f32>, Vec<f32>) = (0..n1 * tokens)
+            .map(|i| {
+                let b = &q81[(i % tokens) * n1 + i / tokens];
+                (quant::f16_to_f32(b.d), quant::f16_to_f32(b.s))
+            })
+            .unzip();
+        let y = simd::ActTile {
+            qs: &q81,
+            d: &d1,
+            s: &s1,
+            batch: tokens,
+            col0: 0,
+        };
+        let mut work = vec![0.0f32; simd::batch_work_len(cols)];
+        q5_1 = vec![0.0f32; rows * tokens];
+        simd::mat_q5_1(
+            quant::cast(weights),
+            n1,
+            &y,
+            tokens,
+            &mut q5_1,
+            rows,
+            &mut work,
+        );
+    }
     for r in 0..rows {
         let w = &weights[r * row_bytes..(r + 1) * row_bytes];
         let mut got = vec![0.0f32; tokens];
@@ -114,17 +143,21 @@ fn main() -> ExitCode {
                 let mut work = vec![0.0f32; simd::batch_work_len(cols)];
                 simd::mat_q4_0(quant::cast(w), n1, &y, tokens, &mut got, 1, &mut work);
             }
+            (GgmlType::Q5_1, _) => {
+                for (c, g) in got.iter_mut().enumerate() {
+                    *g = q5_1[c * rows + r];
+                }
+            }
             (GgmlType::Q5K, true) => simd::mat_q5_k_tiled(quant::cast(w), nk, &q8k, &mut got),
             (GgmlType::Q3K, true) => simd::mat_q3_k_tiled(quant::cast(w), nk, &q8k, &mut got),
             (GgmlType::Q2K, true) => simd::mat_q2_k_tiled(quant::cast(w), nk, &q8k, &mut got),
             _ => {
                 for (c, g) in got.iter_mut().enumerate() {
-                    let (yk, y1) = (&q8k[c * nk..(c + 1) * nk], &q81[c * n1..(c + 1) * n1]);
+                    let yk = &q8k[c * nk..(c + 1) * nk];
                     *g = match t {
                         GgmlType::Q5K => simd::dot_q5_k_q8_k(quant::cast(w), yk),
                         GgmlType::Q3K => simd::dot_q3_k_q8_k(quant::cast(w), yk),
                         GgmlType::Q2K => simd::dot_q2_k_q8_k(quant::cast(w), yk),
-                        GgmlType::Q5_1 => simd::dot_q5_1_q8_1(quant::cast(w), y1),
                         _ => {
                             eprintln!("mul_mat_compare: {t} is not a type this check covers");
                             return ExitCode::from(2);
