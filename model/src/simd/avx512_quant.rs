@@ -58,6 +58,17 @@ pub trait Q0Wide: Q0Weight {
     unsafe fn wide2(a: &Self, b: &Self) -> __m512i;
 }
 
+/// Two blocks' 5-bit values (Q5_0, Q5_1: nibbles and the `qh` bits) → the element order of [`nibbles2`], each
+/// nibble plus 16 where its fifth bit is set.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn five_bits2(a: (&[u8; 16], [u8; 4]), b: (&[u8; 16], [u8; 4])) -> __m512i {
+    // Bit j of qh is element j's fifth bit: bits 0..32 for block a (bytes 0..32), 32..64 for b.
+    let high = u64::from(u32::from_le_bytes(a.1)) | (u64::from(u32::from_le_bytes(b.1)) << 32);
+    let n = nibbles2(a.0, b.0);
+    _mm512_mask_add_epi8(n, high, n, _mm512_set1_epi8(16))
+}
+
 /// Two blocks' 16 packed nibble bytes → [a low nibbles, a high nibbles, b low, b high] (the Q4 element order).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
@@ -111,11 +122,7 @@ impl Q0Wide for BlockQ5_0 {
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     unsafe fn wide2(a: &Self, b: &Self) -> __m512i {
-        // Bit j of qh is element j's fifth bit: bits 0..32 for block a (bytes 0..32), 32..64 for b.
-        let high =
-            u64::from(u32::from_le_bytes(a.qh)) | (u64::from(u32::from_le_bytes(b.qh)) << 32);
-        let n = nibbles2(&a.qs, &b.qs);
-        _mm512_mask_add_epi8(n, high, n, _mm512_set1_epi8(16))
+        five_bits2((&a.qs, a.qh), (&b.qs, b.qh))
     }
 }
 
@@ -125,11 +132,7 @@ impl Q0Wide for BlockQ5_1 {
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     unsafe fn wide2(a: &Self, b: &Self) -> __m512i {
-        // Bit j of qh is element j's fifth bit: bits 0..32 for block a (bytes 0..32), 32..64 for b.
-        let high =
-            u64::from(u32::from_le_bytes(a.qh)) | (u64::from(u32::from_le_bytes(b.qh)) << 32);
-        let n = nibbles2(&a.qs, &b.qs);
-        _mm512_mask_add_epi8(n, high, n, _mm512_set1_epi8(16))
+        five_bits2((&a.qs, a.qh), (&b.qs, b.qh))
     }
 }
 
