@@ -10,7 +10,7 @@ use core::arch::x86_64::*;
 /// `_mm512_reduce_add_ps` as GCC expands it ([`crate::wide::hsum16`]).
 #[inline]
 #[target_feature(enable = "avx512f,avx512dq,avx512bw,avx512vl,avx2,fma,f16c")]
-fn hsum16(v: __m512) -> f32 {
+pub(super) fn hsum16(v: __m512) -> f32 {
     let lo = _mm512_castps512_ps256(v);
     let hi = _mm512_extractf32x8_ps::<1>(v);
     let t = _mm256_add_ps(hi, lo);

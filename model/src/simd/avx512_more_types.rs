@@ -9,6 +9,8 @@
 use core::arch::x86_64::*;
 use core::sync::atomic::{AtomicU8, Ordering};
 
+use super::avx2::{crumbs, fma1};
+use super::avx512::hsum16;
 use crate::quant::{f16_to_f32, BlockQ2K, BlockQ3K, BlockQ5K, BlockQ8K};
 
 /// Whether the CPU has AVX512-BF16: 0 = not yet probed, 1 = no, 2 = yes.
@@ -26,16 +28,6 @@ pub fn has_bf16() -> bool {
             yes
         }
     }
-}
-
-/// Bits `2k..2k + 2` of every byte of `v` (k 0..=3).
-#[inline]
-#[target_feature(enable = "avx512f,avx512dq,avx512bw,avx512vl,avx2,fma,f16c")]
-fn crumbs(v: __m256i, k: i32) -> __m256i {
-    _mm256_and_si256(
-        _mm256_srl_epi16(v, _mm_cvtsi32_si128(2 * k)),
-        _mm256_set1_epi8(3),
-    )
 }
 
 /// 32 bytes from `b[at..]`.
@@ -91,7 +83,7 @@ fn q2_k_halves(a: &BlockQ2K, b: &BlockQ8K) -> ([i32; 2], [i32; 2]) {
             let g = 8 * h + 2 * k;
             let (s0, s1) = ((a.scales[g] & 0xF) as i16, (a.scales[g + 1] & 0xF) as i16);
             // q ≤ 3: ≤ 2·3·128 per i16 lane; times a 4-bit scale into i32.
-            let p16 = _mm256_maddubs_epi16(crumbs(q, k as i32), load32(&b.qs, 128 * h + 32 * k));
+            let p16 = _mm256_maddubs_epi16(crumbs(q, k), load32(&b.qs, 128 * h + 32 * k));
             let sc = _mm256_set_m128i(_mm_set1_epi16(s1), _mm_set1_epi16(s0));
             acc = _mm256_add_epi32(acc, _mm256_madd_epi16(sc, p16));
         }
@@ -203,18 +195,6 @@ unsafe fn load_bf16x16(p: &[[u8; 2]], at: usize) -> __m512 {
     // SAFETY: the caller guarantees 32 bytes from `at`.
     let v = unsafe { _mm256_loadu_si256(p.as_ptr().add(at).cast()) };
     _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(v)))
-}
-
-/// `_mm512_reduce_add_ps` as GCC expands it ([`crate::wide::hsum16`]).
-#[inline]
-#[target_feature(enable = "avx512f,avx512dq,avx512bw,avx512vl,avx2,fma,f16c")]
-fn hsum16(v: __m512) -> f32 {
-    let lo = _mm512_castps512_ps256(v);
-    let hi = _mm512_extractf32x8_ps::<1>(v);
-    let t = _mm256_add_ps(hi, lo);
-    let u = _mm_add_ps(_mm256_extractf128_ps::<1>(t), _mm256_castps256_ps128(t));
-    let w = _mm_add_ps(u, _mm_permute_ps::<0b01_00_11_10>(u));
-    _mm_cvtss_f32(w) + _mm_cvtss_f32(_mm_movehdup_ps(w))
 }
 
 /// `ggml_vec_dot_bf16`'s f64 tail: the products from element `from`, added one at a time onto `sum`.
@@ -373,13 +353,6 @@ fn load64(b: &[i8], at: usize) -> __m512i {
     let s = &b[at..at + 64];
     // SAFETY: `s` is exactly 64 bytes; `loadu` needs no alignment.
     unsafe { _mm512_loadu_si512(s.as_ptr().cast()) }
-}
-
-/// `fma(a, b, c)` on scalars, as the C compiler emits for a contracted `c + a * b`.
-#[inline]
-#[target_feature(enable = "avx512f,avx512dq,avx512bw,avx512vl,avx2,fma,f16c")]
-fn fma1(a: f32, b: f32, c: f32) -> f32 {
-    _mm_cvtss_f32(_mm_fmadd_ss(_mm_set_ss(a), _mm_set_ss(b), _mm_set_ss(c)))
 }
 
 /// One row of `nb` blocks against `out.len()` tokens (`y[t * nb..]`) in llama.cpp's tiled order

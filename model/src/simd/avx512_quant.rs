@@ -25,7 +25,7 @@
 use core::arch::x86_64::*;
 use core::sync::atomic::{AtomicU8, Ordering};
 
-use super::avx2::Q0Weight;
+use super::avx2::{hsum_ps, Q0Weight};
 use super::ActTile;
 use crate::quant::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, QK};
 
@@ -154,17 +154,7 @@ impl Q0Wide for BlockQ8_0 {
     }
 }
 
-/// The AVX2 kernels' horizontal sum (`simd/avx2/mod.rs`, `hsum_ps`), operation for operation.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn hsum_ps(v: __m256) -> f32 {
-    let s = _mm_add_ps(_mm256_extractf128_ps::<1>(v), _mm256_castps256_ps128(v));
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    _mm_cvtss_f32(s)
-}
-
-/// The two 8-lane accumulators of a zmm, reduced as the AVX2 kernel reduces each.
+/// The two 8-lane accumulators of a zmm, each reduced by the AVX2 kernels' own [`hsum_ps`].
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn hsum_halves(v: __m512) -> [f32; 2] {

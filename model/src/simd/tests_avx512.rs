@@ -7,7 +7,7 @@ use super::avx512;
 use super::tests::data;
 use crate::wide;
 
-fn have_avx512() -> bool {
+pub(super) fn have_avx512() -> bool {
     super::detect_avx2() && super::detect_avx512()
 }
 

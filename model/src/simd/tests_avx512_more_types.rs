@@ -5,16 +5,12 @@
 use alloc::vec;
 use alloc::vec::Vec;
 
-use bytemuck::Zeroable;
-
 use super::avx512_more_types as k;
 use super::tests::data;
-use crate::quant::{self, BlockQ2K, BlockQ8K, GgmlType, QK_K};
+use super::tests_avx512::have_avx512;
+use super::tests_more_types::q8k;
+use crate::quant::{self, BlockQ2K, GgmlType, QK_K};
 use crate::wide;
-
-fn have_avx512() -> bool {
-    super::detect_avx2() && super::detect_avx512()
-}
 
 fn bf16s(v: &[f32]) -> Vec<[u8; 2]> {
     v.iter()
@@ -133,12 +129,6 @@ fn random_q2_k(n: usize, seed: u64) -> Vec<BlockQ2K> {
         blk[bs - 2..].copy_from_slice(&quant::f32_to_f16(0.003));
     }
     bytemuck::cast_slice(&out).to_vec()
-}
-
-fn q8k(x: &[f32]) -> Vec<BlockQ8K> {
-    let mut out = vec![BlockQ8K::zeroed(); x.len() / QK_K];
-    quant::quantize_q8_k(x, &mut out);
-    out
 }
 
 /// The repacked Q2_K kernel equals its gemm and gemv twins bit for bit for every split of a batch, and the twins

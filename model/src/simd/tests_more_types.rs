@@ -41,7 +41,7 @@ pub(super) fn random_blocks(t: GgmlType, n: usize, seed: u64) -> Vec<u8> {
     out
 }
 
-fn q8k(x: &[f32]) -> Vec<BlockQ8K> {
+pub(super) fn q8k(x: &[f32]) -> Vec<BlockQ8K> {
     let mut q = vec![BlockQ8K::zeroed(); x.len() / QK_K];
     quant::quantize_q8_k(x, &mut q);
     q

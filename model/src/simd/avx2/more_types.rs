@@ -34,7 +34,7 @@ fn bit_of_bytes(v: __m256i, s: usize) -> __m256i {
 /// Bits `2k..2k + 2` of every byte of `v` (k 0..=3).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn crumbs(v: __m256i, k: usize) -> __m256i {
+pub(in crate::simd) fn crumbs(v: __m256i, k: usize) -> __m256i {
     _mm256_and_si256(
         _mm256_srl_epi16(v, _mm_cvtsi32_si128(2 * k as i32)),
         _mm256_set1_epi8(3),
@@ -51,7 +51,7 @@ fn scale_pair(lo: i16, hi: i16) -> __m256i {
 /// `fma(a, b, c)` on scalars, as the C compiler emits for a contracted `c + a * b`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn fma1(a: f32, b: f32, c: f32) -> f32 {
+pub(in crate::simd) fn fma1(a: f32, b: f32, c: f32) -> f32 {
     _mm_cvtss_f32(_mm_fmadd_ss(_mm_set_ss(a), _mm_set_ss(b), _mm_set_ss(c)))
 }
 
