@@ -331,8 +331,11 @@ impl Pool {
         let _ = events.send(Upstream::Verified(Arc::clone(&pooled.verification)));
         loop {
             match self.run(&mut pooled.session, request.clone(), events) {
-                Ok(()) => {
+                // The session is idle again before the HTTP side hears of the end: a client that sends its next
+                // request as soon as this answer arrives finds it in the pool instead of paying a verification.
+                Ok(ending) => {
                     self.give_back(pooled);
+                    let _ = events.send(ending);
                     return;
                 }
                 Err(Attempt::Retry(_)) if reused => {
@@ -356,13 +359,14 @@ impl Pool {
         }
     }
 
-    /// One generation on `session`, its frames forwarded to `events`.
+    /// One generation on `session`, its tokens forwarded to `events`; returns the event that ends it (`Done` or
+    /// `Cancelled`) for the caller to send once the session is back in the pool.
     fn run(
         &self,
         session: &mut VerifiedSession,
         request: GenerateRequest,
         events: &mpsc::UnboundedSender<Upstream>,
-    ) -> Result<(), Attempt> {
+    ) -> Result<Upstream, Attempt> {
         let mut generation = session
             .generate(request)
             .map_err(|error| Attempt::Retry(UpstreamError::from_error(&error)))?;
@@ -394,7 +398,7 @@ impl Pool {
             };
             any_frame = true;
             last_frame = Instant::now();
-            let ending = match event {
+            return Ok(match event {
                 // An empty text (a token that completes no character yet) makes no delta.
                 StreamEvent::Token(token) if token.text.is_empty() => continue,
                 StreamEvent::Token(token) => {
@@ -403,9 +407,7 @@ impl Pool {
                 }
                 StreamEvent::Done(done) => Upstream::Done(done),
                 StreamEvent::Cancelled => Upstream::Cancelled,
-            };
-            let _ = events.send(ending);
-            return Ok(());
+            });
         }
     }
 }

@@ -118,7 +118,17 @@ mod swtpm {
         ///
         /// The connection or the socket options failed.
         pub fn connect(address: SocketAddr, timeout: Duration) -> std::io::Result<Self> {
-            let stream = TcpStream::connect_timeout(&address, timeout)?;
+            Self::from_stream(TcpStream::connect_timeout(&address, timeout)?, timeout)
+        }
+
+        /// A stream already connected to swtpm's data channel, e.g. one end of a loopback pair whose other end
+        /// swtpm was given with `--server type=tcp,fd=N`. `timeout` bounds every read and write, as in
+        /// [`Self::connect`].
+        ///
+        /// # Errors
+        ///
+        /// The socket options failed.
+        pub fn from_stream(stream: TcpStream, timeout: Duration) -> std::io::Result<Self> {
             stream.set_read_timeout(Some(timeout))?;
             stream.set_write_timeout(Some(timeout))?;
             stream.set_nodelay(true)?;

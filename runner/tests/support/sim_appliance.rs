@@ -12,11 +12,11 @@
     reason = "each test binary that includes this file uses a different subset of it"
 )]
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use client::manifest::Manifest;
 use client::verify::TrustAnchors;
@@ -163,74 +163,102 @@ pub fn foreign() -> &'static Provisioned {
     FOREIGN.get_or_init(Provisioned::new)
 }
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("bind an ephemeral port")
-        .port()
-}
-
-/// A running swtpm with a private copy of a provisioned state; killed on drop.
+/// A running swtpm with a private copy of a provisioned state, serving one connection: one end of a loopback TCP
+/// pair made here, handed to swtpm as its fd 3 (`--server type=tcp,fd=3`). No port is picked and released for
+/// swtpm to bind later, so no other test's server can take it in between (and be talked to in its place). swtpm
+/// ends when the connection closes, and is killed on drop.
 pub struct Swtpm {
     child: Child,
-    pub data: SocketAddr,
-    _state: tempfile::TempDir,
+    state: tempfile::TempDir,
 }
 
+/// How often a swtpm that failed before answering its first command is started again.
+const SWTPM_STARTS: usize = 3;
+
 impl Swtpm {
-    pub fn start(provisioned: &Provisioned) -> Self {
-        let mut last_error = String::new();
-        // A port picked free can be taken before swtpm binds it: try a few pairs.
-        for _ in 0..5 {
-            let state = tempfile::tempdir().unwrap();
-            for entry in std::fs::read_dir(&provisioned.state).unwrap() {
-                let entry = entry.unwrap();
-                if entry.file_type().unwrap().is_file() {
-                    std::fs::copy(entry.path(), state.path().join(entry.file_name())).unwrap();
-                }
-            }
-            let (data_port, control_port) = (free_port(), free_port());
-            if data_port == control_port {
-                continue;
-            }
-            let mut child = Command::new("swtpm")
-                .args(["socket", "--tpm2", "--tpmstate"])
-                .arg(format!("dir={}", state.path().display()))
-                .arg("--server")
-                .arg(format!("type=tcp,port={data_port},bindaddr=127.0.0.1"))
-                .arg("--ctrl")
-                .arg(format!("type=tcp,port={control_port},bindaddr=127.0.0.1"))
-                .args(["--flags", "not-need-init,startup-clear"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap_or_else(|error| panic!("{MISSING_SWTPM}: {error}"));
-            let data = SocketAddr::from(([127, 0, 0, 1], data_port));
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                if let Ok(Some(status)) = child.try_wait() {
-                    last_error = format!("swtpm exited with {status}");
-                    break;
-                }
-                // swtpm serves one data client at a time and takes the next when this probe closes.
-                if TcpStream::connect_timeout(&data, Duration::from_millis(200)).is_ok() {
-                    return Self {
-                        child,
-                        data,
-                        _state: state,
-                    };
-                }
-                if Instant::now() > deadline {
-                    last_error = format!("{data} did not open within 10 s");
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+    /// Starts swtpm on a copy of `provisioned`'s state and returns it with its connection once it has answered a
+    /// TPM2_GetRandom. A swtpm that fails before that is reported (its exit status and stderr) and started again on
+    /// a fresh copy, up to [`SWTPM_STARTS`] times: these tests are about what runs above the TPM.
+    pub fn start(provisioned: &Provisioned) -> (Self, SwtpmSocket) {
+        let mut failures = Vec::new();
+        for _ in 0..SWTPM_STARTS {
+            let (swtpm, socket) = Self::spawn(provisioned);
+            let error = match socket {
+                Ok(mut socket) => match commands::get_random(&mut socket, &mut [0u8; 8]) {
+                    Ok(()) => return (swtpm, socket),
+                    Err(error) => format!("TPM2_GetRandom: {error:?}"),
+                },
+                Err(error) => format!("the connection's socket options: {error}"),
+            };
+            let failure = swtpm.failure(&error);
+            eprintln!("swtpm failed before its first answer, starting another: {failure}");
+            failures.push(failure);
         }
-        panic!("swtpm did not start: {last_error}");
+        panic!(
+            "swtpm failed {SWTPM_STARTS} times:\n{}",
+            failures.join("\n")
+        );
+    }
+
+    fn spawn(provisioned: &Provisioned) -> (Self, std::io::Result<SwtpmSocket>) {
+        use std::os::fd::{AsRawFd as _, OwnedFd};
+        use std::os::unix::process::CommandExt as _;
+
+        let state = tempfile::tempdir().unwrap();
+        for entry in std::fs::read_dir(&provisioned.state).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_file() {
+                std::fs::copy(entry.path(), state.path().join(entry.file_name())).unwrap();
+            }
+        }
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback listener");
+        let ours = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let theirs = OwnedFd::from(listener.accept().unwrap().0);
+        let raw = theirs.as_raw_fd();
+        let stderr = std::fs::File::create(state.path().join("swtpm.stderr")).unwrap();
+        let mut command = Command::new("swtpm");
+        command
+            .args(["socket", "--tpm2", "--tpmstate"])
+            .arg(format!("dir={}", state.path().display()))
+            .args(["--server", "type=tcp,fd=3"])
+            .args(["--flags", "not-need-init,startup-clear"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        // SAFETY: between fork and exec the closure calls only dup2 and fcntl, which are async-signal-safe, on a
+        // descriptor that stays open in the parent until `spawn` returns (`theirs` is dropped after it).
+        unsafe {
+            command.pre_exec(move || {
+                // dup2 onto another number clears close-on-exec; onto itself it does nothing, so clear it by hand.
+                let done = if raw == 3 {
+                    libc::fcntl(3, libc::F_SETFD, 0)
+                } else {
+                    libc::dup2(raw, 3)
+                };
+                if done < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command
+            .spawn()
+            .unwrap_or_else(|error| panic!("{MISSING_SWTPM}: {error}"));
+        drop(theirs);
+        let socket = SwtpmSocket::from_stream(ours, Duration::from_secs(60));
+        (Self { child, state }, socket)
+    }
+
+    /// `error`, with how swtpm ended (or that it still runs) and what it wrote to stderr.
+    fn failure(mut self, error: &str) -> String {
+        let _ = self.child.kill();
+        let status = self
+            .child
+            .wait()
+            .map_or_else(|error| error.to_string(), |status| status.to_string());
+        let stderr =
+            std::fs::read_to_string(self.state.path().join("swtpm.stderr")).unwrap_or_default();
+        format!("{error} (swtpm: {status}; stderr: {:?})", stderr.trim())
     }
 }
 
@@ -282,8 +310,7 @@ impl SimAppliance {
     /// Boots on `provisioned`'s TPM: firmware-like extends of PCRs 0-7 when `firmware`, then the three measured
     /// events of `image`, then EK, AK and the EK certificate.
     pub fn boot(provisioned: &Provisioned, image: &TestImage, firmware: bool) -> Self {
-        let swtpm = Swtpm::start(provisioned);
-        let mut tpm = SwtpmSocket::connect(swtpm.data, Duration::from_secs(60)).unwrap();
+        let (swtpm, mut tpm) = Swtpm::start(provisioned);
         if firmware {
             // What firmware does before the kernel runs (SeaBIOS ends each of PCRs 0-7 with a separator).
             for pcr in 0..8u32 {
