@@ -22,8 +22,10 @@ Usage: scripts/differential.sh [options]
   --steps N         generated steps per prompt (default: 64)
   --configs LIST    engine configurations, KERNELS:THREADS:CHUNK each, KERNELS native (the CPU's best set),
                     portable, avx2 or avx512 (forced; the CPU must have it), CHUNK 32 (as the appliance
-                    prefills) or 0 (one batch)
-                    (default: native:1:32,native:1:0,native:2:32,portable:1:32,portable:2:0)
+                    prefills) or 0 (one batch). avx2 and portable are held to llama.cpp built for AVX2
+                    without AVX-512 (a second build, made on first use), the others to llama.cpp built
+                    for this CPU
+                    (default: native:1:32,native:1:0,native:2:32,avx2:1:32,portable:1:32,portable:2:0)
   --out DIR         where results.jsonl and the prompts go (default: a new directory under /tmp)
   --allow-divergences   report, but exit 0, when divergences that are not near-ties remain
 USAGE
@@ -39,7 +41,7 @@ fail() {
 models_list=smollm2,gemma3
 prompt_count=all
 steps=64
-configs_list=native:1:32,native:1:0,native:2:32,portable:1:32,portable:2:0
+configs_list=native:1:32,native:1:0,native:2:32,avx2:1:32,portable:1:32,portable:2:0
 out=""
 allow=0
 while [ $# -gt 0 ]; do
@@ -75,9 +77,24 @@ mkdir -p "$out"
 source "$script_dir/llamacpp.sh"
 llama_cpp_python_version="$LLAMA_CPP_PYTHON_VERSION_DEFAULT"
 # The probe needs only the llama library (and the ggml libraries it links), not llama-bench and its common library.
-build_llama_cpp llama
-build_probe
-probe="$PROBE"
+# Each configuration is held to the llama.cpp build whose code paths its kernels mirror: the AVX2 set (forced) and
+# the portable kernels, which keep the AVX2 orders on any CPU, to llama.cpp built for AVX2 without AVX-512
+# (scripts/llamacpp.sh, flavor avx2); the CPU's best set and a forced AVX-512 set to llama.cpp built for this CPU.
+reference_of() {
+    case "${1%%:*}" in
+    avx2 | portable) echo avx2 ;;
+    *) echo native ;;
+    esac
+}
+declare -A probes=()
+for config in "${configs[@]}"; do
+    flavor="$(reference_of "$config")"
+    [ -n "${probes[$flavor]:-}" ] && continue
+    llama_cpp_flavor="$flavor"
+    build_llama_cpp llama
+    build_probe
+    probes[$flavor]="$PROBE"
+done
 
 # ---- the engine's side -------------------------------------------------------------------------------------------
 progress "engine: cargo build --release -p model --features std --example differential"
@@ -114,9 +131,12 @@ for index in "${!models[@]}"; do
     for prompt in "${files[@]}"; do
         count=$((count + 1))
         progress "$name: [$count/${#files[@]}] $(basename "$prompt" .txt)"
-        reference="$out/$name/llama.bin"
-        "$probe" "$path" "$prompt" "$steps" 1 "$reference" || fail "llama.cpp's probe failed on $prompt"
+        for flavor in "${!probes[@]}"; do
+            "${probes[$flavor]}" "$path" "$prompt" "$steps" 1 "$out/$name/llama-$flavor.bin" ||
+                fail "llama.cpp's probe ($flavor build) failed on $prompt"
+        done
         for config in "${configs[@]}"; do
+            reference="$out/$name/llama-$(reference_of "$config").bin"
             IFS=':' read -r kernels threads chunk <<<"$config"
             flags=(--threads "$threads" --chunk "$chunk")
             case "$kernels" in
@@ -125,9 +145,9 @@ for index in "${!models[@]}"; do
             esac
             line="$("$engine" compare "$path" "$prompt" "$reference" "${flags[@]}")" ||
                 fail "the engine failed on $prompt ($config)"
-            printf '{"model":"%s",%s\n' "$name" "${line#\{}" >>"$results"
+            printf '{"model":"%s","llama_cpp":"%s",%s\n' "$name" "$(reference_of "$config")" "${line#\{}" >>"$results"
         done
-        rm -f "$reference"
+        rm -f "$out/$name"/llama-*.bin
     done
 done
 
@@ -139,10 +159,10 @@ path, cpu, allow = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
 rows = [json.loads(line) for line in open(path)]
 groups = defaultdict(list)
 for row in rows:
-    groups[(row["model"], row["kernels"], row["threads"], row["chunk"])].append(row)
+    groups[(row["model"], row["kernels"], row["threads"], row["chunk"], row.get("llama_cpp", "native"))].append(row)
 print(f"CPU: {cpu}")
-print("| model | kernels | threads | chunk | prompts | ids differ | divergences | near-ties | max logit diff | median of per-prompt max |")
-print("|---|---|---|---|---|---|---|---|---|---|")
+print("| model | kernels | threads | chunk | llama.cpp build | prompts | ids differ | divergences | near-ties | max logit diff | median of per-prompt max |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
 bad = []
 for key in sorted(groups):
     group = groups[key]
@@ -151,7 +171,7 @@ for key in sorted(groups):
     ties = [r for r in group if r["divergence"] and r["divergence"]["near_tie"]]
     maxima = sorted(r["max_logit_difference"] for r in group)
     chunk = "one batch" if key[3] == 0 else key[3]
-    print(f"| {key[0]} | {key[1]} | {key[2]} | {chunk} | {len(group)} | {len(differ)} | {len(real)} | {len(ties)} | "
+    print(f"| {key[0]} | {key[1]} | {key[2]} | {chunk} | {key[4]} | {len(group)} | {len(differ)} | {len(real)} | {len(ties)} | "
           f"{maxima[-1]:.4f} | {maxima[len(maxima) // 2]:.4f} |")
     bad += differ + real
 for row in bad:

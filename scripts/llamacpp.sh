@@ -5,18 +5,23 @@
 # progress and fail (one-line messages to stderr; fail exits). build_llama_cpp [TARGET...] builds the given cmake
 # targets (default: llama-bench, which bench-vs-llamacpp.sh runs; the probe and the other C programs need only the
 # `llama` library target and the ggml libraries it pulls in, 44% of the compile) and sets LLAMA_CPP_ROOT
-# (unpacked sources in src/vendor/llama.cpp, static libraries under build/) and LLAMA_BENCH (the llama-bench binary,
-# when built). It reuses an earlier build with the same version and cmake flags, building only targets that build
+# (unpacked sources in src/vendor/llama.cpp), LLAMA_CPP_BUILD (the build directory, with its static libraries) and
+# LLAMA_BENCH (the llama-bench binary, when built). It reuses an earlier build with the same version and cmake flags, building only targets that build
 # has not built yet. build_probe (after build_llama_cpp) compiles scripts/differential/probe.c against that build's
 # static libraries and sets PROBE.
+#
+# llama_cpp_flavor (default native) picks the build: `native` (build/, GGML_NATIVE: what llama.cpp does on this
+# CPU) or `avx2` (build-avx2/, the AVX2 code paths only, AVX-512 off: what llama.cpp does on an AVX2 CPU, the
+# reference for the engine's AVX2 kernel set on any CPU that has AVX2). Both share one download of the sources.
 
 # The llama-cpp-python source release whose vendored llama.cpp we build. Pinned so that numbers from different days
 # compare; the sha256 is the one of the sdist we measured with (checked when the default version is used).
 LLAMA_CPP_PYTHON_VERSION_DEFAULT="0.3.36"
 LLAMA_CPP_PYTHON_SHA256_DEFAULT="832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
 
-# The cmake configuration we build with; part of the stamp, so a change rebuilds.
-cmake_flags=(
+# The cmake configuration we build with; part of the stamp, so a change rebuilds. llama_cpp_select_flavor adds the
+# flavor's instruction-set flags.
+cmake_common_flags=(
     -DCMAKE_BUILD_TYPE=Release
     -DBUILD_SHARED_LIBS=OFF
     -DLLAMA_CURL=OFF
@@ -24,23 +29,44 @@ cmake_flags=(
     -DLLAMA_BUILD_EXAMPLES=OFF
     -DLLAMA_BUILD_SERVER=OFF
     -DLLAMA_BUILD_TOOLS=ON
-    -DGGML_NATIVE=ON
 )
+
+# Sets cmake_flags and LLAMA_CPP_BUILD_DIR (relative to the version's root) for llama_cpp_flavor.
+llama_cpp_select_flavor() {
+    case "${llama_cpp_flavor:-native}" in
+    native)
+        cmake_flags=("${cmake_common_flags[@]}" -DGGML_NATIVE=ON)
+        LLAMA_CPP_BUILD_DIR=build
+        ;;
+    avx2)
+        # ggml's x86 options as an AVX2 machine without AVX-512 would pick them (GGML_NATIVE off, so nothing is
+        # probed from this CPU).
+        cmake_flags=("${cmake_common_flags[@]}" -DGGML_NATIVE=OFF -DGGML_SSE42=ON -DGGML_AVX=ON -DGGML_AVX2=ON
+            -DGGML_BMI2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF -DGGML_AVX512_VBMI=OFF
+            -DGGML_AVX512_VNNI=OFF -DGGML_AVX512_BF16=OFF -DGGML_AVX_VNNI=OFF -DGGML_AMX_TILE=OFF
+            -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF)
+        LLAMA_CPP_BUILD_DIR=build-avx2
+        ;;
+    *) fail "unknown llama.cpp flavor '${llama_cpp_flavor}' (native or avx2)" ;;
+    esac
+}
 
 build_llama_cpp() {
     local -a targets=("$@")
     [ ${#targets[@]} -gt 0 ] || targets=(llama-bench)
+    llama_cpp_select_flavor
     local root="$cache/llama.cpp/$llama_cpp_python_version"
-    local stamp="$root/build.stamp"
+    local build="$root/$LLAMA_CPP_BUILD_DIR"
+    local stamp="$build.stamp"
     # The stamp's first line: the configuration, then "; target NAME" for each target built so far (an earlier
-    # version of this script wrote the same line with llama-bench as its one target).
+    # version of this script wrote the same line with llama-bench as its one target); its second, the sdist.
     local configuration
     configuration="llama-cpp-python $llama_cpp_python_version; cmake ${cmake_flags[*]}"
 
     local -a missing=()
     local target first_line=""
     [ -f "$stamp" ] && first_line="$(head -n 1 "$stamp")"
-    if [ -d "$root/build" ] && [[ "$first_line" == "$configuration" || "$first_line" == "$configuration; target "* ]]; then
+    if [ -d "$build" ] && [[ "$first_line" == "$configuration" || "$first_line" == "$configuration; target "* ]]; then
         for target in "${targets[@]}"; do
             # llama-bench links the llama library, so a build with llama-bench has it (and its stamp stays as it is,
             # readable by the earlier version of this script).
@@ -49,31 +75,40 @@ build_llama_cpp() {
                 missing+=("$target")
         done
         if [ ${#missing[@]} -eq 0 ]; then
-            progress "llama.cpp: reusing the build in $root ($(sed -n 2p "$stamp"))"
+            progress "llama.cpp: reusing the build in $build ($(sed -n 2p "$stamp"))"
         else
-            progress "llama.cpp: reusing the build in $root, adding ${missing[*]}"
-            build_llama_cpp_targets "$root" "${missing[@]}"
+            progress "llama.cpp: reusing the build in $build, adding ${missing[*]}"
+            build_llama_cpp_targets "$build" "${missing[@]}"
             sed -i "1s/\$/$(printf '; target %s' "${missing[@]}")/" "$stamp"
         fi
     else
-        fetch_and_configure_llama_cpp "$root"
-        build_llama_cpp_targets "$root" "${targets[@]}"
+        fetch_llama_cpp "$root"
+        configure_llama_cpp "$root" "$build"
+        build_llama_cpp_targets "$build" "${targets[@]}"
         {
             printf '%s%s\n' "$configuration" "$(printf '; target %s' "${targets[@]}")"
-            printf 'sdist %s sha256 %s, built %s\n' "$LLAMA_CPP_SDIST" "$LLAMA_CPP_SDIST_SHA256" \
-                "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+            printf '%s, built %s\n' "$(cat "$root/source.stamp")" "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
         } >"$stamp"
     fi
     LLAMA_CPP_ROOT="$root"
-    if [ -x "$root/build/bin/llama-bench" ]; then
-        LLAMA_BENCH="$root/build/bin/llama-bench"
+    LLAMA_CPP_BUILD="$build"
+    if [ -x "$build/bin/llama-bench" ]; then
+        LLAMA_BENCH="$build/bin/llama-bench"
     fi
 }
 
-# fetch_and_configure_llama_cpp ROOT: downloads the pinned sdist into ROOT (emptied first), checks its sha256,
-# unpacks it and runs cmake's configure step; sets LLAMA_CPP_SDIST and LLAMA_CPP_SDIST_SHA256.
-fetch_and_configure_llama_cpp() {
+# fetch_llama_cpp ROOT: unless ROOT holds an unpacked download already (ROOT/source.stamp names it), downloads the
+# pinned sdist into ROOT (emptied first), checks its sha256 and unpacks it; writes ROOT/source.stamp.
+fetch_llama_cpp() {
     local root="$1"
+    if [ -f "$root/source.stamp" ] && [ -f "$root/src/vendor/llama.cpp/CMakeLists.txt" ]; then
+        return
+    fi
+    # A download from before source.stamp existed: its native build's stamp names the sdist on its second line.
+    if [ -f "$root/build.stamp" ] && [ -f "$root/src/vendor/llama.cpp/CMakeLists.txt" ]; then
+        sed -n 2p "$root/build.stamp" | sed 's/, built .*//' >"$root/source.stamp"
+        return
+    fi
     command -v pip >/dev/null 2>&1 || command -v pip3 >/dev/null 2>&1 ||
         fail "pip is not installed; it is needed to download the llama-cpp-python source release"
     local pip_command
@@ -107,30 +142,35 @@ fetch_and_configure_llama_cpp() {
         fail "$(basename "$sdist") has sha256 $digest, expected $LLAMA_CPP_PYTHON_SHA256_DEFAULT"
     fi
     progress "llama.cpp: $(basename "$sdist"), sha256 $digest"
-    LLAMA_CPP_SDIST="$(basename "$sdist")"
-    LLAMA_CPP_SDIST_SHA256="$digest"
 
     progress "llama.cpp: unpacking"
     mkdir -p "$root/src"
     tar -xzf "$sdist" -C "$root/src" --strip-components=1 || fail "cannot unpack $sdist"
     local source="$root/src/vendor/llama.cpp"
     [ -f "$source/CMakeLists.txt" ] || fail "$sdist has no vendor/llama.cpp/CMakeLists.txt"
-
-    progress "llama.cpp: configuring (cmake ${cmake_flags[*]})"
-    cmake -S "$source" -B "$root/build" "${cmake_flags[@]}" >"$root/configure.log" 2>&1 ||
-        fail "cmake configure failed; see $root/configure.log"
+    printf 'sdist %s sha256 %s\n' "$(basename "$sdist")" "$digest" >"$root/source.stamp"
 }
 
-# build_llama_cpp_targets ROOT TARGET...: builds the targets in ROOT/build (configured), keeping the log.
+# configure_llama_cpp ROOT BUILD: cmake's configure step for the unpacked sources into BUILD (emptied first).
+configure_llama_cpp() {
+    local root="$1" build="$2"
+    rm -rf "$build"
+
+    progress "llama.cpp: configuring (cmake ${cmake_flags[*]})"
+    cmake -S "$root/src/vendor/llama.cpp" -B "$build" "${cmake_flags[@]}" >"$build.configure.log" 2>&1 ||
+        fail "cmake configure failed; see $build.configure.log"
+}
+
+# build_llama_cpp_targets BUILD TARGET...: builds the targets in BUILD (configured), keeping the log in BUILD.log.
 build_llama_cpp_targets() {
-    local root="$1"
+    local build="$1"
     shift
     # On 2 cores with other builds running, the llama library took 3 minutes from scratch; llama-bench then took 4 more.
-    progress "llama.cpp: building $* with $jobs jobs (minutes; log: $root/build.log)"
+    progress "llama.cpp: building $* with $jobs jobs (minutes; log: $build.log)"
     # Progress: one line each time cmake's percentage moves by 10 or more, plus each finished target; the full log
     # is kept. A shell loop, not awk: Debian's mawk reads its input in blocks, which held the lines back for minutes.
-    if ! cmake --build "$root/build" --parallel "$jobs" --target "$@" 2>&1 |
-        tee -a "$root/build.log" |
+    if ! cmake --build "$build" --parallel "$jobs" --target "$@" 2>&1 |
+        tee -a "$build.log" |
         {
             local line last=-10
             while IFS= read -r line; do
@@ -141,10 +181,10 @@ build_llama_cpp_targets() {
                 fi
             done
         }; then
-        fail "llama.cpp build failed; see $root/build.log"
+        fail "llama.cpp build failed; see $build.log"
     fi
-    if [[ " $* " == *" llama-bench "* ]] && [ ! -x "$root/build/bin/llama-bench" ]; then
-        fail "the build finished but $root/build/bin/llama-bench is missing; see $root/build.log"
+    if [[ " $* " == *" llama-bench "* ]] && [ ! -x "$build/bin/llama-bench" ]; then
+        fail "the build finished but $build/bin/llama-bench is missing; see $build.log"
     fi
     progress "llama.cpp: built $*"
 }
@@ -155,7 +195,7 @@ build_llama_cpp_targets() {
 build_probe() {
     local probe_source
     probe_source="$(dirname "${BASH_SOURCE[0]}")/differential/probe.c"
-    PROBE="$LLAMA_CPP_ROOT/build/differential-probe"
+    PROBE="$LLAMA_CPP_BUILD/differential-probe"
     if [ -x "$PROBE" ] && [ ! "$probe_source" -nt "$PROBE" ]; then
         return
     fi
@@ -169,8 +209,8 @@ link_against_llama_cpp() {
     local source_file="$1" output="$2"
     local source_dir="$LLAMA_CPP_ROOT/src/vendor/llama.cpp"
     local -a libraries
-    mapfile -t libraries < <(find "$LLAMA_CPP_ROOT/build" -name 'lib*.a' | sort)
-    [ ${#libraries[@]} -gt 0 ] || fail "no static libraries under $LLAMA_CPP_ROOT/build"
+    mapfile -t libraries < <(find "$LLAMA_CPP_BUILD" -name 'lib*.a' | sort)
+    [ ${#libraries[@]} -gt 0 ] || fail "no static libraries under $LLAMA_CPP_BUILD"
     cc -O2 -c "$source_file" -I "$source_dir/include" -I "$source_dir/ggml/include" -o "$output.o" ||
         fail "$(basename "$source_file") does not compile"
     c++ -o "$output" "$output.o" -Wl,--start-group "${libraries[@]}" -Wl,--end-group -fopenmp -lpthread -ldl -lm ||

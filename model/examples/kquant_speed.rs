@@ -82,11 +82,23 @@ fn main() {
                 out[g * 8] = o[0];
             }
         });
-        let dot6 = best(SAMPLES, reps, || {
-            for r in 0..rows {
-                out[r] = simd::dot_q6_k_q8_k(&w6[r * nb..(r + 1) * nb], &y[..nb]);
-            }
-        });
+        let mut dot6 = || {
+            best(SAMPLES, reps, || {
+                for r in 0..rows {
+                    out[r] = simd::dot_q6_k_q8_k(&w6[r * nb..(r + 1) * nb], &y[..nb]);
+                }
+            })
+        };
+        // The CPU's best set, then (on an AVX-512 CPU) the AVX2 kernel for comparison.
+        let (dot6, dot6_avx2) = if simd::level() == simd::Level::Avx512 {
+            let best_set = dot6();
+            simd::force(Some(simd::Level::Avx2));
+            let avx2 = dot6();
+            simd::force(None);
+            (best_set, Some(avx2))
+        } else {
+            (dot6(), None)
+        };
         let tiled6 = best(SAMPLES, reps, || {
             for r in 0..rows {
                 simd::mat_q6_k_tiled(
@@ -99,11 +111,13 @@ fn main() {
         });
         println!(
             "rows {rows:6}: q4_K dot {:.2} ns/blk, gemv8 {:.2} ns/blk, gemm8x4 {:.2} ns/(blk·token); \
-             q6_K dot {:.2} ns/blk, tiled {:.2} ns/(blk·token)",
+             q6_K dot {:.2} ns/blk ({:?}{}), tiled {:.2} ns/(blk·token)",
             dot1 / blocks * 1e9,
             gemv / blocks * 1e9,
             gemm / blocks / 4.0 * 1e9,
             dot6 / blocks * 1e9,
+            simd::level(),
+            dot6_avx2.map_or(String::new(), |t| format!("; AVX2 {:.2}", t / blocks * 1e9)),
             tiled6 / blocks / 4.0 * 1e9,
         );
     }

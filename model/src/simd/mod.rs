@@ -149,6 +149,8 @@ mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 #[cfg(target_arch = "x86_64")]
+mod avx512_kquant;
+#[cfg(target_arch = "x86_64")]
 mod avx512_more_types;
 #[cfg(target_arch = "x86_64")]
 mod avx512_quant;
@@ -173,13 +175,16 @@ macro_rules! dispatch {
 /// computes these as its AVX2 build; the AVX-512 kernel only shares more work between tokens).
 macro_rules! dispatch_512 {
     ($(#[$m:meta])* $name:ident ($($arg:ident : $ty:ty),*) -> $ret:ty, $scalar:path) => {
+        dispatch_512!($(#[$m])* $name ($($arg : $ty),*) -> $ret, $scalar, avx512_more_types);
+    };
+    ($(#[$m:meta])* $name:ident ($($arg:ident : $ty:ty),*) -> $ret:ty, $scalar:path, $module:ident) => {
         $(#[$m])*
         pub fn $name($($arg: $ty),*) -> $ret {
             #[cfg(target_arch = "x86_64")]
             match level() {
                 // SAFETY: `level()` returned Avx512 only after CPUID/XGETBV confirmed AVX-512 F, DQ, BW and VL,
                 // AVX2, FMA and F16C with OS support for ZMM state; the kernel checks slice lengths itself.
-                Level::Avx512 => return unsafe { avx512_more_types::$name($($arg),*) },
+                Level::Avx512 => return unsafe { $module::$name($($arg),*) },
                 // SAFETY: `level()` returned Avx2 only after CPUID/XGETBV confirmed AVX2, FMA and F16C with OS
                 // support; the kernel checks slice lengths itself.
                 Level::Avx2 => return unsafe { avx2::$name($($arg),*) },
@@ -264,9 +269,9 @@ fn scalar_q6_k_tiled(w: &[BlockQ6K], nb: usize, y: &[BlockQ8K], out: &mut [f32])
         *o = quant::dot_q6_k_q8_k_tiled(&w[..nb], &y[t * nb..(t + 1) * nb]);
     }
 }
-dispatch!(
+dispatch_512!(
     /// Q6_K weights · Q8_K activations.
-    dot_q6_k_q8_k(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32, quant::dot_q6_k_q8_k);
+    dot_q6_k_q8_k(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32, quant::dot_q6_k_q8_k, avx512_kquant);
 dispatch!(
     /// Q5_K weights · Q8_K activations.
     dot_q5_k_q8_k(x: &[BlockQ5K], y: &[BlockQ8K]) -> f32, quant::dot_q5_k_q8_k);
@@ -600,6 +605,8 @@ pub use q4_0_repacked::{mat_q4_0_repacked, q4_0_repacks};
 mod tests;
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests_avx512;
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests_avx512_kquant;
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests_avx512_more_types;
 #[cfg(all(test, target_arch = "x86_64"))]

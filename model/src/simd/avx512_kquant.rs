@@ -1,0 +1,120 @@
+//! AVX-512 (F, BW, VL) single-row dot products of the K-quant formats whose result llama.cpp's AVX-512 build takes
+//! from its AVX2 code: Q6_K (`ggml_vec_dot_q6_K_q8_K` in `ggml-cpu/arch/x86/quants.c` has no AVX-512 branch). Each
+//! equals the AVX2 kernel of `simd/avx2/kquant.rs` bit for bit, and so llama.cpp and the scalar twin.
+//!
+//! Intel intrinsics per the Intel Intrinsics Guide. Why the results cannot differ (docs/ARCHITECTURE.md §6):
+//! - **Integer part.** The AVX2 kernel forms, per block, 8 i32 lanes: lane j sums sc·q·y over bytes 4j..4j+3 of
+//!   each of the block's eight 32-element chunks (sc the scale of the 16 elements the bytes belong to), minus
+//!   32·Σ sc·bsum over the two 16-element groups 2j and 2j+1. Here two chunks sit side by side in a zmm (chunk
+//!   2c in the low 256 bits, 2c+1 in the high), go through the same `vpmaddubsw` and `vpmaddwd` with each chunk's
+//!   scales, and the two halves are added at the end of the block: lane j gets the same products. Every partial
+//!   sum is exact (q ≤ 63: a `vpmaddubsw` pair is within ±2·63·128, far from i16 saturation; a block's total
+//!   within ±256·63·128·128 < 2³¹), so the order of the integer additions cannot change the total.
+//! - **Float part.** One `fmadd(d, cvt(sumi), acc)` per block into the same 8-lane accumulator, reduced by the same
+//!   `hsum_ps`.
+
+use core::arch::x86_64::*;
+
+use super::avx2::hsum_ps;
+use crate::quant::{f16_to_f32, BlockQ6K, BlockQ8K};
+
+/// 32 i16 scales for the two chunks of a zmm: chunk groups `g`, `g+1` in the low 256 bits, `g+2`, `g+3` in the
+/// high, each repeated over the 8 i16 lanes of its 16 elements (`vpmaddwd` multiplies lane pairs).
+#[inline]
+#[target_feature(enable = "avx512f,avx512dq,avx512bw,avx512vl,avx2,fma,f16c")]
+fn chunk_scales(scales: __m512i, g: i16) -> __m512i {
+    let index = _mm512_set_epi16(
+        g + 3,
+        g + 3,
+        g + 3,
+        g + 3,
+        g + 3,
+        g + 3,
+        g + 3,
+        g + 3,
+        g + 2,
+        g + 2,
+        g + 2,
+        g + 2,
+        g + 2,
+        g + 2,
+        g + 2,
+        g + 2,
+        g + 1,
+        g + 1,
+        g + 1,
+        g + 1,
+        g + 1,
+        g + 1,
+        g + 1,
+        g + 1,
+        g,
+        g,
+        g,
+        g,
+        g,
+        g,
+        g,
+        g,
+    );
+    _mm512_permutexvar_epi16(index, scales)
+}
+
+/// Q6_K · Q8_K, equal to `avx2::dot_q6_k_q8_k` bit for bit (see the module's note).
+///
+/// # Safety
+/// The CPU must support AVX-512 F, DQ, BW and VL, AVX2, FMA and F16C.
+#[target_feature(enable = "avx512f,avx512dq,avx512bw,avx512vl,avx2,fma,f16c")]
+pub unsafe fn dot_q6_k_q8_k(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32 {
+    let (m4, m3) = (_mm512_set1_epi8(0x0F), _mm512_set1_epi8(3));
+    let mut acc = _mm256_setzero_ps();
+    for (a, b) in x.iter().zip(y) {
+        // SAFETY (all loads): each reads exactly the bytes of the array it is cast from (16 scales, 16 bsums, 64
+        // of 128 `ql`, 32 of 64 `qh`, 64 of 256 `qs`, the offsets below keep inside); `loadu` needs no alignment.
+        let (scales16, bsums) = unsafe {
+            (
+                _mm256_cvtepi8_epi16(_mm_loadu_si128(a.scales.as_ptr().cast())),
+                _mm256_loadu_si256(b.bsums.as_ptr().cast()),
+            )
+        };
+        // 32·Σ sc·bsum per pair of 16-element groups, as the AVX2 kernel subtracts it.
+        let sub = _mm256_slli_epi32(_mm256_madd_epi16(bsums, scales16), 5);
+        let scales = _mm512_castsi256_si512(scales16);
+        let mut sumi = _mm512_setzero_si512();
+        for half in 0..2 {
+            let (ql, qh, y01, y23) = unsafe {
+                (
+                    _mm512_loadu_si512(a.ql.as_ptr().add(64 * half).cast()),
+                    _mm256_loadu_si256(a.qh.as_ptr().add(32 * half).cast()),
+                    _mm512_loadu_si512(b.qs.as_ptr().add(128 * half).cast()),
+                    _mm512_loadu_si512(b.qs.as_ptr().add(128 * half + 64).cast()),
+                )
+            };
+            // High bits: chunk 0's from qh bits 0-1, chunk 1's from bits 2-3 (the high half, shifted by 2), chunks 2
+            // and 3 from bits 4-5 and 6-7. 16-bit shifts move bits within a byte here: each result is masked to
+            // its own byte.
+            let h = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(qh), _mm256_srli_epi16(qh, 2));
+            let c01 = _mm512_or_si512(
+                _mm512_and_si512(ql, m4),
+                _mm512_slli_epi16(_mm512_and_si512(h, m3), 4),
+            );
+            let c23 = _mm512_or_si512(
+                _mm512_and_si512(_mm512_srli_epi16(ql, 4), m4),
+                _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(h, 4), m3), 4),
+            );
+            let g = 8 * half as i16;
+            let p01 = _mm512_madd_epi16(_mm512_maddubs_epi16(c01, y01), chunk_scales(scales, g));
+            let p23 =
+                _mm512_madd_epi16(_mm512_maddubs_epi16(c23, y23), chunk_scales(scales, g + 4));
+            sumi = _mm512_add_epi32(sumi, _mm512_add_epi32(p01, p23));
+        }
+        let sumi = _mm256_add_epi32(
+            _mm512_castsi512_si256(sumi),
+            _mm512_extracti64x4_epi64::<1>(sumi),
+        );
+        let sumi = _mm256_sub_epi32(sumi, sub);
+        let d = b.d * f16_to_f32(a.d);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    hsum_ps(acc)
+}

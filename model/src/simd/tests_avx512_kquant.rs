@@ -1,0 +1,90 @@
+//! The AVX-512 K-quant dot products of `simd/avx512_kquant.rs` against the AVX2 kernels and the scalar twins, bit
+//! for bit; skipped on CPUs without AVX-512.
+
+use alloc::vec::Vec;
+
+use super::tests::data;
+use super::tests_avx512::have_avx512;
+use super::tests_more_types::q8k;
+use super::{avx2, avx512_kquant};
+use crate::quant::{self, BlockQ6K, QK_K};
+
+/// Random Q6_K blocks: every byte of `ql`, `qh` and `scales` random (scales include -128 and 127), `d` a random
+/// finite f16 of modest size.
+fn q6k_blocks(nb: usize, seed: u64) -> Vec<BlockQ6K> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut byte = || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        (s >> 32) as u8
+    };
+    (0..nb)
+        .map(|i| {
+            let mut b = BlockQ6K {
+                ql: [0; QK_K / 2],
+                qh: [0; QK_K / 4],
+                scales: [0; QK_K / 16],
+                d: [0; 2],
+            };
+            b.ql.iter_mut().for_each(|v| *v = byte());
+            b.qh.iter_mut().for_each(|v| *v = byte());
+            b.scales.iter_mut().for_each(|v| *v = byte() as i8);
+            if i % 3 == 0 {
+                b.scales[0] = -128;
+                b.scales[15] = 127;
+            }
+            // Exponent 3..=18 (2^-12 .. 2^3): finite, neither tiny nor huge.
+            b.d = (u16::from(byte() & 0x0F) + 3)
+                .wrapping_shl(10)
+                .wrapping_add(u16::from(byte()))
+                .to_le_bytes();
+            b
+        })
+        .collect()
+}
+
+/// Q6_K at the AVX-512 level equals the AVX2 kernel and the scalar twin bit for bit, at 1 to 12 blocks, with
+/// activations at the int8 extremes as well as ordinary ones.
+#[test]
+fn q6_k_dot_equals_avx2_and_twin_bitwise() {
+    if !have_avx512() {
+        return;
+    }
+    for nb in [1usize, 2, 3, 8, 12] {
+        for seed in 0..8u64 {
+            let w = q6k_blocks(nb, 300 + seed);
+            let mut y = q8k(&data(nb * QK_K, 400 + seed));
+            if seed % 2 == 1 {
+                // Extremes: -128 and 127 in every other element of the first block, bsums recomputed.
+                for (j, q) in y[0].qs.iter_mut().enumerate() {
+                    *q = if j % 2 == 0 { -128 } else { 127 };
+                }
+                for g in 0..QK_K / 16 {
+                    y[0].bsums[g] = y[0].qs[16 * g..16 * g + 16]
+                        .iter()
+                        .map(|&q| i16::from(q))
+                        .sum();
+                }
+            }
+            let twin = quant::dot_q6_k_q8_k(&w, &y);
+            // SAFETY: AVX-512 F, DQ, BW, VL (and so AVX2, FMA, F16C) were detected.
+            let (wide, narrow) = unsafe {
+                (
+                    avx512_kquant::dot_q6_k_q8_k(&w, &y),
+                    avx2::dot_q6_k_q8_k(&w, &y),
+                )
+            };
+            assert_eq!(
+                wide.to_bits(),
+                narrow.to_bits(),
+                "nb {nb} seed {seed}: {wide} vs AVX2 {narrow}"
+            );
+            assert_eq!(
+                wide.to_bits(),
+                twin.to_bits(),
+                "nb {nb} seed {seed}: {wide} vs twin {twin}"
+            );
+        }
+    }
+}
