@@ -69,8 +69,7 @@ pub unsafe fn dot_q6_k_q8_k(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32 {
     let (m4, m3) = (_mm512_set1_epi8(0x0F), _mm512_set1_epi8(3));
     let mut acc = _mm256_setzero_ps();
     for (a, b) in x.iter().zip(y) {
-        // SAFETY (all loads): each reads exactly the bytes of the array it is cast from (16 scales, 16 bsums, 64
-        // of 128 `ql`, 32 of 64 `qh`, 64 of 256 `qs`, the offsets below keep inside); `loadu` needs no alignment.
+        // SAFETY: 16 bytes of the 16 scales and 32 bytes of the 16 i16 bsums; `loadu` needs no alignment.
         let (scales16, bsums) = unsafe {
             (
                 _mm256_cvtepi8_epi16(_mm_loadu_si128(a.scales.as_ptr().cast())),
@@ -82,6 +81,8 @@ pub unsafe fn dot_q6_k_q8_k(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32 {
         let scales = _mm512_castsi256_si512(scales16);
         let mut sumi = _mm512_setzero_si512();
         for half in 0..2 {
+            // SAFETY: half ≤ 1, so 64 bytes of the 128 `ql` from 64·half, 32 of the 64 `qh` from 32·half and 2 × 64
+            // of the 256 `qs` from 128·half stay inside their arrays; `loadu` needs no alignment.
             let (ql, qh, y01, y23) = unsafe {
                 (
                     _mm512_loadu_si512(a.ql.as_ptr().add(64 * half).cast()),
