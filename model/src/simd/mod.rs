@@ -225,10 +225,11 @@ dispatch!(
     )]
     mat_q4_k_repacked(w: &[BlockQ4K], nb: usize, y: &[BlockQ8K], cols: usize, gemm: usize, out: &mut [f32],
         ld: usize, work: &mut [f32]) -> (), scalar_q4_k_repacked);
-dispatch!(
+dispatch_512!(
     /// One Q6_K row of `nb` blocks against `out.len()` tokens (`y[t * nb..]`) in the order of llama.cpp's tiled
     /// kernel: `out[t] = W · y[t]` (each equal to [`quant::dot_q6_k_q8_k_tiled`]).
-    mat_q6_k_tiled(w: &[BlockQ6K], nb: usize, y: &[BlockQ8K], out: &mut [f32]) -> (), scalar_q6_k_tiled);
+    mat_q6_k_tiled(w: &[BlockQ6K], nb: usize, y: &[BlockQ8K], out: &mut [f32]) -> (), scalar_q6_k_tiled,
+    avx512_kquant);
 
 fn scalar_q4_k_gemv8(w: &[BlockQ4K], nb: usize, y: &[BlockQ8K], out: &mut [f32; 8]) {
     for (r, o) in out.iter_mut().enumerate() {

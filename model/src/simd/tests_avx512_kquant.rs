@@ -1,6 +1,7 @@
 //! The AVX-512 K-quant dot products of `simd/avx512_kquant.rs` against the AVX2 kernels and the scalar twins, bit
 //! for bit; skipped on CPUs without AVX-512.
 
+use alloc::vec;
 use alloc::vec::Vec;
 
 use super::tests::data;
@@ -85,6 +86,40 @@ fn q6_k_dot_equals_avx2_and_twin_bitwise() {
                 twin.to_bits(),
                 "nb {nb} seed {seed}: {wide} vs twin {twin}"
             );
+        }
+    }
+}
+
+/// The tiled Q6_K batch at the AVX-512 level equals the AVX2 kernel and the scalar twin bit for bit, for 1 to 9
+/// tokens against rows of 1 to 8 blocks.
+#[test]
+fn q6_k_tiled_equals_avx2_and_twin_bitwise() {
+    if !have_avx512() {
+        return;
+    }
+    for nb in [1usize, 3, 8] {
+        for tokens in [1usize, 2, 5, 9] {
+            let w = q6k_blocks(nb, 500 + (nb * tokens) as u64);
+            let y = q8k(&data(tokens * nb * QK_K, 600 + tokens as u64));
+            let (mut wide, mut narrow) = (vec![0.0f32; tokens], vec![0.0f32; tokens]);
+            // SAFETY: AVX-512 F, DQ, BW, VL (and so AVX2, FMA, F16C) were detected.
+            unsafe {
+                avx512_kquant::mat_q6_k_tiled(&w, nb, &y, &mut wide);
+                avx2::mat_q6_k_tiled(&w, nb, &y, &mut narrow);
+            }
+            for t in 0..tokens {
+                let twin = quant::dot_q6_k_q8_k_tiled(&w, &y[t * nb..(t + 1) * nb]);
+                assert_eq!(
+                    wide[t].to_bits(),
+                    narrow[t].to_bits(),
+                    "nb {nb} token {t}/{tokens}"
+                );
+                assert_eq!(
+                    wide[t].to_bits(),
+                    twin.to_bits(),
+                    "nb {nb} token {t}/{tokens}"
+                );
+            }
         }
     }
 }
