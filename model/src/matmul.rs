@@ -374,12 +374,13 @@ fn q2_k_repacked(w: &QTensor<'_>) -> bool {
     w.ggml_type == GgmlType::Q2K && w.rows.is_multiple_of(8) && simd::q2_k_repacks()
 }
 
-/// Rows `r0..r0 + rows` of a K-quant product against the `batch` tokens, in llama.cpp's order for that batch
-/// size, into `out[t * ld + r]`. For repacked Q4_K, `r0` and `rows` are multiples of 8.
+/// Rows `r0..r0 + rows` of a K-quant product against the `batch` tokens, in llama.cpp's order for its batch (the
+/// tiled order where `tiled`: a batch of at least [`TILED_MIN_BATCH`]), into `out[t * ld + r]`. For repacked Q4_K,
+/// `r0` and `rows` are multiples of 8.
 fn mat_k_part(
     w: &QTensor<'_>,
     q8k: &[BlockQ8K],
-    batch: usize,
+    (batch, tiled): (usize, bool),
     (r0, rows): (usize, usize),
     out: &mut [f32],
     ld: usize,
@@ -402,7 +403,6 @@ fn mat_k_part(
     }
     // Tokens per pass of the one-row kernels below.
     const TOKENS: usize = 32;
-    let tiled = batch >= TILED_MIN_BATCH;
     for i in 0..rows {
         let row = &bytes[i * w.row_bytes..(i + 1) * w.row_bytes];
         for c0 in (0..batch).step_by(TOKENS) {
@@ -469,6 +469,7 @@ fn low_k_row(t: GgmlType, tiled: bool, row: &[u8], nb: usize, q: &[BlockQ8K], ou
 fn mat_k(
     w: &QTensor<'_>,
     batch: usize,
+    tiled: bool,
     rows_per_chunk: usize,
     out: &mut [f32],
     acts: &mut Acts,
@@ -484,12 +485,12 @@ fn mat_k(
         let rpc = rows_per_chunk.div_ceil(align) * align;
         par.for_each_chunk(out, rpc, &|ci, chunk| {
             let n = chunk.len();
-            mat_k_part(w, q8k, 1, (ci * rpc, n), chunk, n, &mut []);
+            mat_k_part(w, q8k, (1, tiled), (ci * rpc, n), chunk, n, &mut []);
         });
         return;
     }
     let kernel = |r0, rows, o: &mut [f32], ld, work: &mut [f32]| {
-        mat_k_part(w, q8k, batch, (r0, rows), o, ld, work);
+        mat_k_part(w, q8k, (batch, tiled), (r0, rows), o, ld, work);
     };
     batched(
         w,
@@ -505,11 +506,14 @@ fn mat_k(
 }
 
 /// `out[t][r] = W[r] · x[t]` for `batch` inputs `x` (`batch × cols`, token-major) into `out` (`batch × rows`).
-/// The caller guarantees the lengths and that `acts` was sized for them.
+/// The caller guarantees the lengths and that `acts` was sized for them. `logical` is the size of the batch
+/// llama.cpp multiplies these inputs in (at least `batch`; larger for a chunk of a prompt it evaluates at once,
+/// `State::declare_batch`): the kernels whose order depends on the batch size (the tiled K-quants, BF16) take the
+/// order for that size.
 pub fn matmul(
     w: &QTensor<'_>,
     x: &[f32],
-    batch: usize,
+    (batch, logical): (usize, usize),
     out: &mut [f32],
     acts: &mut Acts,
     par: &dyn ParallelFor,
@@ -527,11 +531,19 @@ pub fn matmul(
         w.ggml_type,
         GgmlType::Q2K | GgmlType::Q3K | GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K
     ) {
-        mat_k(w, batch, rows_per_chunk, out, acts, par);
+        mat_k(
+            w,
+            batch,
+            logical >= TILED_MIN_BATCH,
+            rows_per_chunk,
+            out,
+            acts,
+            par,
+        );
         return;
     }
     let acts = &*acts;
-    if batch == 1 {
+    if logical == 1 {
         par.for_each_chunk(out, rows_per_chunk, &|ci, chunk| {
             let r0 = ci * rows_per_chunk;
             for (i, o) in chunk.iter_mut().enumerate() {

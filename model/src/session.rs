@@ -371,6 +371,10 @@ impl Session {
         match self.phase {
             Phase::Idle => Err(StepError::Idle),
             Phase::Prefill => {
+                if self.prefilled == 0 {
+                    // llama.cpp evaluates the prompt in one batch: every chunk takes that batch's orders.
+                    self.state.declare_batch(self.prompt.len());
+                }
                 let end = (self.prefilled + self.prefill_chunk).min(self.prompt.len());
                 let chunk = &self.prompt[self.prefilled..end];
                 if self.prefill_in_pieces {
@@ -488,6 +492,7 @@ impl Session {
 mod tests {
     use super::*;
     use crate::parallel::Serial;
+    use crate::quant::GgmlType;
     use crate::tiny::{generate, TinySpec};
 
     fn greedy() -> SamplerConfig {
@@ -585,6 +590,56 @@ mod tests {
                         prompt_tokens: prompt.len(),
                         generated_tokens: 24
                     }
+                );
+            }
+        }
+    }
+
+    /// A prompt prefilled in chunks computes the logits of the prompt in one batch, bit for bit, also where the last
+    /// chunk is shorter than the batch sizes at which llama.cpp changes order (2 tokens for attention, 8 for the
+    /// tiled K-quants): every chunk takes the orders of the whole prompt's batch (`State::declare_batch`). Before
+    /// that, a final chunk of one token took the one-token orders and SmolLM2's 33- and 65-token prompts moved by
+    /// up to 1.47 in the differential harness.
+    #[test]
+    fn chunked_prefill_computes_the_one_batch_logits_bitwise() {
+        for spec in [
+            TinySpec::llama(),
+            TinySpec::gemma3(),
+            TinySpec::llama_typed(GgmlType::Q5K),
+            TinySpec::llama_typed(GgmlType::BF16),
+        ] {
+            let blob = generate(&spec, 3);
+            let gguf = Gguf::parse(&blob).unwrap();
+            let mut engine = Engine::load(&gguf).unwrap();
+            engine.end_of_text.clear();
+            let mut prompt = Vec::new();
+            while prompt.len() < 40 {
+                engine.encode_text("The sea rolls on and on, 42 times; é! ", &mut prompt);
+            }
+            for (len, chunk) in [(33, 32), (33, 8), (34, 32), (37, 4), (9, 8)] {
+                let prompt = &prompt[..len];
+                let mut whole = State::new(&engine.model.config, 64, 64);
+                engine.model.forward(&mut whole, prompt, &Serial).unwrap();
+                let config = SessionConfig {
+                    context: 64,
+                    prefill_chunk: chunk,
+                };
+                let mut session = Session::new(&engine, config);
+                let sampling = SamplerConfig {
+                    temperature: 0.0,
+                    ..SamplerConfig::default()
+                };
+                session
+                    .start(&engine, prompt, 4, sampling, &[] as &[&str])
+                    .unwrap();
+                while session.step(&engine, &Serial) == Ok(Event::Pending) {}
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(
+                    bits(&session.state.logits),
+                    bits(&whole.logits),
+                    "{:?} {:?}: {len} tokens in chunks of {chunk}",
+                    spec.arch,
+                    spec.weights
                 );
             }
         }

@@ -466,6 +466,9 @@ pub struct State {
     /// The batch whose forward pass is under way, between [`Model::start_batch`] and its last
     /// [`Model::run_piece`].
     batch: Option<Batch>,
+    /// Positions `start..start + len` that llama.cpp evaluates as one batch and that the forward passes now running
+    /// belong to ([`State::declare_batch`]).
+    span: (usize, usize),
 }
 
 impl State {
@@ -502,6 +505,7 @@ impl State {
             ],
             logits: vec![0.0; c.vocab_size],
             batch: None,
+            span: (0, 0),
         }
     }
 
@@ -509,6 +513,30 @@ impl State {
     pub fn reset(&mut self) {
         self.pos = 0;
         self.batch = None;
+        self.span = (0, 0);
+    }
+
+    /// Declares that the next `len` tokens (from the current position) are one batch to llama.cpp, however many
+    /// forward passes feed them: a prompt the appliance prefills in 32-token chunks, which llama.cpp evaluates in
+    /// one batch. Every chunk then takes the orders llama.cpp's kernels take for a batch of `len` tokens
+    /// (attention's tinyBLAS order from 2 tokens, the tiled K-quant order from 8, BF16's batched order), so a
+    /// chunked prefill computes the bits of the one-batch prefill. (Repacked Q4_K, Q2_K and Q4_0 split a batch
+    /// into gemm groups of 4 tokens and a gemv remainder; chunks of a multiple of 4 tokens, as 32, keep that split.)
+    /// A forward pass outside the declared span is a batch of its own.
+    pub fn declare_batch(&mut self, len: usize) {
+        self.span = (self.pos, len);
+    }
+
+    /// The size of the llama.cpp batch that `n` tokens from the current position belong to: the declared span's
+    /// when they lie inside it, else their own (which becomes the span).
+    fn logical_batch(&mut self, n: usize) -> usize {
+        let (start, len) = self.span;
+        if self.pos >= start && self.pos + n <= start + len {
+            len
+        } else {
+            self.span = (self.pos, n);
+            n
+        }
     }
 
     /// Whether a batch's forward pass is under way ([`Model::start_batch`]).
@@ -677,6 +705,8 @@ fn residual_add(
 struct Batch {
     /// Tokens in the batch.
     n: usize,
+    /// Tokens in the llama.cpp batch it belongs to ([`State::declare_batch`]; `n` unless declared).
+    logical: usize,
     /// Position of its first token.
     pos0: usize,
     /// The next piece.
@@ -715,6 +745,8 @@ struct PieceAt<'m, 'a> {
     layer: &'m Layer<'a>,
     /// Tokens in the batch.
     n: usize,
+    /// Tokens in the llama.cpp batch it belongs to ([`Batch::logical`]).
+    logical: usize,
     /// Position of the batch's first token.
     pos0: usize,
     /// The first row the layer keeps after its attention ([`Model::rows_from`]), and the rows from there.
@@ -742,6 +774,8 @@ impl Model<'_> {
         par: &dyn ParallelFor,
     ) -> Result<(), ModelError> {
         self.check_tokens(state, tokens)?;
+        // The call's tokens are one llama.cpp batch, unless they lie in a span declared before.
+        let _ = state.logical_batch(tokens.len());
         par.run(&mut || {
             for chunk in tokens.chunks(state.max_batch) {
                 self.embed(state, chunk);
@@ -810,6 +844,7 @@ impl Model<'_> {
             l,
             layer: &self.weights.layers[l],
             n: batch.n,
+            logical: batch.logical,
             pos0: batch.pos0,
             t0,
             m: batch.n - t0,
@@ -859,8 +894,10 @@ impl Model<'_> {
                 x.iter_mut().for_each(|v| *v *= scale);
             }
         }
+        let logical = s.logical_batch(tokens.len());
         s.batch = Some(Batch {
             n: tokens.len(),
+            logical,
             pos0: s.pos,
             next: 0,
         });
@@ -887,6 +924,17 @@ impl Model<'_> {
                 1.0
             },
             group: c.n_heads / c.n_kv_heads,
+        }
+    }
+
+    /// The batch of the feed-forward products of `at`'s layer, and the size of the llama.cpp batch they belong to:
+    /// in the last layer only the output row goes on, a batch of its own as llama.cpp's (`inp_out_ids`); before
+    /// it, every token of the batch ([`Batch::logical`]).
+    fn ffn_batch(&self, at: &PieceAt<'_, '_>) -> (usize, usize) {
+        if at.l + 1 == self.weights.layers.len() {
+            (at.m, at.m)
+        } else {
+            (at.m, at.logical)
         }
     }
 
@@ -919,9 +967,31 @@ impl Model<'_> {
             math::rmsnorm(xb, &x[t * dim..(t + 1) * dim], &layer.attn_norm, c.rms_eps);
         });
         let xb = &s.xb[..n * dim];
-        matmul(&layer.wq, xb, n, &mut s.q[..n * q_dim], &mut s.acts, par);
-        matmul(&layer.wk, xb, n, &mut s.k[..n * kv_dim], &mut s.acts, par);
-        matmul(&layer.wv, xb, n, &mut s.v[..n * kv_dim], &mut s.acts, par);
+        let batch = (n, at.logical);
+        matmul(
+            &layer.wq,
+            xb,
+            batch,
+            &mut s.q[..n * q_dim],
+            &mut s.acts,
+            par,
+        );
+        matmul(
+            &layer.wk,
+            xb,
+            batch,
+            &mut s.k[..n * kv_dim],
+            &mut s.acts,
+            par,
+        );
+        matmul(
+            &layer.wv,
+            xb,
+            batch,
+            &mut s.v[..n * kv_dim],
+            &mut s.acts,
+            par,
+        );
         for (out, width, bias) in [
             (&mut s.q[..n * q_dim], q_dim, &layer.q_bias),
             (&mut s.k[..n * kv_dim], kv_dim, &layer.k_bias),
@@ -1006,7 +1076,7 @@ impl Model<'_> {
             hd,
             group: shape.group,
             kq_scale: shape.kq_scale,
-            batched: n >= 2,
+            batched: at.logical >= 2,
             window: if local { c.sliding_window } else { None },
         };
         let q = &s.q[..n * q_dim];
@@ -1034,7 +1104,7 @@ impl Model<'_> {
         matmul(
             &layer.wo,
             &s.att_out[..n * q_dim],
-            n,
+            (n, at.logical),
             &mut s.xb2[..n * dim],
             &mut s.acts,
             par,
@@ -1063,7 +1133,14 @@ impl Model<'_> {
             math::rmsnorm(xb, &x[i * dim..(i + 1) * dim], &layer.ffn_norm, c.rms_eps);
         });
         let xb = &s.xb[t0 * dim..n * dim];
-        matmul(&layer.w_gate, xb, m, &mut s.hb[..m * ffn], &mut s.acts, par);
+        matmul(
+            &layer.w_gate,
+            xb,
+            self.ffn_batch(at),
+            &mut s.hb[..m * ffn],
+            &mut s.acts,
+            par,
+        );
     }
 
     /// Layer `l`'s feed-forward up projection and the gated activation: `hb = act(hb) * up(xb)`.
@@ -1074,7 +1151,14 @@ impl Model<'_> {
         } = *at;
         let (dim, ffn) = (c.dim, c.ffn_dim);
         let xb = &s.xb[t0 * dim..n * dim];
-        matmul(&layer.w_up, xb, m, &mut s.hb2[..m * ffn], &mut s.acts, par);
+        matmul(
+            &layer.w_up,
+            xb,
+            self.ffn_batch(at),
+            &mut s.hb2[..m * ffn],
+            &mut s.acts,
+            par,
+        );
         // The gated activation, one token per parallel task.
         let up = &s.hb2[..m * ffn];
         par.for_each_chunk(&mut s.hb[..m * ffn], ffn, &|t, gate| {
@@ -1096,7 +1180,7 @@ impl Model<'_> {
         matmul(
             &layer.w_down,
             &s.hb[..m * ffn],
-            m,
+            self.ffn_batch(at),
             &mut s.xb2[..m * dim],
             &mut s.acts,
             par,
@@ -1124,6 +1208,13 @@ impl Model<'_> {
             &w.output_norm,
             c.rms_eps,
         );
-        matmul(&w.output, &s.xb[..dim], 1, &mut s.logits, &mut s.acts, par);
+        matmul(
+            &w.output,
+            &s.xb[..dim],
+            (1, 1),
+            &mut s.logits,
+            &mut s.acts,
+            par,
+        );
     }
 }

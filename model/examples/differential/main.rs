@@ -157,6 +157,8 @@ fn compare(args: &[String]) -> Result<(), String> {
         prompt.len() + reference.steps.len() + 1,
         batch,
     );
+    // As the appliance's sessions prefill (model::session): the whole prompt is one llama.cpp batch, fed in chunks.
+    state.declare_batch(prompt.len());
     for piece in prompt.chunks(batch) {
         model
             .forward(&mut state, piece, par)
