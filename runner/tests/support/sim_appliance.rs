@@ -201,8 +201,7 @@ impl Swtpm {
     }
 
     fn spawn(provisioned: &Provisioned) -> (Self, std::io::Result<SwtpmSocket>) {
-        use std::os::fd::{AsRawFd as _, OwnedFd};
-        use std::os::unix::process::CommandExt as _;
+        use command_fds::{CommandFdExt as _, FdMapping};
 
         let state = tempfile::tempdir().unwrap();
         for entry in std::fs::read_dir(&provisioned.state).unwrap() {
@@ -213,8 +212,7 @@ impl Swtpm {
         }
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback listener");
         let ours = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let theirs = OwnedFd::from(listener.accept().unwrap().0);
-        let raw = theirs.as_raw_fd();
+        let theirs = listener.accept().unwrap().0;
         let stderr = std::fs::File::create(state.path().join("swtpm.stderr")).unwrap();
         let mut command = Command::new("swtpm");
         command
@@ -224,27 +222,17 @@ impl Swtpm {
             .args(["--flags", "not-need-init,startup-clear"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(stderr);
-        // SAFETY: between fork and exec the closure calls only dup2 and fcntl, which are async-signal-safe, on a
-        // descriptor that stays open in the parent until `spawn` returns (`theirs` is dropped after it).
-        unsafe {
-            command.pre_exec(move || {
-                // dup2 onto another number clears close-on-exec; onto itself it does nothing, so clear it by hand.
-                let done = if raw == 3 {
-                    libc::fcntl(3, libc::F_SETFD, 0)
-                } else {
-                    libc::dup2(raw, 3)
-                };
-                if done < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+            .stderr(stderr)
+            .fd_mappings(vec![FdMapping {
+                parent_fd: theirs.into(),
+                child_fd: 3,
+            }])
+            .expect("one mapping cannot collide");
         let child = command
             .spawn()
             .unwrap_or_else(|error| panic!("{MISSING_SWTPM}: {error}"));
-        drop(theirs);
+        // The command holds our copy of swtpm's end until it is dropped.
+        drop(command);
         let socket = SwtpmSocket::from_stream(ours, Duration::from_secs(60));
         (Self { child, state }, socket)
     }
