@@ -16,7 +16,7 @@
 
 use core::arch::x86_64::*;
 
-use super::avx2::hsum_ps;
+use super::avx2::{hsum_epi32, hsum_ps};
 use crate::quant::{f16_to_f32, BlockQ6K, BlockQ8K};
 
 /// 32 i16 scales for the two chunks of a zmm: chunk groups `g`, `g+1` in the low 256 bits, `g+2`, `g+3` in the
@@ -161,14 +161,8 @@ pub unsafe fn mat_q6_k_tiled(w: &[BlockQ6K], nb: usize, y: &[BlockQ8K], out: &mu
         let dw = f16_to_f32(a.d);
         for (t, o) in out.iter_mut().enumerate() {
             let b = &y[t * nb + k];
-            let lanes = q6_k_lanes(&unpacked, b);
             // All 8 lanes summed: an exact integer, whatever the order.
-            let s = _mm_add_epi32(
-                _mm256_extracti128_si256::<1>(lanes),
-                _mm256_castsi256_si128(lanes),
-            );
-            let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
-            let isum = _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s)));
+            let isum = hsum_epi32(q6_k_lanes(&unpacked, b));
             *o = _mm_cvtss_f32(_mm_fmadd_ss(
                 _mm_set_ss(dw * isum as f32),
                 _mm_set_ss(b.d),

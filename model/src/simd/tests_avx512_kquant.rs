@@ -6,43 +6,20 @@ use alloc::vec::Vec;
 
 use super::tests::data;
 use super::tests_avx512::have_avx512;
-use super::tests_more_types::q8k;
+use super::tests_more_types::{q8k, random_blocks};
 use super::{avx2, avx512_kquant};
-use crate::quant::{self, BlockQ6K, QK_K};
+use crate::quant::{self, BlockQ6K, GgmlType, QK_K};
 
-/// Random Q6_K blocks: every byte of `ql`, `qh` and `scales` random (scales include -128 and 127), `d` a random
-/// finite f16 of modest size.
+/// Random Q6_K blocks (`random_blocks`: every byte of `ql`, `qh` and `scales` random, a small finite `d`), every
+/// third with its first and last scale at -128 and 127.
 fn q6k_blocks(nb: usize, seed: u64) -> Vec<BlockQ6K> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut byte = || {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        (s >> 32) as u8
-    };
-    (0..nb)
-        .map(|i| {
-            let mut b = BlockQ6K {
-                ql: [0; QK_K / 2],
-                qh: [0; QK_K / 4],
-                scales: [0; QK_K / 16],
-                d: [0; 2],
-            };
-            b.ql.iter_mut().for_each(|v| *v = byte());
-            b.qh.iter_mut().for_each(|v| *v = byte());
-            b.scales.iter_mut().for_each(|v| *v = byte() as i8);
-            if i % 3 == 0 {
-                b.scales[0] = -128;
-                b.scales[15] = 127;
-            }
-            // Exponent 3..=18 (2^-12 .. 2^3): finite, neither tiny nor huge.
-            b.d = (u16::from(byte() & 0x0F) + 3)
-                .wrapping_shl(10)
-                .wrapping_add(u16::from(byte()))
-                .to_le_bytes();
-            b
-        })
-        .collect()
+    let bytes = random_blocks(GgmlType::Q6K, nb * QK_K, seed);
+    let mut blocks: Vec<BlockQ6K> = bytemuck::cast_slice(&bytes).to_vec();
+    for b in blocks.iter_mut().step_by(3) {
+        b.scales[0] = -128;
+        b.scales[15] = 127;
+    }
+    blocks
 }
 
 /// Q6_K at the AVX-512 level equals the AVX2 kernel and the scalar twin bit for bit, at 1 to 12 blocks, with

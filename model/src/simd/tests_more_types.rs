@@ -30,7 +30,7 @@ pub(super) fn random_blocks(t: GgmlType, n: usize, seed: u64) -> Vec<u8> {
                 blk[0..2].copy_from_slice(&d);
                 blk[2..4].copy_from_slice(&quant::f32_to_f16(-0.05));
             }
-            GgmlType::Q3K => blk[bs - 2..].copy_from_slice(&d),
+            GgmlType::Q3K | GgmlType::Q6K => blk[bs - 2..].copy_from_slice(&d),
             GgmlType::Q2K => {
                 blk[bs - 4..bs - 2].copy_from_slice(&d);
                 blk[bs - 2..].copy_from_slice(&dmin);
