@@ -22,9 +22,10 @@ Usage: scripts/differential.sh [options]
   --steps N         generated steps per prompt (default: 64)
   --configs LIST    engine configurations, KERNELS:THREADS:CHUNK each, KERNELS native (the CPU's best set),
                     portable, avx2 or avx512 (forced; the CPU must have it), CHUNK 32 (as the appliance
-                    prefills) or 0 (one batch). avx2 and portable are held to llama.cpp built for AVX2
-                    without AVX-512 (a second build, made on first use), the others to llama.cpp built
-                    for this CPU
+                    prefills) or 0 (one batch). avx2 is held to llama.cpp built for AVX2 without
+                    AVX-512, portable to llama.cpp built for SSE4.2 without AVX (the TCG vCPU's set;
+                    each a build of its own, made on first use), the others to llama.cpp built for
+                    this CPU
                     (default: native:1:32,native:1:0,native:2:32,avx2:1:32,portable:1:32,portable:2:0)
   --out DIR         where results.jsonl and the prompts go (default: a new directory under /tmp)
   --allow-divergences   report, but exit 0, when divergences that are not near-ties remain
@@ -77,12 +78,14 @@ mkdir -p "$out"
 source "$script_dir/llamacpp.sh"
 llama_cpp_python_version="$LLAMA_CPP_PYTHON_VERSION_DEFAULT"
 # The probe needs only the llama library (and the ggml libraries it links), not llama-bench and its common library.
-# Each configuration is held to the llama.cpp build whose code paths its kernels mirror: the AVX2 set (forced) and
-# the portable kernels, which keep the AVX2 orders on any CPU, to llama.cpp built for AVX2 without AVX-512
-# (scripts/llamacpp.sh, flavor avx2); the CPU's best set and a forced AVX-512 set to llama.cpp built for this CPU.
+# Each configuration is held to the llama.cpp build whose code paths its kernels mirror: the AVX2 set (forced) to
+# llama.cpp built for AVX2 without AVX-512 (scripts/llamacpp.sh, flavor avx2); the portable kernels, which keep the
+# orders of llama.cpp's SSE paths on any CPU, to llama.cpp built for SSE4.2 without AVX (flavor sse42, what the
+# appliance's vCPU under TCG has); the CPU's best set and a forced AVX-512 set to llama.cpp built for this CPU.
 reference_of() {
     case "${1%%:*}" in
-    avx2 | portable) echo avx2 ;;
+    avx2) echo avx2 ;;
+    portable) echo sse42 ;;
     *) echo native ;;
     esac
 }

@@ -12,7 +12,9 @@
 #
 # llama_cpp_flavor (default native) picks the build: `native` (build/, GGML_NATIVE: what llama.cpp does on this
 # CPU) or `avx2` (build-avx2/, the AVX2 code paths only, AVX-512 off: what llama.cpp does on an AVX2 CPU, the
-# reference for the engine's AVX2 kernel set on any CPU that has AVX2). Both share one download of the sources.
+# reference for the engine's AVX2 kernel set on any CPU that has AVX2) or `sse42` (build-sse42/, SSE4.2 without AVX:
+# what llama.cpp does on the appliance's vCPU under TCG, the reference for the engine's portable kernels). All share
+# one download of the sources.
 
 # The llama-cpp-python source release whose vendored llama.cpp we build. Pinned so that numbers from different days
 # compare; the sha256 is the one of the sdist we measured with (checked when the default version is used).
@@ -47,7 +49,16 @@ llama_cpp_select_flavor() {
             -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF)
         LLAMA_CPP_BUILD_DIR=build-avx2
         ;;
-    *) fail "unknown llama.cpp flavor '${llama_cpp_flavor}' (native or avx2)" ;;
+    sse42)
+        # What llama.cpp does on a CPU with SSE4.2 and no AVX, as the appliance's vCPU under QEMU's TCG is
+        # (runner/src/qemu.rs TCG_CPU): ggml's SSE paths (4 lanes, no FMA) and its generic quantized products.
+        cmake_flags=("${cmake_common_flags[@]}" -DGGML_NATIVE=OFF -DGGML_SSE42=ON -DGGML_AVX=OFF -DGGML_AVX2=OFF
+            -DGGML_BMI2=OFF -DGGML_FMA=OFF -DGGML_F16C=OFF -DGGML_AVX512=OFF -DGGML_AVX512_VBMI=OFF
+            -DGGML_AVX512_VNNI=OFF -DGGML_AVX512_BF16=OFF -DGGML_AVX_VNNI=OFF -DGGML_AMX_TILE=OFF
+            -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF)
+        LLAMA_CPP_BUILD_DIR=build-sse42
+        ;;
+    *) fail "unknown llama.cpp flavor '${llama_cpp_flavor}' (native, avx2 or sse42)" ;;
     esac
 }
 

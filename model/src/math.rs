@@ -70,6 +70,7 @@ pub fn rope_cache(cache: &mut [f32], pos: usize, base: f32, factors: Option<&[f3
 /// Rotates one head vector `x` (length = `cache.len()`) in place with a cache from [`rope_cache`].
 pub fn rope_apply(x: &mut [f32], cache: &[f32], style: RopeStyle) {
     let n = cache.len();
+    let fused = !crate::simd::sse_orders();
     for i in 0..n / 2 {
         let (c, s) = (cache[2 * i], cache[2 * i + 1]);
         let (a, b) = match style {
@@ -77,9 +78,15 @@ pub fn rope_apply(x: &mut [f32], cache: &[f32], style: RopeStyle) {
             RopeStyle::Neox => (i, i + n / 2),
         };
         let (x0, x1) = (x[a], x[b]);
-        // ggml's `rotate_pairs`, as GCC contracts it with FMA available: the first product is fused.
-        x[a] = libm::fmaf(x0, c, -(x1 * s));
-        x[b] = libm::fmaf(x0, s, x1 * c);
+        if fused {
+            // ggml's `rotate_pairs`, as GCC contracts it with FMA available: the first product is fused.
+            x[a] = libm::fmaf(x0, c, -(x1 * s));
+            x[b] = libm::fmaf(x0, s, x1 * c);
+        } else {
+            // As llama.cpp's SSE build computes it (no FMA to contract into).
+            x[a] = x0 * c - x1 * s;
+            x[b] = x0 * s + x1 * c;
+        }
     }
 }
 
@@ -91,35 +98,76 @@ pub fn swiglu(gate: &mut [f32], up: &[f32]) {
     }
 }
 
-/// ggml's tanh-approximated GELU in f32.
-fn gelu_f32(x: f32) -> f32 {
-    const GELU_COEF_A: f32 = 0.044715;
-    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
-    // ggml's C source writes `1.0f + GELU_COEF_A*x*x`; GCC contracts it into one FMA (-ffp-contract=fast), which
-    // moves one table entry (x = -1.9990234) to the neighbouring f16.
-    let inner = libm::fmaf(GELU_COEF_A * x, x, 1.0);
+const GELU_COEF_A: f32 = 0.044715;
+const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+
+/// ggml's tanh-approximated GELU in f32, given its inner factor `1 + GELU_COEF_A·x·x`.
+fn gelu_with(x: f32, inner: f32) -> f32 {
     0.5 * x * (1.0 + libm::tanhf(SQRT_2_OVER_PI * x * inner))
 }
 
-/// ggml's GELU lookup table: GELU of every f16 input, stored as f16 (65,536 entries).
-pub struct GeluTable(Vec<u16>);
+/// The inner factor as a build with FMA computes it: ggml's C source writes `1.0f + GELU_COEF_A*x*x`, and GCC
+/// contracts it into one FMA (-ffp-contract=fast), which moves one table entry (x = -1.9990234) to the
+/// neighbouring f16.
+fn gelu_inner_fused(x: f32) -> f32 {
+    libm::fmaf(GELU_COEF_A * x, x, 1.0)
+}
+
+/// The inner factor as llama.cpp's SSE build computes it: a multiply, a multiply, an add.
+fn gelu_inner_unfused(x: f32) -> f32 {
+    GELU_COEF_A * x * x + 1.0
+}
+
+/// ggml's GELU lookup table: GELU of every f16 input, stored as f16 (65,536 entries), in two versions: as builds
+/// with FMA compute it, and as llama.cpp's SSE build does (the portable kernels' orders, [`crate::sse`]). They
+/// differ in a few entries: the second is computed again only where the inner factors differ.
+pub struct GeluTable {
+    fused: Vec<u16>,
+    unfused: Vec<u16>,
+}
 
 impl GeluTable {
     pub fn new() -> GeluTable {
-        let table = (0..=u16::MAX)
-            .map(|bits| u16::from_le_bytes(f32_to_f16(gelu_f32(f16_to_f32(bits.to_le_bytes())))))
-            .collect();
-        GeluTable(table)
+        let mut fused = Vec::with_capacity(1 << 16);
+        // (index, entry) where the unfused table differs.
+        let mut unfused = Vec::new();
+        for bits in 0..=u16::MAX {
+            let x = f16_to_f32(bits.to_le_bytes());
+            let to_f16 = |v: f32| u16::from_le_bytes(f32_to_f16(v));
+            let (a, b) = (gelu_inner_fused(x), gelu_inner_unfused(x));
+            let entry = to_f16(gelu_with(x, a));
+            fused.push(entry);
+            if a != b {
+                let other = to_f16(gelu_with(x, b));
+                if other != entry {
+                    unfused.extend([bits, other]);
+                }
+            }
+        }
+        let mut table = fused.clone();
+        for pair in unfused.chunks_exact(2) {
+            table[pair[0] as usize] = pair[1];
+        }
+        GeluTable { fused, unfused: table }
+    }
+
+    /// The table for the orders in use.
+    fn table(&self) -> &[u16] {
+        if crate::simd::sse_orders() {
+            &self.unfused
+        } else {
+            &self.fused
+        }
     }
 
     /// `gate = gelu(gate) * up`, with GELU looked up through f16 as ggml does on the CPU.
     pub fn geglu(&self, gate: &mut [f32], up: &[f32]) {
-        crate::simd::geglu_lookup(&self.0, gate, up);
+        crate::simd::geglu_lookup(self.table(), gate, up);
     }
 
     /// [`GeluTable::geglu`] through the scalar code alone (the reference its SIMD path is tested against).
     pub fn geglu_scalar(&self, gate: &mut [f32], up: &[f32]) {
-        geglu_lookup(&self.0, gate, up);
+        geglu_lookup(self.table(), gate, up);
     }
 }
 
@@ -183,6 +231,20 @@ mod tests {
     }
 
     #[test]
+    fn gelu_tables_differ_where_the_inner_factor_is_fused() {
+        let t = GeluTable::new();
+        let differing: Vec<usize> = (0..t.fused.len()).filter(|&i| t.fused[i] != t.unfused[i]).collect();
+        // The entry the fused inner factor moves (f16 bits of -1.9990234), and each differing entry is the
+        // unfused formula's value.
+        assert!(differing.contains(&(u16::from_le_bytes(f32_to_f16(-1.999_023_4)) as usize)), "{differing:?}");
+        for &i in &differing {
+            let x = f16_to_f32((i as u16).to_le_bytes());
+            let unfused = u16::from_le_bytes(f32_to_f16(gelu_with(x, gelu_inner_unfused(x))));
+            assert_eq!(t.unfused[i], unfused, "entry {i}");
+        }
+    }
+
+    #[test]
     fn gelu_table_close_to_exact() {
         let t = GeluTable::new();
         for &v in &[-3.0f32, -0.5, 0.0, 0.3, 1.0, 2.5, 12.0, -11.0] {
@@ -193,7 +255,7 @@ mod tests {
             } else if v >= 10.0 {
                 v
             } else {
-                gelu_f32(v)
+                gelu_with(v, gelu_inner_fused(v))
             };
             assert!(
                 (g[0] - exact).abs() <= 2e-3 * exact.abs().max(1.0),

@@ -13,7 +13,9 @@
 //! (`crate::wide`'s `more_types`): Q2_K with a row count that is a multiple of 8 its repacked gemm/gemv at every
 //! batch size, BF16 `vdpbf16ps` (tinyBLAS's chain for a batch, `ggml_vec_dot_bf16` for one token). Q4_0 with a row
 //! count that is a multiple of 8 takes its repacked gemm/gemv order (one FMA per block, the same for every token) at
-//! the AVX2 and AVX-512 levels, where llama.cpp repacks it; the portable kernels keep `ggml_vec_dot_q4_0_q8_0`'s.
+//! the AVX2 and AVX-512 levels, where llama.cpp repacks it. The portable kernels mirror llama.cpp built for SSE4.2
+//! without AVX (`crate::sse`), which neither repacks nor tiles: every product there takes `ggml_vec_dot_*`'s order
+//! (`ggml_vec_dot_q4_0_q8_0`'s SSSE3 branch, the generic code for the other types) at every batch size.
 
 use alloc::vec;
 use alloc::vec::Vec;
@@ -365,7 +367,7 @@ const GEMM_TOKENS: usize = 4;
 /// Whether llama.cpp (on AVX2) repacks this Q4_K matrix into 8-row interleaved blocks at load time
 /// (`ggml_repack_get_optimal_repack_type`: row count a multiple of 8). This engine reads the same 8 rows in place.
 fn q4_k_repacked(w: &QTensor<'_>) -> bool {
-    w.ggml_type == GgmlType::Q4K && w.rows.is_multiple_of(8)
+    w.ggml_type == GgmlType::Q4K && w.rows.is_multiple_of(8) && !simd::sse_orders()
 }
 
 /// Whether llama.cpp repacks this Q2_K matrix into 8-row interleaved blocks (`q2_K_8x8_q8_K`: on AVX-512 CPUs
@@ -534,7 +536,7 @@ pub fn matmul(
         mat_k(
             w,
             batch,
-            logical >= TILED_MIN_BATCH,
+            logical >= TILED_MIN_BATCH && !simd::sse_orders(),
             rows_per_chunk,
             out,
             acts,

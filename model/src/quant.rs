@@ -373,7 +373,7 @@ fn q5_0_values(b: &BlockQ5_0) -> [i32; QK] {
 
 /// The 6-bit values (0..=63) of a Q6_K block in element order.
 #[inline]
-fn q6_k_values(b: &BlockQ6K) -> [i8; QK_K] {
+pub(crate) fn q6_k_values(b: &BlockQ6K) -> [i8; QK_K] {
     let mut v = [0i8; QK_K];
     for half in 0..2 {
         let (ql, qh) = (
@@ -393,7 +393,7 @@ fn q6_k_values(b: &BlockQ6K) -> [i8; QK_K] {
 
 /// The 4-bit values of a Q4_K block in element order.
 #[inline]
-fn q4_k_values(b: &BlockQ4K) -> [u8; QK_K] {
+pub(crate) fn q4_k_values(b: &BlockQ4K) -> [u8; QK_K] {
     let mut v = [0u8; QK_K];
     for j in 0..4 {
         for l in 0..32 {

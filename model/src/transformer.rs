@@ -1076,7 +1076,8 @@ impl Model<'_> {
             hd,
             group: shape.group,
             kq_scale: shape.kq_scale,
-            batched: at.logical >= 2,
+            // llama.cpp's SSE build has no tinyBLAS: every KQ and KQV takes `ggml_vec_dot_f16`'s order.
+            batched: at.logical >= 2 && !simd::sse_orders(),
             window: if local { c.sliding_window } else { None },
         };
         let q = &s.q[..n * q_dim];

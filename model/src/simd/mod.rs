@@ -8,7 +8,8 @@
 //!
 //! The AVX-512 level exists because llama.cpp built for such a CPU sums f16 dot products, softmax and SwiGLU in
 //! 16-lane orders (see [`crate::wide`]); the engine mirrors the set llama.cpp would use on the CPU at hand, and the
-//! portable kernels mirror the AVX2 set.
+//! portable kernels (the scalar level) mirror llama.cpp built for SSE4.2 without AVX, the appliance's vCPU under
+//! TCG ([`crate::sse`], [`sse_orders`]).
 
 use core::sync::atomic::{AtomicU8, Ordering};
 
@@ -74,11 +75,18 @@ pub fn level() -> Level {
 }
 
 /// Whether the engine mirrors the summation orders of llama.cpp's AVX-512 build (16 lanes) rather than its AVX2
-/// build's (8): at the AVX-512 level only. The portable kernels keep the 8-lane orders on any CPU, so that
-/// `generate --portable-kernels` on an AVX-512 host computes what the appliance computes under TCG (no AVX-512).
+/// build's (8): at the AVX-512 level only. The portable kernels keep the SSE orders ([`sse_orders`]) on any CPU,
+/// so that `generate --portable-kernels` on an AVX-512 host computes what the appliance computes under TCG.
 pub fn wide_orders() -> bool {
     level();
     WIDE.load(Ordering::Relaxed) == 2
+}
+
+/// Whether the engine mirrors the orders of llama.cpp built for SSE4.2 without AVX ([`crate::sse`]): at the
+/// scalar level (the portable kernels) only. llama.cpp has no tinyBLAS, repacked or tiled kernels there, so every
+/// product takes its `ggml_vec_dot_*` order whatever the batch.
+pub fn sse_orders() -> bool {
+    level() == Level::Scalar
 }
 
 /// Forces the scalar kernels (for comparisons and for emulators whose AVX is slow); `false` re-probes.
@@ -197,7 +205,7 @@ macro_rules! dispatch_512 {
 
 dispatch!(
     /// Q4_0 weights · Q8_0 activations.
-    dot_q4_0_q8_0(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32, quant::dot_q4_0_q8_0_generic);
+    dot_q4_0_q8_0(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32, crate::sse::dot_q4_0_q8_0);
 dispatch!(
     /// Q4_1 weights · Q8_1 activations.
     dot_q4_1_q8_1(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32, quant::dot_q4_1_q8_1_generic);
@@ -209,7 +217,7 @@ dispatch!(
     dot_q8_0_q8_0(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32, quant::dot_q8_0_q8_0_generic);
 dispatch!(
     /// Q4_K weights · Q8_K activations.
-    dot_q4_k_q8_k(x: &[BlockQ4K], y: &[BlockQ8K]) -> f32, quant::dot_q4_k_q8_k);
+    dot_q4_k_q8_k(x: &[BlockQ4K], y: &[BlockQ8K]) -> f32, crate::sse::dot_q4_k_q8_k);
 dispatch!(
     /// One token against 8 Q4_K rows of `nb` blocks (`w[r * nb..]`) in the order of llama.cpp's repacked gemv:
     /// `out[r] = W[r] · y` (each equal to [`quant::dot_q4_k_q8_k_gemv`]).
@@ -272,7 +280,7 @@ fn scalar_q6_k_tiled(w: &[BlockQ6K], nb: usize, y: &[BlockQ8K], out: &mut [f32])
 }
 dispatch_512!(
     /// Q6_K weights · Q8_K activations.
-    dot_q6_k_q8_k(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32, quant::dot_q6_k_q8_k, avx512_kquant);
+    dot_q6_k_q8_k(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32, crate::sse::dot_q6_k_q8_k, avx512_kquant);
 dispatch!(
     /// Q5_K weights · Q8_K activations.
     dot_q5_k_q8_k(x: &[BlockQ5K], y: &[BlockQ8K]) -> f32, quant::dot_q5_k_q8_k);
@@ -489,22 +497,22 @@ fn scalar_dots_f16_wide(x: &[u16], stride: usize, y: &[u16], out: &mut [f32]) {
 }
 dispatch_wide!(
     /// f16 · f16 as `ggml_vec_dot_f16` orders it (four chains of 8 lanes, or 16 at the AVX-512 level; f64 tail).
-    dot_f16_ggml(x: &[u16], y: &[u16]) -> f32, quant::dot_f16_ggml, wide::dot_f16_ggml16);
+    dot_f16_ggml(x: &[u16], y: &[u16]) -> f32, crate::sse::dot_f16_ggml, wide::dot_f16_ggml16);
 dispatch_wide!(
     /// `x[i] = exp(x[i] - max)` with ggml's vector expf; returns the f64 sum.
-    softmax_exp(x: &mut [f32], max: f32) -> f64, quant::softmax_exp, wide::softmax_exp16);
+    softmax_exp(x: &mut [f32], max: f32) -> f64, crate::sse::softmax_exp, wide::softmax_exp16);
 dispatch_wide!(
     /// `gate = silu(gate) * up` with ggml's vector expf.
-    swiglu(gate: &mut [f32], up: &[f32]) -> (), quant::swiglu, wide::swiglu16);
+    swiglu(gate: &mut [f32], up: &[f32]) -> (), crate::sse::swiglu, wide::swiglu16);
 dispatch!(
     /// `gate = gelu(gate) * up` through ggml's f16 GELU table (see [`crate::math::GeluTable`]).
     geglu_lookup(table: &[u16], gate: &mut [f32], up: &[f32]) -> (), crate::math::geglu_lookup);
 dispatch!(
     /// f32 → Q8_0 activations.
-    quantize_q8_0(x: &[f32], out: &mut [BlockQ8_0]) -> (), quant::quantize_q8_0);
+    quantize_q8_0(x: &[f32], out: &mut [BlockQ8_0]) -> (), crate::sse::quantize_q8_0);
 dispatch!(
     /// f32 → Q8_1 activations.
-    quantize_q8_1(x: &[f32], out: &mut [BlockQ8_1]) -> (), quant::quantize_q8_1);
+    quantize_q8_1(x: &[f32], out: &mut [BlockQ8_1]) -> (), crate::sse::quantize_q8_1);
 
 /// Where a matrix product reads its quantized activations: `C` columns of `nb` blocks each (`qs[c * nb + k]`) and
 /// their scales as f32, stored block-major for the whole batch (`d[k * batch + col0 + c]`; `s` likewise, Q8_1's
@@ -580,7 +588,7 @@ macro_rules! mat_dispatch {
 
 mat_dispatch!(
     /// Q4_0 weights × Q8_0 activations.
-    mat_q4_0, BlockQ4_0, BlockQ8_0, quant::dot_q4_0_q8_0_generic, None::<ScalarMat<BlockQ4_0, BlockQ8_0>>, Avx512);
+    mat_q4_0, BlockQ4_0, BlockQ8_0, crate::sse::dot_q4_0_q8_0, None::<ScalarMat<BlockQ4_0, BlockQ8_0>>, Avx512);
 mat_dispatch!(
     /// Q4_1 weights × Q8_1 activations. Without AVX2, batches of four or more tokens go through the packed portable
     /// kernel of `simd/swar.rs`, four tokens per integer multiply (same results, faster under QEMU's TCG).

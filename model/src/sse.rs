@@ -1,0 +1,264 @@
+//! Scalar models of the orders llama.cpp computes in when built for a CPU with SSE4.2 and no AVX: the orders of the
+//! engine's portable kernels.
+//!
+//! The portable kernels are what the appliance's vCPU runs under QEMU's TCG, which `cloister` gives SSE4.2 and no
+//! AVX (`runner/src/qemu.rs`, `TCG_CPU`). Built for that CPU (`scripts/llamacpp.sh`, flavor `sse42`), llama.cpp
+//! 0.3.36's ggml-cpu takes neither tinyBLAS (`llamafile/sgemm.cpp` needs AVX), nor its repacked or tiled quantized
+//! kernels (AVX2), nor fused multiply-adds (GCC contracts nothing without `-mfma`). What it takes instead, and what
+//! this module reproduces operation by operation:
+//! - `vec.h` `ggml_v_expf(__m128)` with `MADD128` as a multiply then an add, in `ggml_vec_soft_max_f32` (each group
+//!   of 4 lanes summed as `(v0 + v1) + (v2 + v3)`, then added to an f64 sum) and `ggml_vec_swiglu_f32`; the last
+//!   `n % 4` elements through the C library's `expf`;
+//! - `ggml_vec_dot_f16` with `simd-mappings.h`'s `__SSE3__` branch (`GGML_F16_STEP` 32, `GGML_F16_EPR` 4: eight
+//!   4-lane accumulators, reduced pairwise, then two `hadd`s; an f64 tail) for every f16 product, batched or not;
+//! - the activations quantized by `quantize_row_q8_0_ref` / `quantize_row_q8_1_ref` (`ggml-quants.c`: `d = amax /
+//!   127`, `id = 1 / d`, `roundf`);
+//! - `ggml_vec_dot_q4_0_q8_0`'s SSSE3 branch (`arch/x86/quants.c`), and the generic `ggml_vec_dot_*` of
+//!   `ggml-cpu/quants.c` for Q4_1, Q5_0, Q8_0 (in [`crate::quant`]), Q4_K and Q6_K at every batch size;
+//! - the GELU table and the rotary embedding without the FMAs GCC fuses in a build with `-mfma`
+//!   (`crate::math`).
+//!
+//! The C library's `expf` and `sincosf` are the same as for the other builds: the harness runs llama.cpp on the
+//! host, whose glibc picks its FMA variants at run time whatever llama.cpp was compiled for.
+
+use crate::quant::{
+    self, f16_to_f32, f32_to_f16, BlockQ4K, BlockQ4_0, BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1,
+    QK, QK_K,
+};
+
+/// One lane of ggml's SSE2 `ggml_v_expf`: [`quant::expf_ggml`]'s steps with each fused multiply-add a multiply and
+/// an add (`MADD128(x, y, z)` is `x·y + z`, `NMADD128(x, y, z)` is `z - x·y` without FMA).
+pub fn expf4(x: f32) -> f32 {
+    let r = f32::from_bits(0x4b40_0000); // 0x1.8p23
+    let z = x * f32::from_bits(0x3fb8_aa3b) + r; // log2(e)
+    let n = z - r;
+    let b = (x - n * f32::from_bits(0x3f31_7200)) - n * f32::from_bits(0x35bf_be8e); // ln2 hi, lo
+    let e = z.to_bits().wrapping_shl(23);
+    let k = f32::from_bits(e.wrapping_add(1.0f32.to_bits()));
+    let u = b * b;
+    let c0 = f32::from_bits(0x3c07_2010); // 0x1.0e4020p-7
+    let c1 = f32::from_bits(0x3d2b_9f17); // 0x1.573e2ep-5
+    let c2 = f32::from_bits(0x3e2a_af33); // 0x1.555e66p-3
+    let c3 = f32::from_bits(0x3eff_fedb); // 0x1.fffdb6p-2
+    let c4 = f32::from_bits(0x3f7f_fff6); // 0x1.ffffecp-1
+    let j = ((c0 * b + c1) * u + (c2 * b + c3)) * u + c4 * b;
+    // The vector code takes the blend below for all four lanes when one needs it; for a lane with |n| <= 126 the
+    // blend yields `k·j + k`, the same value as the fast path's `j·k + k`.
+    if n.abs() <= 126.0 {
+        return j * k + k;
+    }
+    let g: u32 = if n <= 0.0 { 0x8200_0000 } else { 0 };
+    let s1 = f32::from_bits(g.wrapping_add(0x7f00_0000));
+    let s2 = f32::from_bits(e.wrapping_sub(g));
+    if n.abs() > 192.0 {
+        s1 * s1
+    } else {
+        (s2 * j + s2) * s1
+    }
+}
+
+/// Sum of one 4-lane group as SSE without AVX reduces it (`shuffle`, `movehl`, `add_ss`): `(v0 + v1) + (v2 + v3)`.
+#[inline]
+fn hsum4(l: &[f32]) -> f32 {
+    (l[0] + l[1]) + (l[2] + l[3])
+}
+
+/// Softmax numerator as ggml's SSE2 `ggml_vec_soft_max_f32`: `x[i] = expf(x[i] - max)` by [`expf4`] in groups of
+/// 4, each group's sum added to an f64 sum, the rest by the C library's `expf`; returns the sum.
+pub fn softmax_exp(x: &mut [f32], max: f32) -> f64 {
+    let mut sum = 0.0f64;
+    let mut groups = x.chunks_exact_mut(4);
+    for c in &mut groups {
+        for v in c.iter_mut() {
+            *v = expf4(*v - max);
+        }
+        sum += hsum4(c) as f64;
+    }
+    for v in groups.into_remainder() {
+        *v = libm::expf(*v - max);
+        sum += *v as f64;
+    }
+    sum
+}
+
+/// `gate[i] = silu(gate[i]) * up[i]` as ggml's SSE2 `ggml_vec_swiglu_f32`: `x / (1 + v_expf(0 - x))` in groups of
+/// 4, `ggml_silu_f32` (the C library's `expf`) for the rest.
+pub fn swiglu(gate: &mut [f32], up: &[f32]) {
+    let n4 = gate.len() / 4 * 4;
+    for (g, &u) in gate[..n4].iter_mut().zip(up) {
+        let x = *g;
+        *g = x / (1.0 + expf4(0.0 - x)) * u;
+    }
+    for (g, &u) in gate[n4..].iter_mut().zip(&up[n4..]) {
+        let x = *g;
+        *g = x / (1.0 + libm::expf(-x)) * u;
+    }
+}
+
+/// f16 dot product as `ggml_vec_dot_f16` computes it with SSE3: eight 4-lane accumulators over steps of 32 (each
+/// product exact in f32, so the multiply-then-add is [`quant::fma_f16`]), reduced pairwise (4 + 4, 2 + 2, 1 + 1),
+/// the last accumulator's lanes as `(l0 + l1) + (l2 + l3)` (two `hadd`s), plus an f64 tail for the last
+/// `len % 32` elements.
+pub fn dot_f16_ggml(x: &[u16], y: &[u16]) -> f32 {
+    let h = |v: u16| half::f16::from_bits(v).to_f32();
+    let n = x.len().min(y.len());
+    let np = n / 32 * 32;
+    let mut acc = [[0.0f32; 4]; 8];
+    for i in (0..np).step_by(32) {
+        for (j, a) in acc.iter_mut().enumerate() {
+            for (l, lane) in a.iter_mut().enumerate() {
+                *lane = quant::fma_f16(x[i + 4 * j + l], y[i + 4 * j + l], *lane);
+            }
+        }
+    }
+    for width in [4, 2, 1] {
+        for i in 0..width {
+            for l in 0..4 {
+                acc[i][l] += acc[i + width][l];
+            }
+        }
+    }
+    let mut sum = hsum4(&acc[0]) as f64;
+    for i in np..n {
+        sum += (h(x[i]) * h(y[i])) as f64;
+    }
+    sum as f32
+}
+
+/// The scale of an 8-bit block with largest magnitude `amax` and its inverse, as `quantize_row_q8_0_ref` computes
+/// them (the AVX2 quantizer divides 127 by `amax` instead: [`quant::quantize_q8_0`]).
+#[inline]
+fn q8_scale_ref(amax: f32) -> (f32, f32) {
+    let d = amax / 127.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    (d, id)
+}
+
+/// `roundf`: to nearest, halfway cases away from zero, as `i8` (|v| ≤ 127.5 here, in range).
+#[inline]
+fn round_i8(v: f32) -> i8 {
+    libm::roundf(v) as i8
+}
+
+/// f32 → Q8_0 blocks as `quantize_row_q8_0_ref` (length a multiple of 32).
+pub fn quantize_q8_0(x: &[f32], out: &mut [BlockQ8_0]) {
+    for (b, xs) in out.iter_mut().zip(x.chunks_exact(QK)) {
+        let amax = xs.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let (d, id) = q8_scale_ref(amax);
+        b.d = f32_to_f16(d);
+        for (q, &v) in b.qs.iter_mut().zip(xs) {
+            *q = round_i8(v * id);
+        }
+    }
+}
+
+/// f32 → Q8_1 blocks as `quantize_row_q8_1_ref` (length a multiple of 32); `s = f16(Σ q · d)`.
+pub fn quantize_q8_1(x: &[f32], out: &mut [BlockQ8_1]) {
+    for (b, xs) in out.iter_mut().zip(x.chunks_exact(QK)) {
+        let amax = xs.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let (d, id) = q8_scale_ref(amax);
+        b.d = f32_to_f16(d);
+        let mut sum = 0i32;
+        for (q, &v) in b.qs.iter_mut().zip(xs) {
+            *q = round_i8(v * id);
+            sum += *q as i32;
+        }
+        b.s = f32_to_f16(sum as f32 * d);
+    }
+}
+
+/// The four exact 4-element sums `_mm_madd_epi16(1, _mm_maddubs_epi16(..))` gives for 16 weights and activations.
+#[inline]
+fn pair_sums(w: impl Fn(usize) -> i32, y: &[i8]) -> [f32; 4] {
+    core::array::from_fn(|l| (4 * l..4 * l + 4).map(|e| w(e) * y[e] as i32).sum::<i32>() as f32)
+}
+
+/// Q4_0 · Q8_0 as `ggml_vec_dot_q4_0_q8_0`'s SSSE3 branch: blocks in pairs, four 4-lane accumulators (block A's low
+/// and high nibbles, block B's), each lane `acc += d·s` (a multiply, then an add) with `s` an exact 4-element sum,
+/// reduced by `hsum_float_4x4`; an odd last block as the generic code, `sumf += sumi·dx·dy`.
+pub fn dot_q4_0_q8_0(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
+    let mut acc = [[0.0f32; 4]; 4];
+    let pairs = x.len() / 2;
+    for p in 0..pairs {
+        for (half, (a, b)) in x[2 * p..2 * p + 2].iter().zip(&y[2 * p..2 * p + 2]).enumerate() {
+            let d = f16_to_f32(a.d) * f16_to_f32(b.d);
+            let lo = pair_sums(|e| (a.qs[e] & 0xF) as i32 - 8, &b.qs[..16]);
+            let hi = pair_sums(|e| (a.qs[e] >> 4) as i32 - 8, &b.qs[16..]);
+            for l in 0..4 {
+                acc[2 * half][l] += d * lo[l];
+                acc[2 * half + 1][l] += d * hi[l];
+            }
+        }
+    }
+    let r: [f32; 4] = core::array::from_fn(|i| (acc[i][0] + acc[i][1]) + (acc[i][2] + acc[i][3]));
+    let mut sum = (r[0] + r[1]) + (r[2] + r[3]);
+    for (a, b) in x.iter().zip(y).skip(2 * pairs) {
+        let mut isum = 0i32;
+        for j in 0..QK / 2 {
+            isum += ((a.qs[j] & 0xF) as i32 - 8) * b.qs[j] as i32;
+            isum += ((a.qs[j] >> 4) as i32 - 8) * b.qs[j + QK / 2] as i32;
+        }
+        sum += isum as f32 * f16_to_f32(a.d) * f16_to_f32(b.d);
+    }
+    sum
+}
+
+/// Q4_K · Q8_K as the generic `ggml_vec_dot_q4_K_q8_K`: per block, eight exact lanes `Σ_j sc_j · Σ_g q·y` over
+/// element `8g + l` of each 32-element sub-block j, folded as `sums[l] += d·lane` (a multiply, then an add) and
+/// `sumf -= dmin·Σ m·bsum`; the eight sums added to `sumf` in order at the end.
+pub fn dot_q4_k_q8_k(x: &[BlockQ4K], y: &[BlockQ8K]) -> f32 {
+    let mut sums = [0.0f32; 8];
+    let mut sumf = 0.0f32;
+    for (a, b) in x.iter().zip(y) {
+        let v = quant::q4_k_values(a);
+        let mut lanes = [0i32; 8];
+        let mut msum = 0i32;
+        for j in 0..QK_K / 32 {
+            let (sc, m) = quant::scale_min_k4(j, &a.scales);
+            for g in 0..4 {
+                for (l, lane) in lanes.iter_mut().enumerate() {
+                    let e = 32 * j + 8 * g + l;
+                    *lane += sc as i32 * (v[e] as i32 * b.qs[e] as i32);
+                }
+            }
+            msum += m as i32 * (b.bsums[2 * j] as i32 + b.bsums[2 * j + 1] as i32);
+        }
+        let d = f16_to_f32(a.d) * b.d;
+        for (s, &l) in sums.iter_mut().zip(&lanes) {
+            *s += d * l as f32;
+        }
+        sumf -= f16_to_f32(a.dmin) * b.d * msum as f32;
+    }
+    for s in sums {
+        sumf += s;
+    }
+    sumf
+}
+
+/// Q6_K · Q8_K as the generic `ggml_vec_dot_q6_K_q8_K`: per block, eight exact lanes `Σ_g sc_g · Σ_h (q - 32)·y`
+/// over element `16g + 8h + l`, folded as `sums[l] += d·lane`; the eight sums added in order at the end.
+pub fn dot_q6_k_q8_k(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32 {
+    let mut sums = [0.0f32; 8];
+    for (a, b) in x.iter().zip(y) {
+        let v = quant::q6_k_values(a);
+        let mut lanes = [0i32; 8];
+        for g in 0..QK_K / 16 {
+            let sc = a.scales[g] as i32;
+            for h in 0..2 {
+                for (l, lane) in lanes.iter_mut().enumerate() {
+                    let e = 16 * g + 8 * h + l;
+                    *lane += sc * ((v[e] as i32 - 32) * b.qs[e] as i32);
+                }
+            }
+        }
+        let d = f16_to_f32(a.d) * b.d;
+        for (s, &l) in sums.iter_mut().zip(&lanes) {
+            *s += d * l as f32;
+        }
+    }
+    let mut sumf = 0.0f32;
+    for s in sums {
+        sumf += s;
+    }
+    sumf
+}
