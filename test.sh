@@ -25,13 +25,17 @@ cargo test -p uefi-stub --lib
 # library's 200 prompts per model, spread over it (prompts up to 1,150 tokens, past Gemma 3's 512-token window), 64
 # greedy steps each: the CPU's best kernel set prefilled in 32-token chunks on one thread (as the appliance serves)
 # and in one batch on two, held to llama.cpp built for this CPU, and the AVX2 set forced, held to llama.cpp built
-# for AVX2 without AVX-512. It fails on a prompt the two tokenize differently and on a greedy choice that differs
-# where llama.cpp's top-2 margin is 0.05 or more. The portable kernels are not in it: they deliberately equal no
-# llama.cpp build (same README section). The first run downloads llama.cpp and builds its library twice (native and
-# AVX2) into .cache/llama.cpp (pip, cmake and a C/C++ compiler; a few minutes), later runs reuse them. It runs before
-# the workspace tests because model/tests/llamacpp_vocabs.rs reads the vocabularies in that download.
+# for AVX2 without AVX-512. Then the portable kernels (what the appliance runs under TCG), held to llama.cpp built
+# for SSE4.2 without AVX, on 4 prompts per model (they are slow on long prompts), in 32-token chunks on two threads
+# as the appliance serves with its default two vCPUs. It fails on a prompt the two tokenize differently and on a
+# greedy choice that differs where llama.cpp's top-2 margin is 0.05 or more. The first run downloads llama.cpp and
+# builds its library three times (native, AVX2, SSE4.2) into .cache/llama.cpp (pip, cmake and a C/C++ compiler; a
+# few minutes each), later runs reuse them. It runs before the workspace tests because model/tests/llamacpp_vocabs.rs
+# reads the vocabularies in that download.
 echo "== the engine against llama.cpp (scripts/differential.sh, 20 prompts per model, native and AVX2 kernels)"
 scripts/differential.sh --prompts 20 --steps 64 --configs native:1:32,native:2:0,avx2:1:32
+echo "== the portable kernels against llama.cpp (scripts/differential.sh, 4 prompts per model)"
+scripts/differential.sh --prompts 4 --steps 64 --configs portable:2:32
 
 echo "== workspace tests (unit, swtpm, and QEMU end-to-end)"
 cargo test --workspace --exclude kernel --exclude uefi-stub

@@ -125,6 +125,27 @@ pub fn dot_f16_ggml(x: &[u16], y: &[u16]) -> f32 {
     sum as f32
 }
 
+/// [`dot_f16_ggml`] of `x` and `y` (equal lengths, a multiple of 32) when `y` is zero from `live` on, computed
+/// over the first `live` elements only: each accumulator gets the same nonzero products in the same order, and
+/// adding a zero product leaves an accumulator unchanged (one that starts at +0 never becomes -0), so the result is
+/// the same bits. Attention's probability rows are zero past the query's position.
+pub fn dot_f16_ggml_live(x: &[u16], y: &[u16], live: usize) -> f32 {
+    debug_assert!(x.len() == y.len() && x.len().is_multiple_of(32) && live <= x.len());
+    let mut acc = [[0.0f32; 4]; 8];
+    for (e, (&a, &b)) in x[..live].iter().zip(&y[..live]).enumerate() {
+        let lane = &mut acc[(e % 32) / 4][e % 4];
+        *lane = quant::fma_f16(a, b, *lane);
+    }
+    for width in [4, 2, 1] {
+        for i in 0..width {
+            for l in 0..4 {
+                acc[i][l] += acc[i + width][l];
+            }
+        }
+    }
+    hsum4(&acc[0])
+}
+
 /// The scale of an 8-bit block with largest magnitude `amax` and its inverse, as `quantize_row_q8_0_ref` computes
 /// them (the AVX2 quantizer divides 127 by `amax` instead: [`quant::quantize_q8_0`]).
 #[inline]
@@ -180,7 +201,11 @@ pub fn dot_q4_0_q8_0(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
     let mut acc = [[0.0f32; 4]; 4];
     let pairs = x.len() / 2;
     for p in 0..pairs {
-        for (half, (a, b)) in x[2 * p..2 * p + 2].iter().zip(&y[2 * p..2 * p + 2]).enumerate() {
+        for (half, (a, b)) in x[2 * p..2 * p + 2]
+            .iter()
+            .zip(&y[2 * p..2 * p + 2])
+            .enumerate()
+        {
             let d = f16_to_f32(a.d) * f16_to_f32(b.d);
             let lo = pair_sums(|e| (a.qs[e] & 0xF) as i32 - 8, &b.qs[..16]);
             let hi = pair_sums(|e| (a.qs[e] >> 4) as i32 - 8, &b.qs[16..]);
@@ -261,4 +286,178 @@ pub fn dot_q6_k_q8_k(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32 {
         sumf += s;
     }
     sumf
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A small xorshift generator for test data.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+
+        /// An f16 in [-2, 2) (bits), never a NaN or an infinity.
+        fn f16(&mut self) -> u16 {
+            let v = (self.next() % 4096) as f32 / 1024.0 - 2.0;
+            u16::from_le_bytes(f32_to_f16(v))
+        }
+    }
+
+    #[test]
+    fn the_live_dot_equals_the_whole_row_with_zeros_past_live() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        for len in [32usize, 64, 96, 256] {
+            for live in [1usize, 3, 4, 31, 32, 33, len - 1, len] {
+                if live > len {
+                    continue;
+                }
+                let x: Vec<u16> = (0..len).map(|_| rng.f16()).collect();
+                let y: Vec<u16> = (0..len)
+                    .map(|i| if i < live { rng.f16() } else { 0 })
+                    .collect();
+                let whole = dot_f16_ggml(&x, &y);
+                let skipped = dot_f16_ggml_live(&x, &y, live);
+                assert_eq!(whole.to_bits(), skipped.to_bits(), "len {len}, live {live}");
+            }
+        }
+    }
+
+    #[test]
+    fn masked_scores_add_nothing_so_a_prefix_of_whole_groups_gives_the_same_sum() {
+        assert_eq!(expf4(f32::NEG_INFINITY).to_bits(), 0);
+        let mut rng = Rng(7);
+        for live in [1usize, 4, 5, 8, 30] {
+            let mut whole: Vec<f32> = (0..64)
+                .map(|i| {
+                    if i < live {
+                        (rng.next() % 2000) as f32 / 100.0 - 10.0
+                    } else {
+                        f32::NEG_INFINITY
+                    }
+                })
+                .collect();
+            let max = whole[..live]
+                .iter()
+                .copied()
+                .fold(f32::NEG_INFINITY, f32::max);
+            let mut prefix = whole.clone();
+            let end = live.div_ceil(4) * 4;
+            let a = softmax_exp(&mut whole, max);
+            let b = softmax_exp(&mut prefix[..end], max);
+            assert_eq!(a.to_bits(), b.to_bits(), "live {live}");
+            assert_eq!(&whole[..end], &prefix[..end]);
+            assert!(whole[end..].iter().all(|&v| v == 0.0));
+        }
+    }
+
+    #[test]
+    fn expf4_is_close_to_exp_and_differs_from_the_fused_form_somewhere() {
+        let mut differ = 0;
+        for i in -8700..8800 {
+            let x = i as f32 / 100.0;
+            let (e, exact) = (expf4(x), libm::exp(x as f64));
+            assert!(
+                ((e as f64 - exact) / exact).abs() < 4e-7,
+                "{x}: {e} vs {exact}"
+            );
+            differ += usize::from(e.to_bits() != quant::expf_ggml(x).to_bits());
+        }
+        // Without FMA the polynomial rounds differently: the SSE build's numbers are not the AVX2 build's.
+        assert!(differ > 0);
+    }
+
+    #[test]
+    fn the_reference_quantizer_rounds_halves_away_from_zero() {
+        // amax 127 gives d = 1 and id = 1: 2.5 is a halfway case.
+        let mut x = [0.0f32; QK];
+        x[0] = 127.0;
+        x[1] = 2.5;
+        x[2] = -2.5;
+        let mut out = [BlockQ8_0 {
+            d: [0; 2],
+            qs: [0; QK],
+        }];
+        quantize_q8_0(&x, &mut out);
+        assert_eq!(&out[0].qs[..3], &[127, 3, -3]);
+        // The AVX2 quantizer rounds to even.
+        quant::quantize_q8_0(&x, &mut out);
+        assert_eq!(&out[0].qs[..3], &[127, 2, -2]);
+    }
+
+    #[test]
+    fn the_k_quant_and_q4_0_orders_compute_the_dot_product() {
+        // Against the AVX2 build's orders (other roundings of the same exact products): close, not equal.
+        let mut rng = Rng(3);
+        let nb = 4;
+        let bytes =
+            |n: usize, rng: &mut Rng| -> Vec<u8> { (0..n).map(|_| rng.next() as u8).collect() };
+        let mut q8k: Vec<BlockQ8K> = bytemuck::cast_slice::<u8, BlockQ8K>(&bytes(
+            nb * core::mem::size_of::<BlockQ8K>(),
+            &mut rng,
+        ))
+        .to_vec();
+        for b in &mut q8k {
+            b.d = 0.01;
+            for g in 0..QK_K / 16 {
+                b.bsums[g] = b.qs[16 * g..16 * g + 16].iter().map(|&q| q as i16).sum();
+            }
+        }
+        let mut q4k: Vec<BlockQ4K> = bytemuck::cast_slice::<u8, BlockQ4K>(&bytes(
+            nb * core::mem::size_of::<BlockQ4K>(),
+            &mut rng,
+        ))
+        .to_vec();
+        for b in &mut q4k {
+            b.d = f32_to_f16(0.02);
+            b.dmin = f32_to_f16(0.01);
+        }
+        let (ours, avx2) = (dot_q4_k_q8_k(&q4k, &q8k), quant::dot_q4_k_q8_k(&q4k, &q8k));
+        assert!(
+            (ours - avx2).abs() <= 1e-4 * avx2.abs().max(1.0),
+            "{ours} vs {avx2}"
+        );
+        let mut q6k: Vec<BlockQ6K> = bytemuck::cast_slice::<u8, BlockQ6K>(&bytes(
+            nb * core::mem::size_of::<BlockQ6K>(),
+            &mut rng,
+        ))
+        .to_vec();
+        for b in &mut q6k {
+            b.d = f32_to_f16(0.02);
+        }
+        let (ours, avx2) = (dot_q6_k_q8_k(&q6k, &q8k), quant::dot_q6_k_q8_k(&q6k, &q8k));
+        assert!(
+            (ours - avx2).abs() <= 1e-4 * avx2.abs().max(1.0),
+            "{ours} vs {avx2}"
+        );
+        let n0 = 5; // odd: the last block goes through the generic step
+        let mut q40: Vec<BlockQ4_0> = bytemuck::cast_slice::<u8, BlockQ4_0>(&bytes(
+            n0 * core::mem::size_of::<BlockQ4_0>(),
+            &mut rng,
+        ))
+        .to_vec();
+        let mut q80: Vec<BlockQ8_0> = bytemuck::cast_slice::<u8, BlockQ8_0>(&bytes(
+            n0 * core::mem::size_of::<BlockQ8_0>(),
+            &mut rng,
+        ))
+        .to_vec();
+        for (a, b) in q40.iter_mut().zip(&mut q80) {
+            a.d = f32_to_f16(0.03);
+            b.d = f32_to_f16(0.05);
+        }
+        let (ours, generic) = (
+            dot_q4_0_q8_0(&q40, &q80),
+            quant::dot_q4_0_q8_0_generic(&q40, &q80),
+        );
+        assert!(
+            (ours - generic).abs() <= 1e-4 * generic.abs().max(1.0),
+            "{ours} vs {generic}"
+        );
+    }
 }

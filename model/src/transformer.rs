@@ -660,11 +660,16 @@ impl Attention<'_> {
             *sc *= self.kq_scale;
             max = max.max(*sc);
         }
-        let sum = simd::softmax_exp(scores, max);
+        // Past the query's position every score is -inf and its exponential 0, which adds nothing to any group's
+        // sum: only the groups up to the position are computed.
+        let live = (p + 1).div_ceil(simd::softmax_lanes()) * simd::softmax_lanes();
+        let live = live.min(scores.len());
+        let sum = simd::softmax_exp(&mut scores[..live], max);
         let inv = (1.0 / sum) as f32;
-        for (p16, &sc) in s.p16.iter_mut().zip(scores.iter()) {
+        for (p16, &sc) in s.p16.iter_mut().zip(scores[..live].iter()) {
             *p16 = to_f16(sc * inv);
         }
+        s.p16[live..].fill(0);
         let v0 = kvh * hd * self.ctx_pad;
         if self.batched {
             simd::dots_f16(&self.values[v0..], self.ctx_pad, s.p16, out);
@@ -672,7 +677,7 @@ impl Attention<'_> {
             let len = s.p16.len();
             for (d, o) in out.iter_mut().enumerate() {
                 let row = v0 + d * self.ctx_pad;
-                *o = simd::dot_f16_ggml(&self.values[row..row + len], s.p16);
+                *o = simd::dot_f16_ggml_live(&self.values[row..row + len], s.p16, live);
             }
         }
     }

@@ -498,6 +498,28 @@ fn scalar_dots_f16_wide(x: &[u16], stride: usize, y: &[u16], out: &mut [f32]) {
 dispatch_wide!(
     /// f16 · f16 as `ggml_vec_dot_f16` orders it (four chains of 8 lanes, or 16 at the AVX-512 level; f64 tail).
     dot_f16_ggml(x: &[u16], y: &[u16]) -> f32, crate::sse::dot_f16_ggml, wide::dot_f16_ggml16);
+/// [`dot_f16_ggml`] of `x` and `y` (equal lengths, a multiple of [`f16_ggml_step`]) where `y` is zero from `live`
+/// on: the portable kernels skip the zero products ([`crate::sse::dot_f16_ggml_live`], the same bits), the others
+/// compute the whole length.
+pub fn dot_f16_ggml_live(x: &[u16], y: &[u16], live: usize) -> f32 {
+    if sse_orders() {
+        return crate::sse::dot_f16_ggml_live(x, y, live);
+    }
+    dot_f16_ggml(x, y)
+}
+
+/// Elements per group of [`softmax_exp`] (16 under [`wide_orders`], 4 under [`sse_orders`], 8 otherwise): a
+/// prefix of a row whose length is a multiple of it is summed in the same groups as the whole row.
+pub fn softmax_lanes() -> usize {
+    if wide_orders() {
+        16
+    } else if sse_orders() {
+        4
+    } else {
+        8
+    }
+}
+
 dispatch_wide!(
     /// `x[i] = exp(x[i] - max)` with ggml's vector expf; returns the f64 sum.
     softmax_exp(x: &mut [f32], max: f32) -> f64, crate::sse::softmax_exp, wide::softmax_exp16);
