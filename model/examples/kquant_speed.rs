@@ -1,5 +1,5 @@
 //! Micro-benchmark of the K-quant matrix kernels (diagnostic): Q4_K single-row dot products against the 8-row gemv
-//! and the 8-row × 4-token gemm, and Q6_K single-row dots against the tiled kernel, in cache (64 rows) and
+//! and the repacked gemm (32 tokens), and Q6_K single-row dots against the tiled kernel, in cache (64 rows) and
 //! streaming from memory (40,000 rows). Times are this thread's CPU time, best of several short runs.
 use model::quant::{BlockQ4K, BlockQ6K, BlockQ8K};
 use model::simd;
@@ -7,6 +7,9 @@ use model::simd;
 mod timing;
 
 use timing::best;
+
+/// Tokens of the Q4_K gemm measurement (a prefill chunk of the appliance).
+const GEMM_TOKENS: usize = 32;
 
 /// Samples per measurement (the best is kept).
 const SAMPLES: usize = 7;
@@ -36,7 +39,7 @@ fn main() {
         for b in &mut w6 {
             b.d = [0x00, 0x1c];
         }
-        let mut y: Vec<BlockQ8K> = (0..4 * nb)
+        let mut y: Vec<BlockQ8K> = (0..GEMM_TOKENS * nb)
             .map(|_| BlockQ8K {
                 d: 0.01,
                 qs: [0; 256],
@@ -66,22 +69,34 @@ fn main() {
             }
         });
         let mut work = vec![0.0f32; simd::batch_work_len(nb * 256)];
-        let gemm = best(SAMPLES, reps, || {
-            for g in 0..rows / 8 {
-                let mut o = [0.0f32; 32];
+        // All rows in one call, as a matrix product's chunk is (the AVX-512 VNNI kernel takes 16 rows at a time),
+        // against GEMM_TOKENS tokens, so that unpacking the weights once per product is amortised as in a prefill.
+        let mut o = vec![0.0f32; GEMM_TOKENS * rows];
+        let mut gemm = || {
+            best(SAMPLES, reps, || {
                 simd::mat_q4_k_repacked(
-                    &w4[g * 8 * nb..(g + 1) * 8 * nb],
+                    &w4[..rows * nb],
                     nb,
                     &y,
-                    4,
-                    4,
+                    GEMM_TOKENS,
+                    GEMM_TOKENS,
                     &mut o,
-                    8,
+                    rows,
                     &mut work,
                 );
-                out[g * 8] = o[0];
-            }
-        });
+                out[0] = o[0];
+            })
+        };
+        // The CPU's best set, then (on an AVX-512 CPU) the AVX2 kernel for comparison.
+        let (gemm, gemm_avx2) = if simd::level() == simd::Level::Avx512 {
+            let best_set = gemm();
+            simd::force(Some(simd::Level::Avx2));
+            let avx2 = gemm();
+            simd::force(None);
+            (best_set, Some(avx2))
+        } else {
+            (gemm(), None)
+        };
         let mut dot6 = || {
             best(SAMPLES, reps, || {
                 for r in 0..rows {
@@ -104,17 +119,18 @@ fn main() {
                 simd::mat_q6_k_tiled(
                     &w6[r * nb..(r + 1) * nb],
                     nb,
-                    &y,
+                    &y[..4 * nb],
                     &mut out[4 * r..4 * r + 4],
                 );
             }
         });
         println!(
-            "rows {rows:6}: q4_K dot {:.2} ns/blk, gemv8 {:.2} ns/blk, gemm8x4 {:.2} ns/(blk·token); \
+            "rows {rows:6}: q4_K dot {:.2} ns/blk, gemv8 {:.2} ns/blk, gemm8x{GEMM_TOKENS} {:.2} ns/(blk·token){}; \
              q6_K dot {:.2} ns/blk ({:?}{}), tiled {:.2} ns/(blk·token)",
             dot1 / blocks * 1e9,
             gemv / blocks * 1e9,
-            gemm / blocks / 4.0 * 1e9,
+            gemm / blocks / GEMM_TOKENS as f64 * 1e9,
+            gemm_avx2.map_or(String::new(), |t| format!(" (AVX2 {:.2})", t / blocks / GEMM_TOKENS as f64 * 1e9)),
             dot6 / blocks * 1e9,
             simd::level(),
             dot6_avx2.map_or(String::new(), |t| format!("; AVX2 {:.2}", t / blocks * 1e9)),

@@ -161,6 +161,8 @@ mod avx512_kquant;
 #[cfg(target_arch = "x86_64")]
 mod avx512_more_types;
 #[cfg(target_arch = "x86_64")]
+mod avx512_q4k;
+#[cfg(target_arch = "x86_64")]
 mod avx512_quant;
 mod swar;
 
@@ -222,17 +224,40 @@ dispatch!(
     /// One token against 8 Q4_K rows of `nb` blocks (`w[r * nb..]`) in the order of llama.cpp's repacked gemv:
     /// `out[r] = W[r] · y` (each equal to [`quant::dot_q4_k_q8_k_gemv`]).
     mat_q4_k_gemv8(w: &[BlockQ4K], nb: usize, y: &[BlockQ8K], out: &mut [f32; 8]) -> (), scalar_q4_k_gemv8);
-dispatch!(
-    /// `cols` tokens (`y[t * nb..]`) against Q4_K rows of `nb` blocks (`w[r * nb..]`, a multiple of 8 rows) in
-    /// llama.cpp's repacked orders, `out[t * ld + r] = W[r] · y[t]`: the first `gemm` tokens (a multiple of 4)
-    /// through its gemm (each equal to [`quant::dot_q4_k_q8_k_gemm`]), the rest through its gemv
-    /// ([`quant::dot_q4_k_q8_k_gemv`]). `work` holds [`batch_work_len`] f32s for the weights it unpacks.
-    #[allow(
-        clippy::too_many_arguments,
-        reason = "the product's operands, shape, output layout and work buffer, as the kernel takes them"
-    )]
-    mat_q4_k_repacked(w: &[BlockQ4K], nb: usize, y: &[BlockQ8K], cols: usize, gemm: usize, out: &mut [f32],
-        ld: usize, work: &mut [f32]) -> (), scalar_q4_k_repacked);
+/// `cols` tokens (`y[t * nb..]`) against Q4_K rows of `nb` blocks (`w[r * nb..]`, a multiple of 8 rows) in
+/// llama.cpp's repacked orders, `out[t * ld + r] = W[r] · y[t]`: the first `gemm` tokens (a multiple of 4)
+/// through its gemm (each equal to [`quant::dot_q4_k_q8_k_gemm`]), the rest through its gemv
+/// ([`quant::dot_q4_k_q8_k_gemv`]). `work` holds [`batch_work_len`] f32s for the weights it unpacks. At the
+/// AVX-512 level with VNNI the gemm part takes 16 rows at a time (`simd/avx512_q4k.rs`, the same results).
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the product's operands, shape, output layout and work buffer, as the kernel takes them"
+)]
+pub fn mat_q4_k_repacked(
+    w: &[BlockQ4K],
+    nb: usize,
+    y: &[BlockQ8K],
+    cols: usize,
+    gemm: usize,
+    out: &mut [f32],
+    ld: usize,
+    work: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if level() == Level::Avx512 && avx512_quant::vnni() {
+        // SAFETY: `level()` returned Avx512 only after CPUID/XGETBV confirmed AVX-512 F, DQ, BW and VL, AVX2, FMA
+        // and F16C with OS support for ZMM state, and CPUID reported AVX512_VNNI; slices are indexed with bounds
+        // checks.
+        return unsafe { avx512_q4k::mat_q4_k_repacked(w, nb, y, cols, gemm, out, ld, work) };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if avx2() {
+        // SAFETY: `level()` returned Avx2 or Avx512 only after CPUID/XGETBV confirmed AVX2, FMA and F16C with OS
+        // support; the kernel checks slice lengths itself.
+        return unsafe { avx2::mat_q4_k_repacked(w, nb, y, cols, gemm, out, ld, work) };
+    }
+    scalar_q4_k_repacked(w, nb, y, cols, gemm, out, ld, work)
+}
 dispatch_512!(
     /// One Q6_K row of `nb` blocks against `out.len()` tokens (`y[t * nb..]`) in the order of llama.cpp's tiled
     /// kernel: `out[t] = W · y[t]` (each equal to [`quant::dot_q6_k_q8_k_tiled`]).
@@ -551,7 +576,9 @@ pub struct ActTile<'a, A> {
 /// `max_cols` elements: room for the weight blocks it unpacks once per product.
 pub fn batch_work_len(max_cols: usize) -> usize {
     #[cfg(target_arch = "x86_64")]
-    return avx2::work_len(max_cols).max(avx512_quant::work_len(max_cols));
+    return avx2::work_len(max_cols)
+        .max(avx512_quant::work_len(max_cols))
+        .max(avx512_q4k::work_len(max_cols));
     #[cfg(not(target_arch = "x86_64"))]
     {
         let _ = max_cols;
@@ -640,6 +667,8 @@ mod tests_avx512;
 mod tests_avx512_kquant;
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests_avx512_more_types;
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests_avx512_q4k;
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests_avx512_quant;
 #[cfg(all(test, target_arch = "x86_64"))]

@@ -22,7 +22,7 @@ pub(super) fn random_blocks(t: GgmlType, n: usize, seed: u64) -> Vec<u8> {
     for blk in out.chunks_exact_mut(bs) {
         let (d, dmin) = (quant::f32_to_f16(0.01), quant::f32_to_f16(0.003));
         match t {
-            GgmlType::Q5K => {
+            GgmlType::Q5K | GgmlType::Q4K => {
                 blk[0..2].copy_from_slice(&d);
                 blk[2..4].copy_from_slice(&dmin);
             }
