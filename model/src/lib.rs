@@ -19,12 +19,12 @@ pub mod parallel;
 pub mod quant;
 pub mod sampler;
 pub mod session;
-pub mod sse;
 #[allow(
     unsafe_code,
     reason = "the one module where `unsafe` is allowed (CPUID, intrinsics); each block has a SAFETY note"
 )]
 pub mod simd;
+pub mod sse;
 #[cfg(any(test, feature = "testkit"))]
 pub mod tiny;
 pub mod tokenizer;

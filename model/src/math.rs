@@ -148,7 +148,10 @@ impl GeluTable {
         for pair in unfused.chunks_exact(2) {
             table[pair[0] as usize] = pair[1];
         }
-        GeluTable { fused, unfused: table }
+        GeluTable {
+            fused,
+            unfused: table,
+        }
     }
 
     /// The table for the orders in use.
@@ -233,10 +236,15 @@ mod tests {
     #[test]
     fn gelu_tables_differ_where_the_inner_factor_is_fused() {
         let t = GeluTable::new();
-        let differing: Vec<usize> = (0..t.fused.len()).filter(|&i| t.fused[i] != t.unfused[i]).collect();
+        let differing: Vec<usize> = (0..t.fused.len())
+            .filter(|&i| t.fused[i] != t.unfused[i])
+            .collect();
         // The entry the fused inner factor moves (f16 bits of -1.9990234), and each differing entry is the
         // unfused formula's value.
-        assert!(differing.contains(&(u16::from_le_bytes(f32_to_f16(-1.999_023_4)) as usize)), "{differing:?}");
+        assert!(
+            differing.contains(&(u16::from_le_bytes(f32_to_f16(-1.999_023_4)) as usize)),
+            "{differing:?}"
+        );
         for &i in &differing {
             let x = f16_to_f32((i as u16).to_le_bytes());
             let unfused = u16::from_le_bytes(f32_to_f16(gelu_with(x, gelu_inner_unfused(x))));
