@@ -26,6 +26,9 @@ use crate::quant::{
     QK, QK_K,
 };
 
+mod more_types;
+pub use more_types::*;
+
 /// One lane of ggml's SSE2 `ggml_v_expf`: [`quant::expf_ggml`]'s steps with each fused multiply-add a multiply and
 /// an add (`MADD128(x, y, z)` is `x·y + z`, `NMADD128(x, y, z)` is `z - x·y` without FMA).
 pub fn expf4(x: f32) -> f32 {
@@ -113,8 +116,9 @@ pub fn dot_f16_ggml(x: &[u16], y: &[u16]) -> f32 {
     }
     for width in [4, 2, 1] {
         for i in 0..width {
-            for l in 0..4 {
-                acc[i][l] += acc[i + width][l];
+            let upper = acc[i + width];
+            for (lane, u) in acc[i].iter_mut().zip(upper) {
+                *lane += u;
             }
         }
     }
@@ -180,7 +184,11 @@ pub fn dot_q4_0_q8_0(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
     let mut acc = [[0.0f32; 4]; 4];
     let pairs = x.len() / 2;
     for p in 0..pairs {
-        for (half, (a, b)) in x[2 * p..2 * p + 2].iter().zip(&y[2 * p..2 * p + 2]).enumerate() {
+        for (half, (a, b)) in x[2 * p..2 * p + 2]
+            .iter()
+            .zip(&y[2 * p..2 * p + 2])
+            .enumerate()
+        {
             let d = f16_to_f32(a.d) * f16_to_f32(b.d);
             let lo = pair_sums(|e| (a.qs[e] & 0xF) as i32 - 8, &b.qs[..16]);
             let hi = pair_sums(|e| (a.qs[e] >> 4) as i32 - 8, &b.qs[16..]);
