@@ -8,9 +8,9 @@
 # build, one thread), once with the weights in the file's layout and once in the CPU backend's repack buffer as
 # llama.cpp loads a model (Q4_0 repacked on AVX2 CPUs, Q2_K on AVX-512 ones, the others left as they are), and
 # model's mul_mat_compare example recomputes every output: the plain product with the CPU's best kernels (without
-# their repacked orders) and with the portable ones, the repack buffer's with the CPU's best kernels. Exits 1 if any
-# output differs in a single bit. Q4_0's portable kernels sum in ggml's generic order, which no x86 build of
-# llama.cpp takes (README, "Engine outputs against llama.cpp"), so they are not held to it here.
+# their repacked orders), the repack buffer's with the CPU's best kernels. The portable kernels are held to the same
+# product computed by llama.cpp built for SSE4.2 without AVX (scripts/llamacpp.sh, flavor sse42), whose orders they
+# mirror (no repacking, no tiled kernels there). Exits 1 if any output differs in a single bit.
 set -euo pipefail
 
 progress() { printf '%s\n' "$*" >&2; }
@@ -25,11 +25,14 @@ jobs="$(nproc 2>/dev/null || echo 2)"
 # shellcheck source=scripts/llamacpp.sh
 source "$script_dir/llamacpp.sh"
 llama_cpp_python_version="$LLAMA_CPP_PYTHON_VERSION_DEFAULT"
-build_llama_cpp
-
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
+build_llama_cpp
 link_against_llama_cpp "$script_dir/differential/mul_mat.c" "$work/mul_mat"
+# The portable kernels' reference: the sse42 build (only its llama library and the ggml ones are needed).
+llama_cpp_flavor=sse42
+build_llama_cpp llama
+link_against_llama_cpp "$script_dir/differential/mul_mat.c" "$work/mul_mat_sse42"
 (cd "$workspace" && cargo build --quiet --release -p model --example mul_mat_compare) ||
     fail "cannot build the mul_mat_compare example"
 compare="$workspace/target/release/examples/mul_mat_compare"
@@ -43,11 +46,10 @@ for type in 2 7 10 11 13; do
             "$work/mul_mat" "$type" "$rows" "$cols" "$tokens" "$seed" "$work/out.bin" ||
                 fail "ggml failed on type $type, $shape"
             # The weights in the file's layout: the engine's products without their repacked orders.
-            flags_list=(--no-repack --scalar)
-            [ "$type" = 2 ] && flags_list=(--no-repack)
-            for flags in "${flags_list[@]}"; do
-                "$compare" "$type" "$work/out.bin" "$flags" || status=1
-            done
+            "$compare" "$type" "$work/out.bin" --no-repack || status=1
+            "$work/mul_mat_sse42" "$type" "$rows" "$cols" "$tokens" "$seed" "$work/out.bin" ||
+                fail "ggml (sse42 build) failed on type $type, $shape"
+            "$compare" "$type" "$work/out.bin" --scalar || status=1
             "$work/mul_mat" "$type" "$rows" "$cols" "$tokens" "$seed" "$work/out.bin" --repack 2>/dev/null ||
                 fail "ggml failed on type $type, $shape, repacked"
             "$compare" "$type" "$work/out.bin" || status=1
