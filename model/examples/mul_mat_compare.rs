@@ -6,10 +6,11 @@
 //! TYPE is the ggml type code `mul_mat` was given. Each output is computed as the engine computes it for a product
 //! of that many tokens: llama.cpp's tiled order from 8 tokens on for the K-quants, `ggml_vec_dot_*`'s below (and
 //! for Q5_1 at every size), Q4_0 and Q5_1 through the engine's 32-element tiles, with the CPU's best kernels or, with
-//! `--scalar`, the portable ones; where llama.cpp repacks a matrix whose rows come in groups of 8 (Q2_K at the
-//! AVX-512 level, Q4_0 at the AVX2 and AVX-512 levels) in the repacked gemm/gemv order (`mul_mat --repack`'s
-//! product; `--no-repack` leaves that out, for `mul_mat`'s plain product in the file's layout). Prints one line
-//! with the count of bit-equal outputs; exits 1 if any differs.
+//! `--scalar`, the portable ones (which mirror llama.cpp built for SSE4.2 without AVX: `ggml_vec_dot_*`'s order at
+//! every size, to be held to `mul_mat` linked against that build); where llama.cpp repacks a matrix whose rows come
+//! in groups of 8 (Q2_K at the AVX-512 level, Q4_0 at the AVX2 and AVX-512 levels) in the repacked gemm/gemv order
+//! (`mul_mat --repack`'s product; `--no-repack` leaves that out, for `mul_mat`'s plain product in the file's
+//! layout). Prints one line with the count of bit-equal outputs; exits 1 if any differs.
 use std::process::ExitCode;
 
 use model::quant::{self, BlockQ8K, BlockQ8_0, BlockQ8_1, GgmlType};
@@ -52,7 +53,8 @@ fn main() -> ExitCode {
     let mut q80 = vec![bytemuck::Zeroable::zeroed(); tokens * n1];
     simd::quantize_q8_0(&x, &mut q80);
     let q80: Vec<BlockQ8_0> = q80;
-    let tiled = tokens >= 8;
+    // As `matmul`: the portable kernels take no tiled order (llama.cpp's SSE4.2 build has none).
+    let tiled = tokens >= 8 && !simd::sse_orders();
     let mut equal = 0;
     // Q2_K with rows in groups of 8 at the AVX-512 level: llama.cpp's repacked gemm (groups of 4 tokens) and gemv.
     let repack = !args.iter().any(|a| a == "--no-repack");

@@ -4,7 +4,8 @@
 //! margins and step 0's full logits, written by `scripts/differential/tiny-fixtures.sh` with the pinned llama.cpp
 //! build. Each case must tokenize to the same ids, give step-0 logits within 1e-3 of llama.cpp's, and choose the
 //! same greedy tokens up to the first step where llama.cpp's own top-2 margin is below 0.05 (a near-tie, where the
-//! summation order may decide).
+//! summation order may decide). The portable kernels are held to `fixtures/tiny_llamacpp_sse42/`, the same answers
+//! from llama.cpp built for SSE4.2 without AVX, whose orders they mirror.
 //!
 //! The fixtures are produced by llama.cpp on one machine; a tiny model's logits are small and move between CPU
 //! kinds far less than the bound (`tiny-fixtures.sh` says more).
@@ -126,30 +127,30 @@ fn tiny_models_of_every_architecture_equal_llama_cpp() {
     }
 }
 
-/// The portable kernels (what the appliance runs under TCG) on the same fixtures. gemma3 is left out: the portable
-/// 32-element dot products sum in llama.cpp's generic order (seven times cheaper under TCG), not the AVX2 build's
-/// that made the fixtures; on gemma3's whitespace case that is 0.022 apart in step-0 logits
-/// (`quant::dot_q5_0_q8_0` and its `_generic` form).
+/// The portable kernels (what the appliance runs under TCG) held to llama.cpp built for SSE4.2 without AVX, the
+/// build whose orders they mirror (`model::sse`; fixtures in `tiny_llamacpp_sse42/`, `tiny-fixtures.sh`): its
+/// generic quantized products, SSE softmax and f16 dots, no tinyBLAS, no repacking.
 #[test]
 fn tiny_models_on_the_portable_kernels_equal_llama_cpp() {
     for (arch, spec) in [
         ("llama", TinySpec::llama()),
         ("llama3", TinySpec::llama3()),
+        ("gemma3", TinySpec::gemma3()),
         ("qwen2", TinySpec::qwen2()),
         ("qwen3", TinySpec::qwen3()),
     ] {
-        hold_to_llama_cpp(arch, spec, Some(Level::Scalar), "tiny_llamacpp");
+        hold_to_llama_cpp(arch, spec, Some(Level::Scalar), "tiny_llamacpp_sse42");
     }
 }
 
 /// The tiny llama models whose attention and feed-forward matrices all have one of the tensor types Q5_K, Q5_1, BF16,
 /// Q3_K, Q2_K and Q4_0 (`TinySpec::llama_typed`; fixtures `llama-<type>.json`), on each kernel set, each held to the
 /// llama.cpp build whose arithmetic it mirrors: the AVX-512 level to llama.cpp's default build on an AVX-512 CPU
-/// (`tiny_llamacpp_avx512/`: Q2_K and Q4_0 repacked, BF16 through AVX512-BF16), the AVX2 and portable kernels to
-/// llama.cpp as it runs on an AVX2 CPU (`tiny_llamacpp/`: Q2_K without its AVX-512-only repacking, Q4_0 repacked
-/// as on any AVX2 CPU, `tiny-fixtures.sh`). Q4_0 is not held on the portable kernels: they sum it in ggml's generic
-/// order, cheap under TCG, which no llama.cpp build with AVX2 takes (it repacks Q4_0); on this model that is 0.035
-/// apart in step-0 logits, where the repacked order's twin (`quant::dot_q4_0_q8_0_repacked`) is within 1e-6.
+/// (`tiny_llamacpp_avx512/`: Q2_K and Q4_0 repacked, BF16 through AVX512-BF16), the AVX2 kernels to llama.cpp as it
+/// runs on an AVX2 CPU (`tiny_llamacpp/`: Q2_K without its AVX-512-only repacking, Q4_0 repacked as on any AVX2
+/// CPU), the portable kernels to llama.cpp built for SSE4.2 without AVX (`tiny_llamacpp_sse42/`: every type through
+/// its generic `ggml_vec_dot_*`, Q4_0 through its SSSE3 one, BF16 through its scalar loop, nothing repacked or
+/// tiled; `tiny-fixtures.sh`).
 #[test]
 fn tiny_models_of_every_new_tensor_type_equal_llama_cpp() {
     use model::quant::GgmlType;
@@ -165,11 +166,8 @@ fn tiny_models_of_every_new_tensor_type_equal_llama_cpp() {
         for (kernels, dir) in [
             (Level::Avx512, "tiny_llamacpp_avx512"),
             (Level::Avx2, "tiny_llamacpp"),
-            (Level::Scalar, "tiny_llamacpp"),
+            (Level::Scalar, "tiny_llamacpp_sse42"),
         ] {
-            if t == GgmlType::Q4_0 && kernels == Level::Scalar {
-                continue;
-            }
             hold_to_llama_cpp(&name, TinySpec::llama_typed(t), Some(kernels), dir);
         }
     }

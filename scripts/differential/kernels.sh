@@ -9,8 +9,8 @@
 # llama.cpp loads a model (Q4_0 repacked on AVX2 CPUs, Q2_K on AVX-512 ones, the others left as they are), and
 # model's mul_mat_compare example recomputes every output: the plain product with the CPU's best kernels (without
 # their repacked orders), the repack buffer's with the CPU's best kernels. The portable kernels are held to the same
-# products computed by llama.cpp built for SSE4.2 without AVX (flavor sse42, whose orders they mirror: README,
-# "Engine outputs against llama.cpp"). Exits 1 if any output differs in a single bit.
+# product computed by llama.cpp built for SSE4.2 without AVX (scripts/llamacpp.sh, flavor sse42), whose orders they
+# mirror (no repacking, no tiled kernels there). Exits 1 if any output differs in a single bit.
 set -euo pipefail
 
 progress() { printf '%s\n' "$*" >&2; }
@@ -25,18 +25,17 @@ jobs="$(nproc 2>/dev/null || echo 2)"
 # shellcheck source=scripts/llamacpp.sh
 source "$script_dir/llamacpp.sh"
 llama_cpp_python_version="$LLAMA_CPP_PYTHON_VERSION_DEFAULT"
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+build_llama_cpp
+link_against_llama_cpp "$script_dir/differential/mul_mat.c" "$work/mul_mat"
+# The portable kernels' reference: the sse42 build (only its llama library and the ggml ones are needed).
+llama_cpp_flavor=sse42
+build_llama_cpp llama
+link_against_llama_cpp "$script_dir/differential/mul_mat.c" "$work/mul_mat_sse42"
 (cd "$workspace" && cargo build --quiet --release -p model --example mul_mat_compare) ||
     fail "cannot build the mul_mat_compare example"
 compare="$workspace/target/release/examples/mul_mat_compare"
-work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
-
-# One ggml program per llama.cpp build: this CPU's (native) and SSE4.2's.
-for flavor in native sse42; do
-    llama_cpp_flavor=$flavor
-    build_llama_cpp llama
-    link_against_llama_cpp "$script_dir/differential/mul_mat.c" "$work/mul_mat-$flavor"
-done
 
 status=0
 # ggml type codes: Q4_0 2, Q5_1 7, Q2_K 10, Q3_K 11, Q5_K 13.
@@ -44,16 +43,16 @@ for type in 2 7 10 11 13; do
     for shape in "128 256 1" "64 512 3" "256 256 8" "128 512 34"; do
         read -r rows cols tokens <<<"$shape"
         for seed in 1 2 3; do
-            # The weights in the file's layout: the engine's products without their repacked orders.
-            "$work/mul_mat-native" "$type" "$rows" "$cols" "$tokens" "$seed" "$work/out.bin" ||
+            "$work/mul_mat" "$type" "$rows" "$cols" "$tokens" "$seed" "$work/out.bin" ||
                 fail "ggml failed on type $type, $shape"
+            # The weights in the file's layout: the engine's products without their repacked orders.
             "$compare" "$type" "$work/out.bin" --no-repack || status=1
-            "$work/mul_mat-native" "$type" "$rows" "$cols" "$tokens" "$seed" "$work/out.bin" --repack 2>/dev/null ||
+            "$work/mul_mat_sse42" "$type" "$rows" "$cols" "$tokens" "$seed" "$work/out.bin" ||
+                fail "ggml (sse42 build) failed on type $type, $shape"
+            "$compare" "$type" "$work/out.bin" --scalar || status=1
+            "$work/mul_mat" "$type" "$rows" "$cols" "$tokens" "$seed" "$work/out.bin" --repack 2>/dev/null ||
                 fail "ggml failed on type $type, $shape, repacked"
             "$compare" "$type" "$work/out.bin" || status=1
-            "$work/mul_mat-sse42" "$type" "$rows" "$cols" "$tokens" "$seed" "$work/out.bin" ||
-                fail "ggml (SSE4.2 build) failed on type $type, $shape"
-            "$compare" "$type" "$work/out.bin" --scalar || status=1
         done
     done
 done

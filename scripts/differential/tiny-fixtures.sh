@@ -9,7 +9,10 @@
 # (scripts/differential/probe.c, one thread) records the prompt ids and 16 greedy steps; the fixture keeps the ids,
 # each step's chosen id and top-2 margin, and step 0's full logits. On an AVX-512 CPU the typed models are recorded
 # a second time as llama.cpp's default build runs them there, into model/tests/fixtures/tiny_llamacpp_avx512/ (the
-# engine's AVX-512 level is held to those). Arguments, if any, name the fixtures to write
+# engine's AVX-512 level is held to those). Every model, of every architecture and type, is also recorded as
+# llama.cpp built for SSE4.2 without AVX runs it (scripts/llamacpp.sh, flavor sse42: the appliance's vCPU under
+# TCG; generic quantized products, no tinyBLAS, no repacking) into model/tests/fixtures/tiny_llamacpp_sse42/, which
+# the engine's portable kernels are held to. Arguments, if any, name the fixtures to write
 # (`llama`, `llama-q5_k`, ...); by default all are written. The tiny vocabularies are a few hundred tokens,
 # so a fixture is small. The tiny models' weights are random, their logits small: llama.cpp's CPU-dependent
 # summation order moves them far less than the test's 1e-3 bound, so the fixtures hold on other CPUs too.
@@ -27,16 +30,28 @@ jobs="$(nproc 2>/dev/null || echo 2)"
 # shellcheck source=scripts/llamacpp.sh
 source "$script_dir/llamacpp.sh"
 llama_cpp_python_version="$LLAMA_CPP_PYTHON_VERSION_DEFAULT"
+# The sse42 build first (its probe needs only the llama library), then the default one, whose PROBE and
+# LLAMA_CPP_BUILD stay set for the default fixtures.
+llama_cpp_flavor=sse42
+build_llama_cpp llama
+build_probe
+sse42_probe="$PROBE"
+sse42_provenance="$(sed -n 2p "$LLAMA_CPP_BUILD.stamp"), flavor sse42"
+llama_cpp_flavor=native
 build_llama_cpp
 build_probe
+native_provenance="$(sed -n 2p "$LLAMA_CPP_BUILD.stamp")"
+sse42_dir="$workspace/model/tests/fixtures/tiny_llamacpp_sse42"
 
 out_dir="$workspace/model/tests/fixtures/tiny_llamacpp"
 mkdir -p "$out_dir"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
-# record NAME MODEL CHAT: runs the probe on MODEL for each prompt and writes $out_dir/NAME.json.
+# record NAME MODEL CHAT: runs $probe (default: the default build's) on MODEL for each prompt and writes
+# $out_dir/NAME.json, naming the build by $provenance.
 record() {
     local name=$1 model=$2 chat=$3
+    local probe=${probe:-$PROBE} provenance=${provenance:-$native_provenance}
     mkdir -p "$out_dir"
     local prompts=(
         "the theme of the sea is 12345 and 67!"
@@ -45,10 +60,10 @@ record() {
     )
     for index in "${!prompts[@]}"; do
         printf '%s' "${prompts[$index]}" >"$work/prompt-$index.txt"
-        "$PROBE" "$model" "$work/prompt-$index.txt" 16 1 "$work/out-$index.bin" ||
+        "$probe" "$model" "$work/prompt-$index.txt" 16 1 "$work/out-$index.bin" ||
             fail "the probe failed on $name prompt $index"
     done
-    python3 - "$work" "${#prompts[@]}" "$out_dir/$name.json" "$(sed -n 2p "$LLAMA_CPP_ROOT/build.stamp")" <<'PY'
+    python3 - "$work" "${#prompts[@]}" "$out_dir/$name.json" "$provenance" <<'PY'
 import json, struct, sys
 work, count, out, provenance = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 cases = []
@@ -76,6 +91,10 @@ json.dump({"llama_cpp": provenance, "cases": cases}, open(out, "w"), indent=1)
 PY
     progress "wrote $out_dir/$name.json"
 }
+# record_sse42 NAME MODEL CHAT: record with the sse42 build into tiny_llamacpp_sse42/.
+record_sse42() {
+    out_dir="$sse42_dir" probe="$sse42_probe" provenance="$sse42_provenance" record "$@"
+}
 
 wanted() { [ ${#selected[@]} -eq 0 ] || printf '%s\n' "${selected[@]}" | grep -qx -- "$1"; }
 selected=("$@")
@@ -89,6 +108,7 @@ for arch in llama llama3 gemma3 qwen2 qwen3; do
     *) chat=$chatml ;;
     esac
     record "$arch" "$model" "$chat"
+    record_sse42 "$arch" "$model" "$chat"
 done
 for type in Q5_K Q5_1 BF16 Q3_K Q2_K Q4_0; do
     name="llama-$(printf '%s' "$type" | tr '[:upper:]' '[:lower:]')"
@@ -108,4 +128,6 @@ for type in Q5_K Q5_1 BF16 Q3_K Q2_K Q4_0; do
     else
         progress "this CPU has no AVX-512: $name's AVX-512 fixture is not recorded"
     fi
+    # Nothing is repacked in the sse42 build (repacking needs AVX2), so no CLOISTER_PROBE_NO_REPACK is needed.
+    record_sse42 "$name" "$work/$name.gguf" "$chatml"
 done

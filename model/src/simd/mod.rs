@@ -308,28 +308,30 @@ dispatch_512!(
     dot_q6_k_q8_k(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32, crate::sse::dot_q6_k_q8_k, avx512_kquant);
 dispatch!(
     /// Q5_K weights · Q8_K activations.
-    dot_q5_k_q8_k(x: &[BlockQ5K], y: &[BlockQ8K]) -> f32, quant::dot_q5_k_q8_k);
+    dot_q5_k_q8_k(x: &[BlockQ5K], y: &[BlockQ8K]) -> f32, crate::sse::dot_q5_k_q8_k);
 dispatch_512!(
     /// One Q5_K row of `nb` blocks against `out.len()` tokens (`y[t * nb..]`) in the order of llama.cpp's tiled
     /// kernel (each equal to [`quant::dot_q5_k_q8_k_tiled`]).
     mat_q5_k_tiled(w: &[BlockQ5K], nb: usize, y: &[BlockQ8K], out: &mut [f32]) -> (), scalar_q5_k_tiled);
 dispatch!(
     /// Q5_1 weights · Q8_1 activations.
-    dot_q5_1_q8_1(x: &[BlockQ5_1], y: &[BlockQ8_1]) -> f32, quant::dot_q5_1_q8_1);
+    dot_q5_1_q8_1(x: &[BlockQ5_1], y: &[BlockQ8_1]) -> f32, crate::sse::dot_q5_1_q8_1);
 dispatch!(
     /// Q3_K weights · Q8_K activations.
-    dot_q3_k_q8_k(x: &[BlockQ3K], y: &[BlockQ8K]) -> f32, quant::dot_q3_k_q8_k);
+    dot_q3_k_q8_k(x: &[BlockQ3K], y: &[BlockQ8K]) -> f32, crate::sse::dot_q3_k_q8_k);
 dispatch_512!(
     /// One Q3_K row against `out.len()` tokens in llama.cpp's tiled order ([`quant::dot_q3_k_q8_k_tiled`]).
     mat_q3_k_tiled(w: &[BlockQ3K], nb: usize, y: &[BlockQ8K], out: &mut [f32]) -> (), scalar_q3_k_tiled);
 dispatch!(
     /// Q2_K weights · Q8_K activations.
-    dot_q2_k_q8_k(x: &[BlockQ2K], y: &[BlockQ8K]) -> f32, quant::dot_q2_k_q8_k);
+    dot_q2_k_q8_k(x: &[BlockQ2K], y: &[BlockQ8K]) -> f32, crate::sse::dot_q2_k_q8_k);
 dispatch_512!(
     /// One Q2_K row against `out.len()` tokens in llama.cpp's tiled order ([`quant::dot_q2_k_q8_k_tiled`]).
     mat_q2_k_tiled(w: &[BlockQ2K], nb: usize, y: &[BlockQ8K], out: &mut [f32]) -> (), scalar_q2_k_tiled);
 /// bf16 · bf16 (little-endian byte pairs) for one token, as `ggml_vec_dot_bf16` orders it for the kernel set: at
-/// the AVX-512 level its AVX512-BF16 form (AVX-512F where the CPU lacks BF16), below it the AVX2 form.
+/// the AVX-512 level its AVX512-BF16 form (AVX-512F where the CPU lacks BF16), at the AVX2 level the AVX2 form, on
+/// the portable kernels the scalar loop of llama.cpp's SSE4.2 build ([`crate::sse::dot_bf16`]), which it takes for
+/// a batch as well (no tinyBLAS there).
 pub fn dot_bf16(x: &[[u8; 2]], y: &[[u8; 2]]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if level() == Level::Avx512 {
@@ -349,7 +351,7 @@ pub fn dot_bf16(x: &[[u8; 2]], y: &[[u8; 2]]) -> f32 {
         // support.
         return unsafe { avx2::dot_bf16(x, y) };
     }
-    quant::dot_bf16(x, y)
+    crate::sse::dot_bf16(x, y)
 }
 
 /// bf16 · bf16 for a batch of 2 or more tokens of a matrix with `rows` rows: at the AVX-512 level tinyBLAS's
@@ -648,7 +650,7 @@ mat_dispatch!(
 type ScalarMat<W, A> = fn(&[W], usize, &ActTile<'_, A>, usize, &mut [f32], usize);
 mat_dispatch!(
     /// Q5_1 weights × Q8_1 activations.
-    mat_q5_1, BlockQ5_1, BlockQ8_1, quant::dot_q5_1_q8_1, None::<ScalarMat<BlockQ5_1, BlockQ8_1>>, Avx512);
+    mat_q5_1, BlockQ5_1, BlockQ8_1, crate::sse::dot_q5_1_q8_1, None::<ScalarMat<BlockQ5_1, BlockQ8_1>>, Avx512);
 mat_dispatch!(
     /// Q5_0 weights × Q8_0 activations.
     mat_q5_0, BlockQ5_0, BlockQ8_0, quant::dot_q5_0_q8_0_generic, None::<ScalarMat<BlockQ5_0, BlockQ8_0>>, Avx512);

@@ -1,6 +1,7 @@
 //! Q5_K, Q5_1, Q3_K, Q2_K and BF16: the AVX2 kernels equal their scalar twins bit for bit (both reproduce
 //! llama.cpp's AVX2 operation order), and the scalar twins equal the f64 dot product of the dequantized weights up
-//! to the activation quantization error.
+//! to the activation quantization error; the portable kernels' models of llama.cpp's SSE4.2 build (`crate::sse`)
+//! agree with both.
 
 use alloc::vec;
 use alloc::vec::Vec;
@@ -265,5 +266,71 @@ fn q5_1_tiles_equal_row_dots_bitwise() {
                 }
             }
         }
+    }
+}
+
+/// The portable kernels' models of llama.cpp's SSE4.2 build (`crate::sse`, generic orders) compute the same sums as
+/// the AVX2 twins in another order: equal to the f64 dot product up to the activation quantization error, and to the
+/// AVX2 order up to f32 rounding. BF16's is the f64 sum of exact products in element order, rounded once.
+#[test]
+fn sse_models_of_the_new_types_agree_with_avx2_order_and_f64() {
+    let n = 1024;
+    for t in [GgmlType::Q5K, GgmlType::Q5_1, GgmlType::Q3K, GgmlType::Q2K] {
+        for seed in 0..4 {
+            let x = data(n, 3 + seed);
+            let w = random_blocks(t, n, 5 + seed);
+            let mut wf = vec![0.0; n];
+            quant::dequantize(t, &w, &mut wf).unwrap();
+            let exact: f64 = wf.iter().zip(&x).map(|(&a, &b)| a as f64 * b as f64).sum();
+            let norm: f64 = wf
+                .iter()
+                .zip(&x)
+                .map(|(&a, &b)| (a as f64 * b as f64).abs())
+                .sum();
+            let y = q8k(&x);
+            let mut y1 = vec![BlockQ8_1::zeroed(); n / QK];
+            crate::sse::quantize_q8_1(&x, &mut y1);
+            let (sse, avx2_order) = match t {
+                GgmlType::Q5K => (
+                    crate::sse::dot_q5_k_q8_k(quant::cast(&w), &y),
+                    quant::dot_q5_k_q8_k(quant::cast(&w), &y),
+                ),
+                GgmlType::Q5_1 => (
+                    crate::sse::dot_q5_1_q8_1(quant::cast(&w), &y1),
+                    quant::dot_q5_1_q8_1(quant::cast(&w), &y1),
+                ),
+                GgmlType::Q3K => (
+                    crate::sse::dot_q3_k_q8_k(quant::cast(&w), &y),
+                    quant::dot_q3_k_q8_k(quant::cast(&w), &y),
+                ),
+                GgmlType::Q2K => (
+                    crate::sse::dot_q2_k_q8_k(quant::cast(&w), &y),
+                    quant::dot_q2_k_q8_k(quant::cast(&w), &y),
+                ),
+                _ => unreachable!(),
+            };
+            assert!(
+                (sse as f64 - exact).abs() <= 0.01 * norm,
+                "{t}: sse {sse} vs f64 {exact} (norm {norm})"
+            );
+            assert!(
+                (sse as f64 - avx2_order as f64).abs() <= 1e-5 * norm,
+                "{t}: sse {sse} vs avx2 order {avx2_order} (norm {norm})"
+            );
+        }
+    }
+    for n in [256, 64 + 8, 1000] {
+        let x: Vec<u16> = data(n, 11).iter().map(|&v| quant::f32_to_bf16(v)).collect();
+        let y: Vec<u16> = data(n, 12).iter().map(|&v| quant::f32_to_bf16(v)).collect();
+        let mut exact = 0.0f64;
+        for (&a, &b) in x.iter().zip(&y) {
+            exact += quant::bf16_to_f32(a) as f64 * quant::bf16_to_f32(b) as f64;
+        }
+        let sse = crate::sse::dot_bf16(bytemuck::cast_slice(&x), bytemuck::cast_slice(&y));
+        assert_eq!(
+            sse.to_bits(),
+            (exact as f32).to_bits(),
+            "{n}: {sse} vs {exact}"
+        );
     }
 }

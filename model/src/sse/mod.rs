@@ -14,7 +14,8 @@
 //! - the activations quantized by `quantize_row_q8_0_ref` / `quantize_row_q8_1_ref` (`ggml-quants.c`: `d = amax /
 //!   127`, `id = 1 / d`, `roundf`);
 //! - `ggml_vec_dot_q4_0_q8_0`'s SSSE3 branch (`arch/x86/quants.c`), and the generic `ggml_vec_dot_*` of
-//!   `ggml-cpu/quants.c` for Q4_1, Q5_0, Q8_0 (in [`crate::quant`]), Q4_K and Q6_K at every batch size;
+//!   `ggml-cpu/quants.c` for Q4_1, Q5_0, Q8_0 (in [`crate::quant`]), Q4_K and Q6_K at every batch size (Q5_K,
+//!   Q3_K, Q2_K, Q5_1 and BF16's `ggml_vec_dot_bf16` scalar loop in `more_types`);
 //! - the GELU table and the rotary embedding without the FMAs GCC fuses in a build with `-mfma`
 //!   (`crate::math`).
 //!
@@ -25,6 +26,9 @@ use crate::quant::{
     self, f16_to_f32, f32_to_f16, BlockQ4K, BlockQ4_0, BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1,
     QK, QK_K,
 };
+
+mod more_types;
+pub use more_types::*;
 
 /// One lane of ggml's SSE2 `ggml_v_expf`: [`quant::expf_ggml`]'s steps with each fused multiply-add a multiply and
 /// an add (`MADD128(x, y, z)` is `x·y + z`, `NMADD128(x, y, z)` is `z - x·y` without FMA).
@@ -111,14 +115,7 @@ pub fn dot_f16_ggml(x: &[u16], y: &[u16]) -> f32 {
             }
         }
     }
-    for width in [4, 2, 1] {
-        for i in 0..width {
-            for l in 0..4 {
-                acc[i][l] += acc[i + width][l];
-            }
-        }
-    }
-    let mut sum = hsum4(&acc[0]) as f64;
+    let mut sum = reduce8x4(acc) as f64;
     for i in np..n {
         sum += (h(x[i]) * h(y[i])) as f64;
     }
@@ -136,10 +133,17 @@ pub fn dot_f16_ggml_live(x: &[u16], y: &[u16], live: usize) -> f32 {
         let lane = &mut acc[(e % 32) / 4][e % 4];
         *lane = quant::fma_f16(a, b, *lane);
     }
+    reduce8x4(acc)
+}
+
+/// `GGML_F32x4_REDUCE` of eight 4-lane accumulators: halves added pairwise (4 + 4, 2 + 2, 1 + 1), then the last
+/// one's lanes as `(l0 + l1) + (l2 + l3)` (two `hadd`s).
+fn reduce8x4(mut acc: [[f32; 4]; 8]) -> f32 {
     for width in [4, 2, 1] {
         for i in 0..width {
-            for l in 0..4 {
-                acc[i][l] += acc[i + width][l];
+            let upper = acc[i + width];
+            for (lane, u) in acc[i].iter_mut().zip(upper) {
+                *lane += u;
             }
         }
     }
