@@ -589,11 +589,11 @@ pub fn dot_q8_0_q8_0(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
 }
 
 // The same four products in llama.cpp's generic order (`ggml_vec_dot_*_generic` in ggml-cpu/quants.c): per block an
-// exact integer sum, then one scale product and add. The portable kernels use these (`crate::simd`) for speed under
-// TCG, the appliance's development loop, where every float operation is a call into QEMU: two or three per block
-// cost a seventh of the eight fused multiply-adds of the AVX2 order (measured: Q4_1 94 against 661 ns per block).
-// They match no whole llama.cpp build (one for SSE4.2 takes SSE paths elsewhere); README, "Engine outputs against
-// llama.cpp".
+// exact integer sum, then one scale product and add. The portable kernels use the Q4_1, Q5_0 and Q8_0 ones
+// (`crate::simd`), as llama.cpp built for SSE4.2 without AVX does (`crate::sse`, where Q4_0 takes its SSSE3 branch
+// instead); under TCG, where every float operation is a call into QEMU, their two or three per block also cost a
+// seventh of the eight fused multiply-adds of the AVX2 order (measured: Q4_1 94 against 661 ns per block). README,
+// "Engine outputs against llama.cpp".
 
 pub fn dot_q4_0_q8_0_generic(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
     let mut sum = 0.0f32;
