@@ -161,8 +161,15 @@ fn dot_row(w: &QTensor<'_>, r: usize, acts: &Acts, x: &[f32], t: usize) -> f32 {
     }
 }
 
-/// Quantizes the `batch × w.cols` input for `w`'s type into `acts`.
-fn quantize_input(w: &QTensor<'_>, x: &[f32], batch: usize, acts: &mut Acts) {
+/// Quantizes the `batch × w.cols` input for `w`'s type into `acts`: Q8_K (a K-quant's activations, each token's
+/// blocks on their own) one token per task, the other types on the calling thread.
+fn quantize_input(
+    w: &QTensor<'_>,
+    x: &[f32],
+    batch: usize,
+    acts: &mut Acts,
+    par: &dyn ParallelFor,
+) {
     let nb = w.cols / QK;
     match w.ggml_type.act_type() {
         Some(ActType::Q8_0) => {
@@ -180,7 +187,21 @@ fn quantize_input(w: &QTensor<'_>, x: &[f32], batch: usize, acts: &mut Acts) {
                 acts.s[(i % nb) * batch + i / nb] = quant::f16_to_f32(b.s);
             }
         }
-        Some(ActType::Q8K) => quant::quantize_q8_k(x, &mut acts.q8_k[..x.len() / QK_K]),
+        Some(ActType::Q8K) => {
+            let per_token = w.cols / QK_K;
+            let blocks = &mut acts.q8_k[..batch * per_token];
+            if par.threads() <= 1 || batch == 1 {
+                return quant::quantize_q8_k(x, blocks);
+            }
+            // A Q8_K block is 73 f32-sized words (f32 scale, then bytes), so a token's blocks are a chunk of the
+            // f32-typed parallel-for.
+            let words: &mut [f32] = bytemuck::cast_slice_mut(blocks);
+            let token_words = words.len() / batch;
+            par.for_each_chunk(words, token_words, &|t, chunk| {
+                let blocks: &mut [BlockQ8K] = bytemuck::cast_slice_mut(chunk);
+                quant::quantize_q8_k(&x[t * w.cols..(t + 1) * w.cols], blocks);
+            });
+        }
         Some(ActType::F16) => {
             for (o, &v) in acts.f16.iter_mut().zip(x) {
                 *o = u16::from_le_bytes(quant::f32_to_f16(v));
@@ -202,7 +223,7 @@ fn quantize_input(w: &QTensor<'_>, x: &[f32], batch: usize, acts: &mut Acts) {
 ///
 /// One worker computes everything straight into `out`, with `work`. Several split the rows (as llama.cpp does), so
 /// that every weight row is unpacked once: each chunk writes its rows as a `[token][row]` block of `scratch`, whose
-/// per-token runs are then copied into place. Each of those tasks allocates its own work buffer: [`ParallelFor`]
+/// per-token runs are then copied into place, one token per task. Each of those tasks allocates its own work buffer: [`ParallelFor`]
 /// hands a task only its output chunk, not a worker's own buffer, and one buffer per chunk kept here would cost the
 /// run state a work buffer per row chunk.
 #[allow(
@@ -235,12 +256,14 @@ fn batched<K>(
         let n = chunk.len() / batch;
         kernel(ci * rpc, n, chunk, n, &mut vec![0.0; work_len]);
     });
-    for (ci, chunk) in scratch.chunks(rpc * batch).enumerate() {
-        let n = chunk.len() / batch;
-        for (t, run) in chunk.chunks_exact(n).enumerate() {
-            out[t * rows + ci * rpc..t * rows + ci * rpc + n].copy_from_slice(run);
+    // The gather, one token's output row per task: row chunk ci holds token t's run at `t * n`.
+    let scratch = &*scratch;
+    par.for_each_chunk(&mut out[..batch * rows], rows, &|t, row| {
+        for (ci, chunk) in scratch.chunks(rpc * batch).enumerate() {
+            let n = chunk.len() / batch;
+            row[ci * rpc..ci * rpc + n].copy_from_slice(&chunk[t * n..(t + 1) * n]);
         }
-    }
+    });
 }
 
 /// Whether `t` is one of the 32-element formats that [`mat_q0`] multiplies in tiles.
@@ -522,7 +545,7 @@ pub fn matmul(
 ) {
     debug_assert_eq!(x.len(), batch * w.cols);
     debug_assert_eq!(out.len(), batch * w.rows);
-    quantize_input(w, x, batch, acts);
+    quantize_input(w, x, batch, acts, par);
     // Rows per task: a few tasks per worker for balance, at least 16 rows to amortise dispatch.
     let rows_per_chunk = w.rows.div_ceil(par.threads() * 4).max(16);
     if is_q0(w.ggml_type) {
