@@ -293,27 +293,47 @@ fn q8_scale(amax: f32) -> (f32, f32) {
 
 /// Quantizes `x` (length a multiple of 32) to Q8_0 blocks.
 pub fn quantize_q8_0(x: &[f32], out: &mut [BlockQ8_0]) {
-    for (b, xs) in out.iter_mut().zip(x.chunks_exact(QK)) {
-        let amax = xs.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-        let (d, id) = q8_scale(amax);
-        b.d = f32_to_f16(d);
-        for (q, &v) in b.qs.iter_mut().zip(xs) {
-            *q = nearest_int(v * id) as i8;
-        }
-    }
+    quantize_q8_0_as(x, out, q8_scale, |v| nearest_int(v) as i8);
 }
 
 /// Quantizes `x` (length a multiple of 32) to Q8_1 blocks.
 pub fn quantize_q8_1(x: &[f32], out: &mut [BlockQ8_1]) {
+    quantize_q8_1_as(x, out, q8_scale, |v| nearest_int(v) as i8);
+}
+
+/// Q8_0 quantization with a block's `(d, 1/d)` from its largest magnitude by `scale` and each `x·(1/d)` rounded by
+/// `round`: llama.cpp's AVX quantizer and its reference one (`crate::sse`) differ in both.
+pub(crate) fn quantize_q8_0_as(
+    x: &[f32],
+    out: &mut [BlockQ8_0],
+    scale: impl Fn(f32) -> (f32, f32),
+    round: impl Fn(f32) -> i8,
+) {
     for (b, xs) in out.iter_mut().zip(x.chunks_exact(QK)) {
         let amax = xs.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-        let (d, id) = q8_scale(amax);
+        let (d, id) = scale(amax);
+        b.d = f32_to_f16(d);
+        for (q, &v) in b.qs.iter_mut().zip(xs) {
+            *q = round(v * id);
+        }
+    }
+}
+
+/// [`quantize_q8_0_as`] for Q8_1, which also keeps `s = f16(d · Σ q)`.
+pub(crate) fn quantize_q8_1_as(
+    x: &[f32],
+    out: &mut [BlockQ8_1],
+    scale: impl Fn(f32) -> (f32, f32),
+    round: impl Fn(f32) -> i8,
+) {
+    for (b, xs) in out.iter_mut().zip(x.chunks_exact(QK)) {
+        let amax = xs.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let (d, id) = scale(amax);
         b.d = f32_to_f16(d);
         let mut sum = 0i32;
         for (q, &v) in b.qs.iter_mut().zip(xs) {
-            let i = nearest_int(v * id);
-            *q = i as i8;
-            sum += i;
+            *q = round(v * id);
+            sum += *q as i32;
         }
         b.s = f32_to_f16(d * sum as f32);
     }

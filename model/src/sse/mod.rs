@@ -23,8 +23,7 @@
 //! host, whose glibc picks its FMA variants at run time whatever llama.cpp was compiled for.
 
 use crate::quant::{
-    self, f16_to_f32, f32_to_f16, BlockQ4K, BlockQ4_0, BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1,
-    QK, QK_K,
+    self, f16_to_f32, BlockQ4K, BlockQ4_0, BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1, QK, QK_K,
 };
 
 mod more_types;
@@ -167,29 +166,12 @@ fn round_i8(v: f32) -> i8 {
 
 /// f32 → Q8_0 blocks as `quantize_row_q8_0_ref` (length a multiple of 32).
 pub fn quantize_q8_0(x: &[f32], out: &mut [BlockQ8_0]) {
-    for (b, xs) in out.iter_mut().zip(x.chunks_exact(QK)) {
-        let amax = xs.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-        let (d, id) = q8_scale_ref(amax);
-        b.d = f32_to_f16(d);
-        for (q, &v) in b.qs.iter_mut().zip(xs) {
-            *q = round_i8(v * id);
-        }
-    }
+    quant::quantize_q8_0_as(x, out, q8_scale_ref, round_i8);
 }
 
-/// f32 → Q8_1 blocks as `quantize_row_q8_1_ref` (length a multiple of 32); `s = f16(Σ q · d)`.
+/// f32 → Q8_1 blocks as `quantize_row_q8_1_ref` (length a multiple of 32); `s = f16(d · Σ q)`.
 pub fn quantize_q8_1(x: &[f32], out: &mut [BlockQ8_1]) {
-    for (b, xs) in out.iter_mut().zip(x.chunks_exact(QK)) {
-        let amax = xs.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-        let (d, id) = q8_scale_ref(amax);
-        b.d = f32_to_f16(d);
-        let mut sum = 0i32;
-        for (q, &v) in b.qs.iter_mut().zip(xs) {
-            *q = round_i8(v * id);
-            sum += *q as i32;
-        }
-        b.s = f32_to_f16(sum as f32 * d);
-    }
+    quant::quantize_q8_1_as(x, out, q8_scale_ref, round_i8);
 }
 
 /// The four exact 4-element sums `_mm_madd_epi16(1, _mm_maddubs_epi16(..))` gives for 16 weights and activations.
@@ -295,6 +277,7 @@ pub fn dot_q6_k_q8_k(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::quant::f32_to_f16;
 
     /// A small xorshift generator for test data.
     struct Rng(u64);
