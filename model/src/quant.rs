@@ -849,15 +849,27 @@ pub fn expf_ggml(x: f32) -> f32 {
 /// Softmax numerator as ggml's AVX2 `ggml_vec_soft_max_f32`: `x[i] = expf(x[i] - max)` by [`expf_ggml`] in blocks
 /// of 8, each block's [`hsum8`] added to an f64 sum; returns the sum.
 pub fn softmax_exp(x: &mut [f32], max: f32) -> f64 {
+    softmax_exp_lanes::<8>(x, max, expf_ggml, hsum8)
+}
+
+/// ggml's `ggml_vec_soft_max_f32` with `N`-lane vectors: `x[i] = expf(x[i] - max)` by the vector `expf` in groups of
+/// `N`, each group's `hsum` added to an f64 sum, the last `len % N` by the C library's `expf`; returns the sum. The
+/// kernel sets differ only in `N`, the vector `expf` and the horizontal sum (`crate::sse`, this module, `crate::wide`).
+pub(crate) fn softmax_exp_lanes<const N: usize>(
+    x: &mut [f32],
+    max: f32,
+    expf: impl Fn(f32) -> f32,
+    hsum: impl Fn(&[f32; N]) -> f32,
+) -> f64 {
     let mut sum = 0.0f64;
-    let mut chunks = x.chunks_exact_mut(8);
+    let mut chunks = x.chunks_exact_mut(N);
     for c in &mut chunks {
-        let mut l = [0.0f32; 8];
+        let mut l = [0.0f32; N];
         for (o, v) in l.iter_mut().zip(c.iter_mut()) {
-            *v = expf_ggml(*v - max);
+            *v = expf(*v - max);
             *o = *v;
         }
-        sum += hsum8(&l) as f64;
+        sum += hsum(&l) as f64;
     }
     for v in chunks.into_remainder() {
         *v = libm::expf(*v - max);
@@ -868,12 +880,22 @@ pub fn softmax_exp(x: &mut [f32], max: f32) -> f64 {
 
 /// `gate[i] = silu(gate[i]) * up[i]` as ggml's AVX2 `ggml_vec_swiglu_f32` (`x / (1 + v_expf(-x))` in blocks of 8).
 pub fn swiglu(gate: &mut [f32], up: &[f32]) {
-    let n8 = gate.len() / 8 * 8;
-    for (g, &u) in gate[..n8].iter_mut().zip(up) {
+    swiglu_lanes::<8>(gate, up, expf_ggml);
+}
+
+/// ggml's `ggml_vec_swiglu_f32` with `N`-lane vectors: `x / (1 + expf(0 - x)) * up` by the vector `expf` over the
+/// first `len / N * N` elements, `ggml_silu_f32` (the C library's `expf`) for the rest.
+pub(crate) fn swiglu_lanes<const N: usize>(
+    gate: &mut [f32],
+    up: &[f32],
+    expf: impl Fn(f32) -> f32,
+) {
+    let whole = gate.len().min(up.len()) / N * N;
+    for (g, &u) in gate[..whole].iter_mut().zip(up) {
         let x = *g;
-        *g = x / (1.0 + expf_ggml(0.0 - x)) * u;
+        *g = x / (1.0 + expf(0.0 - x)) * u;
     }
-    for (g, &u) in gate[n8..].iter_mut().zip(&up[n8..]) {
+    for (g, &u) in gate[whole..].iter_mut().zip(&up[whole..]) {
         let x = *g;
         *g = x / (1.0 + libm::expf(-x)) * u;
     }

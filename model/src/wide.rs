@@ -97,35 +97,13 @@ pub fn expf_ggml16(x: f32) -> f32 {
 /// Softmax numerator as AVX-512 `ggml_vec_soft_max_f32`: `x[i] = expf(x[i] - max)` by [`expf_ggml16`] in blocks of
 /// 16, each block's [`hsum16`] added to an f64 sum; the tail by `expf`. Returns the sum.
 pub fn softmax_exp16(x: &mut [f32], max: f32) -> f64 {
-    let mut sum = 0.0f64;
-    let mut chunks = x.chunks_exact_mut(16);
-    for c in &mut chunks {
-        let mut l = [0.0f32; 16];
-        for (o, v) in l.iter_mut().zip(c.iter_mut()) {
-            *v = expf_ggml16(*v - max);
-            *o = *v;
-        }
-        sum += hsum16(&l) as f64;
-    }
-    for v in chunks.into_remainder() {
-        *v = libm::expf(*v - max);
-        sum += *v as f64;
-    }
-    sum
+    quant::softmax_exp_lanes::<16>(x, max, expf_ggml16, hsum16)
 }
 
 /// `gate[i] = silu(gate[i]) * up[i]` as AVX-512 `ggml_vec_swiglu_f32`: `x / (1 + v_expf(-x))` by [`expf_ggml16`]
 /// in blocks of 16, the tail by `expf`.
 pub fn swiglu16(gate: &mut [f32], up: &[f32]) {
-    let n16 = gate.len().min(up.len()) / 16 * 16;
-    for (g, &u) in gate[..n16].iter_mut().zip(up) {
-        let x = *g;
-        *g = x / (1.0 + expf_ggml16(0.0 - x)) * u;
-    }
-    for (g, &u) in gate[n16..].iter_mut().zip(&up[n16..]) {
-        let x = *g;
-        *g = x / (1.0 + libm::expf(-x)) * u;
-    }
+    quant::swiglu_lanes::<16>(gate, up, expf_ggml16);
 }
 
 #[cfg(test)]

@@ -62,40 +62,20 @@ pub fn expf4(x: f32) -> f32 {
 
 /// Sum of one 4-lane group as SSE without AVX reduces it (`shuffle`, `movehl`, `add_ss`): `(v0 + v1) + (v2 + v3)`.
 #[inline]
-fn hsum4(l: &[f32]) -> f32 {
+fn hsum4(l: &[f32; 4]) -> f32 {
     (l[0] + l[1]) + (l[2] + l[3])
 }
 
 /// Softmax numerator as ggml's SSE2 `ggml_vec_soft_max_f32`: `x[i] = expf(x[i] - max)` by [`expf4`] in groups of
 /// 4, each group's sum added to an f64 sum, the rest by the C library's `expf`; returns the sum.
 pub fn softmax_exp(x: &mut [f32], max: f32) -> f64 {
-    let mut sum = 0.0f64;
-    let mut groups = x.chunks_exact_mut(4);
-    for c in &mut groups {
-        for v in c.iter_mut() {
-            *v = expf4(*v - max);
-        }
-        sum += hsum4(c) as f64;
-    }
-    for v in groups.into_remainder() {
-        *v = libm::expf(*v - max);
-        sum += *v as f64;
-    }
-    sum
+    quant::softmax_exp_lanes::<4>(x, max, expf4, hsum4)
 }
 
 /// `gate[i] = silu(gate[i]) * up[i]` as ggml's SSE2 `ggml_vec_swiglu_f32`: `x / (1 + v_expf(0 - x))` in groups of
 /// 4, `ggml_silu_f32` (the C library's `expf`) for the rest.
 pub fn swiglu(gate: &mut [f32], up: &[f32]) {
-    let n4 = gate.len() / 4 * 4;
-    for (g, &u) in gate[..n4].iter_mut().zip(up) {
-        let x = *g;
-        *g = x / (1.0 + expf4(0.0 - x)) * u;
-    }
-    for (g, &u) in gate[n4..].iter_mut().zip(&up[n4..]) {
-        let x = *g;
-        *g = x / (1.0 + libm::expf(-x)) * u;
-    }
+    quant::swiglu_lanes::<4>(gate, up, expf4);
 }
 
 /// f16 dot product as `ggml_vec_dot_f16` computes it with SSE3: eight 4-lane accumulators over steps of 32 (each
@@ -107,13 +87,7 @@ pub fn dot_f16_ggml(x: &[u16], y: &[u16]) -> f32 {
     let n = x.len().min(y.len());
     let np = n / 32 * 32;
     let mut acc = [[0.0f32; 4]; 8];
-    for i in (0..np).step_by(32) {
-        for (j, a) in acc.iter_mut().enumerate() {
-            for (l, lane) in a.iter_mut().enumerate() {
-                *lane = quant::fma_f16(x[i + 4 * j + l], y[i + 4 * j + l], *lane);
-            }
-        }
-    }
+    accumulate_steps(&mut acc, &x[..np], &y[..np]);
     let mut sum = reduce8x4(acc) as f64;
     for i in np..n {
         sum += (h(x[i]) * h(y[i])) as f64;
@@ -127,12 +101,28 @@ pub fn dot_f16_ggml(x: &[u16], y: &[u16]) -> f32 {
 /// the same bits. Attention's probability rows are zero past the query's position.
 pub fn dot_f16_ggml_live(x: &[u16], y: &[u16], live: usize) -> f32 {
     debug_assert!(x.len() == y.len() && x.len().is_multiple_of(32) && live <= x.len());
+    let whole = live / 32 * 32;
     let mut acc = [[0.0f32; 4]; 8];
-    for (e, (&a, &b)) in x[..live].iter().zip(&y[..live]).enumerate() {
-        let lane = &mut acc[(e % 32) / 4][e % 4];
+    accumulate_steps(&mut acc, &x[..whole], &y[..whole]);
+    // The step `live` falls in, up to `live`.
+    for (e, (&a, &b)) in x[whole..live].iter().zip(&y[whole..live]).enumerate() {
+        let lane = &mut acc[e / 4][e % 4];
         *lane = quant::fma_f16(a, b, *lane);
     }
     reduce8x4(acc)
+}
+
+/// `ggml_vec_dot_f16`'s SSE3 loop over whole steps of 32 (`x.len()` a multiple of 32): element `4j + l` of each
+/// step into lane l of accumulator j.
+#[inline]
+fn accumulate_steps(acc: &mut [[f32; 4]; 8], x: &[u16], y: &[u16]) {
+    for (xs, ys) in x.chunks_exact(32).zip(y.chunks_exact(32)) {
+        for (j, a) in acc.iter_mut().enumerate() {
+            for (l, lane) in a.iter_mut().enumerate() {
+                *lane = quant::fma_f16(xs[4 * j + l], ys[4 * j + l], *lane);
+            }
+        }
+    }
 }
 
 /// `GGML_F32x4_REDUCE` of eight 4-lane accumulators: halves added pairwise (4 + 4, 2 + 2, 1 + 1), then the last
