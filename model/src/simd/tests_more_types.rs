@@ -121,6 +121,12 @@ fn dots(t: GgmlType, w: &[u8], x: &[f32]) -> [(f32, Option<f32>); 2] {
     }
 }
 
+/// The f64 dot product of `w` and `x`, and the f64 sum of the products' magnitudes (the scale of its rounding).
+fn exact_and_norm(w: &[f32], x: &[f32]) -> (f64, f64) {
+    let products = w.iter().zip(x).map(|(&a, &b)| a as f64 * b as f64);
+    (products.clone().sum(), products.map(f64::abs).sum())
+}
+
 #[test]
 fn new_quant_dots_match_scalar_bitwise_and_f64() {
     let n = 1024;
@@ -130,12 +136,7 @@ fn new_quant_dots_match_scalar_bitwise_and_f64() {
             let w = random_blocks(t, n, 5 + seed);
             let mut wf = vec![0.0; n];
             quant::dequantize(t, &w, &mut wf).unwrap();
-            let exact: f64 = wf.iter().zip(&x).map(|(&a, &b)| a as f64 * b as f64).sum();
-            let norm: f64 = wf
-                .iter()
-                .zip(&x)
-                .map(|(&a, &b)| (a as f64 * b as f64).abs())
-                .sum();
+            let (exact, norm) = exact_and_norm(&wf, &x);
             for (order, (scalar, simd)) in dots(t, &w, &x).into_iter().enumerate() {
                 // Activation quantization error: |Δx| ≤ amax/254 per element, ~1% of Σ|w·x| at most here.
                 assert!(
@@ -281,12 +282,7 @@ fn sse_models_of_the_new_types_agree_with_avx2_order_and_f64() {
             let w = random_blocks(t, n, 5 + seed);
             let mut wf = vec![0.0; n];
             quant::dequantize(t, &w, &mut wf).unwrap();
-            let exact: f64 = wf.iter().zip(&x).map(|(&a, &b)| a as f64 * b as f64).sum();
-            let norm: f64 = wf
-                .iter()
-                .zip(&x)
-                .map(|(&a, &b)| (a as f64 * b as f64).abs())
-                .sum();
+            let (exact, norm) = exact_and_norm(&wf, &x);
             let y = q8k(&x);
             let mut y1 = vec![BlockQ8_1::zeroed(); n / QK];
             crate::sse::quantize_q8_1(&x, &mut y1);
