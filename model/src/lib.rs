@@ -1,7 +1,7 @@
 //! cloister's inference engine: GGUF models (llama, gemma3) run token for token as llama.cpp runs them.
 //!
 //! `no_std` + `alloc` so the same code runs inside the appliance image and on the host; `unsafe` lives only in
-//! [`simd`]. The layout follows llama2.c: configuration and weights ([`transformer`]), run state and forward pass,
+//! [`simd`] and in the work pool ([`parallel::work`]). The layout follows llama2.c: configuration and weights ([`transformer`]), run state and forward pass,
 //! tokenizers ([`tokenizer`]), sampler ([`sampler`]).
 #![cfg_attr(not(test), no_std)]
 #![deny(unsafe_code)]

@@ -1,22 +1,15 @@
-//! The kernel's parallel-for (`kernel/src/smp/work.rs`, included by path: the kernel package's
-//! binary cannot be built for the host, so it has no integration tests of its own) on host threads standing in for application
+//! The appliance's parallel-for (`model/src/parallel/work.rs`) on host threads standing in for application
 //! processors: every chunk runs exactly once, results equal the serial loop's, workers that went to sleep are
-//! woken, and the fork/join overhead per call is measured.
-
-#[allow(
-    dead_code,
-    reason = "the kernel binary uses parts of the module these tests do not"
-)]
-#[path = "../../kernel/src/smp/work.rs"]
-mod work;
+//! woken, and the fork/join overhead per call is measured. The host's own pool (`model::parallel::ThreadPool`) is
+//! the same code on parked threads; its tests are at the end.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
-use model::parallel::{ParallelFor, Serial};
-use work::{Idle, WorkPool};
+use model::parallel::work::{Idle, WorkPool};
+use model::parallel::{ParallelFor, Serial, ThreadPool};
 
 /// Parking and unparking threads, as the kernel halts and sends IPIs.
 #[derive(Default)]
@@ -177,4 +170,41 @@ fn fork_join_overhead() {
         per_call.as_secs_f64() * 1e6
     );
     assert!(out.iter().all(|&value| value == calls as f32));
+}
+
+/// The host's pool: the caller and its workers split each call as the work pool does, results equal the serial
+/// loop's across calls with idle gaps (the workers park and are woken), and dropping it stops its threads.
+#[test]
+fn the_host_pool_equals_the_serial_loop_and_stops_on_drop() {
+    let _serial = one_at_a_time();
+    for threads in [0, 1, 2, 3] {
+        let pool = ThreadPool::new(threads).expect("start the pool's threads");
+        assert_eq!(pool.threads(), threads.max(1));
+        for round in 0..20 {
+            let mut expected = vec![0.0f32; 1000];
+            Serial.for_each_chunk(&mut expected, 7, &fill);
+            let mut got = vec![0.0f32; 1000];
+            let calls = AtomicUsize::new(0);
+            pool.for_each_chunk(&mut got, 7, &|index, chunk| {
+                calls.fetch_add(1, Ordering::Relaxed);
+                fill(index, chunk);
+            });
+            assert_eq!(got, expected, "{threads} threads, round {round}");
+            assert_eq!(calls.into_inner(), 1000usize.div_ceil(7));
+            if round % 5 == 4 {
+                // Longer than the workers' spin, so the next call wakes parked threads.
+                thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let mut got = vec![0.0f32; 64];
+        let threads_seen = Mutex::new(std::collections::HashSet::new());
+        // Chunks that take a while, so that every thread gets some.
+        pool.for_each_chunk(&mut got, 1, &|index, chunk| {
+            threads_seen.lock().unwrap().insert(thread::current().id());
+            thread::sleep(Duration::from_millis(1));
+            fill(index, chunk);
+        });
+        assert_eq!(threads_seen.into_inner().unwrap().len(), threads.max(1));
+        drop(pool);
+    }
 }

@@ -13,7 +13,6 @@
 //! differ from the bootstrap processor's leaves itself out the same way.
 
 mod vector_registers;
-pub mod work;
 
 use core::arch::{asm, global_asm};
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
@@ -22,6 +21,7 @@ use kernel::acpi::{Madt, MAX_CPUS};
 use kernel::memory_map::MemoryKind;
 use kernel::paging::AddressSpace;
 use kernel::start_info::BootInfo;
+use model::parallel::work::{Idle, WorkPool, MAX_WORKERS};
 use model::parallel::ParallelFor;
 
 use crate::arch::boot::{GUARD_SIZE, INTERRUPT_STACKS, INTERRUPT_STACK_SIZE};
@@ -30,7 +30,6 @@ use crate::arch::interrupts::{self, CpuTables, LOCAL_APIC_BASE, TIMER_VECTOR};
 use crate::clock::Clock;
 use crate::memory::KernelTables;
 use vector_registers::VectorState;
-use work::{Idle, WorkPool, MAX_WORKERS};
 
 /// The trampoline's page: start-up IPI vector 8.
 const TRAMPOLINE: u64 = 0x8000;

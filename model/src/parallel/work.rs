@@ -9,14 +9,16 @@
 //! written while a worker still reads the last one, and a worker can never miss a job.
 //!
 //! The file depends only on `core` and the engine's trait: the kernel runs it on its application processors
-//! with HLT and IPIs behind [`Idle`]; the host test (`tests/tests/work_pool.rs`) runs the same code on threads.
+//! with HLT and IPIs behind [`Idle`] (`kernel/src/smp/mod.rs`), and the host's [`super::ThreadPool`] runs the same
+//! code on threads that park, so that host benchmarks measure the appliance's fork/join.
 
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
-use model::parallel::ParallelFor;
+use super::ParallelFor;
 
-/// Most workers a pool has: every processor the kernel keeps (`kernel::acpi::MAX_CPUS`) except the caller's.
+/// Most workers a pool has: every processor the kernel keeps (`kernel::acpi::MAX_CPUS`, which asserts this)
+/// except the caller's.
 pub const MAX_WORKERS: usize = 15;
 
 /// The task type the engine hands over.
@@ -76,6 +78,9 @@ pub struct WorkPool<I> {
 // until the Release/SeqCst generation bump that publishes the new one; the raw pointers in it point at data the
 // caller keeps borrowed until every worker is done.
 unsafe impl<I: Idle> Sync for WorkPool<I> {}
+// SAFETY: the raw pointers in the job descriptor are the only non-`Send` state; they are dereferenced only during
+// a call, which borrows the pool, so a pool that moves to another thread carries no live pointer with it.
+unsafe impl<I: Idle + Send> Send for WorkPool<I> {}
 
 #[allow(
     clippy::declare_interior_mutable_const,
@@ -118,11 +123,7 @@ impl<I: Idle> WorkPool<I> {
         self.workers.load(Ordering::Acquire)
     }
 
-    /// The idle behaviour (the host test counts its sleeps).
-    #[allow(
-        dead_code,
-        reason = "used by the host test; the kernel reaches its idle behaviour directly"
-    )]
+    /// The idle behaviour (the host pool registers its threads there, and a test counts the sleeps).
     pub fn idle(&self) -> &I {
         &self.idle
     }
@@ -164,8 +165,8 @@ impl<I: Idle> WorkPool<I> {
         }
     }
 
-    /// Makes every worker return from [`WorkPool::run_worker`] (host tests).
-    #[allow(dead_code, reason = "used by the host test; kernel workers never stop")]
+    /// Makes every worker return from [`WorkPool::run_worker`] (the host pool when it is dropped; kernel workers
+    /// never stop).
     pub fn stop(&self) {
         self.stopping.store(true, Ordering::SeqCst);
         for worker in 0..self.workers() {
