@@ -27,17 +27,19 @@ Steps:
      its vendor/llama.cpp, cmake Release, target llama-bench only) into <cache>/llama.cpp/<version>/, where
      <cache> is $CLOISTER_CACHE or <workspace>/.cache. A stamp file marks a finished build, which later runs reuse.
   2. Resolves the models through the runner's cache: cargo run --release -p runner -- fetch-model <models>.
-  3. For each model and thread count runs llama-bench (-p 128 -n 128 -t N -r R -fa 0,1 -o json: flash
-     attention off and on, and the better of the two is llama.cpp's figure) and
-     cargo run --release -p runner -- bench --json --model M --threads N, then prints the table with the CPU
-     model and the kernel set each engine ran.
-  4. Keeps every raw result (llama-bench's JSON, cloister bench's JSON line, the table) in --out.
+  3. For each model and thread count runs, in --rounds alternating rounds, llama-bench (-p 128 -n 128 -t N -r R
+     -fa 0,1 -o json: flash attention off and on, and the better of the two is llama.cpp's figure) and
+     cargo run --release -p runner -- bench --json --model M --threads N --runs R. Each engine's figure is its
+     best round: on a shared machine a slow phase then lands on both engines alike. Then prints the table with
+     the CPU model and the kernel set each engine ran.
+  4. Keeps every raw result (llama-bench's JSON, cloister bench's JSON line, every round's figures in
+     rounds.txt, the table) in --out.
 
 Options:
   --models LIST        comma-separated model names known to the runner (default: smollm2,gemma3)
   --threads LIST       comma-separated thread counts (default: 1,2)
-  --repetitions R      llama-bench repetitions per test, median taken (default: 5; cloister bench takes
-                       the median of 5)
+  --repetitions R      repetitions per test and round, median taken, for both engines (default: 5)
+  --rounds N           alternating rounds of the two engines, best round taken (default: 3)
   --out DIR            where the raw results and the table go (default: <cache>/bench/<UTC time>)
   --measure-bandwidth  estimate memory bandwidth with a read test (scripts/membw.c, built with cc) instead of
                        using fallback figures from an Intel Xeon (14.9 GB/s at 1 thread, 29 GB/s at 2)
@@ -69,6 +71,7 @@ fail() {
 models_list="smollm2,gemma3"
 threads_list="1,2"
 repetitions=5
+rounds=3
 out_dir=""
 measure_bandwidth=0
 llama_cpp_python_version="$LLAMA_CPP_PYTHON_VERSION_DEFAULT"
@@ -100,6 +103,15 @@ while [ $# -gt 0 ]; do
         ;;
     --repetitions=*)
         repetitions="${1#*=}"
+        shift
+        ;;
+    --rounds)
+        [ $# -ge 2 ] || fail "--rounds needs a value"
+        rounds="$2"
+        shift 2
+        ;;
+    --rounds=*)
+        rounds="${1#*=}"
         shift
         ;;
     --out)
@@ -145,6 +157,7 @@ for count in "${threads[@]}"; do
     [[ "$count" =~ ^[1-9][0-9]*$ ]] || fail "bad thread count '$count' in --threads (positive integers)"
 done
 [[ "$repetitions" =~ ^[1-9][0-9]*$ ]] || fail "bad --repetitions '$repetitions' (a positive integer)"
+[[ "$rounds" =~ ^[1-9][0-9]*$ ]] || fail "bad --rounds '$rounds' (a positive integer)"
 [[ "$llama_cpp_python_version" =~ ^[0-9A-Za-z.+-]+$ ]] ||
     fail "bad --llama-cpp-python-version '$llama_cpp_python_version'"
 
@@ -233,13 +246,22 @@ measure_or_assume_bandwidth() {
 declare -A results=()
 ours_kernels="?"
 
+# Keeps the better of results[key] and a new figure (a round's); returns 0 when the new one is better.
+keep_best() {
+    local key="$1" value="$2"
+    [ -z "${results["$key"]:-}" ] || python3 -c 'import sys; sys.exit(0 if float(sys.argv[2]) > float(sys.argv[1]) else 1)' \
+        "${results["$key"]}" "$value" || return 1
+    results["$key"]="$value"
+}
+
 run_llama_bench() {
-    local model="$1" count="$2"
-    local json="$out_dir/llama-bench-$model-$count.json"
-    progress "llama-bench: $model, $count thread(s), -p 128 -n 128 -r $repetitions -fa 0,1"
+    local model="$1" count="$2" round="$3"
+    local json="$out_dir/llama-bench-$model-$count-round$round.json"
+    local log="$out_dir/llama-bench-$model-$count-round$round.log"
+    progress "llama-bench: $model, $count thread(s), round $round of $rounds, -p 128 -n 128 -r $repetitions -fa 0,1"
     "$LLAMA_BENCH" -m "${model_path[$model]}" -p 128 -n 128 -t "$count" -r "$repetitions" -fa 0,1 -o json \
-        >"$json" 2>"$out_dir/llama-bench-$model-$count.log" ||
-        fail "llama-bench failed on $model with $count threads: $(tail -n 5 "$out_dir/llama-bench-$model-$count.log")"
+        >"$json" 2>"$log" ||
+        fail "llama-bench failed on $model with $count threads: $(tail -n 5 "$log")"
     local parsed
     parsed="$(python3 - "$json" <<'PY'
 import json, statistics, sys
@@ -268,23 +290,23 @@ PY
 )" || fail "cannot parse llama-bench's JSON output ($json)"
     local prefill decode prefill_fa decode_fa
     read -r prefill decode prefill_fa decode_fa <<<"$parsed"
-    results["$model/$count/prefill/llama"]="$prefill"
-    results["$model/$count/decode/llama"]="$decode"
-    results["$model/$count/prefill/fa"]="$prefill_fa"
-    results["$model/$count/decode/fa"]="$decode_fa"
+    if keep_best "$model/$count/prefill/llama" "$prefill"; then results["$model/$count/prefill/fa"]="$prefill_fa"; fi
+    if keep_best "$model/$count/decode/llama" "$decode"; then results["$model/$count/decode/fa"]="$decode_fa"; fi
+    printf '%s %s %s llama.cpp %s %s\n' "$model" "$count" "$round" "$prefill" "$decode" >>"$out_dir/rounds.txt"
     progress "    llama-bench: prefill $prefill tok/s (fa $prefill_fa), decode $decode tok/s (fa $decode_fa) (median of $repetitions, better of -fa 0/1)"
 }
 
 run_ours() {
-    local model="$1" count="$2"
-    progress "cloister bench: $model, $count thread(s)"
+    local model="$1" count="$2" round="$3"
+    progress "cloister bench: $model, $count thread(s), round $round of $rounds, --runs $repetitions"
     local output
     # `bench --json` prints one JSON object: model, threads, kernels, prefill_tok_s, decode_tok_s, ...
     output="$(cd "$workspace" &&
-        cargo run --quiet --release -p runner -- bench --json --model "${model_path[$model]}" --threads "$count")" ||
+        cargo run --quiet --release -p runner -- bench --json --model "${model_path[$model]}" --threads "$count" \
+            --runs "$repetitions")" ||
         fail "cloister bench failed on $model with $count threads"
     printf '    %s\n' "$output" >&2
-    printf '%s\n' "$output" >"$out_dir/cloister-bench-$model-$count.json"
+    printf '%s\n' "$output" >"$out_dir/cloister-bench-$model-$count-round$round.json"
     local parsed
     parsed="$(python3 -c '
 import json, sys
@@ -293,8 +315,9 @@ print("%.3f %.3f %s" % (line["prefill_tok_s"], line["decode_tok_s"], line.get("k
 ' "$output")" || fail "cannot parse cloister bench --json output: $output"
     local prefill decode kernels
     read -r prefill decode kernels <<<"$parsed"
-    results["$model/$count/prefill/ours"]="$prefill"
-    results["$model/$count/decode/ours"]="$decode"
+    keep_best "$model/$count/prefill/ours" "$prefill" || true
+    keep_best "$model/$count/decode/ours" "$decode" || true
+    printf '%s %s %s ours %s %s\n' "$model" "$count" "$round" "$prefill" "$decode" >>"$out_dir/rounds.txt"
     ours_kernels="$kernels"
 }
 
@@ -315,8 +338,12 @@ if python3 -c 'import os, sys; sys.exit(0 if os.getloadavg()[0] > 0.5 * os.cpu_c
 fi
 for model in "${models[@]}"; do
     for count in "${threads[@]}"; do
-        run_llama_bench "$model" "$count"
-        run_ours "$model" "$count"
+        # Rounds alternate the two engines, so that a slow phase of a shared machine (a neighbour on the other
+        # hyperthread, say) lands on both; each engine's figure is its best round.
+        for round in $(seq 1 "$rounds"); do
+            run_llama_bench "$model" "$count" "$round"
+            run_ours "$model" "$count" "$round"
+        done
     done
 done
 load_after="$(cut -d ' ' -f 1-3 /proc/loadavg)"
@@ -363,6 +390,8 @@ PY
 done
 printf '\nllama.cpp: %s (llama-bench -p 128 -n 128 -r %s -fa 0,1, median, the better flash-attention setting: fa);\n' \
     "$(sed -n 2p "$cache/llama.cpp/$llama_cpp_python_version/build.stamp")" "$repetitions"
-printf 'ours: cloister bench (median of 5). Raw results: %s\n' "$out_dir"
+printf 'ours: cloister bench --runs %s (median). Each figure is the best of %s rounds that alternate the two engines\n' \
+    "$repetitions" "$rounds"
+printf '(every round in rounds.txt). Raw results: %s\n' "$out_dir"
 printf 'Load average before / after measuring: %s / %s on %s CPUs (numbers from a busy machine are low and noisy).\n' \
     "$load_before" "$load_after" "$(nproc)"

@@ -161,13 +161,13 @@ pub struct BenchResult {
     /// `--model` as given.
     pub model: String,
     pub threads: usize,
-    /// The engine's kernels: `avx2` or `scalar`.
+    /// The engine's kernels: `avx512`, `avx2` or `scalar`.
     pub kernels: &'static str,
     /// Prompt tokens per run.
     pub prefill_tokens: usize,
     /// Generated tokens per run.
     pub decode_tokens: usize,
-    /// Runs; the rates are their medians.
+    /// Timed runs of each phase (after one warm-up run); the rates are their medians.
     pub runs: usize,
     pub prefill_tok_s: f64,
     pub decode_tok_s: f64,

@@ -90,6 +90,9 @@ pub struct BenchArgs {
     /// Worker threads.
     #[arg(long, default_value_t = default_threads())]
     pub threads: usize,
+    /// Timed runs of each phase, after one warm-up run; the rates printed are their medians (as `llama-bench -r`).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=100))]
+    pub runs: u16,
     /// Print the result as one JSON object on one line (model, threads, kernels, prefill_tokens, decode_tokens,
     /// runs, prefill_tok_s, decode_tok_s).
     #[arg(long)]
@@ -295,7 +298,7 @@ fn median(v: &mut [f64]) -> f64 {
 pub fn bench(args: BenchArgs) -> Result<()> {
     const PREFILL: usize = 128;
     const DECODE: usize = 128;
-    const RUNS: usize = 5;
+    let runs = usize::from(args.runs);
     let loaded = Loaded::open(&args.model)?;
     let (model, tok) = load(&loaded.blob)?;
     let pool = ThreadPool::new(args.threads).context("starting worker threads")?;
@@ -311,23 +314,35 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     }
     prompt.truncate(PREFILL);
     let mut state = State::new(&model.config, PREFILL + DECODE, MAX_BATCH);
-    let (mut prefill, mut decode) = (Vec::new(), Vec::new());
-    for _ in 0..RUNS {
+    let prefill_once = |state: &mut State| -> Result<f64> {
         state.reset();
-        let t0 = Instant::now();
+        let started = Instant::now();
         model
-            .forward(&mut state, &prompt, &pool)
+            .forward(state, &prompt, &pool)
             .map_err(|e| anyhow!("prefill failed: {e}"))?;
-        prefill.push(PREFILL as f64 / t0.elapsed().as_secs_f64());
-        let t1 = Instant::now();
+        Ok(PREFILL as f64 / started.elapsed().as_secs_f64())
+    };
+    let decode_after_prefill = |state: &mut State| -> Result<f64> {
+        prefill_once(state)?;
+        let started = Instant::now();
         for _ in 0..DECODE {
             let next = model::sampler::argmax(&state.logits);
             model
-                .forward(&mut state, &[next], &pool)
+                .forward(state, &[next], &pool)
                 .map_err(|e| anyhow!("decode failed: {e}"))?;
         }
-        decode.push(DECODE as f64 / t1.elapsed().as_secs_f64());
-    }
+        Ok(DECODE as f64 / started.elapsed().as_secs_f64())
+    };
+    // As llama-bench runs its tests: one warm-up run (first touches of the state's buffers, the workers' first
+    // wake-ups), then each phase's runs back to back. Decode starts after the 128-token prompt, a longer context
+    // than llama-bench's tg128 (which starts empty), so its attention does more work than llama.cpp's there.
+    decode_after_prefill(&mut state)?;
+    let mut prefill = (0..runs)
+        .map(|_| prefill_once(&mut state))
+        .collect::<Result<Vec<f64>>>()?;
+    let mut decode = (0..runs)
+        .map(|_| decode_after_prefill(&mut state))
+        .collect::<Result<Vec<f64>>>()?;
     let result = BenchResult {
         model: args.model.clone(),
         threads: args.threads,
@@ -338,7 +353,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         },
         prefill_tokens: PREFILL,
         decode_tokens: DECODE,
-        runs: RUNS,
+        runs,
         prefill_tok_s: median(&mut prefill),
         decode_tok_s: median(&mut decode),
     };
