@@ -7,6 +7,8 @@
 //! `model::session` with the appliance's prefill chunk, the code path the appliance serves with, so
 //! `generate --json` and the appliance give the same ids for the same request.
 
+mod blob;
+
 use std::io::Write;
 use std::time::Instant;
 
@@ -100,7 +102,7 @@ pub struct BenchArgs {
 }
 
 struct Loaded {
-    blob: Vec<u8>,
+    blob: blob::Blob,
 }
 
 pub use crate::models::TINY_SEED;
@@ -108,7 +110,7 @@ pub use crate::models::TINY_SEED;
 impl Loaded {
     fn open(name: &str) -> Result<Loaded> {
         let path = crate::models::resolve(name)?;
-        let blob = std::fs::read(&path)
+        let blob = blob::Blob::read(&path)
             .with_context(|| format!("reading model file {}", path.display()))?;
         Ok(Loaded { blob })
     }
