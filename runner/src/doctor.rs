@@ -146,6 +146,42 @@ pub fn kvm_check(cpuinfo: &str, dev_kvm: &Path) -> Check {
     }
 }
 
+/// Whether the host engine's model buffer can get transparent huge pages (`engine/blob.rs` advises them), from
+/// the contents of `/sys/kernel/mm/transparent_hugepage/enabled` (the mode in brackets, e.g.
+/// `always [madvise] never`); `None` where the file cannot be read (no THP support).
+pub fn huge_pages_check(enabled: Option<&str>) -> Check {
+    let mode = enabled.and_then(|text| {
+        let start = text.find('[')?;
+        let end = start + text[start..].find(']')?;
+        Some(text[start + 1..end].to_string())
+    });
+    let (ok, detail) = match mode.as_deref() {
+        Some(mode @ ("always" | "madvise")) => (
+            true,
+            format!("transparent huge pages: {mode} (the host engine's model buffer asks for them)"),
+        ),
+        Some(mode) => (
+            false,
+            format!("transparent huge pages: {mode}; host decode streams the weights 10-30% slower"),
+        ),
+        None => (
+            false,
+            "transparent huge pages: not available (no /sys/kernel/mm/transparent_hugepage/enabled)".to_string(),
+        ),
+    };
+    Check {
+        name: "huge pages".into(),
+        need: Need::Optional,
+        ok,
+        detail,
+        fix: if ok {
+            String::new()
+        } else {
+            "for host speed only: `echo madvise | sudo tee /sys/kernel/mm/transparent_hugepage/enabled`".into()
+        },
+    }
+}
+
 /// Free space where the model cache lives (or its nearest existing parent).
 pub fn cache_space_check(cache: &Path) -> Check {
     let mut probe: PathBuf = cache.to_path_buf();
@@ -251,6 +287,8 @@ pub fn run_checks(path: &std::ffi::OsStr, boot: BootMode, cache: &Path) -> Vec<C
     }
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     checks.push(kvm_check(&cpuinfo, Path::new("/dev/kvm")));
+    let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").ok();
+    checks.push(huge_pages_check(thp.as_deref()));
     checks.push(cache_space_check(cache));
     checks
 }
@@ -319,6 +357,21 @@ pub fn require_for_up(boot: BootMode, cache: &Path) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn huge_pages_reads_the_bracketed_mode() {
+        let madvise = huge_pages_check(Some("always [madvise] never\n"));
+        assert!(
+            madvise.ok && madvise.detail.contains("madvise"),
+            "{madvise:?}"
+        );
+        assert!(huge_pages_check(Some("[always] madvise never\n")).ok);
+        let never = huge_pages_check(Some("always madvise [never]\n"));
+        assert!(!never.ok && never.need == Need::Optional, "{never:?}");
+        assert!(never.fix.contains("madvise"), "{}", never.fix);
+        assert!(!huge_pages_check(None).ok);
+        assert!(!huge_pages_check(Some("garbage")).ok);
+    }
 
     #[test]
     fn kvm_without_virtualization_flags_says_why() {

@@ -39,6 +39,7 @@ fn doctor_passes_where_everything_is_installed() {
         "OVMF code",
         "pip",
         "kvm",
+        "huge pages",
         "cache space",
     ] {
         assert!(
