@@ -29,8 +29,9 @@ pub trait ParallelFor: Sync {
     );
 
     /// Runs `body`, which makes many `for_each_chunk` calls in a row (one forward pass), where those calls are
-    /// cheapest: a pool runs it on one of its own workers, so that each product splits work among threads that
-    /// are already awake instead of waking them from outside and blocking the caller every time.
+    /// cheapest. The default runs it on the calling thread, which suits the work pool (its caller takes chunks
+    /// itself, and its workers spin between products); a pool that wakes its threads from outside for every call
+    /// would rather run it on one of its own workers.
     fn run(&self, body: &mut (dyn FnMut() + Send)) {
         body()
     }
