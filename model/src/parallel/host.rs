@@ -75,24 +75,17 @@ impl ThreadPool {
         ));
         pool.set_workers(workers);
         let mut handles = Vec::with_capacity(workers);
+        let mut refused = None;
         for worker in 0..workers {
             let shared = Arc::clone(&pool);
-            let spawned = thread::Builder::new()
+            match thread::Builder::new()
                 .name(std::format!("engine-{worker}"))
-                .spawn(move || shared.run_worker(worker));
-            match spawned {
+                .spawn(move || shared.run_worker(worker))
+            {
                 Ok(handle) => handles.push(handle),
                 Err(error) => {
-                    // The pool counts on every worker it was given; stop the ones that started.
-                    let _ = pool
-                        .idle()
-                        .threads
-                        .set(handles.iter().map(|h| h.thread().clone()).collect());
-                    pool.stop();
-                    for handle in handles {
-                        let _ = handle.join();
-                    }
-                    return Err(error);
+                    refused = Some(error);
+                    break;
                 }
             }
         }
@@ -102,10 +95,15 @@ impl ThreadPool {
                 .map(|handle| handle.thread().clone())
                 .collect(),
         );
-        Ok(ThreadPool {
+        let pool = ThreadPool {
             pool,
             workers: handles,
-        })
+        };
+        // The pool counts on every worker it was given: if one did not start, dropping it stops the others.
+        match refused {
+            Some(error) => Err(error),
+            None => Ok(pool),
+        }
     }
 }
 
