@@ -1,4 +1,4 @@
-//! The model file in memory for the host engine: one buffer aligned to 2 MiB and advised for transparent huge
+//! The model file in memory for the host engine: its bytes start on a 2 MiB boundary and are advised for transparent huge
 //! pages (Linux `madvise(MADV_HUGEPAGE)`), as the appliance maps its memory with 2 MiB pages where alignment allows
 //! (`kernel/src/paging.rs`).
 //!
@@ -7,67 +7,50 @@
 //! streamed at 31-32 GB/s on one thread of an AMD EPYC against 27 GB/s with 4 KiB pages. Where the kernel does
 //! not give huge pages (THP off, or `madvise` refused) the buffer works as an ordinary one.
 
-use std::alloc::{self, Layout};
 use std::fs::File;
 use std::io::{self, Read};
 use std::ops::Deref;
 use std::path::Path;
 use std::ptr::NonNull;
 
-/// The huge-page size the buffer is aligned to.
+/// The huge-page size the bytes are aligned to.
 const HUGE_PAGE: usize = 2 << 20;
 
-/// A whole file's bytes in a 2 MiB-aligned, huge-page-advised buffer.
+/// A whole file's bytes, starting on a 2 MiB boundary of a huge-page-advised buffer.
 pub struct Blob {
-    ptr: NonNull<u8>,
+    /// The file's bytes at `start..start + len`, the rest zeros.
+    buffer: Vec<u8>,
+    start: usize,
     len: usize,
-    layout: Layout,
 }
-
-// SAFETY: `Blob` owns its buffer exclusively (like a `Box<[u8]>`) and only hands out shared references to it.
-unsafe impl Send for Blob {}
-// SAFETY: as above; `&Blob` gives only `&[u8]`.
-unsafe impl Sync for Blob {}
 
 impl Blob {
     /// Reads all of `path`.
     pub fn read(path: &Path) -> io::Result<Blob> {
         let mut file = File::open(path)?;
-        let len = usize::try_from(file.metadata()?.len()).map_err(|_| {
-            io::Error::new(io::ErrorKind::OutOfMemory, "the file is larger than memory")
-        })?;
-        let layout = Layout::from_size_align(len.max(1), HUGE_PAGE).map_err(|_| {
-            io::Error::new(io::ErrorKind::OutOfMemory, "the file is larger than memory")
-        })?;
-        // SAFETY: the layout's size is at least 1.
-        let ptr = NonNull::new(unsafe { alloc::alloc(layout) }).ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::OutOfMemory,
-                "cannot allocate memory for the model",
-            )
-        })?;
-        let blob = Blob { ptr, len, layout };
-        // Advise before the first touch, so the pages are faulted in huge. A refusal only costs speed.
-        // SAFETY: the range is the allocation just made, page-aligned (2 MiB) and `layout.size()` long; advising
-        // changes no contents.
-        let _ = unsafe {
-            nix::sys::mman::madvise(
-                ptr.cast(),
-                layout.size(),
-                nix::sys::mman::MmapAdvise::MADV_HUGEPAGE,
-            )
-        };
-        // SAFETY: `len` bytes from `ptr` are allocated and writable; zeroing initialises them (and faults them in).
-        unsafe { ptr.as_ptr().write_bytes(0, len) };
-        // SAFETY: the `len` bytes were just initialised; `blob` owns them and nothing else refers to them.
-        let bytes = unsafe { std::slice::from_raw_parts_mut(ptr.as_ptr(), len) };
+        let too_large =
+            || io::Error::new(io::ErrorKind::OutOfMemory, "the file is larger than memory");
+        let len = usize::try_from(file.metadata()?.len()).map_err(|_| too_large())?;
+        // A zeroed allocation this large comes straight from the kernel as untouched pages (glibc's calloc maps
+        // it and skips the memset), so the advice below still applies when the pages are first written.
+        let mut buffer = vec![0u8; len.checked_add(HUGE_PAGE).ok_or_else(too_large)?];
+        let start = (HUGE_PAGE - buffer.as_ptr() as usize % HUGE_PAGE) % HUGE_PAGE;
+        let bytes = &mut buffer[start..start + len];
+        if let Some(at) = NonNull::new(bytes.as_mut_ptr()) {
+            // A refusal (THP off or unsupported) only costs speed.
+            // SAFETY: the range is `len` bytes of `buffer`, starting on a 2 MiB (so page) boundary; advising
+            // changes no contents and no mapping.
+            let _ = unsafe {
+                nix::sys::mman::madvise(at.cast(), len, nix::sys::mman::MmapAdvise::MADV_HUGEPAGE)
+            };
+        }
         file.read_exact(bytes)?;
         // The file must not have grown since its length was read (a partial copy would parse as another model).
         let mut extra = [0u8; 1];
         if file.read(&mut extra)? != 0 {
             return Err(io::Error::other("the file changed while it was read"));
         }
-        Ok(blob)
+        Ok(Blob { buffer, start, len })
     }
 }
 
@@ -75,15 +58,7 @@ impl Deref for Blob {
     type Target = [u8];
 
     fn deref(&self) -> &[u8] {
-        // SAFETY: `len` bytes from `ptr` were initialised in `read` and live as long as `self`.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
-    }
-}
-
-impl Drop for Blob {
-    fn drop(&mut self) {
-        // SAFETY: `ptr` came from `alloc::alloc(self.layout)` and is freed once, here.
-        unsafe { alloc::dealloc(self.ptr.as_ptr(), self.layout) };
+        &self.buffer[self.start..self.start + self.len]
     }
 }
 
