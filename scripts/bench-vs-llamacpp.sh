@@ -222,12 +222,12 @@ measure_or_assume_bandwidth() {
     local count
     if [ "$measure_bandwidth" -eq 1 ]; then
         command -v cc >/dev/null 2>&1 || fail "--measure-bandwidth needs a C compiler (cc)"
-        cc -O3 -pthread -o "$work_dir/membw" "$script_dir/membw.c" || fail "cannot build $script_dir/membw.c"
+        cc -O3 -march=native -pthread -o "$work_dir/membw" "$script_dir/membw.c" || fail "cannot build $script_dir/membw.c"
         for count in "${threads[@]}"; do
             progress "bandwidth: read test with $count thread(s)"
             bandwidth["$count"]="$("$work_dir/membw" "$count")" || fail "the bandwidth test failed"
         done
-        bandwidth_source="measured now with scripts/membw.c (read of 256 MiB per thread, best of 5)"
+        bandwidth_source="measured now with scripts/membw.c (read of 256 MiB per thread on 2 MiB pages, best of 5)"
     else
         for count in "${threads[@]}"; do
             case "$count" in
