@@ -94,7 +94,7 @@ for config in "${configs[@]}"; do
     flavor="$(reference_of "$config")"
     [ -n "${probes[$flavor]:-}" ] && continue
     llama_cpp_flavor="$flavor"
-    build_llama_cpp llama
+    build_llama_cpp_libraries
     build_probe
     probes[$flavor]="$PROBE"
 done

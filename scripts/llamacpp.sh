@@ -7,8 +7,9 @@
 # `llama` library target and the ggml libraries it pulls in, 44% of the compile) and sets LLAMA_CPP_ROOT
 # (unpacked sources in src/vendor/llama.cpp), LLAMA_CPP_BUILD (the build directory, with its static libraries) and
 # LLAMA_BENCH (the llama-bench binary, when built). It reuses an earlier build with the same version and cmake flags, building only targets that build
-# has not built yet. build_probe (after build_llama_cpp) compiles scripts/differential/probe.c against that build's
-# static libraries and sets PROBE.
+# has not built yet. build_llama_cpp_libraries builds what a program linking the llama library needs for the flavor
+# (below) and sets the same variables. build_probe (after either) compiles scripts/differential/probe.c against
+# those static libraries and sets PROBE.
 #
 # llama_cpp_flavor (default native) picks the build: `native` (build/, GGML_NATIVE: what llama.cpp does on this
 # CPU) or `avx2` (build-avx2/, the AVX2 code paths only, AVX-512 off: what llama.cpp does on an AVX2 CPU, the
@@ -172,6 +173,27 @@ configure_llama_cpp() {
         fail "cmake configure failed; see $build.configure.log"
 }
 
+# build_llama_cpp_libraries: the static libraries a program that links the llama library needs (the probe and the
+# other C programs of scripts/differential/), for llama_cpp_flavor. Only ggml-cpu is compiled with the flavor's
+# instruction-set flags: the llama library and ggml-base get the same flags in every flavor (cmake's flags.make for
+# them differ only in the build directory's include path). So a flavor other than native builds only the ggml
+# target (ggml, ggml-base, ggml-cpu: about 30 s on 2 cores) and links the llama library of the native build (built
+# first if missing; LLAMA_LIBRARY names it), instead of compiling the llama library again (about 90 s).
+build_llama_cpp_libraries() {
+    local flavor="${llama_cpp_flavor:-native}"
+    if [ "$flavor" = native ]; then
+        build_llama_cpp llama
+        LLAMA_LIBRARY="$LLAMA_CPP_BUILD/src/libllama.a"
+    else
+        llama_cpp_flavor=native
+        build_llama_cpp llama
+        llama_cpp_flavor="$flavor"
+        LLAMA_LIBRARY="$LLAMA_CPP_BUILD/src/libllama.a"
+        build_llama_cpp ggml
+    fi
+    [ -f "$LLAMA_LIBRARY" ] || fail "the llama library $LLAMA_LIBRARY is missing after the build"
+}
+
 # build_llama_cpp_targets BUILD TARGET...: builds the targets in BUILD (configured), keeping the log in BUILD.log.
 build_llama_cpp_targets() {
     local build="$1"
@@ -215,13 +237,18 @@ build_probe() {
 }
 
 # link_against_llama_cpp SOURCE.c OUTPUT: compiles a C program with llama.cpp's and ggml's headers and links it
-# against the static libraries of the build above (after build_llama_cpp).
+# against the static libraries of the build above (after build_llama_cpp or build_llama_cpp_libraries), with
+# LLAMA_LIBRARY where that build has no llama library of its own.
 link_against_llama_cpp() {
     local source_file="$1" output="$2"
     local source_dir="$LLAMA_CPP_ROOT/src/vendor/llama.cpp"
     local -a libraries
     mapfile -t libraries < <(find "$LLAMA_CPP_BUILD" -name 'lib*.a' | sort)
     [ ${#libraries[@]} -gt 0 ] || fail "no static libraries under $LLAMA_CPP_BUILD"
+    if [[ " ${libraries[*]} " != *"/libllama.a "* ]]; then
+        [ -f "${LLAMA_LIBRARY:-}" ] || fail "$LLAMA_CPP_BUILD has no llama library and LLAMA_LIBRARY names none"
+        libraries+=("$LLAMA_LIBRARY")
+    fi
     cc -O2 -c "$source_file" -I "$source_dir/include" -I "$source_dir/ggml/include" -o "$output.o" ||
         fail "$(basename "$source_file") does not compile"
     c++ -o "$output" "$output.o" -Wl,--start-group "${libraries[@]}" -Wl,--end-group -fopenmp -lpthread -ldl -lm ||

@@ -29,9 +29,9 @@ work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 build_llama_cpp
 link_against_llama_cpp "$script_dir/differential/mul_mat.c" "$work/mul_mat"
-# The portable kernels' reference: the sse42 build (only its llama library and the ggml ones are needed).
+# The portable kernels' reference: the sse42 build (only its ggml libraries, with the native build's llama library).
 llama_cpp_flavor=sse42
-build_llama_cpp llama
+build_llama_cpp_libraries
 link_against_llama_cpp "$script_dir/differential/mul_mat.c" "$work/mul_mat_sse42"
 (cd "$workspace" && cargo build --quiet --release -p model --example mul_mat_compare) ||
     fail "cannot build the mul_mat_compare example"

@@ -30,10 +30,10 @@ jobs="$(nproc 2>/dev/null || echo 2)"
 # shellcheck source=scripts/llamacpp.sh
 source "$script_dir/llamacpp.sh"
 llama_cpp_python_version="$LLAMA_CPP_PYTHON_VERSION_DEFAULT"
-# The sse42 build first (its probe needs only the llama library), then the default one, whose PROBE and
-# LLAMA_CPP_BUILD stay set for the default fixtures.
+# The sse42 build first (its probe needs only its ggml libraries and the native build's llama library), then the
+# default one, whose PROBE and LLAMA_CPP_BUILD stay set for the default fixtures.
 llama_cpp_flavor=sse42
-build_llama_cpp llama
+build_llama_cpp_libraries
 build_probe
 sse42_probe="$PROBE"
 sse42_provenance="$(sed -n 2p "$LLAMA_CPP_BUILD.stamp"), flavor sse42"
