@@ -29,8 +29,8 @@ cargo test -p uefi-stub --lib
 # for SSE4.2 without AVX, on 4 prompts per model (they are slow on long prompts), in 32-token chunks on two threads
 # as the appliance serves with its default two vCPUs. It fails on a prompt the two tokenize differently and on a
 # greedy choice that differs where llama.cpp's top-2 margin is 0.05 or more. The first run downloads llama.cpp and
-# builds its library three times (native, AVX2, SSE4.2) into .cache/llama.cpp (pip, cmake and a C/C++ compiler; a
-# few minutes each), later runs reuse them. It runs before the workspace tests because model/tests/llamacpp_vocabs.rs
+# builds its llama library once (native) and its ggml libraries for each of native, AVX2 and SSE4.2 into
+# .cache/llama.cpp (pip, cmake and a C/C++ compiler; about 1.5 minutes, then 30 s per flavor), later runs reuse them. It runs before the workspace tests because model/tests/llamacpp_vocabs.rs
 # reads the vocabularies in that download.
 echo "== the engine against llama.cpp (scripts/differential.sh, 20 prompts per model, native and AVX2 kernels)"
 scripts/differential.sh --prompts 20 --steps 64 --configs native:1:32,native:2:0,avx2:1:32
