@@ -181,17 +181,11 @@ configure_llama_cpp() {
 # first if missing; LLAMA_LIBRARY names it), instead of compiling the llama library again (about 90 s).
 build_llama_cpp_libraries() {
     local flavor="${llama_cpp_flavor:-native}"
-    if [ "$flavor" = native ]; then
-        build_llama_cpp llama
-        LLAMA_LIBRARY="$LLAMA_CPP_BUILD/src/libllama.a"
-    else
-        llama_cpp_flavor=native
-        build_llama_cpp llama
-        llama_cpp_flavor="$flavor"
-        LLAMA_LIBRARY="$LLAMA_CPP_BUILD/src/libllama.a"
-        build_llama_cpp ggml
-    fi
-    [ -f "$LLAMA_LIBRARY" ] || fail "the llama library $LLAMA_LIBRARY is missing after the build"
+    llama_cpp_flavor=native
+    build_llama_cpp llama
+    LLAMA_LIBRARY="$LLAMA_CPP_BUILD/src/libllama.a"
+    llama_cpp_flavor="$flavor"
+    [ "$flavor" = native ] || build_llama_cpp ggml
 }
 
 # build_llama_cpp_targets BUILD TARGET...: builds the targets in BUILD (configured), keeping the log in BUILD.log.

@@ -4,7 +4,7 @@
 // in GB/s (1e9 bytes) on stdout; a memcpy figure (read + write bytes, the STREAM "copy" convention) goes to stderr.
 // The buffers are 2 MiB-aligned and advised MADV_HUGEPAGE, as the engine's model buffer is (runner/src/engine/blob.rs):
 // on 4 KiB pages the hardware prefetchers stop at every page boundary and the figure is that of a slower memory
-// system than the one the engine reads its weights from (on the AMD EPYC of README's bench table, ~22-24 GB/s on
+// system than the one the engine reads its weights from (on the AMD EPYC README's figures come from, ~22-24 GB/s on
 // 4 KiB pages against ~31-34 GB/s on 2 MiB pages, one thread).
 #define _GNU_SOURCE
 #include <pthread.h>

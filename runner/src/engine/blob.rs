@@ -36,14 +36,16 @@ impl Blob {
         let mut buffer = vec![0u8; len.checked_add(HUGE_PAGE).ok_or_else(too_large)?];
         let start = (HUGE_PAGE - buffer.as_ptr() as usize % HUGE_PAGE) % HUGE_PAGE;
         let bytes = &mut buffer[start..start + len];
-        if let Some(at) = NonNull::new(bytes.as_mut_ptr()) {
-            // A refusal (THP off or unsupported) only costs speed.
-            // SAFETY: the range is `len` bytes of `buffer`, starting on a 2 MiB (so page) boundary; advising
-            // changes no contents and no mapping.
-            let _ = unsafe {
-                nix::sys::mman::madvise(at.cast(), len, nix::sys::mman::MmapAdvise::MADV_HUGEPAGE)
-            };
-        }
+        // A refusal (THP off or unsupported) only costs speed.
+        // SAFETY: the range is `len` bytes of `buffer`, starting on a 2 MiB (so page) boundary; advising changes
+        // no contents and no mapping.
+        let _ = unsafe {
+            nix::sys::mman::madvise(
+                NonNull::from(&mut *bytes).cast(),
+                len,
+                nix::sys::mman::MmapAdvise::MADV_HUGEPAGE,
+            )
+        };
         file.read_exact(bytes)?;
         // The file must not have grown since its length was read (a partial copy would parse as another model).
         let mut extra = [0u8; 1];
