@@ -19,7 +19,11 @@ fn main() {
         .next()
         .map(|t| t.parse().expect("THREADS"))
         .unwrap_or(1);
-    let blob = std::fs::read(&path).expect("read model");
+    let mut blob = std::fs::read(&path).expect("read model");
+    // As `cloister bench` loads a model (`model::interleave`).
+    if model::simd::interleaved_kernels() {
+        model::interleave::interleave(&mut blob).expect("interleave");
+    }
     let g = Gguf::parse(&blob).expect("parse");
     let model = Model::load(&g).expect("load");
     let tok = Tokenizer::from_gguf(&g).expect("tokenizer");

@@ -55,6 +55,11 @@ pub enum GgufError {
 
 /// ggml's name for a tensor type code [`GgmlType`] does not represent (the i-quants, integer and ternary types and
 /// the newer float formats of `enum ggml_type`), so that a file holding one is refused by name.
+/// Set in a tensor's type code by `crate::interleave`, in memory, when it has rearranged the tensor's bytes into the
+/// interleaved layout of `quant::interleaved`. Not a ggml type: a file on disk never carries it (ggml's codes are
+/// below 64), and a blob that does is read as that layout, which holds the same bytes as the base type.
+pub const INTERLEAVED_TYPE_FLAG: u32 = 0x8000_0000;
+
 fn ggml_type_name(code: u32) -> Option<&'static str> {
     Some(match code {
         16 => "IQ2_XXS",
@@ -333,6 +338,11 @@ pub struct TensorInfo<'a> {
     /// Offset of the tensor's bytes from the start of the blob (already checked to lie inside it).
     pub offset: usize,
     pub data: &'a [u8],
+    /// Whether the bytes are in the interleaved layout of `quant::interleaved` (the type code carried
+    /// [`INTERLEAVED_TYPE_FLAG`]; only Q4_1 and Q5_0 2-D tensors whose row count is a multiple of 4 may).
+    pub interleaved: bool,
+    /// Offset of the tensor's type code in the blob (where `crate::interleave` marks a tensor it rearranged).
+    pub(crate) type_at: usize,
 }
 
 impl TensorInfo<'_> {
@@ -529,6 +539,8 @@ impl<'a> Gguf<'a> {
             n_dims: usize,
             dims: [u64; MAX_DIMS],
             ggml_type: GgmlType,
+            interleaved: bool,
+            type_at: usize,
             rel_offset: u64,
             size: usize,
         }
@@ -546,11 +558,23 @@ impl<'a> Gguf<'a> {
             for d in dims.iter_mut().take(n_dims as usize) {
                 *d = c.u64()?;
             }
+            let type_at = c.pos;
             let t = c.u32()?;
-            let ggml_type = GgmlType::from_u32(t).ok_or(GgufError::UnknownTensorType {
+            let unknown = GgufError::UnknownTensorType {
                 tensor,
                 ggml_type: t,
-            })?;
+            };
+            let interleaved = t & INTERLEAVED_TYPE_FLAG != 0;
+            let ggml_type = GgmlType::from_u32(t & !INTERLEAVED_TYPE_FLAG).ok_or(unknown)?;
+            // Only a matrix (2-D: dims [cols, rows]) of a type with an interleaved layout may carry the flag.
+            if interleaved
+                && (n_dims != 2
+                    || !usize::try_from(dims[1]).is_ok_and(|rows| {
+                        crate::quant::interleaved::interleavable(ggml_type, rows)
+                    }))
+            {
+                return Err(unknown);
+            }
             let rel_offset = c.u64()?;
             let size = tensor_size(&dims[..n_dims as usize], ggml_type)
                 .ok_or(GgufError::BadShape { tensor })?;
@@ -559,6 +583,8 @@ impl<'a> Gguf<'a> {
                 n_dims: n_dims as usize,
                 dims,
                 ggml_type,
+                interleaved,
+                type_at,
                 rel_offset,
                 size,
             });
@@ -591,6 +617,8 @@ impl<'a> Gguf<'a> {
                 ggml_type: r.ggml_type,
                 offset: start,
                 data: &blob[start..end],
+                interleaved: r.interleaved,
+                type_at: r.type_at,
             });
         }
         // Overlap and duplicate checks over sorted index lists (sized by the already-bounded tensor count).

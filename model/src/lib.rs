@@ -13,6 +13,7 @@ pub mod fma;
 pub mod gguf;
 #[cfg(any(test, feature = "testkit"))]
 pub mod gguf_write;
+pub mod interleave;
 pub mod math;
 pub mod matmul;
 pub mod parallel;

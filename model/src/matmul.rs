@@ -15,14 +15,19 @@
 //! count that is a multiple of 8 takes its repacked gemm/gemv order (one FMA per block, the same for every token) at
 //! the AVX2 and AVX-512 levels, where llama.cpp repacks it. The portable kernels mirror llama.cpp built for SSE4.2
 //! without AVX (`crate::sse`), which neither repacks nor tiles: every product there takes `ggml_vec_dot_*`'s order
-//! (`ggml_vec_dot_q4_0_q8_0`'s SSSE3 branch, the generic code for the other types) at every batch size.
+//! (`ggml_vec_dot_q4_0_q8_0`'s SSSE3 branch, the generic code for the other types) at every batch size. Q4_1 and
+//! Q5_0 matrices that the host rearranged into the interleaved layout (`crate::interleave`) are multiplied in groups
+//! of 4 rows by `simd`'s `*_interleaved` products, which give the file layout's results bit for bit.
 
 use alloc::vec;
 use alloc::vec::Vec;
 
 use crate::gguf::TensorInfo;
 use crate::parallel::ParallelFor;
-use crate::quant::{self, ActType, BlockQ8K, BlockQ8_0, BlockQ8_1, GgmlType, QK, QK_K};
+use crate::quant::{
+    self, interleaved, ActType, BlockQ4_1, BlockQ5_0, BlockQ8K, BlockQ8_0, BlockQ8_1, GgmlType, QK,
+    QK_K,
+};
 use crate::simd;
 
 /// A 2-D weight matrix borrowed from the model blob.
@@ -33,6 +38,9 @@ pub struct QTensor<'a> {
     pub cols: usize,
     row_bytes: usize,
     data: &'a [u8],
+    /// The bytes are in the interleaved layout (`quant::interleaved`, made by `crate::interleave`): groups of 4
+    /// rows, not rows one after another.
+    interleaved: bool,
 }
 
 impl<'a> QTensor<'a> {
@@ -55,17 +63,48 @@ impl<'a> QTensor<'a> {
             cols,
             row_bytes,
             data: info.data,
+            interleaved: info.interleaved,
         })
     }
 
-    /// The raw bytes of row `r` (`r < rows`).
+    /// The raw bytes of row `r` (`r < rows`) in the file's layout; for an interleaved tensor, the bytes at that
+    /// row's place (use [`QTensor::dequantize_row`] to read its values).
     pub fn row(&self, r: usize) -> &'a [u8] {
         &self.data[r * self.row_bytes..(r + 1) * self.row_bytes]
     }
 
+    /// Whether the bytes are in the interleaved layout (`quant::interleaved`).
+    pub fn interleaved(&self) -> bool {
+        self.interleaved
+    }
+
     /// Dequantizes row `r` into `out` (length `cols`).
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) -> Result<(), quant::QuantError> {
-        quant::dequantize(self.ggml_type, self.row(r), out)
+        if !self.interleaved {
+            return quant::dequantize(self.ggml_type, self.row(r), out);
+        }
+        // Row r's blocks given back from its group's slabs.
+        let group = r / interleaved::GROUP;
+        let bytes = &self.data[group * interleaved::GROUP * self.row_bytes..]
+            [..interleaved::GROUP * self.row_bytes];
+        let nb = self.cols / QK;
+        let mut file = vec![0u8; interleaved::GROUP * self.row_bytes];
+        match self.ggml_type {
+            GgmlType::Q4_1 => interleaved::unpack_group::<BlockQ4_1>(
+                bytes,
+                nb,
+                bytemuck::cast_slice_mut(&mut file),
+            ),
+            GgmlType::Q5_0 => interleaved::unpack_group::<BlockQ5_0>(
+                bytes,
+                nb,
+                bytemuck::cast_slice_mut(&mut file),
+            ),
+            // `Gguf::parse` marks only these two interleaved.
+            _ => return Err(quant::QuantError::Unsupported(self.ggml_type)),
+        }
+        let at = r % interleaved::GROUP * self.row_bytes;
+        quant::dequantize(self.ggml_type, &file[at..at + self.row_bytes], out)
     }
 }
 
@@ -275,7 +314,7 @@ fn is_q0(t: GgmlType) -> bool {
 }
 
 /// Rows `r0..r0 + rows` of a Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 product against the `batch` tokens, into `out[t * ld + r]`.
-/// For repacked Q4_0, `r0` and `rows` are multiples of 8.
+/// For repacked Q4_0, `r0` and `rows` are multiples of 8; for an interleaved matrix, of 4.
 fn mat_q0_part(
     w: &QTensor<'_>,
     acts: &Acts,
@@ -286,9 +325,31 @@ fn mat_q0_part(
     work: &mut [f32],
 ) {
     let nb = w.cols / QK;
+    // Rows r0.. of an interleaved matrix are its groups r0 / 4.. (`r0` and `rows` are multiples of 4 there), whose
+    // slabs take the same bytes as those rows.
     let bytes = &w.data[r0 * w.row_bytes..(r0 + rows) * w.row_bytes];
     let (d, s) = (&acts.d[..nb * batch], &acts.s[..]);
     match w.ggml_type {
+        GgmlType::Q4_1 if w.interleaved => {
+            let y = simd::ActTile {
+                qs: &acts.q8_1[..batch * nb],
+                d,
+                s,
+                batch,
+                col0: 0,
+            };
+            simd::mat_q4_1_interleaved(bytes, rows, nb, &y, batch, out, ld, work);
+        }
+        GgmlType::Q5_0 if w.interleaved => {
+            let y = simd::ActTile {
+                qs: &acts.q8_0[..batch * nb],
+                d,
+                s,
+                batch,
+                col0: 0,
+            };
+            simd::mat_q5_0_interleaved(bytes, rows, nb, &y, batch, out, ld, work);
+        }
         GgmlType::Q4_1 => {
             let y = simd::ActTile {
                 qs: &acts.q8_1[..batch * nb],
@@ -350,7 +411,13 @@ fn mat_q0(
 ) {
     let mut scratch = core::mem::take(&mut acts.scratch);
     let mut work = core::mem::take(&mut acts.work);
-    let align = if q4_0_repacked(w) { 8 } else { 1 };
+    let align = if q4_0_repacked(w) {
+        8
+    } else if w.interleaved {
+        interleaved::GROUP
+    } else {
+        1
+    };
     {
         let acts = &*acts;
         if batch == 1 {

@@ -11,6 +11,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
+pub mod interleaved;
 mod more_types;
 mod q4_0_repacked;
 pub use more_types::*;

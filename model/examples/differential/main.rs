@@ -9,7 +9,9 @@
 //!
 //! `--chunk 32` prefills in 32-token chunks as the appliance serves a prompt; `--chunk 0` runs it as one batch.
 //! `--scalar` forces the portable kernels (what the appliance runs under TCG), `--kernels portable|avx2|avx512` any
-//! set the CPU can run; otherwise the CPU's best set.
+//! set the CPU can run; otherwise the CPU's best set. The model is loaded as `cloister generate` loads it: with the
+//! AVX-512 VNNI kernels its Q4_1 and Q5_0 matrices are interleaved first (`model::interleave`; `"interleaved"` in
+//! the JSON line).
 
 mod prompts;
 
@@ -120,7 +122,12 @@ fn compare(args: &[String]) -> Result<(), String> {
         }
         scalar = level == model::simd::Level::Scalar;
     }
-    let blob = std::fs::read(model_path).map_err(|e| format!("{model_path}: {e}"))?;
+    let mut blob = std::fs::read(model_path).map_err(|e| format!("{model_path}: {e}"))?;
+    // As `cloister generate` loads a model: Q4_1 and Q5_0 matrices interleaved where the kernel set reads them so.
+    let interleaved = model::simd::interleaved_kernels();
+    if interleaved {
+        model::interleave::interleave(&mut blob).map_err(|e| format!("{model_path}: {e}"))?;
+    }
     let gguf = Gguf::parse(&blob).map_err(|e| format!("{model_path}: {e}"))?;
     let model = Model::load(&gguf).map_err(|e| format!("{model_path}: {e}"))?;
     let tokenizer = Tokenizer::from_gguf(&gguf).map_err(|e| format!("{model_path}: {e}"))?;
@@ -194,6 +201,7 @@ fn compare(args: &[String]) -> Result<(), String> {
         "prompt_tokens": prompt.len(),
         "steps": reference.steps.len(),
         "kernels": if scalar { "portable" } else { format!("{:?}", model::simd::level()).to_lowercase().leak() },
+        "interleaved": interleaved,
         "threads": threads,
         "chunk": chunk,
         "ids_equal": first_id_difference.is_none(),

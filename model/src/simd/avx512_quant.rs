@@ -29,6 +29,8 @@ use super::avx2::{hsum_ps, Q0Weight};
 use super::ActTile;
 use crate::quant::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, QK};
 
+pub mod interleaved;
+
 /// Whether the CPU has AVX512_VNNI (CPUID leaf 7 ECX bit 11): 0 = not yet probed, 1 = no, 2 = yes.
 static VNNI: AtomicU8 = AtomicU8::new(0);
 
@@ -448,6 +450,30 @@ unsafe fn group_tile<W: Q0Wide, const C: usize>(
     }
 }
 
+/// Where a batched product's rows come from: a matrix in the file's layout (`&[W]`), or one in the interleaved
+/// layout (`interleaved::Slabs`).
+trait Groups<W: Q0Wide> {
+    /// Rows of the matrix.
+    fn rows(&self, nb: usize) -> usize;
+    /// Unpacks rows `rows` (4 of them, a row may repeat) into `un` and `dm` as [`unpack_group`] does.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F, BW, VL and VNNI, AVX2, FMA and F16C.
+    unsafe fn unpack(&self, nb: usize, rows: [usize; 4], un: &mut [Pair], dm: &mut [[f32; 2]]);
+}
+
+impl<W: Q0Wide> Groups<W> for &[W] {
+    fn rows(&self, nb: usize) -> usize {
+        self.len().checked_div(nb).unwrap_or(0)
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    unsafe fn unpack(&self, nb: usize, rows: [usize; 4], un: &mut [Pair], dm: &mut [[f32; 2]]) {
+        // SAFETY: the caller guarantees the CPU features.
+        unsafe { unpack_group::<W>(self, nb, rows, un, dm) }
+    }
+}
+
 /// The batched product (`y.batch > 1`), output as [`mat_q0`]'s: groups of [`GROUP_ROWS`] rows are unpacked once,
 /// then multiplied against the columns [`TILE_COLS`] at a time (the last `cols % TILE_COLS` one at a time).
 ///
@@ -455,7 +481,7 @@ unsafe fn group_tile<W: Q0Wide, const C: usize>(
 /// The CPU must support AVX-512 F, BW, VL and VNNI, AVX2, FMA and F16C.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn batch<W: Q0Wide>(
-    w: &[W],
+    w: &impl Groups<W>,
     nb: usize,
     y: &ActTile<'_, W::Act>,
     cols: usize,
@@ -463,7 +489,7 @@ unsafe fn batch<W: Q0Wide>(
     ld: usize,
     work: &mut [f32],
 ) {
-    let rows = w.len().checked_div(nb).unwrap_or(0);
+    let rows = w.rows(nb);
     let (dm, un) = work.split_at_mut(2 * GROUP_ROWS * nb);
     let dm: &mut [[f32; 2]] = bytemuck::cast_slice_mut(dm);
     let un = &mut bytemuck::pod_align_to_mut::<f32, Pair>(un).1[..GROUP_ROWS / 2 * nb];
@@ -473,7 +499,7 @@ unsafe fn batch<W: Q0Wide>(
         // Rows past the end repeat the group's last row; their outputs are not stored.
         let group: [usize; 4] = core::array::from_fn(|i| r + i.min(n - 1));
         // SAFETY: the caller guarantees the CPU features.
-        unsafe { unpack_group::<W>(w, nb, group, un, dm) };
+        unsafe { w.unpack(nb, group, un, dm) };
         let mut c = 0;
         while c < cols {
             let sub = ActTile {
@@ -529,5 +555,5 @@ pub unsafe fn mat_q0<W: Q0Wide>(
         return;
     }
     // SAFETY: as above.
-    unsafe { batch::<W>(w, nb, y, cols, out, ld, work) }
+    unsafe { batch::<W>(&w, nb, y, cols, out, ld, work) }
 }

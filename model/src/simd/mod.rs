@@ -661,6 +661,9 @@ mat_dispatch!(
 mod q4_0_repacked;
 pub use q4_0_repacked::{mat_q4_0_repacked, q4_0_repacks};
 
+mod interleaved;
+pub use interleaved::{interleaved_kernels, mat_q4_1_interleaved, mat_q5_0_interleaved};
+
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests;
 #[cfg(all(test, target_arch = "x86_64"))]

@@ -9,7 +9,7 @@
 
 use std::fs::File;
 use std::io::{self, Read};
-use std::ops::Deref;
+use std::ops::{Deref, DerefMut};
 use std::path::Path;
 use std::ptr::NonNull;
 
@@ -61,6 +61,12 @@ impl Deref for Blob {
 
     fn deref(&self) -> &[u8] {
         &self.buffer[self.start..self.start + self.len]
+    }
+}
+
+impl DerefMut for Blob {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.buffer[self.start..self.start + self.len]
     }
 }
 

@@ -110,8 +110,14 @@ pub use crate::models::TINY_SEED;
 impl Loaded {
     fn open(name: &str) -> Result<Loaded> {
         let path = crate::models::resolve(name)?;
-        let blob = blob::Blob::read(&path)
+        let mut blob = blob::Blob::read(&path)
             .with_context(|| format!("reading model file {}", path.display()))?;
+        // Where the kernels read it faster (AVX-512 with VNNI), the Q4_1 and Q5_0 matrices are rearranged in memory
+        // into the interleaved layout; every product stays bit for bit what the file's layout gives
+        // (`model::interleave`). A blob that does not parse is left as it is, for `load` to report.
+        if model::simd::interleaved_kernels() {
+            let _ = model::interleave::interleave(&mut blob);
+        }
         Ok(Loaded { blob })
     }
 }
