@@ -152,6 +152,14 @@ pub fn run(blob: &[u8]) -> Outcome {
     if let Err(e) = &model {
         let _ = e.to_string();
     }
+    // The host's interleaved layout (`model::interleave`): a blob that parses rearranges without a panic, still
+    // parses, and loads (and runs its forward steps) as the original did.
+    let mut copy = blob.to_vec();
+    let done = model::interleave::interleave(&mut copy).expect("a blob that parses interleaves");
+    if done.tensors > 0 {
+        let g = Gguf::parse(&copy).expect("an interleaved blob parses");
+        assert_eq!(load(&g, copy.len()), model, "interleaving changed the load");
+    }
     match (tokenizer, model) {
         (Err(t), Err(m)) => Outcome::Refused(t, m),
         (tokenizer, model) => Outcome::Loaded { tokenizer, model },
