@@ -300,7 +300,7 @@ run_ours() {
     local model="$1" count="$2" round="$3"
     progress "cloister bench: $model, $count thread(s), round $round of $rounds, --runs $repetitions"
     local output
-    # `bench --json` prints one JSON object: model, threads, kernels, prefill_tok_s, decode_tok_s, ...
+    # `bench --json` prints one JSON object: model, threads, kernels, layout, prefill_tok_s, decode_tok_s, ...
     output="$(cd "$workspace" &&
         cargo run --quiet --release -p runner -- bench --json --model "${model_path[$model]}" --threads "$count" \
             --runs "$repetitions")" ||
@@ -311,7 +311,8 @@ run_ours() {
     parsed="$(python3 -c '
 import json, sys
 line = json.loads(sys.argv[1])
-print("%.3f %.3f %s" % (line["prefill_tok_s"], line["decode_tok_s"], line.get("kernels", "?")))
+# The kernel set and the weight layout (interleaved where the host rearranged Q4_1/Q5_0 matrices) as one word.
+print("%.3f %.3f %s/%s" % (line["prefill_tok_s"], line["decode_tok_s"], line.get("kernels", "?"), line.get("layout", "file")))
 ' "$output")" || fail "cannot parse cloister bench --json output: $output"
     local prefill decode kernels
     read -r prefill decode kernels <<<"$parsed"
@@ -350,7 +351,7 @@ load_after="$(cut -d ' ' -f 1-3 /proc/loadavg)"
 
 # The table goes to stdout and to $out_dir/table.txt.
 exec > >(tee "$out_dir/table.txt")
-printf '\nCPU: %s (%s); our kernel set: %s; llama.cpp built with GGML_NATIVE for this CPU.\n' \
+printf '\nCPU: %s (%s); our kernel set/weight layout: %s; llama.cpp built with GGML_NATIVE for this CPU.\n' \
     "$cpu_model" "$cpu_flags" "$ours_kernels"
 printf '%-10s %7s %-8s %14s %4s %14s %10s\n' model threads phase "llama.cpp t/s" fa "ours t/s" "ours/llama"
 printf '%-10s %7s %-8s %14s %4s %14s %10s\n' ---------- ------- -------- -------------- ---- -------------- ----------

@@ -163,6 +163,9 @@ pub struct BenchResult {
     pub threads: usize,
     /// The engine's kernels: `avx512`, `avx2` or `scalar`.
     pub kernels: &'static str,
+    /// The weights' layout in memory: `interleaved` where the host rearranged Q4_1/Q5_0 matrices for the kernels
+    /// (`model::interleave`), else `file`.
+    pub layout: &'static str,
     /// Prompt tokens per run.
     pub prefill_tokens: usize,
     /// Generated tokens per run.
@@ -195,11 +198,12 @@ impl std::fmt::Display for BenchResult {
     fn fmt(&self, out: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             out,
-            "model {} threads {} kernels {}: prefill {:.1} tok/s, decode {:.1} tok/s (median of {}; {} prefill, {} \
-             decode tokens)",
+            "model {} threads {} kernels {} ({} layout): prefill {:.1} tok/s, decode {:.1} tok/s (median of {}; {} \
+             prefill, {} decode tokens)",
             self.model,
             self.threads,
             self.kernels,
+            self.layout,
             self.prefill_tok_s,
             self.decode_tok_s,
             self.runs,
@@ -287,6 +291,7 @@ mod tests {
             model: "tiny-llama".into(),
             threads: 2,
             kernels: "avx2",
+            layout: "file",
             prefill_tokens: 128,
             decode_tokens: 128,
             runs: 5,
@@ -299,10 +304,11 @@ mod tests {
         let line: Value = serde_json::from_str(&result.to_json_line()).unwrap();
         assert_eq!(line["prefill_tok_s"], 812.26);
         assert_eq!(line["kernels"], "avx2");
+        assert_eq!(line["layout"], "file");
         assert_eq!(
             result.to_string(),
-            "model tiny-llama threads 2 kernels avx2: prefill 812.3 tok/s, decode 99.5 tok/s (median of 5; 128 \
-             prefill, 128 decode tokens)"
+            "model tiny-llama threads 2 kernels avx2 (file layout): prefill 812.3 tok/s, decode 99.5 tok/s (median \
+             of 5; 128 prefill, 128 decode tokens)"
         );
     }
 }

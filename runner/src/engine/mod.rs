@@ -95,14 +95,16 @@ pub struct BenchArgs {
     /// Timed runs of each phase, after one warm-up run; the rates printed are their medians (as `llama-bench -r`).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=100))]
     pub runs: u16,
-    /// Print the result as one JSON object on one line (model, threads, kernels, prefill_tokens, decode_tokens,
-    /// runs, prefill_tok_s, decode_tok_s).
+    /// Print the result as one JSON object on one line (model, threads, kernels, layout, prefill_tokens,
+    /// decode_tokens, runs, prefill_tok_s, decode_tok_s).
     #[arg(long)]
     pub json: bool,
 }
 
 struct Loaded {
     blob: blob::Blob,
+    /// Whether Q4_1/Q5_0 matrices were rearranged into the interleaved layout (`model::interleave`).
+    interleaved: bool,
 }
 
 pub use crate::models::TINY_SEED;
@@ -115,10 +117,12 @@ impl Loaded {
         // Where the kernels read it faster (AVX-512 with VNNI), the Q4_1 and Q5_0 matrices are rearranged in memory
         // into the interleaved layout; every product stays bit for bit what the file's layout gives
         // (`model::interleave`). A blob that does not parse is left as it is, for `load` to report.
+        let mut interleaved = false;
         if model::simd::interleaved_kernels() {
-            let _ = model::interleave::interleave(&mut blob);
+            interleaved =
+                model::interleave::interleave(&mut blob).is_ok_and(|done| done.tensors > 0);
         }
-        Ok(Loaded { blob })
+        Ok(Loaded { blob, interleaved })
     }
 }
 
@@ -358,6 +362,11 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             model::simd::Level::Avx512 => "avx512",
             model::simd::Level::Avx2 => "avx2",
             model::simd::Level::Scalar => "scalar",
+        },
+        layout: if loaded.interleaved {
+            "interleaved"
+        } else {
+            "file"
         },
         prefill_tokens: PREFILL,
         decode_tokens: DECODE,
