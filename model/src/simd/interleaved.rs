@@ -26,7 +26,8 @@ pub fn interleaved_kernels() -> bool {
 /// A file-layout product ([`super::mat_q4_1`], [`super::mat_q5_0`]).
 type FileMat<W, A> = fn(&[W], usize, &ActTile<'_, A>, usize, &mut [f32], usize, &mut [f32]);
 
-/// The file-layout fallback: group by group, the 4 rows' blocks given back, then `file` on them.
+/// The file-layout fallback: group by group, the 4 rows' blocks given back, then `file` on them. It allocates one
+/// group's blocks per call; only a level forced below the one the model was interleaved for reaches it.
 #[allow(
     clippy::too_many_arguments,
     reason = "the product's operands, shape, output layout and work buffer, with the file-layout kernel"
@@ -96,3 +97,89 @@ mat_interleaved!(
 mat_interleaved!(
     /// Q5_0 weights in the interleaved layout × Q8_0 activations.
     mat_q5_0_interleaved, BlockQ5_0, BlockQ8_0, mat_q5_0);
+
+#[cfg(test)]
+mod tests {
+    use alloc::vec::Vec;
+
+    use super::*;
+    use crate::quant::interleaved::pack_group;
+
+    /// Deterministic bytes (xorshift).
+    fn bytes(n: usize, seed: u32) -> Vec<u8> {
+        let mut s = seed | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s >> 8) as u8
+            })
+            .collect()
+    }
+
+    /// `n` random blocks of `size` bytes with a finite leading f16.
+    fn blocks<B: bytemuck::Pod>(n: usize, size: usize, seed: u32) -> Vec<B> {
+        let mut b = bytes(n * size, seed);
+        for (i, block) in b.chunks_exact_mut(size).enumerate() {
+            block[..2].copy_from_slice(&[(i * 7) as u8, 0x2c + (i % 16) as u8]);
+        }
+        bytemuck::cast_slice(&b).to_vec()
+    }
+
+    /// A product with [`mat_q4_1_interleaved`]'s arguments.
+    type SlabMat<A> =
+        fn(&[u8], usize, usize, &ActTile<'_, A>, usize, &mut [f32], usize, &mut [f32]);
+
+    /// The interleaved product (at this CPU's level, and through the group-by-group fallback) against the file
+    /// layout's, bit for bit, for one token and batches.
+    fn check<W: Interleave, A: bytemuck::Pod>(
+        act_bytes: usize,
+        file: FileMat<W, A>,
+        slabs: SlabMat<A>,
+    ) {
+        let (rows, nb) = (24, 7);
+        let w: Vec<W> = blocks(rows * nb, W::BYTES, 3);
+        let mut x4: Vec<u8> = bytemuck::cast_slice(&w).to_vec();
+        let mut scratch = vec![0u8; GROUP * nb * W::BYTES];
+        for group in x4.chunks_exact_mut(GROUP * nb * W::BYTES) {
+            pack_group::<W>(group, nb, &mut scratch);
+        }
+        for batch in [1usize, 3, 9] {
+            let y: Vec<A> = blocks(nb * batch, act_bytes, 5);
+            let d: Vec<f32> = (0..nb * batch)
+                .map(|k| 0.01 + (k % 13) as f32 * 0.003)
+                .collect();
+            let s: Vec<f32> = (0..nb * batch)
+                .map(|k| 0.5 - (k % 11) as f32 * 0.07)
+                .collect();
+            let tile = ActTile {
+                qs: &y[..],
+                d: &d,
+                s: &s,
+                batch,
+                col0: 0,
+            };
+            let mut work = vec![0.0f32; super::super::batch_work_len(nb * 32)];
+            let mut want = vec![0.0f32; rows * batch];
+            file(&w, nb, &tile, batch, &mut want, rows, &mut work);
+            let mut got = vec![f32::NAN; rows * batch];
+            slabs(&x4, rows, nb, &tile, batch, &mut got, rows, &mut work);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "batch {batch}");
+            let mut got = vec![f32::NAN; rows * batch];
+            by_groups::<W, A>(&x4, rows, nb, &tile, batch, &mut got, rows, &mut work, file);
+            assert_eq!(bits(&got), bits(&want), "fallback, batch {batch}");
+        }
+    }
+
+    #[test]
+    fn q4_1_interleaved_products_equal_the_file_layouts() {
+        check::<BlockQ4_1, BlockQ8_1>(36, mat_q4_1, mat_q4_1_interleaved);
+    }
+
+    #[test]
+    fn q5_0_interleaved_products_equal_the_file_layouts() {
+        check::<BlockQ5_0, BlockQ8_0>(34, mat_q5_0, mat_q5_0_interleaved);
+    }
+}
