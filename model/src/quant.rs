@@ -277,6 +277,16 @@ pub fn f32_to_f16(x: f32) -> [u8; 2] {
     half::f16::from_f32(x).to_bits().to_le_bytes()
 }
 
+/// `out[i] = f16(x[i] · scale)` as bits (`out.len() == x.len()`): an f32 multiply, then the IEEE conversion to f16
+/// (nearest, ties to even), as ggml's `GGML_FP32_TO_FP16` computes it. The scalar twin of
+/// `simd::scale_to_f16`.
+pub fn scale_to_f16(x: &[f32], scale: f32, out: &mut [u16]) {
+    assert_eq!(x.len(), out.len());
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = half::f16::from_f32(v * scale).to_bits();
+    }
+}
+
 /// Round to nearest, ties to even, for |x| < 2^22 (ggml's `nearest_int` trick; also what `vroundps` mode 0 does).
 #[inline]
 pub fn nearest_int(x: f32) -> i32 {

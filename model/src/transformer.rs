@@ -639,9 +639,7 @@ impl Attention<'_> {
         let hd = self.hd;
         let kvh = h / self.group;
         let first = self.window.map_or(0, |win| (p + 1).saturating_sub(win));
-        for (d, &v) in s.q16.iter_mut().zip(qh) {
-            *d = to_f16(v);
-        }
+        simd::scale_to_f16(qh, 1.0, &mut s.q16[..qh.len()]);
         let scores = &mut *s.scores;
         scores.fill(f32::NEG_INFINITY);
         let live = &mut scores[first..=p];
@@ -666,9 +664,7 @@ impl Attention<'_> {
         let live = live.min(scores.len());
         let sum = simd::softmax_exp(&mut scores[..live], max);
         let inv = (1.0 / sum) as f32;
-        for (p16, &sc) in s.p16.iter_mut().zip(scores[..live].iter()) {
-            *p16 = to_f16(sc * inv);
-        }
+        simd::scale_to_f16(&scores[..live], inv, &mut s.p16[..live]);
         s.p16[live..].fill(0);
         let v0 = kvh * hd * self.ctx_pad;
         if self.batched {
@@ -1044,12 +1040,11 @@ impl Model<'_> {
         for t in 0..n {
             let p = pos0 + t;
             let at = layer_kv + p * kv_dim;
-            for (dst, &v) in s.key_cache[at..at + kv_dim]
-                .iter_mut()
-                .zip(&s.k[t * kv_dim..(t + 1) * kv_dim])
-            {
-                *dst = to_f16(v);
-            }
+            simd::scale_to_f16(
+                &s.k[t * kv_dim..(t + 1) * kv_dim],
+                1.0,
+                &mut s.key_cache[at..at + kv_dim],
+            );
             for (ch, &v) in s.v[t * kv_dim..(t + 1) * kv_dim].iter().enumerate() {
                 s.value_cache[layer_vt + ch * s.ctx_pad + p] = to_f16(v);
             }

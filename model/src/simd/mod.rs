@@ -562,6 +562,9 @@ dispatch!(
 dispatch!(
     /// f32 → Q8_1 activations.
     quantize_q8_1(x: &[f32], out: &mut [BlockQ8_1]) -> (), crate::sse::quantize_q8_1);
+dispatch!(
+    /// `out[i] = f16(x[i] · scale)` as bits: attention's query and probabilities (F16C where the CPU has it).
+    scale_to_f16(x: &[f32], scale: f32, out: &mut [u16]) -> (), quant::scale_to_f16);
 
 /// Where a matrix product reads its quantized activations: `C` columns of `nb` blocks each (`qs[c * nb + k]`) and
 /// their scales as f32, stored block-major for the whole batch (`d[k * batch + col0 + c]`; `s` likewise, Q8_1's

@@ -650,3 +650,52 @@ fn k_quant_batched_kernels_match_scalar_bitwise_and_f32() {
         }
     }
 }
+
+/// f32 → f16 with a scale (attention's query and probabilities): F16C against the software conversion, bit for
+/// bit, over every f16 boundary region (each exponent from far below the subnormals to past the overflow, many
+/// mantissas, both signs, ties included), zeros, infinities and random values, scaled by 1 and by a probability
+/// sum's reciprocal.
+#[test]
+fn f16_conversion_matches_scalar_bitwise() {
+    if !have_avx2() {
+        return;
+    }
+    let mut x = Vec::new();
+    for exp in 90u32..150 {
+        for m in (0u32..(1 << 23))
+            .step_by(4093)
+            .chain([0, 1, 0x1000, 0x1FFF, 0x2000, 0x3FFF, 0x7F_FFFF])
+        {
+            for sign in [0u32, 1 << 31] {
+                x.push(f32::from_bits(sign | exp << 23 | m));
+            }
+        }
+    }
+    x.extend([
+        0.0,
+        -0.0,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        65504.0,
+        65520.0,
+        65519.99,
+        6.1e-5,
+        5.96e-8,
+        2.98e-8,
+    ]);
+    x.extend(data(10_007, 11));
+    for scale in [1.0f32, 1.0 / 3.7, 0.0173] {
+        let mut want = vec![0u16; x.len()];
+        quant::scale_to_f16(&x, scale, &mut want);
+        let mut got = vec![0u16; x.len()];
+        // SAFETY: AVX2, FMA and F16C were detected above.
+        unsafe { avx2::scale_to_f16(&x, scale, &mut got) };
+        let first = got.iter().zip(&want).position(|(a, b)| a != b);
+        assert_eq!(
+            first,
+            None,
+            "scale {scale}: {:?}",
+            first.map(|i| (x[i], got[i], want[i]))
+        );
+    }
+}

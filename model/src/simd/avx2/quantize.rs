@@ -1,4 +1,4 @@
-//! Activation quantizers: f32 rows into Q8_0 and Q8_1 blocks.
+//! Activation quantizers: f32 rows into Q8_0 and Q8_1 blocks, and into f16 (attention's query and probabilities).
 
 use super::*;
 
@@ -69,4 +69,25 @@ pub unsafe fn quantize_q8_1(x: &[f32], out: &mut [BlockQ8_1]) {
         let sum = round_block(&v, id, &mut b.qs);
         b.s = crate::quant::f32_to_f16(d * sum as f32);
     }
+}
+
+/// `out[i] = f16(x[i] · scale)` (`out.len() == x.len()`), each product an f32 multiply rounded to f16 to nearest,
+/// ties to even, by F16C's `vcvtps2ph`: the IEEE conversion the scalar twin ([`crate::quant::scale_to_f16`])
+/// computes in software, so the bits are the same.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn scale_to_f16(x: &[f32], scale: f32, out: &mut [u16]) {
+    assert_eq!(x.len(), out.len());
+    let s = _mm256_set1_ps(scale);
+    let mut xs = x.chunks_exact(8);
+    let mut os = out.chunks_exact_mut(8);
+    for (x8, o8) in (&mut xs).zip(&mut os) {
+        let v = _mm256_mul_ps(load_ps(x8.try_into().unwrap_or(&[0.0; 8])), s);
+        let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v);
+        // SAFETY: writes exactly the 8 u16 of `o8`.
+        unsafe { _mm_storeu_si128(o8.as_mut_ptr().cast(), h) };
+    }
+    crate::quant::scale_to_f16(xs.remainder(), scale, os.into_remainder());
 }
