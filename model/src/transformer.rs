@@ -648,10 +648,7 @@ impl Attention<'_> {
         if self.batched && hd.is_multiple_of(simd::f16_chain_lanes()) {
             simd::dots_f16(&self.keys[k0..], self.kv_dim, s.q16, live);
         } else {
-            for (key, sc) in live.iter_mut().enumerate() {
-                let at = k0 + key * self.kv_dim;
-                *sc = simd::dot_f16_ggml(&self.keys[at..at + hd], s.q16);
-            }
+            simd::dots_f16_ggml(&self.keys[k0..], self.kv_dim, s.q16, live);
         }
         let mut max = f32::NEG_INFINITY;
         for sc in live.iter_mut() {
@@ -670,11 +667,7 @@ impl Attention<'_> {
         if self.batched {
             simd::dots_f16(&self.values[v0..], self.ctx_pad, s.p16, out);
         } else {
-            let len = s.p16.len();
-            for (d, o) in out.iter_mut().enumerate() {
-                let row = v0 + d * self.ctx_pad;
-                *o = simd::dot_f16_ggml_live(&self.values[row..row + len], s.p16, live);
-            }
+            simd::dots_f16_ggml_live(&self.values[v0..], self.ctx_pad, s.p16, live, out);
         }
     }
 }

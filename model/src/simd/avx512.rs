@@ -100,13 +100,58 @@ pub unsafe fn dot_f16_ggml(x: &[u16], y: &[u16]) -> f32 {
             *a = _mm512_fmadd_ps(p, q, *a);
         }
     }
+    f16_ggml_finish(acc, &x[..n], &y[..n], np)
+}
+
+/// [`dot_f16_ggml`]'s end: the four chains summed as ggml sums them, then the f64 tail of `x`, `y` from `np`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512dq,avx512bw,avx512vl,avx2,fma,f16c")]
+fn f16_ggml_finish(acc: [__m512; 4], x: &[u16], y: &[u16], np: usize) -> f32 {
     let s = _mm512_add_ps(_mm512_add_ps(acc[0], acc[2]), _mm512_add_ps(acc[1], acc[3]));
     let h = |v: u16| half::f16::from_bits(v).to_f32();
     let mut sum = hsum16(s) as f64;
-    for j in np..n {
-        sum += (h(x[j]) * h(y[j])) as f64;
+    for (&a, &b) in x[np..].iter().zip(&y[np..]) {
+        sum += (h(a) * h(b)) as f64;
     }
     sum as f32
+}
+
+/// `out[r] = dot_f16_ggml(x[r * stride..][..y.len()], y)` for every row, bit for bit: rows four at a time, each
+/// step's 64 elements of `y` converted once for the four (every row's chains take the same FMAs in the same order).
+///
+/// # Safety
+/// The CPU must support AVX-512 F, DQ, BW and VL, AVX2, FMA and F16C.
+#[target_feature(enable = "avx512f,avx512dq,avx512bw,avx512vl,avx2,fma,f16c")]
+pub unsafe fn dots_f16_ggml(x: &[u16], stride: usize, y: &[u16], out: &mut [f32]) {
+    let n = y.len();
+    let rows = out.len();
+    // Every row read below lies in `x`: row r spans r * stride .. r * stride + n.
+    assert!(rows == 0 || (rows - 1) * stride + n <= x.len());
+    let np = n / 64 * 64;
+    let mut r = 0;
+    while r + 4 <= rows {
+        let mut acc = [[_mm512_setzero_ps(); 4]; 4];
+        for i in (0..np).step_by(64) {
+            for j in 0..4 {
+                // SAFETY: i + 16j + 16 ≤ np ≤ n = y.len().
+                let q = unsafe { load_f16x16(y, i + 16 * j) };
+                for (k, a) in acc.iter_mut().enumerate() {
+                    // SAFETY: (r + k) stride + i + 16j + 16 ≤ (r + k) stride + n ≤ x.len() (asserted above).
+                    let p = unsafe { load_f16x16(x, (r + k) * stride + i + 16 * j) };
+                    a[j] = _mm512_fmadd_ps(p, q, a[j]);
+                }
+            }
+        }
+        for (k, a) in acc.into_iter().enumerate() {
+            let row = &x[(r + k) * stride..(r + k) * stride + n];
+            out[r + k] = f16_ggml_finish(a, row, y, np);
+        }
+        r += 4;
+    }
+    for (k, o) in out[r..].iter_mut().enumerate() {
+        // SAFETY: the caller's guarantee of the CPU features holds.
+        *o = unsafe { dot_f16_ggml(&x[(r + k) * stride..(r + k) * stride + n], y) };
+    }
 }
 
 /// ggml's `ggml_v_expf` on 16 lanes ([`crate::wide::expf_ggml16`]).

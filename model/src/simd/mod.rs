@@ -525,6 +525,38 @@ fn scalar_dots_f16_wide(x: &[u16], stride: usize, y: &[u16], out: &mut [f32]) {
 dispatch_wide!(
     /// f16 · f16 as `ggml_vec_dot_f16` orders it (four chains of 8 lanes, or 16 at the AVX-512 level; f64 tail).
     dot_f16_ggml(x: &[u16], y: &[u16]) -> f32, crate::sse::dot_f16_ggml, wide::dot_f16_ggml16);
+dispatch_wide!(
+    /// `out[r] = dot_f16_ggml(x[r * stride..][..y.len()], y)` for every row, bit for bit (`y` converted once for
+    /// several rows where the kernels allow).
+    dots_f16_ggml(x: &[u16], stride: usize, y: &[u16], out: &mut [f32]) -> (), scalar_dots_f16_ggml,
+    scalar_dots_f16_ggml_wide);
+
+fn scalar_dots_f16_ggml(x: &[u16], stride: usize, y: &[u16], out: &mut [f32]) {
+    let n = y.len();
+    for (r, o) in out.iter_mut().enumerate() {
+        *o = crate::sse::dot_f16_ggml(&x[r * stride..r * stride + n], y);
+    }
+}
+
+fn scalar_dots_f16_ggml_wide(x: &[u16], stride: usize, y: &[u16], out: &mut [f32]) {
+    let n = y.len();
+    for (r, o) in out.iter_mut().enumerate() {
+        *o = wide::dot_f16_ggml16(&x[r * stride..r * stride + n], y);
+    }
+}
+
+/// [`dots_f16_ggml`] where `y` is zero from `live` on: [`dot_f16_ggml_live`] for every row.
+pub fn dots_f16_ggml_live(x: &[u16], stride: usize, y: &[u16], live: usize, out: &mut [f32]) {
+    if sse_orders() {
+        let n = y.len();
+        for (r, o) in out.iter_mut().enumerate() {
+            *o = crate::sse::dot_f16_ggml_live(&x[r * stride..r * stride + n], y, live);
+        }
+        return;
+    }
+    dots_f16_ggml(x, stride, y, out)
+}
+
 /// [`dot_f16_ggml`] of `x` and `y` (equal lengths, a multiple of [`f16_ggml_step`]) where `y` is zero from `live`
 /// on: the portable kernels skip the zero products ([`crate::sse::dot_f16_ggml_live`], the same bits), the others
 /// compute the whole length.

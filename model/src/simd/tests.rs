@@ -699,3 +699,43 @@ fn f16_conversion_matches_scalar_bitwise() {
         );
     }
 }
+
+/// Several rows' `ggml_vec_dot_f16` at once (attention's keys and transposed values against one query or one
+/// row of probabilities) against one row at a time, bit for bit, at the AVX2 level and at the CPU's own; lengths
+/// with and without a tail, row counts with and without a remainder of the tiles of four.
+#[test]
+fn f16_ggml_rows_match_one_row_at_a_time_bitwise() {
+    if !have_avx2() {
+        return;
+    }
+    for (rows, n, stride) in [
+        (9usize, 64usize, 70usize),
+        (4, 96, 96),
+        (7, 200, 256),
+        (1, 256, 300),
+        (0, 64, 64),
+    ] {
+        let x = f16s(&data(rows.max(1) * stride, rows as u64 + 3));
+        let y = f16s(&data(n, 99));
+        let mut want = vec![0.0f32; rows];
+        let mut got = vec![f32::NAN; rows];
+        for (r, w) in want.iter_mut().enumerate() {
+            // SAFETY: AVX2, FMA and F16C were detected above.
+            *w = unsafe { avx2::dot_f16_ggml(&x[r * stride..r * stride + n], &y) };
+        }
+        // SAFETY: as above.
+        unsafe { avx2::dots_f16_ggml(&x, stride, &y, &mut got) };
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&got), bits(&want), "AVX2, {rows} rows of {n}");
+        for (r, w) in want.iter_mut().enumerate() {
+            *w = super::dot_f16_ggml(&x[r * stride..r * stride + n], &y);
+        }
+        super::dots_f16_ggml(&x, stride, &y, &mut got);
+        assert_eq!(
+            bits(&got),
+            bits(&want),
+            "{:?}, {rows} rows of {n}",
+            super::level()
+        );
+    }
+}

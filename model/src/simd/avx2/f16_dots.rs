@@ -68,6 +68,8 @@ pub unsafe fn dots_f16(x: &[u16], stride: usize, y: &[u16], out: &mut [f32]) {
     }
 }
 
+/// f16 · f16 as AVX2 `ggml_vec_dot_f16`: four 8-lane chains over steps of 32, an f64 tail.
+///
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -89,12 +91,62 @@ pub unsafe fn dot_f16_ggml(x: &[u16], y: &[u16]) -> f32 {
         }
         i += 32;
     }
+    f16_ggml_finish(acc, &x[..n], &y[..n], np)
+}
+
+/// [`dot_f16_ggml`]'s end: the four chains summed as ggml sums them, then the f64 tail of `x`, `y` from `np`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn f16_ggml_finish(acc: [__m256; 4], x: &[u16], y: &[u16], np: usize) -> f32 {
     let s = _mm256_add_ps(_mm256_add_ps(acc[0], acc[2]), _mm256_add_ps(acc[1], acc[3]));
     let t0 = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
     let t1 = _mm_hadd_ps(t0, t0);
     let mut sum = _mm_cvtss_f32(_mm_hadd_ps(t1, t1)) as f64;
-    for j in np..n {
-        sum += (f16(x[j].to_le_bytes()) * f16(y[j].to_le_bytes())) as f64;
+    for (&a, &b) in x[np..].iter().zip(&y[np..]) {
+        sum += (f16(a.to_le_bytes()) * f16(b.to_le_bytes())) as f64;
     }
     sum as f32
+}
+
+/// `out[r] = dot_f16_ggml(x[r * stride..][..y.len()], y)` for every row, bit for bit: rows four at a time, each
+/// step's 32 elements of `y` converted once for the four (every row's chains take the same FMAs in the same order).
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dots_f16_ggml(x: &[u16], stride: usize, y: &[u16], out: &mut [f32]) {
+    let n = y.len();
+    let rows = out.len();
+    // Every row read below lies in `x`: row r spans r * stride .. r * stride + n.
+    assert!(rows == 0 || (rows - 1) * stride + n <= x.len());
+    let np = n / 32 * 32;
+    let mut r = 0;
+    while r + 4 <= rows {
+        let mut acc = [[_mm256_setzero_ps(); 4]; 4];
+        let mut i = 0;
+        while i < np {
+            for j in 0..4 {
+                // SAFETY: i + 8j + 8 ≤ np ≤ n = y.len().
+                let q =
+                    _mm256_cvtph_ps(unsafe { _mm_loadu_si128(y.as_ptr().add(i + 8 * j).cast()) });
+                for (k, a) in acc.iter_mut().enumerate() {
+                    // SAFETY: (r + k) stride + i + 8j + 8 ≤ (r + k) stride + n ≤ x.len() (asserted above).
+                    let p = unsafe {
+                        _mm_loadu_si128(x.as_ptr().add((r + k) * stride + i + 8 * j).cast())
+                    };
+                    a[j] = _mm256_fmadd_ps(_mm256_cvtph_ps(p), q, a[j]);
+                }
+            }
+            i += 32;
+        }
+        for (k, a) in acc.into_iter().enumerate() {
+            let row = &x[(r + k) * stride..(r + k) * stride + n];
+            out[r + k] = f16_ggml_finish(a, row, y, np);
+        }
+        r += 4;
+    }
+    for (k, o) in out[r..].iter_mut().enumerate() {
+        // SAFETY: the caller's guarantee of the CPU features holds.
+        *o = unsafe { dot_f16_ggml(&x[(r + k) * stride..(r + k) * stride + n], y) };
+    }
 }
