@@ -665,7 +665,10 @@ impl Attention<'_> {
         s.p16[live..].fill(0);
         let v0 = kvh * hd * self.ctx_pad;
         if self.batched {
-            simd::dots_f16(&self.values[v0..], self.ctx_pad, s.p16, out);
+            // tinyBLAS's chain only as far as a probability can be nonzero: the same bits (see
+            // `simd::dot_f16_ggml_live`), and the work of the positions written, not of the whole context.
+            let len = simd::live_steps(live, simd::f16_chain_lanes(), s.p16.len());
+            simd::dots_f16(&self.values[v0..], self.ctx_pad, &s.p16[..len], out);
         } else {
             simd::dots_f16_ggml_live(&self.values[v0..], self.ctx_pad, s.p16, live, out);
         }

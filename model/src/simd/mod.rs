@@ -545,7 +545,7 @@ fn scalar_dots_f16_ggml_wide(x: &[u16], stride: usize, y: &[u16], out: &mut [f32
     }
 }
 
-/// [`dots_f16_ggml`] where `y` is zero from `live` on: [`dot_f16_ggml_live`] for every row.
+/// [`dots_f16_ggml`] where `y` is zero from `live` on: [`dot_f16_ggml_live`] for every row (the same bits).
 pub fn dots_f16_ggml_live(x: &[u16], stride: usize, y: &[u16], live: usize, out: &mut [f32]) {
     if sse_orders() {
         let n = y.len();
@@ -554,17 +554,32 @@ pub fn dots_f16_ggml_live(x: &[u16], stride: usize, y: &[u16], live: usize, out:
         }
         return;
     }
-    dots_f16_ggml(x, stride, y, out)
+    dots_f16_ggml(
+        x,
+        stride,
+        &y[..live_steps(live, f16_ggml_step(), y.len())],
+        out,
+    )
 }
 
 /// [`dot_f16_ggml`] of `x` and `y` (equal lengths, a multiple of [`f16_ggml_step`]) where `y` is zero from `live`
-/// on: the portable kernels skip the zero products ([`crate::sse::dot_f16_ggml_live`], the same bits), the others
-/// compute the whole length.
+/// on, computed only as far as a product can be nonzero: the portable kernels to `live`
+/// ([`crate::sse::dot_f16_ggml_live`]), the others to the end of the step `live` falls in. The bits are those of
+/// the whole length: every accumulator lane starts at +0 and gets the same nonzero products in the same order, and
+/// adding a zero product (`0 · v`, `v` finite) leaves a lane as it was (round to nearest turns +0 + -0 into +0, so
+/// a lane at +0 stays +0). Attention's probability rows are zero past the query's position, where the cache holds
+/// finite values (zeros, or an earlier sequence's).
 pub fn dot_f16_ggml_live(x: &[u16], y: &[u16], live: usize) -> f32 {
     if sse_orders() {
         return crate::sse::dot_f16_ggml_live(x, y, live);
     }
-    dot_f16_ggml(x, y)
+    let n = live_steps(live, f16_ggml_step(), y.len());
+    dot_f16_ggml(&x[..n], &y[..n])
+}
+
+/// `live` rounded up to whole steps of `step`, at most `len`.
+pub fn live_steps(live: usize, step: usize, len: usize) -> usize {
+    live.div_ceil(step).saturating_mul(step).min(len)
 }
 
 /// Elements per group of [`softmax_exp`] (16 under [`wide_orders`], 4 under [`sse_orders`], 8 otherwise): a

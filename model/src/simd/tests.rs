@@ -739,3 +739,38 @@ fn f16_ggml_rows_match_one_row_at_a_time_bitwise() {
         );
     }
 }
+
+/// Attention's products against a row of probabilities that is zero past the query's position, computed only as
+/// far as a probability can be nonzero (`dot_f16_ggml_live`, `dots_f16_ggml_live`, and tinyBLAS's chain over
+/// `live_steps`), give the whole length's bits at the CPU's level: zero products leave every lane as it was.
+#[test]
+fn attention_products_stop_at_the_live_positions_with_the_same_bits() {
+    let (rows, len) = (6usize, 512usize);
+    // Values include negative ones (their zero products are -0) and a row that sums to exactly zero.
+    let mut x = f16s(&data(rows * len, 21));
+    for v in &mut x[len..2 * len] {
+        *v = 0;
+    }
+    for live in [1usize, 7, 31, 32, 33, 63, 64, 65, 200, 511, 512] {
+        let mut p = f16s(&data(len, live as u64 + 5));
+        for v in &mut p[live..] {
+            *v = 0;
+        }
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        let whole: Vec<f32> = (0..rows)
+            .map(|r| super::dot_f16_ggml(&x[r * len..(r + 1) * len], &p))
+            .collect();
+        let one: Vec<f32> = (0..rows)
+            .map(|r| super::dot_f16_ggml_live(&x[r * len..(r + 1) * len], &p, live))
+            .collect();
+        assert_eq!(bits(&one), bits(&whole), "dot_f16_ggml_live, live {live}");
+        let mut got = vec![f32::NAN; rows];
+        super::dots_f16_ggml_live(&x, len, &p, live, &mut got);
+        assert_eq!(bits(&got), bits(&whole), "dots_f16_ggml_live, live {live}");
+        let mut chain = vec![0.0f32; rows];
+        super::dots_f16(&x, len, &p, &mut chain);
+        let n = super::live_steps(live, super::f16_chain_lanes(), len);
+        super::dots_f16(&x, len, &p[..n], &mut got);
+        assert_eq!(bits(&got), bits(&chain), "dots_f16 over {n}, live {live}");
+    }
+}
