@@ -330,26 +330,6 @@ fn mat_q0_part(
     let bytes = &w.data[r0 * w.row_bytes..(r0 + rows) * w.row_bytes];
     let (d, s) = (&acts.d[..nb * batch], &acts.s[..]);
     match w.ggml_type {
-        GgmlType::Q4_1 if w.interleaved => {
-            let y = simd::ActTile {
-                qs: &acts.q8_1[..batch * nb],
-                d,
-                s,
-                batch,
-                col0: 0,
-            };
-            simd::mat_q4_1_interleaved(bytes, rows, nb, &y, batch, out, ld, work);
-        }
-        GgmlType::Q5_0 if w.interleaved => {
-            let y = simd::ActTile {
-                qs: &acts.q8_0[..batch * nb],
-                d,
-                s,
-                batch,
-                col0: 0,
-            };
-            simd::mat_q5_0_interleaved(bytes, rows, nb, &y, batch, out, ld, work);
-        }
         GgmlType::Q4_1 => {
             let y = simd::ActTile {
                 qs: &acts.q8_1[..batch * nb],
@@ -358,7 +338,11 @@ fn mat_q0_part(
                 batch,
                 col0: 0,
             };
-            simd::mat_q4_1(quant::cast(bytes), nb, &y, batch, out, ld, work);
+            if w.interleaved {
+                simd::mat_q4_1_interleaved(bytes, rows, nb, &y, batch, out, ld, work);
+            } else {
+                simd::mat_q4_1(quant::cast(bytes), nb, &y, batch, out, ld, work);
+            }
         }
         GgmlType::Q5_1 => {
             let y = simd::ActTile {
@@ -384,6 +368,9 @@ fn mat_q0_part(
                     simd::mat_q4_0_repacked(quant::cast(bytes), nb, y, batch, out, ld, work);
                 }
                 GgmlType::Q4_0 => simd::mat_q4_0(quant::cast(bytes), nb, &y, batch, out, ld, work),
+                GgmlType::Q5_0 if w.interleaved => {
+                    simd::mat_q5_0_interleaved(bytes, rows, nb, &y, batch, out, ld, work)
+                }
                 GgmlType::Q5_0 => simd::mat_q5_0(quant::cast(bytes), nb, &y, batch, out, ld, work),
                 GgmlType::Q8_0 => simd::mat_q8_0(quant::cast(bytes), nb, &y, batch, out, ld, work),
                 // `is_q0` admits only the four formats.
