@@ -134,11 +134,11 @@ pub fn unpack_group<W: Interleave>(slabs: &[u8], nb: usize, rows: &mut [W]) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    /// Deterministic bytes (xorshift).
-    fn bytes(n: usize, seed: u32) -> alloc::vec::Vec<u8> {
+    /// Deterministic bytes (xorshift); also `simd::interleaved`'s tests' random blocks.
+    pub(crate) fn bytes(n: usize, seed: u32) -> alloc::vec::Vec<u8> {
         let mut s = seed | 1;
         (0..n)
             .map(|_| {

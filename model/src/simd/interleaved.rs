@@ -104,19 +104,7 @@ mod tests {
 
     use super::*;
     use crate::quant::interleaved::pack_group;
-
-    /// Deterministic bytes (xorshift).
-    fn bytes(n: usize, seed: u32) -> Vec<u8> {
-        let mut s = seed | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                (s >> 8) as u8
-            })
-            .collect()
-    }
+    use crate::quant::interleaved::tests::bytes;
 
     /// `n` random blocks of `size` bytes with a finite leading f16.
     fn blocks<B: bytemuck::Pod>(n: usize, size: usize, seed: u32) -> Vec<B> {
