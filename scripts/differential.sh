@@ -19,6 +19,8 @@ Usage: scripts/differential.sh [options]
 
   --models LIST     models known to `cloister fetch-model` (default: smollm2,gemma3)
   --prompts N       run every (200/N)-th prompt of the 200 in the library, N of them (default: all 200)
+  --skip N          leave out the first N of the prompts selected (to resume a long run where it stopped:
+                    the progress lines number the prompts; default: 0)
   --steps N         generated steps per prompt (default: 64)
   --configs LIST    engine configurations, KERNELS:THREADS:CHUNK each, KERNELS native (the CPU's best set),
                     portable, avx2 or avx512 (forced; the CPU must have it), CHUNK 32 (as the appliance
@@ -41,6 +43,7 @@ fail() {
 
 models_list=smollm2,gemma3
 prompt_count=all
+skip=0
 steps=64
 configs_list=native:1:32,native:1:0,native:2:32,avx2:1:32,portable:1:32,portable:2:0
 out=""
@@ -49,6 +52,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
     --models) models_list="$2"; shift 2 ;;
     --prompts) prompt_count="$2"; shift 2 ;;
+    --skip) skip="$2"; shift 2 ;;
     --steps) steps="$2"; shift 2 ;;
     --configs) configs_list="$2"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
@@ -58,6 +62,7 @@ while [ $# -gt 0 ]; do
     esac
 done
 [[ "$steps" =~ ^[1-9][0-9]*$ ]] || { echo "bad --steps '$steps'" >&2; exit 2; }
+[[ "$skip" =~ ^[0-9]+$ ]] || { echo "bad --skip '$skip'" >&2; exit 2; }
 [[ "$prompt_count" = all || "$prompt_count" =~ ^[1-9][0-9]*$ ]] || { echo "bad --prompts '$prompt_count'" >&2; exit 2; }
 IFS=',' read -r -a models <<<"$models_list"
 IFS=',' read -r -a configs <<<"$configs_list"
@@ -133,6 +138,7 @@ for index in "${!models[@]}"; do
     count=0
     for prompt in "${files[@]}"; do
         count=$((count + 1))
+        [ "$count" -gt "$skip" ] || continue
         progress "$name: [$count/${#files[@]}] $(basename "$prompt" .txt)"
         for flavor in "${!probes[@]}"; do
             "${probes[$flavor]}" "$path" "$prompt" "$steps" 1 "$out/$name/llama-$flavor.bin" ||
