@@ -1,6 +1,6 @@
 //! Micro-benchmark of the quantized matrix kernels (diagnostic): single-row dot products against the tiled
-//! matrix kernels, in cache (64 rows) and streaming from memory (200,000 rows). Times are this thread's CPU time
-//! (`/proc/thread-self/schedstat`), best of several short runs, so that a busy machine disturbs them less. Then the
+//! matrix kernels, in cache (64 rows) and streaming from memory (200,000 rows). Times are wall clock, the best of
+//! several short runs (the run a busy machine disturbed least; `timing`). Then the
 //! matrix kernels of the five 32-element formats at each kernel level the CPU has (AVX2, AVX-512), one token and
 //! batches of 8 and 32, streaming.
 use model::quant::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1};
@@ -163,7 +163,6 @@ fn by_level() {
             simd::force(Some(level));
             let mut line = format!("{level:?} batch {batch}:");
             let mut time = |name: &str, bytes: usize, f: &mut dyn FnMut(&mut [f32], &mut [f32])| {
-                // Samples of about 0.25 s: the thread's CPU time advances in scheduler ticks.
                 let el = best(SAMPLES, if batch == 1 { 30 } else { 40 / batch }, || {
                     f(&mut out, &mut work)
                 });

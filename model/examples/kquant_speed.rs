@@ -1,6 +1,6 @@
 //! Micro-benchmark of the K-quant matrix kernels (diagnostic): Q4_K single-row dot products against the 8-row gemv
 //! and the repacked gemm (32 tokens), and Q6_K single-row dots against the tiled kernel, in cache (64 rows) and
-//! streaming from memory (40,000 rows). Times are this thread's CPU time, best of several short runs.
+//! streaming from memory (40,000 rows). Times are wall clock, the best of several short runs (`timing`).
 use model::quant::{BlockQ4K, BlockQ6K, BlockQ8K};
 use model::simd;
 
