@@ -9,11 +9,6 @@ set -euo pipefail
 # shellcheck source=scripts/llamacpp.sh
 source "$(dirname "${BASH_SOURCE[0]}")/llamacpp.sh"
 
-# Fallback memory bandwidth (GB/s, one and two threads), measured on an Intel Xeon build machine in 2026-11;
-# --measure-bandwidth measures the machine at hand instead.
-FALLBACK_BANDWIDTH_1=14.9
-FALLBACK_BANDWIDTH_2=29
-
 usage() {
     cat <<'EOF'
 Usage: scripts/bench-vs-llamacpp.sh [options]
@@ -41,8 +36,10 @@ Options:
   --repetitions R      repetitions per test and round, median taken, for both engines (default: 5)
   --rounds N           alternating rounds of the two engines, best round taken (default: 3)
   --out DIR            where the raw results and the table go (default: <cache>/bench/<UTC time>)
-  --measure-bandwidth  estimate memory bandwidth with a read test (scripts/membw.c, built with cc) instead of
-                       using fallback figures from an Intel Xeon (14.9 GB/s at 1 thread, 29 GB/s at 2)
+  --no-bandwidth       skip the decode ceiling's read test (scripts/membw.c, built with cc, about 10 s per
+                       thread count), which runs by default: the ceiling is only meaningful on the machine
+                       at hand
+  --measure-bandwidth  accepted for older command lines; measuring is the default
   --llama-cpp-python-version V
                        build a different llama-cpp-python release (default: 0.3.36; its sha256 is checked)
   -h, --help           show this help
@@ -73,7 +70,7 @@ threads_list="1,2"
 repetitions=5
 rounds=3
 out_dir=""
-measure_bandwidth=0
+measure_bandwidth=1
 llama_cpp_python_version="$LLAMA_CPP_PYTHON_VERSION_DEFAULT"
 
 while [ $# -gt 0 ]; do
@@ -125,6 +122,10 @@ while [ $# -gt 0 ]; do
         ;;
     --measure-bandwidth)
         measure_bandwidth=1
+        shift
+        ;;
+    --no-bandwidth)
+        measure_bandwidth=0
         shift
         ;;
     --llama-cpp-python-version)
@@ -221,7 +222,7 @@ bandwidth_source=""
 measure_or_assume_bandwidth() {
     local count
     if [ "$measure_bandwidth" -eq 1 ]; then
-        command -v cc >/dev/null 2>&1 || fail "--measure-bandwidth needs a C compiler (cc)"
+        command -v cc >/dev/null 2>&1 || fail "the bandwidth test needs a C compiler (cc); --no-bandwidth skips it"
         cc -O3 -march=native -pthread -o "$work_dir/membw" "$script_dir/membw.c" || fail "cannot build $script_dir/membw.c"
         for count in "${threads[@]}"; do
             progress "bandwidth: read test with $count thread(s)"
@@ -230,13 +231,9 @@ measure_or_assume_bandwidth() {
         bandwidth_source="measured now with scripts/membw.c (256 MiB per thread on 2 MiB pages read as 1, 2, 4 and 8 streams, the best stream count's median of 5 rounds)"
     else
         for count in "${threads[@]}"; do
-            case "$count" in
-            1) bandwidth["$count"]="$FALLBACK_BANDWIDTH_1" ;;
-            2) bandwidth["$count"]="$FALLBACK_BANDWIDTH_2" ;;
-            *) bandwidth["$count"]="" ;;
-            esac
+            bandwidth["$count"]=""
         done
-        bandwidth_source="fallback figures from an Intel Xeon (14.9 GB/s at 1 thread, 29 GB/s at 2; none for other counts)"
+        bandwidth_source="not measured (--no-bandwidth)"
     fi
 }
 
