@@ -56,6 +56,43 @@ fn f16_dots_match_twins_bitwise() {
     }
 }
 
+/// Four horizontal sums side by side equal four one at a time bit for bit. The lanes span 2^-24 to 2^24 in
+/// both signs, so pairing any two lanes differently from `hsum16` changes the rounding and the bits.
+#[test]
+fn four_horizontal_sums_equal_one_at_a_time_bitwise() {
+    if !have_avx512() {
+        return;
+    }
+    use core::arch::x86_64::{__m512, _mm512_loadu_ps};
+    let mut differ_from_left_to_right = 0;
+    for seed in 0..200u64 {
+        let lanes: Vec<f32> = data(64, 300 + seed)
+            .iter()
+            .zip(data(64, 700 + seed))
+            .map(|(&m, e)| m * ((e * 24.0).round()).exp2())
+            .collect();
+        // SAFETY: AVX-512 F was detected above; each load reads 16 of the 64 floats.
+        let v: [__m512; 4] =
+            core::array::from_fn(|r| unsafe { _mm512_loadu_ps(lanes[16 * r..].as_ptr()) });
+        // SAFETY: as above.
+        let (got, want) = unsafe { (avx512::hsum16x4(v), v.map(|x| avx512::hsum16(x))) };
+        for r in 0..4 {
+            assert_eq!(
+                got[r].to_bits(),
+                want[r].to_bits(),
+                "seed {seed}, vector {r}"
+            );
+            let plain: f32 = lanes[16 * r..16 * r + 16].iter().sum();
+            differ_from_left_to_right += usize::from(plain.to_bits() != want[r].to_bits());
+        }
+    }
+    // The data can tell orders apart: a left-to-right sum differs from the tree on about half the vectors.
+    assert!(
+        differ_from_left_to_right > 200,
+        "{differ_from_left_to_right}"
+    );
+}
+
 /// Several rows at once (`dots_f16`, batched attention) give each row's own 16-lane chain bit for bit, for row
 /// counts around the kernel's group of 8.
 #[test]
