@@ -57,8 +57,9 @@ pub struct GenerateArgs {
     /// instead of text.
     #[arg(long)]
     pub json: bool,
-    /// Use the engine's portable (scalar) kernels instead of AVX2, as the appliance does under QEMU's TCG (whose
-    /// CPU cloister gives no AVX); the two can differ in the last bits of a logit.
+    /// Use the engine's portable (scalar) kernels instead of the CPU's best set (AVX2 or AVX-512), as the appliance
+    /// does under QEMU's TCG (whose CPU cloister gives no AVX). Each set sums in the order llama.cpp does when built
+    /// for that CPU, so the two can differ in the last bits of a logit, and now and then in a near-tied token.
     #[arg(long)]
     pub portable_kernels: bool,
     /// The prompt (raw text with special tokens parsed, unless --chat).
