@@ -23,7 +23,8 @@ Usage: scripts/differential.sh [options]
                     the progress lines number the prompts; default: 0)
   --steps N         generated steps per prompt (default: 64)
   --configs LIST    engine configurations, KERNELS:THREADS:CHUNK each, KERNELS native (the CPU's best set),
-                    portable, avx2 or avx512 (forced; the CPU must have it), CHUNK 32 (as the appliance
+                    portable, avx2, avx512 (forced; the CPU must have it) or avx512-novnni (the
+                    AVX-512 set as on a CPU without AVX512_VNNI, such as Intel's Skylake-SP), CHUNK 32 (as the appliance
                     prefills) or 0 (one batch). avx2 is held to llama.cpp built for AVX2 without
                     AVX-512, portable to llama.cpp built for SSE4.2 without AVX (the TCG vCPU's set;
                     each a build of its own, made on first use), the others to llama.cpp built for
@@ -67,7 +68,7 @@ done
 IFS=',' read -r -a models <<<"$models_list"
 IFS=',' read -r -a configs <<<"$configs_list"
 for config in "${configs[@]}"; do
-    [[ "$config" =~ ^(native|portable|avx2|avx512):[1-9][0-9]*:[0-9]+$ ]] || { echo "bad configuration '$config'" >&2; exit 2; }
+    [[ "$config" =~ ^(native|portable|avx2|avx512|avx512-novnni):[1-9][0-9]*:[0-9]+$ ]] || { echo "bad configuration '$config'" >&2; exit 2; }
 done
 
 script_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -86,7 +87,8 @@ llama_cpp_python_version="$LLAMA_CPP_PYTHON_VERSION_DEFAULT"
 # Each configuration is held to the llama.cpp build whose code paths its kernels mirror: the AVX2 set (forced) to
 # llama.cpp built for AVX2 without AVX-512 (scripts/llamacpp.sh, flavor avx2); the portable kernels, which keep the
 # orders of llama.cpp's SSE paths on any CPU, to llama.cpp built for SSE4.2 without AVX (flavor sse42, what the
-# appliance's vCPU under TCG has); the CPU's best set and a forced AVX-512 set to llama.cpp built for this CPU.
+# appliance's vCPU under TCG has); the CPU's best set and a forced AVX-512 set, with or without VNNI, to llama.cpp
+# built for this CPU (VNNI changes only how the exact integer sums of the quantized products are formed).
 reference_of() {
     case "${1%%:*}" in
     avx2) echo avx2 ;;
@@ -150,7 +152,7 @@ for index in "${!models[@]}"; do
             flags=(--threads "$threads" --chunk "$chunk")
             case "$kernels" in
             portable) flags+=(--scalar) ;;
-            avx2 | avx512) flags+=(--kernels "$kernels") ;;
+            avx2 | avx512 | avx512-novnni) flags+=(--kernels "$kernels") ;;
             esac
             line="$("$engine" compare "$path" "$prompt" "$reference" "${flags[@]}")" ||
                 fail "the engine failed on $prompt ($config)"

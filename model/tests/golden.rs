@@ -70,6 +70,8 @@ fn ids(v: &Value) -> Vec<u32> {
 struct Bar {
     /// The kernel set the local fixture was made with (llama.cpp's own CPU path).
     kernels: Level,
+    /// Run the AVX-512 level as on a CPU without AVX512_VNNI (`model::simd::withhold_vnni`).
+    without_vnni: bool,
     /// Directory of the local llama.cpp fixture to compare logits (and tokens) with.
     local_dir: &'static str,
     /// Step-0 logits: within this of the local build.
@@ -87,6 +89,7 @@ struct Bar {
 
 const EXACT: Bar = Bar {
     kernels: Level::Avx2,
+    without_vnni: false,
     local_dir: "local_llamacpp",
     local_tolerance: 1e-4,
     shared_tolerance: 0.6,
@@ -103,11 +106,17 @@ const EXACT_AVX512: Bar = Bar {
 };
 
 fn run_reference(model_file: &str, name: &str, bar: Bar) {
-    let _kernels = Kernels::force(Some(bar.kernels));
+    let _kernels = if bar.without_vnni {
+        Kernels::force_without_vnni(Some(bar.kernels))
+    } else {
+        Kernels::force(Some(bar.kernels))
+    };
     if bar.kernels == Level::Avx512 && model::simd::level() != Level::Avx512 {
         eprintln!("{name}: this CPU has no AVX-512; the AVX-512 fixture is not checked");
         return;
     }
+    // Withheld, VNNI's kernels (and the interleaved layout, which only they read) are off.
+    assert!(!bar.without_vnni || !model::simd::interleaved_kernels());
     let shared = load_json(&format!("{name}.json"));
     let local = load_json(&format!("{}/{name}.json", bar.local_dir));
     let (local_tolerance, shared_tolerance, top5_in_order) =
@@ -267,6 +276,32 @@ fn gemma3_raw_france_avx512() {
 #[test]
 fn gemma3_chat_sea_avx512() {
     run_reference("gemma3-270m-q4_k_m.gguf", "gemma_chat_sea", EXACT_AVX512);
+}
+
+// The AVX-512 set as on a CPU with AVX-512 F/DQ/BW/VL but no AVX512_VNNI (Intel's Skylake-SP Xeons): the quantized
+// products take the AVX2 kernels and the model is not interleaved, the rest stays 16-lane. The integer sums are
+// exact whichever instructions form them, so the same AVX-512 fixtures hold, bit for bit.
+const EXACT_AVX512_WITHOUT_VNNI: Bar = Bar {
+    without_vnni: true,
+    ..EXACT_AVX512
+};
+
+#[test]
+fn smollm2_chat_sea_avx512_without_vnni() {
+    run_reference(
+        "smollm2-135m-instruct-q4_1.gguf",
+        "smol_chat_sea",
+        EXACT_AVX512_WITHOUT_VNNI,
+    );
+}
+
+#[test]
+fn gemma3_chat_sea_avx512_without_vnni() {
+    run_reference(
+        "gemma3-270m-q4_k_m.gguf",
+        "gemma_chat_sea",
+        EXACT_AVX512_WITHOUT_VNNI,
+    );
 }
 
 // Several threads split each product's rows (in whole 8-row groups for repacked Q4_K) and gather the chunks'

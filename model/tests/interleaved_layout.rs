@@ -35,13 +35,21 @@ fn first_difference(a: &[u32], b: &[u32]) -> Option<usize> {
         .or_else(|| a.iter().zip(b).position(|(x, y)| x != y))
 }
 
-/// The levels this CPU runs (the best first).
-fn levels() -> Vec<Option<Level>> {
+/// The levels this CPU runs (the best first), each with whether AVX512_VNNI is withheld: the AVX-512 level also
+/// without it, where an interleaved model falls back to its groups given back in the file's layout.
+fn levels() -> Vec<(Option<Level>, bool)> {
     let best = simd::level();
-    [None, Some(Level::Avx2), Some(Level::Scalar)]
-        .into_iter()
-        .filter(|l| l.is_none_or(|l| l < best))
-        .collect()
+    let mut levels = vec![(None, false)];
+    if best == Level::Avx512 {
+        levels.push((None, true));
+    }
+    levels.extend(
+        [Level::Avx2, Level::Scalar]
+            .into_iter()
+            .filter(|&l| l < best)
+            .map(|l| (Some(l), false)),
+    );
+    levels
 }
 
 #[test]
@@ -69,8 +77,13 @@ fn interleaved_models_compute_the_file_layouts_logits_bitwise() {
         assert_eq!(again, blob);
 
         let prompt: Vec<u32> = (0..23).map(|i| (i * 37 + 11) % vocab).collect();
-        for level in levels() {
-            let _kernels = Kernels::force(level);
+        for (level, without_vnni) in levels() {
+            let _kernels = if without_vnni {
+                Kernels::force_without_vnni(level)
+            } else {
+                Kernels::force(level)
+            };
+            let level = (level, without_vnni);
             let want = logits(&file, &prompt, 6, &Serial);
             assert_eq!(
                 first_difference(&logits(&blob, &prompt, 6, &Serial), &want),

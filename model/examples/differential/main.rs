@@ -9,7 +9,8 @@
 //!
 //! `--chunk 32` prefills in 32-token chunks as the appliance serves a prompt; `--chunk 0` runs it as one batch.
 //! `--scalar` forces the portable kernels (what the appliance runs under TCG), `--kernels portable|avx2|avx512` any
-//! set the CPU can run; otherwise the CPU's best set. The model is loaded as `cloister generate` loads it: with the
+//! set the CPU can run, `--kernels avx512-novnni` the AVX-512 set as on a CPU without AVX512_VNNI
+//! (`model::simd::withhold_vnni`); otherwise the CPU's best set. The model is loaded as `cloister generate` loads it: with the
 //! AVX-512 VNNI kernels its Q4_1 and Q5_0 matrices are interleaved first (`model::interleave`; `"interleaved"` in
 //! the JSON line).
 
@@ -90,7 +91,7 @@ fn compare(args: &[String]) -> Result<(), String> {
         return Err("usage: differential compare MODEL.gguf PROMPT.txt LLAMA.bin [--scalar | --kernels SET] [--threads N] [--chunk N]".into());
     };
     let (mut scalar, mut threads, mut chunk) = (false, 1usize, 0usize);
-    let mut kernels = None;
+    let (mut kernels, mut novnni) = (None, false);
     let mut options = options.iter();
     while let Some(option) = options.next() {
         let mut value = || -> Result<usize, String> {
@@ -106,7 +107,13 @@ fn compare(args: &[String]) -> Result<(), String> {
                     Some("portable") => model::simd::Level::Scalar,
                     Some("avx2") => model::simd::Level::Avx2,
                     Some("avx512") => model::simd::Level::Avx512,
-                    _ => return Err("--kernels needs portable, avx2 or avx512".into()),
+                    Some("avx512-novnni") => {
+                        novnni = true;
+                        model::simd::Level::Avx512
+                    }
+                    _ => {
+                        return Err("--kernels needs portable, avx2, avx512 or avx512-novnni".into())
+                    }
                 })
             }
             "--threads" => threads = value()?,
@@ -115,6 +122,7 @@ fn compare(args: &[String]) -> Result<(), String> {
         }
     }
     model::simd::force_scalar(scalar);
+    model::simd::withhold_vnni(novnni);
     if let Some(level) = kernels {
         model::simd::force(Some(level));
         if model::simd::level() != level {
@@ -200,7 +208,13 @@ fn compare(args: &[String]) -> Result<(), String> {
         "prompt": std::path::Path::new(prompt_path).file_stem().map(|s| s.to_string_lossy()),
         "prompt_tokens": prompt.len(),
         "steps": reference.steps.len(),
-        "kernels": if scalar { "portable" } else { format!("{:?}", model::simd::level()).to_lowercase().leak() },
+        "kernels": if scalar {
+            "portable".to_owned()
+        } else if novnni {
+            "avx512-novnni".to_owned()
+        } else {
+            format!("{:?}", model::simd::level()).to_lowercase()
+        },
         "interleaved": interleaved,
         "threads": threads,
         "chunk": chunk,

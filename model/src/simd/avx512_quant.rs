@@ -23,7 +23,7 @@
 //! lanes. Q5_1's AVX2 tiles are those of `simd/avx2/q0.rs` with the block type of `simd/avx2/more_types.rs`.
 
 use core::arch::x86_64::*;
-use core::sync::atomic::{AtomicU8, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 use super::avx2::{hsum_ps, Q0Weight};
 use super::ActTile;
@@ -34,9 +34,20 @@ pub mod interleaved;
 /// Whether the CPU has AVX512_VNNI (CPUID leaf 7 ECX bit 11): 0 = not yet probed, 1 = no, 2 = yes.
 static VNNI: AtomicU8 = AtomicU8::new(0);
 
+/// Whether VNNI is withheld ([`super::withhold_vnni`]), as if the CPU did not have it.
+static WITHHELD: AtomicBool = AtomicBool::new(false);
+
+/// Runs the AVX-512 level as on a CPU without AVX512_VNNI (`on`), or as the CPU is (`false`).
+pub fn withhold(on: bool) {
+    WITHHELD.store(on, Ordering::Relaxed);
+}
+
 /// Whether these kernels may run, given that the AVX-512 level (F, DQ, BW, VL with OS support) is in use: the
-/// CPU must also have AVX512_VNNI (Intel SDM vol. 2A, CPUID leaf 7 sub-leaf 0, ECX bit 11).
+/// CPU must also have AVX512_VNNI (Intel SDM vol. 2A, CPUID leaf 7 sub-leaf 0, ECX bit 11), not withheld.
 pub fn vnni() -> bool {
+    if WITHHELD.load(Ordering::Relaxed) {
+        return false;
+    }
     match VNNI.load(Ordering::Relaxed) {
         1 => false,
         2 => true,

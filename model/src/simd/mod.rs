@@ -89,6 +89,17 @@ pub fn sse_orders() -> bool {
     level() == Level::Scalar
 }
 
+/// Runs the AVX-512 level as on a CPU that has AVX-512 F, DQ, BW and VL but not VNNI (`true`; Intel's Skylake-SP
+/// Xeons, still common in clouds), or as the CPU is (`false`): the VNNI kernels give way to the AVX2 ones, and
+/// [`interleaved_kernels`] no longer holds. The results are the same bits; this lets a CPU with VNNI test the
+/// combination (the golden tests, the differential harness's `avx512-novnni` kernel set).
+pub fn withhold_vnni(on: bool) {
+    #[cfg(target_arch = "x86_64")]
+    avx512_quant::withhold(on);
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = on;
+}
+
 /// Forces the scalar kernels (for comparisons and for emulators whose AVX is slow); `false` re-probes.
 pub fn force_scalar(on: bool) {
     force(on.then_some(Level::Scalar));

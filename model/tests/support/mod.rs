@@ -18,10 +18,20 @@ impl Kernels {
         model::simd::force(kernels);
         Kernels(turn)
     }
+
+    /// [`Kernels::force`], with the AVX-512 level run as on a CPU without AVX512_VNNI
+    /// (`model::simd::withhold_vnni`) until dropped.
+    #[allow(dead_code, reason = "only the golden tests use it")]
+    pub fn force_without_vnni(kernels: Option<Level>) -> Kernels {
+        let turn = Kernels::force(kernels);
+        model::simd::withhold_vnni(true);
+        turn
+    }
 }
 
 impl Drop for Kernels {
     fn drop(&mut self) {
+        model::simd::withhold_vnni(false);
         model::simd::force(None);
     }
 }
