@@ -31,6 +31,9 @@ Usage: scripts/differential.sh [options]
                     this CPU
                     (default: native:1:32,native:1:0,native:2:32,avx2:1:32,portable:1:32,portable:2:0)
   --out DIR         where results.jsonl and the prompts go (default: a new directory under /tmp)
+  --amx-reference   on a CPU with Intel AMX, hold the CPU's best set to llama.cpp built for this CPU with AMX
+                    (its default there), whose AMX kernels the engine does not mirror, instead of the same
+                    build without AMX (to measure that gap)
   --allow-divergences   report, but exit 0, when divergences that are not near-ties remain
 USAGE
 }
@@ -49,6 +52,7 @@ steps=64
 configs_list=native:1:32,native:1:0,native:2:32,avx2:1:32,portable:1:32,portable:2:0
 out=""
 allow=0
+amx_reference=0
 while [ $# -gt 0 ]; do
     case "$1" in
     --models) models_list="$2"; shift 2 ;;
@@ -58,6 +62,7 @@ while [ $# -gt 0 ]; do
     --configs) configs_list="$2"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
     --allow-divergences) allow=1; shift ;;
+    --amx-reference) amx_reference=1; shift ;;
     -h | --help) usage; exit 0 ;;
     *) usage >&2; exit 2 ;;
     esac
@@ -89,11 +94,27 @@ llama_cpp_python_version="$LLAMA_CPP_PYTHON_VERSION_DEFAULT"
 # orders of llama.cpp's SSE paths on any CPU, to llama.cpp built for SSE4.2 without AVX (flavor sse42, what the
 # appliance's vCPU under TCG has); the CPU's best set and a forced AVX-512 set, with or without VNNI, to llama.cpp
 # built for this CPU (VNNI changes only how the exact integer sums of the quantized products are formed).
+#
+# On a CPU with Intel AMX, llama.cpp built for it puts Q4_0, Q4_1, Q8_0, Q4_K, Q5_K and Q6_K weights in its AMX buffer
+# type (ggml-cpu/amx/amx.cpp, first among the extra buffer types) and multiplies them in ggml-cpu/amx/mmq.cpp: AVX-512
+# VNNI for one token, AMX tiles for batches, each block's whole integer sum then one FMA per block, not the
+# ggml_vec_dot orders the engine mirrors. The engine has no such kernels, so there the CPU's best set is held to
+# llama.cpp built for this CPU without AMX (flavor native-noamx, the same build otherwise), and the script says so;
+# --amx-reference holds it to the AMX build instead.
+native_reference=native
+if grep -qw amx_int8 /proc/cpuinfo; then
+    if [ "$amx_reference" -eq 1 ]; then
+        progress "this CPU has AMX: the CPU's best set is held to llama.cpp with its AMX kernels (--amx-reference), whose orders the engine does not mirror"
+    else
+        native_reference=native-noamx
+        progress "this CPU has AMX: the CPU's best set is held to llama.cpp built for it without AMX (native-noamx); the engine does not mirror llama.cpp's AMX kernels (--amx-reference compares with them)"
+    fi
+fi
 reference_of() {
     case "${1%%:*}" in
     avx2) echo avx2 ;;
     portable) echo sse42 ;;
-    *) echo native ;;
+    *) echo "$native_reference" ;;
     esac
 }
 declare -A probes=()

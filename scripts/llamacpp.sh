@@ -14,8 +14,10 @@
 # llama_cpp_flavor (default native) picks the build: `native` (build/, GGML_NATIVE: what llama.cpp does on this
 # CPU) or `avx2` (build-avx2/, the AVX2 code paths only, AVX-512 off: what llama.cpp does on an AVX2 CPU, the
 # reference for the engine's AVX2 kernel set on any CPU that has AVX2) or `sse42` (build-sse42/, SSE4.2 without AVX:
-# what llama.cpp does on the appliance's vCPU under TCG, the reference for the engine's portable kernels). All share
-# one download of the sources.
+# what llama.cpp does on the appliance's vCPU under TCG, the reference for the engine's portable kernels) or
+# `native-noamx` (build-native-noamx/, GGML_NATIVE with Intel AMX compiled out: on a CPU with AMX, what llama.cpp does
+# without its AMX kernels, which the engine does not mirror; see differential.sh). All share one download of the
+# sources.
 
 # The llama-cpp-python source release whose vendored llama.cpp we build. Pinned so that numbers from different days
 # compare; the sha256 is the one of the sdist we measured with (checked when the default version is used).
@@ -41,6 +43,13 @@ llama_cpp_select_flavor() {
         cmake_flags=("${cmake_common_flags[@]}" -DGGML_NATIVE=ON)
         LLAMA_CPP_BUILD_DIR=build
         ;;
+    native-noamx)
+        # As native, without AMX: GCC's explicit -mno-* options win over -march=native whatever their order, so
+        # ggml-cpu is built without __AMX_INT8__ and registers no AMX buffer type (ggml-cpu/amx/amx.cpp).
+        local no_amx="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+        cmake_flags=("${cmake_common_flags[@]}" -DGGML_NATIVE=ON "-DCMAKE_C_FLAGS=$no_amx" "-DCMAKE_CXX_FLAGS=$no_amx")
+        LLAMA_CPP_BUILD_DIR=build-native-noamx
+        ;;
     avx2)
         # ggml's x86 options as an AVX2 machine without AVX-512 would pick them (GGML_NATIVE off, so nothing is
         # probed from this CPU).
@@ -59,7 +68,7 @@ llama_cpp_select_flavor() {
             -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF)
         LLAMA_CPP_BUILD_DIR=build-sse42
         ;;
-    *) fail "unknown llama.cpp flavor '${llama_cpp_flavor}' (native, avx2 or sse42)" ;;
+    *) fail "unknown llama.cpp flavor '${llama_cpp_flavor}' (native, native-noamx, avx2 or sse42)" ;;
     esac
 }
 
