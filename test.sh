@@ -38,7 +38,7 @@ scripts/differential.sh --prompts 20 --steps 64 --configs native:1:32,native:2:0
 # Skylake-SP Xeons), chunks on one thread, held to llama.cpp built for this CPU. On a CPU without VNNI that set is
 # the native one, checked above; on one without AVX-512 it cannot run.
 configs=portable:2:32
-if grep -qw avx512vnni /proc/cpuinfo; then
+if grep -qw avx512_vnni /proc/cpuinfo; then
     configs+=,avx512-novnni:1:32
 fi
 echo "== the portable kernels against llama.cpp (scripts/differential.sh, 4 prompts per model: $configs)"
