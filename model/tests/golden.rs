@@ -106,11 +106,7 @@ const EXACT_AVX512: Bar = Bar {
 };
 
 fn run_reference(model_file: &str, name: &str, bar: Bar) {
-    let _kernels = if bar.without_vnni {
-        Kernels::force_without_vnni(Some(bar.kernels))
-    } else {
-        Kernels::force(Some(bar.kernels))
-    };
+    let _kernels = Kernels::force_vnni_withheld(Some(bar.kernels), bar.without_vnni);
     if bar.kernels == Level::Avx512 && model::simd::level() != Level::Avx512 {
         eprintln!("{name}: this CPU has no AVX-512; the AVX-512 fixture is not checked");
         return;

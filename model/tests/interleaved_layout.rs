@@ -78,11 +78,7 @@ fn interleaved_models_compute_the_file_layouts_logits_bitwise() {
 
         let prompt: Vec<u32> = (0..23).map(|i| (i * 37 + 11) % vocab).collect();
         for (level, without_vnni) in levels() {
-            let _kernels = if without_vnni {
-                Kernels::force_without_vnni(level)
-            } else {
-                Kernels::force(level)
-            };
+            let _kernels = Kernels::force_vnni_withheld(level, without_vnni);
             let level = (level, without_vnni);
             let want = logits(&file, &prompt, 6, &Serial);
             assert_eq!(

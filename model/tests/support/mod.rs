@@ -19,12 +19,15 @@ impl Kernels {
         Kernels(turn)
     }
 
-    /// [`Kernels::force`], with the AVX-512 level run as on a CPU without AVX512_VNNI
+    /// [`Kernels::force`], and with `withheld` the AVX-512 level run as on a CPU without AVX512_VNNI
     /// (`model::simd::withhold_vnni`) until dropped.
-    #[allow(dead_code, reason = "only the golden tests use it")]
-    pub fn force_without_vnni(kernels: Option<Level>) -> Kernels {
+    #[allow(
+        dead_code,
+        reason = "only the golden and interleaved-layout tests use it"
+    )]
+    pub fn force_vnni_withheld(kernels: Option<Level>, withheld: bool) -> Kernels {
         let turn = Kernels::force(kernels);
-        model::simd::withhold_vnni(true);
+        model::simd::withhold_vnni(withheld);
         turn
     }
 }
